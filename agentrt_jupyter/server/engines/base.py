@@ -1,0 +1,56 @@
+"""The engine interface: what the HTTP layer asks of a model.
+
+The server turns a Gemini REST request into a `GenerateRequest`, asks an engine for
+a stream of `EngineChunk`s and writes them out in the Gemini wire format. Faults are
+applied by the HTTP layer, around any engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """One generate call, with camelCase keys already normalised."""
+
+    model: str
+    contents: list[dict[str, Any]]
+    system_instruction: str | None = None
+    generation_config: dict[str, Any] = field(default_factory=dict)
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    stream: bool = True
+
+
+@dataclass(frozen=True)
+class EngineChunk:
+    """One streamed piece: Gemini parts, the running usage for the call, and the
+    finish reason on the last chunk only."""
+
+    parts: list[dict[str, Any]]
+    usage: dict[str, int]
+    finish_reason: str | None = None
+
+
+class EngineError(Exception):
+    """A request the engine refuses; sent as a Gemini error body with this status."""
+
+    def __init__(self, code: int, message: str, *, status: str = "INVALID_ARGUMENT") -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+        self.message = message
+
+
+class Engine(Protocol):
+    name: str
+
+    def generate(self, request: GenerateRequest) -> AsyncIterator[EngineChunk]:
+        """Stream the reply. Cancelling the consuming task must stop generation."""
+        ...
+
+    async def count_tokens(self, request: GenerateRequest) -> int: ...
+
+    async def aclose(self) -> None: ...
