@@ -1,0 +1,146 @@
+"""`python -m agentrt_jupyter.server` / `agentrt-server`: run the local Gemini-compatible server.
+
+Once listening it prints one JSON line (url, token, pid, engine) to stdout and then
+stays silent there; logs go to stderr. It exits on SIGTERM/SIGINT and when stdin
+reaches EOF, so a parent holding the pipe takes the server down with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+
+from .app import create_app
+from .engines.base import Engine
+
+ENGINES = {
+    "scripted": "agentrt_jupyter.server.engines.scripted",
+    "local": "agentrt_jupyter.server.engines.local",
+}
+_EXTRAS = {"local": "agentrt-jupyter[local]"}
+_BACKLOG = 4096
+_SHUTDOWN_TIMEOUT = 0.5
+
+
+def load_engine(name: str, options: dict[str, Any]) -> Engine:
+    """Import the engine's module only when asked for: the local one needs extras."""
+    try:
+        module = importlib.import_module(ENGINES[name])
+    except ImportError as exc:
+        extra = _EXTRAS.get(name)
+        hint = f"; install it with: pip install '{extra}'" if extra else ""
+        raise SystemExit(f"agentrt-server: cannot load the {name!r} engine ({exc}){hint}") from exc
+    engine: Engine = module.create_engine(**options)
+    return engine
+
+
+def _parse_option(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.replace("-", "_"), value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agentrt-server", description="Local Gemini-compatible server for agentrt-jupyter."
+    )
+    parser.add_argument("--engine", choices=sorted(ENGINES), default="scripted")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument(
+        "-o",
+        "--engine-option",
+        type=_parse_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="passed to the engine factory; VALUE is parsed as JSON when it can be",
+    )
+    parser.add_argument(
+        "--ignore-stdin",
+        action="store_true",
+        help="keep running when stdin closes (for running by hand in the background)",
+    )
+    parser.add_argument("--log-level", default="WARNING")
+    return parser
+
+
+def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """Block on stdin in a daemon thread; EOF means the parent is gone."""
+    try:
+        while sys.stdin.buffer.read(65536):
+            pass
+    except (OSError, ValueError):
+        pass
+    loop.call_soon_threadsafe(stop.set)
+
+
+async def serve(
+    engine: Engine, token: str, host: str, port: int, *, watch_stdin: bool = True
+) -> None:
+    """Serve until SIGTERM/SIGINT or stdin EOF; print the ready line once listening."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(
+        create_app(engine, token),
+        handler_cancellation=True,
+        shutdown_timeout=_SHUTDOWN_TIMEOUT,
+        access_log=None,
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, backlog=_BACKLOG)
+        await site.start()
+        bound_host, bound_port = runner.addresses[0][:2]
+        url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+        ready = {
+            "url": f"http://{url_host}:{bound_port}",
+            "token": token,
+            "pid": os.getpid(),
+            "engine": engine.name,
+        }
+        sys.stdout.write(json.dumps(ready) + "\n")
+        sys.stdout.flush()
+        if watch_stdin:
+            threading.Thread(
+                target=_watch_stdin, args=(loop, stop), name="agentrt-stdin", daemon=True
+            ).start()
+        await stop.wait()
+    finally:
+        try:
+            await asyncio.wait_for(runner.cleanup(), _SHUTDOWN_TIMEOUT * 4)
+        except asyncio.TimeoutError:
+            logging.getLogger("agentrt_jupyter.server").warning("shutdown timed out")
+        await engine.aclose()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
+    engine = load_engine(args.engine, dict(args.engine_option))
+    token = os.environ.get("AGENTRT_SERVER_TOKEN") or secrets.token_urlsafe(24)
+    asyncio.run(serve(engine, token, args.host, args.port, watch_stdin=not args.ignore_stdin))
+
+
+if __name__ == "__main__":
+    main()
