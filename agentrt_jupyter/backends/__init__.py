@@ -1,0 +1,1 @@
+"""Model backends: one async streaming method each (see `base.Backend`)."""

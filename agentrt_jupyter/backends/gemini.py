@@ -1,0 +1,218 @@
+"""The google-genai backend: `client.aio` on the runtime loop, our history, our errors.
+
+Imported only on the runtime thread (google.genai costs ~0.5 s to import). Every SDK
+and transport error is translated in `_translate_errors`, the one boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
+
+from ..content import BlobPart, FunctionCallPart, FunctionResponsePart, Part, TextPart
+from ..conversation import ConversationMessage, Usage
+from ..errors import BackendError, StreamBroken
+from ..quota import fingerprint, parse_quota_error
+from .base import ModelChunk, ModelRequest, QuotaHit
+
+RETRIED_STATUS_CODES = [408, 500, 502, 503, 504]
+
+
+def _broken_stream_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [
+        aiohttp.ClientPayloadError,
+        aiohttp.ServerDisconnectedError,
+        aiohttp.ClientConnectionError,
+    ]
+    for module_name in ("httpx", "httpx2"):
+        with contextlib.suppress(ImportError):
+            module = __import__(module_name)
+            errors += [module.RemoteProtocolError, module.ReadError, module.NetworkError]
+    return tuple(errors)
+
+
+_BROKEN = _broken_stream_errors()
+
+
+@contextlib.contextmanager
+def _translate_errors(received: list[str]) -> Iterator[None]:
+    """Map the SDK's and the transport's errors to ours; `received` is the text so far."""
+    partial = "".join(received)
+    try:
+        yield
+    except genai_errors.APIError as exc:
+        partial = "".join(received)
+        if exc.code == 429:
+            raise QuotaHit(parse_quota_error(exc.details, exc.message or "")) from exc
+        raise BackendError(
+            f"{exc.code} {exc.status}: {exc.message}",
+            code=exc.code,
+            status=exc.status,
+            partial_text=partial,
+        ) from exc
+    except _BROKEN as exc:
+        partial = "".join(received)
+        if received:
+            raise StreamBroken(
+                f"the reply stream was cut after {len(partial)} characters ({exc.__class__.__name__})",
+                partial_text=partial,
+            ) from exc
+        raise BackendError(
+            f"the connection failed before a reply ({exc.__class__.__name__}: {exc})",
+            status="UNAVAILABLE",
+        ) from exc
+    except TimeoutError as exc:
+        raise StreamBroken("the connection timed out", partial_text="".join(received)) from exc
+
+
+def _part_to_wire(part: Part) -> dict[str, Any] | None:
+    if isinstance(part, TextPart):
+        if part.thought:
+            return None
+        wire: dict[str, Any] = {"text": part.text}
+    elif isinstance(part, BlobPart):
+        wire = {"inline_data": {"data": part.data, "mime_type": part.mime_type}}
+    elif isinstance(part, FunctionCallPart):
+        wire = {"function_call": {"id": part.id, "name": part.name, "args": part.args}}
+    else:
+        wire = {
+            "function_response": {"id": part.id, "name": part.name, "response": part.response}
+        }
+    signature = getattr(part, "thought_signature", None)
+    if signature:
+        wire["thought_signature"] = signature
+    return wire
+
+
+def wire_contents(messages: list[ConversationMessage]) -> list[dict[str, Any]]:
+    """Gemini `contents`: thoughts dropped, empty messages skipped, same roles merged."""
+    contents: list[dict[str, Any]] = []
+    for message in messages:
+        if message.role == "summary":
+            continue
+        parts = [w for p in message.parts if (w := _part_to_wire(p)) is not None]
+        if not parts or (message.role == "model" and all(p.get("text") == "" for p in parts)):
+            continue
+        if contents and contents[-1]["role"] == message.role:
+            contents[-1]["parts"].extend(parts)
+        else:
+            contents.append({"role": message.role, "parts": parts})
+    return contents
+
+
+def _generation_config(request: ModelRequest) -> types.GenerateContentConfig:
+    cfg = request.config
+    thinking = None
+    if cfg.thinking_budget is not None or cfg.include_thoughts:
+        thinking = types.ThinkingConfig(
+            thinking_budget=cfg.thinking_budget, include_thoughts=cfg.include_thoughts or None
+        )
+    tools = None
+    if request.with_tools and cfg.tool_list:
+        tools = [
+            types.Tool(
+                function_declarations=[
+                    types.FunctionDeclaration(
+                        name=t.name,
+                        description=t.description,
+                        parameters_json_schema=t.parameters,
+                    )
+                    for t in cfg.tool_list
+                ]
+            )
+        ]
+    schema = cfg.response_schema
+    return types.GenerateContentConfig(
+        system_instruction=request.system_instruction,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        top_k=cfg.top_k,
+        max_output_tokens=cfg.max_output_tokens,
+        stop_sequences=list(cfg.stop_sequences) or None,
+        seed=cfg.seed,
+        thinking_config=thinking,
+        response_mime_type=cfg.response_mime_type
+        or ("application/json" if schema is not None else None),
+        response_json_schema=schema if isinstance(schema, dict) else None,
+        response_schema=schema if isinstance(schema, type) else None,
+        tools=tools,
+        automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True)
+        if tools
+        else None,
+    )
+
+
+def _chunk_from_response(response: types.GenerateContentResponse) -> ModelChunk:
+    parts: list[Part] = []
+    finish_reason: str | None = None
+    if response.candidates:
+        candidate = response.candidates[0]
+        if candidate.finish_reason is not None:
+            finish_reason = str(getattr(candidate.finish_reason, "value", candidate.finish_reason))
+        for part in (candidate.content.parts if candidate.content else None) or []:
+            signature = part.thought_signature
+            if part.function_call is not None:
+                call = part.function_call
+                parts.append(
+                    FunctionCallPart(call.name or "", dict(call.args or {}), call.id, signature)
+                )
+            elif part.text is not None:
+                if part.text or signature:
+                    parts.append(TextPart(part.text, bool(part.thought), signature))
+    elif response.prompt_feedback is not None and response.prompt_feedback.block_reason:
+        reason = response.prompt_feedback.block_reason
+        raise BackendError(
+            f"the prompt was blocked ({getattr(reason, 'value', reason)})", status="BLOCKED"
+        )
+    usage = Usage.from_metadata(response.usage_metadata) if response.usage_metadata else None
+    return ModelChunk(tuple(parts), usage, finish_reason)
+
+
+class GeminiBackend:
+    """google-genai's async client for one credential and endpoint."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None,
+        base_url: str | None,
+        api_version: str | None,
+        retry_attempts: int,
+    ) -> None:
+        self.credential = fingerprint(api_key, base_url)
+        options = types.HttpOptions(
+            base_url=base_url,
+            api_version=api_version,
+            retry_options=types.HttpRetryOptions(
+                attempts=retry_attempts,
+                initial_delay=0.5,
+                max_delay=8.0,
+                http_status_codes=RETRIED_STATUS_CODES,
+            ),
+        )
+        self._client = genai.Client(api_key=api_key, http_options=options)
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
+        received: list[str] = []
+        config = _generation_config(request)
+        contents = wire_contents(request.messages)
+        with _translate_errors(received):
+            iterator = await self._client.aio.models.generate_content_stream(
+                model=request.model, contents=contents, config=config
+            )
+            async for response in iterator:
+                chunk = _chunk_from_response(response)
+                received.extend(
+                    p.text for p in chunk.parts if isinstance(p, TextPart) and not p.thought
+                )
+                yield chunk
+
+    async def aclose(self) -> None:
+        await self._client.aio.aclose()
+        self._client.close()

@@ -1,0 +1,167 @@
+"""An agent's record: messages, turns, the per-call usage ledger, and compaction.
+
+Lives on the runtime loop; readers get immutable snapshots. Usage is counted once per
+API call (the last running total the server sent), summed per turn, and the ledger is
+never cleared, so total usage is what was billed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from .content import FunctionCallPart, FunctionResponsePart, Part, TextPart
+
+Role = Literal["user", "model", "summary"]
+MessageStatus = Literal["complete", "cancelled", "incomplete", "error"]
+CallStatus = Literal["ok", "cancelled", "error", "rate-limited"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts; adding two gives their sum."""
+
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    candidates_tokens: int = 0
+    thoughts_tokens: int = 0
+    tool_use_prompt_tokens: int = 0
+    total_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+    @classmethod
+    def from_metadata(cls, meta: Any) -> Usage:
+        """From the SDK's `usage_metadata` (missing counts are 0)."""
+        if meta is None:
+            return cls()
+
+        def count(name: str) -> int:
+            return int(getattr(meta, name, None) or 0)
+
+        return cls(
+            prompt_tokens=count("prompt_token_count"),
+            cached_tokens=count("cached_content_token_count"),
+            candidates_tokens=count("candidates_token_count"),
+            thoughts_tokens=count("thoughts_token_count"),
+            tool_use_prompt_tokens=count("tool_use_prompt_token_count"),
+            total_tokens=count("total_token_count"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One API call: what it cost, how long it took, how it ended."""
+
+    agent: str
+    turn: int
+    call: int
+    model: str
+    started: datetime
+    usage: Usage
+    time_to_first_chunk: float | None
+    duration: float
+    finish_reason: str | None
+    status: CallStatus
+    retry_wait: float = 0.0
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationMessage:
+    """One message in history; `usage` is set on model messages (that call's usage)."""
+
+    role: Role
+    parts: tuple[Part, ...]
+    turn: int
+    time: datetime = field(default_factory=utcnow)
+    status: MessageStatus = "complete"
+    usage: Usage | None = None
+    model: str | None = None
+    finish_reason: str | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(p.text for p in self.parts if isinstance(p, TextPart) and not p.thought)
+
+    @property
+    def thoughts(self) -> str:
+        return "".join(p.text for p in self.parts if isinstance(p, TextPart) and p.thought)
+
+    @property
+    def tool_calls(self) -> tuple[FunctionCallPart, ...]:
+        return tuple(p for p in self.parts if isinstance(p, FunctionCallPart))
+
+
+class Conversation:
+    """Messages and ledger of one agent, plus what the model sees next."""
+
+    def __init__(self) -> None:
+        self.messages: list[ConversationMessage] = []
+        self.ledger: list[LedgerEntry] = []
+        self.turn_count = 0
+        self.turn_seq = 0
+        self.compactions: list[int] = []
+
+    def start_turn(self) -> int:
+        """Number the next turn; numbers keep growing across `clear`, so the ledger stays unambiguous."""
+        self.turn_count += 1
+        self.turn_seq += 1
+        return self.turn_seq
+
+    @property
+    def summary(self) -> str | None:
+        """The latest compaction summary, added to the system instruction."""
+        return self.messages[self.compactions[-1]].text if self.compactions else None
+
+    def context(self) -> list[ConversationMessage]:
+        """What the model sees: messages after the latest summary."""
+        start = self.compactions[-1] + 1 if self.compactions else 0
+        return self.messages[start:]
+
+    def append(self, message: ConversationMessage) -> None:
+        self.messages.append(message)
+
+    def record_compaction(self, summary: str, turn: int) -> int:
+        self.messages.append(ConversationMessage("summary", (TextPart(summary),), turn))
+        self.compactions.append(len(self.messages) - 1)
+        return self.compactions[-1]
+
+    def clear(self) -> None:
+        """Forget what the model sees; the ledger (what was billed) stays."""
+        self.messages.clear()
+        self.compactions.clear()
+        self.turn_count = 0
+
+    def total_usage(self) -> Usage:
+        return sum((entry.usage for entry in self.ledger), Usage())
+
+    def turn_usage(self, turn: int) -> Usage:
+        return sum((e.usage for e in self.ledger if e.turn == turn), Usage())
+
+    def last_response(self) -> ConversationMessage | None:
+        for message in reversed(self.messages):
+            if message.role == "model" and (message.text or not message.tool_calls):
+                return message
+        return None
+
+
+def dangling_calls(messages: list[ConversationMessage]) -> list[FunctionCallPart]:
+    """Function calls in the latest model message that have no response yet."""
+    for index in range(len(messages) - 1, -1, -1):
+        message = messages[index]
+        if message.role == "model":
+            answered = {
+                p.id or p.name
+                for later in messages[index + 1 :]
+                for p in later.parts
+                if isinstance(p, FunctionResponsePart)
+            }
+            return [c for c in message.tool_calls if (c.id or c.name) not in answered]
+    return []

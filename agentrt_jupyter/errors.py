@@ -1,0 +1,141 @@
+"""Every error the runtime raises, importable from `agentrt_jupyter`.
+
+    AgentError
+    ├── UsageProblem (caller misuse; also the closest built-in)
+    │   ├── InvalidConfig (ValueError)          a config field is wrong
+    │   ├── InvalidContent (TypeError)          content the model cannot take
+    │   ├── AgentNotFound (KeyError)            no agent with that id or name
+    │   ├── ConversationExists (ValueError)     a stored conversation has that name
+    │   ├── AgentShutDown (RuntimeError)        the agent was shut down
+    │   └── RuntimeClosed (RuntimeError)        the runtime was shut down
+    ├── Timeout (TimeoutError)                  a bounded wait ran out
+    └── TurnError                               a turn did not complete
+        ├── TurnCancelled                       cancelled; partial text kept
+        ├── StreamBroken                        the stream was cut; partial text kept
+        ├── ToolStepLimit                       the model kept calling tools
+        ├── QuotaExceeded                       429 that waiting will not fix
+        └── BackendError                        the model service refused the call
+
+`AgentRuntimeWarning` is the one warning category of the package.
+"""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """Base of every error raised by agentrt_jupyter."""
+
+
+class AgentRuntimeWarning(UserWarning):
+    """Something worth knowing that does not stop the work."""
+
+
+class UsageProblem(AgentError):
+    """The caller asked for something that cannot be done as asked."""
+
+
+class InvalidConfig(UsageProblem, ValueError):
+    """A configuration field has a wrong value."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class InvalidContent(UsageProblem, TypeError):
+    """Content that cannot be sent to the model."""
+
+
+class AgentNotFound(UsageProblem, KeyError):
+    """No agent with that id or name."""
+
+    def __init__(self, agent: str) -> None:
+        super().__init__(agent)
+        self.agent = agent
+
+    def __str__(self) -> str:
+        return f"no agent {self.agent!r}: see runtime.agents() for the live ones"
+
+
+class ConversationExists(UsageProblem, ValueError):
+    """A stored conversation already has this name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"a stored conversation named {name!r} exists: runtime.resume({name!r}) continues it, "
+            f"runtime.delete({name!r}) erases it"
+        )
+        self.name = name
+
+
+class AgentShutDown(UsageProblem, RuntimeError):
+    """The agent was shut down and takes no more turns."""
+
+    def __init__(self, agent: str) -> None:
+        super().__init__(f"agent {agent!r} was shut down; create or resume an agent to go on")
+        self.agent = agent
+
+
+class RuntimeClosed(UsageProblem, RuntimeError):
+    """The runtime was shut down."""
+
+
+class Timeout(AgentError, TimeoutError):
+    """A bounded wait ran out before the thing waited for happened."""
+
+
+class TurnError(AgentError):
+    """A turn ended without a complete reply; whatever text arrived is kept."""
+
+    def __init__(self, message: str, *, partial_text: str = "", agent: str | None = None) -> None:
+        super().__init__(message)
+        self.partial_text = partial_text
+        self.agent = agent
+
+
+class TurnCancelled(TurnError):
+    """The turn was cancelled; the partial reply is in history, marked cancelled."""
+
+
+class StreamBroken(TurnError):
+    """The reply stream was cut (connection dropped, stalled, or truncated)."""
+
+
+class ToolStepLimit(TurnError):
+    """The model asked for more tool calls than `max_tool_steps` allows."""
+
+
+class QuotaExceeded(TurnError):
+    """A rate limit that waiting will not fix here (per-day, limit 0, or retries used up)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        quota_id: str | None = None,
+        scope: str = "unknown",
+        partial_text: str = "",
+        agent: str | None = None,
+    ) -> None:
+        super().__init__(message, partial_text=partial_text, agent=agent)
+        self.retry_after = retry_after
+        self.quota_id = quota_id
+        self.scope = scope
+
+
+class BackendError(TurnError):
+    """The model service answered with an error; `code` and `status` are the service's."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        status: str | None = None,
+        partial_text: str = "",
+        agent: str | None = None,
+    ) -> None:
+        super().__init__(message, partial_text=partial_text, agent=agent)
+        self.code = code
+        self.status = status

@@ -1,0 +1,254 @@
+"""`Turn` (the loop's record of one turn) and `ChatHandle` (how callers follow it from any thread).
+
+A turn keeps every event it published, so a consumer that subscribes late misses
+nothing. Waiting consumers register a wake-up callback; the publisher appends first
+and then wakes, the consumer registers first and then re-checks, so no wake-up is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .content import Part
+from .conversation import Usage
+from .errors import Timeout, TurnCancelled, TurnError
+from .events import Error, Event, TurnEnd, TurnStatus
+
+if TYPE_CHECKING:
+    from .runtime import _Portal
+
+WAIT_SLICE = 0.05
+"""Blocking waits wake this often, so Ctrl-C / kernel interrupt is seen at once."""
+
+
+@dataclass(frozen=True)
+class TurnResult:
+    """The outcome of a finished turn."""
+
+    agent: str
+    turn: int
+    status: TurnStatus
+    text: str
+    thoughts: str
+    usage: Usage
+    finish_reason: str | None
+    model: str
+    time_to_first_chunk: float | None
+    duration: float
+    tool_calls: int
+    error: TurnError | None = None
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class Turn:
+    """One turn on the runtime loop. Written only by the loop; read from anywhere."""
+
+    def __init__(self, agent: str, parts: tuple[Part, ...], model: str) -> None:
+        self.agent = agent
+        self.parts = parts
+        self.model = model
+        self.number = 0
+        self.events: list[Event] = []
+        self.finished = False
+        self.started_at: float | None = None
+        self.first_chunk_at: float | None = None
+        self.ended_at: float | None = None
+        self.usage = Usage()
+        self.text_parts: list[str] = []
+        self.thought_parts: list[str] = []
+        self.tool_calls = 0
+        self.task: asyncio.Task[None] | None = None
+        self.result: TurnResult | None = None
+        self._waiters: list[Callable[[], None]] = []
+
+    @property
+    def status(self) -> str:
+        if self.result is not None:
+            return self.result.status
+        return "running" if self.task is not None else "queued"
+
+    def publish(self, event: Event) -> None:
+        self.events.append(event)
+        waiters, self._waiters = self._waiters, []
+        for wake in waiters:
+            wake()
+
+    def finish(self, result: TurnResult) -> None:
+        self.result = result
+        self.finished = True
+        if result.error is not None:
+            self.publish(Error(result.error))
+        self.publish(TurnEnd(result.status, result.text, result.usage, result.finish_reason))
+
+    def add_waiter(self, wake: Callable[[], None]) -> None:
+        self._waiters.append(wake)
+
+
+class ChatHandle:
+    """A turn in progress: iterate its events (sync or async), or wait for its text.
+
+    `text()` raises the turn's error (never an empty success); `cancel()` stops it and
+    keeps the partial reply in history, marked cancelled.
+    """
+
+    def __init__(self, turn: Turn, portal: _Portal, cancel: Callable[[], Any]) -> None:
+        self._turn = turn
+        self._portal = portal
+        self._cancel = cancel
+
+    def __repr__(self) -> str:
+        return f"<ChatHandle agent={self._turn.agent!r} turn={self._turn.number} {self.status}>"
+
+    @property
+    def agent(self) -> str:
+        return self._turn.agent
+
+    @property
+    def status(self) -> str:
+        """queued, running, complete, cancelled, incomplete or error."""
+        return self._turn.status
+
+    @property
+    def done(self) -> bool:
+        return self._turn.finished
+
+    @property
+    def usage(self) -> Usage:
+        """Usage so far (final once the turn is done)."""
+        return self._turn.usage
+
+    @property
+    def partial_text(self) -> str:
+        return "".join(self._turn.text_parts)
+
+    def cancel(self) -> None:
+        """Stop the turn; returns at once (the stop is confirmed by the turn's end)."""
+        if not self._turn.finished:
+            self._cancel()
+
+    def _wait_sync(self, seen: int, deadline: float | None) -> None:
+        """Block until there are more than `seen` events, in short interruptible slices."""
+        arrived = threading.Event()
+        self._turn.add_waiter(arrived.set)
+        try:
+            while len(self._turn.events) <= seen:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise Timeout(f"turn of {self.agent!r} still running after the timeout")
+                arrived.wait(WAIT_SLICE)
+        except KeyboardInterrupt:
+            self.cancel()
+            raise
+
+    def __iter__(self) -> Iterator[Event]:
+        return self.events()
+
+    def events(self, timeout: float | None = None) -> Iterator[Event]:
+        """Every event of the turn, from the first, blocking between them."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        index = 0
+        while True:
+            while index < len(self._turn.events):
+                event = self._turn.events[index]
+                index += 1
+                yield event
+                if isinstance(event, TurnEnd):
+                    return
+            self._wait_sync(index, deadline)
+
+    async def _wait_async(self, seen: int) -> None:
+        loop = asyncio.get_running_loop()
+        arrived: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(_resolve, arrived)
+
+        self._turn.add_waiter(wake)
+        if len(self._turn.events) <= seen:
+            try:
+                await arrived
+            except asyncio.CancelledError:
+                self.cancel()
+                raise
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._aevents()
+
+    async def _aevents(self) -> AsyncIterator[Event]:
+        index = 0
+        while True:
+            while index < len(self._turn.events):
+                event = self._turn.events[index]
+                index += 1
+                yield event
+                if isinstance(event, TurnEnd):
+                    return
+            await self._wait_async(index)
+
+    def result(self, timeout: float | None = None) -> TurnResult:
+        """Wait for the turn; its error (cancel included) is raised, with partial text on it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._turn.finished:
+            self._wait_sync(len(self._turn.events), deadline)
+        return self._outcome()
+
+    def text(self, timeout: float | None = None) -> str:
+        """The whole reply text; raises the turn's error instead of returning partial text."""
+        return self.result(timeout).text
+
+    async def aresult(self) -> TurnResult:
+        while not self._turn.finished:
+            await self._wait_async(len(self._turn.events))
+        return self._outcome()
+
+    async def atext(self) -> str:
+        return (await self.aresult()).text
+
+    def __await__(self) -> Any:
+        return self.aresult().__await__()
+
+    def _outcome(self) -> TurnResult:
+        result = self._turn.result
+        assert result is not None
+        if result.error is not None:
+            raise result.error
+        return result
+
+    def outcome(self) -> TurnResult | None:
+        """The finished turn's result without raising (None while it runs)."""
+        return self._turn.result
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def cancelled_error(agent: str, partial: str) -> TurnCancelled:
+    return TurnCancelled(f"the turn of {agent!r} was cancelled", partial_text=partial, agent=agent)
+
+
+def wait_future(future: concurrent.futures.Future[Any], timeout: float | None) -> Any:
+    """Block on a runtime future in short slices; Ctrl-C cancels it and propagates."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while not future.done():
+            slice_ = WAIT_SLICE
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    future.cancel()
+                    raise Timeout("the runtime did not answer within the timeout")
+                slice_ = min(slice_, left)
+            concurrent.futures.wait([future], slice_)
+    except KeyboardInterrupt:
+        future.cancel()
+        raise
+    return future.result()

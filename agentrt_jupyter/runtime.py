@@ -1,0 +1,776 @@
+"""`AgentRuntime`: one thread with its own asyncio loop, reached through one command channel.
+
+The thread is a portal (as anyio's `BlockingPortal`): every call is a coroutine sent
+with `run_coroutine_threadsafe` and answered through its own future. All agent state
+lives on the loop in `_Core`; `AgentRuntime` (sync) and `AsyncAgentRuntime`
+(`runtime.aio`) are thin layers over it, so there is one implementation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import itertools
+import logging
+import secrets
+import threading
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+from .agent import AgentCore
+from .backends.base import Backend
+from .config import AgentConfig, RuntimeConfig
+from .content import to_parts
+from .conversation import ConversationMessage, LedgerEntry, Usage
+from .errors import (
+    AgentNotFound,
+    ConversationExists,
+    InvalidConfig,
+    RuntimeClosed,
+    Timeout,
+)
+from .handle import ChatHandle, Turn, wait_future
+from .quota import QuotaRegistry, QuotaScope, QuotaState
+from .store import STORED_SETTINGS, Store
+
+if TYPE_CHECKING:
+    from .server.process import LocalServer
+
+log = logging.getLogger("agentrt_jupyter")
+P = ParamSpec("P")
+T = TypeVar("T")
+_runtime_numbers = itertools.count(1)
+
+
+class _Portal:
+    """A named daemon thread running an event loop, and the channel into it."""
+
+    def __init__(self, name: str) -> None:
+        ready: concurrent.futures.Future[asyncio.AbstractEventLoop] = concurrent.futures.Future()
+        self.thread = threading.Thread(target=self._run, args=(ready,), name=name, daemon=True)
+        self.thread.start()
+        self.loop = ready.result()
+        self.closed = False
+
+    @staticmethod
+    def _run(ready: concurrent.futures.Future[asyncio.AbstractEventLoop]) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        loop.call_soon(ready.set_result, loop)
+        try:
+            loop.run_forever()
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.wait(pending, timeout=2.0))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            with contextlib.suppress(TimeoutError):
+                loop.run_until_complete(asyncio.wait_for(loop.shutdown_default_executor(), 2.0))
+        finally:
+            loop.close()
+
+    def on_loop(self) -> bool:
+        return threading.current_thread() is self.thread
+
+    def submit(
+        self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
+    ) -> concurrent.futures.Future[T]:
+        if self.closed:
+            raise RuntimeClosed("the runtime was shut down; create a new AgentRuntime")
+        return asyncio.run_coroutine_threadsafe(fn(*args, **kwargs), self.loop)  # type: ignore[arg-type]
+
+    def call(
+        self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run on the loop and wait; refused on the loop's own thread (it would deadlock)."""
+        if self.on_loop():
+            raise RuntimeError(
+                "a blocking runtime call from the runtime thread would deadlock: "
+                "use `await runtime.aio....` there"
+            )
+        result: T = wait_future(self.submit(fn, *args, **kwargs), None)
+        return result
+
+    async def acall(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        if self.on_loop():
+            if self.closed:
+                raise RuntimeClosed("the runtime was shut down; create a new AgentRuntime")
+            return await fn(*args, **kwargs)
+        return await asyncio.wrap_future(self.submit(fn, *args, **kwargs))
+
+    def stop_loop(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    """A snapshot of one agent, for listings and monitors."""
+
+    id: str
+    name: str
+    model: str
+    state: str
+    turn_count: int
+    queued: int
+    current_turn: int | None
+    running_for: float | None
+    total_usage: Usage
+
+
+class _Core:
+    """Everything on the runtime loop: agents, backends, quota, store."""
+
+    def __init__(self, config: RuntimeConfig) -> None:
+        self.config = config
+        self.quota = QuotaRegistry()
+        self.agents: dict[str, AgentCore] = {}
+        self.by_name: dict[str, str] = {}
+        self.store = Store(config.store_path) if config.store_path is not None else None
+        self.server: LocalServer | None = None
+        self._backends: dict[tuple[str | None, str | None, str | None], Backend] = {}
+        self._backend_lock: asyncio.Lock | None = None
+        self.default_credential: str | None = None
+
+    def lookup(self, ref: Agent | str) -> AgentCore:
+        key = ref.id if isinstance(ref, Agent) else ref
+        if not isinstance(key, str):
+            raise AgentNotFound(repr(key))
+        agent = self.agents.get(key) or self.agents.get(self.by_name.get(key, ""))
+        if agent is None:
+            raise AgentNotFound(key)
+        return agent
+
+    async def _endpoint(self, config: AgentConfig) -> tuple[str | None, str | None, str | None]:
+        """(api_key, base_url, api_version) for an agent: its own, else the runtime's."""
+        if config.api_key or config.base_url:
+            return (
+                config.api_key or self.config.resolved_api_key(),
+                config.base_url or self.config.base_url,
+                config.api_version or self.config.api_version,
+            )
+        backend = self.config.resolved_backend()
+        if backend == "gemini":
+            return (
+                self.config.resolved_api_key(),
+                self.config.base_url,
+                config.api_version or self.config.api_version,
+            )
+        server = await self._local_server(backend)
+        return server.token, server.url, "v1beta"
+
+    async def _local_server(self, engine: str) -> LocalServer:
+        if self.server is None:
+            from .server.process import LocalServer
+
+            log.info("starting the local model server (%s engine)", engine)
+            self.server = await asyncio.to_thread(
+                LocalServer.start, engine, startup_timeout=self.config.server_startup_timeout
+            )
+        return self.server
+
+    async def backend_for(self, config: AgentConfig) -> Backend:
+        if self._backend_lock is None:
+            self._backend_lock = asyncio.Lock()
+        async with self._backend_lock:
+            endpoint = await self._endpoint(config)
+            backend = self._backends.get(endpoint)
+            if backend is None:
+                from .backends.gemini import GeminiBackend
+
+                backend = GeminiBackend(
+                    api_key=endpoint[0],
+                    base_url=endpoint[1],
+                    api_version=endpoint[2],
+                    retry_attempts=self.config.http_retry_attempts,
+                )
+                self._backends[endpoint] = backend
+            if not (config.api_key or config.base_url):
+                self.default_credential = backend.credential
+            return backend
+
+    async def default_backend(self) -> Backend:
+        return await self.backend_for(AgentConfig())
+
+    def persist_agent(self, agent: AgentCore) -> None:
+        if self.store is not None and agent.config.name is not None:
+            settings = {k: getattr(agent.config, k) for k in STORED_SETTINGS}
+            settings["stop_sequences"] = list(settings["stop_sequences"])
+            self.store.save_agent(agent.name, settings, agent.conversation)
+
+    def persist_message(self, agent: AgentCore, message: ConversationMessage) -> None:
+        if self.store is not None and agent.config.name is not None:
+            position = len(agent.conversation.messages) - 1
+            if agent.conversation.messages[position] is not message:
+                position = agent.conversation.messages.index(message)
+            self.store.add_message(agent.name, position, message)
+
+    def persist_ledger(self, agent: AgentCore, entry: LedgerEntry) -> None:
+        if self.store is not None and agent.config.name is not None:
+            self.store.add_ledger(agent.name, entry)
+
+    def _claim_name(self, name: str) -> None:
+        existing = self.agents.get(self.by_name.get(name, ""))
+        if existing is not None:
+            if existing.state not in ("shutdown", "disconnected"):
+                raise InvalidConfig(
+                    f"an agent named {name!r} is running: use it, or pick another name",
+                    field="name",
+                )
+            del self.agents[existing.id]
+
+    async def create_agent(self, config: AgentConfig) -> AgentCore:
+        agent_id = f"agent-{secrets.token_hex(4)}"
+        name = config.name or agent_id
+        self._claim_name(name)
+        if config.name is not None and self.store is not None and self.store.exists(name):
+            raise ConversationExists(name)
+        agent = AgentCore(self, agent_id, name, config)
+        self.agents[agent_id] = agent
+        self.by_name[name] = agent_id
+        self.persist_agent(agent)
+        return agent
+
+    async def resume(self, name: str, config: AgentConfig | None) -> AgentCore:
+        if self.store is None:
+            raise InvalidConfig("resume needs a store: set RuntimeConfig(store_path=...)", field="store_path")
+        loaded = self.store.load(name)
+        if loaded is None:
+            raise AgentNotFound(name)
+        settings, conversation = loaded
+        self._claim_name(name)
+        if config is None:
+            config = AgentConfig(name=name, **{k: v for k, v in settings.items() if v is not None})
+        elif config.name != name:
+            config = config.with_changes(name=name)
+        agent = AgentCore(self, f"agent-{secrets.token_hex(4)}", name, config)
+        agent.conversation = conversation
+        self.agents[agent.id] = agent
+        self.by_name[name] = agent.id
+        return agent
+
+    async def chat(self, ref: Agent | str, parts: Any) -> Turn:
+        agent = self.lookup(ref)
+        agent.check_usable()
+        turn = Turn(agent.name, parts, agent.model)
+        agent.submit(turn)
+        return turn
+
+    async def cancel(self, ref: Agent | str) -> bool:
+        return self.lookup(ref).cancel_active()
+
+    async def cancel_turn(self, ref: str, turn: Turn) -> None:
+        self.lookup(ref).cancel_turn(turn)
+
+    async def wait_for_idle(self, ref: Agent | str, timeout: float | None) -> None:
+        agent = self.lookup(ref)
+        try:
+            await asyncio.wait_for(agent.idle.wait(), timeout)
+        except TimeoutError:
+            raise Timeout(f"agent {agent.name!r} still busy after {timeout} s") from None
+
+    async def signal_idle(self, ref: Agent | str) -> None:
+        agent = self.lookup(ref)
+        if agent.is_idle():
+            agent.wakeup.clear()
+
+    async def wait_for_wakeup(self, ref: Agent | str, timeout: float | None) -> bool:
+        agent = self.lookup(ref)
+        try:
+            await asyncio.wait_for(agent.wakeup.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def query(self, ref: Agent | str, what: Callable[[AgentCore], T]) -> T:
+        return what(self.lookup(ref))
+
+    async def clear_history(self, ref: Agent | str) -> None:
+        agent = self.lookup(ref)
+        agent.check_usable()
+        agent.conversation.clear()
+        if self.store is not None and agent.config.name is not None:
+            self.store.clear_messages(agent.name)
+            self.persist_agent(agent)
+
+    async def stop_agent(self, ref: Agent | str, how: str) -> None:
+        agent = self.lookup(ref)
+        await agent.stop("disconnected" if how == "disconnect" else "shutdown")
+        if how == "delete":
+            del self.agents[agent.id]
+            self.by_name.pop(agent.name, None)
+            if self.store is not None:
+                self.store.delete(agent.name)
+
+    async def delete_stored(self, name: str) -> None:
+        """Erase a stored conversation that has no live agent."""
+        if self.store is None or not self.store.exists(name):
+            raise AgentNotFound(name)
+        self.store.delete(name)
+
+    async def agent_infos(self) -> list[AgentInfo]:
+        loop = asyncio.get_running_loop()
+        infos = []
+        for agent in self.agents.values():
+            active = agent.active
+            infos.append(
+                AgentInfo(
+                    id=agent.id,
+                    name=agent.name,
+                    model=agent.model,
+                    state=agent.state,
+                    turn_count=agent.conversation.turn_count,
+                    queued=len(agent.queue),
+                    current_turn=active.number if active is not None else None,
+                    running_for=loop.time() - active.started_at
+                    if active is not None and active.started_at is not None
+                    else None,
+                    total_usage=agent.conversation.total_usage(),
+                )
+            )
+        return infos
+
+    async def ledger(self) -> list[LedgerEntry]:
+        return [entry for agent in self.agents.values() for entry in agent.conversation.ledger]
+
+    async def wait_for_quota(self, timeout: float | None) -> float:
+        backend = await self.default_backend()
+        try:
+            return await asyncio.wait_for(self.quota.wait(backend.credential), timeout)
+        except TimeoutError:
+            raise Timeout(f"still rate limited after {timeout} s") from None
+
+    async def record_quota_hit(self, retry_after: float | None, scope: QuotaScope) -> float:
+        backend = await self.default_backend()
+        return self.quota.record_hit(backend.credential, retry_after, scope=scope)
+
+    async def aclose(self) -> None:
+        await asyncio.gather(
+            *(agent.stop("shutdown") for agent in self.agents.values()), return_exceptions=True
+        )
+        for backend in self._backends.values():
+            with contextlib.suppress(Exception):
+                await backend.aclose()
+        self._backends.clear()
+        if self.server is not None:
+            await asyncio.to_thread(self.server.stop)
+            self.server = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+
+def _finalize(portal: _Portal, core: _Core) -> None:
+    """Best-effort stop for a runtime nobody shut down (holds no reference to it)."""
+    if portal.closed:
+        return
+    portal.closed = True
+    if portal.loop.is_running():
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(core.aclose(), portal.loop).result(5.0)
+    portal.stop_loop()
+    if not portal.on_loop():
+        portal.thread.join(5.0)
+
+
+class Agent:
+    """A handle on one agent; every method goes through the runtime's channel."""
+
+    def __init__(self, runtime: AgentRuntime, agent_id: str, name: str) -> None:
+        self.runtime = runtime
+        self.id = agent_id
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<Agent {self.name!r} id={self.id}>"
+
+    def chat(self, content: Any) -> ChatHandle:
+        return self.runtime.chat(self, content)
+
+    def send(self, content: Any) -> ChatHandle:
+        return self.runtime.send(self, content)
+
+    def cancel(self) -> bool:
+        return self.runtime.cancel(self)
+
+    def wait_for_idle(self, timeout: float | None = None) -> None:
+        self.runtime.wait_for_idle(self, timeout)
+
+    def is_idle(self) -> bool:
+        return self.runtime.is_idle(self)
+
+    def signal_idle(self) -> None:
+        self.runtime.signal_idle(self)
+
+    def wait_for_wakeup(self, timeout: float | None = None) -> bool:
+        return self.runtime.wait_for_wakeup(self, timeout)
+
+    def history(self) -> list[ConversationMessage]:
+        return self.runtime.history(self)
+
+    def turn_count(self) -> int:
+        return self.runtime.turn_count(self)
+
+    def total_usage(self) -> Usage:
+        return self.runtime.total_usage(self)
+
+    def last_turn_usage(self) -> Usage:
+        return self.runtime.last_turn_usage(self)
+
+    def last_response(self) -> ConversationMessage | None:
+        return self.runtime.last_response(self)
+
+    def ledger(self) -> list[LedgerEntry]:
+        return self.runtime.agent_ledger(self)
+
+    def clear_history(self) -> None:
+        self.runtime.clear_history(self)
+
+    def compaction_indices(self) -> list[int]:
+        return self.runtime.compaction_indices(self)
+
+    def disconnect(self) -> None:
+        self.runtime.disconnect(self)
+
+    def delete(self) -> None:
+        self.runtime.delete(self)
+
+    def shutdown(self) -> None:
+        self.runtime.shutdown_agent(self)
+
+    def try_shutdown(self) -> bool:
+        return self.runtime.try_shutdown_agent(self)
+
+
+def _last_turn_usage(agent: AgentCore) -> Usage:
+    ledger = agent.conversation.ledger
+    return agent.conversation.turn_usage(ledger[-1].turn) if ledger else Usage()
+
+
+class AsyncAgentRuntime:
+    """`runtime.aio`: the same API, awaitable from any event loop (the kernel's included)."""
+
+    def __init__(self, runtime: AgentRuntime) -> None:
+        self._runtime = runtime
+        self._portal = runtime._portal
+        self._core = runtime._core
+
+    async def create_agent(self, config: AgentConfig | None = None, **settings: Any) -> Agent:
+        core = await self._portal.acall(self._core.create_agent, _agent_config(config, settings))
+        return Agent(self._runtime, core.id, core.name)
+
+    async def resume(self, name: str, config: AgentConfig | None = None) -> Agent:
+        core = await self._portal.acall(self._core.resume, name, config)
+        return Agent(self._runtime, core.id, core.name)
+
+    async def chat(self, agent: Agent | str, content: Any) -> ChatHandle:
+        parts = to_parts(content)
+        turn = await self._portal.acall(self._core.chat, agent, parts)
+        return self._runtime._handle(turn)
+
+    async def send(self, agent: Agent | str, content: Any) -> ChatHandle:
+        return await self.chat(agent, content)
+
+    async def cancel(self, agent: Agent | str) -> bool:
+        return await self._portal.acall(self._core.cancel, agent)
+
+    async def wait_for_idle(self, agent: Agent | str, timeout: float | None = None) -> None:
+        await self._portal.acall(self._core.wait_for_idle, agent, timeout)
+
+    async def is_idle(self, agent: Agent | str) -> bool:
+        return await self._portal.acall(self._core.query, agent, AgentCore.is_idle)
+
+    async def signal_idle(self, agent: Agent | str) -> None:
+        await self._portal.acall(self._core.signal_idle, agent)
+
+    async def wait_for_wakeup(self, agent: Agent | str, timeout: float | None = None) -> bool:
+        return await self._portal.acall(self._core.wait_for_wakeup, agent, timeout)
+
+    async def history(self, agent: Agent | str) -> list[ConversationMessage]:
+        return await self._portal.acall(self._core.query, agent, _history)
+
+    async def turn_count(self, agent: Agent | str) -> int:
+        return await self._portal.acall(self._core.query, agent, _turn_count)
+
+    async def total_usage(self, agent: Agent | str) -> Usage:
+        return await self._portal.acall(self._core.query, agent, _total_usage)
+
+    async def last_turn_usage(self, agent: Agent | str) -> Usage:
+        return await self._portal.acall(self._core.query, agent, _last_turn_usage)
+
+    async def last_response(self, agent: Agent | str) -> ConversationMessage | None:
+        return await self._portal.acall(self._core.query, agent, _last_response)
+
+    async def agent_ledger(self, agent: Agent | str) -> list[LedgerEntry]:
+        return await self._portal.acall(self._core.query, agent, _agent_ledger)
+
+    async def clear_history(self, agent: Agent | str) -> None:
+        await self._portal.acall(self._core.clear_history, agent)
+
+    async def compaction_indices(self, agent: Agent | str) -> list[int]:
+        return await self._portal.acall(self._core.query, agent, _compactions)
+
+    async def disconnect(self, agent: Agent | str) -> None:
+        await self._portal.acall(self._core.stop_agent, agent, "disconnect")
+
+    async def delete(self, agent: Agent | str) -> None:
+        await self._delete(agent)
+
+    async def _delete(self, agent: Agent | str) -> None:
+        try:
+            await self._portal.acall(self._core.stop_agent, agent, "delete")
+        except AgentNotFound:
+            if not isinstance(agent, str):
+                raise
+            await self._portal.acall(self._core.delete_stored, agent)
+
+    async def shutdown_agent(self, agent: Agent | str) -> None:
+        await self._portal.acall(self._core.stop_agent, agent, "shutdown")
+
+    async def agents(self) -> list[AgentInfo]:
+        return await self._portal.acall(self._core.agent_infos)
+
+    async def ledger(self) -> list[LedgerEntry]:
+        return await self._portal.acall(self._core.ledger)
+
+    async def wait_for_quota(self, timeout: float | None = None) -> float:
+        return await self._portal.acall(self._core.wait_for_quota, timeout)
+
+    async def record_quota_hit(
+        self, retry_after: float | None, scope: QuotaScope = "minute"
+    ) -> float:
+        return await self._portal.acall(self._core.record_quota_hit, retry_after, scope)
+
+
+def _history(agent: AgentCore) -> list[ConversationMessage]:
+    return list(agent.conversation.messages)
+
+
+def _turn_count(agent: AgentCore) -> int:
+    return agent.conversation.turn_count
+
+
+def _total_usage(agent: AgentCore) -> Usage:
+    return agent.conversation.total_usage()
+
+
+def _last_response(agent: AgentCore) -> ConversationMessage | None:
+    return agent.conversation.last_response()
+
+
+def _agent_ledger(agent: AgentCore) -> list[LedgerEntry]:
+    return list(agent.conversation.ledger)
+
+
+def _compactions(agent: AgentCore) -> list[int]:
+    return list(agent.conversation.compactions)
+
+
+def _agent_config(config: AgentConfig | None, settings: dict[str, Any]) -> AgentConfig:
+    if config is None:
+        return AgentConfig(**settings)
+    if not isinstance(config, AgentConfig):
+        raise InvalidConfig(f"expected an AgentConfig, got {type(config).__name__}", field="config")
+    return config.with_changes(**settings) if settings else config
+
+
+class AgentRuntime:
+    """The agent runtime: a dedicated thread and event loop for all model work.
+
+    Returns at once; every method is safe from any thread. Use as a context manager
+    or call `shutdown()`; a forgotten runtime is stopped by a finalizer.
+    """
+
+    def __init__(self, config: RuntimeConfig | None = None) -> None:
+        if config is not None and not isinstance(config, RuntimeConfig):
+            raise InvalidConfig(
+                f"expected a RuntimeConfig, got {type(config).__name__}", field="config"
+            )
+        self.config = config or RuntimeConfig()
+        number = next(_runtime_numbers)
+        name = self.config.thread_name if number == 1 else f"{self.config.thread_name}-{number}"
+        self._core = _Core(self.config)
+        self._portal = _Portal(name)
+        self._finalizer = weakref.finalize(self, _finalize, self._portal, self._core)
+        self._shutdown_lock = threading.Lock()
+        self.aio = AsyncAgentRuntime(self)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._portal.closed else "running"
+        return f"<AgentRuntime {self.config.resolved_backend()} {state} thread={self._portal.thread.name!r}>"
+
+    def __enter__(self) -> AgentRuntime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    @property
+    def closed(self) -> bool:
+        return self._portal.closed
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self._portal.thread
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._portal.loop
+
+    @property
+    def local_server(self) -> LocalServer | None:
+        """The local model server this runtime started, if any."""
+        return self._core.server
+
+    def _handle(self, turn: Turn) -> ChatHandle:
+        portal = self._portal
+
+        def cancel() -> None:
+            if not portal.closed:
+                portal.submit(self._core.cancel_turn, turn.agent, turn)
+
+        return ChatHandle(turn, portal, cancel)
+
+    def _call(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._portal.call(fn, *args, **kwargs)
+
+    def create_agent(self, config: AgentConfig | None = None, **settings: Any) -> Agent:
+        """A new agent; `settings` are AgentConfig fields (validated first)."""
+        core = self._call(self._core.create_agent, _agent_config(config, settings))
+        return Agent(self, core.id, core.name)
+
+    def resume(self, name: str, config: AgentConfig | None = None) -> Agent:
+        """Bring back a stored conversation (after `disconnect` or a kernel restart)."""
+        core = self._call(self._core.resume, name, config)
+        return Agent(self, core.id, core.name)
+
+    def agent(self, name: str) -> Agent:
+        """The handle of a live agent by id or name."""
+        core = self._call(self._core.query, name, lambda a: a)
+        return Agent(self, core.id, core.name)
+
+    def stored_conversations(self) -> list[str]:
+        """Names of conversations kept in the store."""
+        return self._call(self._stored_names)
+
+    async def _stored_names(self) -> list[str]:
+        return self._core.store.names() if self._core.store is not None else []
+
+    def chat(self, agent: Agent | str, content: Any) -> ChatHandle:
+        """Start a turn; returns at once with a handle that streams its events."""
+        parts = to_parts(content)
+        return self._handle(self._call(self._core.chat, agent, parts))
+
+    def send(self, agent: Agent | str, content: Any) -> ChatHandle:
+        """Queue a message without waiting; its reply is recorded like any turn."""
+        return self.chat(agent, content)
+
+    def cancel(self, agent: Agent | str) -> bool:
+        """Stop the active turn now; True if one was running."""
+        return self._call(self._core.cancel, agent)
+
+    def wait_for_idle(self, agent: Agent | str, timeout: float | None = None) -> None:
+        self._call(self._core.wait_for_idle, agent, timeout)
+
+    def is_idle(self, agent: Agent | str) -> bool:
+        return self._call(self._core.query, agent, AgentCore.is_idle)
+
+    def signal_idle(self, agent: Agent | str) -> None:
+        self._call(self._core.signal_idle, agent)
+
+    def wait_for_wakeup(self, agent: Agent | str, timeout: float | None = None) -> bool:
+        """After `signal_idle`: True when a message arrives, False when the timeout passes."""
+        return self._call(self._core.wait_for_wakeup, agent, timeout)
+
+    def history(self, agent: Agent | str) -> list[ConversationMessage]:
+        return self._call(self._core.query, agent, _history)
+
+    def turn_count(self, agent: Agent | str) -> int:
+        return self._call(self._core.query, agent, _turn_count)
+
+    def total_usage(self, agent: Agent | str) -> Usage:
+        return self._call(self._core.query, agent, _total_usage)
+
+    def last_turn_usage(self, agent: Agent | str) -> Usage:
+        return self._call(self._core.query, agent, _last_turn_usage)
+
+    def last_response(self, agent: Agent | str) -> ConversationMessage | None:
+        return self._call(self._core.query, agent, _last_response)
+
+    def agent_ledger(self, agent: Agent | str) -> list[LedgerEntry]:
+        return self._call(self._core.query, agent, _agent_ledger)
+
+    def clear_history(self, agent: Agent | str) -> None:
+        """Forget what the model sees; turn count 0; total usage (billed) kept."""
+        self._call(self._core.clear_history, agent)
+
+    def compaction_indices(self, agent: Agent | str) -> list[int]:
+        return self._call(self._core.query, agent, _compactions)
+
+    def disconnect(self, agent: Agent | str) -> None:
+        """Stop the agent and keep its stored conversation for `resume(name)`."""
+        self._call(self._core.stop_agent, agent, "disconnect")
+
+    def delete(self, agent: Agent | str) -> None:
+        """Stop the agent (if live) and erase its stored conversation."""
+        self._portal.call(self.aio._delete, agent)
+
+    def shutdown_agent(self, agent: Agent | str) -> None:
+        self._call(self._core.stop_agent, agent, "shutdown")
+
+    def try_shutdown_agent(self, agent: Agent | str) -> bool:
+        """Schedule a shutdown; never raises, never waits (safe in finalizers)."""
+        try:
+            self._portal.submit(self._core.stop_agent, agent, "shutdown")
+        except Exception:
+            return False
+        return True
+
+    def agents(self) -> list[AgentInfo]:
+        return self._call(self._core.agent_infos)
+
+    def ledger(self) -> list[LedgerEntry]:
+        """Every API call of every live agent, in order per agent."""
+        return self._call(self._core.ledger)
+
+    def wait_for_quota(self, timeout: float | None = None) -> float:
+        """Wait until the default credential is not rate limited; returns seconds waited."""
+        return self._call(self._core.wait_for_quota, timeout)
+
+    def record_quota_hit(self, retry_after: float | None, scope: QuotaScope = "minute") -> float:
+        """Tell the runtime about a rate limit seen elsewhere; every agent on the key waits."""
+        return self._call(self._core.record_quota_hit, retry_after, scope)
+
+    @property
+    def quota_registry(self) -> QuotaRegistry:
+        return self._core.quota
+
+    @property
+    def quota_state(self) -> QuotaState | None:
+        """The default credential's state (None before the first model call)."""
+        credential = self._core.default_credential
+        return None if credential is None else self._core.quota.state(credential)
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Cancel turns, close agents and the SDK client, join the thread; idempotent."""
+        with self._shutdown_lock:
+            if self._portal.closed:
+                return
+            if self._portal.on_loop():
+                raise RuntimeError("shutdown() cannot run on the runtime thread")
+            future = self._portal.submit(self._core.aclose)
+            self._portal.closed = True
+            self._finalizer.detach()
+        deadline = time.monotonic() + timeout
+        try:
+            wait_future(future, timeout)
+        finally:
+            self._portal.stop_loop()
+            self._portal.thread.join(max(0.5, deadline - time.monotonic()))
+        if self._portal.thread.is_alive():
+            raise Timeout(f"the runtime thread did not stop within {timeout} s")
