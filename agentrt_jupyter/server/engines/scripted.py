@@ -52,7 +52,8 @@ class Prompt:
 def parse_prompt(contents: list[dict[str, Any]]) -> Prompt:
     """Find the latest user message with a text part and read its directives.
 
-    Text parts are joined with newlines. Unknown directives raise EngineError (400) so
+    Only its last text part counts: a runtime merges consecutive user messages (after a
+    cancelled turn), and an earlier message's directives must not apply again. Unknown directives raise EngineError (400) so
     that a typo in a test fails loudly instead of echoing.
     """
     for content in reversed(contents):
@@ -61,7 +62,7 @@ def parse_prompt(contents: list[dict[str, Any]]) -> Prompt:
         parts = content.get("parts") or []
         texts = [p["text"] for p in parts if isinstance(p.get("text"), str)]
         if texts:
-            return _split_prompt("\n".join(texts), parts)
+            return _split_prompt(texts[-1], parts)
     return Prompt("", "", (), ())
 
 
@@ -197,12 +198,12 @@ class ScriptedEngine:
             return counts
 
         head = [EngineChunk(thought_parts, usage(0))] if thought_parts else []
-        last = request.contents[-1] if request.contents else {}
+        last_parts = (request.contents[-1].get("parts") or []) if request.contents else []
         responses = [
-            p["functionResponse"]
-            for p in last.get("parts") or []
-            if isinstance(p.get("functionResponse"), dict)
+            p["functionResponse"] for p in last_parts if isinstance(p.get("functionResponse"), dict)
         ]
+        if any("text" in p for p in last_parts):
+            responses = []  # a new user message follows the tool results: answer it
         call_lines = prompt.values("call_always")
         if not responses:
             call_lines = [value for key, value in prompt.directives if key.startswith("call")]

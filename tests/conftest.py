@@ -1,0 +1,96 @@
+"""Shared fixtures: one scripted local server per session, a fresh runtime per test.
+
+Tests share the server, so each marks its prompts with a unique tag and reads only its
+own requests from the server's log.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentrt_jupyter import AgentRuntime, RuntimeConfig
+from agentrt_jupyter.server.process import LocalServer
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[LocalServer]:
+    with LocalServer.start("scripted") as running:
+        yield running
+
+
+def runtime_config(server: LocalServer, **overrides: Any) -> RuntimeConfig:
+    settings: dict[str, Any] = {
+        "base_url": server.url,
+        "api_key": server.token,
+        "api_version": "v1beta",
+        "store_path": None,
+        "idle_chunk_timeout": 20.0,
+    }
+    settings.update(overrides)
+    return RuntimeConfig(**settings)
+
+
+@pytest.fixture
+def rt(server: LocalServer) -> Iterator[AgentRuntime]:
+    runtime = AgentRuntime(runtime_config(server))
+    yield runtime
+    runtime.shutdown(10.0)
+
+
+@pytest.fixture
+def tag() -> str:
+    """A unique marker to put in prompts, to find this test's requests in the log."""
+    return f"tag{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    return tmp_path / "store.sqlite3"
+
+
+def requests_with(server: LocalServer, tag: str) -> list[dict[str, Any]]:
+    """This test's model requests, oldest first."""
+    return [r for r in server.requests() if tag in json.dumps(r.get("body"))]
+
+
+def wait_finished(server: LocalServer, tag: str, count: int = 1) -> list[dict[str, Any]]:
+    """Wait until `count` of this test's requests exist and all have finished."""
+    requests = requests_with(server, tag)
+    assert len(requests) >= count, requests
+    return [server.wait_for_request(r["id"], timeout=10.0) for r in requests]
+
+
+def assert_valid_conversation(contents: list[dict[str, Any]]) -> None:
+    """What Gemini requires of `contents`: user first and last, roles alternate, and every
+    function call answered by a function response in the next user message."""
+    assert contents, "no contents"
+    assert contents[0]["role"] == "user"
+    assert contents[-1]["role"] == "user"
+    for earlier, later in zip(contents, contents[1:], strict=False):
+        assert earlier["role"] != later["role"], contents
+    for index, content in enumerate(contents):
+        calls = [p["functionCall"] for p in content["parts"] if "functionCall" in p]
+        if calls:
+            following = contents[index + 1]["parts"]
+            answered = {p["functionResponse"]["id"] for p in following if "functionResponse" in p}
+            assert {c["id"] for c in calls} <= answered, contents
+        for part in content["parts"]:
+            assert part, f"empty part in {content}"
+
+
+def wait_for_tagged(server: LocalServer, tag: str, timeout: float = 10.0) -> dict[str, Any]:
+    """Wait (on the server's long-poll, not a sleep) until a request with `tag` arrives."""
+    deadline = time.monotonic() + timeout
+    while True:
+        logged = server.requests()
+        matching = [r for r in logged if tag in json.dumps(r.get("body"))]
+        if matching:
+            return matching[0]
+        server.wait_for_count(len(logged) + 1, timeout=max(0.1, deadline - time.monotonic()))
