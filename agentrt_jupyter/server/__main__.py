@@ -83,9 +83,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
-    """Block on stdin in a daemon thread; EOF means the parent is gone."""
+    """Block on stdin in a daemon thread; EOF means the parent is gone.
+
+    It reads the raw fd: a daemon thread blocked inside a buffered reader aborts the
+    interpreter at exit.
+    """
     try:
-        while sys.stdin.buffer.read(65536):
+        while os.read(sys.stdin.fileno(), 65536):
             pass
     except (OSError, ValueError):
         pass
