@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+from google import genai
+from google.genai import errors, types
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
@@ -21,6 +23,7 @@ from agentrt_jupyter.server.engines.local import (  # noqa: E402
     create_engine,
     find_model_path,
 )
+from agentrt_jupyter.server.process import LocalServer  # noqa: E402
 
 pytestmark = [pytest.mark.local_model, pytest.mark.anyio]
 
@@ -45,6 +48,10 @@ async def engine() -> AsyncIterator[LocalEngine]:
 def vocab() -> Any:
     """The model's own tokenizer, loaded independently of the engine."""
     return llama_cpp.Llama(model_path=str(find_model_path()), vocab_only=True, verbose=False)
+
+
+def loop_time() -> float:
+    return asyncio.get_running_loop().time()
 
 
 def request(text: str = QUESTION, **config: Any) -> GenerateRequest:
@@ -182,6 +189,26 @@ async def test_cancelled_consumer_stops_generation_within_one_token(engine: Loca
     assert engine.tokens_generated == sum(r.generated_tokens for r in engine.records)
 
 
+async def test_cancelled_consumer_stops_a_long_prompt_evaluation(engine: LocalEngine) -> None:
+    long_prompt = request("The harbour was calm and grey. " * 250 + STORY, seed=3)
+    task = asyncio.create_task(collect(engine, long_prompt))
+    await asyncio.sleep(0)  # one step: the request takes the free model and starts its worker
+    assert engine.records
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    start = loop_time()
+    follow_up = await collect(engine, request(maxOutputTokens=2))
+    waited = loop_time() - start
+
+    cancelled = list(engine.records)[-2]
+    assert cancelled.cancelled
+    assert cancelled.generated_tokens == 0
+    assert follow_up[-1].finish_reason == "MAX_TOKENS"
+    assert waited < 3.0  # evaluating that prompt alone takes about 4 s on two cores
+
+
 async def test_concurrent_chats_are_served_one_after_the_other(engine: LocalEngine) -> None:
     order: list[tuple[str, str | None]] = []
 
@@ -257,3 +284,145 @@ async def test_closed_engine_refuses_new_requests() -> None:
         await collect(engine, request())
 
     assert refused.value.code == 503
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LocalServer]:
+    with LocalServer.start("local") as server:
+        yield server
+
+
+@pytest.fixture
+def client(server: LocalServer) -> genai.Client:
+    return genai.Client(
+        api_key=server.token,
+        http_options=types.HttpOptions(base_url=server.url, api_version="v1beta"),
+    )
+
+
+def finish_reason(response: types.GenerateContentResponse) -> types.FinishReason | None:
+    return response.candidates[0].finish_reason if response.candidates else None
+
+
+async def test_sdk_streams_a_reply_with_the_models_token_counts(
+    client: genai.Client, vocab: Any
+) -> None:
+    chatml = (
+        f"<|im_start|>system\n{DEFAULT_SYSTEM_PROMPT}<|im_end|>\n"
+        f"<|im_start|>user\n{QUESTION}<|im_end|>\n<|im_start|>assistant\n"
+    )
+    prompt_tokens = len(vocab.tokenize(chatml.encode(), add_bos=False, special=True))
+
+    stream = await client.aio.models.generate_content_stream(
+        model="smollm2", contents=QUESTION, config=types.GenerateContentConfig(temperature=0.0)
+    )
+    chunks = [chunk async for chunk in stream]
+    text = "".join(chunk.text or "" for chunk in chunks)
+    usage = chunks[-1].usage_metadata
+    assert usage is not None
+    counted = await client.aio.models.count_tokens(model="smollm2", contents=QUESTION)
+
+    assert len(chunks) >= 3
+    assert "Paris" in text
+    assert finish_reason(chunks[-1]) == types.FinishReason.STOP
+    assert usage.prompt_token_count == prompt_tokens == counted.total_tokens
+    assert usage.candidates_token_count == len(vocab.tokenize(text.encode(), add_bos=False))
+    assert usage.total_token_count == prompt_tokens + (usage.candidates_token_count or 0)
+
+
+async def test_sdk_honours_max_tokens_stop_sequences_and_seed(client: genai.Client) -> None:
+    async def reply(**config: Any) -> types.GenerateContentResponse:
+        return await client.aio.models.generate_content(
+            model="smollm2", contents=STORY, config=types.GenerateContentConfig(**config)
+        )
+
+    capped = await reply(max_output_tokens=6)
+    full = await reply(temperature=0.0, max_output_tokens=60)
+    full_text = full.text or ""
+    stop = full_text[20:24]
+    stopped = await reply(temperature=0.0, max_output_tokens=60, stop_sequences=[stop])
+    seeded = [await reply(seed=9, temperature=1.0, max_output_tokens=30) for _ in range(2)]
+
+    assert finish_reason(capped) == types.FinishReason.MAX_TOKENS
+    assert capped.usage_metadata is not None
+    assert capped.usage_metadata.candidates_token_count == 6
+    assert stopped.text == full_text[: full_text.index(stop)]
+    assert finish_reason(stopped) == types.FinishReason.STOP
+    assert seeded[0].text == seeded[1].text
+
+
+@pytest.mark.parametrize(
+    ("contents", "config", "mentions"),
+    [
+        (
+            "What is the weather?",
+            types.GenerateContentConfig(
+                tools=[types.Tool(function_declarations=[types.FunctionDeclaration(name="w")])]
+            ),
+            "tools",
+        ),
+        (
+            [types.Part.from_bytes(data=b"\x89PNG", mime_type="image/png"), "What is this?"],
+            None,
+            "image/png",
+        ),
+        (
+            "List three colours.",
+            types.GenerateContentConfig(
+                response_mime_type="application/json", response_schema=list[str]
+            ),
+            "responseSchema",
+        ),
+    ],
+)
+async def test_sdk_gets_a_400_for_what_the_model_cannot_do(
+    client: genai.Client, contents: Any, config: Any, mentions: str
+) -> None:
+    with pytest.raises(errors.ClientError) as refused:
+        await client.aio.models.generate_content(model="smollm2", contents=contents, config=config)
+
+    assert refused.value.code == 400
+    assert mentions in (refused.value.message or "")
+
+
+async def test_sdk_closing_a_stream_frees_the_model_for_the_next_chat(
+    client: genai.Client, server: LocalServer
+) -> None:
+    three_chunks = asyncio.Event()
+
+    async def read_some() -> None:
+        stream = await client.aio.models.generate_content_stream(
+            model="smollm2",
+            contents=STORY,
+            config=types.GenerateContentConfig(max_output_tokens=1500, seed=5),
+        )
+        seen = 0
+        async for _ in stream:
+            seen += 1
+            if seen == 3:
+                three_chunks.set()
+
+    task = asyncio.create_task(read_some())
+    await three_chunks.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    abandoned = server.wait_for_request(server.last_request()["id"])
+
+    follow_up = await asyncio.wait_for(
+        client.aio.models.generate_content(model="smollm2", contents=QUESTION), timeout=5
+    )
+
+    assert abandoned["outcome"] == "client_closed"
+    assert follow_up.text
+
+
+async def test_sdk_concurrent_chats_both_finish(client: genai.Client) -> None:
+    replies = await asyncio.gather(
+        client.aio.models.generate_content(model="smollm2", contents=QUESTION),
+        client.aio.models.generate_content(model="smollm2", contents="Name a colour."),
+    )
+
+    for reply in replies:
+        assert reply.text
+        assert finish_reason(reply) == types.FinishReason.STOP

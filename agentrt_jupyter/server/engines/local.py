@@ -13,6 +13,7 @@ import asyncio
 import codecs
 import contextlib
 import importlib.metadata
+import logging
 import os
 import threading
 from collections import deque
@@ -215,6 +216,7 @@ class LocalEngine:
         self._llm: Any = None
         self._formatter: Any = None
         self._vocab: Any = None
+        self._abort: Any = None
         self._active: _Job | None = None
         self._closed = False
 
@@ -246,11 +248,12 @@ class LocalEngine:
                     f"is {self.n_ctx} tokens, including the reply; shorten the conversation",
                 )
             job = _Job(prompt, sampling, GenerationRecord(len(prompt)), loop)
+            self._active = job
             worker = loop.run_in_executor(self._executor, self._run, llm, job)
         except BaseException:
+            self._active = None
             self._lock.release()
             raise
-        self._active = job
         self.records.append(job.record)
         # The lock follows the worker, not this generator: the next request may start
         # only once the model is free, however this generator is closed.
@@ -293,7 +296,7 @@ class LocalEngine:
                     await asyncio.shield(self._loading)
             if self._llm is not None:
                 await asyncio.get_running_loop().run_in_executor(self._executor, self._llm.close)
-            self._llm = self._formatter = self._vocab = None
+            self._llm = self._formatter = self._vocab = self._abort = None
         self._executor.shutdown(wait=False)
 
     async def _model(self) -> Any:
@@ -321,6 +324,9 @@ class LocalEngine:
             n_threads_batch=self.n_threads,
             verbose=False,
         )
+        # An aborted decode (a cancelled request) is logged by llama.cpp as an error;
+        # real failures raise, so its log stays quiet.
+        logging.getLogger("llama-cpp-python").setLevel(logging.CRITICAL)
         template = llm.metadata.get("tokenizer.chat_template")
         if not template:
             llm.close()
@@ -331,7 +337,15 @@ class LocalEngine:
             bos_token=llm.detokenize([llm.token_bos()], special=True).decode(),
         )
         self._vocab = lc.llama_model_get_vocab(llm.model)
+        # llama.cpp polls this between graph nodes, so a cancelled request also stops in
+        # the middle of evaluating a long prompt (seconds for 2k tokens on two cores).
+        self._abort = lc.ggml_abort_callback(self._should_abort)
+        lc.llama_set_abort_callback(llm.ctx, self._abort, None)
         self._llm = llm
+
+    def _should_abort(self, _data: Any) -> bool:
+        job = self._active
+        return job is not None and job.cancel.is_set()
 
     def _release(self, job: _Job) -> None:
         if self._active is job:
@@ -433,7 +447,8 @@ class LocalEngine:
             emit(_Done(tail, record.generated_tokens, finish))
         except Exception as exc:
             finish = None
-            emit(_Failed(exc))
+            if not job.cancel.is_set():  # else llama_decode was aborted on purpose
+                emit(_Failed(exc))
         finally:
             record.finish_reason = finish
             if tokens is not None:
