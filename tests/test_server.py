@@ -544,9 +544,16 @@ def test_200_concurrent_streams_all_complete(server: LocalServer) -> None:
     assert [r["outcome"] for r in records] == ["complete"] * 200
 
 
-def test_start_failure_reports_stderr() -> None:
-    with pytest.raises(RuntimeError, match="unrecognized arguments: --bogus"):
-        LocalServer.start(engine_args=["--bogus"], startup_timeout=30)
+@pytest.mark.parametrize(
+    ("engine_args", "message"),
+    [
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["-o", "colour=1"], "cannot start the 'scripted' engine: .* no options"),
+    ],
+)
+def test_start_failure_reports_stderr(engine_args: list[str], message: str) -> None:
+    with pytest.raises(RuntimeError, match=message):
+        LocalServer.start(engine_args=engine_args, startup_timeout=30)
 
 
 def test_stop_kills_the_process_and_is_idempotent() -> None:

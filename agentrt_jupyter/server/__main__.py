@@ -35,14 +35,20 @@ _SHUTDOWN_TIMEOUT = 0.5
 
 
 def load_engine(name: str, options: dict[str, Any]) -> Engine:
-    """Import the engine's module only when asked for: the local one needs extras."""
+    """Import the engine's module only when asked for: the local one needs extras.
+
+    Failures exit with a one-line message (naming the extra to install) instead of a
+    traceback, since the parent shows the tail of stderr to the user.
+    """
     try:
         module = importlib.import_module(ENGINES[name])
+        engine: Engine = module.create_engine(**options)
     except ImportError as exc:
         extra = _EXTRAS.get(name)
         hint = f"; install it with: pip install '{extra}'" if extra else ""
         raise SystemExit(f"agentrt-server: cannot load the {name!r} engine ({exc}){hint}") from exc
-    engine: Engine = module.create_engine(**options)
+    except (OSError, ValueError, TypeError) as exc:
+        raise SystemExit(f"agentrt-server: cannot start the {name!r} engine: {exc}") from exc
     return engine
 
 

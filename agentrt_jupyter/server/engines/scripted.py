@@ -1,9 +1,9 @@
 """The deterministic engine: replies scripted by `@@` directives in the prompt.
 
 Every runtime test talks to this engine through the real SDK, so its behaviour is a
-contract. Tokens are whitespace-separated words. The prompt is the latest user message
-with a text part; its lines starting with `@@` are directives, the rest (stripped) is
-the user text. The default reply is `Echo: <user text>`, one chunk per word.
+contract. Tokens are whitespace-separated words. The prompt is the last text part of the
+latest user message that has one; its lines starting with `@@` are directives, the rest
+(stripped) is the user text. The default reply is `Echo: <user text>`, one chunk per word.
 
 Directives: `@@reply TEXT`, `@@chunks N`, `@@tiny N`, `@@thought TEXT`,
 `@@call NAME {json}`, `@@call_always NAME {json}`, `@@delay MS`, `@@finish REASON`
@@ -53,8 +53,9 @@ def parse_prompt(contents: list[dict[str, Any]]) -> Prompt:
     """Find the latest user message with a text part and read its directives.
 
     Only its last text part counts: a runtime merges consecutive user messages (after a
-    cancelled turn), and an earlier message's directives must not apply again. Unknown directives raise EngineError (400) so
-    that a typo in a test fails loudly instead of echoing.
+    cancelled turn), and an earlier message's directives must not apply again. Unknown
+    directives raise EngineError (400) so that a typo in a test fails loudly instead of
+    echoing.
     """
     for content in reversed(contents):
         if content.get("role", "user") != "user":
