@@ -67,8 +67,156 @@ _EXPORTS: dict[str, str] = {
 __all__ = [*_EXPORTS, "load_ipython_extension", "unload_ipython_extension"]
 
 if TYPE_CHECKING:
-    from .config import AgentConfig, RuntimeConfig
-    from .runtime import Agent, AgentRuntime
+    from .config import (
+        AgentConfig as AgentConfig,
+    )
+    from .config import (
+        RuntimeConfig as RuntimeConfig,
+    )
+    from .content import (
+        BlobPart as BlobPart,
+    )
+    from .content import (
+        FunctionCallPart as FunctionCallPart,
+    )
+    from .content import (
+        FunctionResponsePart as FunctionResponsePart,
+    )
+    from .content import (
+        TextPart as TextPart,
+    )
+    from .content import (
+        audio as audio,
+    )
+    from .content import (
+        blob as blob,
+    )
+    from .content import (
+        file as file,
+    )
+    from .content import (
+        image as image,
+    )
+    from .content import (
+        pdf as pdf,
+    )
+    from .conversation import (
+        ConversationMessage as ConversationMessage,
+    )
+    from .conversation import (
+        LedgerEntry as LedgerEntry,
+    )
+    from .conversation import (
+        Usage as Usage,
+    )
+    from .errors import (
+        AgentError as AgentError,
+    )
+    from .errors import (
+        AgentNotFound as AgentNotFound,
+    )
+    from .errors import (
+        AgentRuntimeWarning as AgentRuntimeWarning,
+    )
+    from .errors import (
+        AgentShutDown as AgentShutDown,
+    )
+    from .errors import (
+        BackendError as BackendError,
+    )
+    from .errors import (
+        ConversationExists as ConversationExists,
+    )
+    from .errors import (
+        InvalidConfig as InvalidConfig,
+    )
+    from .errors import (
+        InvalidContent as InvalidContent,
+    )
+    from .errors import (
+        QuotaExceeded as QuotaExceeded,
+    )
+    from .errors import (
+        RuntimeClosed as RuntimeClosed,
+    )
+    from .errors import (
+        StreamBroken as StreamBroken,
+    )
+    from .errors import (
+        Timeout as Timeout,
+    )
+    from .errors import (
+        ToolStepLimit as ToolStepLimit,
+    )
+    from .errors import (
+        TurnCancelled as TurnCancelled,
+    )
+    from .errors import (
+        TurnError as TurnError,
+    )
+    from .errors import (
+        UsageProblem as UsageProblem,
+    )
+    from .events import (
+        Error as Error,
+    )
+    from .events import (
+        TextDelta as TextDelta,
+    )
+    from .events import (
+        ThoughtDelta as ThoughtDelta,
+    )
+    from .events import (
+        ToolCall as ToolCall,
+    )
+    from .events import (
+        ToolResult as ToolResult,
+    )
+    from .events import (
+        TurnEnd as TurnEnd,
+    )
+    from .events import (
+        UsageUpdate as UsageUpdate,
+    )
+    from .events import (
+        Waiting as Waiting,
+    )
+    from .frames import (
+        history_frame as history_frame,
+    )
+    from .frames import (
+        ledger_frame as ledger_frame,
+    )
+    from .frames import (
+        usage_frame as usage_frame,
+    )
+    from .handle import (
+        ChatHandle as ChatHandle,
+    )
+    from .handle import (
+        TurnResult as TurnResult,
+    )
+    from .quota import (
+        QuotaRegistry as QuotaRegistry,
+    )
+    from .quota import (
+        QuotaState as QuotaState,
+    )
+    from .runtime import (
+        Agent as Agent,
+    )
+    from .runtime import (
+        AgentInfo as AgentInfo,
+    )
+    from .runtime import (
+        AgentRuntime as AgentRuntime,
+    )
+    from .runtime import (
+        AsyncAgentRuntime as AsyncAgentRuntime,
+    )
+    from .tools import (
+        Tool as Tool,
+    )
 
 
 def __getattr__(name: str) -> Any:

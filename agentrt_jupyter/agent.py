@@ -35,7 +35,6 @@ from .errors import (
     QuotaExceeded,
     StreamBroken,
     ToolStepLimit,
-    TurnCancelled,
     TurnError,
 )
 from .events import TextDelta, ThoughtDelta, ToolCall, ToolResult, UsageUpdate, Waiting
@@ -181,7 +180,17 @@ class AgentCore:
     def _finish_unstarted(self, turn: Turn) -> None:
         turn.finish(
             TurnResult(
-                self.name, 0, "cancelled", "", "", Usage(), None, turn.model, None, 0.0, 0,
+                self.name,
+                0,
+                "cancelled",
+                "",
+                "",
+                Usage(),
+                None,
+                turn.model,
+                None,
+                0.0,
+                0,
                 cancelled_error(self.name, ""),
             )
         )
@@ -227,9 +236,13 @@ class AgentCore:
                 truncated = finish_reason is None
                 self._record(
                     ConversationMessage(
-                        "model", call.parts(), turn.number,
+                        "model",
+                        call.parts(),
+                        turn.number,
                         status="incomplete" if truncated else "complete",
-                        usage=call.usage, model=self.model, finish_reason=finish_reason,
+                        usage=call.usage,
+                        model=self.model,
+                        finish_reason=finish_reason,
                     )
                 )
                 calls, call = call.calls, None
@@ -282,13 +295,20 @@ class AgentCore:
             )
         )
 
-    def _close_turn_record(self, turn: Turn, call: _CallState | None, status: MessageStatus) -> None:
+    def _close_turn_record(
+        self, turn: Turn, call: _CallState | None, status: MessageStatus
+    ) -> None:
         """Keep what arrived, and answer any dangling tool call so the next request is valid."""
         if call is not None and (call.segments or call.calls):
             self._record(
                 ConversationMessage(
-                    "model", call.parts(), turn.number, status=status, usage=call.usage,
-                    model=self.model, finish_reason=call.finish_reason,
+                    "model",
+                    call.parts(),
+                    turn.number,
+                    status=status,
+                    usage=call.usage,
+                    model=self.model,
+                    finish_reason=call.finish_reason,
                 )
             )
         dangling = dangling_calls(self.conversation.context())
@@ -308,7 +328,9 @@ class AgentCore:
             self._backend = await self.core.backend_for(self.config)
         return self._backend
 
-    def _request(self, *, with_tools: bool = True, extra: ConversationMessage | None = None) -> ModelRequest:
+    def _request(
+        self, *, with_tools: bool = True, extra: ConversationMessage | None = None
+    ) -> ModelRequest:
         system = self.config.system_instruction
         summary = self.conversation.summary
         if summary:
@@ -356,8 +378,10 @@ class AgentCore:
                 )
                 if wait > self.core.config.quota_max_wait:
                     raise QuotaExceeded(
-                        f"rate limited for {wait:.0f} s, more than quota_max_wait", scope=info.scope,
-                        retry_after=wait, quota_id=info.quota_id,
+                        f"rate limited for {wait:.0f} s, more than quota_max_wait",
+                        scope=info.scope,
+                        retry_after=wait,
+                        quota_id=info.quota_id,
                     ) from None
                 retries += 1
                 turn.publish(Waiting(wait, f"rate limited ({info.quota_id or info.scope})"))
@@ -372,14 +396,20 @@ class AgentCore:
                 turn.usage = turn.usage + usage
                 self._ledger(
                     LedgerEntry(
-                        agent=self.name, turn=turn.number, call=index, model=self.model,
-                        started=wall, usage=usage,
+                        agent=self.name,
+                        turn=turn.number,
+                        call=index,
+                        model=self.model,
+                        started=wall,
+                        usage=usage,
                         time_to_first_chunk=None
                         if call.first_chunk_at is None
                         else call.first_chunk_at - started,
                         duration=time.monotonic() - started,
-                        finish_reason=call.finish_reason, status=status,
-                        retry_wait=waited, error=error_text,
+                        finish_reason=call.finish_reason,
+                        status=status,
+                        retry_wait=waited,
+                        error=error_text,
                     )
                 )
                 turn.publish(UsageUpdate(turn.usage))
@@ -446,8 +476,10 @@ class AgentCore:
                         result = _jsonable(await call_tool(tool, dict(call.args)))
                     except Exception as exc:
                         error = f"{exc.__class__.__name__}: {exc}"
-                response = {"error": error} if error else (
-                    result if isinstance(result, dict) else {"result": result}
+                response = (
+                    {"error": error}
+                    if error
+                    else (result if isinstance(result, dict) else {"result": result})
                 )
                 responses.append(FunctionResponsePart(call.name, response, call.id))
                 turn.publish(ToolResult(call.id, call.name, result, error))
@@ -498,7 +530,9 @@ class AgentCore:
 
 def _quota_advice(scope: str, retries: int, retry_after: float | None) -> str:
     if scope == "day":
-        return "daily quota used up for this key and model: try tomorrow, another model, or a paid key"
+        return (
+            "daily quota used up for this key and model: try tomorrow, another model, or a paid key"
+        )
     if scope == "zero":
         return "this model has no quota on this key (limit 0): pick another model or enable billing"
     after = f"; the service asks to wait {retry_after:g} s" if retry_after else ""

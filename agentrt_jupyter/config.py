@@ -104,10 +104,11 @@ class RuntimeConfig:
         _check_base_url(self.base_url)
         _check_api_version(self.api_version)
         _check_optional_str("default_model", self.default_model)
-        if self.store_path is not None and not isinstance(self.store_path, str | Path):
+        store_path: object = self.store_path
+        if store_path is not None and not isinstance(store_path, str | Path):
             raise InvalidConfig("must be a path or None", field="store_path")
-        if isinstance(self.store_path, str):
-            object.__setattr__(self, "store_path", Path(self.store_path))
+        if isinstance(store_path, str):
+            object.__setattr__(self, "store_path", Path(store_path))
         _check_number("idle_chunk_timeout", self.idle_chunk_timeout, low=0.01)
         _check_number("http_retry_attempts", self.http_retry_attempts, low=1, high=20, integer=True)
         _check_number("quota_max_retries", self.quota_max_retries, low=0, high=100, integer=True)
@@ -140,10 +141,9 @@ class RuntimeConfig:
         return LOCAL_MODEL if self.resolved_backend() == "local" else DEFAULT_MODEL
 
     def __repr__(self) -> str:
-        shown = ", ".join(
-            f"{f.name}={_masked(self.api_key) if f.name == 'api_key' else repr(getattr(self, f.name))}"
-            for f in fields(self)
-        )
+        values = {f.name: repr(getattr(self, f.name)) for f in fields(self)}
+        values["api_key"] = _masked(self.api_key)
+        shown = ", ".join(f"{name}={value}" for name, value in values.items())
         return f"RuntimeConfig({shown})"
 
 
@@ -209,7 +209,8 @@ class AgentConfig:
                 "must be a JSON schema dict or a type (e.g. a pydantic model)",
                 field="response_schema",
             )
-        if isinstance(self.tools, str | bytes) or not isinstance(self.tools, Sequence):
+        tools: object = self.tools
+        if isinstance(tools, str | bytes) or not isinstance(tools, Sequence):
             raise InvalidConfig("must be a list of callables", field="tools")
         object.__setattr__(self, "tools", tuple(as_tool(t) for t in self.tools))
         names = [t.name for t in self.tools]  # type: ignore[union-attr]

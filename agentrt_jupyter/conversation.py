@@ -110,7 +110,7 @@ class Conversation:
         self.compactions: list[int] = []
 
     def start_turn(self) -> int:
-        """Number the next turn; numbers keep growing across `clear`, so the ledger stays unambiguous."""
+        """Number the next turn; numbers grow across `clear` so ledger rows stay distinct."""
         self.turn_count += 1
         self.turn_seq += 1
         return self.turn_seq

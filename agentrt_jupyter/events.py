@@ -72,4 +72,6 @@ class Error:
     kind: Literal["error"] = "error"
 
 
-Event: TypeAlias = TextDelta | ThoughtDelta | ToolCall | ToolResult | UsageUpdate | Waiting | TurnEnd | Error
+Event: TypeAlias = (
+    TextDelta | ThoughtDelta | ToolCall | ToolResult | UsageUpdate | Waiting | TurnEnd | Error
+)

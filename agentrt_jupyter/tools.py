@@ -1,4 +1,4 @@
-"""Plain Python callables as model tools: JSON-schema declarations from type hints and docstrings."""
+"""Plain Python callables as model tools: declarations from type hints and docstrings."""
 
 from __future__ import annotations
 
@@ -59,7 +59,9 @@ def as_tool(obj: Callable[..., Any] | Tool) -> Tool:
     try:
         hints = typing.get_type_hints(obj)
     except Exception as exc:
-        raise InvalidConfig(f"tool {name!r}: cannot read its type hints ({exc})", field="tools")
+        raise InvalidConfig(
+            f"tool {name!r}: cannot read its type hints ({exc})", field="tools"
+        ) from None
     properties: dict[str, Any] = {}
     required: list[str] = []
     for param in inspect.signature(obj).parameters.values():
@@ -136,7 +138,7 @@ def _schema_for(hint: Any, where: str) -> dict[str, Any]:
 
 
 async def call_tool(tool: Tool, args: dict[str, Any]) -> Any:
-    """Run a tool: async tools on the loop, sync ones on a worker thread (never blocking the loop)."""
+    """Run a tool: async ones on the loop, sync ones on a worker thread (never on the loop)."""
     if tool.is_async:
         return await tool.fn(**args)
     return await asyncio.to_thread(tool.fn, **args)

@@ -6,6 +6,7 @@ own requests from the server's log.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import uuid
@@ -73,7 +74,7 @@ def assert_valid_conversation(contents: list[dict[str, Any]]) -> None:
     assert contents, "no contents"
     assert contents[0]["role"] == "user"
     assert contents[-1]["role"] == "user"
-    for earlier, later in zip(contents, contents[1:], strict=False):
+    for earlier, later in itertools.pairwise(contents):
         assert earlier["role"] != later["role"], contents
     for index, content in enumerate(contents):
         calls = [p["functionCall"] for p in content["parts"] if "functionCall" in p]

@@ -196,7 +196,11 @@ def test_gemini_backend_without_a_key_says_what_to_do(monkeypatch: pytest.Monkey
 
 
 numbers = st.one_of(
-    st.none(), st.integers(-10, 10**6), st.floats(allow_nan=True), st.text(max_size=3), st.booleans()
+    st.none(),
+    st.integers(-10, 10**6),
+    st.floats(allow_nan=True),
+    st.text(max_size=3),
+    st.booleans(),
 )
 
 
@@ -220,7 +224,7 @@ def test_agent_config_either_validates_or_names_a_field(
             stop_sequences=stops,
         )
     except InvalidConfig as exc:
-        assert exc.field in {"temperature", "top_p", "max_output_tokens", "seed", "stop_sequences"}
+        assert exc.field in {"temperature", "top_p", "max_output_tokens", "seed", "stop_sequences"}  # noqa: PT017
         return
     assert config.temperature is None or 0 <= config.temperature <= 2
     assert config.top_p is None or 0 <= config.top_p <= 1
@@ -236,7 +240,10 @@ content_items = st.one_of(
     st.integers(),
     st.none(),
     st.builds(art.TextPart, st.text(min_size=1, max_size=10)),
-    st.tuples(st.binary(max_size=8), st.sampled_from(["image/png", "audio/mp3", "x/y", "nope", "application/pdf"])),
+    st.tuples(
+        st.binary(max_size=8),
+        st.sampled_from(["image/png", "audio/mp3", "x/y", "nope", "application/pdf"]),
+    ),
 )
 
 
@@ -251,7 +258,7 @@ def test_content_either_normalises_and_round_trips_or_is_invalid_content(item: o
     try:
         parts = to_parts([build(v) for v in item] if isinstance(item, list) else build(item))
     except InvalidContent as exc:
-        assert str(exc)
+        assert str(exc)  # noqa: PT017
         return
     assert parts
     for part in parts:

@@ -10,7 +10,6 @@ import time
 import pytest
 
 from agentrt_jupyter import (
-    AgentConfig,
     AgentNotFound,
     AgentRuntime,
     AgentShutDown,
@@ -40,7 +39,10 @@ def test_runtime_starts_a_named_daemon_thread_and_returns_at_once(server: LocalS
 
 
 def test_two_runtimes_in_one_process_work_independently(server: LocalServer, tag: str) -> None:
-    with AgentRuntime(runtime_config(server)) as first, AgentRuntime(runtime_config(server)) as second:
+    with (
+        AgentRuntime(runtime_config(server)) as first,
+        AgentRuntime(runtime_config(server)) as second,
+    ):
         assert first.thread is not second.thread
         a = first.create_agent()
         b = second.create_agent()
@@ -72,7 +74,10 @@ def test_events_published_before_subscribing_are_not_lost(rt: AgentRuntime, tag:
     agent = rt.create_agent()
     handle = agent.chat(f"late subscriber {tag}")
     handle.result()
-    assert "".join(e.text for e in handle if isinstance(e, TextDelta)) == f"Echo: late subscriber {tag}"
+    assert (
+        "".join(e.text for e in handle if isinstance(e, TextDelta))
+        == f"Echo: late subscriber {tag}"
+    )
 
 
 def test_async_twins_stream_and_answer_from_another_event_loop(rt: AgentRuntime, tag: str) -> None:

@@ -100,7 +100,10 @@ def test_sync_and_async_tools_run_and_are_recorded(
     assert threads and threads[0] != rt.thread.name
     calls = [e for e in handle if isinstance(e, ToolCall)]
     results = [e for e in handle if isinstance(e, ToolResult)]
-    assert [(c.name, c.args) for c in calls] == [("lookup", {"query": "cat"}), ("count", {"items": ["a", "b"]})]
+    assert [(c.name, c.args) for c in calls] == [
+        ("lookup", {"query": "cat"}),
+        ("count", {"items": ["a", "b"]}),
+    ]
     assert [(r.name, r.result, r.error) for r in results] == [
         ("lookup", "definition of cat", None),
         ("count", 2, None),
@@ -115,7 +118,9 @@ def test_sync_and_async_tools_run_and_are_recorded(
     assert len(agent.ledger()) == 2 and agent.ledger()[1].call == 1
 
 
-def test_tool_errors_and_unknown_tools_are_reported_to_the_model(rt: AgentRuntime, tag: str) -> None:
+def test_tool_errors_and_unknown_tools_are_reported_to_the_model(
+    rt: AgentRuntime, tag: str
+) -> None:
     def broken(x: int) -> int:
         """Always fails."""
         raise ValueError("no luck")

@@ -15,7 +15,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from ..content import BlobPart, FunctionCallPart, FunctionResponsePart, Part, TextPart
+from ..content import BlobPart, FunctionCallPart, Part, TextPart
 from ..conversation import ConversationMessage, Usage
 from ..errors import BackendError, StreamBroken
 from ..quota import fingerprint, parse_quota_error
@@ -43,7 +43,6 @@ _BROKEN = _broken_stream_errors()
 @contextlib.contextmanager
 def _translate_errors(received: list[str]) -> Iterator[None]:
     """Map the SDK's and the transport's errors to ours; `received` is the text so far."""
-    partial = "".join(received)
     try:
         yield
     except genai_errors.APIError as exc:
@@ -60,7 +59,8 @@ def _translate_errors(received: list[str]) -> Iterator[None]:
         partial = "".join(received)
         if received:
             raise StreamBroken(
-                f"the reply stream was cut after {len(partial)} characters ({exc.__class__.__name__})",
+                f"the reply stream was cut after {len(partial)} characters "
+                f"({exc.__class__.__name__})",
                 partial_text=partial,
             ) from exc
         raise BackendError(
@@ -81,9 +81,7 @@ def _part_to_wire(part: Part) -> dict[str, Any] | None:
     elif isinstance(part, FunctionCallPart):
         wire = {"function_call": {"id": part.id, "name": part.name, "args": part.args}}
     else:
-        wire = {
-            "function_response": {"id": part.id, "name": part.name, "response": part.response}
-        }
+        wire = {"function_response": {"id": part.id, "name": part.name, "response": part.response}}
     signature = getattr(part, "thought_signature", None)
     if signature:
         wire["thought_signature"] = signature
@@ -113,7 +111,7 @@ def _generation_config(request: ModelRequest) -> types.GenerateContentConfig:
         thinking = types.ThinkingConfig(
             thinking_budget=cfg.thinking_budget, include_thoughts=cfg.include_thoughts or None
         )
-    tools = None
+    tools: list[Any] | None = None
     if request.with_tools and cfg.tool_list:
         tools = [
             types.Tool(
@@ -162,9 +160,8 @@ def _chunk_from_response(response: types.GenerateContentResponse) -> ModelChunk:
                 parts.append(
                     FunctionCallPart(call.name or "", dict(call.args or {}), call.id, signature)
                 )
-            elif part.text is not None:
-                if part.text or signature:
-                    parts.append(TextPart(part.text, bool(part.thought), signature))
+            elif part.text is not None and (part.text or signature):
+                parts.append(TextPart(part.text, bool(part.thought), signature))
     elif response.prompt_feedback is not None and response.prompt_feedback.block_reason:
         reason = response.prompt_feedback.block_reason
         raise BackendError(
