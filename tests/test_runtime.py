@@ -16,6 +16,7 @@ from agentrt_jupyter import (
     ConversationExists,
     InvalidConfig,
     RuntimeClosed,
+    RuntimeConfig,
     TextDelta,
     Timeout,
     TurnEnd,
@@ -340,3 +341,14 @@ def test_shutdown_is_bounded_and_idempotent(rt: AgentRuntime, tag: str) -> None:
     assert time.monotonic() - started < 10
     assert all(h.done and h.status == "cancelled" for h in handles)
     rt.shutdown(timeout=10)
+
+
+def test_runtime_starts_its_own_local_server_and_stops_it_with_itself(tag: str) -> None:
+    with AgentRuntime(RuntimeConfig(backend="scripted", store_path=None)) as runtime:
+        assert runtime.local_server is None
+        agent = runtime.create_agent()
+        assert agent.chat(f"own server {tag}").text(timeout=60) == f"Echo: own server {tag}"
+        server = runtime.local_server
+        assert server is not None and server.running
+        assert server.url.startswith("http://127.0.0.1:")
+    assert not server.running
