@@ -353,6 +353,10 @@ class AgentCore:
         registry = self.core.quota
         retries = 0
         while True:
+            blocked = registry.state(backend.credential)
+            if blocked.blocked:
+                reason = f"rate limited ({blocked.last_quota_id or 'shared credential'})"
+                turn.publish(Waiting(blocked.seconds_left, reason))
             waited = await registry.wait(backend.credential)
             started, wall = time.monotonic(), utcnow()
             status: CallStatus = "error"
@@ -384,7 +388,6 @@ class AgentCore:
                         quota_id=info.quota_id,
                     ) from None
                 retries += 1
-                turn.publish(Waiting(wait, f"rate limited ({info.quota_id or info.scope})"))
             except asyncio.CancelledError:
                 status = "cancelled"
                 raise

@@ -322,7 +322,7 @@ class _Core:
         self.store.delete(name)
 
     async def agent_infos(self) -> list[AgentInfo]:
-        loop = asyncio.get_running_loop()
+        now = time.monotonic()
         infos = []
         for agent in self.agents.values():
             active = agent.active
@@ -335,7 +335,7 @@ class _Core:
                     turn_count=agent.conversation.turn_count,
                     queued=len(agent.queue),
                     current_turn=active.number if active is not None else None,
-                    running_for=loop.time() - active.started_at
+                    running_for=now - active.started_at
                     if active is not None and active.started_at is not None
                     else None,
                     total_usage=agent.conversation.total_usage(),

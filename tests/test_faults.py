@@ -42,11 +42,14 @@ def test_persistent_server_error_becomes_backend_error_with_the_service_code(
     assert agent.chat(f"recovered {tag}").text(timeout=10) == f"Echo: recovered {tag}"
 
 
-def test_drop_before_headers_is_a_connection_error(rt: AgentRuntime, tag: str) -> None:
+def test_drop_before_headers_is_a_connection_error(
+    rt: AgentRuntime, server: LocalServer, tag: str
+) -> None:
     agent = rt.create_agent()
     with pytest.raises(BackendError, match="connection failed before a reply") as caught:
         agent.chat(f"@@fault drop_headers\n{tag}").text(timeout=30)
     assert caught.value.status == "UNAVAILABLE"
+    assert len(requests_with(server, tag)) == rt.config.http_retry_attempts
 
 
 def test_mid_stream_drop_is_stream_broken_with_partial_text(
@@ -114,7 +117,7 @@ def test_per_minute_429_waits_for_retry_delay_then_succeeds(
     handle = agent.chat(f"limited {tag}")
     assert handle.text(timeout=20) == f"Echo: limited {tag}"
     waits = [e for e in handle if isinstance(e, Waiting)]
-    assert len(waits) == 1 and waits[0].seconds >= 0.3
+    assert len(waits) == 1 and waits[0].seconds >= 0.25
     ledger = agent.ledger()
     assert [e.status for e in ledger] == ["rate-limited", "ok"]
     assert ledger[1].retry_wait >= 0.3
@@ -132,8 +135,10 @@ def test_every_agent_on_the_credential_waits_after_a_429(
     sibling = rt.create_agent()
     handle = limited.chat(f"first {tag}")
     next(e for e in handle if isinstance(e, Waiting))
-    assert sibling.chat(f"second {tag}").text(timeout=20) == f"Echo: second {tag}"
+    waiting = sibling.chat(f"second {tag}")
+    assert waiting.text(timeout=20) == f"Echo: second {tag}"
     assert sibling.ledger()[-1].retry_wait > 0
+    assert any(isinstance(e, Waiting) for e in waiting)
     handle.text(timeout=20)
 
 
