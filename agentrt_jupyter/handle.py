@@ -13,15 +13,12 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .content import Part
 from .conversation import Usage
 from .errors import Timeout, TurnCancelled, TurnError
 from .events import Error, Event, TurnEnd, TurnStatus
-
-if TYPE_CHECKING:
-    from .runtime import _Portal
 
 WAIT_SLICE = 0.05
 """Blocking waits wake this often, so Ctrl-C / kernel interrupt is seen at once."""
@@ -99,9 +96,8 @@ class ChatHandle:
     keeps the partial reply in history, marked cancelled.
     """
 
-    def __init__(self, turn: Turn, portal: _Portal, cancel: Callable[[], Any]) -> None:
+    def __init__(self, turn: Turn, cancel: Callable[[], Any]) -> None:
         self._turn = turn
-        self._portal = portal
         self._cancel = cancel
 
     def __repr__(self) -> str:

@@ -643,7 +643,7 @@ class AgentRuntime:
             if not portal.closed:
                 portal.submit(self._core.cancel_turn, turn.agent, turn)
 
-        return ChatHandle(turn, portal, cancel)
+        return ChatHandle(turn, cancel)
 
     def _call(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
         return self._portal.call(fn, *args, **kwargs)
