@@ -470,15 +470,15 @@ class AgentCore:
                 result: Any = None
                 error: str | None = None
                 tool = tools.get(call.name)
-                if tool is None:
-                    error = f"unknown tool {call.name!r}; available: {sorted(tools)}"
-                elif not await self._confirmed(call):
-                    error = "the user declined this tool call"
-                else:
-                    try:
+                try:
+                    if tool is None:
+                        error = f"unknown tool {call.name!r}; available: {sorted(tools)}"
+                    elif not await self._confirmed(call):
+                        error = "the user declined this tool call"
+                    else:
                         result = _jsonable(await call_tool(tool, dict(call.args)))
-                    except Exception as exc:
-                        error = f"{exc.__class__.__name__}: {exc}"
+                except Exception as exc:  # the tool's or the confirm policy's own error
+                    error = f"{exc.__class__.__name__}: {exc}"
                 response = (
                     {"error": error}
                     if error

@@ -164,3 +164,23 @@ def test_max_tool_steps_stops_the_loop_and_keeps_history_valid(
     agent.chat(f"after the loop {tag}").text(timeout=10)
     body = requests_with(server, f"after the loop {tag}")[-1]["body"]
     assert_valid_conversation(body["contents"])
+
+
+def test_a_confirm_policy_that_raises_is_reported_and_the_tool_not_run(
+    rt: AgentRuntime, tag: str
+) -> None:
+    ran: list[int] = []
+
+    async def confirm(name: str, args: dict) -> bool:
+        raise RuntimeError("policy crashed")
+
+    def act(n: int) -> int:
+        """Act."""
+        ran.append(n)
+        return n
+
+    agent = rt.create_agent(tools=[act], confirm_tool=confirm)
+    handle = agent.chat(f'@@call act {{"n": 1}}\n{tag}')
+    assert "RuntimeError: policy crashed" in handle.text(timeout=10)
+    assert ran == []
+    assert agent.chat(f"later {tag}").text(timeout=10) == f"Echo: later {tag}"
