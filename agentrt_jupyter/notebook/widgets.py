@@ -1,0 +1,559 @@
+"""Widgets: `AgentPanel` (chat with one agent) and `RuntimeMonitor` (every agent at a glance).
+
+Core ipywidgets only, so they work in JupyterLab, Notebook 7, VS Code and Colab. Each
+widget has one writer: a single task on the runtime loop makes every trait update,
+coalesced to at most `MAX_UPDATES_PER_SECOND` and always ending on the exact final state.
+Click handlers only post work to the runtime loop, so they return at once and never block
+the kernel (on ipykernel >= 7.4 they are handled even while an awaiting cell runs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import html
+import json
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import ipywidgets as widgets
+import traitlets
+
+from ..content import FunctionResponsePart
+from ..conversation import ConversationMessage, Usage
+from ..errors import AgentError, RuntimeClosed
+from ..events import Error, TextDelta, ThoughtDelta, ToolCall, ToolResult, TurnEnd, Waiting
+from ..handle import ChatHandle
+from ..runtime import Agent, AgentInfo, AgentRuntime
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["AgentPanel", "RuntimeMonitor"]
+
+MAX_UPDATES_PER_SECOND = 10
+"""Trait flushes per widget; the server drops IOPub above ~1000 msg/s, the eye sees ~10/s."""
+MONITOR_INTERVAL = 0.25
+"""RuntimeMonitor refresh period while any agent runs (elapsed time keeps ticking)."""
+MONITOR_IDLE_CHECK = 1.0
+"""While idle the monitor only looks this often; it sends nothing unless something changed."""
+HISTORY_ROWS = 200
+"""The History tab shows the latest rows; `history_frame(agent)` has them all."""
+CLOSE_TIMEOUT = 2.0
+
+_BOX = "border-left:3px solid {color};padding:2px 8px;margin:4px 0"
+_COLORS = {"user": "#1f77b4", "model": "#2ca02c", "summary": "#9467bd"}
+_BADGES = {"cancelled": "#d62728", "incomplete": "#ff7f0e", "error": "#d62728"}
+
+
+class _Writer:
+    """The one task on the runtime loop that writes a widget's traits.
+
+    `render` writes the traits from the current state and returns when to render again on
+    its own (None: only when woken). Wakes are coalesced: renders are at least `interval`
+    apart, and a render always follows the last wake, so the final state is always shown.
+    """
+
+    def __init__(
+        self,
+        runtime: AgentRuntime,
+        render: Callable[[], Awaitable[float | None]],
+        interval: float,
+    ) -> None:
+        if runtime.closed:
+            raise RuntimeClosed("the runtime was shut down; create a new AgentRuntime")
+        self._loop = runtime.loop
+        self._thread = runtime.thread
+        self._render = render
+        self._interval = interval
+        self._wake = asyncio.Event()
+        self._waiters: list[concurrent.futures.Future[None]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopped = threading.Event()
+        self.closed = False
+        self.renders = 0
+        self._future = asyncio.run_coroutine_threadsafe(self._run(), self._loop)
+
+    def post(self, fn: Callable[..., Any], *args: Any) -> bool:
+        """Run `fn(*args)` on the runtime loop soon; False if the runtime is gone."""
+        if self.closed:
+            return False
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:
+            return False
+        return True
+
+    def wake(self) -> concurrent.futures.Future[None]:
+        """Ask for a render from any thread; the future resolves once it happened."""
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        if not self.post(self._add_waiter, done):
+            done.set_result(None)
+        return done
+
+    def wake_on_loop(self) -> None:
+        self._wake.set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run a coroutine on the loop (called there), keeping a reference until it ends."""
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _add_waiter(self, done: concurrent.futures.Future[None]) -> None:
+        self._waiters.append(done)
+        self._wake.set()
+
+    async def _run(self) -> None:
+        try:
+            timeout = await self._render_once()
+            last = self._loop.time()
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                delay = last + self._interval - self._loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                last = self._loop.time()
+                timeout = await self._render_once()
+        finally:
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._stopped.set()
+
+    async def _render_once(self) -> float | None:
+        self._wake.clear()
+        waiters, self._waiters = self._waiters, []
+        try:
+            return await self._render()
+        finally:
+            self.renders += 1
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
+
+    def close(self) -> None:
+        """Stop writing; waits (briefly) until the task has ended unless called on the loop."""
+        if self.closed:
+            return
+        self.closed = True
+        self._future.cancel()
+        if threading.current_thread() is not self._thread and self._loop.is_running():
+            self._stopped.wait(CLOSE_TIMEOUT)
+
+
+@dataclass
+class _LiveTurn:
+    """What this panel has seen of a turn that is not in history yet (loop-side state)."""
+
+    prompt: str
+    handle: ChatHandle
+    text: list[str] = field(default_factory=list)
+    thoughts: list[str] = field(default_factory=list)
+    tools: list[str] = field(default_factory=list)
+    note: str = ""
+
+
+class AgentPanel(widgets.VBox):  # type: ignore[misc]
+    """Chat with one agent: a streaming transcript, input, Send / Cancel / Shutdown, usage,
+    and a History tab with `history_frame` of the conversation.
+
+    The transcript streams as the reply arrives. All child widgets are public attributes
+    (`transcript`, `input`, `send_button`, `cancel_button`, `shutdown_button`, `usage`,
+    `status`, `history`, `tabs`); `last_handle` is the latest turn sent from the panel.
+    """
+
+    ended_turns = traitlets.Int(0, help="Turns sent from this panel whose end is displayed.")
+
+    def __init__(self, runtime: AgentRuntime, agent: Agent | str, **kwargs: Any) -> None:
+        # pandas costs ~0.4 s to import: load it when a panel is made, not with the extension.
+        from ..frames import history_frame
+
+        self._history_frame = history_frame
+        self._runtime = runtime
+        self.agent = agent if isinstance(agent, Agent) else runtime.agent(agent)
+        self.transcript = widgets.HTML(
+            layout=widgets.Layout(max_height="420px", overflow="auto", width="100%")
+        )
+        self.input = widgets.Textarea(
+            placeholder=f"Message {self.agent.name}…",
+            layout=widgets.Layout(width="100%", height="4.5em"),
+        )
+        self.send_button = widgets.Button(description="Send", button_style="primary", icon="send")
+        self.cancel_button = widgets.Button(description="Cancel", icon="stop", disabled=True)
+        self.shutdown_button = widgets.Button(description="Shutdown", icon="power-off")
+        self.usage = widgets.HTML()
+        self.status = widgets.HTML()
+        self.history = widgets.HTML(layout=widgets.Layout(max_height="420px", overflow="auto"))
+        chat = widgets.VBox(
+            [
+                self.transcript,
+                self.input,
+                widgets.HBox([self.send_button, self.cancel_button, self.shutdown_button]),
+                self.status,
+                self.usage,
+            ]
+        )
+        self.tabs = widgets.Tab(children=[chat, self.history], titles=("Chat", "History"))
+        super().__init__([self.tabs], **kwargs)
+        self.last_handle: ChatHandle | None = None
+        self._history: list[ConversationMessage] = []
+        self._history_html = ""
+        self._frame_html = ""
+        self._live: list[_LiveTurn] = []
+        self._shown_upto: int | None = None
+        self._total = Usage()
+        self._turns = 0
+        self._note = "idle"
+        self._shut_down = False
+        self._sent: str | None = None
+        self._loaded = False
+        self._ended = 0
+        self.send_button.on_click(self._on_send)
+        self.cancel_button.on_click(self._on_cancel)
+        self.shutdown_button.on_click(self._on_shutdown)
+        self._writer = _Writer(runtime, self._render, 1.0 / MAX_UPDATES_PER_SECOND)
+
+    def __repr__(self) -> str:
+        return f"<AgentPanel agent={self.agent.name!r} live={len(self._live)}>"
+
+    def send(self, text: str) -> None:
+        """Send a message as if typed and sent; returns at once."""
+        if text.strip():
+            self._writer.post(lambda: self._writer.spawn(self._start_turn(text)))
+
+    def refresh(self) -> concurrent.futures.Future[None]:
+        """Re-read history and usage from the runtime (e.g. after turns sent elsewhere)."""
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        async def sync() -> None:
+            await self._sync(history=not self._live)
+            self._writer.wake().add_done_callback(lambda _: done.set_result(None))
+
+        if not self._writer.post(lambda: self._writer.spawn(sync())):
+            done.set_result(None)
+        return done
+
+    def close(self) -> None:
+        """Stop the writer task, then close every child widget; turns keep running."""
+        self._writer.close()
+        for child in self.children:
+            _close_tree(child)
+        super().close()
+
+    def _on_send(self, _button: widgets.Button) -> None:
+        self.send(self.input.value)
+
+    def _on_cancel(self, _button: widgets.Button) -> None:
+        self._writer.post(lambda: self._writer.spawn(self._cancel()))
+
+    def _on_shutdown(self, _button: widgets.Button) -> None:
+        self._writer.post(lambda: self._writer.spawn(self._shutdown()))
+
+    async def _start_turn(self, text: str) -> None:
+        try:
+            handle = await self._runtime.aio.chat(self.agent, text)
+        except AgentError as exc:
+            self._note = f"not sent: {exc}"
+            self._writer.wake_on_loop()
+            return
+        live = _LiveTurn(text, handle)
+        self.last_handle = handle
+        self._live.append(live)
+        self._sent = text
+        self._writer.wake_on_loop()
+        try:
+            async for event in handle:
+                self._apply(live, event)
+                if event.kind == "usage":
+                    self._total = await self._runtime.aio.total_usage(self.agent)
+                self._writer.wake_on_loop()
+        finally:
+            self._live.remove(live)
+            self._ended += 1
+            outcome = handle.outcome()
+            ended = outcome is not None and outcome.turn > 0
+            if not self._live:
+                self._shown_upto = None
+            elif ended and outcome is not None:
+                self._shown_upto = outcome.turn
+            await self._sync(history=ended or not self._live)
+            self._writer.wake_on_loop()
+
+    def _apply(self, live: _LiveTurn, event: Any) -> None:
+        if isinstance(event, TextDelta):
+            live.text.append(event.text)
+        elif isinstance(event, ThoughtDelta):
+            live.thoughts.append(event.text)
+        elif isinstance(event, ToolCall):
+            live.tools.append(f"→ {event.name}({_short_json(event.args)})")
+        elif isinstance(event, ToolResult):
+            shown = event.error or _short_json(event.result)
+            live.tools.append(f"← {event.name}: {shown}")
+        elif isinstance(event, Waiting):
+            live.note = f"{event.reason}: retrying in {event.seconds:.1f} s"
+        elif isinstance(event, Error):
+            self._note = f"{type(event.error).__name__}: {event.error}"
+        elif isinstance(event, TurnEnd):
+            self._note = {
+                "complete": "idle",
+                "cancelled": "cancelled (partial reply kept)",
+            }.get(event.status, self._note)
+
+    async def _cancel(self) -> None:
+        with contextlib.suppress(AgentError):
+            await self._runtime.aio.cancel(self.agent)
+
+    async def _shutdown(self) -> None:
+        try:
+            await self._runtime.aio.shutdown_agent(self.agent)
+        except AgentError as exc:
+            self._note = f"shutdown failed: {exc}"
+        await self._sync()
+        self._writer.wake_on_loop()
+
+    async def _sync(self, history: bool = True) -> None:
+        """Re-read the agent's record; history is shown up to the last turn that ended.
+
+        While a turn of this panel streams, history already holds its first messages: they
+        are shown from the live turn instead, so history is re-read only at a turn's end.
+        """
+        aio = self._runtime.aio
+        try:
+            infos = await aio.agents()
+            if history:
+                self._history = await aio.history(self.agent)
+            self._total = await aio.total_usage(self.agent)
+            self._turns = await aio.turn_count(self.agent)
+        except AgentError as exc:
+            self._note = str(exc)
+            self._shut_down = True
+            return
+        state = next((i.state for i in infos if i.id == self.agent.id), "shutdown")
+        if state in ("shutdown", "disconnected"):
+            self._shut_down = True
+            self._note = "shut down" if state == "shutdown" else "disconnected"
+        if history:
+            upto = self._shown_upto
+            shown = [m for m in self._history if upto is None or m.turn <= upto]
+            self._history_html = "".join(_message_html(m) for m in shown)
+            self._frame_html = self._frame_table()
+
+    def _frame_table(self) -> str:
+        start = max(0, len(self._history) - HISTORY_ROWS)
+        frame: pd.DataFrame = self._history_frame(self._history[start:], agent=self.agent.name)
+        if frame.empty:
+            return "<i>No messages yet.</i>"
+        frame.index = range(start, len(self._history))
+        frame["text"] = frame["text"].str.slice(0, 300)
+        columns = ["turn", "role", "status", "time", "text", "tool_calls", "total_tokens"]
+        note = f"<p>Latest {len(frame)} of {len(self._history)} messages.</p>" if start else ""
+        return note + str(frame[columns].to_html(na_rep="", max_cols=len(columns)))
+
+    async def _render(self) -> float | None:
+        if not self._loaded:
+            self._loaded = True
+            await self._sync()
+        self.transcript.value = self._history_html + "".join(
+            _live_html(live) for live in self._live
+        )
+        running = [live for live in self._live if live.handle.status == "running"]
+        if self._shut_down:
+            status = self._note
+        elif running:
+            status = running[0].note or "running…"
+            queued = len(self._live) - len(running)
+            status += f" ({queued} queued)" if queued else ""
+        else:
+            status = "queued…" if self._live else self._note
+        self.status.value = f"<small>{html.escape(status)}</small>"
+        self.usage.value = f"<small>{html.escape(_usage_line(self._total, self._turns))}</small>"
+        self.history.value = self._frame_html
+        self.send_button.disabled = self._shut_down
+        self.shutdown_button.disabled = self._shut_down
+        self.cancel_button.disabled = not running
+        if self._sent is not None and self.input.value == self._sent:
+            self.input.value = ""
+        self._sent = None
+        self.ended_turns = self._ended
+        return None
+
+
+@dataclass
+class _Row:
+    """The widgets of one agent's row in the monitor."""
+
+    cells: tuple[widgets.HTML, ...]
+    cancel: widgets.Button
+    shutdown: widgets.Button
+
+    @property
+    def members(self) -> list[widgets.Widget]:
+        return [*self.cells, self.cancel, self.shutdown]
+
+
+class RuntimeMonitor(widgets.VBox):  # type: ignore[misc]
+    """Every agent of a runtime: state, current turn, elapsed time, tokens, Cancel / Shutdown.
+
+    Refreshes a few times a second while any agent runs; when all are idle it sends
+    nothing until something changes. `refresh()` updates it now.
+    """
+
+    COLUMNS = ("agent", "model", "state", "turn", "elapsed", "queued", "tokens")
+
+    def __init__(self, runtime: AgentRuntime, **kwargs: Any) -> None:
+        self._runtime = runtime
+        self.summary = widgets.HTML()
+        self.grid = widgets.GridBox(
+            layout=widgets.Layout(
+                grid_template_columns=f"repeat({len(self.COLUMNS)}, auto) auto auto",
+                grid_gap="2px 12px",
+                align_items="center",
+            )
+        )
+        self._header = [widgets.HTML(f"<b>{name}</b>") for name in self.COLUMNS]
+        self._header += [widgets.HTML(""), widgets.HTML("")]
+        self.rows: dict[str, _Row] = {}
+        super().__init__([self.summary, self.grid], **kwargs)
+        self._writer = _Writer(runtime, self._render, MONITOR_INTERVAL)
+
+    def __repr__(self) -> str:
+        return f"<RuntimeMonitor agents={len(self.rows)}>"
+
+    def refresh(self) -> concurrent.futures.Future[None]:
+        """Update now (coalesced); the future resolves once the widgets show the new state."""
+        return self._writer.wake()
+
+    def close(self) -> None:
+        """Stop the refresh task, then close every child widget."""
+        self._writer.close()
+        for row in self.rows.values():
+            for child in row.members:
+                child.close()
+        for child in (*self._header, self.summary, self.grid):
+            child.close()
+        super().close()
+
+    async def _render(self) -> float:
+        try:
+            infos = await self._runtime.aio.agents()
+        except RuntimeClosed:
+            infos = []
+        for info in infos:
+            row = self.rows.get(info.id) or self._add_row(info)
+            for cell, value in zip(row.cells, _cells(info), strict=True):
+                cell.value = html.escape(value)
+            row.cancel.disabled = info.current_turn is None
+            row.shutdown.disabled = info.state in ("shutdown", "disconnected")
+        live = {info.id for info in infos}
+        gone = [self.rows.pop(agent_id) for agent_id in list(self.rows) if agent_id not in live]
+        children = (*self._header, *(w for row in self.rows.values() for w in row.members))
+        if tuple(self.grid.children) != children:
+            self.grid.children = children
+        for row in gone:
+            for child in row.members:
+                child.close()
+        running = sum(info.state == "running" for info in infos)
+        self.summary.value = f"<small>{len(infos)} agents, {running} running</small>"
+        return MONITOR_INTERVAL if running else MONITOR_IDLE_CHECK
+
+    def _add_row(self, info: AgentInfo) -> _Row:
+        cancel = widgets.Button(description="Cancel", icon="stop", layout={"width": "auto"})
+        shutdown = widgets.Button(
+            description="Shutdown", icon="power-off", layout={"width": "auto"}
+        )
+        cancel.on_click(lambda _: self._act(self._runtime.aio.cancel, info.id))
+        shutdown.on_click(lambda _: self._act(self._runtime.aio.shutdown_agent, info.id))
+        row = _Row(tuple(widgets.HTML() for _ in self.COLUMNS), cancel, shutdown)
+        self.rows[info.id] = row
+        return row
+
+    def _act(self, action: Callable[[str], Awaitable[Any]], agent_id: str) -> None:
+        async def run() -> None:
+            with contextlib.suppress(AgentError):
+                await action(agent_id)
+            self._writer.wake_on_loop()
+
+        self._writer.post(lambda: self._writer.spawn(run()))
+
+
+def _close_tree(widget: widgets.Widget) -> None:
+    for child in getattr(widget, "children", ()):
+        _close_tree(child)
+    widget.close()
+
+
+def _cells(info: AgentInfo) -> tuple[str, ...]:
+    elapsed = "" if info.running_for is None else f"{info.running_for:.1f} s"
+    turn = "" if info.current_turn is None else str(info.current_turn)
+    return (
+        info.name,
+        info.model,
+        info.state,
+        turn,
+        elapsed,
+        str(info.queued),
+        f"{info.total_usage.total_tokens:,}",
+    )
+
+
+def _usage_line(usage: Usage, turns: int) -> str:
+    return (
+        f"{turns} turns · {usage.total_tokens:,} tokens "
+        f"({usage.prompt_tokens:,} prompt, {usage.candidates_tokens:,} output, "
+        f"{usage.thoughts_tokens:,} thoughts, {usage.cached_tokens:,} cached)"
+    )
+
+
+def _short_json(value: Any, limit: int = 200) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=repr)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _block(role: str, body: str, badge: str = "") -> str:
+    label = f"<b>{role}</b>"
+    if badge:
+        color = _BADGES.get(badge, "#777")
+        label += f' <span style="color:{color}">[{html.escape(badge)}]</span>'
+    style = _BOX.format(color=_COLORS.get(role, "#777"))
+    return f'<div style="{style}">{label}{body}</div>'
+
+
+def _text(text: str) -> str:
+    return f'<div style="white-space:pre-wrap">{html.escape(text)}</div>' if text else ""
+
+
+def _thoughts(text: str) -> str:
+    if not text:
+        return ""
+    return f"<details><summary><i>thoughts</i></summary><i>{_text(text)}</i></details>"
+
+
+def _tools(lines: Sequence[str]) -> str:
+    return "".join(f"<div><code>{html.escape(line)}</code></div>" for line in lines)
+
+
+def _message_html(message: ConversationMessage) -> str:
+    tools = [f"→ {c.name}({_short_json(c.args)})" for c in message.tool_calls]
+    tools += [
+        f"← {p.name}: {_short_json(p.response)}"
+        for p in message.parts
+        if isinstance(p, FunctionResponsePart)
+    ]
+    badge = "" if message.status == "complete" else message.status
+    body = _thoughts(message.thoughts) + _text(message.text) + _tools(tools)
+    return _block(message.role, body, badge)
+
+
+def _live_html(live: _LiveTurn) -> str:
+    reply = _thoughts("".join(live.thoughts)) + _text("".join(live.text)) + _tools(live.tools)
+    badge = "queued" if live.handle.status == "queued" else "streaming"
+    return _block("user", _text(live.prompt)) + _block("model", reply, badge)

@@ -1,0 +1,241 @@
+"""AgentPanel and RuntimeMonitor driven in-process (no frontend) against the scripted server.
+
+Buttons are clicked with `click()`; tests wait on trait observers and turn handles, never
+on sleeps.
+"""
+
+from __future__ import annotations
+
+import html
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from agentrt_jupyter import Agent, AgentRuntime, AgentShutDown, TurnCancelled
+from agentrt_jupyter.notebook.widgets import AgentPanel, RuntimeMonitor
+from agentrt_jupyter.server.process import LocalServer
+
+from .conftest import wait_for_tagged
+
+
+def wait_until(
+    widget: Any, name: str, predicate: Callable[[Any], bool], timeout: float = 10.0
+) -> Any:
+    """Wait (on trait notifications) until `predicate(widget.<name>)` holds; return the value."""
+    matched = threading.Event()
+
+    def check(_change: object = None) -> None:
+        if predicate(getattr(widget, name)):
+            matched.set()
+
+    widget.observe(check, names=name)
+    try:
+        check()
+        assert matched.wait(timeout), f"{name} never matched; last value: {getattr(widget, name)!r}"
+    finally:
+        widget.unobserve(check, names=name)
+    return getattr(widget, name)
+
+
+@pytest.fixture
+def agent(rt: AgentRuntime) -> Agent:
+    return rt.create_agent(name="panelist")
+
+
+@pytest.fixture
+def panel(rt: AgentRuntime, agent: Agent) -> Iterator[AgentPanel]:
+    widget = AgentPanel(rt, agent)
+    yield widget
+    widget.close()
+
+
+def send(panel: AgentPanel, text: str) -> None:
+    panel.input.value = text
+    panel.send_button.click()
+
+
+def wait_ended(panel: AgentPanel, turns: int = 1) -> None:
+    """Until the panel displays the end of its `turns`-th turn."""
+    wait_until(panel, "ended_turns", lambda ended: ended >= turns)
+
+
+def test_send_streams_the_reply_into_the_transcript(panel: AgentPanel, tag: str) -> None:
+    seen: list[str] = []
+    panel.transcript.observe(lambda change: seen.append(change["new"]), names="value")
+    send(panel, f"@@delay 60\nlet us stream six words {tag}")
+    wait_ended(panel)
+    reply = f"Echo: let us stream six words {tag}"
+    assert panel.last_handle is not None
+    assert panel.last_handle.text() == reply
+    assert html.escape(reply) in panel.transcript.value
+    assert panel.transcript.value.count(html.escape(reply)) == 1
+    streamed = [v for v in seen if "[streaming]" in v and "Echo:" in v]
+    assert streamed, "no partial reply was shown while streaming"
+    assert all(html.escape(reply) not in v for v in streamed)
+    assert panel.input.value == ""
+    assert "idle" in panel.status.value
+
+
+def test_cancel_stops_a_hanging_turn_and_keeps_the_partial(
+    panel: AgentPanel, agent: Agent, tag: str
+) -> None:
+    send(panel, f"@@fault hang_after 2\none two three four {tag}")
+    wait_until(panel.transcript, "value", lambda v: "Echo: one" in v)
+    wait_until(panel.cancel_button, "disabled", lambda disabled: not disabled)
+    panel.cancel_button.click()
+    handle = panel.last_handle
+    assert handle is not None
+    with pytest.raises(TurnCancelled) as cancelled:
+        handle.result(timeout=10)
+    wait_until(panel.status, "value", lambda v: "cancelled" in v)
+    partial = cancelled.value.partial_text
+    assert partial.startswith("Echo: one")
+    last = agent.history()[-1]
+    assert (last.role, last.status, last.text) == ("model", "cancelled", partial)
+    transcript = wait_until(panel.transcript, "value", lambda v: "[cancelled]" in v)
+    assert html.escape(partial) in transcript
+    assert agent.chat(f"still usable {tag}").text(timeout=10) == f"Echo: still usable {tag}"
+
+
+def test_shutdown_shuts_the_agent_down(panel: AgentPanel, rt: AgentRuntime, agent: Agent) -> None:
+    panel.shutdown_button.click()
+    wait_until(panel.status, "value", lambda v: "shut down" in v)
+    assert panel.send_button.disabled and panel.shutdown_button.disabled
+    (info,) = [i for i in rt.agents() if i.id == agent.id]
+    assert info.state == "shutdown"
+    with pytest.raises(AgentShutDown):
+        agent.chat("hello")
+
+
+def test_usage_line_and_history_tab_follow_each_turn(
+    panel: AgentPanel, agent: Agent, tag: str
+) -> None:
+    assert panel.tabs.titles == ("Chat", "History")
+    assert panel.tabs.children[1] is panel.history
+    send(panel, f"first {tag}")
+    wait_ended(panel)
+    total = agent.total_usage().total_tokens
+    assert total > 0
+    usage = wait_until(panel.usage, "value", lambda v: f"{total:,} tokens" in v)
+    assert "1 turns" in usage
+    table = panel.history.value
+    assert "<table" in table and f"Echo: first {tag}" in table
+
+    send(panel, f"second {tag}")
+    wait_ended(panel, 2)
+    total = agent.total_usage().total_tokens
+    assert "2 turns" in wait_until(panel.usage, "value", lambda v: f"{total:,} tokens" in v)
+    assert f"Echo: second {tag}" in wait_until(panel.history, "value", lambda v: "second" in v)
+
+
+def test_queued_messages_each_show_once_in_order(panel: AgentPanel, tag: str) -> None:
+    panel.send(f"@@delay 30\none {tag}")
+    panel.send(f"two {tag}")
+    wait_ended(panel, 2)
+    replies = [f"Echo: one {tag}", f"Echo: two {tag}"]
+    transcript = panel.transcript.value
+    assert "[streaming]" not in transcript and "[queued]" not in transcript
+    assert [transcript.count(r) for r in replies] == [1, 1]
+    assert transcript.index(replies[0]) < transcript.index(replies[1])
+
+
+def test_transcript_updates_are_coalesced_and_end_exact(panel: AgentPanel, tag: str) -> None:
+    stamps: list[float] = []
+    panel.transcript.observe(lambda _: stamps.append(time.monotonic()), names="value")
+    started = time.monotonic()
+    send(panel, f"@@tiny 2000\n@@delay 1\n{tag}")
+    wait_ended(panel)
+    duration = time.monotonic() - started
+    assert 2 <= len(stamps) <= 20 * (duration + 1), (len(stamps), duration)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(stamps)]
+    assert min(gaps, default=1.0) >= 0.05
+    final = panel.transcript.value
+    assert "x" * 2000 in final and "x" * 2001 not in final
+
+
+def test_panel_accepts_an_agent_name_and_reprs_cheaply(rt: AgentRuntime, agent: Agent) -> None:
+    widget = AgentPanel(rt, agent.name)
+    try:
+        assert widget.agent.id == agent.id
+        assert repr(widget) == "<AgentPanel agent='panelist' live=0>"
+        widget.refresh().result(10)
+    finally:
+        widget.close()
+    widget.close()
+
+
+def test_close_stops_the_writer_and_leaves_turns_running(
+    rt: AgentRuntime, agent: Agent, tag: str
+) -> None:
+    widget = AgentPanel(rt, agent)
+    send(widget, f"@@delay 50\nkeep going after close {tag}")
+    wait_until(widget.transcript, "value", lambda v: "Echo:" in v)
+    handle = widget.last_handle
+    widget.close()
+    assert widget._writer.stopped
+    assert handle is not None
+    assert handle.text(timeout=10) == f"Echo: keep going after close {tag}"
+
+
+def cell(monitor: RuntimeMonitor, agent: Agent, column: str) -> Any:
+    return monitor.rows[agent.id].cells[RuntimeMonitor.COLUMNS.index(column)]
+
+
+def test_monitor_lists_agents_and_its_buttons_cancel_and_shut_down(
+    rt: AgentRuntime, server: LocalServer, tag: str
+) -> None:
+    busy = rt.create_agent(name="busy")
+    calm = rt.create_agent(name="calm")
+    monitor = RuntimeMonitor(rt)
+    try:
+        monitor.refresh().result(10)
+        assert set(monitor.rows) == {busy.id, calm.id}
+        assert cell(monitor, calm, "agent").value == "calm"
+        assert cell(monitor, calm, "state").value == "idle"
+        assert repr(monitor) == "<RuntimeMonitor agents=2>"
+
+        handle = busy.chat(f"@@fault hang\n{tag}")
+        wait_for_tagged(server, tag)
+        monitor.refresh()
+        wait_until(cell(monitor, busy, "state"), "value", lambda v: v == "running")
+        assert cell(monitor, busy, "turn").value == "1"
+        first = wait_until(cell(monitor, busy, "elapsed"), "value", bool)
+        wait_until(cell(monitor, busy, "elapsed"), "value", lambda v: v != first)
+
+        monitor.rows[busy.id].cancel.click()
+        with pytest.raises(TurnCancelled):
+            handle.result(timeout=10)
+        wait_until(cell(monitor, busy, "state"), "value", lambda v: v == "idle")
+        wait_until(monitor.rows[busy.id].cancel, "disabled", bool)
+
+        monitor.rows[calm.id].shutdown.click()
+        wait_until(cell(monitor, calm, "state"), "value", lambda v: v == "shutdown")
+        assert monitor.rows[calm.id].shutdown.disabled
+        with pytest.raises(AgentShutDown):
+            calm.chat("hello")
+        assert busy.chat(f"after {tag}").text(timeout=10) == f"Echo: after {tag}"
+        total = busy.total_usage().total_tokens
+        monitor.refresh().result(10)
+        assert cell(monitor, busy, "tokens").value == f"{total:,}"
+    finally:
+        monitor.close()
+    assert monitor._writer.stopped
+
+
+def test_monitor_drops_rows_of_deleted_agents(rt: AgentRuntime) -> None:
+    keep = rt.create_agent(name="keep")
+    gone = rt.create_agent(name="gone")
+    monitor = RuntimeMonitor(rt)
+    try:
+        monitor.refresh().result(10)
+        assert set(monitor.rows) == {keep.id, gone.id}
+        gone.delete()
+        monitor.refresh().result(10)
+        assert set(monitor.rows) == {keep.id}
+        assert len(monitor.grid.children) == 2 * (len(RuntimeMonitor.COLUMNS) + 2)
+    finally:
+        monitor.close()
