@@ -1,0 +1,87 @@
+"""`%load_ext agentrt_jupyter`: one `AgentMagics` (and one runtime) per kernel.
+
+Loading registers the magics, starts the runtime and adds an input transformer that
+turns a `%%agent` cell into a top-level `await` (see `magics`). Loading again is a no-op;
+unloading removes all three and shuts the runtime down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable
+from typing import Any
+
+from IPython.core.error import UsageError
+
+from .magics import AgentMagics
+
+_CELL = re.compile(r"%%agent(?:[ \t]|$)")
+_loaded: dict[int, tuple[AgentMagics, Callable[[list[str]], list[str]]]] = {}
+
+
+def load(shell: Any) -> None:
+    """Register the magics and the await transformer, and start the runtime."""
+    if id(shell) in _loaded:
+        return
+    magics = AgentMagics(shell=shell)
+    shell.register_magics(magics)
+    transform = _await_transform(shell, magics)
+    shell.input_transformer_manager.line_transforms.insert(0, transform)
+    _loaded[id(shell)] = (magics, transform)
+    with contextlib.suppress(UsageError):
+        magics.runtime  # noqa: B018 - a bad setting is reported by the first %%agent cell
+
+
+def unload(shell: Any) -> None:
+    """Remove the magics and the transformer; shut the runtime down (cancelling turns)."""
+    entry = _loaded.pop(id(shell), None)
+    if entry is None:
+        return
+    magics, transform = entry
+    with contextlib.suppress(ValueError):
+        shell.input_transformer_manager.line_transforms.remove(transform)
+    registry = shell.magics_manager.magics
+    for kind in ("line", "cell"):
+        if getattr(registry[kind].get("agent"), "__self__", None) is magics:
+            del registry[kind]["agent"]
+    shell.magics_manager.registry.pop(type(magics).__name__, None)
+    with contextlib.suppress(ValueError):
+        shell.configurables.remove(magics)
+    magics.shutdown_runtime()
+
+
+def loaded_magics(shell: Any) -> AgentMagics:
+    """The magics of `shell` (the transformer's cells call into them)."""
+    entry = _loaded.get(id(shell))
+    if entry is None:
+        raise UsageError("agentrt_jupyter is not loaded: run %load_ext agentrt_jupyter")
+    return entry[0]
+
+
+async def run_agent_cell(line: str, cell: str) -> None:
+    """What a transformed `%%agent` cell awaits."""
+    from IPython import get_ipython
+
+    await loaded_magics(get_ipython()).acell(line, cell)
+
+
+def _await_transform(shell: Any, magics: AgentMagics) -> Callable[[list[str]], list[str]]:
+    """An IPython line transform: `%%agent ...` becomes `await run_agent_cell(...)`.
+
+    Only where the cell can be awaited on an asyncio loop (autoawait on); otherwise the
+    cell runs as an ordinary, blocking cell magic."""
+    from IPython.core.async_helpers import _asyncio_runner
+
+    def transform(lines: list[str]) -> list[str]:
+        if not lines or not _CELL.match(lines[0]) or not magics.await_cells:
+            return lines
+        if not shell.autoawait or shell.loop_runner is not _asyncio_runner:
+            return lines
+        line = lines[0][len("%%agent") :].strip()
+        body = "".join(lines[1:])
+        return [
+            f"await __import__({__name__!r}, fromlist=['_']).run_agent_cell({line!r}, {body!r})\n"
+        ]
+
+    return transform

@@ -1,0 +1,508 @@
+"""`%%agent` (chat with an agent in a cell) and `%agent` (list, usage, cancel, …).
+
+A `%%agent` cell starts a turn on the kernel's runtime and shows it with a `TurnView`.
+By default the extension rewrites the cell into a top-level `await` of `acell`, so the
+kernel's loop keeps handling widget clicks and interrupts while the reply streams, and
+Run All / nbclient wait for it. Called any other way (`%autoawait off`,
+`run_cell_magic`), the cell waits in short slices instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import keyword
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+from IPython.core import magic
+from IPython.core import magic_arguments as margs
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, magics_class, no_var_expand
+from traitlets import Bool, Enum, Float, TraitError, Unicode, observe, validate
+
+from ..config import BACKENDS, AgentConfig, RuntimeConfig, default_store_path
+from ..errors import AgentError, TurnCancelled, UsageProblem
+from ..handle import WAIT_SLICE, ChatHandle, TurnResult
+from ..runtime import Agent, AgentRuntime
+from .display import FORMATS, TurnView, shorten
+from .interpolate import interpolate as expand
+
+ENV_BACKEND = "AGENTRT_BACKEND"
+SETTLE_TIMEOUT = 10.0
+"""After an interrupt, how long to wait for the turn to end so its partial reply shows."""
+COMMANDS = (
+    "list",
+    "usage",
+    "history",
+    "ledger",
+    "cancel",
+    "shutdown",
+    "reset",
+    "delete",
+    "wait",
+    "config",
+    "runtime",
+    "help",
+)
+_RUNTIME_SETTINGS = ("backend", "default_model", "store_path", "base_url")
+_noted_local_model = False
+_GONE = ("shutdown", "disconnected")
+_F = TypeVar("_F", bound=Callable[..., Any])
+_margs: Any = margs
+parse_argstring: Callable[[Any, str], Any] = margs.parse_argstring
+
+
+def magic_arguments() -> Callable[[_F], _F]:
+    return cast("Callable[[_F], _F]", _margs.magic_arguments())
+
+
+def argument(*args: Any, **kwargs: Any) -> Callable[[_F], _F]:
+    return cast("Callable[[_F], _F]", _margs.argument(*args, **kwargs))
+
+
+def cell_magic(name: str) -> Callable[[_F], _F]:
+    return cast("Callable[[_F], _F]", magic.cell_magic(name))
+
+
+def line_magic(name: str) -> Callable[[_F], _F]:
+    return cast("Callable[[_F], _F]", magic.line_magic(name))
+
+
+@dataclass
+class Run:
+    """One `%%agent` turn and the task rendering it."""
+
+    agent: str
+    handle: ChatHandle
+    future: concurrent.futures.Future[TurnResult]
+    out: str | None
+
+
+@magics_class
+class AgentMagics(Magics):
+    """The agentrt magics; their settings are traitlets (`%config AgentMagics`)."""
+
+    backend = Enum(
+        list(BACKENDS),
+        default_value="auto",
+        help="Model backend: auto (Gemini with GOOGLE_API_KEY/GEMINI_API_KEY, else the "
+        "embedded local model), gemini, local, or scripted (deterministic test replies). "
+        f"${ENV_BACKEND} overrides it.",
+    ).tag(config=True)
+    default_model = Unicode(
+        None, allow_none=True, help="Model of new agents (default: the backend's)."
+    ).tag(config=True)
+    store_path = Unicode(
+        None,
+        allow_none=True,
+        help="SQLite file keeping conversations across kernel restarts "
+        "(default: $AGENTRT_HOME/conversations.sqlite3; empty string: keep nothing).",
+    ).tag(config=True)
+    base_url = Unicode(
+        None, allow_none=True, help="A Gemini-compatible server to use instead of Google's."
+    ).tag(config=True)
+    default_agent = Unicode(
+        "default", help="The agent a `%%agent` cell without NAME talks to."
+    ).tag(config=True)
+    default_format = Enum(
+        list(FORMATS), default_value="markdown", help="How replies are shown."
+    ).tag(config=True)
+    updates_per_second = Float(
+        20.0, help="Most display updates per second while a reply streams (at most 20)."
+    ).tag(config=True)
+    await_cells = Bool(
+        True,
+        help="Run %%agent cells as awaiting cells (top-level await), so widget clicks "
+        "and interrupts are handled while they stream. Needs %autoawait on.",
+    ).tag(config=True)
+    interpolate = Bool(
+        True, help="Replace {expr} in %%agent cells by its value in the user namespace."
+    ).tag(config=True)
+    show_thoughts = Bool(False, help="Show the model's thoughts while they stream.").tag(
+        config=True
+    )
+
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        self._runtime: AgentRuntime | None = None
+        self._settings: dict[str, dict[str, Any]] = {}
+        self.background: dict[str, Run] = {}
+        super().__init__(shell, **kwargs)
+
+    @property
+    def user_ns(self) -> dict[str, Any]:
+        shell: Any = self.shell
+        return cast("dict[str, Any]", shell.user_ns)
+
+    @validate("updates_per_second")
+    def _check_rate(self, proposal: Any) -> float:
+        rate = float(proposal["value"])
+        if not 0 < rate <= 20:
+            raise TraitError(f"updates_per_second must be in (0, 20], got {rate}")
+        return rate
+
+    @observe(*_RUNTIME_SETTINGS)
+    def _runtime_setting_changed(self, change: Any) -> None:
+        """A new backend or store needs a new runtime; agents come back from the store."""
+        if self._runtime is not None and not self._runtime.closed:
+            self.shutdown_runtime()
+
+    def runtime_config(self) -> RuntimeConfig:
+        backend = os.environ.get(ENV_BACKEND) or self.backend
+        if self.store_path is None:
+            store: Path | None = default_store_path()
+        else:
+            store = Path(self.store_path).expanduser() if self.store_path else None
+        try:
+            return RuntimeConfig(
+                backend=cast("Any", backend),
+                default_model=self.default_model or None,
+                base_url=self.base_url or None,
+                store_path=store,
+            )
+        except UsageProblem as exc:
+            source = f" (from ${ENV_BACKEND})" if os.environ.get(ENV_BACKEND) else ""
+            raise UsageError(f"{exc}{source}") from None
+
+    @property
+    def runtime(self) -> AgentRuntime:
+        """The kernel's one runtime, started on first need.
+
+        Kernel → Interrupt signals the kernel's whole process group, which stops the local
+        model server the runtime spawned; then the runtime is replaced (agents resume from
+        the store)."""
+        server = self._runtime.local_server if self._runtime is not None else None
+        if server is not None and not server.running:
+            print("agentrt: the local model server stopped (interrupted); restarting it")
+            self.shutdown_runtime()
+        if self._runtime is None or self._runtime.closed:
+            self._runtime = AgentRuntime(self.runtime_config())
+            self._settings.clear()
+        return self._runtime
+
+    def shutdown_runtime(self, timeout: float = 10.0) -> None:
+        runtime, self._runtime = self._runtime, None
+        self._settings.clear()
+        self.background.clear()
+        if runtime is not None:
+            runtime.shutdown(timeout)
+
+    @magic_arguments()
+    @argument(
+        "name",
+        nargs="?",
+        help="The agent (created on first use; after a kernel restart its stored "
+        "conversation is resumed). Default: AgentMagics.default_agent.",
+    )
+    @argument("--model", help="Model of the agent (applies from this turn on).")
+    @argument("--system", metavar="TEXT", help="System instruction (applies from this turn on).")
+    @argument("--temperature", type=float, help="Sampling temperature, 0 to 2.")
+    @argument("--max-tokens", type=int, metavar="N", help="Most output tokens per reply.")
+    @argument("--new", action="store_true", help="Start a fresh conversation (clear history).")
+    @argument("--out", metavar="VAR", help="Store the TurnResult in variable VAR.")
+    @argument("--format", choices=FORMATS, help="Show the reply as markdown (default), ...")
+    @argument(
+        "--background",
+        action="store_true",
+        help="Return at once; the reply streams into this cell while other cells run.",
+    )
+    @argument("--no-interpolate", action="store_true", help="Send {braces} as written.")
+    @no_var_expand
+    @cell_magic("agent")
+    def agent_cell(self, line: str, cell: str) -> None:
+        """Send the cell to an agent and stream its reply here.
+
+        `{expr}` in the cell is replaced by its value in the user namespace (`{{x}}` is a
+        literal `{x}`). Interrupt or the Cancel button stop the turn; the partial reply
+        is kept in history, marked cancelled. Errors stop Run All.
+        """
+        run = self.start(line, cell)
+        if run is not None:
+            self.conclude(run, self.block(run))
+
+    async def acell(self, line: str, cell: str) -> None:
+        """`%%agent` as an awaiting cell: the kernel handles clicks while the reply streams."""
+        run = self.start(line, cell)
+        if run is not None:
+            self.conclude(run, await self.wait_async(run))
+
+    def start(self, line: str, cell: str) -> Run | None:
+        """Parse, create or resume the agent, show the displays and start the turn.
+
+        Returns the run to wait for, or None for a background run."""
+        args = parse_argstring(self.agent_cell, line)
+        if args.out is not None and (not args.out.isidentifier() or keyword.iskeyword(args.out)):
+            raise UsageError(f"--out needs a variable name, got {args.out!r}")
+        if not cell.strip():
+            raise UsageError("the cell is empty: write the prompt below the %%agent line")
+        namespace = self.user_ns
+        braces = self.interpolate and not args.no_interpolate
+        text = expand(cell, namespace) if braces else cell
+        system = expand(args.system, namespace) if braces and args.system else args.system
+        settings = {
+            key: value
+            for key, value in (
+                ("model", args.model),
+                ("system_instruction", system),
+                ("temperature", args.temperature),
+                ("max_output_tokens", args.max_tokens),
+            )
+            if value is not None
+        }
+        try:
+            agent = self.agent(args.name or self.default_agent, settings, new=args.new)
+            handle = self.runtime.chat(agent, text)
+        except UsageProblem as exc:
+            raise UsageError(str(exc)) from None
+        view = TurnView(
+            self.shell,
+            fmt=args.format or self.default_format,
+            rate=self.updates_per_second,
+            show_thoughts=self.show_thoughts,
+        )
+        view.show(handle)
+        future = asyncio.run_coroutine_threadsafe(view.follow(handle), self.runtime.loop)
+        run = Run(agent.name, handle, future, args.out)
+        if not args.background:
+            return run
+        self.background[agent.name] = run
+        if args.out is not None:
+            future.add_done_callback(lambda done: self._store_out(run, done))
+        return None
+
+    def _store_out(self, run: Run, done: concurrent.futures.Future[TurnResult]) -> None:
+        if run.out is not None and not done.cancelled() and done.exception() is None:
+            self.user_ns[run.out] = done.result()
+
+    def agent(self, name: str, settings: dict[str, Any], *, new: bool = False) -> Agent:
+        """The live agent NAME with these settings: created, resumed or reconfigured."""
+        runtime = self.runtime
+        live = {info.name for info in runtime.agents() if info.state not in _GONE}
+        known = self._settings.get(name, {})
+        merged = {**known, **settings}
+        if name in live and merged == known:
+            agent = runtime.agent(name)
+        elif name in live:
+            if not runtime.is_idle(name):
+                raise UsageError(f"agent {name!r} is busy: change its settings after this turn")
+            if runtime.config.store_path is None:
+                raise UsageError(
+                    f"agent {name!r} exists with other settings and there is no store to "
+                    "carry its conversation over: use another name, or --new without settings"
+                )
+            runtime.disconnect(name)
+            agent = runtime.resume(name, AgentConfig(name=name, **merged))
+        elif name in runtime.stored_conversations():
+            agent = runtime.resume(name, AgentConfig(name=name, **merged) if merged else None)
+        else:
+            self._note_local_model(runtime)
+            agent = runtime.create_agent(AgentConfig(name=name, **merged))
+        self._settings[name] = merged
+        if new:
+            runtime.clear_history(agent)
+        return agent
+
+    def _note_local_model(self, runtime: AgentRuntime) -> None:
+        global _noted_local_model
+        if runtime.config.resolved_backend() == "local" and not _noted_local_model:
+            _noted_local_model = True
+            print(
+                "agentrt: no GOOGLE_API_KEY/GEMINI_API_KEY set, so replies come from the "
+                "small embedded local model. Set a key and restart the kernel to use Gemini."
+            )
+
+    def block(self, run: Run) -> TurnResult:
+        """Wait in short slices, so an interrupt is seen at once and cancels the turn."""
+        try:
+            while not run.future.done():
+                concurrent.futures.wait([run.future], WAIT_SLICE)
+        except KeyboardInterrupt:
+            run.handle.cancel()
+            with contextlib.suppress(KeyboardInterrupt):
+                concurrent.futures.wait([run.future], SETTLE_TIMEOUT)
+            raise self.interrupted(run) from None
+        return run.future.result()
+
+    async def wait_async(self, run: Run) -> TurnResult:
+        """Await on the kernel's loop; an interrupt arrives as CancelledError and cancels.
+
+        The loop wakes every slice: a SIGINT's Python handler runs only when the main
+        thread runs Python code, and nothing else may wake it while the reply streams."""
+        done = asyncio.wrap_future(run.future)
+        try:
+            while not done.done():
+                await asyncio.wait({done}, timeout=WAIT_SLICE)
+        except asyncio.CancelledError:
+            run.handle.cancel()
+            await asyncio.wait({done}, timeout=SETTLE_TIMEOUT)
+            raise self.interrupted(run) from None
+        return done.result()
+
+    def interrupted(self, run: Run) -> AgentError:
+        """The short error an interrupted cell raises: the turn's own TurnCancelled.
+
+        Kernel -> Interrupt signals the kernel's whole process group, so the local model
+        server this runtime spawned stops too: the runtime is replaced (the next cell
+        starts a new one and resumes agents from the store)."""
+        if self._runtime is not None and self._runtime.local_server is not None:
+            self.shutdown_runtime()
+        result = run.handle.outcome()
+        error = result.error if result is not None else None
+        if not isinstance(error, TurnCancelled):
+            error = TurnCancelled(
+                f"the turn of {run.agent!r} was cancelled",
+                partial_text=run.handle.partial_text,
+                agent=run.agent,
+            )
+        kept = len(error.partial_text)
+        return shorten(
+            error,
+            f"interrupted: the turn of {run.agent!r} was cancelled; its partial reply "
+            f"({kept} characters) is kept in history, marked cancelled",
+        )
+
+    def conclude(self, run: Run, result: TurnResult) -> None:
+        """Store --out, and raise the turn's error (not for a cancel the user asked for)."""
+        if run.out is not None:
+            self.user_ns[run.out] = result
+        error = result.error
+        if error is not None and not isinstance(error, TurnCancelled):
+            raise shorten(error) from None
+
+    @magic_arguments()
+    @argument("command", nargs="?", default="help", choices=COMMANDS, help="What to do.")
+    @argument("name", nargs="?", help="The agent (see each command).")
+    @line_magic("agent")
+    def agent_line(self, line: str) -> Any:
+        """Manage agents: list, usage, history, ledger, cancel, shutdown, reset, delete,
+        wait, config, runtime, help.
+
+            %agent list              the live and stored agents (a DataFrame)
+            %agent usage [NAME]      one row per turn (a DataFrame; default agent)
+            %agent history [NAME]    one row per message (a DataFrame; default agent)
+            %agent ledger            one row per API call of every agent (a DataFrame)
+            %agent cancel [NAME]     stop NAME's turn (without NAME: every turn)
+            %agent wait [NAME]       wait for a --background turn (without NAME: all)
+            %agent reset [NAME]      clear the conversation the model sees
+            %agent shutdown [NAME]   stop NAME (without NAME: the whole runtime)
+            %agent delete NAME       stop NAME and erase its stored conversation
+            %agent config            the effective settings
+            %agent runtime           the kernel's AgentRuntime, for the Python API
+        """
+        args = parse_argstring(self.agent_line, line)
+        handler = getattr(self, f"_cmd_{args.command}")
+        try:
+            return handler(args.name)
+        except UsageProblem as exc:
+            raise UsageError(str(exc)) from None
+
+    def _named(self, name: str | None) -> Agent:
+        """A live agent, resuming a stored one if needed (NAME defaults to the default agent)."""
+        name = name or self.default_agent
+        runtime = self.runtime
+        if name in {info.name for info in runtime.agents() if info.state not in _GONE}:
+            return runtime.agent(name)
+        if name in runtime.stored_conversations():
+            return self.agent(name, {})
+        raise UsageError(f"no agent {name!r}: start one with a %%agent {name} cell")
+
+    def _cmd_help(self, name: str | None) -> None:
+        print(self.agent_line.__doc__)
+
+    def _cmd_runtime(self, name: str | None) -> AgentRuntime:
+        return self.runtime
+
+    def _cmd_list(self, name: str | None) -> Any:
+        import pandas as pd
+
+        runtime = self.runtime
+        rows = [
+            {
+                "name": info.name,
+                "model": info.model,
+                "state": info.state,
+                "turns": info.turn_count,
+                "queued": info.queued,
+                "running_for": info.running_for,
+                "total_tokens": info.total_usage.total_tokens,
+            }
+            for info in runtime.agents()
+        ]
+        live = {row["name"] for row in rows}
+        rows += [{"name": n, "state": "stored"} for n in runtime.stored_conversations()]
+        rows = [row for row in rows if row["state"] != "stored" or row["name"] not in live]
+        columns = ["name", "model", "state", "turns", "queued", "running_for", "total_tokens"]
+        return pd.DataFrame(rows, columns=columns)
+
+    def _cmd_usage(self, name: str | None) -> Any:
+        from ..frames import usage_frame
+
+        return usage_frame(self._named(name))
+
+    def _cmd_history(self, name: str | None) -> Any:
+        from ..frames import history_frame
+
+        return history_frame(self._named(name))
+
+    def _cmd_ledger(self, name: str | None) -> Any:
+        from ..frames import ledger_frame
+
+        return ledger_frame(self.runtime)
+
+    def _cmd_cancel(self, name: str | None) -> None:
+        runtime = self.runtime
+        names = [name] if name else [i.name for i in runtime.agents() if i.state not in _GONE]
+        stopped = [n for n in names if runtime.cancel(n)]
+        print(f"cancelled: {', '.join(stopped)}" if stopped else "no turn was running")
+
+    def _cmd_wait(self, name: str | None) -> None:
+        if name is not None and name not in self.background:
+            raise UsageError(f"no --background turn of {name!r} to wait for")
+        runs = [self.background.pop(name)] if name else list(self.background.values())
+        if name is None:
+            self.background.clear()
+        for run in runs:
+            self.conclude(run, self.block(run))
+
+    def _cmd_reset(self, name: str | None) -> None:
+        agent = self._named(name)
+        self.runtime.clear_history(agent)
+        print(f"{agent.name}: conversation cleared")
+
+    def _cmd_shutdown(self, name: str | None) -> None:
+        if name is None:
+            self.shutdown_runtime()
+            print("runtime shut down; the next %%agent cell starts a new one")
+            return
+        self.runtime.shutdown_agent(name)
+        self._settings.pop(name, None)
+        print(f"{name}: shut down (its stored conversation is kept)")
+
+    def _cmd_delete(self, name: str | None) -> None:
+        if name is None:
+            raise UsageError("%agent delete needs the NAME of the agent to erase")
+        self.runtime.delete(name)
+        self._settings.pop(name, None)
+        self.background.pop(name, None)
+        print(f"{name}: deleted")
+
+    def _cmd_config(self, name: str | None) -> None:
+        config = self.runtime_config()
+        env = os.environ.get(ENV_BACKEND)
+        source = f"${ENV_BACKEND}" if env else "AgentMagics.backend"
+        ipykernel = sys.modules.get("ipykernel")
+        lines = [
+            f"backend: {config.backend} (from {source}), resolved: {config.resolved_backend()}",
+            f"default model: {config.model_for(None)}",
+            f"store: {config.store_path or 'none (conversations are not kept)'}",
+            f"default agent: {self.default_agent}",
+            f"format: {self.default_format}, updates/s: {self.updates_per_second:g}",
+            f"await cells: {self.await_cells and bool(getattr(self.shell, 'autoawait', False))}",
+            f"ipykernel: {getattr(ipykernel, '__version__', 'not running in a kernel')}",
+        ]
+        print("\n".join(lines))
