@@ -45,13 +45,14 @@ class BenchKernel:
     """One kernel; use as a context manager."""
 
     def __init__(self, python: str = sys.executable, env: dict[str, str] | None = None) -> None:
+        """Start the kernel with exactly `env` (default: this process's environment)."""
         self.manager = KernelManager()
         self.manager._kernel_spec = KernelSpec(
             argv=[python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
             display_name="bench",
             language="python",
         )
-        self.manager.start_kernel(env={**os.environ, **(env or {})})
+        self.manager.start_kernel(env=dict(os.environ) if env is None else env)
         self.client = self.manager.blocking_client()
         self.client.start_channels()
         self.client.wait_for_ready(timeout=60)
@@ -182,3 +183,16 @@ def first_display_id(kernel: BenchKernel, msg_id: str) -> str | None:
         if display_id:
             return str(display_id)
     return None
+
+
+def agent_kernel(server: Any, home: str, python: str = sys.executable) -> BenchKernel:
+    """A kernel with `%load_ext agentrt_jupyter` pointed at the benchmark's server."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTRT_")}
+    env.update(GOOGLE_API_KEY=server.token, AGENTRT_HOME=home)
+    kernel = BenchKernel(python, env)
+    kernel.run(
+        "%load_ext agentrt_jupyter\n"
+        f"%config AgentMagics.base_url = {server.url!r}\n"
+        "%config AgentMagics.store_path = ''\n"
+    )
+    return kernel
