@@ -242,6 +242,7 @@ class AgentMagics(Magics):
             raise UsageError("the cell is empty: write the prompt below the %%agent line")
         namespace = self.user_ns
         braces = self.interpolate and not args.no_interpolate
+        cell = cell.strip("\n").rstrip()
         text = expand(cell, namespace) if braces else cell
         system = expand(args.system, namespace) if braces and args.system else args.system
         settings = {

@@ -1,0 +1,202 @@
+"""The magics in an in-process IPython shell: options, interpolation, settings, line magics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.testing.globalipapp import start_ipython
+
+from agentrt_jupyter.errors import BackendError, QuotaExceeded, TurnCancelled
+from agentrt_jupyter.notebook.display import footer_line, reply_bundle, short_message
+from agentrt_jupyter.notebook.extension import loaded_magics
+from agentrt_jupyter.notebook.interpolate import interpolate
+from agentrt_jupyter.notebook.magics import AgentMagics
+
+NS = {"name": "Ann", "n": 3, "pi": 3.14159, "d": {"k": [1, 2]}, "Out": {1: "first"}}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("hi {name}", "hi Ann"),
+        ("{n + 1} {pi:.2f} {name!r}", "4 3.14 'Ann'"),
+        ("{d['k'][1]} and {Out[1]}", "2 and first"),
+        ("{undefined} stays, {n} goes", "{undefined} stays, 3 goes"),
+        ('JSON {"a": {"b": 1}} is left alone', 'JSON {"a": {"b": 1}} is left alone'),
+        ('@@call weather {"city": "Paris"}', '@@call weather {"city": "Paris"}'),
+        ("{{name}} is literal", "{name} is literal"),
+        ("{ n } with spaces is left alone", "{ n } with spaces is left alone"),
+        ("unclosed {name and more", "unclosed {name and more"),
+        ("code: {k: v for k in items}", "code: {k: v for k in items}"),
+        ("{n!=3}", "False"),
+    ],
+)
+def test_interpolation(text: str, expected: str) -> None:
+    assert interpolate(text, NS) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{n +}", "not a Python expression"),
+        ("{d['missing']}", "KeyError"),
+        ("{n / 0}", "ZeroDivisionError"),
+        ("{pi:zz}", "Unknown format code"),
+    ],
+)
+def test_bad_interpolation_is_a_usage_error(text: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message) as caught:
+        interpolate(text, NS)
+    assert "--no-interpolate" in str(caught.value)
+
+
+def test_reply_bundles() -> None:
+    assert reply_bundle("# hi", "markdown", final=True)["text/markdown"] == "# hi"
+    assert reply_bundle("x", "text", final=True) == {"text/plain": "x"}
+    assert reply_bundle("a = 1", "code", final=True)["text/markdown"] == "```\na = 1\n```"
+    parsed = reply_bundle('```json\n{"a": 1}\n```', "json", final=True)
+    assert parsed["application/json"] == {"a": 1}
+    assert "not valid JSON" in reply_bundle("{oops", "json", final=True)["text/markdown"]
+
+
+def test_short_messages_say_what_to_do() -> None:
+    day = QuotaExceeded("429", scope="day", quota_id="PerDay")
+    assert "per-day" in short_message(day) and "another key" in short_message(day)
+    minute = QuotaExceeded("429", scope="minute", retry_after=42.0)
+    assert "try again in 42 s" in short_message(minute)
+    refused = BackendError("denied", code=403, status="PERMISSION_DENIED")
+    assert "GOOGLE_API_KEY" in short_message(refused)
+
+
+@pytest.fixture(scope="module")
+def ip(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InteractiveShell]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AGENTRT_BACKEND", "scripted")
+        mp.setenv("AGENTRT_HOME", str(tmp_path_factory.mktemp("home")))
+        shell = start_ipython()
+        shell.run_line_magic("load_ext", "agentrt_jupyter")
+        yield shell
+        shell.run_line_magic("unload_ext", "agentrt_jupyter")
+
+
+def run(ip: InteractiveShell, cell: str) -> Any:
+    result = ip.run_cell(cell)
+    return result.error_before_exec or result.error_in_exec
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("--bogus", "unrecognized arguments"),
+        ("--temperature hot", "invalid float value"),
+        ("--temperature 9", "temperature"),
+        ("--max-tokens 0", "max_output_tokens"),
+        ("--format yaml", "invalid choice"),
+        ("--out 1x", "--out needs a variable name"),
+        ("--out class", "--out needs a variable name"),
+        ("two names", "unrecognized arguments"),
+    ],
+)
+def test_option_errors_are_usage_errors(ip: InteractiveShell, line: str, message: str) -> None:
+    error = run(ip, f"%%agent {line}\nhello")
+    assert isinstance(error, UsageError)
+    assert message in str(error)
+
+
+def test_empty_cell_and_bad_interpolation_are_usage_errors(ip: InteractiveShell) -> None:
+    assert "empty" in str(run(ip, "%%agent\n   \n"))
+    assert "cannot interpolate" in str(run(ip, "%%agent\n{len(1)}"))
+
+
+def test_cell_interpolates_and_stores_the_result(ip: InteractiveShell) -> None:
+    ip.user_ns["topic"] = "owls"
+    assert run(ip, "%%agent inproc --out res\ntell me about {topic}") is None
+    assert ip.user_ns["res"].text == "Echo: tell me about owls"
+    assert run(ip, "%%agent inproc --out raw --no-interpolate\n{topic}") is None
+    assert ip.user_ns["raw"].text == "Echo: {topic}"
+
+
+def test_new_clears_history_and_settings_apply(ip: InteractiveShell) -> None:
+    assert run(ip, "%%agent fresh\none") is None
+    assert run(ip, "%%agent fresh --new --temperature 0.5 --out r\ntwo") is None
+    runtime = loaded_magics(ip).runtime
+    assert [m.text for m in runtime.history("fresh")] == ["two", "Echo: two"]
+    assert ip.user_ns["r"].text == "Echo: two"
+
+
+def test_errors_raise_the_runtime_error_with_a_one_line_render(ip: InteractiveShell) -> None:
+    error = run(ip, "%%agent faulty\n@@fault 500\nhi")
+    assert isinstance(error, BackendError)
+    assert error._render_traceback_() == [f"\x1b[0;31mBackendError\x1b[0m: {error}"]
+
+
+def test_cancelled_turn_is_not_an_error(ip: InteractiveShell) -> None:
+    assert run(ip, "%%agent canceller --background --out late\n@@fault hang\nhi") is None
+    ip.run_line_magic("agent", "cancel canceller")
+    ip.run_line_magic("agent", "wait canceller")
+    assert ip.user_ns["late"].status == "cancelled"
+    assert isinstance(ip.user_ns["late"].error, TurnCancelled)
+
+
+def test_line_magic_commands(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(ip, "%%agent lines\nhi") is None
+    listing = ip.run_line_magic("agent", "list")
+    assert "lines" in set(listing["name"])
+    assert len(ip.run_line_magic("agent", "usage lines")) == 1
+    assert len(ip.run_line_magic("agent", "history lines")) == 2
+    assert len(ip.run_line_magic("agent", "ledger")) >= 1
+    ip.run_line_magic("agent", "reset lines")
+    assert len(ip.run_line_magic("agent", "history lines")) == 0
+    ip.run_line_magic("agent", "config")
+    ip.run_line_magic("agent", "help")
+    out = capsys.readouterr().out
+    assert "backend: scripted (from $AGENTRT_BACKEND)" in out and "%agent ledger" in out
+    with pytest.raises(UsageError, match="invalid choice"):
+        ip.run_line_magic("agent", "frobnicate")
+    with pytest.raises(UsageError, match="needs the NAME"):
+        ip.run_line_magic("agent", "delete")
+    with pytest.raises(UsageError, match="no agent 'nobody'"):
+        ip.run_line_magic("agent", "usage nobody")
+    ip.run_line_magic("agent", "delete lines")
+    assert "lines" not in set(ip.run_line_magic("agent", "list")["name"])
+
+
+def test_settings_are_traitlets_and_restart_the_runtime(ip: InteractiveShell) -> None:
+    magics = loaded_magics(ip)
+    before = magics.runtime
+    ip.run_line_magic("config", "AgentMagics.default_model = 'other-model'")
+    try:
+        assert before.closed
+        assert magics.runtime.config.default_model == "other-model"
+    finally:
+        ip.run_line_magic("config", "AgentMagics.default_model = None")
+    with pytest.raises(Exception, match="updates_per_second"):
+        magics.updates_per_second = 50
+
+
+def test_missing_key_is_a_short_usage_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("AGENTRT_BACKEND", "gemini")
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    magics = AgentMagics(shell=None)
+    with pytest.raises(UsageError, match=r"needs an API key.*AGENTRT_BACKEND"):
+        magics.runtime_config()
+
+
+def test_footer_line() -> None:
+    from agentrt_jupyter.conversation import Usage
+    from agentrt_jupyter.handle import TurnResult
+
+    result = TurnResult(
+        "a", 1, "cancelled", "x", "", Usage(3, 0, 4, 1, 0, 8), "STOP", "m", 0.25, 1.5, 0
+    )
+    assert footer_line(result) == (
+        "CANCELLED · m · 3 in / 4 out / 1 thoughts · first token 0.25 s · 1.50 s"
+    )
