@@ -109,6 +109,10 @@ def test_shutdown_shuts_the_agent_down(panel: AgentPanel, rt: AgentRuntime, agen
     assert info.state == "shutdown"
     with pytest.raises(AgentShutDown):
         agent.chat("hello")
+    with pytest.raises(AgentShutDown):
+        panel.send("hello").result(10)
+    with pytest.raises(ValueError, match="nothing to send"):
+        panel.send("  ").result(10)
 
 
 def test_usage_line_and_history_tab_follow_each_turn(
@@ -133,8 +137,10 @@ def test_usage_line_and_history_tab_follow_each_turn(
 
 
 def test_queued_messages_each_show_once_in_order(panel: AgentPanel, tag: str) -> None:
-    panel.send(f"@@delay 30\none {tag}")
-    panel.send(f"two {tag}")
+    first = panel.send(f"@@delay 30\none {tag}")
+    second = panel.send(f"two {tag}")
+    assert second.result(10).text(timeout=10) == f"Echo: two {tag}"
+    assert first.result(10).outcome() is not None
     wait_ended(panel, 2)
     replies = [f"Echo: one {tag}", f"Echo: two {tag}"]
     transcript = panel.transcript.value

@@ -225,10 +225,14 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
     def __repr__(self) -> str:
         return f"<AgentPanel agent={self.agent.name!r} live={len(self._live)}>"
 
-    def send(self, text: str) -> None:
-        """Send a message as if typed and sent; returns at once."""
-        if text.strip():
-            self._writer.post(lambda: self._writer.spawn(self._start_turn(text)))
+    def send(self, text: str) -> concurrent.futures.Future[ChatHandle]:
+        """Send a message as if typed; returns at once, with a future of the turn's handle."""
+        started: concurrent.futures.Future[ChatHandle] = concurrent.futures.Future()
+        if not text.strip():
+            started.set_exception(ValueError("nothing to send"))
+        elif not self._writer.post(lambda: self._writer.spawn(self._start_turn(text, started))):
+            started.set_exception(RuntimeClosed("the runtime was shut down"))
+        return started
 
     def refresh(self) -> concurrent.futures.Future[None]:
         """Re-read history and usage from the runtime (e.g. after turns sent elsewhere)."""
@@ -250,7 +254,8 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
         super().close()
 
     def _on_send(self, _button: widgets.Button) -> None:
-        self.send(self.input.value)
+        if self.input.value.strip():
+            self.send(self.input.value)
 
     def _on_cancel(self, _button: widgets.Button) -> None:
         self._writer.post(lambda: self._writer.spawn(self._cancel()))
@@ -258,13 +263,15 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
     def _on_shutdown(self, _button: widgets.Button) -> None:
         self._writer.post(lambda: self._writer.spawn(self._shutdown()))
 
-    async def _start_turn(self, text: str) -> None:
+    async def _start_turn(self, text: str, started: concurrent.futures.Future[ChatHandle]) -> None:
         try:
             handle = await self._runtime.aio.chat(self.agent, text)
         except AgentError as exc:
             self._note = f"not sent: {exc}"
             self._writer.wake_on_loop()
+            started.set_exception(exc)
             return
+        started.set_result(handle)
         live = _LiveTurn(text, handle)
         self.last_handle = handle
         self._live.append(live)
