@@ -420,7 +420,15 @@ class AgentCore:
     async def _stream(
         self, backend: Backend, request: ModelRequest, turn: Turn, call: _CallState
     ) -> None:
+        """Consume one call's chunks from a pump task; a watchdog flags a stalled stream.
+
+        No `asyncio.wait_for` per chunk: on Python < 3.12 it can swallow a cancellation
+        that races with a chunk, and a timer per chunk costs throughput.
+        """
+        loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[ModelChunk | BaseException | _End] = asyncio.Queue()
+        idle = self.core.config.idle_chunk_timeout
+        last_chunk = loop.time()
 
         async def pump() -> None:
             try:
@@ -431,34 +439,39 @@ class AgentCore:
             else:
                 chunks.put_nowait(_End())
 
+        def watchdog() -> None:
+            nonlocal alarm
+            left = last_chunk + idle - loop.time()
+            if left > 0:
+                alarm = loop.call_later(left, watchdog)
+            else:
+                chunks.put_nowait(
+                    StreamBroken(
+                        f"no data from the model for {idle:g} s (idle_chunk_timeout)",
+                        partial_text="".join(turn.text_parts),
+                    )
+                )
+
         task = asyncio.create_task(pump(), name=f"pump:{self.name}")
-        idle = self.core.config.idle_chunk_timeout
+        alarm = loop.call_later(idle, watchdog)
         try:
             while True:
-                if chunks.empty():
-                    try:
-                        item = await asyncio.wait_for(chunks.get(), idle)
-                    except TimeoutError:
-                        raise StreamBroken(
-                            f"no data from the model for {idle:g} s (idle_chunk_timeout)",
-                            partial_text="".join(turn.text_parts),
-                        ) from None
-                else:
-                    item = chunks.get_nowait()
+                item = chunks.get_nowait() if not chunks.empty() else await chunks.get()
                 if isinstance(item, _End):
                     return
                 if isinstance(item, BaseException):
                     raise item
+                last_chunk = loop.time()
                 if call.first_chunk_at is None:
                     call.first_chunk_at = time.monotonic()
                     if turn.first_chunk_at is None:
                         turn.first_chunk_at = call.first_chunk_at
                 call.add(item, turn)
         finally:
+            alarm.cancel()
             if not task.done():
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await asyncio.wait([task])
 
     async def _run_tools(self, turn: Turn, calls: list[FunctionCallPart]) -> None:
         tools = {t.name: t for t in self.config.tool_list}
