@@ -65,7 +65,7 @@ def wait_ended(panel: AgentPanel, turns: int = 1) -> None:
 
 def test_send_streams_the_reply_into_the_transcript(panel: AgentPanel, tag: str) -> None:
     seen: list[str] = []
-    panel.transcript.observe(lambda change: seen.append(change["new"]), names="value")
+    panel.streaming.observe(lambda change: seen.append(change["new"]), names="value")
     send(panel, f"@@delay 60\nlet us stream six words {tag}")
     wait_ended(panel)
     reply = f"Echo: let us stream six words {tag}"
@@ -75,7 +75,7 @@ def test_send_streams_the_reply_into_the_transcript(panel: AgentPanel, tag: str)
     assert panel.transcript.value.count(html.escape(reply)) == 1
     streamed = [v for v in seen if "[streaming]" in v and "Echo:" in v]
     assert streamed, "no partial reply was shown while streaming"
-    assert all(html.escape(reply) not in v for v in streamed)
+    assert panel.streaming.value == ""
     assert panel.input.value == ""
     assert "idle" in panel.status.value
 
@@ -84,7 +84,7 @@ def test_cancel_stops_a_hanging_turn_and_keeps_the_partial(
     panel: AgentPanel, agent: Agent, tag: str
 ) -> None:
     send(panel, f"@@fault hang_after 2\none two three four {tag}")
-    wait_until(panel.transcript, "value", lambda v: "Echo: one" in v)
+    wait_until(panel.streaming, "value", lambda v: "Echo: one" in v)
     wait_until(panel.cancel_button, "disabled", lambda disabled: not disabled)
     panel.cancel_button.click()
     handle = panel.last_handle
@@ -151,7 +151,9 @@ def test_queued_messages_each_show_once_in_order(panel: AgentPanel, tag: str) ->
 
 def test_transcript_updates_are_coalesced_and_end_exact(panel: AgentPanel, tag: str) -> None:
     stamps: list[float] = []
-    panel.transcript.observe(lambda _: stamps.append(time.monotonic()), names="value")
+    settled: list[float] = []
+    panel.streaming.observe(lambda _: stamps.append(time.monotonic()), names="value")
+    panel.transcript.observe(lambda _: settled.append(time.monotonic()), names="value")
     started = time.monotonic()
     send(panel, f"@@tiny 2000\n@@delay 1\n{tag}")
     wait_ended(panel)
@@ -159,8 +161,10 @@ def test_transcript_updates_are_coalesced_and_end_exact(panel: AgentPanel, tag: 
     assert 2 <= len(stamps) <= 20 * (duration + 1), (len(stamps), duration)
     gaps = [later - earlier for earlier, later in itertools.pairwise(stamps)]
     assert min(gaps, default=1.0) >= 0.05
+    assert len(settled) == 1
     final = panel.transcript.value
     assert "x" * 2000 in final and "x" * 2001 not in final
+    assert panel.streaming.value == ""
 
 
 def test_panel_accepts_an_agent_name_and_reprs_cheaply(rt: AgentRuntime, agent: Agent) -> None:
@@ -179,7 +183,7 @@ def test_close_stops_the_writer_and_leaves_turns_running(
 ) -> None:
     widget = AgentPanel(rt, agent)
     send(widget, f"@@delay 50\nkeep going after close {tag}")
-    wait_until(widget.transcript, "value", lambda v: "Echo:" in v)
+    wait_until(widget.streaming, "value", lambda v: "Echo:" in v)
     handle = widget.last_handle
     widget.close()
     assert widget._writer.stopped

@@ -41,7 +41,7 @@ MONITOR_INTERVAL = 0.25
 MONITOR_IDLE_CHECK = 1.0
 """While idle the monitor only looks this often; it sends nothing unless something changed."""
 HISTORY_ROWS = 200
-"""The History tab shows the latest rows; `history_frame(agent)` has them all."""
+"""The transcript and History tab show the latest messages; `history_frame(agent)` has all."""
 CLOSE_TIMEOUT = 2.0
 
 _BOX = "border-left:3px solid {color};padding:2px 8px;margin:4px 0"
@@ -166,9 +166,12 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
     """Chat with one agent: a streaming transcript, input, Send / Cancel / Shutdown, usage,
     and a History tab with `history_frame` of the conversation.
 
-    The transcript streams as the reply arrives. All child widgets are public attributes
-    (`transcript`, `input`, `send_button`, `cancel_button`, `shutdown_button`, `usage`,
-    `status`, `history`, `tabs`); `last_handle` is the latest turn sent from the panel.
+    `transcript` holds the settled messages and is rewritten only when a turn ends;
+    `streaming` holds the turns in progress and is rewritten as text arrives. Splitting them
+    keeps each update small: a long conversation is not re-sent ten times a second.
+    Other public parts: `input`, `send_button`, `cancel_button`, `shutdown_button`,
+    `usage`, `status`, `history` (the History tab), `tabs`; `last_handle` is the latest
+    turn sent from the panel.
     """
 
     ended_turns = traitlets.Int(0, help="Turns sent from this panel whose end is displayed.")
@@ -180,9 +183,8 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
         self._history_frame = history_frame
         self._runtime = runtime
         self.agent = agent if isinstance(agent, Agent) else runtime.agent(agent)
-        self.transcript = widgets.HTML(
-            layout=widgets.Layout(max_height="420px", overflow="auto", width="100%")
-        )
+        self.transcript = widgets.HTML()
+        self.streaming = widgets.HTML()
         self.input = widgets.Textarea(
             placeholder=f"Message {self.agent.name}…",
             layout=widgets.Layout(width="100%", height="4.5em"),
@@ -193,9 +195,13 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
         self.usage = widgets.HTML()
         self.status = widgets.HTML()
         self.history = widgets.HTML(layout=widgets.Layout(max_height="420px", overflow="auto"))
+        conversation = widgets.VBox(
+            [self.transcript, self.streaming],
+            layout=widgets.Layout(max_height="420px", overflow="auto", width="100%"),
+        )
         chat = widgets.VBox(
             [
-                self.transcript,
+                conversation,
                 self.input,
                 widgets.HBox([self.send_button, self.cancel_button, self.shutdown_button]),
                 self.status,
@@ -351,7 +357,9 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
         if history:
             upto = self._shown_upto
             shown = [m for m in self._history if upto is None or m.turn <= upto]
-            self._history_html = "".join(_message_html(m) for m in shown)
+            earlier = len(shown) - HISTORY_ROWS
+            note = f"<p><i>{earlier} earlier messages: see History.</i></p>" if earlier > 0 else ""
+            self._history_html = note + "".join(_message_html(m) for m in shown[-HISTORY_ROWS:])
             self._frame_html = self._frame_table()
 
     def _frame_table(self) -> str:
@@ -369,9 +377,8 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
         if not self._loaded:
             self._loaded = True
             await self._sync()
-        self.transcript.value = self._history_html + "".join(
-            _live_html(live) for live in self._live
-        )
+        self.transcript.value = self._history_html
+        self.streaming.value = "".join(_live_html(live) for live in self._live)
         running = [live for live in self._live if live.handle.status == "running"]
         if self._shut_down:
             status = self._note
