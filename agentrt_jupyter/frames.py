@@ -44,7 +44,8 @@ no usage). Durations are `float64` seconds, `NaN` where unknown.
     thoughts_tokens int64, tool_use_prompt_tokens int64, total_tokens int64,
     time_to_first_chunk float64, duration float64, retry_wait float64, error string
 
-Frames are built column-wise in one pass, so 100,000 rows take a fraction of a second.
+Frames are built column-wise (one list per column, one constructor): 100,000 rows take
+about 0.2 to 0.3 s.
 """
 
 from __future__ import annotations
