@@ -18,8 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from jupyter_client import BlockingKernelClient, KernelManager
+from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
 
 Message = dict[str, Any]
 KERNEL_PYTHON = os.environ.get("AGENTRT_TEST_PYTHON", sys.executable)
@@ -76,9 +77,9 @@ class Kernel:
                 return msg
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
-            msg = self.pump(left)
-            if msg is not None and predicate(msg):
-                return msg
+            arrived = self.pump(left)
+            if arrived is not None and predicate(arrived):
+                return arrived
         raise TimeoutError("no matching IOPub message in time")
 
     def wait_idle(self, msg_id: str, timeout: float = 60.0) -> Message:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,12 +59,11 @@ def kernel_version(kernel: Kernel) -> tuple[int, int]:
     return int(major), int(minor)
 
 
-def text_of(msg: dict[str, object]) -> str:
-    data = msg["content"]["data"]  # type: ignore[index]
-    return str(data.get("text/plain", ""))  # type: ignore[union-attr]
+def text_of(msg: dict[str, Any]) -> str:
+    return str(msg["content"]["data"].get("text/plain", ""))
 
 
-def wait_for_text(kernel: Kernel, msg_id: str) -> dict[str, object]:
+def wait_for_text(kernel: Kernel, msg_id: str) -> dict[str, Any]:
     """The first reply update of cell `msg_id` that shows streamed text."""
     return kernel.wait_for(
         lambda m: (
@@ -143,6 +143,7 @@ def test_cancel_button_stops_an_awaiting_cell(kernel: Kernel, server: LocalServe
     assert time.monotonic() - start < 2.0
     assert reply["content"]["status"] == "ok"
     ident = display_id(first_text)
+    assert ident is not None
     final = updates_of(kernel, ident)[-1]
     assert text_of(final).startswith("w0") and text_of(final) != WORDS
     assert "CANCELLED" in text_of(updates_of(kernel, f"{ident}-status")[-1])

@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
-from IPython.testing.globalipapp import start_ipython
+from IPython.testing import globalipapp
 
 from agentrt_jupyter.errors import BackendError, QuotaExceeded, TurnCancelled
 from agentrt_jupyter.notebook.display import footer_line, reply_bundle, short_message
@@ -17,6 +16,7 @@ from agentrt_jupyter.notebook.extension import loaded_magics
 from agentrt_jupyter.notebook.interpolate import interpolate
 from agentrt_jupyter.notebook.magics import AgentMagics
 
+START_IPYTHON: Any = globalipapp.start_ipython
 NS = {"name": "Ann", "n": 3, "pi": 3.14159, "d": {"k": [1, 2]}, "Out": {1: "first"}}
 
 
@@ -74,17 +74,17 @@ def test_short_messages_say_what_to_do() -> None:
 
 
 @pytest.fixture(scope="module")
-def ip(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InteractiveShell]:
+def ip(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AGENTRT_BACKEND", "scripted")
         mp.setenv("AGENTRT_HOME", str(tmp_path_factory.mktemp("home")))
-        shell = start_ipython()
+        shell = START_IPYTHON()
         shell.run_line_magic("load_ext", "agentrt_jupyter")
         yield shell
         shell.run_line_magic("unload_ext", "agentrt_jupyter")
 
 
-def run(ip: InteractiveShell, cell: str) -> Any:
+def run(ip: Any, cell: str) -> Any:
     result = ip.run_cell(cell)
     return result.error_before_exec or result.error_in_exec
 
@@ -102,18 +102,18 @@ def run(ip: InteractiveShell, cell: str) -> Any:
         ("two names", "unrecognized arguments"),
     ],
 )
-def test_option_errors_are_usage_errors(ip: InteractiveShell, line: str, message: str) -> None:
+def test_option_errors_are_usage_errors(ip: Any, line: str, message: str) -> None:
     error = run(ip, f"%%agent {line}\nhello")
     assert isinstance(error, UsageError)
     assert message in str(error)
 
 
-def test_empty_cell_and_bad_interpolation_are_usage_errors(ip: InteractiveShell) -> None:
+def test_empty_cell_and_bad_interpolation_are_usage_errors(ip: Any) -> None:
     assert "empty" in str(run(ip, "%%agent\n   \n"))
     assert "cannot interpolate" in str(run(ip, "%%agent\n{len(1)}"))
 
 
-def test_cell_interpolates_and_stores_the_result(ip: InteractiveShell) -> None:
+def test_cell_interpolates_and_stores_the_result(ip: Any) -> None:
     ip.user_ns["topic"] = "owls"
     assert run(ip, "%%agent inproc --out res\ntell me about {topic}") is None
     assert ip.user_ns["res"].text == "Echo: tell me about owls"
@@ -121,7 +121,7 @@ def test_cell_interpolates_and_stores_the_result(ip: InteractiveShell) -> None:
     assert ip.user_ns["raw"].text == "Echo: {topic}"
 
 
-def test_new_clears_history_and_settings_apply(ip: InteractiveShell) -> None:
+def test_new_clears_history_and_settings_apply(ip: Any) -> None:
     assert run(ip, "%%agent fresh\none") is None
     assert run(ip, "%%agent fresh --new --temperature 0.5 --out r\ntwo") is None
     runtime = loaded_magics(ip).runtime
@@ -129,13 +129,14 @@ def test_new_clears_history_and_settings_apply(ip: InteractiveShell) -> None:
     assert ip.user_ns["r"].text == "Echo: two"
 
 
-def test_errors_raise_the_runtime_error_with_a_one_line_render(ip: InteractiveShell) -> None:
+def test_errors_raise_the_runtime_error_with_a_one_line_render(ip: Any) -> None:
     error = run(ip, "%%agent faulty\n@@fault 500\nhi")
     assert isinstance(error, BackendError)
-    assert error._render_traceback_() == [f"\x1b[0;31mBackendError\x1b[0m: {error}"]
+    rendered = getattr(error, "_render_traceback_")()  # noqa: B009 - set on the instance
+    assert rendered == [f"\x1b[0;31mBackendError\x1b[0m: {error}"]
 
 
-def test_cancelled_turn_is_not_an_error(ip: InteractiveShell) -> None:
+def test_cancelled_turn_is_not_an_error(ip: Any) -> None:
     assert run(ip, "%%agent canceller --background --out late\n@@fault hang\nhi") is None
     ip.run_line_magic("agent", "cancel canceller")
     ip.run_line_magic("agent", "wait canceller")
@@ -143,7 +144,7 @@ def test_cancelled_turn_is_not_an_error(ip: InteractiveShell) -> None:
     assert isinstance(ip.user_ns["late"].error, TurnCancelled)
 
 
-def test_line_magic_commands(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+def test_line_magic_commands(ip: Any, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(ip, "%%agent lines\nhi") is None
     listing = ip.run_line_magic("agent", "list")
     assert "lines" in set(listing["name"])
@@ -166,7 +167,7 @@ def test_line_magic_commands(ip: InteractiveShell, capsys: pytest.CaptureFixture
     assert "lines" not in set(ip.run_line_magic("agent", "list")["name"])
 
 
-def test_settings_are_traitlets_and_restart_the_runtime(ip: InteractiveShell) -> None:
+def test_settings_are_traitlets_and_restart_the_runtime(ip: Any) -> None:
     magics = loaded_magics(ip)
     before = magics.runtime
     ip.run_line_magic("config", "AgentMagics.default_model = 'other-model'")
@@ -200,3 +201,17 @@ def test_footer_line() -> None:
     assert footer_line(result) == (
         "CANCELLED · m · 3 in / 4 out / 1 thoughts · first token 0.25 s · 1.50 s"
     )
+
+
+def test_agent_cells_become_awaiting_cells_only_where_they_can(ip: Any) -> None:
+    assert "await" in ip.transform_cell("%%agent x --new\nbody {y}\n")
+    assert "await" not in ip.transform_cell("%%agent?\n")
+    assert "await" not in ip.transform_cell("%%agents\nbody\n")
+    ip.run_line_magic("autoawait", "off")
+    try:
+        assert "run_cell_magic" in ip.transform_cell("%%agent x\nbody\n")
+        assert run(ip, "%%agent blocking --out blocked\nsync") is None
+        assert ip.user_ns["blocked"].text == "Echo: sync"
+    finally:
+        ip.run_line_magic("autoawait", "on")
+    assert "--background" in (loaded_magics(ip).agent_cell.__doc__ or "")

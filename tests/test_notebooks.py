@@ -10,6 +10,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+READ: Any = nbformat.read
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(180)]
 
@@ -18,7 +19,7 @@ def execute(path: Path, monkeypatch: pytest.MonkeyPatch, home: Path) -> Any:
     monkeypatch.setenv("AGENTRT_HOME", str(home))
     monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
     monkeypatch.delenv("GEMINI_API_KEY", raising=False)
-    notebook = nbformat.read(path, as_version=4)
+    notebook: Any = READ(path, as_version=4)
     client = NotebookClient(
         notebook,
         timeout=150,
