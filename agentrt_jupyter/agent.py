@@ -146,14 +146,15 @@ class AgentCore:
                 self.state = "running"
                 turn.task = asyncio.create_task(self._run_turn(turn), name=f"turn:{self.name}")
                 try:
-                    await asyncio.shield(turn.task)
+                    await asyncio.wait([turn.task])
                 except asyncio.CancelledError:
                     turn.task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await turn.task
+                    await asyncio.wait([turn.task])
                     raise
                 finally:
                     self.active = None
+                    if not turn.finished:  # cancelled before its first step
+                        self._finish_unstarted(turn)
         finally:
             if self.state == "running":
                 self.state = "idle"
@@ -430,20 +431,23 @@ class AgentCore:
         idle = self.core.config.idle_chunk_timeout
         last_chunk = loop.time()
 
+        inbox = self.core.inbox
+
         async def pump() -> None:
             try:
                 async for chunk in backend.stream(request):
                     chunks.put_nowait(chunk)
+                    if inbox.pending:
+                        inbox.drain()
             except Exception as exc:
                 chunks.put_nowait(exc)
             else:
                 chunks.put_nowait(_End())
 
         def watchdog() -> None:
-            nonlocal alarm
             left = last_chunk + idle - loop.time()
             if left > 0:
-                alarm = loop.call_later(left, watchdog)
+                alarm[0] = loop.call_later(left, watchdog)
             else:
                 chunks.put_nowait(
                     StreamBroken(
@@ -453,7 +457,7 @@ class AgentCore:
                 )
 
         task = asyncio.create_task(pump(), name=f"pump:{self.name}")
-        alarm = loop.call_later(idle, watchdog)
+        alarm = [loop.call_later(idle, watchdog)]
         try:
             while True:
                 item = chunks.get_nowait() if not chunks.empty() else await chunks.get()
@@ -468,7 +472,7 @@ class AgentCore:
                         turn.first_chunk_at = call.first_chunk_at
                 call.add(item, turn)
         finally:
-            alarm.cancel()
+            alarm[0].cancel()
             if not task.done():
                 task.cancel()
                 await asyncio.wait([task])

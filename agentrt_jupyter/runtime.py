@@ -9,8 +9,11 @@ lives on the loop in `_Core`; `AgentRuntime` (sync) and `AsyncAgentRuntime`
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
+import functools
+import inspect
 import itertools
 import logging
 import secrets
@@ -19,7 +22,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from .agent import AgentCore
 from .backends.base import Backend
@@ -47,23 +50,69 @@ T = TypeVar("T")
 _runtime_numbers = itertools.count(1)
 
 
-class _Portal:
-    """A named daemon thread running an event loop, and the channel into it."""
+class Inbox:
+    """The fast lane for synchronous commands (queries, chat, cancel).
 
-    def __init__(self, name: str) -> None:
+    A command on the loop's ready queue waits behind every callback already there, and
+    the SDK parses all buffered chunks of a stream in one task step: under load that is
+    seconds. Posted commands are run by a loop callback and also between chunks by
+    every stream's pump, so they answer within about one chunk's parse time.
+    """
+
+    def __init__(self) -> None:
+        self._pending: collections.deque[
+            tuple[Callable[..., Any], tuple[Any, ...], concurrent.futures.Future[Any]]
+        ] = collections.deque()
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._pending)
+
+    def post(self, fn: Callable[..., T], args: tuple[Any, ...]) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._pending.append((fn, args, future))
+        return future
+
+    def drain(self) -> None:
+        """Run what is posted; only on the loop thread."""
+        while self._pending:
+            fn, args, future = self._pending.popleft()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    def close(self) -> None:
+        while self._pending:
+            self._pending.popleft()[2].cancel()
+
+
+class _Portal:
+    """A named daemon thread running an event loop, and the channel into it.
+
+    Coroutine functions run as tasks; plain functions go through the `Inbox`.
+    """
+
+    def __init__(self, name: str, inbox: Inbox) -> None:
         ready: concurrent.futures.Future[asyncio.AbstractEventLoop] = concurrent.futures.Future()
-        self.thread = threading.Thread(target=self._run, args=(ready,), name=name, daemon=True)
+        self.inbox = inbox
+        self.thread = threading.Thread(
+            target=self._run, args=(ready, inbox), name=name, daemon=True
+        )
         self.thread.start()
         self.loop = ready.result()
         self.closed = False
 
     @staticmethod
-    def _run(ready: concurrent.futures.Future[asyncio.AbstractEventLoop]) -> None:
+    def _run(ready: concurrent.futures.Future[asyncio.AbstractEventLoop], inbox: Inbox) -> None:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         loop.call_soon(ready.set_result, loop)
         try:
             loop.run_forever()
+            inbox.close()
             pending = asyncio.all_tasks(loop)
             for task in pending:
                 task.cancel()
@@ -78,28 +127,48 @@ class _Portal:
     def on_loop(self) -> bool:
         return threading.current_thread() is self.thread
 
+    @overload
     def submit(
         self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
-    ) -> concurrent.futures.Future[T]:
+    ) -> concurrent.futures.Future[T]: ...
+    @overload
+    def submit(
+        self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+    ) -> concurrent.futures.Future[T]: ...
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self.closed:
             raise RuntimeClosed("the runtime was shut down; create a new AgentRuntime")
-        return asyncio.run_coroutine_threadsafe(fn(*args, **kwargs), self.loop)  # type: ignore[arg-type]
+        if inspect.iscoroutinefunction(fn):
+            return asyncio.run_coroutine_threadsafe(fn(*args, **kwargs), self.loop)
+        future = self.inbox.post(functools.partial(fn, **kwargs) if kwargs else fn, args)
+        self.loop.call_soon_threadsafe(self.inbox.drain)
+        return future
 
-    def call(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+    @overload
+    def call(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T: ...
+    @overload
+    def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T: ...
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run on the loop and wait; refused on the loop's own thread (it would deadlock)."""
         if self.on_loop():
             raise RuntimeError(
                 "a blocking runtime call from the runtime thread would deadlock: "
                 "use `await runtime.aio....` there"
             )
-        result: T = wait_future(self.submit(fn, *args, **kwargs), None)
-        return result
+        return wait_future(self.submit(fn, *args, **kwargs), None)
 
-    async def acall(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+    @overload
+    async def acall(
+        self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
+    ) -> T: ...
+    @overload
+    async def acall(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T: ...
+    async def acall(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self.on_loop():
             if self.closed:
                 raise RuntimeClosed("the runtime was shut down; create a new AgentRuntime")
-            return await fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            return await result if inspect.isawaitable(result) else result
         return await asyncio.wrap_future(self.submit(fn, *args, **kwargs))
 
     def stop_loop(self) -> None:
@@ -135,6 +204,7 @@ class _Core:
         self._backends: dict[tuple[str | None, str | None, str | None], Backend] = {}
         self._backend_lock: asyncio.Lock | None = None
         self.default_credential: str | None = None
+        self.inbox = Inbox()
 
     def lookup(self, ref: Agent | str) -> AgentCore:
         key = ref.id if isinstance(ref, Agent) else ref
@@ -230,7 +300,7 @@ class _Core:
                 )
             del self.agents[existing.id]
 
-    async def create_agent(self, config: AgentConfig) -> AgentCore:
+    def create_agent(self, config: AgentConfig) -> AgentCore:
         agent_id = f"agent-{secrets.token_hex(4)}"
         name = config.name or agent_id
         self._claim_name(name)
@@ -242,7 +312,7 @@ class _Core:
         self.persist_agent(agent)
         return agent
 
-    async def resume(self, name: str, config: AgentConfig | None) -> AgentCore:
+    def resume(self, name: str, config: AgentConfig | None) -> AgentCore:
         if self.store is None:
             raise InvalidConfig(
                 "resume needs a store: set RuntimeConfig(store_path=...)", field="store_path"
@@ -260,19 +330,20 @@ class _Core:
         agent.conversation = conversation
         self.agents[agent.id] = agent
         self.by_name[name] = agent.id
+        self.persist_agent(agent)
         return agent
 
-    async def chat(self, ref: Agent | str, parts: Any) -> Turn:
+    def chat(self, ref: Agent | str, parts: Any) -> Turn:
         agent = self.lookup(ref)
         agent.check_usable()
         turn = Turn(agent.name, parts, agent.model)
         agent.submit(turn)
         return turn
 
-    async def cancel(self, ref: Agent | str) -> bool:
+    def cancel(self, ref: Agent | str) -> bool:
         return self.lookup(ref).cancel_active()
 
-    async def cancel_turn(self, ref: str, turn: Turn) -> None:
+    def cancel_turn(self, ref: str, turn: Turn) -> None:
         self.lookup(ref).cancel_turn(turn)
 
     async def wait_for_idle(self, ref: Agent | str, timeout: float | None) -> None:
@@ -282,7 +353,7 @@ class _Core:
         except TimeoutError:
             raise Timeout(f"agent {agent.name!r} still busy after {timeout} s") from None
 
-    async def signal_idle(self, ref: Agent | str) -> None:
+    def signal_idle(self, ref: Agent | str) -> None:
         agent = self.lookup(ref)
         if agent.is_idle():
             agent.wakeup.clear()
@@ -295,10 +366,10 @@ class _Core:
             return False
         return True
 
-    async def query(self, ref: Agent | str, what: Callable[[AgentCore], T]) -> T:
+    def query(self, ref: Agent | str, what: Callable[[AgentCore], T]) -> T:
         return what(self.lookup(ref))
 
-    async def clear_history(self, ref: Agent | str) -> None:
+    def clear_history(self, ref: Agent | str) -> None:
         agent = self.lookup(ref)
         agent.check_usable()
         agent.conversation.clear()
@@ -315,13 +386,13 @@ class _Core:
             if self.store is not None:
                 self.store.delete(agent.name)
 
-    async def delete_stored(self, name: str) -> None:
+    def delete_stored(self, name: str) -> None:
         """Erase a stored conversation that has no live agent."""
         if self.store is None or not self.store.exists(name):
             raise AgentNotFound(name)
         self.store.delete(name)
 
-    async def agent_infos(self) -> list[AgentInfo]:
+    def agent_infos(self) -> list[AgentInfo]:
         now = time.monotonic()
         infos = []
         for agent in self.agents.values():
@@ -343,7 +414,7 @@ class _Core:
             )
         return infos
 
-    async def ledger(self) -> list[LedgerEntry]:
+    def ledger(self) -> list[LedgerEntry]:
         return [entry for agent in self.agents.values() for entry in agent.conversation.ledger]
 
     async def wait_for_quota(self, timeout: float | None) -> float:
@@ -603,7 +674,7 @@ class AgentRuntime:
         number = next(_runtime_numbers)
         name = self.config.thread_name if number == 1 else f"{self.config.thread_name}-{number}"
         self._core = _Core(self.config)
-        self._portal = _Portal(name)
+        self._portal = _Portal(name, self._core.inbox)
         self._finalizer = weakref.finalize(self, _finalize, self._portal, self._core)
         self._shutdown_lock = threading.Lock()
         self.aio = AsyncAgentRuntime(self)
@@ -645,35 +716,32 @@ class AgentRuntime:
 
         return ChatHandle(turn, cancel)
 
-    def _call(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
-        return self._portal.call(fn, *args, **kwargs)
-
     def create_agent(self, config: AgentConfig | None = None, **settings: Any) -> Agent:
         """A new agent; `settings` are AgentConfig fields (validated first)."""
-        core = self._call(self._core.create_agent, _agent_config(config, settings))
+        core = self._portal.call(self._core.create_agent, _agent_config(config, settings))
         return Agent(self, core.id, core.name)
 
     def resume(self, name: str, config: AgentConfig | None = None) -> Agent:
         """Bring back a stored conversation (after `disconnect` or a kernel restart)."""
-        core = self._call(self._core.resume, name, config)
+        core = self._portal.call(self._core.resume, name, config)
         return Agent(self, core.id, core.name)
 
     def agent(self, name: str) -> Agent:
         """The handle of a live agent by id or name."""
-        core = self._call(self._core.query, name, lambda a: a)
+        core = self._portal.call(self._core.query, name, lambda a: a)
         return Agent(self, core.id, core.name)
 
     def stored_conversations(self) -> list[str]:
         """Names of conversations kept in the store."""
-        return self._call(self._stored_names)
+        return self._portal.call(self._stored_names)
 
-    async def _stored_names(self) -> list[str]:
+    def _stored_names(self) -> list[str]:
         return self._core.store.names() if self._core.store is not None else []
 
     def chat(self, agent: Agent | str, content: Any) -> ChatHandle:
         """Start a turn; returns at once with a handle that streams its events."""
         parts = to_parts(content)
-        return self._handle(self._call(self._core.chat, agent, parts))
+        return self._handle(self._portal.call(self._core.chat, agent, parts))
 
     def send(self, agent: Agent | str, content: Any) -> ChatHandle:
         """Queue a message without waiting; its reply is recorded like any turn."""
@@ -681,56 +749,56 @@ class AgentRuntime:
 
     def cancel(self, agent: Agent | str) -> bool:
         """Stop the active turn now; True if one was running."""
-        return self._call(self._core.cancel, agent)
+        return self._portal.call(self._core.cancel, agent)
 
     def wait_for_idle(self, agent: Agent | str, timeout: float | None = None) -> None:
-        self._call(self._core.wait_for_idle, agent, timeout)
+        self._portal.call(self._core.wait_for_idle, agent, timeout)
 
     def is_idle(self, agent: Agent | str) -> bool:
-        return self._call(self._core.query, agent, AgentCore.is_idle)
+        return self._portal.call(self._core.query, agent, AgentCore.is_idle)
 
     def signal_idle(self, agent: Agent | str) -> None:
-        self._call(self._core.signal_idle, agent)
+        self._portal.call(self._core.signal_idle, agent)
 
     def wait_for_wakeup(self, agent: Agent | str, timeout: float | None = None) -> bool:
         """After `signal_idle`: True when a message arrives, False when the timeout passes."""
-        return self._call(self._core.wait_for_wakeup, agent, timeout)
+        return self._portal.call(self._core.wait_for_wakeup, agent, timeout)
 
     def history(self, agent: Agent | str) -> list[ConversationMessage]:
-        return self._call(self._core.query, agent, _history)
+        return self._portal.call(self._core.query, agent, _history)
 
     def turn_count(self, agent: Agent | str) -> int:
-        return self._call(self._core.query, agent, _turn_count)
+        return self._portal.call(self._core.query, agent, _turn_count)
 
     def total_usage(self, agent: Agent | str) -> Usage:
-        return self._call(self._core.query, agent, _total_usage)
+        return self._portal.call(self._core.query, agent, _total_usage)
 
     def last_turn_usage(self, agent: Agent | str) -> Usage:
-        return self._call(self._core.query, agent, _last_turn_usage)
+        return self._portal.call(self._core.query, agent, _last_turn_usage)
 
     def last_response(self, agent: Agent | str) -> ConversationMessage | None:
-        return self._call(self._core.query, agent, _last_response)
+        return self._portal.call(self._core.query, agent, _last_response)
 
     def agent_ledger(self, agent: Agent | str) -> list[LedgerEntry]:
-        return self._call(self._core.query, agent, _agent_ledger)
+        return self._portal.call(self._core.query, agent, _agent_ledger)
 
     def clear_history(self, agent: Agent | str) -> None:
         """Forget what the model sees; turn count 0; total usage (billed) kept."""
-        self._call(self._core.clear_history, agent)
+        self._portal.call(self._core.clear_history, agent)
 
     def compaction_indices(self, agent: Agent | str) -> list[int]:
-        return self._call(self._core.query, agent, _compactions)
+        return self._portal.call(self._core.query, agent, _compactions)
 
     def disconnect(self, agent: Agent | str) -> None:
         """Stop the agent and keep its stored conversation for `resume(name)`."""
-        self._call(self._core.stop_agent, agent, "disconnect")
+        self._portal.call(self._core.stop_agent, agent, "disconnect")
 
     def delete(self, agent: Agent | str) -> None:
         """Stop the agent (if live) and erase its stored conversation."""
         self._portal.call(self.aio._delete, agent)
 
     def shutdown_agent(self, agent: Agent | str) -> None:
-        self._call(self._core.stop_agent, agent, "shutdown")
+        self._portal.call(self._core.stop_agent, agent, "shutdown")
 
     def try_shutdown_agent(self, agent: Agent | str) -> bool:
         """Schedule a shutdown; never raises, never waits (safe in finalizers)."""
@@ -741,19 +809,19 @@ class AgentRuntime:
         return True
 
     def agents(self) -> list[AgentInfo]:
-        return self._call(self._core.agent_infos)
+        return self._portal.call(self._core.agent_infos)
 
     def ledger(self) -> list[LedgerEntry]:
         """Every API call of every live agent, in order per agent."""
-        return self._call(self._core.ledger)
+        return self._portal.call(self._core.ledger)
 
     def wait_for_quota(self, timeout: float | None = None) -> float:
         """Wait until the default credential is not rate limited; returns seconds waited."""
-        return self._call(self._core.wait_for_quota, timeout)
+        return self._portal.call(self._core.wait_for_quota, timeout)
 
     def record_quota_hit(self, retry_after: float | None, scope: QuotaScope = "minute") -> float:
         """Tell the runtime about a rate limit seen elsewhere; every agent on the key waits."""
-        return self._call(self._core.record_quota_hit, retry_after, scope)
+        return self._portal.call(self._core.record_quota_hit, retry_after, scope)
 
     @property
     def quota_registry(self) -> QuotaRegistry:

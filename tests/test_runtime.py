@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import threading
 import time
 
 import pytest
 
 from agentrt_jupyter import (
+    AgentConfig,
     AgentNotFound,
     AgentRuntime,
     AgentShutDown,
@@ -352,3 +354,20 @@ def test_runtime_starts_its_own_local_server_and_stops_it_with_itself(tag: str) 
         assert server is not None and server.running
         assert server.url.startswith("http://127.0.0.1:")
     assert not server.running
+
+
+def test_resume_with_new_settings_stores_them(server: LocalServer, store_path, tag: str) -> None:
+    with AgentRuntime(runtime_config(server, store_path=store_path)) as runtime:
+        runtime.create_agent(name="tuned", model="model-one").disconnect()
+    with AgentRuntime(runtime_config(server, store_path=store_path)) as runtime:
+        runtime.resume("tuned", AgentConfig(model="model-two")).disconnect()
+    with AgentRuntime(runtime_config(server, store_path=store_path)) as runtime:
+        agent = runtime.resume("tuned")
+        agent.chat(f"which model {tag}").text(timeout=10)
+        assert requests_with(server, tag)[-1]["model"] == "model-two"
+
+
+def test_the_local_server_does_not_share_our_process_group() -> None:
+    """A kernel interrupt signals the kernel's process group; the server must survive it."""
+    with LocalServer.start("scripted") as own:
+        assert os.getpgid(own.pid) != os.getpgid(0)

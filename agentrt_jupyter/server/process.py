@@ -124,6 +124,9 @@ class LocalServer:
                 stderr=log,
                 env=_child_env(token),
                 close_fds=True,
+                # Its own session: a kernel interrupt (SIGINT to the kernel's process
+                # group) must not kill the server; it exits when our stdin pipe closes.
+                start_new_session=True,
             )
         assert process.stdout is not None
         line = _read_line(process.stdout, time.monotonic() + startup_timeout)
