@@ -74,7 +74,8 @@ class BenchKernel:
         while not self._stop.is_set():
             while not self._outbox.empty():
                 action, done = self._outbox.get_nowait()
-                done.set_result((action(), time.time()))
+                sent = time.time()
+                done.set_result((action(), sent))
             poller.poll(1)
             for channel, sink in channels:
                 while channel.msg_ready():
@@ -87,7 +88,7 @@ class BenchKernel:
                         self._changed.notify_all()
 
     def _on_reader(self, action: Callable[[], Any]) -> tuple[Any, float]:
-        """Run `action` on the reader thread; returns its result and when it ran."""
+        """Run `action` on the reader thread; returns its result and when it started."""
         done: concurrent.futures.Future[tuple[Any, float]] = concurrent.futures.Future()
         self._outbox.put((action, done))
         return done.result(timeout=30)

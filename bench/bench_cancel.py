@@ -1,6 +1,7 @@
 """Figure 4: cancel latency, from the cancel being sent to the stream closed at the server.
 
-Paths: `ChatHandle.cancel()` (runtime only; alone and with 100 other agents streaming),
+Paths: `ChatHandle.cancel()` (runtime only; alone, and beside 100 agents streaming 20
+chunks/s each),
 and in a real ipykernel: a click on the Cancel button under a streaming `%%agent` reply
 (a widget comm_msg while the awaiting cell runs), `%agent cancel NAME` for a
 `--background` turn, and a kernel interrupt. Each trial waits until the reply is
@@ -28,6 +29,7 @@ from agentrt_jupyter.server.process import LocalServer
 FIGURE = "4. Cancel latency"
 TARGET = "p95 < 100 ms"
 STREAM = "@@delay 10\n@@tiny 1000"  # 10 s if never cancelled
+BUSY = "@@delay 50\n@@tiny 600"  # the other agents: 20 chunks/s each, 30 s
 WAIT = 15.0
 """A trial whose turn has not stopped this long after the cancel counts as a failure."""
 
@@ -52,13 +54,18 @@ def server_finished(server: LocalServer, tag: str) -> float:
 def runtime_trial(runtime: AgentRuntime, server: LocalServer) -> tuple[float, float, str]:
     tag, text = prompt()
     handle = runtime.chat(runtime.create_agent(), text)
-    deadline = time.monotonic() + 10
-    while not handle.partial_text and time.monotonic() < deadline:
+    deadline = time.monotonic() + WAIT
+    while not handle.partial_text:
+        if time.monotonic() > deadline:
+            handle.cancel()
+            raise TimeoutError("no reply text")
         time.sleep(0.001)
     sent = time.time()
     handle.cancel()
     outcome = None
-    while outcome is None and time.monotonic() < deadline + 30:
+    while outcome is None:
+        if time.monotonic() > deadline + WAIT:
+            raise TimeoutError("the turn did not stop")
         outcome = handle.outcome()
         time.sleep(0.0005)
     stopped = time.time()
@@ -70,11 +77,15 @@ def runtime_paths(server: LocalServer, trials: int) -> dict[str, dict[str, list[
     runtime = AgentRuntime(runtime_config(server))
     try:
         runtime_trial(runtime, server)
-        for label, load in (("alone", 0), ("with 100 agents streaming", 100)):
-            busy = [runtime.chat(runtime.create_agent(), STREAM) for _ in range(load)]
-            stopped, closed, statuses = [], [], []
-            for _ in range(trials):
-                a, b, status = runtime_trial(runtime, server)
+        for label, load in (("alone", 0), ("beside 100 agents streaming 20 chunks/s", 100)):
+            busy = [runtime.chat(runtime.create_agent(), BUSY) for _ in range(load)]
+            stopped, closed, statuses, failed = [], [], [], []
+            for i in range(trials):
+                try:
+                    a, b, status = runtime_trial(runtime, server)
+                except TimeoutError:
+                    failed.append(i)
+                    continue
                 stopped.append(a)
                 closed.append(b)
                 statuses.append(status)
@@ -84,6 +95,7 @@ def runtime_paths(server: LocalServer, trials: int) -> dict[str, dict[str, list[
                 "stopped": stopped,
                 "closed": closed,
                 "statuses": statuses,
+                "failed": failed,
             }
     finally:
         runtime.shutdown(60)
