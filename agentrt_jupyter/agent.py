@@ -466,6 +466,8 @@ class AgentCore:
                 if isinstance(item, BaseException):
                     raise item
                 last_chunk = loop.time()
+                if inbox.pending:
+                    inbox.drain()
                 if call.first_chunk_at is None:
                     call.first_chunk_at = time.monotonic()
                     if turn.first_chunk_at is None:

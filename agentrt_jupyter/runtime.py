@@ -75,14 +75,20 @@ class Inbox:
 
     def drain(self) -> None:
         """Run what is posted; only on the loop thread."""
+        served = False
         while self._pending:
             fn, args, future = self._pending.popleft()
             if not future.set_running_or_notify_cancel():
                 continue
+            served = True
             try:
                 future.set_result(fn(*args))
             except BaseException as exc:
                 future.set_exception(exc)
+        if served:
+            # Let the caller we just answered take the GIL now rather than after the
+            # interpreter's switch interval (5 ms) while this loop is busy streaming.
+            time.sleep(0)
 
     def close(self) -> None:
         while self._pending:
