@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the JupyterLab extension into agentrt_jupyter/labextension/ (what
 # _jupyter_labextension_paths() points at). Idempotent: `npm ci` runs only when
-# package-lock.json changed since the last install; the build itself always runs.
+# package-lock.json changed since the last install (never with --no-install, which is
+# what `npm run build` passes); the build itself always runs.
 # Needs Node >= 18 and a Python with jupyterlab: $PYTHON, else the active venv,
 # else the repo's .venv, else python3.
 set -euo pipefail
@@ -28,7 +29,9 @@ export PATH
 
 lock_hash="$(sha256sum package-lock.json | cut -d' ' -f1)"
 stamp="node_modules/.agentrt-lock-sha256"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$lock_hash" ]; then
+if [ "${1:-}" = "--no-install" ]; then
+  echo "==> --no-install: using node_modules as it is"
+elif [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$lock_hash" ]; then
   echo "==> node_modules matches package-lock.json: skipping npm ci"
 else
   echo "==> npm ci (from package-lock.json)"
