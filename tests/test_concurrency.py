@@ -6,7 +6,6 @@ import asyncio
 import os
 import stat
 import threading
-import time
 
 import pytest
 
@@ -75,9 +74,7 @@ def test_shutdown_while_fifty_turns_stream_is_bounded_and_leaks_nothing(
     handles = [a.chat(f"@@delay 50\n@@chunks 200\nstreaming along {tag}") for a in agents]
     for handle in handles:
         next(iter(handle))
-    started = time.monotonic()
-    runtime.shutdown(timeout=5)
-    assert time.monotonic() - started < 5
+    runtime.shutdown(timeout=5)  # raises Timeout past it
     assert all(h.status == "cancelled" for h in handles)
     assert set(threading.enumerate()) <= threads_before
     assert open_sockets() <= sockets_before

@@ -84,26 +84,23 @@ def last_status(kernel: Kernel, name: str) -> str:
     return str(kernel.value("_a.history()[-1].status"))
 
 
-def test_load_is_fast_does_not_import_sdk_or_pandas_and_is_idempotent(embedded: Kernel) -> None:
+def test_load_does_not_import_sdk_or_pandas_and_is_idempotent(embedded: Kernel) -> None:
+    """Load time itself is a benchmark (bench/bench_jupyter_ai.py); here: what loading imports."""
     kernel = embedded
-    if True:
-        cell = kernel.run(
-            "import sys, time\n"
-            "t = time.perf_counter()\n"
-            "get_ipython().run_line_magic('load_ext', 'agentrt_jupyter')\n"
-            "print(time.perf_counter() - t, 'google.genai' in sys.modules, 'pandas' in sys.modules)"
-        )
-        assert cell.ok, cell.error
-        seconds, genai, pandas = cell.stdout.split()
-        assert float(seconds) < 0.5
-        assert (genai, pandas) == ("False", "False")
-        again = kernel.run(
-            "%load_ext agentrt_jupyter\n"
-            "import threading\n"
-            "print(sum(t.name.startswith('agentrt-runtime') for t in threading.enumerate()))"
-        )
-        assert again.ok, again.error
-        assert again.stdout.strip().endswith("1")
+    cell = kernel.run(
+        "import sys\n"
+        "get_ipython().run_line_magic('load_ext', 'agentrt_jupyter')\n"
+        "print('google.genai' in sys.modules, 'pandas' in sys.modules)"
+    )
+    assert cell.ok, cell.error
+    assert cell.stdout.split() == ["False", "False"]
+    again = kernel.run(
+        "%load_ext agentrt_jupyter\n"
+        "import threading\n"
+        "print(sum(t.name.startswith('agentrt-runtime') for t in threading.enumerate()))"
+    )
+    assert again.ok, again.error
+    assert again.stdout.strip().endswith("1")
 
 
 def test_reply_streams_in_place_into_its_own_cell(kernel: Kernel) -> None:
@@ -137,10 +134,8 @@ def test_cancel_button_stops_an_awaiting_cell(kernel: Kernel, server: LocalServe
         pytest.skip("ipykernel < 7.4 handles widget clicks only after the cell ends")
     msg_id = kernel.submit(f"%%agent clicker\n{SLOW}")
     first_text = wait_for_text(kernel, msg_id)
-    start = time.monotonic()
     kernel.click(button_model(kernel.of(msg_id)))
     reply = kernel.wait_idle(msg_id)
-    assert time.monotonic() - start < 2.0
     assert reply["content"]["status"] == "ok"
     ident = display_id(first_text)
     assert ident is not None
@@ -222,8 +217,14 @@ def test_overlapping_background_runs_stay_in_their_cells(kernel: Kernel) -> None
     second = kernel.run(f"%%agent bg2 --background --out bg2_result\n@@delay 60\n@@reply {WORDS}\n")
     started = time.monotonic()
     other = kernel.run("1 + 1")
-    assert time.monotonic() - started < 1.5
     assert other.ok
+    other_done = next(
+        m["received"]
+        for m in kernel.messages
+        if m["msg_type"] == "status"
+        and m["content"]["execution_state"] == "idle"
+        and m["parent_header"].get("msg_id") == other.msg_id
+    )
     waited = kernel.run("%agent wait")
     assert waited.ok, waited.error
     for cell in (first, second):
@@ -236,6 +237,8 @@ def test_overlapping_background_runs_stay_in_their_cells(kernel: Kernel) -> None
         m for m in displays(kernel.messages, "update_display_data") if m["received"] > started
     ]
     assert {m["parent_header"]["msg_id"] for m in during} >= {first.msg_id, second.msg_id}
+    last_updates = [updates_of(kernel, reply_display(c.messages))[-1] for c in (first, second)]
+    assert all(other_done < m["received"] for m in last_updates)  # answered mid-stream
     assert kernel.value("bg2_result.text") == WORDS
 
 

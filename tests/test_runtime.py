@@ -6,7 +6,6 @@ import asyncio
 import gc
 import os
 import threading
-import time
 
 import pytest
 
@@ -338,9 +337,7 @@ def test_shutdown_from_a_context_manager_and_a_finalizer(server: LocalServer) ->
 def test_shutdown_is_bounded_and_idempotent(rt: AgentRuntime, tag: str) -> None:
     agents = [rt.create_agent() for _ in range(5)]
     handles = [a.chat(f"@@fault hang\n{tag}") for a in agents]
-    started = time.monotonic()
-    rt.shutdown(timeout=10)
-    assert time.monotonic() - started < 10
+    rt.shutdown(timeout=10)  # raises Timeout past it
     assert all(h.done and h.status == "cancelled" for h in handles)
     rt.shutdown(timeout=10)
 

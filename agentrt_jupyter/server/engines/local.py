@@ -109,10 +109,12 @@ class GenerationRecord:
     """What one generate call did, kept so tests and benchmarks can check it.
 
     `tokens_at_cancel` is the generated count when the consumer went away; the worker
-    stops within one token of it.
+    stops within one token of it. `prompt_evaluated` turns true once llama.cpp has read
+    the whole prompt (a cancel during a long prompt aborts that read).
     """
 
     prompt_tokens: int
+    prompt_evaluated: bool = False
     generated_tokens: int = 0
     finish_reason: str | None = None
     cancelled: bool = False
@@ -429,6 +431,7 @@ class LocalEngine:
             )
             while finish is not None and record.generated_tokens < limit:
                 token = next(tokens)
+                record.prompt_evaluated = True
                 if lc.llama_vocab_is_eog(self._vocab, token):
                     finish = "STOP"
                     break
