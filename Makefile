@@ -8,7 +8,7 @@ test:  ## set up from nothing, then ruff, mypy and the whole test suite
 
 lab:   ## open JupyterLab on the quickstart notebook
 	scripts/setup.sh notebook,local,test
-	.venv/bin/python -m pip install --quiet jupyterlab
+	.venv/bin/jupyter labextension develop --overwrite .
 	.venv/bin/jupyter lab notebooks/quickstart.ipynb
 
 bench: ## run the benchmarks and write bench/results.md

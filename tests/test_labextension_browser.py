@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.kernel, pytest.mark.timeout(150)]
+pytestmark = [pytest.mark.slow, pytest.mark.kernel, pytest.mark.browser, pytest.mark.timeout(150)]
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILT = ROOT / "agentrt_jupyter" / "labextension"

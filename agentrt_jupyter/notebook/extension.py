@@ -1,8 +1,9 @@
 """`%load_ext agentrt_jupyter`: one `AgentMagics` (and one runtime) per kernel.
 
-Loading registers the magics, starts the runtime and adds an input transformer that
-turns a `%%agent` cell into a top-level `await` (see `magics`). Loading again is a no-op;
-unloading removes all three and shuts the runtime down.
+Loading registers the magics, starts the runtime, adds an input transformer that turns
+a `%%agent` cell into a top-level `await` (see `magics`) and registers the comm target
+of the JupyterLab extension (see `labcomm`). Loading again is a no-op; unloading removes
+all of them and shuts the runtime down.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 
+from .labcomm import register_lab_comm, unregister_lab_comm
 from .magics import AgentMagics
 
 _CELL = re.compile(r"%%agent(?:[ \t]|$)")
@@ -29,6 +31,7 @@ def load(shell: Any) -> None:
     transform = _await_transform(shell, magics)
     shell.input_transformer_manager.line_transforms.insert(0, transform)
     _loaded[id(shell)] = (magics, transform)
+    register_lab_comm(shell, lambda: magics.live_runtime)
     with contextlib.suppress(UsageError):
         magics.runtime  # noqa: B018 - a bad setting is reported by the first %%agent cell
 
@@ -39,6 +42,7 @@ def unload(shell: Any) -> None:
     if entry is None:
         return
     magics, transform = entry
+    unregister_lab_comm(shell)
     with contextlib.suppress(ValueError):
         shell.input_transformer_manager.line_transforms.remove(transform)
     registry = shell.magics_manager.magics

@@ -173,17 +173,22 @@ class AgentMagics(Magics):
     def runtime(self) -> AgentRuntime:
         """The kernel's one runtime, started on first need.
 
-        Kernel → Interrupt signals the kernel's whole process group, which stops the local
-        model server the runtime spawned; then the runtime is replaced (agents resume from
-        the store)."""
+        If the local model server it spawned has died (killed or crashed), the runtime is
+        replaced; agents resume from the store."""
         server = self._runtime.local_server if self._runtime is not None else None
         if server is not None and not server.running:
-            print("agentrt: the local model server stopped (interrupted); restarting it")
+            print("agentrt: the local model server stopped; restarting it")
             self.shutdown_runtime()
         if self._runtime is None or self._runtime.closed:
             self._runtime = AgentRuntime(self.runtime_config())
             self._settings.clear()
         return self._runtime
+
+    @property
+    def live_runtime(self) -> AgentRuntime | None:
+        """The runtime if one is running, without starting one."""
+        runtime = self._runtime
+        return runtime if runtime is not None and not runtime.closed else None
 
     def shutdown_runtime(self, timeout: float = 10.0) -> None:
         runtime, self._runtime = self._runtime, None
