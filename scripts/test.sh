@@ -11,3 +11,12 @@ printf '\n\033[1m==> mypy\033[0m\n'
 .venv/bin/mypy
 printf '\n\033[1m==> pytest\033[0m\n'
 .venv/bin/python -m pytest "$@"
+
+# The older-kernel leg: the same kernel tests with the kernel on ipykernel 6.29.
+printf '\n\033[1m==> kernel tests on ipykernel 6.29\033[0m\n'
+if [ ! -x .venv-ipykernel6/bin/python ]; then
+  "${PYTHON:-python3}" -m venv .venv-ipykernel6
+fi
+.venv-ipykernel6/bin/python -m pip install --quiet --upgrade pip
+.venv-ipykernel6/bin/python -m pip install --quiet -e ".[notebook]" "ipykernel==6.29.5"
+AGENTRT_TEST_PYTHON=.venv-ipykernel6/bin/python .venv/bin/python -m pytest tests/test_kernel.py
