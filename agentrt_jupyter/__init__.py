@@ -62,6 +62,8 @@ _EXPORTS: dict[str, str] = {
     "history_frame": "frames",
     "usage_frame": "frames",
     "ledger_frame": "frames",
+    "AgentPanel": "notebook.widgets",
+    "RuntimeMonitor": "notebook.widgets",
 }
 
 __all__ = [*_EXPORTS, "load_ipython_extension", "unload_ipython_extension"]
@@ -195,6 +197,12 @@ if TYPE_CHECKING:
     )
     from .handle import (
         TurnResult as TurnResult,
+    )
+    from .notebook.widgets import (
+        AgentPanel as AgentPanel,
+    )
+    from .notebook.widgets import (
+        RuntimeMonitor as RuntimeMonitor,
     )
     from .quota import (
         QuotaRegistry as QuotaRegistry,

@@ -108,6 +108,11 @@ class ChatHandle:
         return self._turn.agent
 
     @property
+    def turn(self) -> int:
+        """The turn's number in its agent's life (0 until it starts)."""
+        return self._turn.number
+
+    @property
     def status(self) -> str:
         """queued, running, complete, cancelled, incomplete or error."""
         return self._turn.status

@@ -70,6 +70,7 @@ def test_chat_streams_typed_events_then_text_and_usage(rt: AgentRuntime, tag: st
     assert result.finish_reason == "STOP"
     assert handle.usage == result.usage
     assert handle.status == "complete"
+    assert handle.turn == result.turn == 1
 
 
 def test_events_published_before_subscribing_are_not_lost(rt: AgentRuntime, tag: str) -> None:
