@@ -40,6 +40,7 @@ SHORT = "hello there"
 LONG_TEXT = " ".join(f"word{i}" for i in range(200))
 LONG = f"a long reply please\n@@delay 20\n@@chunks 100\n@@reply {LONG_TEXT}"
 """Directives start on the second line: jupyter-ai 2.x prefixes the prompt with "Human: "."""
+KINDS = ("status", "stream", "display_data", "update_display_data", "execute_result", "error")
 LOAD_CODE = (
     "import time as _t\n_s = _t.perf_counter()\n"
     "get_ipython().run_line_magic('load_ext', {name!r})\nprint('LOAD_S', _t.perf_counter() - _s)"
@@ -89,7 +90,11 @@ def load_time(system: System, env: dict[str, str]) -> float:
 def cell(kernel: BenchKernel, magic: str, prompt: str) -> tuple[float, float | None]:
     """(seconds to the full reply, seconds to the first reply update or None)."""
     msg_id, sent = kernel.send(f"{magic}\n{prompt}")
-    reply = kernel.reply(msg_id, 120)
+    try:
+        reply = kernel.reply(msg_id, 60)
+    except TimeoutError:
+        seen = [m.type for m in kernel.of(msg_id, *KINDS)]
+        raise TimeoutError(f"no reply in 60 s; the cell sent {seen}") from None
     if reply.content.get("status") != "ok" or kernel.of(msg_id, "error"):
         raise RuntimeError(kernel.error_text(msg_id))
     text = kernel.stdout(msg_id)
@@ -97,6 +102,21 @@ def cell(kernel: BenchKernel, magic: str, prompt: str) -> tuple[float, float | N
         raise RuntimeError(text.strip()[-300:] or "no output")
     updates = display_updates(kernel, msg_id, first_display_id(kernel, msg_id))
     return reply.at - sent, (updates[0].at - sent) if updates else None
+
+
+def measure(system: System, kernel: BenchKernel, prompt: str) -> None:
+    """One warm cell; a failure or hang takes the system out with the reason."""
+    try:
+        full, first = cell(kernel, system.magic, prompt)
+    except Exception as exc:
+        system.problem = f"a warm cell failed: {type(exc).__name__}: {exc}"[:300]
+        return
+    if prompt == SHORT:
+        system.short_s.append(full)
+    else:
+        system.long_s.append(full)
+        if first is not None:
+            system.long_first_s.append(first)
 
 
 def run(quick: bool, jai2: str, jai3: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -153,15 +173,11 @@ def run(quick: bool, jai2: str, jai3: str) -> tuple[list[dict[str, Any]], dict[s
                 except Exception as exc:
                     system.problem = f"cannot reach the server: {exc}"[:300]
             live = [s for s in live if s.problem is None]
-            for _ in range(shorts):
-                for system in live:
-                    system.short_s.append(cell(kernels[system.label], system.magic, SHORT)[0])
-            for _ in range(longs):
-                for system in live:
-                    full, first = cell(kernels[system.label], system.magic, LONG)
-                    system.long_s.append(full)
-                    if first is not None:
-                        system.long_first_s.append(first)
+            for prompt, repeat in ((SHORT, shorts), (LONG, longs)):
+                for _ in range(repeat):
+                    for system in live:
+                        measure(system, kernels[system.label], prompt)
+                    live = [s for s in live if s.problem is None]
         finally:
             for kernel in kernels.values():
                 kernel.close()
