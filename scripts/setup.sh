@@ -39,7 +39,7 @@ if [[ ",$extras," == *",local,"* ]]; then
 fi
 if [[ ",$extras," == *",test,"* ]]; then
   step "building the JupyterLab extension (labextension/)"
-  PYTHON=.venv/bin/python bash labextension/build.sh
+  PYTHON="$PWD/.venv/bin/python" bash labextension/build.sh
   if [ ! -x /usr/bin/chromium ]; then
     if [ "$(id -u)" = 0 ]; then
       step "installing Debian's chromium for the browser test"
