@@ -36,7 +36,9 @@ from _kernel import BenchKernel, agent_kernel, display_updates, first_display_id
 from agentrt_jupyter.server.process import LocalServer
 
 FIGURE = "5. vs jupyter-ai"
-SHORT = "hello there"
+SHORT = "a short reply please\n@@reply Hello! How can I help you today?"
+"""A fixed reply: the echo default would copy jupyter-ai 2.x's history into every reply
+(it sends earlier exchanges as text), doubling the prompt each cell."""
 LONG_TEXT = " ".join(f"word{i}" for i in range(200))
 LONG = f"a long reply please\n@@delay 20\n@@chunks 100\n@@reply {LONG_TEXT}"
 """Directives start on the second line: jupyter-ai 2.x prefixes the prompt with "Human: "."""
