@@ -53,10 +53,6 @@ SUMMARY_PROMPT = (
 )
 
 
-class _End:
-    """Marks the end of a pump's stream."""
-
-
 class _CallState:
     """What one model call has produced so far (kept for a partial record on cancel)."""
 
@@ -421,58 +417,49 @@ class AgentCore:
     async def _stream(
         self, backend: Backend, request: ModelRequest, turn: Turn, call: _CallState
     ) -> None:
-        """Consume one call's chunks from a pump task; a watchdog flags a stalled stream.
+        """Stream one call in a pump task; cancelling the pump closes the socket.
 
-        No `asyncio.wait_for` per chunk: on Python < 3.12 it can swallow a cancellation
-        that races with a chunk, and a timer per chunk costs throughput.
+        The pump applies each chunk itself (no queue and no task switch per chunk) and
+        serves the command inbox between chunks. A re-arming watchdog, not a timeout
+        per chunk, cancels a stalled stream.
         """
         loop = asyncio.get_running_loop()
-        chunks: asyncio.Queue[ModelChunk | BaseException | _End] = asyncio.Queue()
+        inbox = self.core.inbox
         idle = self.core.config.idle_chunk_timeout
         last_chunk = loop.time()
-
-        inbox = self.core.inbox
+        stalled = False
 
         async def pump() -> None:
-            try:
-                async for chunk in backend.stream(request):
-                    chunks.put_nowait(chunk)
-                    if inbox.pending:
-                        inbox.drain()
-            except Exception as exc:
-                chunks.put_nowait(exc)
-            else:
-                chunks.put_nowait(_End())
-
-        def watchdog() -> None:
-            left = last_chunk + idle - loop.time()
-            if left > 0:
-                alarm[0] = loop.call_later(left, watchdog)
-            else:
-                chunks.put_nowait(
-                    StreamBroken(
-                        f"no data from the model for {idle:g} s (idle_chunk_timeout)",
-                        partial_text="".join(turn.text_parts),
-                    )
-                )
-
-        task = asyncio.create_task(pump(), name=f"pump:{self.name}")
-        alarm = [loop.call_later(idle, watchdog)]
-        try:
-            while True:
-                item = chunks.get_nowait() if not chunks.empty() else await chunks.get()
-                if isinstance(item, _End):
-                    return
-                if isinstance(item, BaseException):
-                    raise item
+            nonlocal last_chunk
+            async for chunk in backend.stream(request):
                 last_chunk = loop.time()
-                if inbox.pending:
-                    inbox.drain()
                 if call.first_chunk_at is None:
                     call.first_chunk_at = time.monotonic()
                     if turn.first_chunk_at is None:
                         turn.first_chunk_at = call.first_chunk_at
-                call.add(item, turn)
+                call.add(chunk, turn)
+                if inbox.pending:
+                    inbox.drain()
+
+        def watchdog() -> None:
+            nonlocal stalled
+            left = last_chunk + idle - loop.time()
+            if left > 0:
+                alarm[0] = loop.call_later(left, watchdog)
+            else:
+                stalled = True
+                task.cancel()
+
+        task = asyncio.create_task(pump(), name=f"pump:{self.name}")
+        alarm = [loop.call_later(idle, watchdog)]
+        try:
+            await asyncio.wait([task])
+            if stalled:
+                raise StreamBroken(
+                    f"no data from the model for {idle:g} s (idle_chunk_timeout)",
+                    partial_text="".join(turn.text_parts),
+                )
+            task.result()
         finally:
             alarm[0].cancel()
             if not task.done():

@@ -65,6 +65,7 @@ class Turn:
         self.task: asyncio.Task[None] | None = None
         self.result: TurnResult | None = None
         self._waiters: list[Callable[[], None]] = []
+        self._wake_scheduled = False
 
     @property
     def status(self) -> str:
@@ -73,7 +74,16 @@ class Turn:
         return "running" if self.task is not None else "queued"
 
     def publish(self, event: Event) -> None:
+        """Record an event; waiting readers are woken once per loop iteration, not per
+        event (a stream parses many buffered chunks in one step; waking another thread
+        for each costs a GIL hand-off)."""
         self.events.append(event)
+        if self._waiters and not self._wake_scheduled:
+            self._wake_scheduled = True
+            asyncio.get_running_loop().call_soon(self._wake)
+
+    def _wake(self) -> None:
+        self._wake_scheduled = False
         waiters, self._waiters = self._waiters, []
         for wake in waiters:
             wake()
@@ -82,10 +92,12 @@ class Turn:
         self.result = result
         self.finished = True
         if result.error is not None:
-            self.publish(Error(result.error))
-        self.publish(TurnEnd(result.status, result.text, result.usage, result.finish_reason))
+            self.events.append(Error(result.error))
+        self.events.append(TurnEnd(result.status, result.text, result.usage, result.finish_reason))
+        self._wake()  # at once: the end must reach readers even if the loop stops next
 
     def add_waiter(self, wake: Callable[[], None]) -> None:
+        """Called once when events arrive after this; re-add to wait again."""
         self._waiters.append(wake)
 
 
