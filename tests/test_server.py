@@ -626,3 +626,19 @@ def test_sigterm_exits_promptly_despite_a_hanging_stream() -> None:
     for pipe in (process.stdin, process.stdout):
         assert pipe is not None
         pipe.close()
+
+
+def test_the_console_script_serves_and_exits_when_stdin_closes() -> None:
+    script = Path(sys.executable).with_name("agentrt-server")
+    assert script.exists(), "the agentrt-server console script is not installed"
+    process = subprocess.Popen(
+        [str(script), "--engine", "scripted"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert process.stdout is not None and process.stdin is not None
+    ready = json.loads(process.stdout.readline())
+    assert ready["url"].startswith("http://127.0.0.1:") and ready["engine"] == "scripted"
+    process.stdin.close()
+    assert process.wait(timeout=10) == 0
