@@ -1,6 +1,6 @@
 """Run every benchmark, each in its own process, and write the results table.
 
-    .venv/bin/python bench/run_all.py            # full run, about 10 minutes
+    .venv/bin/python bench/run_all.py            # full run, 5-10 minutes
     .venv/bin/python bench/run_all.py --quick    # fewer repetitions, about 3 minutes
     .venv/bin/python bench/run_all.py --only cancel display
 
