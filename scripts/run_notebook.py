@@ -17,6 +17,8 @@ from nbclient import NotebookClient
 
 def _text(content: dict[str, Any]) -> str:
     data = content.get("data") or {}
+    if "application/vnd.jupyter.widget-view+json" in data:
+        return ""  # a widget (the Cancel button): nothing to print in a terminal
     for mime in ("text/markdown", "text/plain"):
         if mime in data:
             value = data[mime]
