@@ -66,6 +66,8 @@ class Turn:
         self.result: TurnResult | None = None
         self._waiters: list[Callable[[], None]] = []
         self._wake_scheduled = False
+        self._on_finish: list[Callable[[], None]] = []
+        self._finish_lock = threading.Lock()
 
     @property
     def status(self) -> str:
@@ -95,6 +97,18 @@ class Turn:
             self.events.append(Error(result.error))
         self.events.append(TurnEnd(result.status, result.text, result.usage, result.finish_reason))
         self._wake()  # at once: the end must reach readers even if the loop stops next
+        with self._finish_lock:
+            callbacks, self._on_finish = self._on_finish, []
+        for callback in callbacks:
+            callback()
+
+    def add_finish_callback(self, callback: Callable[[], None]) -> None:
+        """Called once when the turn finishes (at once if it has); from any thread."""
+        with self._finish_lock:
+            if not self.finished:
+                self._on_finish.append(callback)
+                return
+        callback()
 
     def add_waiter(self, wake: Callable[[], None]) -> None:
         """Called once when events arrive after this; re-add to wait again."""
@@ -176,7 +190,8 @@ class ChatHandle:
                     return
             self._wait_sync(index, deadline)
 
-    async def _wait_async(self, seen: int) -> None:
+    async def _arrival(self, seen: int) -> None:
+        """Until there are more than `seen` events."""
         loop = asyncio.get_running_loop()
         arrived: asyncio.Future[None] = loop.create_future()
 
@@ -185,11 +200,15 @@ class ChatHandle:
 
         self._turn.add_waiter(wake)
         if len(self._turn.events) <= seen:
-            try:
-                await arrived
-            except asyncio.CancelledError:
-                self.cancel()
-                raise
+            await arrived
+
+    async def _wait_async(self, seen: int) -> None:
+        """`_arrival` for the consumers that own the turn: giving up cancels it."""
+        try:
+            await self._arrival(seen)
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self._aevents()
@@ -204,6 +223,35 @@ class ChatHandle:
                 if isinstance(event, TurnEnd):
                     return
             await self._wait_async(index)
+
+    def events_since(self, index: int) -> list[Event]:
+        """The events after the first `index` (a snapshot; never blocks)."""
+        return self._turn.events[index:]
+
+    async def wait_past(self, index: int, timeout: float | None = None) -> bool:
+        """Wait until there are more than `index` events; False if `timeout` passed first."""
+        if len(self._turn.events) > index:
+            return True
+        try:
+            await asyncio.wait_for(self._arrival(index), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def wait_done(self, timeout: float | None = None) -> bool:
+        """Wait until the turn has finished, woken by its end only (not by each event)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def finished() -> None:
+            loop.call_soon_threadsafe(_resolve, done)
+
+        self._turn.add_finish_callback(finished)
+        try:
+            await asyncio.wait_for(asyncio.shield(done), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     def result(self, timeout: float | None = None) -> TurnResult:
         """Wait for the turn; its error (cancel included) is raised, with partial text on it."""

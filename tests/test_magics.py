@@ -121,6 +121,15 @@ def test_cell_interpolates_and_stores_the_result(ip: Any) -> None:
     assert ip.user_ns["raw"].text == "Echo: {topic}"
 
 
+def test_an_agent_shut_down_behind_the_magics_back_is_resumed(ip: Any) -> None:
+    assert run(ip, "%%agent phoenix\nfirst") is None
+    runtime = loaded_magics(ip).runtime
+    runtime.shutdown_agent("phoenix")
+    assert run(ip, "%%agent phoenix --out again\nsecond") is None
+    assert ip.user_ns["again"].text == "Echo: second"
+    assert [m.text for m in runtime.history("phoenix")][-2:] == ["second", "Echo: second"]
+
+
 def test_new_clears_history_and_settings_apply(ip: Any) -> None:
     assert run(ip, "%%agent fresh\none") is None
     assert run(ip, "%%agent fresh --new --temperature 0.5 --out r\ntwo") is None

@@ -168,36 +168,32 @@ class TurnView:
                 self.shell.reset_thread_parent(tokens)
 
     async def _follow(self, handle: ChatHandle) -> TurnResult:
+        """Wake for the first new event, then at most `rate` times a second, and at once
+        when the turn ends: never once per chunk (this runs on the runtime loop, beside
+        the streams it renders)."""
         loop = asyncio.get_running_loop()
-        events = aiter(handle)
-        pending: asyncio.Task[Any] | None = None
+        seen = 0
         last_flush = -1e9
-        dirty = False
-        try:
-            while True:
-                if pending is None:
-                    pending = asyncio.ensure_future(anext(events))
-                timeout: float | None = None
-                if dirty:
-                    timeout = max(0.0, last_flush + self.interval - loop.time())
-                elif self._waiting_until is not None:
-                    timeout = 1.0
-                done, _ = await asyncio.wait({pending}, timeout=timeout)
-                if done:
-                    event, pending = pending.result(), None
-                    if isinstance(event, TurnEnd):
-                        break
-                    dirty = self._apply(event) or dirty
-                if self._waiting_until is not None:
-                    dirty = True
-                if dirty and loop.time() >= last_flush + self.interval:
-                    self._publish(
-                        self.reply_id, reply_bundle(self._live_text(), self.fmt, final=False)
-                    )
-                    last_flush, dirty = loop.time(), False
-        finally:
-            if pending is not None:
-                pending.cancel()
+        ended = False
+        while not ended:
+            left = last_flush + self.interval - loop.time()
+            if left > 0:
+                await handle.wait_done(timeout=left)
+            elif self._waiting_until is not None:
+                await handle.wait_past(seen, timeout=1.0)
+            else:
+                await handle.wait_past(seen)
+            events = handle.events_since(seen)
+            seen += len(events)
+            dirty = self._waiting_until is not None
+            for event in events:
+                if isinstance(event, TurnEnd):
+                    ended = True
+                    break
+                dirty = self._apply(event) or dirty
+            if dirty and not ended:
+                self._publish(self.reply_id, reply_bundle(self._live_text(), self.fmt, final=False))
+                last_flush = loop.time()
         result = handle.outcome()
         assert result is not None
         self._finish(result)
@@ -273,17 +269,27 @@ def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace("\n", "<br>")
 
 
+_button_parts: tuple[Any, Any] | None = None
+
+
 def _cancel_button(cancel: Callable[[], None]) -> Any:
     """A plain ipywidgets Button that cancels the turn (None without ipywidgets)."""
     try:
         import ipywidgets
     except ImportError:
         return None
+    global _button_parts
+    if _button_parts is None:
+        # One Layout and one ButtonStyle for every Cancel button: a cell then opens one
+        # widget comm instead of three.
+        _button_parts = (ipywidgets.Layout(width="auto"), ipywidgets.ButtonStyle())
+    layout, style = _button_parts
     button = ipywidgets.Button(
         description="Cancel",
         icon="stop",
         tooltip="Stop this turn (the partial reply is kept)",
-        layout=ipywidgets.Layout(width="auto"),
+        layout=layout,
+        style=style,
     )
     button.on_click(lambda _: cancel())
     return button

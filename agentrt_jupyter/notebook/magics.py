@@ -27,7 +27,7 @@ from IPython.core.magic import Magics, magics_class, no_var_expand
 from traitlets import Bool, Enum, Float, TraitError, Unicode, observe, validate
 
 from ..config import BACKENDS, AgentConfig, RuntimeConfig, default_store_path
-from ..errors import AgentError, TurnCancelled, UsageProblem
+from ..errors import AgentError, AgentNotFound, AgentShutDown, TurnCancelled, UsageProblem
 from ..handle import WAIT_SLICE, ChatHandle, TurnResult
 from ..runtime import Agent, AgentRuntime
 from .display import FORMATS, TurnView, shorten
@@ -131,6 +131,7 @@ class AgentMagics(Magics):
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         self._runtime: AgentRuntime | None = None
         self._settings: dict[str, dict[str, Any]] = {}
+        self._agents: dict[str, Agent] = {}
         self.background: dict[str, Run] = {}
         super().__init__(shell, **kwargs)
 
@@ -182,6 +183,7 @@ class AgentMagics(Magics):
         if self._runtime is None or self._runtime.closed:
             self._runtime = AgentRuntime(self.runtime_config())
             self._settings.clear()
+            self._agents.clear()
         return self._runtime
 
     @property
@@ -193,6 +195,7 @@ class AgentMagics(Magics):
     def shutdown_runtime(self, timeout: float = 10.0) -> None:
         runtime, self._runtime = self._runtime, None
         self._settings.clear()
+        self._agents.clear()
         self.background.clear()
         if runtime is not None:
             runtime.shutdown(timeout)
@@ -261,8 +264,7 @@ class AgentMagics(Magics):
             if value is not None
         }
         try:
-            agent = self.agent(args.name or self.default_agent, settings, new=args.new)
-            handle = self.runtime.chat(agent, text)
+            agent, handle = self._chat(args.name or self.default_agent, settings, args.new, text)
         except UsageProblem as exc:
             raise UsageError(str(exc)) from None
         view = TurnView(
@@ -284,6 +286,23 @@ class AgentMagics(Magics):
     def _store_out(self, run: Run, done: concurrent.futures.Future[TurnResult]) -> None:
         if run.out is not None and not done.cancelled() and done.exception() is None:
             self.user_ns[run.out] = done.result()
+
+    def _chat(
+        self, name: str, settings: dict[str, Any], new: bool, text: str
+    ) -> tuple[Agent, ChatHandle]:
+        """Start the turn; a warm cell of an unchanged agent is one runtime round trip."""
+        cached = self._agents.get(name)
+        if (
+            cached is not None
+            and not new
+            and {**self._settings[name], **settings} == (self._settings[name])
+        ):
+            try:
+                return cached, self.runtime.chat(cached, text)
+            except (AgentNotFound, AgentShutDown):
+                self._agents.pop(name, None)  # shut down or deleted elsewhere
+        agent = self.agent(name, settings, new=new)
+        return agent, self.runtime.chat(agent, text)
 
     def agent(self, name: str, settings: dict[str, Any], *, new: bool = False) -> Agent:
         """The live agent NAME with these settings: created, resumed or reconfigured."""
@@ -309,6 +328,7 @@ class AgentMagics(Magics):
             self._note_local_model(runtime)
             agent = runtime.create_agent(AgentConfig(name=name, **merged))
         self._settings[name] = merged
+        self._agents[name] = agent
         if new:
             runtime.clear_history(agent)
         return agent
