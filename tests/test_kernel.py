@@ -299,9 +299,12 @@ def test_loads_from_config_with_traitlets_settings(tmp_path: Path) -> None:
 
 
 def test_interrupt_with_embedded_server(embedded: Kernel) -> None:
-    """The interrupt reaches the embedded server too; the cell still ends short and the
-    next cell works (the runtime is replaced, the agent resumed from the store)."""
+    """The interrupt signals the kernel's process group; the embedded server has its own
+    session, so it survives: the cell ends short and the next cell uses the same server."""
     assert embedded.run("%load_ext agentrt_jupyter").ok
+    assert embedded.run("%%agent embedded\nwarm up").ok
+    server_pid = "__import__('agentrt_jupyter.notebook').notebook.kernel_runtime().local_server.pid"
+    before = embedded.value(server_pid)
     msg_id = embedded.submit(f"%%agent embedded\n{SLOW}")
     wait_for_text(embedded, msg_id)
     embedded.km.interrupt_kernel()
@@ -311,3 +314,4 @@ def test_interrupt_with_embedded_server(embedded: Kernel) -> None:
     again = embedded.run("%%agent embedded\nagain")
     assert again.ok, again.error
     assert text_of(updates_of(embedded, reply_display(again.messages))[-1]) == "Echo: again"
+    assert embedded.value(server_pid) == before

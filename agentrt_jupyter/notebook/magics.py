@@ -370,13 +370,7 @@ class AgentMagics(Magics):
         return done.result()
 
     def interrupted(self, run: Run) -> AgentError:
-        """The short error an interrupted cell raises: the turn's own TurnCancelled.
-
-        Kernel -> Interrupt signals the kernel's whole process group, so the local model
-        server this runtime spawned stops too: the runtime is replaced (the next cell
-        starts a new one and resumes agents from the store)."""
-        if self._runtime is not None and self._runtime.local_server is not None:
-            self.shutdown_runtime()
+        """The short error an interrupted cell raises: the turn's own TurnCancelled."""
         result = run.handle.outcome()
         error = result.error if result is not None else None
         if not isinstance(error, TurnCancelled):

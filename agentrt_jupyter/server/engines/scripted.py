@@ -168,9 +168,13 @@ class ScriptedEngine:
         prompt = parse_prompt(request.contents)
         chunks = self._plan(request, prompt)
         delay = _int_directive(prompt, "delay")
-        for chunk in chunks:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for index, chunk in enumerate(chunks, 1):
             if delay:
-                await asyncio.sleep(delay / 1000.0)
+                # Paced against the start, not after each write: a streamed reply and a
+                # whole one then take the same time, so clients compare on equal terms.
+                await asyncio.sleep(max(0.0, start + index * delay / 1000.0 - loop.time()))
             yield chunk
 
     def _plan(self, request: GenerateRequest, prompt: Prompt) -> Iterator[EngineChunk]:
