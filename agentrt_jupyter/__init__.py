@@ -44,7 +44,6 @@ _EXPORTS: dict[str, str] = {
     "TurnEnd": "events",
     "Error": "events",
     "AgentError": "errors",
-    "AgentRuntimeWarning": "errors",
     "UsageProblem": "errors",
     "InvalidConfig": "errors",
     "InvalidContent": "errors",
@@ -116,9 +115,6 @@ if TYPE_CHECKING:
     )
     from .errors import (
         AgentNotFound as AgentNotFound,
-    )
-    from .errors import (
-        AgentRuntimeWarning as AgentRuntimeWarning,
     )
     from .errors import (
         AgentShutDown as AgentShutDown,

@@ -1,22 +1,20 @@
 """Every error the runtime raises, importable from `agentrt_jupyter`.
 
-    AgentError
-    ├── UsageProblem (caller misuse; also the closest built-in)
-    │   ├── InvalidConfig (ValueError)          a config field is wrong
-    │   ├── InvalidContent (TypeError)          content the model cannot take
-    │   ├── AgentNotFound (KeyError)            no agent with that id or name
-    │   ├── ConversationExists (ValueError)     a stored conversation has that name
-    │   ├── AgentShutDown (RuntimeError)        the agent was shut down
-    │   └── RuntimeClosed (RuntimeError)        the runtime was shut down
-    ├── Timeout (TimeoutError)                  a bounded wait ran out
-    └── TurnError                               a turn did not complete
-        ├── TurnCancelled                       cancelled; partial text kept
-        ├── StreamBroken                        the stream was cut; partial text kept
-        ├── ToolStepLimit                       the model kept calling tools
-        ├── QuotaExceeded                       429 that waiting will not fix
-        └── BackendError                        the model service refused the call
-
-`AgentRuntimeWarning` is the one warning category of the package.
+AgentError
+├── UsageProblem (caller misuse; also the closest built-in)
+│   ├── InvalidConfig (ValueError)          a config field is wrong
+│   ├── InvalidContent (TypeError)          content the model cannot take
+│   ├── AgentNotFound (KeyError)            no agent with that id or name
+│   ├── ConversationExists (ValueError)     a stored conversation has that name
+│   ├── AgentShutDown (RuntimeError)        the agent was shut down
+│   └── RuntimeClosed (RuntimeError)        the runtime was shut down
+├── Timeout (TimeoutError)                  a bounded wait ran out
+└── TurnError                               a turn did not complete
+    ├── TurnCancelled                       cancelled; partial text kept
+    ├── StreamBroken                        the stream was cut; partial text kept
+    ├── ToolStepLimit                       the model kept calling tools
+    ├── QuotaExceeded                       429 that waiting will not fix
+    └── BackendError                        the model service refused the call
 """
 
 from __future__ import annotations
@@ -24,10 +22,6 @@ from __future__ import annotations
 
 class AgentError(Exception):
     """Base of every error raised by agentrt_jupyter."""
-
-
-class AgentRuntimeWarning(UserWarning):
-    """Something worth knowing that does not stop the work."""
 
 
 class UsageProblem(AgentError):
