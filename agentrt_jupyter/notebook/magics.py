@@ -58,8 +58,9 @@ _margs: Any = margs
 parse_argstring: Callable[[Any, str], Any] = margs.parse_argstring
 
 
-def magic_arguments() -> Callable[[_F], _F]:
-    return cast("Callable[[_F], _F]", _margs.magic_arguments())
+def magic_arguments(name: str = "agent") -> Callable[[_F], _F]:
+    """IPython's decorator; `name` is what help shows (not the method's name)."""
+    return cast("Callable[[_F], _F]", _margs.magic_arguments(name=name))
 
 
 def argument(*args: Any, **kwargs: Any) -> Callable[[_F], _F]:
