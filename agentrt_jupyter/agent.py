@@ -244,17 +244,13 @@ class AgentCore:
                 )
                 calls, call = call.calls, None
                 if truncated:
-                    raise StreamBroken(
-                        "the reply stream ended without a finish reason (truncated)",
-                        partial_text="".join(turn.text_parts),
-                    )
+                    raise StreamBroken("the reply stream ended without a finish reason (truncated)")
                 if not calls:
                     break
                 if steps >= self.config.max_tool_steps:
                     raise ToolStepLimit(
                         f"the model asked for tools after {steps} steps; "
-                        f"max_tool_steps={self.config.max_tool_steps}",
-                        partial_text="".join(turn.text_parts),
+                        f"max_tool_steps={self.config.max_tool_steps}"
                     )
                 steps += 1
                 await self._run_tools(turn, calls)
@@ -269,7 +265,7 @@ class AgentCore:
             status = "error"
             error = BackendError(f"internal error: {exc.__class__.__name__}: {exc}")
         if error is not None:
-            error.partial_text = error.partial_text or "".join(turn.text_parts)
+            error.partial_text = "".join(turn.text_parts)
             error.agent = self.name
             self._close_turn_record(turn, call, status)
         turn.ended_at = time.monotonic()
@@ -455,10 +451,7 @@ class AgentCore:
         try:
             await asyncio.wait([task])
             if stalled:
-                raise StreamBroken(
-                    f"no data from the model for {idle:g} s (idle_chunk_timeout)",
-                    partial_text="".join(turn.text_parts),
-                )
+                raise StreamBroken(f"no data from the model for {idle:g} s (idle_chunk_timeout)")
             task.result()
         finally:
             alarm[0].cancel()

@@ -41,34 +41,29 @@ _BROKEN = _broken_stream_errors()
 
 
 @contextlib.contextmanager
-def _translate_errors(received: list[str]) -> Iterator[None]:
-    """Map the SDK's and the transport's errors to ours; `received` is the text so far."""
+def _translate_errors(chunks: list[int]) -> Iterator[None]:
+    """Map the SDK's and the transport's errors to ours; `chunks[0]` counts what arrived.
+
+    The turn's partial text is kept by the agent, which puts it on every TurnError."""
     try:
         yield
     except genai_errors.APIError as exc:
-        partial = "".join(received)
         if exc.code == 429:
             raise QuotaHit(parse_quota_error(exc.details, exc.message or "")) from exc
         raise BackendError(
-            f"{exc.code} {exc.status}: {exc.message}",
-            code=exc.code,
-            status=exc.status,
-            partial_text=partial,
+            f"{exc.code} {exc.status}: {exc.message}", code=exc.code, status=exc.status
         ) from exc
     except _BROKEN as exc:
-        partial = "".join(received)
-        if received:
+        if chunks[0]:
             raise StreamBroken(
-                f"the reply stream was cut after {len(partial)} characters "
-                f"({exc.__class__.__name__})",
-                partial_text=partial,
+                f"the reply stream was cut after {chunks[0]} chunks ({exc.__class__.__name__})"
             ) from exc
         raise BackendError(
             f"the connection failed before a reply ({exc.__class__.__name__}: {exc})",
             status="UNAVAILABLE",
         ) from exc
     except TimeoutError as exc:
-        raise StreamBroken("the connection timed out", partial_text="".join(received)) from exc
+        raise StreamBroken("the connection timed out") from exc
 
 
 def _part_to_wire(part: Part) -> dict[str, Any] | None:
@@ -196,19 +191,16 @@ class GeminiBackend:
         self._client = genai.Client(api_key=api_key, http_options=options)
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
-        received: list[str] = []
+        chunks = [0]
         config = _generation_config(request)
         contents = wire_contents(request.messages)
-        with _translate_errors(received):
+        with _translate_errors(chunks):
             iterator = await self._client.aio.models.generate_content_stream(
                 model=request.model, contents=contents, config=config
             )
             async for response in iterator:
-                chunk = _chunk_from_response(response)
-                received.extend(
-                    p.text for p in chunk.parts if isinstance(p, TextPart) and not p.thought
-                )
-                yield chunk
+                chunks[0] += 1
+                yield _chunk_from_response(response)
 
     async def aclose(self) -> None:
         await self._client.aio.aclose()
