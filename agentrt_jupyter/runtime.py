@@ -604,9 +604,6 @@ class AsyncAgentRuntime:
         await self._portal.acall(self._core.stop_agent, agent, "disconnect")
 
     async def delete(self, agent: Agent | str) -> None:
-        await self._delete(agent)
-
-    async def _delete(self, agent: Agent | str) -> None:
         try:
             await self._portal.acall(self._core.stop_agent, agent, "delete")
         except AgentNotFound:
@@ -801,7 +798,7 @@ class AgentRuntime:
 
     def delete(self, agent: Agent | str) -> None:
         """Stop the agent (if live) and erase its stored conversation."""
-        self._portal.call(self.aio._delete, agent)
+        self._portal.call(self.aio.delete, agent)
 
     def shutdown_agent(self, agent: Agent | str) -> None:
         self._portal.call(self._core.stop_agent, agent, "shutdown")
