@@ -49,6 +49,11 @@ _EXPORTS: dict[str, str] = {
     "InvalidContent": "errors",
     "AgentNotFound": "errors",
     "ConversationExists": "errors",
+    "ConversationInUse": "errors",
+    "StoreError": "errors",
+    "WrongThread": "errors",
+    "ReplyBlocked": "errors",
+    "TurnStoreError": "errors",
     "AgentShutDown": "errors",
     "RuntimeClosed": "errors",
     "Timeout": "errors",
@@ -124,6 +129,21 @@ if TYPE_CHECKING:
     )
     from .errors import (
         ConversationExists as ConversationExists,
+    )
+    from .errors import (
+        ConversationInUse as ConversationInUse,
+    )
+    from .errors import (
+        StoreError as StoreError,
+    )
+    from .errors import (
+        WrongThread as WrongThread,
+    )
+    from .errors import (
+        ReplyBlocked as ReplyBlocked,
+    )
+    from .errors import (
+        TurnStoreError as TurnStoreError,
     )
     from .errors import (
         InvalidConfig as InvalidConfig,

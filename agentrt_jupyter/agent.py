@@ -12,8 +12,9 @@ import collections
 import contextlib
 import json
 import logging
+import random
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from .backends.base import Backend, ModelChunk, ModelRequest, QuotaHit
@@ -33,13 +34,16 @@ from .errors import (
     AgentShutDown,
     BackendError,
     QuotaExceeded,
+    ReplyBlocked,
+    StoreError,
     StreamBroken,
     ToolStepLimit,
     TurnError,
+    TurnStoreError,
 )
 from .events import TextDelta, ThoughtDelta, ToolCall, ToolResult, UsageUpdate, Waiting
 from .handle import Turn, TurnResult, cancelled_error
-from .tools import call_tool
+from .tools import Tool
 
 if TYPE_CHECKING:
     from .runtime import _Core
@@ -47,6 +51,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentrt_jupyter")
 
 AgentState = Literal["idle", "running", "shutdown", "disconnected"]
+RETRIED_STATUS_CODES = frozenset({408, 500, 502, 503, 504})
+"""HTTP codes our layer retries (the SDK's own retries are off, so each attempt is seen)."""
+BLOCKED_FINISH_REASONS = frozenset(
+    {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY", "LANGUAGE"}
+)
+"""Finish reasons that mean the service stopped the reply: never an empty success."""
+YIELD_EVERY = 0.005
+"""A lone stream parsing buffered chunks yields to the loop at least this often (seconds)."""
+MAX_TOOL_RESULT_CHARS = 100_000
+"""A tool result longer than this (as JSON) reaches the model truncated, with a note."""
 SUMMARY_PROMPT = (
     "Summarise the conversation so far for your own later use: the facts, decisions, "
     "open questions and anything the user asked you to remember. Be concise."
@@ -84,6 +98,15 @@ class _CallState:
         if chunk.finish_reason is not None:
             self.finish_reason = chunk.finish_reason
 
+    def reset(self) -> None:
+        """Forget a failed attempt that produced nothing, before the next one."""
+        self.__init__()  # type: ignore[misc]
+
+    @property
+    def produced(self) -> bool:
+        """Something reached the consumers: a retry would repeat it."""
+        return bool(self.segments or self.calls)
+
     def parts(self) -> tuple[Part, ...]:
         texts: list[Part] = [
             TextPart("".join(chunks), kind == "thought", signature)
@@ -95,9 +118,53 @@ class _CallState:
 def _jsonable(value: Any) -> Any:
     try:
         json.dumps(value)
-    except (TypeError, ValueError):
-        return repr(value)
+    except (TypeError, ValueError, RecursionError):
+        return _safe_repr(value)
     return value
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except BaseException as exc:  # a user's __repr__ may raise anything
+        return f"<{type(value).__name__} object (repr failed: {type(exc).__name__})>"
+
+
+def _bounded_response(response: dict[str, Any], limit: int) -> dict[str, Any]:
+    """Keep a tool's response under `limit` characters of JSON, saying so to the model."""
+    text = json.dumps(response, default=_safe_repr)
+    if len(text) <= limit:
+        return response
+    return {
+        "truncated": f"the result was {len(text):,} characters of JSON; only the first "
+        f"{limit:,} are shown",
+        "partial_result": text[:limit],
+    }
+
+
+def _describe_exception(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"SystemExit({exc.code!r}): the tool called exit() or argparse failed"
+    try:
+        message = str(exc)
+    except BaseException:
+        message = "(message unavailable)"
+    return f"{exc.__class__.__name__}: {message}" if message else exc.__class__.__name__
+
+
+def _retriable(exc: TurnError) -> bool:
+    """A failure before any reply that another attempt may not see (5xx, 408, no connection)."""
+    if not isinstance(exc, BackendError):
+        return False
+    return exc.code in RETRIED_STATUS_CODES or (exc.code is None and exc.status == "UNAVAILABLE")
+
+
+def _scrubbed(error: TurnError) -> TurnError:
+    """Drop the chained SDK/transport exceptions: their requests carry the API key header."""
+    error.__cause__ = None
+    error.__context__ = None
+    error.__suppress_context__ = True
+    return error
 
 
 class AgentCore:
@@ -149,6 +216,8 @@ class AgentCore:
                     raise
                 finally:
                     self.active = None
+                    if not turn.task.cancelled() and turn.task.exception() is not None:
+                        log.error("turn of %s raised", self.name, exc_info=turn.task.exception())
                     if not turn.finished:  # cancelled before its first step
                         self._finish_unstarted(turn)
         finally:
@@ -158,12 +227,19 @@ class AgentCore:
                 self.idle.set()
 
     def cancel_active(self) -> bool:
-        """Cancel the running turn; queued turns still run afterwards."""
+        """Cancel the running turn, or the next one if it is queued but not yet started.
+
+        Queued turns behind it still run afterwards. A turn is "active" from `submit`:
+        `chat()` then `cancel()` at once must stop that turn, not miss it.
+        """
         turn = self.active
-        if turn is None or turn.task is None or turn.task.done():
-            return False
-        turn.task.cancel()
-        return True
+        if turn is not None and turn.task is not None and not turn.task.done():
+            turn.task.cancel()
+            return True
+        if turn is None and self.queue:
+            self.cancel_turn(self.queue[0])
+            return True
+        return False
 
     def cancel_turn(self, turn: Turn) -> None:
         if turn in self.queue:
@@ -171,8 +247,8 @@ class AgentCore:
             self._finish_unstarted(turn)
             if self.is_idle():
                 self.idle.set()
-        elif turn is self.active:
-            self.cancel_active()
+        elif turn is self.active and turn.task is not None:
+            turn.task.cancel()
 
     def _finish_unstarted(self, turn: Turn) -> None:
         turn.finish(
@@ -197,14 +273,18 @@ class AgentCore:
         if self.state in ("shutdown", "disconnected"):
             return
         self.state = state
+        await self.cancel_all()
+        self.idle.set()
+        self.wakeup.set()
+
+    async def cancel_all(self) -> None:
+        """Cancel every queued and running turn and wait until the worker has finished."""
         while self.queue:
             self._finish_unstarted(self.queue.popleft())
         self.cancel_active()
         if self._worker is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
-        self.idle.set()
-        self.wakeup.set()
 
     def _record(self, message: ConversationMessage) -> None:
         self.conversation.append(message)
@@ -216,27 +296,30 @@ class AgentCore:
 
     async def _run_turn(self, turn: Turn) -> None:
         turn.started_at = time.monotonic()
-        await self._maybe_compact(turn)
-        turn.number = self.conversation.start_turn()
-        self.core.persist_agent(self)
-        self._record(ConversationMessage("user", turn.parts, turn.number))
         call: _CallState | None = None
         status: MessageStatus = "complete"
         error: TurnError | None = None
         finish_reason: str | None = None
+        started = False
         try:
+            await self._maybe_compact(turn)
+            turn.number = self.conversation.start_turn()
+            self._record(ConversationMessage("user", turn.parts, turn.number))
+            started = True
+            self.core.persist_agent(self)
             steps = 0
             while True:
                 call = _CallState()
                 await self._call_model(turn, call, steps)
                 finish_reason = call.finish_reason
                 truncated = finish_reason is None
+                blocked = finish_reason in BLOCKED_FINISH_REASONS
                 self._record(
                     ConversationMessage(
                         "model",
                         call.parts(),
                         turn.number,
-                        status="incomplete" if truncated else "complete",
+                        status="incomplete" if truncated else "error" if blocked else "complete",
                         usage=call.usage,
                         model=self.model,
                         finish_reason=finish_reason,
@@ -245,6 +328,12 @@ class AgentCore:
                 calls, call = call.calls, None
                 if truncated:
                     raise StreamBroken("the reply stream ended without a finish reason (truncated)")
+                if blocked:
+                    raise ReplyBlocked(
+                        f"the service stopped the reply (finish reason {finish_reason}): "
+                        "rephrase the prompt or change the safety settings",
+                        finish_reason=str(finish_reason),
+                    )
                 if not calls:
                     break
                 if steps >= self.config.max_tool_steps:
@@ -257,6 +346,9 @@ class AgentCore:
         except asyncio.CancelledError:
             status = "cancelled"
             error = cancelled_error(self.name, "".join(turn.text_parts))
+        except StoreError as exc:
+            status = "error"
+            error = exc if isinstance(exc, TurnError) else TurnStoreError(exc, agent=self.name)
         except TurnError as exc:
             status = "incomplete" if isinstance(exc, StreamBroken) else "error"
             error = exc
@@ -265,9 +357,14 @@ class AgentCore:
             status = "error"
             error = BackendError(f"internal error: {exc.__class__.__name__}: {exc}")
         if error is not None:
+            error = _scrubbed(error)
             error.partial_text = "".join(turn.text_parts)
             error.agent = self.name
-            self._close_turn_record(turn, call, status)
+            if started:
+                try:
+                    self._close_turn_record(turn, call, status)
+                except StoreError as exc:
+                    log.warning("the store failed while closing a turn of %s: %s", self.name, exc)
         turn.ended_at = time.monotonic()
         turn.finish(
             TurnResult(
@@ -341,19 +438,33 @@ class AgentCore:
     async def _call_model(
         self, turn: Turn, call: _CallState, index: int, request: ModelRequest | None = None
     ) -> None:
-        """One API call with quota waits and retries; the ledger gets a row per attempt."""
+        """One API call with quota waits and retries; the ledger gets a row per HTTP attempt.
+
+        The SDK's own retries are off, so every attempt is visible here and cancellable.
+        Only a failure before anything streamed is retried: a retry never repeats text.
+        """
         backend = await self.backend()
         registry = self.core.quota
-        retries = 0
+        config = self.core.config
+        quota_retries = http_attempt = 0
         while True:
             blocked = registry.state(backend.credential)
+            if blocked.seconds_left > config.quota_max_wait:
+                raise QuotaExceeded(
+                    f"this key is rate limited for {blocked.seconds_left:.0f} s more, past "
+                    f"quota_max_wait={config.quota_max_wait:g} s: try again later",
+                    retry_after=blocked.seconds_left,
+                    quota_id=blocked.last_quota_id,
+                    scope="minute",
+                )
             if blocked.blocked:
                 reason = f"rate limited ({blocked.last_quota_id or 'shared credential'})"
                 turn.publish(Waiting(blocked.seconds_left, reason))
             waited = await registry.wait(backend.credential)
-            started, wall = time.monotonic(), utcnow()
+            sent, wall = time.monotonic(), utcnow()
             status: CallStatus = "error"
             error_text: str | None = None
+            pause = 0.0
             try:
                 await self._stream(backend, request or self._request(), turn, call)
                 status = "ok"
@@ -361,32 +472,19 @@ class AgentCore:
                 return
             except QuotaHit as hit:
                 status, error_text = "rate-limited", hit.info.message
-                info = hit.info
-                retriable = info.scope in ("minute", "unknown")
-                if not retriable or retries >= self.core.config.quota_max_retries:
-                    raise QuotaExceeded(
-                        _quota_advice(info.scope, retries, info.retry_after),
-                        retry_after=info.retry_after,
-                        quota_id=info.quota_id,
-                        scope=info.scope,
-                    ) from None
-                wait = registry.record_hit(
-                    backend.credential, info.retry_after, scope=info.scope, quota_id=info.quota_id
-                )
-                if wait > self.core.config.quota_max_wait:
-                    raise QuotaExceeded(
-                        f"rate limited for {wait:.0f} s, more than quota_max_wait",
-                        scope=info.scope,
-                        retry_after=wait,
-                        quota_id=info.quota_id,
-                    ) from None
-                retries += 1
+                pause = self._quota_pause(hit, call, quota_retries, sent, backend.credential)
+                quota_retries += 1
             except asyncio.CancelledError:
                 status = "cancelled"
                 raise
             except TurnError as exc:
                 error_text = str(exc)
-                raise
+                http_attempt += 1
+                last = http_attempt >= config.http_retry_attempts
+                if call.produced or last or not _retriable(exc):
+                    raise
+                status = "retried"
+                pause = min(8.0, 0.5 * 2 ** (http_attempt - 1)) * (1 + random.uniform(0, 0.25))
             finally:
                 usage = call.usage
                 turn.usage = turn.usage + usage
@@ -400,8 +498,8 @@ class AgentCore:
                         usage=usage,
                         time_to_first_chunk=None
                         if call.first_chunk_at is None
-                        else call.first_chunk_at - started,
-                        duration=time.monotonic() - started,
+                        else call.first_chunk_at - sent,
+                        duration=time.monotonic() - sent,
                         finish_reason=call.finish_reason,
                         status=status,
                         retry_wait=waited,
@@ -409,6 +507,44 @@ class AgentCore:
                     )
                 )
                 turn.publish(UsageUpdate(turn.usage))
+            call.reset()
+            if status == "retried":
+                turn.publish(Waiting(pause, f"retrying after: {error_text}"))
+                await asyncio.sleep(pause)
+
+    def _quota_pause(
+        self, hit: QuotaHit, call: _CallState, retries: int, sent: float, credential: str
+    ) -> float:
+        """Record a 429 and say how long to wait, or raise `QuotaExceeded` if waiting won't do."""
+        info = hit.info
+        config = self.core.config
+        if call.produced:
+            raise QuotaExceeded(
+                "rate limited in the middle of the reply; the partial reply is kept: run the "
+                "turn again",
+                retry_after=info.retry_after,
+                quota_id=info.quota_id,
+                scope=info.scope if info.scope != "unknown" else "minute",
+            )
+        if info.scope not in ("minute", "unknown") or retries >= config.quota_max_retries:
+            raise QuotaExceeded(
+                _quota_advice(info.scope, retries, info.retry_after),
+                retry_after=info.retry_after,
+                quota_id=info.quota_id,
+                scope=info.scope if info.scope != "unknown" else "minute",
+            )
+        wait = self.core.quota.record_hit(
+            credential, info.retry_after, scope=info.scope, quota_id=info.quota_id, sent_at=sent
+        )
+        if wait > config.quota_max_wait:
+            raise QuotaExceeded(
+                f"rate limited for {wait:.0f} s, more than quota_max_wait="
+                f"{config.quota_max_wait:g} s: try again later or raise quota_max_wait",
+                scope="minute",
+                retry_after=wait,
+                quota_id=info.quota_id,
+            )
+        return wait
 
     async def _stream(
         self, backend: Backend, request: ModelRequest, turn: Turn, call: _CallState
@@ -416,19 +552,24 @@ class AgentCore:
         """Stream one call in a pump task; cancelling the pump closes the socket.
 
         The pump applies each chunk itself (no queue and no task switch per chunk) and
-        serves the command inbox between chunks. A re-arming watchdog, not a timeout
-        per chunk, cancels a stalled stream.
+        serves the command inbox between chunks. The SDK parses every buffered chunk in
+        one task step, so the pump yields to the loop after each chunk while other streams
+        run (fairness: a new turn's first chunk is not starved), and at least every
+        `YIELD_EVERY` seconds otherwise (a pending cancel is seen at once). A re-arming
+        watchdog, not a timeout per chunk, cancels a stalled stream.
         """
         loop = asyncio.get_running_loop()
-        inbox = self.core.inbox
-        idle = self.core.config.idle_chunk_timeout
+        core = self.core
+        inbox = core.inbox
+        idle = core.config.idle_chunk_timeout
         last_chunk = loop.time()
         stalled = False
 
         async def pump() -> None:
             nonlocal last_chunk
+            yielded = last_chunk
             async for chunk in backend.stream(request):
-                last_chunk = loop.time()
+                now = last_chunk = loop.time()
                 if call.first_chunk_at is None:
                     call.first_chunk_at = time.monotonic()
                     if turn.first_chunk_at is None:
@@ -436,6 +577,9 @@ class AgentCore:
                 call.add(chunk, turn)
                 if inbox.pending:
                     inbox.drain()
+                if core.streams > 1 or now - yielded > YIELD_EVERY:
+                    await asyncio.sleep(0)
+                    yielded = loop.time()
 
         def watchdog() -> None:
             nonlocal stalled
@@ -446,6 +590,7 @@ class AgentCore:
                 stalled = True
                 task.cancel()
 
+        core.streams += 1
         task = asyncio.create_task(pump(), name=f"pump:{self.name}")
         alarm = [loop.call_later(idle, watchdog)]
         try:
@@ -454,10 +599,13 @@ class AgentCore:
                 raise StreamBroken(f"no data from the model for {idle:g} s (idle_chunk_timeout)")
             task.result()
         finally:
+            core.streams -= 1
             alarm[0].cancel()
             if not task.done():
                 task.cancel()
                 await asyncio.wait([task])
+            if not task.cancelled():
+                task.exception()  # retrieved: never "Task exception was never retrieved"
 
     async def _run_tools(self, turn: Turn, calls: list[FunctionCallPart]) -> None:
         tools = {t.name: t for t in self.config.tool_list}
@@ -469,36 +617,37 @@ class AgentCore:
                 result: Any = None
                 error: str | None = None
                 tool = tools.get(call.name)
-                try:
-                    if tool is None:
-                        error = f"unknown tool {call.name!r}; available: {sorted(tools)}"
-                    elif not await self._confirmed(call):
-                        error = "the user declined this tool call"
-                    else:
-                        result = _jsonable(await call_tool(tool, dict(call.args)))
-                except Exception as exc:  # the tool's or the confirm policy's own error
-                    error = f"{exc.__class__.__name__}: {exc}"
+                if tool is None:
+                    error = f"unknown tool {call.name!r}; available: {sorted(tools)}"
+                else:
+                    result, error = await self._tool_outcome(tool, call)
                 response = (
                     {"error": error}
                     if error
                     else (result if isinstance(result, dict) else {"result": result})
                 )
+                response = _bounded_response(response, MAX_TOOL_RESULT_CHARS)
                 responses.append(FunctionResponsePart(call.name, response, call.id))
                 turn.publish(ToolResult(call.id, call.name, result, error))
         finally:
             if responses:
                 self._record(ConversationMessage("user", tuple(responses), turn.number))
 
-    async def _confirmed(self, call: FunctionCallPart) -> bool:
+    async def _tool_outcome(self, tool: Tool, call: FunctionCallPart) -> tuple[Any, str | None]:
+        """(result, None) or (None, error text): whatever the tool raises is its own error.
+
+        SystemExit, KeyboardInterrupt, GeneratorExit and a CancelledError the tool raised
+        itself are the tool's errors too; only a cancel of this turn propagates.
+        """
         confirm = self.config.confirm_tool
-        if confirm is None:
-            return True
-        if asyncio.iscoroutinefunction(confirm):
-            return bool(await confirm(call.name, dict(call.args)))
-        answer = await asyncio.to_thread(confirm, call.name, dict(call.args))
-        if isinstance(answer, Awaitable):
-            answer = await answer
-        return bool(answer)
+        if confirm is not None:
+            answer, problem = await _guarded(confirm, call.name, dict(call.args))
+            if problem is not None:
+                return None, f"the confirmation policy failed: {problem}"
+            if not answer:
+                return None, "the user declined this tool call"
+        result, problem = await _guarded(tool.fn, **dict(call.args))
+        return (None, problem) if problem is not None else (_jsonable(result), None)
 
     async def _maybe_compact(self, turn: Turn) -> None:
         """Summarise older turns once the context passed `compaction_threshold` tokens."""
@@ -528,6 +677,50 @@ class AgentCore:
             index = self.conversation.record_compaction(summary, self.conversation.turn_seq)
             self.core.persist_message(self, self.conversation.messages[index])
             self.core.persist_agent(self)
+
+
+async def _guarded(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, str | None]:
+    """Run a user's callable (sync on a worker thread, async on the loop) and contain it.
+
+    Returns (value, None) or (None, description of what it raised). A cancel of the
+    calling task still propagates; the worker thread of a sync callable is then abandoned
+    (it is a daemon thread and its late result is dropped).
+    """
+    try:
+        if asyncio.iscoroutinefunction(fn):
+            value = await _own_task(fn(*args, **kwargs))
+        else:
+            value = await asyncio.to_thread(fn, *args, **kwargs)
+            if isinstance(value, Awaitable):
+                value = await _own_task(value)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        return None, "CancelledError: the tool raised CancelledError itself"
+    except BaseException as exc:
+        return None, _describe_exception(exc)
+    return value, None
+
+
+async def _own_task(awaitable: Awaitable[Any]) -> Any:
+    """Await a user's coroutine in its own task, so whatever it raises stays inside it."""
+
+    async def contained() -> tuple[bool, Any]:
+        try:
+            return True, await awaitable
+        except BaseException as exc:  # SystemExit etc. must not reach the loop
+            return False, exc
+
+    task = asyncio.ensure_future(contained())
+    try:
+        ok, value = await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not ok:
+        raise value
+    return value
 
 
 def _quota_advice(scope: str, retries: int, retry_after: float | None) -> str:

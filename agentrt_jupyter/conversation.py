@@ -15,7 +15,7 @@ from .content import FunctionCallPart, FunctionResponsePart, Part, TextPart
 
 Role = Literal["user", "model", "summary"]
 MessageStatus = Literal["complete", "cancelled", "incomplete", "error"]
-CallStatus = Literal["ok", "cancelled", "error", "rate-limited"]
+CallStatus = Literal["ok", "retried", "cancelled", "error", "rate-limited"]
 
 
 def utcnow() -> datetime:
@@ -165,3 +165,38 @@ def dangling_calls(messages: list[ConversationMessage]) -> list[FunctionCallPart
             }
             return [c for c in message.tool_calls if (c.id or c.name) not in answered]
     return []
+
+
+def unanswered_calls(
+    messages: list[ConversationMessage],
+) -> list[tuple[int, list[FunctionCallPart]]]:
+    """Calls Gemini would see unanswered, each group with the index its responses belong at.
+
+    `contents` merges consecutive messages of one role, and every call in a model content
+    must be answered by the user content right after it. So for each run of model messages,
+    the calls that the run of user messages after it leaves unanswered belong right after
+    the model run (at the end of `messages` for the usual case: a reply cut off by a crash).
+    """
+    found: list[tuple[int, list[FunctionCallPart]]] = []
+    index = 0
+    while index < len(messages):
+        if messages[index].role != "model":
+            index += 1
+            continue
+        calls: list[FunctionCallPart] = []
+        while index < len(messages) and messages[index].role == "model":
+            calls.extend(messages[index].tool_calls)
+            index += 1
+        answered: set[str] = set()
+        following = index
+        while following < len(messages) and messages[following].role == "user":
+            answered.update(
+                p.id or p.name
+                for p in messages[following].parts
+                if isinstance(p, FunctionResponsePart)
+            )
+            following += 1
+        missing = [c for c in calls if (c.id or c.name) not in answered]
+        if missing:
+            found.append((index, missing))
+    return found

@@ -6,14 +6,19 @@ AgentError
 │   ├── InvalidContent (TypeError)          content the model cannot take
 │   ├── AgentNotFound (KeyError)            no agent with that id or name
 │   ├── ConversationExists (ValueError)     a stored conversation has that name
+│   ├── ConversationInUse (RuntimeError)    another live kernel writes that conversation
 │   ├── AgentShutDown (RuntimeError)        the agent was shut down
-│   └── RuntimeClosed (RuntimeError)        the runtime was shut down
+│   ├── RuntimeClosed (RuntimeError)        the runtime was shut down
+│   └── WrongThread (RuntimeError)          a blocking call where it would deadlock
 ├── Timeout (TimeoutError)                  a bounded wait ran out
+├── StoreError (OSError)                    the conversation store cannot be used
 └── TurnError                               a turn did not complete
     ├── TurnCancelled                       cancelled; partial text kept
     ├── StreamBroken                        the stream was cut; partial text kept
     ├── ToolStepLimit                       the model kept calling tools
     ├── QuotaExceeded                       429 that waiting will not fix
+    ├── ReplyBlocked                        the reply was stopped (SAFETY, RECITATION, …)
+    ├── TurnStoreError (also a StoreError)  the store failed while recording the turn
     └── BackendError                        the model service refused the call
 """
 
@@ -62,6 +67,18 @@ class ConversationExists(UsageProblem, ValueError):
         self.name = name
 
 
+class ConversationInUse(UsageProblem, RuntimeError):
+    """Another live kernel or process holds this conversation's writer lease."""
+
+    def __init__(self, name: str, holder: str) -> None:
+        super().__init__(
+            f"conversation {name!r} is being written by {holder}: use another name, stop that "
+            f"kernel, or take it over with resume({name!r}, take_over=True)"
+        )
+        self.name = name
+        self.holder = holder
+
+
 class AgentShutDown(UsageProblem, RuntimeError):
     """The agent was shut down and takes no more turns."""
 
@@ -74,8 +91,23 @@ class RuntimeClosed(UsageProblem, RuntimeError):
     """The runtime was shut down."""
 
 
+class WrongThread(UsageProblem, RuntimeError):
+    """A blocking call made on a thread where waiting would deadlock (the loop, a tool)."""
+
+
 class Timeout(AgentError, TimeoutError):
     """A bounded wait ran out before the thing waited for happened."""
+
+
+class StoreError(AgentError, OSError):
+    """The conversation store file cannot be read or written; `path` names it."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(f"{message} (store: {path})" if path else message)
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class TurnError(AgentError):
@@ -116,6 +148,24 @@ class QuotaExceeded(TurnError):
         self.retry_after = retry_after
         self.quota_id = quota_id
         self.scope = scope
+
+
+class ReplyBlocked(TurnError):
+    """The service stopped the reply for a policy reason; `finish_reason` says which."""
+
+    def __init__(
+        self, message: str, *, finish_reason: str, partial_text: str = "", agent: str | None = None
+    ) -> None:
+        super().__init__(message, partial_text=partial_text, agent=agent)
+        self.finish_reason = finish_reason
+
+
+class TurnStoreError(TurnError, StoreError):
+    """The store failed while a turn was being recorded; the turn stops, nothing is sent."""
+
+    def __init__(self, cause: StoreError, *, agent: str | None = None) -> None:
+        super().__init__(str(cause), agent=agent)
+        self.path = cause.path
 
 
 class BackendError(TurnError):

@@ -1,8 +1,12 @@
 """Rate limits per credential: a 429 makes every agent on that key wait, or fail at once.
 
 A credential is known by a fingerprint (a short hash), never by the key itself. Per-minute
-limits wait until `max(retryDelay, backoff)` plus jitter; per-day limits and limit 0 fail
-with `QuotaExceeded` because waiting here will not fix them.
+limits wait for the 429's `retryDelay`, or without one for a backoff that doubles per
+*episode*, not per hit:
+every request that was already in flight when the credential got blocked belongs to the same
+episode, so ten agents hitting one 429 each wait once, not 2**10 times as long. Each waiter
+adds its own jitter so they do not all retry in the same millisecond. Per-day limits and
+limit 0 fail with `QuotaExceeded` because waiting here will not fix them.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from typing import Any, Literal
 
 QuotaScope = Literal["minute", "day", "zero", "unknown"]
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)s\s*$")
+MAX_BACKOFF = 300.0
+"""The backoff without RetryInfo never grows past this (the cap the caller sets may be lower)."""
 
 
 def fingerprint(api_key: str | None, base_url: str | None) -> str:
@@ -35,22 +41,42 @@ class QuotaInfo:
     message: str
 
 
+def _retry_delay(value: object) -> float | None:
+    match = _DURATION.match(value) if isinstance(value, str) else None
+    if match is None:
+        return None
+    seconds = float(match.group(1))
+    return seconds if seconds == seconds and seconds < 1e9 else None
+
+
 def parse_quota_error(details: Any, message: str = "") -> QuotaInfo:
-    """Read RetryInfo and QuotaFailure from a Gemini 429 error body."""
+    """Read RetryInfo and QuotaFailure from a Gemini 429 error body; never raises.
+
+    Whatever shape the body has (a list, a string, `violations` that are not a list), the
+    worst outcome is a `QuotaInfo` with scope "unknown" and no delay.
+    """
     error = details.get("error", details) if isinstance(details, dict) else {}
+    if not isinstance(error, dict):
+        error = {}
+    text = message if isinstance(message, str) and message else str(error.get("message", ""))
     retry_after: float | None = None
     quota_id: str | None = None
-    limit_zero = "limit: 0" in (message or str(error.get("message", "")))
-    for detail in error.get("details", []) if isinstance(error, dict) else []:
+    limit_zero = "limit: 0" in text
+    entries = error.get("details")
+    for detail in entries if isinstance(entries, list) else []:
         if not isinstance(detail, dict):
             continue
         kind = str(detail.get("@type", ""))
         if kind.endswith("RetryInfo"):
-            match = _DURATION.match(str(detail.get("retryDelay", "")))
-            retry_after = float(match.group(1)) if match else None
+            retry_after = _retry_delay(detail.get("retryDelay"))
         elif kind.endswith("QuotaFailure"):
-            for violation in detail.get("violations", []):
-                quota_id = quota_id or violation.get("quotaId")
+            violations = detail.get("violations")
+            for violation in violations if isinstance(violations, list) else []:
+                if not isinstance(violation, dict):
+                    continue
+                found = violation.get("quotaId")
+                if quota_id is None and isinstance(found, str):
+                    quota_id = found
                 if str(violation.get("quotaValue", "")) == "0":
                     limit_zero = True
     scope: QuotaScope = "unknown"
@@ -60,16 +86,21 @@ def parse_quota_error(details: Any, message: str = "") -> QuotaInfo:
         scope = "day"
     elif (quota_id and "PerMinute" in quota_id) or retry_after is not None:
         scope = "minute"
-    return QuotaInfo(scope, retry_after, quota_id, str(error.get("message", message)))
+    return QuotaInfo(scope, retry_after, quota_id, text[:500])
 
 
 @dataclass(frozen=True)
 class QuotaState:
-    """A snapshot of one credential's rate-limit state."""
+    """A snapshot of one credential's rate-limit state.
+
+    `episodes` counts blocks in a row without a success in between (it sets the backoff);
+    `total_hits` counts every 429 seen.
+    """
 
     fingerprint: str
     blocked_until: float = 0.0
-    consecutive_hits: int = 0
+    blocked_at: float = 0.0
+    episodes: int = 0
     total_hits: int = 0
     last_scope: QuotaScope | None = None
     last_quota_id: str | None = None
@@ -104,32 +135,50 @@ class QuotaRegistry:
         *,
         scope: QuotaScope = "minute",
         quota_id: str | None = None,
+        sent_at: float | None = None,
     ) -> float:
-        """Block the credential; returns how long every agent on it now waits."""
+        """Block the credential; returns how long every agent on it now waits.
+
+        A hit on a request sent before the current block began (it was in flight) joins
+        that episode: the block is extended to cover its `retry_after`, the backoff does
+        not grow. `sent_at` is the request's `time.monotonic()`; None means "just now".
+        """
+        now = time.monotonic()
         state = self.state(key)
-        hits = state.consecutive_hits + 1
-        backoff = self._base_backoff * 2 ** (hits - 1) if retry_after is None else 0.0
-        wait = max(retry_after or 0.0, backoff) * (1 + random.uniform(0, self._jitter))
-        until = max(state.blocked_until, time.monotonic() + wait)
+        sent = now if sent_at is None else sent_at
+        same_episode = state.episodes > 0 and sent < state.blocked_until
+        episodes = state.episodes if same_episode else state.episodes + 1
+        if retry_after is not None:
+            wait = retry_after  # the service said how long; its word beats our guess
+        else:
+            wait = min(MAX_BACKOFF, self._base_backoff * 2 ** min(episodes - 1, 30))
+        left = max(state.blocked_until - now, wait)
+        until = now + left
         self._states[key] = replace(
             state,
             blocked_until=until,
-            consecutive_hits=hits,
+            blocked_at=state.blocked_at if same_episode else now,
+            episodes=episodes,
             total_hits=state.total_hits + 1,
             last_scope=scope,
             last_quota_id=quota_id,
         )
-        return until - time.monotonic()
+        return left
 
     def record_success(self, key: str) -> None:
         state = self._states.get(key)
-        if state is not None and state.consecutive_hits:
-            self._states[key] = replace(state, consecutive_hits=0, blocked_until=0.0)
+        if state is not None and state.episodes:
+            self._states[key] = replace(state, episodes=0, blocked_until=0.0)
+
+    def jittered_wait(self, key: str) -> float:
+        """How long one waiter sleeps now: the shared block plus its own jitter."""
+        left = self.state(key).seconds_left
+        return left * (1 + random.uniform(0, self._jitter)) if left > 0 else 0.0
 
     async def wait(self, key: str) -> float:
-        """Sleep until the credential is unblocked; returns the seconds waited."""
-        waited = 0.0
-        while (left := self.state(key).seconds_left) > 0:
+        """Sleep until the credential is unblocked (plus jitter); returns the seconds waited."""
+        started = time.monotonic()
+        # A loop, not an Event: another 429 may extend the block while we sleep.
+        while (left := self.jittered_wait(key)) > 0:  # noqa: ASYNC110
             await asyncio.sleep(left)
-            waited += left
-        return waited
+        return time.monotonic() - started

@@ -36,6 +36,7 @@ from .errors import (
     InvalidConfig,
     RuntimeClosed,
     Timeout,
+    WrongThread,
 )
 from .handle import ChatHandle, Turn, wait_future
 from .quota import QuotaRegistry, QuotaScope, QuotaState
@@ -48,6 +49,8 @@ log = logging.getLogger("agentrt_jupyter")
 P = ParamSpec("P")
 T = TypeVar("T")
 _runtime_numbers = itertools.count(1)
+FINALIZE_TIMEOUT = 2.0
+"""A runtime nobody shut down gets this long to close when it is collected or at exit."""
 
 
 class Inbox:
@@ -95,40 +98,122 @@ class Inbox:
             self._pending.popleft()[2].cancel()
 
 
+class _DaemonExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The loop's default executor: one daemon thread per call, never joined.
+
+    `asyncio.to_thread` (sync tools, confirm callbacks, DNS lookups, the local server's
+    start) runs here. A call that never returns (a tool blocking forever) is abandoned on
+    cancel or shutdown and cannot keep the interpreter alive at exit, as the joined
+    workers of a ThreadPoolExecutor would. Threads know which runtime they serve, so a
+    blocking `shutdown()` from inside a tool is refused instead of deadlocking.
+    """
+
+    def __init__(self, name: str, local: threading.local) -> None:
+        super().__init__(max_workers=1, thread_name_prefix=name)  # asyncio wants this type
+        self._name = name
+        self._local = local
+        self._numbers = itertools.count(1)
+
+    def submit(
+        self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        local = self._local
+
+        def run() -> None:
+            local.worker = True
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:  # the caller decides what a tool's SystemExit means
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+        name = f"{self._name}-worker-{next(self._numbers)}"
+        threading.Thread(target=run, name=name, daemon=True).start()
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Nothing to join: abandoned calls end on their own, in daemon threads."""
+
+
 class _Portal:
     """A named daemon thread running an event loop, and the channel into it.
 
-    Coroutine functions run as tasks; plain functions go through the `Inbox`.
+    Coroutine functions run as tasks; plain functions go through the `Inbox`. `stop`
+    ends it within a deadline whatever runs; `stopped` is set when the thread is done.
     """
 
     def __init__(self, name: str, inbox: Inbox) -> None:
         ready: concurrent.futures.Future[asyncio.AbstractEventLoop] = concurrent.futures.Future()
         self.inbox = inbox
-        self.thread = threading.Thread(
-            target=self._run, args=(ready, inbox), name=name, daemon=True
-        )
+        self.workers = threading.local()
+        self.stopped = threading.Event()
+        self.cleanup_deadline = 0.0
+        self.stopper: asyncio.Future[None] | None = None
+        self.thread = threading.Thread(target=self._run, args=(ready,), name=name, daemon=True)
         self.thread.start()
         self.loop = ready.result()
         self.closed = False
 
-    @staticmethod
-    def _run(ready: concurrent.futures.Future[asyncio.AbstractEventLoop], inbox: Inbox) -> None:
+    def _run(self, ready: concurrent.futures.Future[asyncio.AbstractEventLoop]) -> None:
         loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        loop.call_soon(ready.set_result, loop)
         try:
+            asyncio.set_event_loop(loop)
+            loop.set_default_executor(_DaemonExecutor(self.thread.name, self.workers))
+        except BaseException as exc:
+            loop.close()
+            self.stopped.set()
+            ready.set_exception(exc)
+            return
+        try:
+            loop.call_soon(ready.set_result, loop)
             loop.run_forever()
-            inbox.close()
+            self.inbox.close()
             pending = asyncio.all_tasks(loop)
             for task in pending:
                 task.cancel()
+            left = max(0.05, self.cleanup_deadline - time.monotonic())
             if pending:
-                loop.run_until_complete(asyncio.wait(pending, timeout=2.0))
-            loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.run_until_complete(asyncio.wait(pending, timeout=left))
             with contextlib.suppress(TimeoutError):
-                loop.run_until_complete(asyncio.wait_for(loop.shutdown_default_executor(), 2.0))
+                loop.run_until_complete(asyncio.wait_for(loop.shutdown_asyncgens(), left))
         finally:
             loop.close()
+            self.stopped.set()
+
+    def in_worker(self) -> bool:
+        """True on one of this runtime's worker threads (a sync tool, a confirm callback)."""
+        return bool(getattr(self.workers, "worker", False))
+
+    def stop(self, aclose: Callable[[], Awaitable[None]], timeout: float) -> None:
+        """Close what `aclose` closes, then stop the loop: all within `timeout` seconds.
+
+        Past the deadline the loop is stopped anyway and what still runs is cancelled;
+        the thread then needs at most a short grace period to end.
+        """
+        deadline = time.monotonic() + timeout
+        self.cleanup_deadline = deadline + 1.0
+
+        async def stop_all() -> None:
+            try:
+                await asyncio.wait_for(aclose(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                log.warning("shutdown: closing took longer than %g s; stopping anyway", timeout)
+            except Exception:
+                log.exception("shutdown: closing failed; stopping anyway")
+            finally:
+                asyncio.get_running_loop().stop()
+
+        def start() -> None:
+            self.stopper = asyncio.ensure_future(stop_all())
+
+        try:
+            self.loop.call_soon_threadsafe(start)
+        except RuntimeError:  # the loop is already closed
+            self.stopped.set()
 
     def on_loop(self) -> bool:
         return threading.current_thread() is self.thread
@@ -157,7 +242,7 @@ class _Portal:
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run on the loop and wait; refused on the loop's own thread (it would deadlock)."""
         if self.on_loop():
-            raise RuntimeError(
+            raise WrongThread(
                 "a blocking runtime call from the runtime thread would deadlock: "
                 "use `await runtime.aio....` there"
             )
@@ -176,10 +261,6 @@ class _Portal:
             result = fn(*args, **kwargs)
             return await result if inspect.isawaitable(result) else result
         return await asyncio.wrap_future(self.submit(fn, *args, **kwargs))
-
-    def stop_loop(self) -> None:
-        with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(self.loop.stop)
 
 
 @dataclass(frozen=True)
@@ -211,6 +292,8 @@ class _Core:
         self._backend_lock: asyncio.Lock | None = None
         self.default_credential: str | None = None
         self.inbox = Inbox()
+        self.streams = 0
+        """Model streams in flight: above one, each pump yields after every chunk."""
 
     def lookup(self, ref: Agent | str) -> AgentCore:
         key = ref.id if isinstance(ref, Agent) else ref
@@ -220,6 +303,23 @@ class _Core:
         if agent is None:
             raise AgentNotFound(key)
         return agent
+
+    def check_endpoint(self, name: str, config: AgentConfig) -> None:
+        """A key goes only to the endpoint it was configured with.
+
+        An agent with its own `base_url` (a resumed one, whose key is never stored)
+        must bring its own `api_key`; the runtime's key is not sent to another host.
+        """
+        if (
+            config.base_url is not None
+            and config.api_key is None
+            and config.base_url != self.config.base_url
+        ):
+            raise InvalidConfig(
+                f"agent {name!r} has its own base_url, so it needs its own api_key "
+                "(the runtime's key is only sent to the runtime's endpoint): pass api_key=...",
+                field="api_key",
+            )
 
     async def _endpoint(self, config: AgentConfig) -> tuple[str | None, str | None, str | None]:
         """(api_key, base_url, api_version) for an agent: its own, else the runtime's."""
@@ -269,7 +369,6 @@ class _Core:
                     api_key=endpoint[0],
                     base_url=endpoint[1],
                     api_version=endpoint[2],
-                    retry_attempts=self.config.http_retry_attempts,
                 )
                 self._backends[endpoint] = backend
             if not (config.api_key or config.base_url):
@@ -309,6 +408,7 @@ class _Core:
     def create_agent(self, config: AgentConfig) -> AgentCore:
         agent_id = f"agent-{secrets.token_hex(4)}"
         name = config.name or agent_id
+        self.check_endpoint(name, config)
         self._claim_name(name)
         if config.name is not None and self.store is not None and self.store.exists(name):
             raise ConversationExists(name)
@@ -327,11 +427,12 @@ class _Core:
         if loaded is None:
             raise AgentNotFound(name)
         settings, conversation = loaded
-        self._claim_name(name)
         if config is None:
             config = AgentConfig(name=name, **{k: v for k, v in settings.items() if v is not None})
         elif config.name != name:
             config = config.with_changes(name=name)
+        self.check_endpoint(name, config)
+        self._claim_name(name)
         agent = AgentCore(self, f"agent-{secrets.token_hex(4)}", name, config)
         agent.conversation = conversation
         self.agents[agent.id] = agent
@@ -375,9 +476,12 @@ class _Core:
     def query(self, ref: Agent | str, what: Callable[[AgentCore], T]) -> T:
         return what(self.lookup(ref))
 
-    def clear_history(self, ref: Agent | str) -> None:
+    async def clear_history(self, ref: Agent | str) -> None:
+        """Cancel what runs or waits first: a running turn must not write into the cleared
+        history (the contents sent next would start with a model message)."""
         agent = self.lookup(ref)
         agent.check_usable()
+        await agent.cancel_all()
         agent.conversation.clear()
         if self.store is not None and agent.config.name is not None:
             self.store.clear_messages(agent.name)
@@ -455,12 +559,9 @@ def _finalize(portal: _Portal, core: _Core) -> None:
     if portal.closed:
         return
     portal.closed = True
-    if portal.loop.is_running():
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(core.aclose(), portal.loop).result(5.0)
-    portal.stop_loop()
+    portal.stop(core.aclose, FINALIZE_TIMEOUT)
     if not portal.on_loop():
-        portal.thread.join(5.0)
+        portal.stopped.wait(FINALIZE_TIMEOUT + 1.0)
 
 
 class Agent:
@@ -507,8 +608,11 @@ class Agent:
     def last_turn_usage(self) -> Usage:
         return self.runtime.last_turn_usage(self)
 
-    def last_response(self) -> ConversationMessage | None:
+    def last_response(self) -> str | None:
         return self.runtime.last_response(self)
+
+    def last_message(self) -> ConversationMessage | None:
+        return self.runtime.last_message(self)
 
     def ledger(self) -> list[LedgerEntry]:
         return self.runtime.agent_ledger(self)
@@ -588,8 +692,11 @@ class AsyncAgentRuntime:
     async def last_turn_usage(self, agent: Agent | str) -> Usage:
         return await self._portal.acall(self._core.query, agent, _last_turn_usage)
 
-    async def last_response(self, agent: Agent | str) -> ConversationMessage | None:
+    async def last_response(self, agent: Agent | str) -> str | None:
         return await self._portal.acall(self._core.query, agent, _last_response)
+
+    async def last_message(self, agent: Agent | str) -> ConversationMessage | None:
+        return await self._portal.acall(self._core.query, agent, _last_message)
 
     async def agent_ledger(self, agent: Agent | str) -> list[LedgerEntry]:
         return await self._portal.acall(self._core.query, agent, _agent_ledger)
@@ -641,8 +748,13 @@ def _total_usage(agent: AgentCore) -> Usage:
     return agent.conversation.total_usage()
 
 
-def _last_response(agent: AgentCore) -> ConversationMessage | None:
+def _last_message(agent: AgentCore) -> ConversationMessage | None:
     return agent.conversation.last_response()
+
+
+def _last_response(agent: AgentCore) -> str | None:
+    message = agent.conversation.last_response()
+    return None if message is None else message.text
 
 
 def _agent_ledger(agent: AgentCore) -> list[LedgerEntry]:
@@ -779,8 +891,13 @@ class AgentRuntime:
     def last_turn_usage(self, agent: Agent | str) -> Usage:
         return self._portal.call(self._core.query, agent, _last_turn_usage)
 
-    def last_response(self, agent: Agent | str) -> ConversationMessage | None:
+    def last_response(self, agent: Agent | str) -> str | None:
+        """The text of the last model response, if any."""
         return self._portal.call(self._core.query, agent, _last_response)
+
+    def last_message(self, agent: Agent | str) -> ConversationMessage | None:
+        """The last model response as a `ConversationMessage` (parts, usage, status)."""
+        return self._portal.call(self._core.query, agent, _last_message)
 
     def agent_ledger(self, agent: Agent | str) -> list[LedgerEntry]:
         return self._portal.call(self._core.query, agent, _agent_ledger)
@@ -837,20 +954,34 @@ class AgentRuntime:
         return None if credential is None else self._core.quota.state(credential)
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Cancel turns, close agents and the SDK client, join the thread; idempotent."""
+        """Cancel turns, close agents and the SDK client, stop the thread; idempotent.
+
+        Returns within `timeout` seconds whatever runs, or raises `Timeout` (the thread
+        then ends within a short grace period). Every caller, from any thread, waits
+        for the same end. Refused at once on the runtime thread and inside a sync tool,
+        where waiting would deadlock.
+        """
+        if self._portal.on_loop() or self._portal.in_worker():
+            raise WrongThread(
+                "shutdown() cannot run on the runtime's own threads (the loop or a tool): "
+                "return from the tool first, or call runtime.try_shutdown() to schedule it"
+            )
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
+            raise InvalidConfig(f"must be a number >= 0, got {timeout!r}", field="timeout")
+        with self._shutdown_lock:
+            if not self._portal.closed:
+                self._portal.closed = True
+                self._finalizer.detach()
+                self._portal.stop(self._core.aclose, timeout)
+        if not self._portal.stopped.wait(timeout):
+            raise Timeout(f"the runtime thread did not stop within {timeout} s")
+
+    def try_shutdown(self) -> bool:
+        """Start the shutdown and return at once (safe anywhere, even inside a tool)."""
         with self._shutdown_lock:
             if self._portal.closed:
-                return
-            if self._portal.on_loop():
-                raise RuntimeError("shutdown() cannot run on the runtime thread")
-            future = self._portal.submit(self._core.aclose)
+                return False
             self._portal.closed = True
             self._finalizer.detach()
-        deadline = time.monotonic() + timeout
-        try:
-            wait_future(future, timeout)
-        finally:
-            self._portal.stop_loop()
-            self._portal.thread.join(max(0.5, deadline - time.monotonic()))
-        if self._portal.thread.is_alive():
-            raise Timeout(f"the runtime thread did not stop within {timeout} s")
+            self._portal.stop(self._core.aclose, 10.0)
+        return True

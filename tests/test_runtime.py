@@ -135,8 +135,9 @@ def test_send_replies_reach_history(rt: AgentRuntime, tag: str) -> None:
     agent = rt.create_agent()
     agent.send(f"fire and forget {tag}")
     agent.wait_for_idle(timeout=10)
-    assert agent.last_response() is not None
-    assert agent.last_response().text == f"Echo: fire and forget {tag}"
+    assert agent.last_response() == f"Echo: fire and forget {tag}"
+    message = agent.last_message()
+    assert message is not None and message.role == "model" and message.text == agent.last_response()
     assert [m.role for m in agent.history()] == ["user", "model"]
 
 

@@ -1,12 +1,16 @@
 """The google-genai backend: `client.aio` on the runtime loop, our history, our errors.
 
 Imported only on the runtime thread (google.genai costs ~0.5 s to import). Every SDK
-and transport error is translated in `_translate_errors`, the one boundary.
+and transport error is translated in `_translate_errors`, the one boundary; the errors
+raised there never chain the SDK's exception (its request holds the API key header).
+The SDK's own retries are off (one attempt): the agent retries, one ledger row each.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -21,7 +25,9 @@ from ..errors import BackendError, StreamBroken
 from ..quota import fingerprint, parse_quota_error
 from .base import ModelChunk, ModelRequest, QuotaHit
 
-RETRIED_STATUS_CODES = [408, 500, 502, 503, 504]
+EXCERPT_CHARS = 200
+_SPACES = re.compile(r"\s+")
+_TAGS = re.compile(r"<[^>]*>")
 
 
 def _broken_stream_errors() -> tuple[type[BaseException], ...]:
@@ -40,30 +46,62 @@ def _broken_stream_errors() -> tuple[type[BaseException], ...]:
 _BROKEN = _broken_stream_errors()
 
 
+def excerpt(value: object) -> str:
+    """A short, one-line view of what the service sent (HTML tags and runs of space removed)."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = _SPACES.sub(" ", _TAGS.sub(" ", text)).strip()
+    return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "…"
+
+
+def _api_error(exc: genai_errors.APIError) -> BackendError | QuotaHit:
+    code = exc.code if isinstance(exc.code, int) else None
+    status = exc.status if isinstance(exc.status, str) else None
+    message = exc.message if isinstance(exc.message, str) and exc.message else None
+    if code == 429:
+        return QuotaHit(parse_quota_error(exc.details, message or ""))
+    shown = excerpt(message if message is not None else exc.details)
+    return BackendError(f"{code} {status or 'error'}: {shown}", code=code, status=status)
+
+
 @contextlib.contextmanager
 def _translate_errors(chunks: list[int]) -> Iterator[None]:
     """Map the SDK's and the transport's errors to ours; `chunks[0]` counts what arrived.
 
-    The turn's partial text is kept by the agent, which puts it on every TurnError."""
+    Most specific first. A reply the SDK cannot parse (HTML, wrong JSON shapes, a cut
+    body) is a `BackendError` with a short excerpt, never our catch-all. The turn's
+    partial text is kept by the agent, which puts it on every TurnError.
+    """
+    error: BaseException | None = None
     try:
         yield
     except genai_errors.APIError as exc:
-        if exc.code == 429:
-            raise QuotaHit(parse_quota_error(exc.details, exc.message or "")) from exc
-        raise BackendError(
-            f"{exc.code} {exc.status}: {exc.message}", code=exc.code, status=exc.status
-        ) from exc
+        error = _api_error(exc)
+    except aiohttp.ClientResponseError as exc:  # e.g. TooManyRedirects
+        error = BackendError(
+            f"{exc.status} {exc.__class__.__name__}: {excerpt(exc.message)}", code=exc.status
+        )
     except _BROKEN as exc:
         if chunks[0]:
-            raise StreamBroken(
+            error = StreamBroken(
                 f"the reply stream was cut after {chunks[0]} chunks ({exc.__class__.__name__})"
-            ) from exc
-        raise BackendError(
-            f"the connection failed before a reply ({exc.__class__.__name__}: {exc})",
-            status="UNAVAILABLE",
-        ) from exc
-    except TimeoutError as exc:
-        raise StreamBroken("the connection timed out") from exc
+            )
+        else:
+            error = BackendError(
+                f"the connection failed before a reply ({exc.__class__.__name__}: "
+                f"{excerpt(str(exc))})",
+                status="UNAVAILABLE",
+            )
+    except TimeoutError:
+        error = StreamBroken("the connection timed out")
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+        sent = getattr(exc, "doc", None) or str(exc)
+        error = BackendError(
+            "the service sent a reply that is not in Gemini's format "
+            f"({exc.__class__.__name__}): {excerpt(sent)}",
+            status="BAD_RESPONSE",
+        )
+    if error is not None:
+        raise error from None
 
 
 def _part_to_wire(part: Part) -> dict[str, Any] | None:
@@ -175,18 +213,12 @@ class GeminiBackend:
         api_key: str | None,
         base_url: str | None,
         api_version: str | None,
-        retry_attempts: int,
     ) -> None:
         self.credential = fingerprint(api_key, base_url)
         options = types.HttpOptions(
             base_url=base_url,
             api_version=api_version,
-            retry_options=types.HttpRetryOptions(
-                attempts=retry_attempts,
-                initial_delay=0.5,
-                max_delay=8.0,
-                http_status_codes=RETRIED_STATUS_CODES,
-            ),
+            retry_options=types.HttpRetryOptions(attempts=1),
         )
         self._client = genai.Client(api_key=api_key, http_options=options)
 
