@@ -1,33 +1,61 @@
-"""SQLite persistence: conversations and ledgers survive kernel restarts.
+"""SQLite persistence: append-only conversations per namespace, writer leases, a reply cache.
 
-Used only from the runtime thread; writes go through as each message or ledger row is
-recorded (WAL, autocommit), so a killed kernel loses at most the turn in flight.
+A conversation is named by (namespace, name): the notebook (or an explicit namespace for
+the Python API, `DEFAULT_NAMESPACE` for scripts) and the agent's name. Every start of one
+gets its own id, so two kernels never write into each other's; `latest` finds the newest.
+
+Rows are only ever appended (messages, ledger rows, settings, "cleared" markers; a
+compaction is its "summary" message), each in its own transaction, so a killed kernel loses
+nothing that was recorded. The one row that is rewritten is a conversation's *draft*: the
+checkpoint of the reply being streamed, replaced at each `checkpoint` and dropped when the
+reply is appended; after a crash it loads as an `incomplete` model message.
+
+One live writer per conversation: `create` and `open` take a lease (holder, pid, host,
+heartbeat), every write checks it, `heartbeat` renews them all, `release`/`close` let go.
+A holder on this host whose pid is gone, or any holder silent for `lease_timeout`, is
+dead and is taken over at once; a live one gives `ConversationInUse` unless `take_over`.
+
+Every sqlite3, JSON and decoding error becomes a `StoreError` naming the file and what to
+do, in `Store._boundary` and nowhere else. The connection is shared by the thread that
+builds the store and the runtime thread, behind a lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
+import secrets
+import socket
 import sqlite3
-from dataclasses import asdict, fields
-from datetime import datetime
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .content import part_from_json, part_to_json
-from .conversation import Conversation, ConversationMessage, LedgerEntry, Usage
+from .content import FunctionCallPart, FunctionResponsePart, Part, part_from_json, part_to_json
+from .conversation import (
+    Conversation,
+    ConversationMessage,
+    LedgerEntry,
+    Usage,
+    unanswered_calls,
+)
+from .errors import ConversationInUse, StoreError
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS agents (
-  name TEXT PRIMARY KEY, settings TEXT NOT NULL, turn_count INTEGER NOT NULL,
-  turn_seq INTEGER NOT NULL, compactions TEXT NOT NULL, updated TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS messages (
-  agent TEXT NOT NULL, position INTEGER NOT NULL, role TEXT NOT NULL, parts TEXT NOT NULL,
-  turn INTEGER NOT NULL, time TEXT NOT NULL, status TEXT NOT NULL, usage TEXT,
-  model TEXT, finish_reason TEXT, PRIMARY KEY (agent, position));
-CREATE TABLE IF NOT EXISTS ledger (
-  agent TEXT NOT NULL, row TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS ledger_agent ON ledger (agent);
-"""
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+"""`PRAGMA user_version` of the files this module writes; 0 is the unversioned first store."""
+
+DEFAULT_NAMESPACE = "default"
+"""The namespace of conversations made outside a notebook, and of those migrated from v0."""
 
 STORED_SETTINGS = (
     "model", "system_instruction", "temperature", "top_p", "top_k", "max_output_tokens",
@@ -36,94 +64,894 @@ STORED_SETTINGS = (
 )  # fmt: skip
 """AgentConfig fields that can be stored (tools, callbacks and keys cannot)."""
 
+INTERRUPTED = (
+    "interrupted: the call's result was never recorded (the kernel stopped, or another one "
+    "took the conversation over); it may or may not have run"
+)
+"""The error a resumed conversation answers its unanswered function calls with."""
 
-def _usage_json(usage: Usage | None) -> str | None:
-    return None if usage is None else json.dumps(asdict(usage))
+ADVICE = (
+    "move or delete the file, set AGENTRT_HOME to use another directory, "
+    "or pass store_path=None to run without a store"
+)
+
+_SCHEMA = (
+    """CREATE TABLE conversations (
+      seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, namespace TEXT NOT NULL,
+      name TEXT NOT NULL, created REAL NOT NULL)""",
+    "CREATE INDEX conversations_by_name ON conversations (namespace, name)",
+    """CREATE TABLE records (
+      seq INTEGER PRIMARY KEY, conversation TEXT NOT NULL,
+      kind TEXT NOT NULL CHECK (kind IN ('settings', 'message', 'ledger', 'cleared')),
+      role TEXT, turn INTEGER, written REAL NOT NULL, data TEXT NOT NULL)""",
+    "CREATE INDEX records_by_conversation ON records (conversation, kind, seq)",
+    """CREATE TABLE drafts (
+      conversation TEXT PRIMARY KEY, written REAL NOT NULL, data TEXT NOT NULL)""",
+    """CREATE TABLE leases (
+      conversation TEXT PRIMARY KEY, token TEXT NOT NULL, holder TEXT NOT NULL,
+      pid INTEGER NOT NULL, host TEXT NOT NULL, heartbeat REAL NOT NULL)""",
+    "CREATE INDEX leases_by_token ON leases (token)",
+    """CREATE TABLE replies (
+      key TEXT PRIMARY KEY, bytes INTEGER NOT NULL, used REAL NOT NULL,
+      hits INTEGER NOT NULL DEFAULT 0, conversation TEXT, data TEXT NOT NULL)""",
+    "CREATE INDEX replies_by_use ON replies (used, bytes)",
+    "CREATE INDEX replies_by_conversation ON replies (conversation)",
+)
+_TABLES = frozenset({"conversations", "records", "drafts", "leases", "replies"})
+_V0_TABLES = frozenset({"agents", "messages", "ledger"})
+_ROLES = frozenset({"user", "model", "summary"})
+_STATUSES = frozenset({"complete", "cancelled", "incomplete", "error"})
+
+_LISTING = """
+WITH cleared AS (
+  SELECT conversation, max(seq) AS seq FROM records WHERE kind = 'cleared'
+  GROUP BY conversation),
+shown AS (
+  SELECT r.conversation, count(*) AS messages,
+         count(DISTINCT CASE WHEN r.role != 'summary' THEN r.turn END) AS turns
+  FROM records r LEFT JOIN cleared k ON k.conversation = r.conversation
+  WHERE r.kind = 'message' AND r.seq > coalesce(k.seq, 0) GROUP BY r.conversation),
+totals AS (
+  SELECT conversation, sum(length(CAST(data AS BLOB))) AS size, max(written) AS last
+  FROM records GROUP BY conversation)
+SELECT c.id, c.namespace, c.name, c.created,
+       coalesce(s.messages, 0) + (d.conversation IS NOT NULL), coalesce(s.turns, 0),
+       coalesce(t.size, 0) + coalesce(length(CAST(d.data AS BLOB)), 0),
+       max(coalesce(t.last, c.created), coalesce(d.written, 0)),
+       l.token, l.holder, l.pid, l.host, l.heartbeat
+FROM conversations c
+LEFT JOIN shown s ON s.conversation = c.id
+LEFT JOIN totals t ON t.conversation = c.id
+LEFT JOIN drafts d ON d.conversation = c.id
+LEFT JOIN leases l ON l.conversation = c.id
+WHERE ?1 IS NULL OR c.namespace = ?1
+ORDER BY c.seq
+"""
+
+_SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 3, 5, 6, 8
+_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = (
+    10, 11, 13, 14, 26,
+)  # fmt: skip
 
 
-def _usage(text: str | None) -> Usage | None:
-    return None if text is None else Usage(**json.loads(text))
+@dataclass(frozen=True, slots=True)
+class StoredConversation:
+    """One row of `Store.conversations()`.
+
+    `turns` and `messages` count what `open` would show (since the last clear; a reply cut
+    off mid-stream counts as a message); `size` is the bytes of JSON text the conversation
+    keeps in the file (all its records, cleared ones included: what `delete` frees).
+    `holder` describes the live writer, None when nobody holds it.
+    """
+
+    id: str
+    namespace: str
+    name: str
+    turns: int
+    messages: int
+    size: int
+    created: datetime
+    last_activity: datetime
+    holder: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedConversation:
+    """A stored conversation as `open`/`load` return it: ready to continue.
+
+    `interrupted` lists the function calls this load answered with an "interrupted" error
+    (they had no response: the kernel died or was taken over while they ran).
+    """
+
+    id: str
+    namespace: str
+    name: str
+    settings: dict[str, Any]
+    conversation: Conversation
+    interrupted: tuple[FunctionCallPart, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CachedReply:
+    """The recorded reply of one model call, as the reply cache keeps it."""
+
+    parts: tuple[Part, ...]
+    usage: Usage
+    finish_reason: str | None
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """Entries and bytes (of stored JSON) in the reply cache, and the hits they served."""
+
+    entries: int
+    bytes: int
+    hits: int
+
+
+class _Unstorable(TypeError):
+    """A value given to the store that JSON cannot hold (the caller's, not the file's)."""
+
+
+def _dumps(value: object) -> str:
+    try:
+        return json.dumps(value, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise _Unstorable(str(exc)) from exc
+
+
+def _timestamp(value: float) -> datetime:
+    return datetime.fromtimestamp(value, UTC)
+
+
+def _message_json(message: ConversationMessage) -> str:
+    return _dumps(
+        {
+            "role": message.role,
+            "turn": message.turn,
+            "parts": [part_to_json(p) for p in message.parts],
+            "time": message.time.isoformat(),
+            "status": message.status,
+            "usage": None if message.usage is None else asdict(message.usage),
+            "model": message.model,
+            "finish_reason": message.finish_reason,
+        }
+    )
+
+
+def _message(text: str) -> ConversationMessage:
+    data = json.loads(text)
+    if data["role"] not in _ROLES or data["status"] not in _STATUSES:
+        raise ValueError(f"unknown role {data['role']!r} or status {data['status']!r}")
+    return ConversationMessage(
+        data["role"],
+        tuple(part_from_json(p) for p in data["parts"]),
+        int(data["turn"]),
+        datetime.fromisoformat(data["time"]),
+        data["status"],
+        None if data["usage"] is None else Usage(**data["usage"]),
+        data["model"],
+        data["finish_reason"],
+    )
+
+
+def _ledger_json(entry: LedgerEntry) -> str:
+    row = {f.name: getattr(entry, f.name) for f in fields(entry)}
+    row["started"] = entry.started.isoformat()
+    row["usage"] = asdict(entry.usage)
+    return _dumps(row)
+
+
+def _ledger_entry(text: str) -> LedgerEntry:
+    data = json.loads(text)
+    data["started"] = datetime.fromisoformat(data["started"])
+    data["usage"] = Usage(**data["usage"])
+    return LedgerEntry(**data)
+
+
+def _reply_json(reply: CachedReply) -> str:
+    return _dumps(
+        {
+            "parts": [part_to_json(p) for p in reply.parts],
+            "usage": asdict(reply.usage),
+            "finish_reason": reply.finish_reason,
+            "model": reply.model,
+        }
+    )
+
+
+def _reply(text: str) -> CachedReply:
+    data = json.loads(text)
+    return CachedReply(
+        tuple(part_from_json(p) for p in data["parts"]),
+        Usage(**data["usage"]),
+        data["finish_reason"],
+        str(data["model"]),
+    )
+
+
+def _interrupted(turn: int, calls: list[FunctionCallPart]) -> ConversationMessage:
+    responses = tuple(FunctionResponsePart(c.name, {"error": INTERRUPTED}, c.id) for c in calls)
+    return ConversationMessage("user", responses, turn, status="incomplete")
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process `pid` on this host still runs (a zombie does not)."""
+    if pid == os.getpid():
+        return True
+    if sys.platform == "win32":  # os.kill would terminate it; the heartbeat decides there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    if db.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+
+
+def _shut(db: sqlite3.Connection, token: str) -> None:
+    """Release this store's leases and close its connection (also its finalizer)."""
+    _rollback(db)
+    with contextlib.suppress(sqlite3.Error):
+        db.execute("DELETE FROM leases WHERE token = ?", (token,))
+    db.close()
 
 
 class Store:
-    """One SQLite file of named conversations."""
+    """One SQLite file of conversations and the reply cache; see the module docstring.
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+    `holder` says who writes, for other kernels' `ConversationInUse` (e.g. "kernel
+    kernel-1234.json"); pid and host are added. `busy_timeout` bounds each wait for
+    another process's write lock; `cache_max_entries` / `cache_max_bytes` (None: no bound)
+    bound the reply cache, least recently used first out. Raises `StoreError` if the file
+    cannot be used (corrupt, not a store, newer schema, read-only, locked, disk full).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        holder: str = "python",
+        lease_timeout: float = 30.0,
+        busy_timeout: float = 5.0,
+        cache_max_entries: int | None = 10_000,
+        cache_max_bytes: int | None = 256 * 2**20,
+    ) -> None:
+        self._db: sqlite3.Connection | None = None
+        self._path = Path(path).expanduser().absolute()
+        self._lock = threading.Lock()
+        self._token = secrets.token_hex(8)
+        self._pid, self._host = os.getpid(), socket.gethostname()
+        self.holder = f"{holder} (pid {self._pid} on host {self._host})"
+        self._lease_timeout = lease_timeout
+        self._busy_timeout = busy_timeout
+        self._cache_max_entries = cache_max_entries
+        self._cache_max_bytes = cache_max_bytes
+        self._held: dict[str, str] = {}  # conversation id -> name, leased to this store
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the store's directory ({exc.strerror}): make "
+                f"{str(self._path.parent)!r} writable, or {ADVICE}",
+                path=str(self._path),
+            ) from exc
+        try:
+            db = sqlite3.connect(
+                self._path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise self._fault(exc, "open the store") from exc
+        self._db = db
+        try:
+            with self._boundary("open the store"):
+                migrated = self._prepare(db)
+        except BaseException:
+            self._db = None
+            db.close()
+            raise
+        if migrated:
+            log.info("migrated %s to store schema %d", self._path, SCHEMA_VERSION)
+        self._finalizer = weakref.finalize(self, _shut, db, self._token)
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def __repr__(self) -> str:
+        return f"Store({str(self._path)!r})"
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
-        self._db.close()
+        """Release every lease this store holds and close the file; idempotent."""
+        with self._lock:
+            if self._db is not None:
+                self._db = None
+                self._held.clear()
+                self._finalizer()
 
-    def exists(self, name: str) -> bool:
-        return self._db.execute("SELECT 1 FROM agents WHERE name=?", (name,)).fetchone() is not None
+    # -- conversations -------------------------------------------------------------------
 
-    def names(self) -> list[str]:
-        return [row[0] for row in self._db.execute("SELECT name FROM agents ORDER BY updated")]
+    def create(self, namespace: str, name: str, settings: Mapping[str, Any]) -> str:
+        """Start a new conversation (a new id, leased to this store) and return its id."""
+        conversation_id = secrets.token_hex(8)
+        with self._write(f"create conversation {name!r}") as db:
+            data = _dumps(dict(settings))
+            now = time.time()
+            db.execute(
+                "INSERT INTO conversations (id, namespace, name, created) VALUES (?, ?, ?, ?)",
+                (conversation_id, namespace, name, now),
+            )
+            self._append(db, conversation_id, "settings", data)
+            self._lease(db, conversation_id, now)
+        self._held[conversation_id] = name
+        return conversation_id
 
-    def save_agent(self, name: str, settings: dict[str, Any], conversation: Conversation) -> None:
-        self._db.execute(
-            "INSERT INTO agents VALUES (?,?,?,?,?,datetime('now')) ON CONFLICT(name) DO UPDATE SET"
-            " settings=excluded.settings, turn_count=excluded.turn_count,"
-            " turn_seq=excluded.turn_seq, compactions=excluded.compactions,"
-            " updated=excluded.updated",
-            (
-                name, json.dumps(settings), conversation.turn_count, conversation.turn_seq,
-                json.dumps(conversation.compactions),
-            ),
-        )  # fmt: skip
+    def latest(self, namespace: str, name: str) -> str | None:
+        """The id of the most recently created conversation with this name, if any."""
+        with self._boundary(f"look up conversation {name!r}") as db:
+            row = db.execute(
+                "SELECT id FROM conversations WHERE namespace = ? AND name = ?"
+                " ORDER BY seq DESC LIMIT 1",
+                (namespace, name),
+            ).fetchone()
+        return None if row is None else str(row[0])
 
-    def add_message(self, name: str, position: int, message: ConversationMessage) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO messages VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (
-                name, position, message.role, json.dumps([part_to_json(p) for p in message.parts]),
-                message.turn, message.time.isoformat(), message.status, _usage_json(message.usage),
-                message.model, message.finish_reason,
-            ),
-        )  # fmt: skip
+    def conversations(self, namespace: str | None = None) -> list[StoredConversation]:
+        """Every stored conversation (of one namespace, if given), oldest first."""
+        now = time.time()
+        with self._boundary("list the stored conversations") as db:
+            rows = db.execute(_LISTING, (namespace,)).fetchall()
+        listing = []
+        for cid, ns, name, created, messages, turns, size, last, *lease in rows:
+            token, holder, pid, host, heartbeat = lease
+            live = token is not None and (
+                token == self._token or self._alive(pid, host, heartbeat, now)
+            )
+            listing.append(
+                StoredConversation(
+                    id=cid,
+                    namespace=ns,
+                    name=name,
+                    turns=turns,
+                    messages=messages,
+                    size=size,
+                    created=_timestamp(created),
+                    last_activity=_timestamp(last),
+                    holder=holder if live else None,
+                )
+            )
+        return listing
 
-    def add_ledger(self, name: str, entry: LedgerEntry) -> None:
-        row = {f.name: getattr(entry, f.name) for f in fields(entry)}
-        row["started"] = entry.started.isoformat()
-        row["usage"] = asdict(entry.usage)
-        self._db.execute("INSERT INTO ledger VALUES (?,?)", (name, json.dumps(row)))
+    def load(self, conversation_id: str) -> LoadedConversation | None:
+        """Read a conversation without taking it (None if there is no such id).
 
-    def clear_messages(self, name: str) -> None:
-        self._db.execute("DELETE FROM messages WHERE agent=?", (name,))
+        Nothing is written: an unfinished reply and "interrupted" answers to unanswered
+        calls appear in the result only.
+        """
+        with self._transaction(f"load conversation {conversation_id}", "BEGIN") as db:
+            return self._read(db, conversation_id, persist=False)
 
-    def delete(self, name: str) -> None:
-        for table, column in (("agents", "name"), ("messages", "agent"), ("ledger", "agent")):
-            self._db.execute(f"DELETE FROM {table} WHERE {column}=?", (name,))
+    def open(self, conversation_id: str, *, take_over: bool = False) -> LoadedConversation | None:
+        """Take the conversation's lease and load it, to continue writing it.
 
-    def load(self, name: str) -> tuple[dict[str, Any], Conversation] | None:
-        row = self._db.execute(
-            "SELECT settings, turn_count, turn_seq, compactions FROM agents WHERE name=?", (name,)
+        A live holder elsewhere gives `ConversationInUse` unless `take_over`; a dead one is
+        taken over at once. An unfinished reply is appended as an `incomplete` model
+        message, and calls with no response are answered with an "interrupted" error
+        (appended too), so what is sent next is valid. None if there is no such id.
+        """
+        with self._write(f"open conversation {conversation_id}") as db:
+            row = db.execute(
+                "SELECT name FROM conversations WHERE id = ?", (conversation_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            self._claim(db, conversation_id, row[0], take_over)
+            loaded = self._read(db, conversation_id, persist=True)
+        self._held[conversation_id] = row[0]
+        return loaded
+
+    def release(self, conversation_id: str) -> None:
+        """Let go of the conversation's lease (disconnect); its rows stay."""
+        self._held.pop(conversation_id, None)
+        with self._boundary(f"release conversation {conversation_id}") as db:
+            db.execute(
+                "DELETE FROM leases WHERE conversation = ? AND token = ?",
+                (conversation_id, self._token),
+            )
+
+    def heartbeat(self) -> list[str]:
+        """Renew every lease this store holds; return the ids of those it lost (taken over)."""
+        if not self._held:
+            return []
+        with self._write("renew the conversation leases") as db:
+            db.execute(
+                "UPDATE leases SET heartbeat = ? WHERE token = ?", (time.time(), self._token)
+            )
+            kept = {
+                cid
+                for (cid,) in db.execute(
+                    "SELECT conversation FROM leases WHERE token = ?", (self._token,)
+                )
+            }
+        lost = [cid for cid in self._held if cid not in kept]
+        for cid in lost:
+            del self._held[cid]
+        return lost
+
+    def delete(self, conversation_id: str, *, take_over: bool = False) -> bool:
+        """Erase a conversation and every trace of its text from the file (False: no such id).
+
+        Deleted rows are zeroed (secure_delete) and the write-ahead log is checkpointed
+        and truncated; if another connection keeps reading meanwhile (past busy_timeout),
+        the last copies leave the file at the next checkpoint instead. A live holder
+        elsewhere gives `ConversationInUse` unless `take_over`. Cached replies recorded
+        for this conversation go with it.
+        """
+        with self._write(f"delete conversation {conversation_id}") as db:
+            row = db.execute(
+                "SELECT name FROM conversations WHERE id = ?", (conversation_id,)
+            ).fetchone()
+            if row is None:
+                return False
+            self._claim(db, conversation_id, row[0], take_over)
+            for table, column in (
+                ("records", "conversation"), ("drafts", "conversation"),
+                ("leases", "conversation"), ("replies", "conversation"), ("conversations", "id"),
+            ):  # fmt: skip
+                db.execute(f"DELETE FROM {table} WHERE {column} = ?", (conversation_id,))
+        self._held.pop(conversation_id, None)
+        with self._boundary("checkpoint the write-ahead log") as db:
+            busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            log.warning("%s: another connection kept the log; deleted text leaves it later", self)
+        return True
+
+    # -- writing (needs the lease) -------------------------------------------------------
+
+    def append_message(self, conversation_id: str, message: ConversationMessage) -> None:
+        """Append a finished message; it ends (drops) the conversation's draft."""
+        with self._write(f"record a message of conversation {conversation_id}") as db:
+            data = _message_json(message)
+            self._renew(db, conversation_id)
+            self._append(db, conversation_id, "message", data, message.role, message.turn)
+            db.execute("DELETE FROM drafts WHERE conversation = ?", (conversation_id,))
+
+    def checkpoint(self, conversation_id: str, message: ConversationMessage) -> None:
+        """Save the reply streamed so far (replacing the last checkpoint).
+
+        `message` is the partial model message (all its parts so far). A crash loses at
+        most what arrived since; the draft loads as an `incomplete` message. A message
+        without parts drops the checkpoint (a retry that starts the reply over).
+        """
+        with self._write(f"checkpoint the reply of conversation {conversation_id}") as db:
+            self._renew(db, conversation_id)
+            if not message.parts:
+                db.execute("DELETE FROM drafts WHERE conversation = ?", (conversation_id,))
+                return
+            db.execute(
+                "INSERT OR REPLACE INTO drafts (conversation, written, data) VALUES (?, ?, ?)",
+                (conversation_id, time.time(), _message_json(message)),
+            )
+
+    def append_ledger(self, conversation_id: str, entry: LedgerEntry) -> None:
+        """Append one API call's ledger row."""
+        with self._write(f"record a ledger row of conversation {conversation_id}") as db:
+            data = _ledger_json(entry)
+            self._renew(db, conversation_id)
+            self._append(db, conversation_id, "ledger", data, turn=entry.turn)
+
+    def save_settings(self, conversation_id: str, settings: Mapping[str, Any]) -> None:
+        """Append the agent's settings if they differ from the stored ones (latest wins)."""
+        with self._write(f"store the settings of conversation {conversation_id}") as db:
+            data = _dumps(dict(settings))
+            self._renew(db, conversation_id)
+            if data != self._settings_text(db, conversation_id):
+                self._append(db, conversation_id, "settings", data)
+
+    def clear(self, conversation_id: str) -> None:
+        """Append a "cleared" marker: later loads start after it (the ledger stays whole)."""
+        with self._write(f"clear conversation {conversation_id}") as db:
+            self._renew(db, conversation_id)
+            self._append(db, conversation_id, "cleared", "{}")
+            db.execute("DELETE FROM drafts WHERE conversation = ?", (conversation_id,))
+
+    # -- the reply cache -----------------------------------------------------------------
+
+    def cache_get(self, key: str) -> CachedReply | None:
+        """The reply recorded under `key`, counting the hit; None if there is none."""
+        with self._boundary("read the reply cache") as db:
+            row = db.execute("SELECT data FROM replies WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE replies SET hits = hits + 1, used = ? WHERE key = ?", (time.time(), key)
+            )
+            return _reply(row[0])
+
+    def cache_put(self, key: str, reply: CachedReply, *, conversation: str | None = None) -> None:
+        """Record `reply` under `key`, evicting the least recently used past the bounds.
+
+        `conversation` (the id it was recorded for) makes `delete` take the entry along.
+        A reply larger than `cache_max_bytes` on its own is not kept.
+        """
+        with self._write("store a reply in the cache") as db:
+            data = _reply_json(reply)
+            size = len(data.encode())
+            if self._cache_max_bytes is not None and size > self._cache_max_bytes:
+                return
+            db.execute(
+                "INSERT INTO replies (key, bytes, used, conversation, data) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET bytes = excluded.bytes, used = excluded.used,"
+                " conversation = excluded.conversation, data = excluded.data",
+                (key, size, time.time(), conversation, data),
+            )
+            self._evict(db)
+
+    def cache_stats(self) -> CacheStats:
+        with self._boundary("read the reply cache") as db:
+            entries, size, hits = db.execute(
+                "SELECT count(*), coalesce(sum(bytes), 0), coalesce(sum(hits), 0) FROM replies"
+            ).fetchone()
+        return CacheStats(entries, size, hits)
+
+    def cache_clear(self) -> None:
+        with self._write("clear the reply cache") as db:
+            db.execute("DELETE FROM replies")
+
+    # -- inside ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _boundary(self, doing: str) -> Iterator[sqlite3.Connection]:
+        """The one place where sqlite3, JSON and decoding errors become `StoreError`."""
+        with self._lock:
+            db = self._db
+            if db is None:
+                raise StoreError(f"cannot {doing}: the store was closed", path=str(self._path))
+            try:
+                yield db
+            except sqlite3.Error as exc:
+                raise self._fault(exc, doing) from exc
+            except _Unstorable as exc:
+                raise StoreError(
+                    f"cannot {doing}: a value is not JSON-serialisable ({exc})",
+                    path=str(self._path),
+                ) from exc
+            except (ValueError, TypeError, KeyError) as exc:
+                raise StoreError(
+                    f"cannot {doing}: the file holds a record that cannot be read "
+                    f"({exc.__class__.__name__}: {exc}); it is damaged or was edited: {ADVICE}",
+                    path=str(self._path),
+                ) from exc
+
+    @contextlib.contextmanager
+    def _transaction(self, doing: str, begin: str) -> Iterator[sqlite3.Connection]:
+        """One transaction inside the boundary, rolled back if anything fails."""
+        with self._boundary(doing) as db:
+            db.execute(begin)
+            try:
+                yield db
+            except BaseException:
+                _rollback(db)
+                raise
+            db.execute("COMMIT")
+
+    def _write(self, doing: str) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """A write transaction: it waits (up to busy_timeout) for other writers first."""
+        return self._transaction(doing, "BEGIN IMMEDIATE")
+
+    def _fault(self, exc: sqlite3.Error, doing: str) -> StoreError:
+        code = getattr(exc, "sqlite_errorcode", -1) & 0xFF  # the primary of an extended code
+        if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
+            why = (
+                f"another process kept the store locked for more than {self._busy_timeout:g} s: "
+                f"try again, stop the other kernel, or {ADVICE}"
+            )
+        elif code in (_SQLITE_READONLY, _SQLITE_PERM):
+            why = f"the store is read-only: make the file and its directory writable, or {ADVICE}"
+        elif code == _SQLITE_CANTOPEN:
+            why = (
+                "the file cannot be opened or created: check that its directory exists and is "
+                f"writable, or {ADVICE}"
+            )
+        elif code == _SQLITE_FULL:
+            why = f"the disk is full: free some space, or {ADVICE}"
+        elif code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+            why = f"the file is not a readable conversation store (corrupt or not SQLite): {ADVICE}"
+        elif code == _SQLITE_IOERR:
+            why = f"the disk reported an I/O error ({exc}): check the disk, or {ADVICE}"
+        else:
+            why = f"{exc}: {ADVICE}"
+        return StoreError(f"cannot {doing}: {why}", path=str(self._path))
+
+    def _prepare(self, db: sqlite3.Connection) -> bool:
+        """Check the file is ours and current (migrating it if older); True if migrated."""
+        db.execute("PRAGMA secure_delete = ON")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"cannot open the store: it was written by a newer agentrt-jupyter (store "
+                f"schema {version}; this version reads up to {SCHEMA_VERSION}): upgrade "
+                f"agentrt-jupyter, or {ADVICE}",
+                path=str(self._path),
+            )
+        had_tables = bool(self._check_tables(db, version))
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("BEGIN IMMEDIATE")  # waits for other writers, up to busy_timeout
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]  # another may have won
+            for step in range(version, SCHEMA_VERSION):
+                _MIGRATIONS[step](db)
+            # Always written: in WAL mode only a real write finds a read-only file.
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            _rollback(db)
+            raise
+        db.execute("COMMIT")
+        return had_tables and version < SCHEMA_VERSION
+
+    def _check_tables(self, db: sqlite3.Connection, version: int) -> set[str]:
+        """The file's tables, if they are a store's of that version (else StoreError)."""
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        ours = tables >= _TABLES if version else (not tables or tables >= _V0_TABLES)
+        if not ours:
+            raise StoreError(
+                "cannot open the store: the file is an SQLite database of something else "
+                f"(tables {', '.join(sorted(tables))}): {ADVICE}",
+                path=str(self._path),
+            )
+        return tables
+
+    def _append(
+        self,
+        db: sqlite3.Connection,
+        conversation_id: str,
+        kind: str,
+        data: str,
+        role: str | None = None,
+        turn: int | None = None,
+    ) -> None:
+        db.execute(
+            "INSERT INTO records (conversation, kind, role, turn, written, data)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (conversation_id, kind, role, turn, time.time(), data),
+        )
+
+    def _lease(self, db: sqlite3.Connection, conversation_id: str, now: float) -> None:
+        db.execute(
+            "INSERT INTO leases (conversation, token, holder, pid, host, heartbeat)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (conversation) DO UPDATE SET"
+            " token = excluded.token, holder = excluded.holder, pid = excluded.pid,"
+            " host = excluded.host, heartbeat = excluded.heartbeat",
+            (conversation_id, self._token, self.holder, self._pid, self._host, now),
+        )
+
+    def _alive(self, pid: int, host: str, heartbeat: float, now: float) -> bool:
+        """A holder is dead once silent past the lease timeout, or at once if its pid is gone."""
+        if now - heartbeat > self._lease_timeout:
+            return False
+        return host != self._host or _pid_alive(pid)
+
+    def _claim(
+        self, db: sqlite3.Connection, conversation_id: str, name: str, take_over: bool
+    ) -> None:
+        """Take the lease unless a live holder elsewhere has it (and this is no take-over)."""
+        now = time.time()
+        lease = db.execute(
+            "SELECT token, holder, pid, host, heartbeat FROM leases WHERE conversation = ?",
+            (conversation_id,),
+        ).fetchone()
+        if (
+            lease is not None
+            and lease[0] != self._token
+            and not take_over
+            and self._alive(lease[2], lease[3], lease[4], now)
+        ):
+            raise ConversationInUse(name, lease[1])
+        self._lease(db, conversation_id, now)
+
+    def _renew(self, db: sqlite3.Connection, conversation_id: str) -> None:
+        """Check (and renew) that this store still holds the lease, before a write."""
+        renewed = db.execute(
+            "UPDATE leases SET heartbeat = ? WHERE conversation = ? AND token = ?",
+            (time.time(), conversation_id, self._token),
+        ).rowcount
+        if renewed:
+            return
+        row = db.execute(
+            "SELECT c.name, l.holder FROM conversations c"
+            " LEFT JOIN leases l ON l.conversation = c.id WHERE c.id = ?",
+            (conversation_id,),
+        ).fetchone()
+        if row is None:
+            raise StoreError(
+                f"cannot write conversation {conversation_id}: it is no longer in the store "
+                "(deleted by another kernel)",
+                path=str(self._path),
+            )
+        self._held.pop(conversation_id, None)
+        holder = row[1] or "another kernel (it took the conversation over, then let it go)"
+        raise ConversationInUse(row[0], holder)
+
+    def _evict(self, db: sqlite3.Connection) -> None:
+        """Drop the least recently used replies until the cache is within its bounds."""
+        entries, size = db.execute(
+            "SELECT count(*), coalesce(sum(bytes), 0) FROM replies"
+        ).fetchone()
+
+        def over() -> bool:
+            return (self._cache_max_entries is not None and entries > self._cache_max_entries) or (
+                self._cache_max_bytes is not None and size > self._cache_max_bytes
+            )
+
+        victims: list[tuple[str]] = []
+        oldest = db.execute("SELECT key, bytes FROM replies ORDER BY used")
+        while over():
+            key, length = oldest.fetchone()
+            victims.append((key,))
+            entries, size = entries - 1, size - length
+        oldest.close()
+        db.executemany("DELETE FROM replies WHERE key = ?", victims)
+
+    def _settings_text(self, db: sqlite3.Connection, conversation_id: str) -> str | None:
+        row = db.execute(
+            "SELECT data FROM records WHERE conversation = ? AND kind = 'settings'"
+            " ORDER BY seq DESC LIMIT 1",
+            (conversation_id,),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def _read(
+        self, db: sqlite3.Connection, conversation_id: str, *, persist: bool
+    ) -> LoadedConversation | None:
+        """Build the conversation from its rows; with `persist`, append what loading adds."""
+        row = db.execute(
+            "SELECT namespace, name FROM conversations WHERE id = ?", (conversation_id,)
         ).fetchone()
         if row is None:
             return None
+        (cleared,) = db.execute(
+            "SELECT coalesce(max(seq), 0) FROM records WHERE conversation = ? AND kind = 'cleared'",
+            (conversation_id,),
+        ).fetchone()
+        (turn_seq,) = db.execute(
+            "SELECT coalesce(max(turn), 0) FROM records WHERE conversation = ?",
+            (conversation_id,),
+        ).fetchone()
         conversation = Conversation()
-        conversation.turn_count, conversation.turn_seq = row[1], row[2]
-        conversation.compactions = json.loads(row[3])
-        for role, parts, turn, time, status, usage, model, finish in self._db.execute(
-            "SELECT role, parts, turn, time, status, usage, model, finish_reason FROM messages"
-            " WHERE agent=? ORDER BY position",
-            (name,),
-        ):
-            conversation.messages.append(
+        conversation.messages = [
+            _message(data)
+            for (data,) in db.execute(
+                "SELECT data FROM records WHERE conversation = ? AND kind = 'message'"
+                " AND seq > ? ORDER BY seq",
+                (conversation_id, cleared),
+            )
+        ]
+        conversation.ledger = [
+            _ledger_entry(data)
+            for (data,) in db.execute(
+                "SELECT data FROM records WHERE conversation = ? AND kind = 'ledger' ORDER BY seq",
+                (conversation_id,),
+            )
+        ]
+        added: list[ConversationMessage] = []
+        draft = db.execute(
+            "SELECT data FROM drafts WHERE conversation = ?", (conversation_id,)
+        ).fetchone()
+        if draft is not None:
+            partial = _message(draft[0])
+            added.append(
                 ConversationMessage(
-                    role, tuple(part_from_json(p) for p in json.loads(parts)), turn,
-                    datetime.fromisoformat(time), status, _usage(usage), model, finish,
+                    partial.role, partial.parts, partial.turn, partial.time, "incomplete",
+                    partial.usage, partial.model, partial.finish_reason,
                 )
             )  # fmt: skip
-        for (text,) in self._db.execute(
-            "SELECT row FROM ledger WHERE agent=? ORDER BY rowid", (name,)
+        messages = conversation.messages
+        shown = [*messages, *added]
+        repairs = unanswered_calls(shown)
+        for index, calls in reversed(repairs):
+            answer = _interrupted(shown[index - 1].turn, calls)
+            if index >= len(messages):
+                added.append(answer)  # the usual case: the reply the crash cut off
+            else:  # only an unversioned store's damage: repaired in memory at every load
+                messages.insert(index, answer)
+        if persist:
+            for message in added:
+                self._append(
+                    db, conversation_id, "message", _message_json(message), message.role,
+                    message.turn,
+                )  # fmt: skip
+            db.execute("DELETE FROM drafts WHERE conversation = ?", (conversation_id,))
+        messages.extend(added)
+        conversation.compactions = [i for i, m in enumerate(messages) if m.role == "summary"]
+        conversation.turn_count = len({m.turn for m in messages if m.role != "summary"})
+        conversation.turn_seq = max(turn_seq, max((m.turn for m in messages), default=0))
+        settings = json.loads(self._settings_text(db, conversation_id) or "{}")
+        return LoadedConversation(
+            conversation_id,
+            row[0],
+            row[1],
+            settings,
+            conversation,
+            tuple(call for _, calls in repairs for call in calls),
+        )
+
+
+def _create_v1(db: sqlite3.Connection) -> None:
+    for statement in _SCHEMA:
+        db.execute(statement)
+
+
+def _migrate_v0(db: sqlite3.Connection) -> None:
+    """A new file, or the unversioned store (one row per name, messages by position), to 1.
+
+    Each old name becomes one conversation in DEFAULT_NAMESPACE, created at its last
+    update; its messages keep their order, its ledger rows theirs; the old tables go.
+    """
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    _create_v1(db)
+    if not tables >= _V0_TABLES:
+        return
+    agents = {
+        name: (settings, updated)
+        for name, settings, updated in db.execute("SELECT name, settings, updated FROM agents")
+    }
+    names = list(agents)
+    for (name,) in db.execute("SELECT agent FROM messages UNION SELECT agent FROM ledger"):
+        if name not in agents:
+            names.append(name)
+    now = time.time()
+    for name in sorted(names, key=lambda n: str(agents.get(n, ("", "~"))[1])):
+        settings, updated = agents.get(name, ("{}", None))
+        when = datetime.fromisoformat(updated).replace(tzinfo=UTC).timestamp() if updated else now
+        cid = secrets.token_hex(8)
+        db.execute(
+            "INSERT INTO conversations (id, namespace, name, created) VALUES (?, ?, ?, ?)",
+            (cid, DEFAULT_NAMESPACE, name, when),
+        )
+        rows: list[tuple[str, str | None, int | None, str]] = [
+            ("settings", None, None, _dumps(json.loads(settings)))
+        ]
+        for role, parts, turn, stamp, status, usage, model, finish in db.execute(
+            "SELECT role, parts, turn, time, status, usage, model, finish_reason FROM messages"
+            " WHERE agent = ? ORDER BY position",
+            (name,),
         ):
-            data = json.loads(text)
-            data["started"] = datetime.fromisoformat(data["started"])
-            data["usage"] = Usage(**data["usage"])
-            conversation.ledger.append(LedgerEntry(**data))
-        return json.loads(row[0]), conversation
+            message = ConversationMessage(
+                role, tuple(part_from_json(p) for p in json.loads(parts)), turn,
+                datetime.fromisoformat(stamp), status,
+                None if usage is None else Usage(**json.loads(usage)), model, finish,
+            )  # fmt: skip
+            rows.append(("message", role, turn, _message_json(message)))
+        for (text,) in db.execute("SELECT row FROM ledger WHERE agent = ? ORDER BY rowid", (name,)):
+            entry = _ledger_entry(text)
+            rows.append(("ledger", None, entry.turn, _ledger_json(entry)))
+        db.executemany(
+            "INSERT INTO records (conversation, kind, role, turn, written, data)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(cid, kind, role, turn, when, data) for kind, role, turn, data in rows],
+        )
+    for table in sorted(_V0_TABLES):
+        db.execute(f"DROP TABLE {table}")
+
+
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _migrate_v0}
+"""Step `n` takes a file from `user_version` n to n + 1, inside the opening transaction."""
