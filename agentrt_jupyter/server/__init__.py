@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .limits import ServerLimits
+
 if TYPE_CHECKING:
     from .process import LocalServer
 
-__all__ = ["LocalServer"]
+__all__ = ["LocalServer", "ServerLimits"]
 
 
 def __getattr__(name: str) -> Any:

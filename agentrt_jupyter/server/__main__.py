@@ -2,13 +2,16 @@
 
 Once listening it prints one JSON line (url, token, pid, engine) to stdout and then
 stays silent there; logs go to stderr. It exits on SIGTERM/SIGINT and when stdin
-reaches EOF, so a parent holding the pipe takes the server down with it.
+reaches EOF, so a parent holding the pipe takes the server down with it. The
+`--header-timeout`, `--body-timeout`, `--max-body-bytes` and `--log-*` options set the
+fields of `ServerLimits` (see limits.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib
 import json
 import logging
@@ -17,21 +20,33 @@ import secrets
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
 
 from .app import create_app
+from .connections import listen
 from .engines.base import Engine
+from .limits import ServerLimits
 
 ENGINES = {
     "scripted": "agentrt_jupyter.server.engines.scripted",
     "local": "agentrt_jupyter.server.engines.local",
 }
 _EXTRAS = {"local": "agentrt-jupyter[local]"}
-_BACKLOG = 4096
 _SHUTDOWN_TIMEOUT = 0.5
+# Idle keep-alive connections close after this; longer than the pools of aiohttp (15 s)
+# and httpx (5 s) keep them, so a client never reuses one the server is closing.
+_KEEPALIVE_TIMEOUT = 75.0
+_LIMIT_HELP = {
+    "header_timeout": "seconds a request may take to send its headers",
+    "body_timeout": "seconds a request may take to send its body",
+    "max_body_bytes": "larger request bodies get a 413",
+    "log_records": "request records kept (the oldest are evicted)",
+    "log_body_bytes": "larger bodies are kept in the request log as an excerpt",
+    "log_total_body_bytes": "the request log releases the oldest bodies past this total",
+}
 
 
 def load_engine(name: str, options: dict[str, Any]) -> Engine:
@@ -85,7 +100,35 @@ def _parser() -> argparse.ArgumentParser:
         help="keep running when stdin closes (for running by hand in the background)",
     )
     parser.add_argument("--log-level", default="WARNING")
+    defaults = ServerLimits()
+    for field in dataclasses.fields(ServerLimits):
+        default = getattr(defaults, field.name)
+        parser.add_argument(
+            f"--{field.name.replace('_', '-')}",
+            type=_positive(type(default)),
+            default=default,
+            metavar="N",
+            help=f"{_LIMIT_HELP[field.name]} (default {default})",
+        )
     return parser
+
+
+def _positive(kind: type[float] | type[int]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            expected = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+        return value
+
+    return parse
+
+
+def _limits(args: argparse.Namespace) -> ServerLimits:
+    return ServerLimits(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServerLimits)})
 
 
 def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
@@ -103,24 +146,32 @@ def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
 
 
 async def serve(
-    engine: Engine, token: str, host: str, port: int, *, watch_stdin: bool = True
+    engine: Engine,
+    token: str,
+    host: str,
+    port: int,
+    *,
+    limits: ServerLimits | None = None,
+    watch_stdin: bool = True,
 ) -> None:
     """Serve until SIGTERM/SIGINT or stdin EOF; print the ready line once listening."""
+    limits = limits or ServerLimits()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     runner = web.AppRunner(
-        create_app(engine, token),
+        create_app(engine, token, limits),
         handler_cancellation=True,
         shutdown_timeout=_SHUTDOWN_TIMEOUT,
+        keepalive_timeout=_KEEPALIVE_TIMEOUT,
         access_log=None,
     )
     await runner.setup()
+    listening: asyncio.Server | None = None
     try:
-        site = web.TCPSite(runner, host, port, backlog=_BACKLOG)
-        await site.start()
-        bound_host, bound_port = runner.addresses[0][:2]
+        listening = await listen(runner, host, port, header_timeout=limits.header_timeout)
+        bound_host, bound_port = listening.sockets[0].getsockname()[:2]
         url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
         ready = {
             "url": f"http://{url_host}:{bound_port}",
@@ -136,9 +187,11 @@ async def serve(
             ).start()
         await stop.wait()
     finally:
+        if listening is not None:
+            listening.close()
         try:
             await asyncio.wait_for(runner.cleanup(), _SHUTDOWN_TIMEOUT * 4)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             logging.getLogger("agentrt_jupyter.server").warning("shutdown timed out")
         await engine.aclose()
 
@@ -149,7 +202,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
     engine = load_engine(args.engine, dict(args.engine_option))
     token = os.environ.get("AGENTRT_SERVER_TOKEN") or secrets.token_urlsafe(24)
-    asyncio.run(serve(engine, token, args.host, args.port, watch_stdin=not args.ignore_stdin))
+    asyncio.run(
+        serve(
+            engine,
+            token,
+            args.host,
+            args.port,
+            limits=_limits(args),
+            watch_stdin=not args.ignore_stdin,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""The aiohttp app: Gemini REST routes, SSE writing, the request log and control API.
+"""The aiohttp app: Gemini REST routes, SSE writing, faults and the control API.
 
 Model routes (`/v1/...` and `/v1beta/...`) need the per-process token as the API key,
-as Gemini does. Control routes under `/_agentrt/` need it as `x-agentrt-token`; they
-let tests read what arrived, wait for a request to finish and queue faults.
+as Gemini does; a request with a wrong key is refused before its body is read. Control
+routes under `/_agentrt/` need it as `x-agentrt-token`; they let tests read what arrived
+(`request_log.py` describes the records), wait for a request to finish and queue faults.
 """
 
 from __future__ import annotations
@@ -12,15 +13,33 @@ import json
 import logging
 import secrets
 import socket
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, NoReturn
 
 from aiohttp import web
 
-from .engines.base import Engine, EngineChunk, EngineError, GenerateRequest
-from .engines.scripted import parse_prompt
-from .faults import Fault, FaultQueue, error_body, parse_fault, tiny_chunks
+from .connections import track_requests
+from .engines.base import Engine, EngineChunk, EngineError, GenerateRequest, prompt_message
+from .faults import (
+    NO_FAULT,
+    REDIRECT_CODES,
+    REDIRECT_MARKER,
+    BeforeHeaders,
+    Drop,
+    Event,
+    Fault,
+    FaultPlan,
+    FaultQueue,
+    Hang,
+    Redirect,
+    Reply,
+    Truncate,
+    error_body,
+    parse_fault,
+    tiny_chunks,
+)
+from .limits import ServerLimits
+from .request_log import Record, RequestLog
 
 logger = logging.getLogger("agentrt_jupyter.server")
 
@@ -38,8 +57,7 @@ _OPAQUE_KEYS = frozenset(
     }
 )
 _KNOWN_MODELS = ("gemini-2.5-flash", "gemini-2.5-flash-lite", "gemini-2.5-pro")
-
-Record = dict[str, Any]
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
 
 def camelize(value: Any) -> Any:
@@ -64,6 +82,14 @@ def _camel_key(key: str) -> str:
         return key
     head, *rest = key.split("_")
     return head + "".join(word[:1].upper() + word[1:] for word in rest)
+
+
+def _parse_json(raw: bytes) -> Any:
+    """The body's JSON, or None if it is not JSON (to_generate_request then refuses it)."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
 
 
 def to_generate_request(model: str, body: Any, *, stream: bool) -> GenerateRequest:
@@ -146,86 +172,13 @@ def merge_chunks(chunks: list[EngineChunk], model: str, response_id: str) -> dic
     return response
 
 
-class RequestLog:
-    """Records of model requests, with waiters woken on every start and finish."""
-
-    def __init__(self) -> None:
-        self._records: dict[int, Record] = {}
-        self._next_id = 1
-        self._changed = asyncio.Event()
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    def start(self, request: web.Request, kind: str, model: str, body: Any) -> Record:
-        record: Record = {
-            "id": self._next_id,
-            "received": time.time(),
-            "method": request.method,
-            "path": request.path,
-            "model": model,
-            "kind": kind,
-            "body": body,
-            "api_key_ok": False,
-            "fault": None,
-            "status": 0,
-            "chunks_sent": 0,
-            "outcome": None,
-            "finished": None,
-        }
-        self._next_id += 1
-        self._records[record["id"]] = record
-        self._notify()
-        return record
-
-    def finish(self, record: Record, outcome: str, status: int | None = None) -> None:
-        """Set the outcome once; a later call (e.g. the cancel after a drop) is ignored."""
-        if record["outcome"] is not None:
-            return
-        if status is not None:
-            record["status"] = status
-        record["outcome"] = outcome
-        record["finished"] = time.time()
-        self._notify()
-
-    def since(self, after: int) -> list[Record]:
-        return [r for i, r in self._records.items() if i > after]
-
-    def last(self) -> Record | None:
-        return next(reversed(self._records.values()), None)
-
-    def clear(self) -> None:
-        """Forget the records; ids keep increasing so old ids never match new requests."""
-        self._records.clear()
-        self._notify()
-
-    async def wait_until(self, ready: Callable[[], bool], timeout: float) -> bool:
-        async def watch() -> None:
-            while not ready():
-                await self._changed.wait()
-
-        try:
-            await asyncio.wait_for(watch(), timeout)
-        except asyncio.TimeoutError:
-            return ready()
-        return True
-
-    def get(self, record_id: int) -> Record | None:
-        return self._records.get(record_id)
-
-    def is_cleared(self, record_id: int) -> bool:
-        return record_id < self._next_id and record_id not in self._records
-
-    def __len__(self) -> int:
-        return len(self._records)
+def _compact(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode()
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(
-        text=json.dumps(data, separators=(",", ":")),
-        status=status,
-        content_type="application/json",
+        body=_compact(data), status=status, content_type="application/json", charset="utf-8"
     )
 
 
@@ -256,26 +209,82 @@ async def _forever() -> NoReturn:
     raise AssertionError("an event nobody sets never fires")
 
 
-class ServerState:
-    """Everything the handlers share: engine, token, request log and fault queue."""
+async def _aiter(items: Iterable[EngineChunk]) -> AsyncIterator[EngineChunk]:
+    for item in items:
+        yield item
 
-    def __init__(self, engine: Engine, token: str) -> None:
+
+def _redirect(request: web.Request, status: int) -> web.Response:
+    """A redirect to the request's own URL, marked so that following it loops."""
+    location = request.rel_url.update_query({REDIRECT_MARKER: str(status)})
+    return web.Response(status=status, headers={"Location": str(location)})
+
+
+class _Refusal(Exception):
+    """A request refused before its body was read; answered with a Gemini error JSON.
+
+    The reply closes the connection, since the body may still be on its way; `hang_up`
+    closes it at once rather than letting aiohttp read on (the client has stalled).
+    """
+
+    def __init__(self, code: int, message: str, *, hang_up: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.hang_up = hang_up
+
+
+def _fault_outcome(status: int) -> str:
+    return "error" if status >= 400 else "garbage"
+
+
+def _sse_event(payload: bytes) -> bytes:
+    return b"data: " + payload + b"\r\n\r\n"
+
+
+def _half(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+class ServerState:
+    """Everything the handlers share: engine, token, limits, request log and fault queue."""
+
+    def __init__(self, engine: Engine, token: str, limits: ServerLimits) -> None:
         self.engine = engine
         self.token = token
-        self.log = RequestLog()
+        self.limits = limits
+        self.log = RequestLog(limits)
         self.faults = FaultQueue()
 
     def key_ok(self, request: web.Request) -> bool:
         key = request.headers.get("x-goog-api-key") or request.query.get("key") or ""
         return secrets.compare_digest(key.encode(), self.token.encode())
 
+    async def read_body(self, request: web.Request) -> bytes:
+        """The whole body, within `max_body_bytes` and `body_timeout`; _Refusal if not."""
+        limit = self.limits.max_body_bytes
+        too_large = f"Request payload size exceeds the limit: {limit} bytes."
+        declared = request.content_length
+        if declared is not None and declared > limit:
+            raise _Refusal(413, too_large)
+        try:
+            async with asyncio.timeout(self.limits.body_timeout):
+                return await request.read()
+        except TimeoutError:
+            message = f"The request body did not arrive within {self.limits.body_timeout:g}s."
+            raise _Refusal(408, message, hang_up=True) from None
+        except web.HTTPRequestEntityTooLarge:
+            raise _Refusal(413, too_large) from None
+
     # Model routes
 
     async def model_route(self, request: web.Request) -> web.StreamResponse:
         target = request.match_info["target"]
         model, _, method = target.partition(":")
+        if REDIRECT_MARKER in request.query:
+            return self._redirect_again(request, model)
         if request.method == "GET" and not method:
-            return await self._call(request, "model", model, None)
+            return await self._call(request, "model", model)
         kinds = {
             "generateContent": "generate",
             "streamGenerateContent": "stream",
@@ -283,29 +292,26 @@ class ServerState:
         }
         if request.method != "POST" or method not in kinds:
             return _json(error_body(404, f"Method {method!r} is not found."), 404)
-        try:
-            body = await request.json()
-        except json.JSONDecodeError:
-            body = None
-        return await self._call(request, kinds[method], model, body)
+        return await self._call(request, kinds[method], model)
 
     async def list_models(self, request: web.Request) -> web.StreamResponse:
-        return await self._call(request, "model", "", None)
+        return await self._call(request, "model", "")
 
-    async def _call(
-        self, request: web.Request, kind: str, model: str, body: Any
-    ) -> web.StreamResponse:
-        record = self.log.start(request, kind, model, body)
+    async def _call(self, request: web.Request, kind: str, model: str) -> web.StreamResponse:
+        record = self.log.start(request, kind, model)
         try:
             if not self.key_ok(request):
-                self.log.finish(record, "rejected", 400)
-                return _json(error_body(400, API_KEY_ERROR), 400)
+                raise _Refusal(400, API_KEY_ERROR)
             record["api_key_ok"] = True
             if kind == "model":
                 data = self._model_info(model) if model else self._model_list()
                 self.log.finish(record, "complete", 200)
                 return _json(data)
+            raw = await self.read_body(request)
+            body = _parse_json(raw)
             greq = to_generate_request(model, body, stream=kind == "stream")
+            self.log.keep_body(record, raw, body)
+            del raw, body  # a long or hung stream must not hold on to them
             if kind == "count_tokens":
                 total = await self.engine.count_tokens(greq)
                 self.log.finish(record, "complete", 200)
@@ -313,6 +319,8 @@ class ServerState:
             fault = self._fault_for(greq)
             record["fault"] = fault.spec if fault else None
             return await self._generate(request, record, greq, fault)
+        except _Refusal as refusal:
+            return await self._refuse(request, record, refusal)
         except EngineError as exc:
             self.log.finish(record, "error", exc.code)
             return _json(error_body(exc.code, exc.message, status=exc.status), exc.code)
@@ -327,18 +335,28 @@ class ServerState:
             self.log.finish(record, "error", 500)
             return _json(error_body(500), 500)
 
+    async def _refuse(
+        self, request: web.Request, record: Record, refusal: _Refusal
+    ) -> web.StreamResponse:
+        self.log.finish(record, "rejected", refusal.code)
+        response = _json(error_body(refusal.code, refusal.message), refusal.code)
+        response.force_close()
+        if refusal.hang_up:
+            await response.prepare(request)
+            await response.write_eof()
+            if request.transport is not None:
+                request.transport.close()
+        return response
+
     def _fault_for(self, greq: GenerateRequest) -> Fault | None:
-        """The prompt's `@@fault` if any, else the first matching queued fault."""
-        prompt = parse_prompt(greq.contents)
-        specs = prompt.values("fault")
-        if len(specs) > 1:
-            raise EngineError(400, "only one @@fault per request")
-        if specs:
+        """The fault the request asks its engine for, else the first matching queued one."""
+        spec = self.engine.requested_fault(greq)
+        if spec is not None:
             try:
-                return parse_fault(specs[0])
+                return parse_fault(spec)
             except ValueError as exc:
                 raise EngineError(400, str(exc)) from exc
-        return self.faults.take(prompt.text)
+        return self.faults.take(prompt_message(greq.contents)[0])
 
     def _model_info(self, model: str) -> dict[str, Any]:
         return {
@@ -359,16 +377,7 @@ class ServerState:
     def _model_list(self) -> dict[str, Any]:
         return {"models": [self._model_info(m) for m in _KNOWN_MODELS]}
 
-    async def _chunks(
-        self, greq: GenerateRequest, fault: Fault | None
-    ) -> AsyncIterator[EngineChunk]:
-        if fault is not None and fault.kind == "tiny":
-            prompt_tokens = await self.engine.count_tokens(greq)
-            for chunk in tiny_chunks(prompt_tokens, fault.count):
-                yield chunk
-            return
-        async for chunk in self.engine.generate(greq):
-            yield chunk
+    # Generation, with the fault plan applied at its three points
 
     async def _generate(
         self,
@@ -377,95 +386,115 @@ class ServerState:
         greq: GenerateRequest,
         fault: Fault | None,
     ) -> web.StreamResponse:
-        kind = fault.kind if fault else None
-        if fault is not None and kind == "http_error":
-            self.log.finish(record, "error", fault.code)
-            return _json(fault.error_body(greq.model), fault.code)
-        if kind == "drop_headers":
-            return self._drop(request, record)
-        if kind == "hang_headers":
-            await _forever()
+        plan = fault.plan(greq.model, stream=greq.stream) if fault else NO_FAULT
+        if plan.before_headers is not None:
+            return await self._before_headers(request, record, greq, plan.before_headers)
+        chunks = self._chunks(greq, plan)
         response_id = f"agentrt-{record['id']}"
         if greq.stream:
-            return await self._stream(request, record, greq, fault, response_id)
+            return await self._stream(request, record, greq, plan, chunks, response_id)
+        collected = [chunk async for chunk in chunks]
+        merged = merge_chunks(collected, greq.model, response_id)
+        after = plan.after_chunks
+        if after is None:
+            self.log.finish(record, "complete", 200)
+            return _json(merged)
+        if isinstance(after, Truncate):
+            return self._reply(record, Reply(200, _half(_compact(merged))))
+        if isinstance(after, Event):
+            return self._reply(record, Reply(after.status, after.payload))
+        return await self._strike(request, record, after)
 
-        if kind == "hang":
-            response = web.StreamResponse(status=200)
-            response.content_type = "application/json"
-            record["status"] = 200
-            await response.prepare(request)
-            await _forever()
-        stops_after = fault.stops_after if fault else None
-        chunks: list[EngineChunk] = []
-        async for chunk in self._chunks(greq, fault):
-            if stops_after is not None and len(chunks) == stops_after:
-                break
-            if kind == "slow" and fault is not None:
-                await asyncio.sleep(fault.delay)
-            chunks.append(chunk)
-        if fault is not None and kind == "sse_error":
-            self.log.finish(record, "error", fault.code)
-            return _json(fault.error_body(greq.model), fault.code)
-        if kind == "drop_after":
-            return self._drop(request, record)
-        if kind == "hang_after":
-            await _forever()
-        self.log.finish(record, "complete", 200)
-        return _json(merge_chunks(chunks, greq.model, response_id))
+    async def _chunks(self, greq: GenerateRequest, plan: FaultPlan) -> AsyncIterator[EngineChunk]:
+        """The engine's chunks (or `tiny` ones), paced and cut short as the plan says."""
+        if plan.stop_after == 0:
+            return
+        if plan.tiny is not None:
+            source: AsyncIterator[EngineChunk] = _aiter(
+                tiny_chunks(await self.engine.count_tokens(greq), plan.tiny)
+            )
+        else:
+            source = self.engine.generate(greq)
+        sent = 0
+        async for chunk in source:
+            if plan.chunk_delay:
+                await asyncio.sleep(plan.chunk_delay)
+            yield chunk
+            sent += 1
+            if sent == plan.stop_after:
+                return
+
+    async def _before_headers(
+        self, request: web.Request, record: Record, greq: GenerateRequest, action: BeforeHeaders
+    ) -> web.StreamResponse:
+        if isinstance(action, Reply):
+            return self._reply(record, action)
+        if isinstance(action, Redirect):
+            self.log.finish(record, "redirected", action.status)
+            return _redirect(request, action.status)
+        if isinstance(action, Drop) or not action.after_headers:
+            return await self._strike(request, record, action)
+        headers = _SSE_HEADERS if greq.stream else {"Content-Type": "application/json"}
+        response = web.StreamResponse(status=200, headers=headers)
+        record["status"] = 200
+        await response.prepare(request)
+        await _forever()
 
     async def _stream(
         self,
         request: web.Request,
         record: Record,
         greq: GenerateRequest,
-        fault: Fault | None,
+        plan: FaultPlan,
+        chunks: AsyncIterator[EngineChunk],
         response_id: str,
     ) -> web.StreamResponse:
-        kind = fault.kind if fault else None
-        delay = fault.delay if fault is not None and kind == "slow" else 0.0
-        stops_after = fault.stops_after if fault else None
         encoder = ChunkEncoder(greq.model, response_id)
-        chunks = self._chunks(greq, fault).__aiter__()
-        first: EngineChunk | None = None
-        if kind != "hang" and stops_after != 0:
-            # Wait for the first chunk before the headers: an EngineError is still an HTTP error.
-            first = await anext(chunks, None)
-        response = web.StreamResponse(
-            status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
+        after = plan.after_chunks
+        # Wait for the first chunk before the headers: an EngineError is still an HTTP error.
+        pending = await anext(chunks, None)
+        response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
         record["status"] = 200
         await response.prepare(request)
-        if kind == "hang":
-            await _forever()
+        if isinstance(after, Truncate):
+            if pending is not None:
+                await response.write(_sse_event(_half(encoder.encode(pending).encode())))
+            self.log.finish(record, "garbage")
+            await response.write_eof()
+            return response
         sent = 0
         try:
-            pending = first
             while pending is not None:
-                if stops_after is not None and sent >= stops_after:
-                    break
-                if delay:
-                    await asyncio.sleep(delay)
-                await response.write(f"data: {encoder.encode(pending)}\r\n\r\n".encode())
+                await response.write(_sse_event(encoder.encode(pending).encode()))
                 sent += 1
                 record["chunks_sent"] = sent
                 pending = await anext(chunks, None)
         except EngineError as exc:
             body = error_body(exc.code, exc.message, status=exc.status)
-            await response.write(f"data: {json.dumps(body)}\r\n\r\n".encode())
+            await response.write(_sse_event(json.dumps(body).encode()))
             self.log.finish(record, "error")
             await response.write_eof()
             return response
-        if fault is not None and kind == "sse_error":
-            event = json.dumps(fault.error_body(greq.model))
-            await response.write(f"data: {event}\r\n\r\n".encode())
-            self.log.finish(record, "error")
-        elif kind == "drop_after":
-            return self._drop(request, record)
-        elif kind == "hang_after":
-            await _forever()
+        if isinstance(after, Drop | Hang):
+            return await self._strike(request, record, after)
+        outcome = "complete"
+        if isinstance(after, Event):
+            await response.write(_sse_event(after.payload))
+            outcome = _fault_outcome(after.status)
         await response.write_eof()
-        self.log.finish(record, "complete")
+        self.log.finish(record, outcome)
         return response
+
+    def _reply(self, record: Record, reply: Reply) -> web.Response:
+        self.log.finish(record, _fault_outcome(reply.status), reply.status)
+        return web.Response(body=reply.body, status=reply.status, content_type=reply.content_type)
+
+    async def _strike(
+        self, request: web.Request, record: Record, action: Drop | Hang
+    ) -> web.StreamResponse:
+        if isinstance(action, Hang):
+            await _forever()
+        return self._drop(request, record)
 
     def _drop(self, request: web.Request, record: Record) -> web.StreamResponse:
         """Close the connection once what was written so far is flushed.
@@ -477,6 +506,18 @@ class ServerState:
         if request.transport is not None:
             request.transport.close()
         return web.Response(status=502)
+
+    def _redirect_again(self, request: web.Request, model: str) -> web.StreamResponse:
+        """A request that followed a `redirect` fault: log it and redirect it once more."""
+        record = self.log.start(request, "redirect", model)
+        record["api_key_ok"] = self.key_ok(request)
+        marked = request.query[REDIRECT_MARKER]
+        status = int(marked) if marked.isdigit() and int(marked) in REDIRECT_CODES else 302
+        record["fault"] = f"redirect {status}"
+        self.log.finish(record, "redirected", status)
+        response = _redirect(request, status)
+        response.force_close()
+        return response
 
     # Control routes
 
@@ -514,23 +555,33 @@ class ServerState:
 
         def finished() -> bool:
             record = self.log.get(record_id)
-            return self.log.is_cleared(record_id) or (
+            return self.log.is_forgotten(record_id) or (
                 record is not None and record["outcome"] is not None
             )
 
-        if not await self.log.wait_until(finished, timeout):
+        if not await self._wait(finished, timeout):
             return _json({"error": f"request {record_id} not finished in {timeout}s"}, 408)
         record = self.log.get(record_id)
         if record is None:
-            return _json({"error": f"request {record_id} was cleared"}, 404)
+            return _json({"error": f"request {record_id} was cleared or evicted"}, 404)
         return _json(record)
 
     async def wait_count(self, request: web.Request) -> web.Response:
+        """Wait until `n` requests were logged since the last clear; answer the kept ones."""
         n = _int_query(request, "n", 1)
         timeout = _float_query(request, "timeout", 10.0)
-        if not await self.log.wait_until(lambda: len(self.log) >= n, timeout):
+        if not await self._wait(lambda: self.log.started_since_clear >= n, timeout):
             return _json({"error": f"fewer than {n} requests in {timeout}s"}, 408)
         return _json({"requests": self.log.since(0)})
+
+    async def _wait(self, ready: Callable[[], bool], seconds: float) -> bool:
+        """Whether `ready()` holds within `seconds` (checked as the log changes)."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self.log.wait_until(ready)
+        except TimeoutError:
+            return ready()
+        return True
 
     async def clear_requests(self, request: web.Request) -> web.Response:
         self.log.clear()
@@ -538,12 +589,16 @@ class ServerState:
 
     async def push_faults(self, request: web.Request) -> web.Response:
         try:
-            body = await request.json()
+            body = json.loads(await self.read_body(request))
             specs = body["faults"]
             match = body.get("match")
             if not isinstance(specs, list) or not (match is None or isinstance(match, str)):
                 raise TypeError
             faults = [parse_fault(str(spec)) for spec in specs]
+        except _Refusal as refusal:
+            response = _json({"error": refusal.message}, refusal.code)
+            response.force_close()
+            return response
         except ValueError as exc:
             return _json({"error": str(exc)}, 400)
         except (KeyError, TypeError, AttributeError):
@@ -556,10 +611,17 @@ class ServerState:
         return _json({"ok": True})
 
 
-def create_app(engine: Engine, token: str) -> web.Application:
-    """The web app serving `engine`; `token` is both the API key and the control token."""
-    state = ServerState(engine, token)
-    app = web.Application(middlewares=[state.control_auth], client_max_size=64 * 1024**2)
+def create_app(engine: Engine, token: str, limits: ServerLimits | None = None) -> web.Application:
+    """The web app serving `engine`; `token` is both the API key and the control token.
+
+    `limits` bound what a client can make it read and keep (the header timeout needs the
+    connections `connections.listen` makes; the rest hold however the app is served).
+    """
+    limits = limits or ServerLimits()
+    state = ServerState(engine, token, limits)
+    app = web.Application(
+        middlewares=[track_requests, state.control_auth], client_max_size=limits.max_body_bytes
+    )
     for version in ("v1", "v1beta"):
         app.router.add_get(f"/{version}/models", state.list_models)
         app.router.add_route("*", f"/{version}/models/{{target}}", state.model_route)

@@ -26,6 +26,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from .limits import ServerLimits
+
 _CONTROL_TIMEOUT = 5.0
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -109,13 +111,20 @@ class LocalServer:
         *,
         startup_timeout: float = 60.0,
         engine_args: Sequence[str] = (),
+        limits: ServerLimits | None = None,
     ) -> LocalServer:
         """Spawn the server and wait for its ready line; RuntimeError (with its stderr) if
-        it exits or is not ready within `startup_timeout` seconds."""
+        it exits or is not ready within `startup_timeout` seconds.
+
+        `engine_args` are extra `agentrt-server` options; `limits` sets its timeouts and
+        size bounds (default `ServerLimits()`).
+        """
         token = secrets.token_urlsafe(24)
         fd, log_path = tempfile.mkstemp(prefix="agentrt-server-", suffix=".log")
         os.close(fd)
         command = [sys.executable, "-m", "agentrt_jupyter.server", "--engine", engine]
+        if limits is not None:
+            command += limits.cli_args()
         with open(log_path, "ab") as log:
             process = subprocess.Popen(
                 [*command, *engine_args],

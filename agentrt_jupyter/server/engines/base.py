@@ -2,7 +2,9 @@
 
 The server turns a Gemini REST request into a `GenerateRequest`, asks an engine for
 a stream of `EngineChunk`s and writes them out in the Gemini wire format. Faults are
-applied by the HTTP layer, around any engine.
+applied by the HTTP layer, around any engine: those queued through the control API for
+every engine, and those a request asks for only when its engine reads them
+(`Engine.requested_fault`; the scripted engine's `@@fault`).
 """
 
 from __future__ import annotations
@@ -44,8 +46,26 @@ class EngineError(Exception):
         self.message = message
 
 
+def prompt_message(contents: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """The prompt: the last text part of the latest user message that has one, and that
+    message's parts (`("", [])` if there is none)."""
+    for content in reversed(contents):
+        if content.get("role", "user") != "user":
+            continue
+        parts = content.get("parts") or []
+        texts = [p["text"] for p in parts if isinstance(p.get("text"), str)]
+        if texts:
+            return texts[-1], parts
+    return "", []
+
+
 class Engine(Protocol):
     name: str
+
+    def requested_fault(self, request: GenerateRequest) -> str | None:
+        """The fault SPEC the request itself asks for, if this engine lets prompts ask
+        (only the scripted one does); EngineError if the request is malformed."""
+        ...
 
     def generate(self, request: GenerateRequest) -> AsyncIterator[EngineChunk]:
         """Stream the reply. Cancelling the consuming task must stop generation."""

@@ -232,6 +232,10 @@ class LocalEngine:
         llm = await self._model()
         return len(self._tokenize(llm, messages))
 
+    def requested_fault(self, request: GenerateRequest) -> str | None:
+        """None: a real model reads `@@fault` as text like any other."""
+        return None
+
     async def generate(self, request: GenerateRequest) -> AsyncIterator[EngineChunk]:
         """Stream the reply; cancelling the consumer stops the worker within one token."""
         messages = self._messages(request)

@@ -4,10 +4,12 @@ Every runtime test talks to this engine through the real SDK, so its behaviour i
 contract. Tokens are whitespace-separated words. The prompt is the last text part of the
 latest user message that has one; its lines starting with `@@` are directives, the rest
 (stripped) is the user text. The default reply is `Echo: <user text>`, one chunk per word.
+Only this engine reads `@@` lines: other engines get the text as written.
 
 Directives: `@@reply TEXT`, `@@chunks N`, `@@tiny N`, `@@thought TEXT`,
 `@@call NAME {json}`, `@@call_always NAME {json}`, `@@delay MS`, `@@finish REASON`
-(`none` ends the stream without one) and `@@fault SPEC` (applied by the HTTP layer).
+(`none` ends the stream without one) and `@@fault SPEC` (one per prompt, applied by the
+HTTP layer; SPECs, the garbage-reply ones included, are listed in `server/faults.py`).
 `generationConfig.maxOutputTokens` cuts the reply (MAX_TOKENS) and `stopSequences`
 cut it before the first match (STOP).
 """
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..faults import tiny_chunks
-from .base import EngineChunk, EngineError, GenerateRequest
+from .base import EngineChunk, EngineError, GenerateRequest, prompt_message
 
 DIRECTIVES = frozenset(
     {"reply", "chunks", "tiny", "thought", "call", "call_always", "delay", "finish", "fault"}
@@ -50,21 +52,15 @@ class Prompt:
 
 
 def parse_prompt(contents: list[dict[str, Any]]) -> Prompt:
-    """Find the latest user message with a text part and read its directives.
+    """Read the directives of the prompt (`prompt_message`).
 
-    Only its last text part counts: a runtime merges consecutive user messages (after a
-    cancelled turn), and an earlier message's directives must not apply again. Unknown
-    directives raise EngineError (400) so that a typo in a test fails loudly instead of
-    echoing.
+    Only the latest message's last text part counts: a runtime merges consecutive user
+    messages (after a cancelled turn), and an earlier message's directives must not apply
+    again. Unknown directives raise EngineError (400) so that a typo in a test fails
+    loudly instead of echoing.
     """
-    for content in reversed(contents):
-        if content.get("role", "user") != "user":
-            continue
-        parts = content.get("parts") or []
-        texts = [p["text"] for p in parts if isinstance(p.get("text"), str)]
-        if texts:
-            return _split_prompt(texts[-1], parts)
-    return Prompt("", "", (), ())
+    text, parts = prompt_message(contents)
+    return _split_prompt(text, parts)
 
 
 def _split_prompt(text: str, parts: list[dict[str, Any]]) -> Prompt:
@@ -163,6 +159,12 @@ class ScriptedEngine:
 
     async def aclose(self) -> None:
         return None
+
+    def requested_fault(self, request: GenerateRequest) -> str | None:
+        specs = parse_prompt(request.contents).values("fault")
+        if len(specs) > 1:
+            raise EngineError(400, "only one @@fault per request")
+        return specs[0] if specs else None
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[EngineChunk]:
         prompt = parse_prompt(request.contents)
