@@ -10,16 +10,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import json
 import logging
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from .backends.base import Backend, ModelChunk, ModelRequest, QuotaHit
 from .config import AgentConfig
-from .content import FunctionCallPart, FunctionResponsePart, Part, TextPart
+from .content import FunctionCallPart, FunctionResponsePart, Part, TextPart, part_to_json
 from .conversation import (
     CallStatus,
     Conversation,
@@ -43,6 +45,7 @@ from .errors import (
 )
 from .events import TextDelta, ThoughtDelta, ToolCall, ToolResult, UsageUpdate, Waiting
 from .handle import Turn, TurnResult, cancelled_error
+from .store import CachedReply
 from .tools import Tool
 
 if TYPE_CHECKING:
@@ -59,8 +62,10 @@ BLOCKED_FINISH_REASONS = frozenset(
 """Finish reasons that mean the service stopped the reply: never an empty success."""
 YIELD_EVERY = 0.005
 """A lone stream parsing buffered chunks yields to the loop at least this often (seconds)."""
-MAX_TOOL_RESULT_CHARS = 100_000
-"""A tool result longer than this (as JSON) reaches the model truncated, with a note."""
+CHECKPOINT_EVERY = 1.0
+"""A streaming reply is written to the store at least this often (seconds): a crash loses
+at most this much text."""
+_PIECES = re.compile(r"\s*\S+\s*|\s+")
 SUMMARY_PROMPT = (
     "Summarise the conversation so far for your own later use: the facts, decisions, "
     "open questions and anything the user asked you to remember. Be concise."
@@ -177,6 +182,8 @@ class AgentCore:
         self.config = config
         self.model = core.config.model_for(config.model)
         self.conversation = Conversation()
+        self.conversation_id: str | None = None
+        """Its conversation in the store, once it has recorded something (named agents)."""
         self.state: AgentState = "idle"
         self.queue: collections.deque[Turn] = collections.deque()
         self.active: Turn | None = None
@@ -185,6 +192,11 @@ class AgentCore:
         self.wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._backend: Backend | None = None
+
+    @property
+    def caching(self) -> bool:
+        own = self.config.reply_cache
+        return self.core.config.reply_cache if own is None else own
 
     def check_usable(self) -> None:
         if self.state in ("shutdown", "disconnected"):
@@ -306,7 +318,6 @@ class AgentCore:
             turn.number = self.conversation.start_turn()
             self._record(ConversationMessage("user", turn.parts, turn.number))
             started = True
-            self.core.persist_agent(self)
             steps = 0
             while True:
                 call = _CallState()
@@ -382,6 +393,7 @@ class AgentCore:
                 duration=turn.ended_at - turn.started_at,
                 tool_calls=turn.tool_calls,
                 error=error,
+                saved_tokens=turn.saved_tokens,
             )
         )
 
@@ -443,6 +455,13 @@ class AgentCore:
         The SDK's own retries are off, so every attempt is visible here and cancellable.
         Only a failure before anything streamed is retried: a retry never repeats text.
         """
+        request = request or self._request()
+        key = reply_key(request) if self.caching else None
+        if key is not None and not turn.refresh:
+            recorded = self.core.cache_get(key)
+            if recorded is not None:
+                await self._replay(recorded, turn, call, index)
+                return
         backend = await self.backend()
         registry = self.core.quota
         config = self.core.config
@@ -466,9 +485,12 @@ class AgentCore:
             error_text: str | None = None
             pause = 0.0
             try:
-                await self._stream(backend, request or self._request(), turn, call)
+                await self._stream(backend, request, turn, call)
                 status = "ok"
                 registry.record_success(backend.credential)
+                if key is not None and call.finish_reason not in (None, *BLOCKED_FINISH_REASONS):
+                    reply = CachedReply(call.parts(), call.usage, call.finish_reason, self.model)
+                    self.core.cache_put(self, key, reply)
                 return
             except QuotaHit as hit:
                 status, error_text = "rate-limited", hit.info.message
@@ -511,6 +533,41 @@ class AgentCore:
             if status == "retried":
                 turn.publish(Waiting(pause, f"retrying after: {error_text}"))
                 await asyncio.sleep(pause)
+
+    async def _replay(self, reply: CachedReply, turn: Turn, call: _CallState, index: int) -> None:
+        """Stream a recorded reply as if it arrived: same parts, nothing billed, one ledger
+        row marked `replayed` with the tokens it saved."""
+        started, wall = time.monotonic(), utcnow()
+        call.first_chunk_at = started
+        if turn.first_chunk_at is None:
+            turn.first_chunk_at = started
+        for part in reply.parts:
+            if isinstance(part, TextPart) and part.text:
+                for number, piece in enumerate(_PIECES.findall(part.text)):
+                    signature = part.thought_signature if number == 0 else None
+                    call.add(ModelChunk((TextPart(piece, part.thought, signature),), None), turn)
+            else:
+                call.add(ModelChunk((part,), None), turn)
+            await asyncio.sleep(0)
+        call.finish_reason = reply.finish_reason
+        saved = reply.usage.total_tokens
+        turn.saved_tokens += saved
+        self._ledger(
+            LedgerEntry(
+                agent=self.name,
+                turn=turn.number,
+                call=index,
+                model=reply.model,
+                started=wall,
+                usage=Usage(),
+                time_to_first_chunk=0.0,
+                duration=time.monotonic() - started,
+                finish_reason=reply.finish_reason,
+                status="replayed",
+                saved_tokens=saved,
+            )
+        )
+        turn.publish(UsageUpdate(turn.usage))
 
     def _quota_pause(
         self, hit: QuotaHit, call: _CallState, retries: int, sent: float, credential: str
@@ -567,7 +624,7 @@ class AgentCore:
 
         async def pump() -> None:
             nonlocal last_chunk
-            yielded = last_chunk
+            yielded = checkpointed = last_chunk
             async for chunk in backend.stream(request):
                 now = last_chunk = loop.time()
                 if call.first_chunk_at is None:
@@ -577,6 +634,12 @@ class AgentCore:
                 call.add(chunk, turn)
                 if inbox.pending:
                     inbox.drain()
+                if now - checkpointed >= CHECKPOINT_EVERY and call.produced:
+                    checkpointed = now
+                    draft = ConversationMessage(
+                        "model", call.parts(), turn.number, status="incomplete", model=self.model
+                    )
+                    core.checkpoint(self, draft)
                 if core.streams > 1 or now - yielded > YIELD_EVERY:
                     await asyncio.sleep(0)
                     yielded = loop.time()
@@ -626,7 +689,7 @@ class AgentCore:
                     if error
                     else (result if isinstance(result, dict) else {"result": result})
                 )
-                response = _bounded_response(response, MAX_TOOL_RESULT_CHARS)
+                response = _bounded_response(response, self.core.config.max_tool_result_chars)
                 responses.append(FunctionResponsePart(call.name, response, call.id))
                 turn.publish(ToolResult(call.id, call.name, result, error))
         finally:
@@ -677,6 +740,37 @@ class AgentCore:
             index = self.conversation.record_compaction(summary, self.conversation.turn_seq)
             self.core.persist_message(self, self.conversation.messages[index])
             self.core.persist_agent(self)
+
+
+def reply_key(request: ModelRequest) -> str:
+    """The reply cache's key: a hash of everything that decides the reply.
+
+    Model, generation settings, system instruction, tool declarations, response schema
+    and the full contents sent (thoughts are not sent, so they do not count).
+    """
+    cfg = request.config
+    schema = cfg.response_schema
+    if isinstance(schema, type):
+        builder = getattr(schema, "model_json_schema", None)
+        schema = builder() if callable(builder) else f"{schema.__module__}.{schema.__qualname__}"
+    material = {
+        "model": request.model,
+        "system": request.system_instruction,
+        "settings": [
+            cfg.temperature, cfg.top_p, cfg.top_k, cfg.max_output_tokens,
+            list(cfg.stop_sequences), cfg.seed, cfg.thinking_budget, cfg.include_thoughts,
+            cfg.response_mime_type,
+        ],
+        "tools": [t.declaration() for t in cfg.tool_list] if request.with_tools else [],
+        "schema": schema,
+        "contents": [
+            [m.role, [part_to_json(p) for p in m.parts if not getattr(p, "thought", False)]]
+            for m in request.messages
+            if m.role != "summary"
+        ],
+    }  # fmt: skip
+    text = json.dumps(material, sort_keys=True, default=repr, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 async def _guarded(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, str | None]:

@@ -8,18 +8,18 @@ never cleared, so total usage is what was billed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from .content import FunctionCallPart, FunctionResponsePart, Part, TextPart
 
 Role = Literal["user", "model", "summary"]
 MessageStatus = Literal["complete", "cancelled", "incomplete", "error"]
-CallStatus = Literal["ok", "retried", "cancelled", "error", "rate-limited"]
+CallStatus = Literal["ok", "retried", "replayed", "cancelled", "error", "rate-limited"]
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +71,8 @@ class LedgerEntry:
     status: CallStatus
     retry_wait: float = 0.0
     error: str | None = None
+    saved_tokens: int = 0
+    """For a reply replayed from the cache: the tokens it cost when recorded (not billed)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ no usage). Durations are `float64` seconds, `NaN` where unknown.
 
     agent string, turn int64, calls int64, rate_limited int64 (calls answered by a 429),
     started datetime64[us, UTC] (first call), model string (last call),
-    status category[ok, cancelled, error, rate-limited] (last call),
+    status category[ok, retried, replayed, cancelled, error, rate-limited] (last call),
     finish_reason string (last call), prompt_tokens int64, cached_tokens int64,
     candidates_tokens int64, thoughts_tokens int64, tool_use_prompt_tokens int64,
     total_tokens int64, time_to_first_chunk float64 (from the first call's start),
@@ -39,7 +39,7 @@ no usage). Durations are `float64` seconds, `NaN` where unknown.
 `ledger_frame` — one row per API call (tool hops and retries included):
 
     agent string, turn int64, call int64, model string, started datetime64[us, UTC],
-    status category[ok, cancelled, error, rate-limited], finish_reason string,
+    status category[ok, retried, replayed, cancelled, error, rate-limited], finish_reason string,
     prompt_tokens int64, cached_tokens int64, candidates_tokens int64,
     thoughts_tokens int64, tool_use_prompt_tokens int64, total_tokens int64,
     time_to_first_chunk float64, duration float64, retry_wait float64, error string
@@ -52,15 +52,16 @@ from __future__ import annotations
 
 import json
 import os
+import typing
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import numpy as np
 import pandas as pd
 
 from .content import FunctionCallPart, FunctionResponsePart, TextPart
-from .conversation import ConversationMessage, LedgerEntry
+from .conversation import CallStatus, ConversationMessage, LedgerEntry
 
 if TYPE_CHECKING:
     from .runtime import Agent, AgentRuntime
@@ -70,7 +71,7 @@ FrameKind: TypeAlias = Literal["history", "usage", "ledger"]
 TIMESTAMP = pd.DatetimeTZDtype("us", "UTC")
 ROLES = pd.CategoricalDtype(["user", "model", "summary"])
 MESSAGE_STATUSES = pd.CategoricalDtype(["complete", "cancelled", "incomplete", "error"])
-CALL_STATUSES = pd.CategoricalDtype(["ok", "cancelled", "error", "rate-limited"])
+CALL_STATUSES = pd.CategoricalDtype(list(typing.get_args(CallStatus)))
 TOKEN_FIELDS = (
     "prompt_tokens",
     "cached_tokens",
@@ -131,7 +132,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
 NEVER_MISSING_TEXT = frozenset({"text", "thoughts"})
 """String columns that hold `""` rather than `<NA>`; the others hold `<NA>`, never `""`."""
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 
@@ -322,8 +323,7 @@ def _timestamps(values: Any, _dtype: Any) -> Any:
         return values.tz_convert("UTC").as_unit("us")
     micros = np.fromiter(
         (
-            ((v if v.tzinfo is not None else v.replace(tzinfo=timezone.utc)) - _EPOCH)
-            // _MICROSECOND
+            ((v if v.tzinfo is not None else v.replace(tzinfo=UTC)) - _EPOCH) // _MICROSECOND
             for v in values
         ),
         dtype=np.int64,

@@ -40,6 +40,12 @@ class TurnResult:
     duration: float
     tool_calls: int
     error: TurnError | None = None
+    saved_tokens: int = 0
+    """Tokens of the replies replayed from the reply cache (recorded, not billed again)."""
+
+    @property
+    def replayed(self) -> bool:
+        return self.saved_tokens > 0
 
     def __str__(self) -> str:
         return self.text
@@ -62,6 +68,9 @@ class Turn:
         self.text_parts: list[str] = []
         self.thought_parts: list[str] = []
         self.tool_calls = 0
+        self.refresh = False
+        """Call the model even when the reply cache holds this request's reply."""
+        self.saved_tokens = 0
         self.task: asyncio.Task[None] | None = None
         self.result: TurnResult | None = None
         self._waiters: list[Callable[[], None]] = []

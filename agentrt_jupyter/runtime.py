@@ -16,7 +16,9 @@ import functools
 import inspect
 import itertools
 import logging
+import os
 import secrets
+import sys
 import threading
 import time
 import weakref
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from .agent import AgentCore
 from .backends.base import Backend
-from .config import AgentConfig, RuntimeConfig
+from .config import AgentConfig, RuntimeConfig, agent_config
 from .content import to_parts
 from .conversation import ConversationMessage, LedgerEntry, Usage
 from .errors import (
@@ -35,12 +37,13 @@ from .errors import (
     ConversationExists,
     InvalidConfig,
     RuntimeClosed,
+    StoreError,
     Timeout,
     WrongThread,
 )
 from .handle import ChatHandle, Turn, wait_future
 from .quota import QuotaRegistry, QuotaScope, QuotaState
-from .store import STORED_SETTINGS, Store
+from .store import STORED_SETTINGS, CachedReply, Store, StoredConversation
 
 if TYPE_CHECKING:
     from .server.process import LocalServer
@@ -49,6 +52,10 @@ log = logging.getLogger("agentrt_jupyter")
 P = ParamSpec("P")
 T = TypeVar("T")
 _runtime_numbers = itertools.count(1)
+HEARTBEAT_SECONDS = 5.0
+"""How often a runtime renews its conversations' writer leases."""
+MEMORY_CACHE_ENTRIES = 1_000
+"""The reply cache's bound when there is no store to keep it."""
 FINALIZE_TIMEOUT = 2.0
 """A runtime nobody shut down gets this long to close when it is collected or at exit."""
 
@@ -286,7 +293,10 @@ class _Core:
         self.quota = QuotaRegistry()
         self.agents: dict[str, AgentCore] = {}
         self.by_name: dict[str, str] = {}
-        self.store = Store(config.store_path) if config.store_path is not None else None
+        self.store, self.store_problem = _open_store(config)
+        self.memory_cache: collections.OrderedDict[str, CachedReply] = collections.OrderedDict()
+        self.heartbeat_task: asyncio.Task[None] | None = None
+        self.cache_hits = 0
         self.server: LocalServer | None = None
         self._backends: dict[tuple[str | None, str | None, str | None], Backend] = {}
         self._backend_lock: asyncio.Lock | None = None
@@ -378,22 +388,95 @@ class _Core:
     async def default_backend(self) -> Backend:
         return await self.backend_for(AgentConfig())
 
+    def _stored_id(self, agent: AgentCore) -> str | None:
+        """The agent's stored conversation (named agents only), created with the agent."""
+        if self.store is None or agent.config.name is None:
+            return None
+        if agent.conversation_id is None:
+            agent.conversation_id = self.store.create(
+                self.config.namespace, agent.name, _settings(agent.config)
+            )
+        return agent.conversation_id
+
     def persist_agent(self, agent: AgentCore) -> None:
-        if self.store is not None and agent.config.name is not None:
-            settings = {k: getattr(agent.config, k) for k in STORED_SETTINGS}
-            settings["stop_sequences"] = list(settings["stop_sequences"])
-            self.store.save_agent(agent.name, settings, agent.conversation)
+        if self.store is not None and agent.conversation_id is not None:
+            self.store.save_settings(agent.conversation_id, _settings(agent.config))
 
     def persist_message(self, agent: AgentCore, message: ConversationMessage) -> None:
-        if self.store is not None and agent.config.name is not None:
-            position = len(agent.conversation.messages) - 1
-            if agent.conversation.messages[position] is not message:
-                position = agent.conversation.messages.index(message)
-            self.store.add_message(agent.name, position, message)
+        if (conversation := self._stored_id(agent)) is not None:
+            assert self.store is not None
+            self.store.append_message(conversation, message)
 
     def persist_ledger(self, agent: AgentCore, entry: LedgerEntry) -> None:
-        if self.store is not None and agent.config.name is not None:
-            self.store.add_ledger(agent.name, entry)
+        if (conversation := self._stored_id(agent)) is not None:
+            assert self.store is not None
+            self.store.append_ledger(conversation, entry)
+
+    def checkpoint(self, agent: AgentCore, message: ConversationMessage) -> None:
+        """Keep the reply streamed so far: a crash loses at most what came since."""
+        if (conversation := self._stored_id(agent)) is not None:
+            assert self.store is not None
+            self.store.checkpoint(conversation, message)
+
+    def cache_get(self, key: str) -> CachedReply | None:
+        if self.store is not None:
+            reply = self.store.cache_get(key)
+        else:
+            reply = self.memory_cache.get(key)
+            if reply is not None:
+                self.memory_cache.move_to_end(key)
+        if reply is not None:
+            self.cache_hits += 1
+        return reply
+
+    def cache_put(self, agent: AgentCore, key: str, reply: CachedReply) -> None:
+        if self.store is not None:
+            self.store.cache_put(key, reply, conversation=agent.conversation_id)
+            return
+        self.memory_cache[key] = reply
+        while len(self.memory_cache) > MEMORY_CACHE_ENTRIES:
+            self.memory_cache.popitem(last=False)
+
+    def cache_stats(self) -> dict[str, int]:
+        if self.store is not None:
+            stats = self.store.cache_stats()
+            return {"entries": stats.entries, "bytes": stats.bytes, "hits": stats.hits}
+        size = sum(len(repr(r.parts)) for r in self.memory_cache.values())
+        return {"entries": len(self.memory_cache), "bytes": size, "hits": self.cache_hits}
+
+    def cache_clear(self) -> None:
+        self.memory_cache.clear()
+        if self.store is not None:
+            self.store.cache_clear()
+
+    def stored(
+        self, name: str | None = None, *, everywhere: bool = False
+    ) -> list[StoredConversation]:
+        """Stored conversations, the one `resume` takes last: the newest that has messages
+        (an agent created but never used does not hide an older conversation)."""
+        if self.store is None:
+            return []
+        rows = self.store.conversations(None if everywhere else self.config.namespace)
+        rows = [r for r in rows if name is None or r.name == name]
+        return sorted(rows, key=lambda r: (r.messages > 0, r.last_activity))
+
+    def start_heartbeat(self) -> None:
+        self.heartbeat_task = asyncio.create_task(self._heartbeat(), name="store-heartbeat")
+
+    async def _heartbeat(self) -> None:
+        """Renew this runtime's writer leases while it lives (other kernels see it alive)."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            store = self.store
+            if store is None:
+                return
+            try:
+                lost = await asyncio.to_thread(store.heartbeat)
+            except StoreError as exc:
+                log.warning("conversation store: %s", exc)
+                continue
+            for conversation in lost:
+                log.warning("another kernel took over conversation %s", conversation)
 
     def _claim_name(self, name: str) -> None:
         existing = self.agents.get(self.by_name.get(name, ""))
@@ -405,45 +488,58 @@ class _Core:
                 )
             del self.agents[existing.id]
 
-    def create_agent(self, config: AgentConfig) -> AgentCore:
+    def create_agent(self, config: AgentConfig, fresh: bool = False) -> AgentCore:
+        """A new agent; `fresh` starts a new conversation even where one is stored under
+        its name (a notebook's cells after a kernel restart), else that is refused."""
         agent_id = f"agent-{secrets.token_hex(4)}"
         name = config.name or agent_id
         self.check_endpoint(name, config)
         self._claim_name(name)
-        if config.name is not None and self.store is not None and self.store.exists(name):
+        if config.name is not None and not fresh and self.stored(name):
             raise ConversationExists(name)
         agent = AgentCore(self, agent_id, name, config)
+        self._stored_id(agent)
         self.agents[agent_id] = agent
         self.by_name[name] = agent_id
-        self.persist_agent(agent)
         return agent
 
-    def resume(self, name: str, config: AgentConfig | None) -> AgentCore:
+    def resume(self, name: str, config: AgentConfig | None, take_over: bool = False) -> AgentCore:
         if self.store is None:
             raise InvalidConfig(
                 "resume needs a store: set RuntimeConfig(store_path=...)", field="store_path"
             )
-        loaded = self.store.load(name)
+        stored = self.stored(name)
+        if not stored:
+            raise AgentNotFound(name)
+        self._claim_name(name)
+        loaded = self.store.open(stored[-1].id, take_over=take_over)
         if loaded is None:
             raise AgentNotFound(name)
-        settings, conversation = loaded
-        if config is None:
-            config = AgentConfig(name=name, **{k: v for k, v in settings.items() if v is not None})
-        elif config.name != name:
-            config = config.with_changes(name=name)
-        self.check_endpoint(name, config)
-        self._claim_name(name)
+        settings = {k: v for k, v in loaded.settings.items() if k in STORED_SETTINGS}
+        try:
+            if config is None:
+                config = AgentConfig(
+                    name=name, **{k: v for k, v in settings.items() if v is not None}
+                )
+            elif config.name != name:
+                config = config.with_changes(name=name)
+            self.check_endpoint(name, config)
+        except InvalidConfig:
+            self.store.release(loaded.id)
+            raise
         agent = AgentCore(self, f"agent-{secrets.token_hex(4)}", name, config)
-        agent.conversation = conversation
+        agent.conversation = loaded.conversation
+        agent.conversation_id = loaded.id
         self.agents[agent.id] = agent
         self.by_name[name] = agent.id
         self.persist_agent(agent)
         return agent
 
-    def chat(self, ref: Agent | str, parts: Any) -> Turn:
+    def chat(self, ref: Agent | str, parts: Any, refresh: bool = False) -> Turn:
         agent = self.lookup(ref)
         agent.check_usable()
         turn = Turn(agent.name, parts, agent.model)
+        turn.refresh = refresh
         agent.submit(turn)
         return turn
 
@@ -483,24 +579,36 @@ class _Core:
         agent.check_usable()
         await agent.cancel_all()
         agent.conversation.clear()
-        if self.store is not None and agent.config.name is not None:
-            self.store.clear_messages(agent.name)
+        if self.store is not None and agent.conversation_id is not None:
+            self.store.clear(agent.conversation_id)
             self.persist_agent(agent)
 
     async def stop_agent(self, ref: Agent | str, how: str) -> None:
         agent = self.lookup(ref)
         await agent.stop("disconnected" if how == "disconnect" else "shutdown")
+        if self.store is not None and agent.conversation_id is not None and how != "delete":
+            self.store.release(agent.conversation_id)
         if how == "delete":
             del self.agents[agent.id]
             self.by_name.pop(agent.name, None)
-            if self.store is not None:
-                self.store.delete(agent.name)
+            if self.store is not None and agent.config.name is not None:
+                if agent.conversation_id is not None:
+                    self.store.delete(agent.conversation_id)
+                self._delete_stored(agent.name)
 
     def delete_stored(self, name: str) -> None:
-        """Erase a stored conversation that has no live agent."""
-        if self.store is None or not self.store.exists(name):
+        """Erase the stored conversations of a name that has no live agent."""
+        if not self._delete_stored(name):
             raise AgentNotFound(name)
-        self.store.delete(name)
+
+    def _delete_stored(self, name: str) -> int:
+        """Erase every stored conversation of `name` in this namespace; how many there were."""
+        if self.store is None:
+            return 0
+        rows = [r for r in self.store.conversations(self.config.namespace) if r.name == name]
+        for row in rows:
+            self.store.delete(row.id)
+        return len(rows)
 
     def agent_infos(self) -> list[AgentInfo]:
         now = time.monotonic()
@@ -550,8 +658,34 @@ class _Core:
             await asyncio.to_thread(self.server.stop)
             self.server = None
         if self.store is not None:
-            self.store.close()
-            self.store = None
+            store, self.store = self.store, None
+            store.close()
+
+
+def _settings(config: AgentConfig) -> dict[str, Any]:
+    settings = {k: getattr(config, k) for k in STORED_SETTINGS}
+    settings["stop_sequences"] = list(settings["stop_sequences"])
+    return settings
+
+
+def _holder() -> str:
+    """Who writes: the kernel (by its connection file) or the script, for ConversationInUse."""
+    kernel = sys.modules.get("ipykernel.connect")
+    if kernel is not None:
+        with contextlib.suppress(Exception):
+            return f"kernel {os.path.basename(kernel.get_connection_file())}"
+    return f"python {os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else '-'}"
+
+
+def _open_store(config: RuntimeConfig) -> tuple[Store | None, StoreError | None]:
+    """The store, or None and why: a broken store file must not stop the runtime."""
+    if config.store_path is None:
+        return None, None
+    try:
+        return Store(config.store_path, holder=_holder(), busy_timeout=2.0), None
+    except StoreError as exc:
+        log.warning("conversations will not be stored: %s", exc)
+        return None, exc
 
 
 def _finalize(portal: _Portal, core: _Core) -> None:
@@ -575,8 +709,8 @@ class Agent:
     def __repr__(self) -> str:
         return f"<Agent {self.name!r} id={self.id}>"
 
-    def chat(self, content: Any) -> ChatHandle:
-        return self.runtime.chat(self, content)
+    def chat(self, content: Any, *, refresh: bool = False) -> ChatHandle:
+        return self.runtime.chat(self, content, refresh=refresh)
 
     def send(self, content: Any) -> ChatHandle:
         return self.runtime.send(self, content)
@@ -649,17 +783,23 @@ class AsyncAgentRuntime:
         self._portal = runtime._portal
         self._core = runtime._core
 
-    async def create_agent(self, config: AgentConfig | None = None, **settings: Any) -> Agent:
-        core = await self._portal.acall(self._core.create_agent, _agent_config(config, settings))
+    async def create_agent(
+        self, config: AgentConfig | None = None, *, fresh: bool = False, **settings: Any
+    ) -> Agent:
+        core = await self._portal.acall(
+            self._core.create_agent, agent_config(config, settings), fresh
+        )
         return Agent(self._runtime, core.id, core.name)
 
-    async def resume(self, name: str, config: AgentConfig | None = None) -> Agent:
-        core = await self._portal.acall(self._core.resume, name, config)
+    async def resume(
+        self, name: str, config: AgentConfig | None = None, *, take_over: bool = False
+    ) -> Agent:
+        core = await self._portal.acall(self._core.resume, name, config, take_over)
         return Agent(self._runtime, core.id, core.name)
 
-    async def chat(self, agent: Agent | str, content: Any) -> ChatHandle:
+    async def chat(self, agent: Agent | str, content: Any, *, refresh: bool = False) -> ChatHandle:
         parts = to_parts(content)
-        turn = await self._portal.acall(self._core.chat, agent, parts)
+        turn = await self._portal.acall(self._core.chat, agent, parts, refresh)
         return self._runtime._handle(turn)
 
     async def send(self, agent: Agent | str, content: Any) -> ChatHandle:
@@ -765,14 +905,6 @@ def _compactions(agent: AgentCore) -> list[int]:
     return list(agent.conversation.compactions)
 
 
-def _agent_config(config: AgentConfig | None, settings: dict[str, Any]) -> AgentConfig:
-    if config is None:
-        return AgentConfig(**settings)
-    if not isinstance(config, AgentConfig):
-        raise InvalidConfig(f"expected an AgentConfig, got {type(config).__name__}", field="config")
-    return config.with_changes(**settings) if settings else config
-
-
 class AgentRuntime:
     """The agent runtime: a dedicated thread and event loop for all model work.
 
@@ -791,6 +923,8 @@ class AgentRuntime:
         self._core = _Core(self.config)
         self._portal = _Portal(name, self._core.inbox)
         self._finalizer = weakref.finalize(self, _finalize, self._portal, self._core)
+        if self._core.store is not None:
+            self._portal.submit(self._core.start_heartbeat)
         self._shutdown_lock = threading.Lock()
         self.aio = AsyncAgentRuntime(self)
 
@@ -831,14 +965,25 @@ class AgentRuntime:
 
         return ChatHandle(turn, cancel)
 
-    def create_agent(self, config: AgentConfig | None = None, **settings: Any) -> Agent:
-        """A new agent; `settings` are AgentConfig fields (validated first)."""
-        core = self._portal.call(self._core.create_agent, _agent_config(config, settings))
+    def create_agent(
+        self, config: AgentConfig | None = None, *, fresh: bool = False, **settings: Any
+    ) -> Agent:
+        """A new agent; `settings` are AgentConfig fields (validated first).
+
+        A named agent whose name has a stored conversation raises `ConversationExists`
+        (resume it, or delete it) unless `fresh=True` starts a new conversation beside it.
+        """
+        core = self._portal.call(self._core.create_agent, agent_config(config, settings), fresh)
         return Agent(self, core.id, core.name)
 
-    def resume(self, name: str, config: AgentConfig | None = None) -> Agent:
-        """Bring back a stored conversation (after `disconnect` or a kernel restart)."""
-        core = self._portal.call(self._core.resume, name, config)
+    def resume(
+        self, name: str, config: AgentConfig | None = None, *, take_over: bool = False
+    ) -> Agent:
+        """Bring back a stored conversation (after `disconnect` or a kernel restart).
+
+        Another live kernel writing it gives `ConversationInUse`; `take_over=True` takes
+        the conversation from it."""
+        core = self._portal.call(self._core.resume, name, config, take_over)
         return Agent(self, core.id, core.name)
 
     def agent(self, name: str) -> Agent:
@@ -847,16 +992,33 @@ class AgentRuntime:
         return Agent(self, core.id, core.name)
 
     def stored_conversations(self) -> list[str]:
-        """Names of conversations kept in the store."""
-        return self._portal.call(self._stored_names)
+        """Names of the conversations kept in the store for this runtime's namespace."""
+        rows = self._portal.call(self._core.stored)
+        return list(dict.fromkeys(r.name for r in rows))
 
-    def _stored_names(self) -> list[str]:
-        return self._core.store.names() if self._core.store is not None else []
+    def conversations(self, *, everywhere: bool = False) -> list[StoredConversation]:
+        """Stored conversations (this namespace, or `everywhere`): size, last activity, holder."""
+        return self._portal.call(self._core.stored, None, everywhere=everywhere)
 
-    def chat(self, agent: Agent | str, content: Any) -> ChatHandle:
-        """Start a turn; returns at once with a handle that streams its events."""
+    @property
+    def store_problem(self) -> StoreError | None:
+        """Why conversations are not stored, if the store could not be opened."""
+        return self._core.store_problem
+
+    def cache_stats(self) -> dict[str, int]:
+        """The reply cache: entries, bytes, hits."""
+        return self._portal.call(self._core.cache_stats)
+
+    def cache_clear(self) -> None:
+        self._portal.call(self._core.cache_clear)
+
+    def chat(self, agent: Agent | str, content: Any, *, refresh: bool = False) -> ChatHandle:
+        """Start a turn; returns at once with a handle that streams its events.
+
+        With the reply cache on, `refresh=True` calls the model even for a recorded request.
+        """
         parts = to_parts(content)
-        return self._handle(self._portal.call(self._core.chat, agent, parts))
+        return self._handle(self._portal.call(self._core.chat, agent, parts, refresh))
 
     def send(self, agent: Agent | str, content: Any) -> ChatHandle:
         """Queue a message without waiting; its reply is recorded like any turn."""

@@ -72,6 +72,8 @@ def footer_line(result: TurnResult) -> str:
     parts.append(f"{result.duration:.2f} s")
     if result.tool_calls:
         parts.append(f"{result.tool_calls} tool call{'s' if result.tool_calls > 1 else ''}")
+    if result.replayed:
+        parts.append(f"replayed from the reply cache, {result.saved_tokens} tokens saved")
     if result.status != "complete":
         parts.insert(0, result.status.upper())
     return " · ".join(parts)
