@@ -61,7 +61,7 @@ def test_retry_info_sets_the_wait_and_waiters_add_their_own_jitter() -> None:
         {"error": {"details": [{"@type": "x.QuotaFailure", "violations": "many"}]}},
         {"error": {"details": [{"@type": "x.RetryInfo", "retryDelay": 5}]}},
         {"error": {"details": "nope"}},
-        {"error": {"details": [{"@type": "x.QuotaFailure", "violations": [1, None, {"quotaId": 3}]}]}},
+        {"error": {"details": [{"@type": "x.QuotaFailure", "violations": [1, {"quotaId": 3}]}]}},
         [1, 2, 3],
         "html",
         None,
