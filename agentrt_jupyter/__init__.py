@@ -134,18 +134,6 @@ if TYPE_CHECKING:
         ConversationInUse as ConversationInUse,
     )
     from .errors import (
-        StoreError as StoreError,
-    )
-    from .errors import (
-        WrongThread as WrongThread,
-    )
-    from .errors import (
-        ReplyBlocked as ReplyBlocked,
-    )
-    from .errors import (
-        TurnStoreError as TurnStoreError,
-    )
-    from .errors import (
         InvalidConfig as InvalidConfig,
     )
     from .errors import (
@@ -155,7 +143,13 @@ if TYPE_CHECKING:
         QuotaExceeded as QuotaExceeded,
     )
     from .errors import (
+        ReplyBlocked as ReplyBlocked,
+    )
+    from .errors import (
         RuntimeClosed as RuntimeClosed,
+    )
+    from .errors import (
+        StoreError as StoreError,
     )
     from .errors import (
         StreamBroken as StreamBroken,
@@ -173,7 +167,13 @@ if TYPE_CHECKING:
         TurnError as TurnError,
     )
     from .errors import (
+        TurnStoreError as TurnStoreError,
+    )
+    from .errors import (
         UsageProblem as UsageProblem,
+    )
+    from .errors import (
+        WrongThread as WrongThread,
     )
     from .events import (
         Error as Error,

@@ -1,14 +1,19 @@
 """Validated configuration: `RuntimeConfig` for the runtime, `AgentConfig` for each agent.
 
 Both are frozen dataclasses checked in `__post_init__`, so a bad value fails where it is
-written, with `InvalidConfig` naming the field. API keys are kept out of every repr.
+written, with `InvalidConfig` naming the field. Build them from untrusted settings with
+`agent_config` / `runtime_config`: an unknown field is then an `InvalidConfig` too (with a
+did-you-mean), not the dataclass's TypeError. API keys are kept out of every repr and error.
 """
 
 from __future__ import annotations
 
-import math
+import difflib
+import json
 import os
-from collections.abc import Awaitable, Callable, Sequence
+import re
+import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +26,14 @@ BACKENDS: tuple[str, ...] = ("auto", "gemini", "local", "scripted")
 API_VERSIONS: tuple[str, ...] = ("v1", "v1beta", "v1alpha")
 DEFAULT_MODEL = "gemini-2.5-flash"
 LOCAL_MODEL = "smollm2-135m-instruct"
+MAX_MODEL_NAME = 200
+MAX_AGENT_NAME = 100
+API_KEY_VARIABLES = ("GOOGLE_API_KEY", "GEMINI_API_KEY")
+_INT32 = 2**31 - 1
+_LONGEST_WAIT = 30 * 86400.0
+"""Upper bound of every time setting (30 days): past it a number is a mistake, not a wait."""
+_MODEL_NAME = re.compile(r"(?:models/|tunedModels/)?[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
+_MIME_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]*/[A-Za-z0-9][A-Za-z0-9.+-]*")
 
 ConfirmTool = Callable[[str, dict[str, Any]], "bool | Awaitable[bool]"]
 
@@ -32,43 +45,219 @@ def default_store_path() -> Path:
     return base / "conversations.sqlite3"
 
 
+def _env_key() -> tuple[str, str] | None:
+    """The variable google-genai would read the key from, and its value."""
+    for variable in API_KEY_VARIABLES:
+        value = os.environ.get(variable)
+        if value:
+            return variable, value
+    return None
+
+
 def env_api_key() -> str | None:
     """The key google-genai would use: GOOGLE_API_KEY, else GEMINI_API_KEY."""
-    return os.environ.get("GOOGLE_API_KEY") or os.environ.get("GEMINI_API_KEY") or None
+    found = _env_key()
+    return found[1] if found else None
+
+
+def _shown(value: str, limit: int = 60) -> str:
+    """A value for an error message: its repr, cut short."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value)} chars)"
+
+
+def _check_fields(kind: type, settings: Mapping[Any, Any]) -> None:
+    """Unknown setting names are `InvalidConfig` naming the name, with a did-you-mean."""
+    valid = [f.name for f in fields(kind)]
+    for key in settings:
+        if not isinstance(key, str):
+            raise InvalidConfig(
+                f"setting names are strings, got {type(key).__name__}", field=repr(key)[:60]
+            )
+        if key in valid:
+            continue
+        close = difflib.get_close_matches(key, valid, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"the fields are {', '.join(valid)}"
+        raise InvalidConfig(f"{kind.__name__} has no field {_shown(key)}: {hint}", field=key)
+
+
+def _number_text(value: int | float) -> str:
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() and abs(value) < 1e16 else repr(value)
+    return str(value) if abs(value) < 10**18 else f"an integer of {value.bit_length()} bits"
 
 
 def _check_number(
-    name: str, value: float | None, *, low: float, high: float = math.inf, integer: bool = False
+    name: str,
+    value: object,
+    *,
+    low: float,
+    high: float,
+    integer: bool = False,
+    optional: bool = True,
 ) -> None:
-    if value is None:
+    if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidConfig(f"must be a number, got {type(value).__name__}", field=name)
     if integer and not isinstance(value, int):
         raise InvalidConfig(f"must be an integer, got {value!r}", field=name)
-    if not (low <= value <= high) or math.isnan(value):
-        bound = f"between {low} and {high}" if high != math.inf else f"at least {low}"
-        raise InvalidConfig(f"must be {bound}, got {value!r}", field=name)
+    if not low <= value <= high:  # also NaN
+        raise InvalidConfig(
+            f"must be between {_number_text(low)} and {_number_text(high)}, "
+            f"got {_number_text(value)}",
+            field=name,
+        )
 
 
-def _check_optional_str(name: str, value: object, *, allow_empty: bool = False) -> None:
+def _check_optional_str(name: str, value: object, *, allow_empty: bool = False) -> str | None:
+    """`value` if it is None or a string that can be sent, else `InvalidConfig`."""
     if value is None:
-        return
+        return None
     if not isinstance(value, str):
         raise InvalidConfig(f"must be a string, got {type(value).__name__}", field=name)
     if not allow_empty and not value.strip():
         raise InvalidConfig("must not be empty", field=name)
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise InvalidConfig(
+            "contains an unpaired surrogate (text decoded wrongly?), which cannot be sent",
+            field=name,
+        ) from None
+    return value
 
 
-def _check_base_url(value: str | None) -> None:
-    _check_optional_str("base_url", value)
-    if value is not None and not value.startswith(("http://", "https://")):
-        raise InvalidConfig(f"must start with http:// or https://, got {value!r}", field="base_url")
+def _check_model(name: str, value: object) -> None:
+    """Model names as the Gemini API spells them, so a typo fails here, not at the turn."""
+    value = _check_optional_str(name, value)
+    if value is None:
+        return
+    if len(value) > MAX_MODEL_NAME or ".." in value or not _MODEL_NAME.fullmatch(value):
+        raise InvalidConfig(
+            f"{_shown(value)} is not a model name like 'gemini-2.5-flash' or "
+            "'models/gemini-2.5-flash': letters, digits, '.', '-' and '_', an optional "
+            f"'models/' or 'tunedModels/' prefix, at most {MAX_MODEL_NAME} characters",
+            field=name,
+        )
 
 
-def _check_api_version(value: str | None) -> None:
-    if value is not None and value not in API_VERSIONS:
-        raise InvalidConfig(f"must be one of {API_VERSIONS}, got {value!r}", field="api_version")
+def _check_api_key(value: object, source: str = "the key") -> None:
+    """A key is printable ASCII without spaces; the message never shows the key."""
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise InvalidConfig(f"must be a string, got {type(value).__name__}", field="api_key")
+    if not value:
+        raise InvalidConfig(f"{source} is empty", field="api_key")
+    for position, char in enumerate(value):
+        if "!" <= char <= "~":
+            continue
+        if char.isspace():
+            what = "a space or line break"
+        elif char.isascii():
+            what = "a control character"
+        else:
+            what = "a non-ASCII character"
+        raise InvalidConfig(
+            f"{source} contains {what} at position {position}: an API key is printable "
+            "ASCII; check for a stray newline or space from copy-paste",
+            field="api_key",
+        )
+
+
+def _check_base_url(value: object) -> None:
+    value = _check_optional_str("base_url", value)
+    if value is None:
+        return
+    shown = _shown(value)
+    if not (value.isascii() and value.isprintable()) or any(c.isspace() for c in value):
+        raise InvalidConfig(
+            f"{shown} is not a URL: it has spaces, control or non-ASCII characters",
+            field="base_url",
+        )
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 - parsing the port is what can fail
+    except ValueError as exc:
+        raise InvalidConfig(f"{shown} is not a URL ({exc})", field="base_url") from None
+    if parts.scheme not in ("http", "https"):
+        raise InvalidConfig(f"must start with http:// or https://, got {shown}", field="base_url")
+    if not parts.hostname:
+        raise InvalidConfig(
+            f"{shown} has no host: write it like 'http://127.0.0.1:8000'", field="base_url"
+        )
+    if "?" in value or "#" in value:
+        raise InvalidConfig(
+            f"{shown} is a base URL: leave out the ?query and #fragment", field="base_url"
+        )
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if not isinstance(value, str) or value not in choices:
+        shown = _shown(value) if isinstance(value, str) else type(value).__name__
+        raise InvalidConfig(f"must be one of {choices}, got {shown}", field=name)
+
+
+def _check_api_version(value: object) -> None:
+    if value is not None:
+        _check_choice("api_version", value, API_VERSIONS)
+
+
+def check_agent_name(value: object) -> None:
+    """An agent name: a non-empty string of printable characters, at most 100 long."""
+    _check_optional_str("name", value)
+    if isinstance(value, str) and (len(value) > MAX_AGENT_NAME or not value.isprintable()):
+        raise InvalidConfig(
+            f"must be at most {MAX_AGENT_NAME} characters with no control characters",
+            field="name",
+        )
+
+
+def _check_stop_sequences(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise InvalidConfig(
+            f"must be a list of non-empty strings, got {type(value).__name__}",
+            field="stop_sequences",
+        )
+    for item in value:
+        if not isinstance(item, str) or not item:
+            raise InvalidConfig("must be a list of non-empty strings", field="stop_sequences")
+        _check_optional_str("stop_sequences", item, allow_empty=True)
+    if len(value) > 5:
+        raise InvalidConfig("Gemini accepts at most 5 stop sequences", field="stop_sequences")
+    return tuple(value)
+
+
+def _check_response_schema(value: object) -> None:
+    if value is None or isinstance(value, type):
+        return
+    if not isinstance(value, dict):
+        raise InvalidConfig(
+            "must be a JSON schema dict or a type (e.g. a pydantic model)",
+            field="response_schema",
+        )
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidConfig(
+            f"the schema dict must be plain JSON ({exc})", field="response_schema"
+        ) from None
+
+
+def _check_tools(value: object) -> tuple[Tool, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise InvalidConfig(
+            f"must be a list of callables, got {type(value).__name__}", field="tools"
+        )
+    tools = tuple(as_tool(t) for t in value)
+    names = [t.name for t in tools]
+    if len(set(names)) != len(names):
+        raise InvalidConfig(f"tool names must be unique, got {names}", field="tools")
+    return tools
 
 
 def _masked(key: str | None) -> str:
@@ -96,25 +285,55 @@ class RuntimeConfig:
     quota_max_wait: float = 120.0
     server_startup_timeout: float = 120.0
     thread_name: str = "agentrt-runtime"
+    namespace: str = "default"
+    """Where named agents' conversations live in the store (a notebook sets its own)."""
+    reply_cache: bool = False
+    """Replay a recorded reply for an identical request instead of calling the model."""
+    max_tool_result_chars: int = 100_000
+    """A tool result longer than this (as JSON) reaches the model truncated, with a note."""
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise InvalidConfig(f"must be one of {BACKENDS}, got {self.backend!r}", field="backend")
-        _check_optional_str("api_key", self.api_key)
+        _check_choice("backend", self.backend, BACKENDS)
+        _check_api_key(self.api_key)
         _check_base_url(self.base_url)
         _check_api_version(self.api_version)
-        _check_optional_str("default_model", self.default_model)
+        _check_model("default_model", self.default_model)
         store_path: object = self.store_path
         if store_path is not None and not isinstance(store_path, str | Path):
-            raise InvalidConfig("must be a path or None", field="store_path")
+            raise InvalidConfig(
+                f"must be a path or None, got {type(store_path).__name__}", field="store_path"
+            )
+        if store_path is not None and (not str(store_path).strip() or "\0" in str(store_path)):
+            raise InvalidConfig(
+                "must be a file path (or None to keep nothing), got an empty path or a NUL "
+                "character",
+                field="store_path",
+            )
         if isinstance(store_path, str):
             object.__setattr__(self, "store_path", Path(store_path))
-        _check_number("idle_chunk_timeout", self.idle_chunk_timeout, low=0.01)
-        _check_number("http_retry_attempts", self.http_retry_attempts, low=1, high=20, integer=True)
-        _check_number("quota_max_retries", self.quota_max_retries, low=0, high=100, integer=True)
-        _check_number("quota_max_wait", self.quota_max_wait, low=0)
-        _check_number("server_startup_timeout", self.server_startup_timeout, low=0.1)
+        for name, low, high, integer in (
+            ("idle_chunk_timeout", 0.01, _LONGEST_WAIT, False),
+            ("http_retry_attempts", 1, 20, True),
+            ("quota_max_retries", 0, 100, True),
+            ("quota_max_wait", 0, _LONGEST_WAIT, False),
+            ("server_startup_timeout", 0.1, _LONGEST_WAIT, False),
+            ("max_tool_result_chars", 1_000, 100_000_000, True),
+        ):
+            value = getattr(self, name)
+            _check_number(name, value, low=low, high=high, integer=integer, optional=False)
+        if self.thread_name is None:
+            raise InvalidConfig("must be a string", field="thread_name")
         _check_optional_str("thread_name", self.thread_name)
+        if not isinstance(self.namespace, str) or not self.namespace.strip():
+            raise InvalidConfig("must be a non-empty string", field="namespace")
+        if len(self.namespace) > 4096 or "\0" in self.namespace:
+            raise InvalidConfig("must be at most 4096 characters, no NUL", field="namespace")
+        if not isinstance(self.reply_cache, bool):
+            raise InvalidConfig("must be True or False", field="reply_cache")
+        if self.api_key is None and self.resolved_backend() == "gemini":
+            found = _env_key()
+            if found is not None:
+                _check_api_key(found[1], source=f"${found[0]}")
         if self.backend == "gemini" and self.base_url is None and self.resolved_api_key() is None:
             raise InvalidConfig(
                 "backend='gemini' needs an API key: pass api_key=..., set GOOGLE_API_KEY, "
@@ -154,6 +373,7 @@ class AgentConfig:
     Tools are plain Python callables (sync or async); their declarations come from
     type hints and docstrings. `confirm_tool(name, args)` may veto each call.
     When the context passes `compaction_threshold` tokens, older turns are summarised.
+    `stop_sequences=None` and `tools=None` mean none, like their empty defaults.
     """
 
     model: str | None = None
@@ -176,49 +396,42 @@ class AgentConfig:
     api_key: str | None = None
     base_url: str | None = None
     api_version: str | None = None
+    reply_cache: bool | None = None
+    """Replay recorded replies for identical requests; None follows the runtime's setting."""
 
     def __post_init__(self) -> None:
-        _check_optional_str("model", self.model)
-        if self.name is not None:
-            _check_optional_str("name", self.name)
-            if len(self.name) > 100 or any(c in self.name for c in "\n\r\t\0"):
-                raise InvalidConfig(
-                    "must be at most 100 characters with no control characters", field="name"
-                )
+        _check_model("model", self.model)
+        check_agent_name(self.name)
         _check_optional_str("system_instruction", self.system_instruction, allow_empty=True)
         _check_number("temperature", self.temperature, low=0.0, high=2.0)
         _check_number("top_p", self.top_p, low=0.0, high=1.0)
-        _check_number("top_k", self.top_k, low=1, integer=True)
-        _check_number("max_output_tokens", self.max_output_tokens, low=1, integer=True)
-        _check_number("seed", self.seed, low=-(2**31), high=2**31 - 1, integer=True)
-        _check_number("thinking_budget", self.thinking_budget, low=-1, integer=True)
-        _check_number("max_tool_steps", self.max_tool_steps, low=0, high=1000, integer=True)
-        _check_number("compaction_threshold", self.compaction_threshold, low=64, integer=True)
+        _check_number("top_k", self.top_k, low=1, high=_INT32, integer=True)
+        _check_number("max_output_tokens", self.max_output_tokens, low=1, high=_INT32, integer=True)
+        _check_number("seed", self.seed, low=-(2**31), high=_INT32, integer=True)
+        _check_number("thinking_budget", self.thinking_budget, low=-1, high=_INT32, integer=True)
+        _check_number(
+            "max_tool_steps", self.max_tool_steps, low=0, high=1000, integer=True, optional=False
+        )
+        _check_number(
+            "compaction_threshold", self.compaction_threshold, low=64, high=_INT32, integer=True
+        )
         if not isinstance(self.include_thoughts, bool):
             raise InvalidConfig("must be True or False", field="include_thoughts")
-        if isinstance(self.stop_sequences, str) or not all(
-            isinstance(s, str) and s for s in self.stop_sequences
-        ):
-            raise InvalidConfig("must be a list of non-empty strings", field="stop_sequences")
-        if len(self.stop_sequences) > 5:
-            raise InvalidConfig("Gemini accepts at most 5 stop sequences", field="stop_sequences")
-        object.__setattr__(self, "stop_sequences", tuple(self.stop_sequences))
+        object.__setattr__(self, "stop_sequences", _check_stop_sequences(self.stop_sequences))
         _check_optional_str("response_mime_type", self.response_mime_type)
-        if self.response_schema is not None and not isinstance(self.response_schema, dict | type):
+        mime = self.response_mime_type
+        if mime is not None and not _MIME_TYPE.fullmatch(mime):
             raise InvalidConfig(
-                "must be a JSON schema dict or a type (e.g. a pydantic model)",
-                field="response_schema",
+                f"{_shown(mime)} is not a MIME type like 'application/json'",
+                field="response_mime_type",
             )
-        tools: object = self.tools
-        if isinstance(tools, str | bytes) or not isinstance(tools, Sequence):
-            raise InvalidConfig("must be a list of callables", field="tools")
-        object.__setattr__(self, "tools", tuple(as_tool(t) for t in self.tools))
-        names = [t.name for t in self.tools]  # type: ignore[union-attr]
-        if len(set(names)) != len(names):
-            raise InvalidConfig(f"tool names must be unique, got {names}", field="tools")
+        _check_response_schema(self.response_schema)
+        object.__setattr__(self, "tools", _check_tools(self.tools))
         if self.confirm_tool is not None and not callable(self.confirm_tool):
             raise InvalidConfig("must be a callable (name, args) -> bool", field="confirm_tool")
-        _check_optional_str("api_key", self.api_key)
+        if self.reply_cache is not None and not isinstance(self.reply_cache, bool):
+            raise InvalidConfig("must be True, False or None", field="reply_cache")
+        _check_api_key(self.api_key)
         _check_base_url(self.base_url)
         _check_api_version(self.api_version)
 
@@ -227,7 +440,8 @@ class AgentConfig:
         return tuple(t for t in self.tools if isinstance(t, Tool))
 
     def with_changes(self, **changes: Any) -> AgentConfig:
-        """A copy with some fields changed (validated again)."""
+        """A copy with some fields changed (validated again; unknown names are refused)."""
+        _check_fields(AgentConfig, changes)
         return replace(self, **changes)
 
     def __repr__(self) -> str:
@@ -239,3 +453,26 @@ class AgentConfig:
             elif value != f.default and not (f.name in {"tools", "stop_sequences"} and not value):
                 shown.append(f"{f.name}={value!r}")
         return f"AgentConfig({', '.join(shown)})"
+
+
+def agent_config(config: AgentConfig | None, settings: Mapping[str, Any]) -> AgentConfig:
+    """`config` with `settings` changed, or `AgentConfig(**settings)` without one.
+
+    The way in for settings from users: a `config` that is not an AgentConfig, an unknown
+    setting and a wrong value are all `InvalidConfig` naming the field."""
+    if config is not None and not isinstance(config, AgentConfig):
+        raise InvalidConfig(
+            f"expected an AgentConfig or None, got {type(config).__name__}: pass "
+            "AgentConfig(...) or the settings as keywords",
+            field="config",
+        )
+    _check_fields(AgentConfig, settings)
+    if config is None:
+        return AgentConfig(**settings)
+    return replace(config, **settings) if settings else config
+
+
+def runtime_config(settings: Mapping[str, Any]) -> RuntimeConfig:
+    """`RuntimeConfig(**settings)`, with an unknown setting an `InvalidConfig` too."""
+    _check_fields(RuntimeConfig, settings)
+    return RuntimeConfig(**settings)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import inspect
+import math
 import re
 import types
 import typing
@@ -15,7 +15,12 @@ from typing import Any
 from .errors import InvalidConfig
 
 _JSON_TYPES: dict[type, str] = {str: "string", int: "integer", float: "number", bool: "boolean"}
+_ARRAYS: tuple[Any, ...] = (list, tuple, set, frozenset)
 _ARG_LINE = re.compile(r"^\s*(\w+)\s*(?:\([^)]*\))?\s*:\s*(.+)$")
+_WRAP_IT = "wrap it in a def function whose parameters have type hints"
+_SUPPORTED = "use str, int, float, bool, list, dict, Literal, Enum or Optional of those"
+_MAX_DEPTH = 16
+"""How deeply type hints may nest (list[list[...]]) before a tool is refused."""
 
 
 @dataclass(frozen=True)
@@ -47,31 +52,40 @@ def as_tool(obj: Callable[..., Any] | Tool) -> Tool:
     if isinstance(obj, Tool):
         return obj
     if not callable(obj):
-        raise InvalidConfig(f"{obj!r} is not callable", field="tools")
+        raise InvalidConfig(f"{_shown(obj)} is not callable: pass a function", field="tools")
     name = getattr(obj, "__name__", None)
-    if not name or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}", name):
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}", name):
         raise InvalidConfig(
-            f"{obj!r} needs a name of letters, digits and _ (a def function, not a lambda)",
+            f"{_shown(obj)} needs a name of letters, digits and _ (a def function, not a lambda)",
             field="tools",
         )
-    doc = inspect.getdoc(obj) or ""
-    summary, arg_docs = _parse_docstring(doc)
     try:
-        hints = typing.get_type_hints(obj)
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError) as exc:
+        raise InvalidConfig(
+            f"tool {name!r}: cannot read its parameters ({exc}); {_WRAP_IT}", field="tools"
+        ) from None
+    try:
+        hints = typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj)
     except Exception as exc:
         raise InvalidConfig(
-            f"tool {name!r}: cannot read its type hints ({exc})", field="tools"
+            f"tool {name!r}: cannot read its type hints ({type(exc).__name__}: {exc}); {_WRAP_IT}",
+            field="tools",
         ) from None
+    summary, arg_docs = _parse_docstring(inspect.getdoc(obj) or "")
     properties: dict[str, Any] = {}
     required: list[str] = []
-    for param in inspect.signature(obj).parameters.values():
+    for param in signature.parameters.values():
+        where = f"tool {name!r}, parameter {param.name!r}"
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            raise InvalidConfig(f"tool {name!r}: *args/**kwargs cannot be declared", field="tools")
-        if param.name not in hints:
+            raise InvalidConfig(f"{where}: *args/**kwargs cannot be declared", field="tools")
+        if param.kind is param.POSITIONAL_ONLY:
             raise InvalidConfig(
-                f"tool {name!r}: parameter {param.name!r} needs a type hint", field="tools"
+                f"{where} is positional-only, but the model passes arguments by name", field="tools"
             )
-        schema = _schema_for(hints[param.name], f"tool {name!r}, parameter {param.name!r}")
+        if param.name not in hints:
+            raise InvalidConfig(f"{where} needs a type hint", field="tools")
+        schema = _schema_for(hints[param.name], where)
         if param.name in arg_docs:
             schema["description"] = arg_docs[param.name]
         properties[param.name] = schema
@@ -81,6 +95,15 @@ def as_tool(obj: Callable[..., Any] | Tool) -> Tool:
     if required:
         parameters["required"] = required
     return Tool(name=name, description=summary or name, parameters=parameters, fn=obj)
+
+
+def _shown(obj: object) -> str:
+    """A short repr for an error message (a broken `__repr__` does not hide the error)."""
+    try:
+        text = repr(obj)
+    except Exception:
+        text = f"<{type(obj).__name__} object>"
+    return text if len(text) <= 80 else f"{text[:77]}..."
 
 
 def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
@@ -106,39 +129,48 @@ def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
     return " ".join(summary_lines), args
 
 
-def _schema_for(hint: Any, where: str) -> dict[str, Any]:
+def _schema_for(hint: Any, where: str, depth: int = 0) -> dict[str, Any]:
+    """The JSON schema of one type hint, or `InvalidConfig` saying what to use instead."""
+    if depth > _MAX_DEPTH:
+        raise InvalidConfig(f"{where}: the type is nested too deeply", field="tools")
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    if hint in _JSON_TYPES:
-        return {"type": _JSON_TYPES[hint]}
-    if hint is Any:
-        return {}
-    if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        return {"type": "string", "enum": [str(m.value) for m in hint]}
     if origin is typing.Literal:
-        return {"type": _JSON_TYPES.get(type(args[0]), "string"), "enum": list(args)}
+        return _literal_schema(args, where)
     if origin in (typing.Union, types.UnionType):
         options = [a for a in args if a is not type(None)]
         if len(options) == 1:
-            schema = _schema_for(options[0], where)
+            schema = _schema_for(options[0], where, depth + 1)
             if len(args) > len(options):
                 schema["nullable"] = True
             return schema
-        return {"anyOf": [_schema_for(a, where) for a in options]}
-    if origin in (list, tuple, set, frozenset) or hint in (list, tuple, set):
-        item = args[0] if args else Any
-        return {"type": "array", "items": _schema_for(item, where)}
+        return {"anyOf": [_schema_for(a, where, depth + 1) for a in options]}
+    if origin in (list, tuple, set, frozenset) or any(hint is kind for kind in _ARRAYS):
+        item = args[0] if args and args[0] is not Ellipsis else Any
+        return {"type": "array", "items": _schema_for(item, where, depth + 1)}
     if origin is dict or hint is dict:
         return {"type": "object"}
+    if hint is Any:
+        return {}
+    if isinstance(hint, type) and hint in _JSON_TYPES:
+        return {"type": _JSON_TYPES[hint]}
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        values = [str(member.value) for member in hint]
+        if not values:
+            raise InvalidConfig(f"{where}: the Enum {hint.__name__} has no members", field="tools")
+        return {"type": "string", "enum": values}
     raise InvalidConfig(
-        f"{where}: type {hint!r} is not supported (use str, int, float, bool, list, dict, "
-        "Literal, Enum or Optional of those)",
-        field="tools",
+        f"{where}: type {_shown(hint)} is not supported ({_SUPPORTED})", field="tools"
     )
 
 
-async def call_tool(tool: Tool, args: dict[str, Any]) -> Any:
-    """Run a tool: async ones on the loop, sync ones on a worker thread (never on the loop)."""
-    if tool.is_async:
-        return await tool.fn(**args)
-    return await asyncio.to_thread(tool.fn, **args)
+def _literal_schema(values: tuple[Any, ...], where: str) -> dict[str, Any]:
+    kinds = {type(value) for value in values}
+    finite = all(math.isfinite(value) for value in values if isinstance(value, float))
+    if len(kinds) != 1 or not kinds <= set(_JSON_TYPES) or not finite:
+        raise InvalidConfig(
+            f"{where}: Literal values must be all str, all int, all (finite) float or all bool, "
+            f"got {_shown(values)}",
+            field="tools",
+        )
+    return {"type": _JSON_TYPES[kinds.pop()], "enum": list(values)}

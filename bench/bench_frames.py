@@ -11,7 +11,7 @@ Target: < 1 s each (median).
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
@@ -29,7 +29,7 @@ from agentrt_jupyter import (
 
 FIGURE = "7. DataFrames"
 SIZE = 100_000
-START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def messages(n: int) -> list[ConversationMessage]:

@@ -238,3 +238,9 @@ def test_last_response_is_the_text_and_last_message_the_message(rt: AgentRuntime
     assert agent.last_response() == "Echo: hi there"
     message = agent.last_message()
     assert message is not None and message.usage is not None
+
+
+def test_create_agent_refuses_an_unknown_setting_with_a_did_you_mean(rt: AgentRuntime) -> None:
+    with pytest.raises(InvalidConfig, match="did you mean 'temperature'") as caught:
+        rt.create_agent(temprature=0.2)
+    assert caught.value.field == "temprature"

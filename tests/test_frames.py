@@ -9,7 +9,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +100,7 @@ LEDGER_DTYPES = {
 CATEGORIES = {
     "role": ["user", "model", "summary"],
     "message_status": ["complete", "cancelled", "incomplete", "error"],
-    "call_status": ["ok", "cancelled", "error", "rate-limited"],
+    "call_status": ["ok", "retried", "replayed", "cancelled", "error", "rate-limited"],
 }
 
 
@@ -295,7 +295,7 @@ awkward_text = st.text(
 )
 maybe_text = st.one_of(st.none(), awkward_text.filter(bool))
 times = st.datetimes(
-    min_value=datetime(1990, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(timezone.utc)
+    min_value=datetime(1990, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
 )
 counts = st.integers(min_value=0, max_value=2**40)
 usages = st.builds(Usage, counts, counts, counts, counts, counts, counts)
@@ -385,7 +385,7 @@ def test_usage_frame_matches_a_per_turn_sum(entries: list[LedgerEntry]) -> None:
 
 
 def test_a_hundred_thousand_ledger_rows_build_column_wise() -> None:
-    start = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    start = datetime(2025, 1, 1, tzinfo=UTC)
     entries = [
         LedgerEntry(
             agent=f"agent-{i % 10}",

@@ -78,7 +78,8 @@ def ip(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AGENTRT_BACKEND", "scripted")
         mp.setenv("AGENTRT_HOME", str(tmp_path_factory.mktemp("home")))
-        shell = START_IPYTHON()
+        START_IPYTHON()  # returns None when another test module started it first
+        shell = globalipapp.get_ipython()
         shell.run_line_magic("load_ext", "agentrt_jupyter")
         yield shell
         shell.run_line_magic("unload_ext", "agentrt_jupyter")

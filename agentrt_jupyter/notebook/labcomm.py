@@ -223,7 +223,7 @@ class _LabComms:
     async def _answer(self, comm: Any, request: Request) -> None:
         try:
             reply = await asyncio.wait_for(self._reply(request), CALL_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             reply = _error(
                 request["id"], "timeout", f"the runtime did not answer in {CALL_TIMEOUT} s"
             )

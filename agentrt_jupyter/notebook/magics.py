@@ -14,6 +14,7 @@ import concurrent.futures
 import contextlib
 import keyword
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,10 +27,18 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, magics_class, no_var_expand
 from traitlets import Bool, Enum, Float, TraitError, Unicode, observe, validate
 
-from ..config import BACKENDS, AgentConfig, RuntimeConfig, default_store_path
-from ..errors import AgentError, AgentNotFound, AgentShutDown, TurnCancelled, UsageProblem
+from ..config import (
+    BACKENDS,
+    RuntimeConfig,
+    agent_config,
+    check_agent_name,
+    default_store_path,
+    runtime_config,
+)
+from ..errors import AgentError, TurnCancelled, UsageProblem
 from ..handle import WAIT_SLICE, ChatHandle, TurnResult
 from ..runtime import Agent, AgentRuntime
+from .agents import NotebookAgents
 from .display import FORMATS, TurnView, shorten
 from .interpolate import interpolate as expand
 
@@ -51,11 +60,8 @@ COMMANDS = (
     "help",
 )
 _RUNTIME_SETTINGS = ("backend", "default_model", "store_path", "base_url")
-_noted_local_model = False
-_GONE = ("shutdown", "disconnected")
 _F = TypeVar("_F", bound=Callable[..., Any])
 _margs: Any = margs
-parse_argstring: Callable[[Any, str], Any] = margs.parse_argstring
 
 
 def magic_arguments(name: str = "agent") -> Callable[[_F], _F]:
@@ -73,6 +79,31 @@ def cell_magic(name: str) -> Callable[[_F], _F]:
 
 def line_magic(name: str) -> Callable[[_F], _F]:
     return cast("Callable[[_F], _F]", magic.line_magic(name))
+
+
+def parse_line(magic: Callable[..., Any], line: str) -> Any:
+    """A magic's options, split like a shell line: quotes group words and are removed
+    (IPython's own `parse_argstring` keeps them, so `--system "be brief"` sent the quotes).
+    Unbalanced quotes are a UsageError like every other mistake."""
+    try:
+        argv = shlex.split(line)
+    except ValueError as exc:  # shlex: "No closing quotation", "No escaped character"
+        raise UsageError(f"cannot read the options: {exc}; close the quote") from None
+    parser: Any = getattr(magic, "parser")  # noqa: B009 - set by @magic_arguments
+    return parser.parse_args(argv)
+
+
+@dataclass(frozen=True)
+class CellOptions:
+    """A `%%agent` line, parsed and checked: `settings` are AgentConfig fields."""
+
+    name: str
+    settings: dict[str, Any]
+    new: bool
+    out: str | None
+    fmt: str | None
+    background: bool
+    interpolate: bool
 
 
 @dataclass
@@ -130,9 +161,7 @@ class AgentMagics(Magics):
     )
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
-        self._runtime: AgentRuntime | None = None
-        self._settings: dict[str, dict[str, Any]] = {}
-        self._agents: dict[str, Agent] = {}
+        self._agents: NotebookAgents | None = None
         self.background: dict[str, Run] = {}
         super().__init__(shell, **kwargs)
 
@@ -151,55 +180,62 @@ class AgentMagics(Magics):
     @observe(*_RUNTIME_SETTINGS)
     def _runtime_setting_changed(self, change: Any) -> None:
         """A new backend or store needs a new runtime; agents come back from the store."""
-        if self._runtime is not None and not self._runtime.closed:
+        if self.live_runtime is not None:
             self.shutdown_runtime()
 
     def runtime_config(self) -> RuntimeConfig:
         backend = os.environ.get(ENV_BACKEND) or self.backend
-        if self.store_path is None:
-            store: Path | None = default_store_path()
-        else:
-            store = Path(self.store_path).expanduser() if self.store_path else None
+        source = f" (from ${ENV_BACKEND})" if os.environ.get(ENV_BACKEND) else ""
         try:
-            return RuntimeConfig(
-                backend=cast("Any", backend),
-                default_model=self.default_model or None,
-                base_url=self.base_url or None,
-                store_path=store,
+            if self.store_path is None:
+                store: Path | None = default_store_path()
+            else:
+                store = Path(self.store_path).expanduser() if self.store_path else None
+            return runtime_config(
+                {
+                    "backend": backend,
+                    "default_model": self.default_model or None,
+                    "base_url": self.base_url or None,
+                    "store_path": store,
+                }
             )
         except UsageProblem as exc:
-            source = f" (from ${ENV_BACKEND})" if os.environ.get(ENV_BACKEND) else ""
             raise UsageError(f"{exc}{source}") from None
+        except RuntimeError as exc:  # expanduser: no home directory for ~user
+            raise UsageError(f"store_path: {exc}") from None
 
     @property
-    def runtime(self) -> AgentRuntime:
-        """The kernel's one runtime, started on first need.
+    def agents(self) -> NotebookAgents:
+        """The notebook's agents on the kernel's one runtime, started on first need.
 
         If the local model server it spawned has died (killed or crashed), the runtime is
         replaced; agents resume from the store."""
-        server = self._runtime.local_server if self._runtime is not None else None
+        current = self._agents
+        server = current.runtime.local_server if current is not None else None
         if server is not None and not server.running:
             print("agentrt: the local model server stopped; restarting it")
             self.shutdown_runtime()
-        if self._runtime is None or self._runtime.closed:
-            self._runtime = AgentRuntime(self.runtime_config())
-            self._settings.clear()
-            self._agents.clear()
-        return self._runtime
+            current = None
+        if current is None or current.runtime.closed:
+            current = self._agents = NotebookAgents(AgentRuntime(self.runtime_config()))
+        return current
+
+    @property
+    def runtime(self) -> AgentRuntime:
+        """The kernel's one runtime, started on first need (see `agents`)."""
+        return self.agents.runtime
 
     @property
     def live_runtime(self) -> AgentRuntime | None:
         """The runtime if one is running, without starting one."""
-        runtime = self._runtime
+        runtime = self._agents.runtime if self._agents is not None else None
         return runtime if runtime is not None and not runtime.closed else None
 
     def shutdown_runtime(self, timeout: float = 10.0) -> None:
-        runtime, self._runtime = self._runtime, None
-        self._settings.clear()
-        self._agents.clear()
+        agents, self._agents = self._agents, None
         self.background.clear()
-        if runtime is not None:
-            runtime.shutdown(timeout)
+        if agents is not None:
+            agents.runtime.shutdown(timeout)
 
     @magic_arguments()
     @argument(
@@ -240,108 +276,75 @@ class AgentMagics(Magics):
         if run is not None:
             self.conclude(run, await self.wait_async(run))
 
-    def start(self, line: str, cell: str) -> Run | None:
-        """Parse, create or resume the agent, show the displays and start the turn.
-
-        Returns the run to wait for, or None for a background run."""
-        args = parse_argstring(self.agent_cell, line)
+    def parse_cell_line(self, line: str) -> CellOptions:
+        """The `%%agent` line, checked before anything runs: every problem is a UsageError."""
+        args = parse_line(self.agent_cell, line)
         if args.out is not None and (not args.out.isidentifier() or keyword.iskeyword(args.out)):
             raise UsageError(f"--out needs a variable name, got {args.out!r}")
-        if not cell.strip():
-            raise UsageError("the cell is empty: write the prompt below the %%agent line")
-        namespace = self.user_ns
-        braces = self.interpolate and not args.no_interpolate
-        cell = cell.strip("\n").rstrip()
-        text = expand(cell, namespace) if braces else cell
-        system = expand(args.system, namespace) if braces and args.system else args.system
         settings = {
             key: value
             for key, value in (
                 ("model", args.model),
-                ("system_instruction", system),
+                ("system_instruction", args.system),
                 ("temperature", args.temperature),
                 ("max_output_tokens", args.max_tokens),
             )
             if value is not None
         }
+        name = args.name or self.default_agent
         try:
-            agent, handle = self._chat(args.name or self.default_agent, settings, args.new, text)
+            agent_config(None, {**settings, "name": name})
+        except UsageProblem as exc:
+            raise UsageError(str(exc)) from None
+        return CellOptions(
+            name=name,
+            settings=settings,
+            new=args.new,
+            out=args.out,
+            fmt=args.format,
+            background=args.background,
+            interpolate=self.interpolate and not args.no_interpolate,
+        )
+
+    def start(self, line: str, cell: str) -> Run | None:
+        """Parse, create or resume the agent, show the displays and start the turn.
+
+        Returns the run to wait for, or None for a background run."""
+        options = self.parse_cell_line(line)
+        if not cell.strip():
+            raise UsageError("the cell is empty: write the prompt below the %%agent line")
+        cell = cell.strip("\n").rstrip()
+        settings = dict(options.settings)
+        if options.interpolate:
+            cell = expand(cell, self.user_ns)
+            if settings.get("system_instruction"):
+                settings["system_instruction"] = expand(
+                    settings["system_instruction"], self.user_ns
+                )
+        agents = self.agents
+        try:
+            agent, handle = agents.chat(options.name, settings, cell, new=options.new)
         except UsageProblem as exc:
             raise UsageError(str(exc)) from None
         view = TurnView(
             self.shell,
-            fmt=args.format or self.default_format,
+            fmt=options.fmt or self.default_format,
             rate=self.updates_per_second,
             show_thoughts=self.show_thoughts,
         )
         view.show(handle)
-        future = asyncio.run_coroutine_threadsafe(view.follow(handle), self.runtime.loop)
-        run = Run(agent.name, handle, future, args.out)
-        if not args.background:
+        future = asyncio.run_coroutine_threadsafe(view.follow(handle), agents.runtime.loop)
+        run = Run(agent.name, handle, future, options.out)
+        if not options.background:
             return run
         self.background[agent.name] = run
-        if args.out is not None:
+        if options.out is not None:
             future.add_done_callback(lambda done: self._store_out(run, done))
         return None
 
     def _store_out(self, run: Run, done: concurrent.futures.Future[TurnResult]) -> None:
         if run.out is not None and not done.cancelled() and done.exception() is None:
             self.user_ns[run.out] = done.result()
-
-    def _chat(
-        self, name: str, settings: dict[str, Any], new: bool, text: str
-    ) -> tuple[Agent, ChatHandle]:
-        """Start the turn; a warm cell of an unchanged agent is one runtime round trip."""
-        cached = self._agents.get(name)
-        if (
-            cached is not None
-            and not new
-            and {**self._settings[name], **settings} == (self._settings[name])
-        ):
-            try:
-                return cached, self.runtime.chat(cached, text)
-            except (AgentNotFound, AgentShutDown):
-                self._agents.pop(name, None)  # shut down or deleted elsewhere
-        agent = self.agent(name, settings, new=new)
-        return agent, self.runtime.chat(agent, text)
-
-    def agent(self, name: str, settings: dict[str, Any], *, new: bool = False) -> Agent:
-        """The live agent NAME with these settings: created, resumed or reconfigured."""
-        runtime = self.runtime
-        live = {info.name for info in runtime.agents() if info.state not in _GONE}
-        known = self._settings.get(name, {})
-        merged = {**known, **settings}
-        if name in live and merged == known:
-            agent = runtime.agent(name)
-        elif name in live:
-            if not runtime.is_idle(name):
-                raise UsageError(f"agent {name!r} is busy: change its settings after this turn")
-            if runtime.config.store_path is None:
-                raise UsageError(
-                    f"agent {name!r} exists with other settings and there is no store to "
-                    "carry its conversation over: use another name, or --new without settings"
-                )
-            runtime.disconnect(name)
-            agent = runtime.resume(name, AgentConfig(name=name, **merged))
-        elif name in runtime.stored_conversations():
-            agent = runtime.resume(name, AgentConfig(name=name, **merged) if merged else None)
-        else:
-            self._note_local_model(runtime)
-            agent = runtime.create_agent(AgentConfig(name=name, **merged))
-        self._settings[name] = merged
-        self._agents[name] = agent
-        if new:
-            runtime.clear_history(agent)
-        return agent
-
-    def _note_local_model(self, runtime: AgentRuntime) -> None:
-        global _noted_local_model
-        if runtime.config.resolved_backend() == "local" and not _noted_local_model:
-            _noted_local_model = True
-            print(
-                "agentrt: no GOOGLE_API_KEY/GEMINI_API_KEY set, so replies come from the "
-                "small embedded local model. Set a key and restart the kernel to use Gemini."
-            )
 
     def block(self, run: Run) -> TurnResult:
         """Wait in short slices, so an interrupt is seen at once and cancels the turn."""
@@ -415,22 +418,26 @@ class AgentMagics(Magics):
             %agent config            the effective settings
             %agent runtime           the kernel's AgentRuntime, for the Python API
         """
-        args = parse_argstring(self.agent_line, line)
-        handler = getattr(self, f"_cmd_{args.command}")
+        command, name = self.parse_command_line(line)
+        handler = getattr(self, f"_cmd_{command}")
         try:
-            return handler(args.name)
+            return handler(name)
         except UsageProblem as exc:
             raise UsageError(str(exc)) from None
 
+    def parse_command_line(self, line: str) -> tuple[str, str | None]:
+        """The `%agent` line as (command, NAME), checked: every problem is a UsageError."""
+        args = parse_line(self.agent_line, line)
+        if args.name is not None:
+            try:
+                check_agent_name(args.name)
+            except UsageProblem as exc:
+                raise UsageError(f"{args.name[:40]!r} is not an agent name ({exc})") from None
+        return str(args.command), args.name
+
     def _named(self, name: str | None) -> Agent:
         """A live agent, resuming a stored one if needed (NAME defaults to the default agent)."""
-        name = name or self.default_agent
-        runtime = self.runtime
-        if name in {info.name for info in runtime.agents() if info.state not in _GONE}:
-            return runtime.agent(name)
-        if name in runtime.stored_conversations():
-            return self.agent(name, {})
-        raise UsageError(f"no agent {name!r}: start one with a %%agent {name} cell")
+        return self.agents.named(name or self.default_agent)
 
     def _cmd_help(self, name: str | None) -> None:
         print(self.agent_line.__doc__)
@@ -476,9 +483,9 @@ class AgentMagics(Magics):
         return ledger_frame(self.runtime)
 
     def _cmd_cancel(self, name: str | None) -> None:
-        runtime = self.runtime
-        names = [name] if name else [i.name for i in runtime.agents() if i.state not in _GONE]
-        stopped = [n for n in names if runtime.cancel(n)]
+        agents = self.agents
+        names = [name] if name else agents.live_names()
+        stopped = [n for n in names if agents.runtime.cancel(n)]
         print(f"cancelled: {', '.join(stopped)}" if stopped else "no turn was running")
 
     def _cmd_wait(self, name: str | None) -> None:
@@ -500,15 +507,13 @@ class AgentMagics(Magics):
             self.shutdown_runtime()
             print("runtime shut down; the next %%agent cell starts a new one")
             return
-        self.runtime.shutdown_agent(name)
-        self._settings.pop(name, None)
+        self.agents.shutdown(name)
         print(f"{name}: shut down (its stored conversation is kept)")
 
     def _cmd_delete(self, name: str | None) -> None:
         if name is None:
             raise UsageError("%agent delete needs the NAME of the agent to erase")
-        self.runtime.delete(name)
-        self._settings.pop(name, None)
+        self.agents.delete(name)
         self.background.pop(name, None)
         print(f"{name}: deleted")
 
