@@ -24,7 +24,7 @@ from _common import dist, main, row, show
 from agentrt_jupyter import ConversationMessage, TextPart, Usage
 from agentrt_jupyter.store import CachedReply, Store
 
-FIGURE = "9. Store"
+FIGURE = "10. Store"
 ENTRIES = 10_000
 USAGE = Usage(prompt_tokens=1000, candidates_tokens=200, total_tokens=1200)
 

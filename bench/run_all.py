@@ -34,6 +34,8 @@ SCRIPTS = {
     "display": ("6. Display coalescing", "bench_display.py"),
     "frames": ("7. DataFrames", "bench_frames.py"),
     "shutdown": ("8. Shutdown", "bench_shutdown.py"),
+    "conversations": ("9. Conversations", "bench_conversations.py"),
+    "store": ("10. Store", "bench_store.py"),
 }
 TIMEOUT = 900
 COLUMNS = ("Figure", "Metric", "Measured", "Baseline (same run)", "Ratio", "Target", "Result")
