@@ -35,6 +35,7 @@ from .conversation import (
 from .errors import (
     AgentShutDown,
     BackendError,
+    ConversationInUse,
     QuotaExceeded,
     ReplyBlocked,
     StoreError,
@@ -183,7 +184,9 @@ class AgentCore:
         self.model = core.config.model_for(config.model)
         self.conversation = Conversation()
         self.conversation_id: str | None = None
-        """Its conversation in the store, once it has recorded something (named agents)."""
+        """Its conversation in the store (named agents)."""
+        self.stored = True
+        """False once its conversation was taken over by another kernel: it writes no more."""
         self.state: AgentState = "idle"
         self.queue: collections.deque[Turn] = collections.deque()
         self.active: Turn | None = None
@@ -360,6 +363,11 @@ class AgentCore:
         except StoreError as exc:
             status = "error"
             error = exc if isinstance(exc, TurnError) else TurnStoreError(exc, agent=self.name)
+            self.core.store_failed(exc)
+        except ConversationInUse as exc:  # another kernel took this conversation over
+            status = "error"
+            error = TurnStoreError(StoreError(str(exc)), agent=self.name)
+            self.stored = False
         except TurnError as exc:
             status = "incomplete" if isinstance(exc, StreamBroken) else "error"
             error = exc
@@ -374,7 +382,7 @@ class AgentCore:
             if started:
                 try:
                     self._close_turn_record(turn, call, status)
-                except StoreError as exc:
+                except (StoreError, ConversationInUse) as exc:
                     log.warning("the store failed while closing a turn of %s: %s", self.name, exc)
         turn.ended_at = time.monotonic()
         turn.finish(

@@ -390,13 +390,22 @@ class _Core:
 
     def _stored_id(self, agent: AgentCore) -> str | None:
         """The agent's stored conversation (named agents only), created with the agent."""
-        if self.store is None or agent.config.name is None:
+        if self.store is None or agent.config.name is None or not agent.stored:
             return None
         if agent.conversation_id is None:
             agent.conversation_id = self.store.create(
                 self.config.namespace, agent.name, _settings(agent.config)
             )
         return agent.conversation_id
+
+    def store_failed(self, problem: StoreError) -> None:
+        """A store fault mid-session: say it once, and carry on without the store."""
+        if self.store is None:
+            return
+        log.warning("conversations are no longer stored: %s", problem)
+        store, self.store, self.store_problem = self.store, None, problem
+        with contextlib.suppress(StoreError):
+            store.close()
 
     def persist_agent(self, agent: AgentCore) -> None:
         if self.store is not None and agent.conversation_id is not None:

@@ -296,8 +296,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _rollback(db: sqlite3.Connection) -> None:
-    if db.in_transaction:
-        with contextlib.suppress(sqlite3.Error):
+    with contextlib.suppress(sqlite3.Error):  # also: the connection is already closed
+        if db.in_transaction:
             db.execute("ROLLBACK")
 
 

@@ -4,9 +4,12 @@ keys that stay with their endpoint."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,8 +20,10 @@ from agentrt_jupyter import (
     InvalidConfig,
     QuotaExceeded,
     ReplyBlocked,
+    StoreError,
     TextDelta,
     TurnCancelled,
+    TurnError,
     Waiting,
 )
 from agentrt_jupyter.quota import QuotaRegistry, parse_quota_error
@@ -244,3 +249,24 @@ def test_create_agent_refuses_an_unknown_setting_with_a_did_you_mean(rt: AgentRu
     with pytest.raises(InvalidConfig, match="did you mean 'temperature'") as caught:
         rt.create_agent(temprature=0.2)
     assert caught.value.field == "temprature"
+
+
+def test_a_store_fault_at_turn_start_fails_that_turn_typed_then_the_runtime_goes_on(
+    server: LocalServer, tiny_tmpfs: Path, tag: str
+) -> None:
+    store_path = tiny_tmpfs / "store.sqlite3"
+    with AgentRuntime(runtime_config(server, store_path=store_path)) as runtime:
+        agent = runtime.create_agent(name="fragile")
+        agent.chat(f"stored {tag}").text(timeout=10)
+        filler = os.open(tiny_tmpfs / "filler", os.O_WRONLY | os.O_CREAT)
+        with contextlib.suppress(OSError):  # the disk fills up
+            while True:
+                os.write(filler, os.urandom(4096))
+        os.close(filler)
+        with pytest.raises(StoreError) as caught:
+            agent.chat(f"after the disk filled {tag} " + "x" * 20_000).text(timeout=10)
+        assert isinstance(caught.value, TurnError)
+        assert not isinstance(caught.value, TurnCancelled)
+        assert str(store_path) in str(caught.value)
+        assert runtime.store_problem is not None
+        assert agent.chat(f"unstored now {tag}").text(timeout=10) == f"Echo: unstored now {tag}"
