@@ -195,6 +195,7 @@ class AgentCore:
         self.wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._backend: Backend | None = None
+        self._live_call: _CallState | None = None
 
     @property
     def caching(self) -> bool:
@@ -210,11 +211,17 @@ class AgentCore:
         self.queue.append(turn)
         self.idle.clear()
         self.wakeup.set()
+        self.core.changed()
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._work(), name=f"agent:{self.name}")
 
     def is_idle(self) -> bool:
         return self.active is None and not self.queue
+
+    def streaming_usage(self) -> Usage:
+        """The running usage of the call streaming now (not yet in the ledger)."""
+        call = self._live_call
+        return call.usage if call is not None else Usage()
 
     async def _work(self) -> None:
         try:
@@ -222,6 +229,7 @@ class AgentCore:
                 turn = self.queue.popleft()
                 self.active = turn
                 self.state = "running"
+                self.core.changed()
                 turn.task = asyncio.create_task(self._run_turn(turn), name=f"turn:{self.name}")
                 try:
                     await asyncio.wait([turn.task])
@@ -231,6 +239,7 @@ class AgentCore:
                     raise
                 finally:
                     self.active = None
+                    self.core.changed()
                     if not turn.task.cancelled() and turn.task.exception() is not None:
                         log.error("turn of %s raised", self.name, exc_info=turn.task.exception())
                     if not turn.finished:  # cancelled before its first step
@@ -640,6 +649,7 @@ class AgentCore:
                     if turn.first_chunk_at is None:
                         turn.first_chunk_at = call.first_chunk_at
                 call.add(chunk, turn)
+                core.changed()
                 if inbox.pending:
                     inbox.drain()
                 if now - checkpointed >= CHECKPOINT_EVERY and call.produced:
@@ -662,6 +672,7 @@ class AgentCore:
                 task.cancel()
 
         core.streams += 1
+        self._live_call = call
         task = asyncio.create_task(pump(), name=f"pump:{self.name}")
         alarm = [loop.call_later(idle, watchdog)]
         try:
@@ -671,6 +682,7 @@ class AgentCore:
             task.result()
         finally:
             core.streams -= 1
+            self._live_call = None
             alarm[0].cancel()
             if not task.done():
                 task.cancel()

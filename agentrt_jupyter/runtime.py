@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
@@ -272,7 +272,9 @@ class _Portal:
 
 @dataclass(frozen=True)
 class AgentInfo:
-    """A snapshot of one agent, for listings and monitors."""
+    """A snapshot of one agent, for listings and monitors.
+
+    `total_usage` counts the call streaming now too (its running total so far)."""
 
     id: str
     name: str
@@ -304,6 +306,9 @@ class _Core:
         self.inbox = Inbox()
         self.streams = 0
         """Model streams in flight: above one, each pump yields after every chunk."""
+        self.version = 0
+        """Grows at every change a monitor shows (agents, turns, streamed usage)."""
+        self._watchers: list[asyncio.Future[None]] = []
 
     def lookup(self, ref: Agent | str) -> AgentCore:
         key = ref.id if isinstance(ref, Agent) else ref
@@ -510,6 +515,7 @@ class _Core:
         self._stored_id(agent)
         self.agents[agent_id] = agent
         self.by_name[name] = agent_id
+        self.changed()
         return agent
 
     def resume(self, name: str, config: AgentConfig | None, take_over: bool = False) -> AgentCore:
@@ -542,6 +548,7 @@ class _Core:
         self.agents[agent.id] = agent
         self.by_name[name] = agent.id
         self.persist_agent(agent)
+        self.changed()
         return agent
 
     def chat(self, ref: Agent | str, parts: Any, refresh: bool = False) -> Turn:
@@ -597,6 +604,7 @@ class _Core:
         await agent.stop("disconnected" if how == "disconnect" else "shutdown")
         if self.store is not None and agent.conversation_id is not None and how != "delete":
             self.store.release(agent.conversation_id)
+        self.changed()
         if how == "delete":
             del self.agents[agent.id]
             self.by_name.pop(agent.name, None)
@@ -619,6 +627,24 @@ class _Core:
             self.store.delete(row.id)
         return len(rows)
 
+    def changed(self) -> None:
+        """Something a monitor shows changed: wake the watchers (cheap; called per chunk)."""
+        self.version += 1
+        if self._watchers:
+            watchers, self._watchers = self._watchers, []
+            for watcher in watchers:
+                if not watcher.done():
+                    watcher.set_result(None)
+
+    async def next_change(self, since: int, timeout: float | None) -> tuple[int, list[AgentInfo]]:
+        """The agents once the version passed `since` (or at the timeout, unchanged)."""
+        if self.version == since:
+            watcher = asyncio.get_running_loop().create_future()
+            self._watchers.append(watcher)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(watcher, timeout)
+        return self.version, self.agent_infos()
+
     def agent_infos(self) -> list[AgentInfo]:
         now = time.monotonic()
         infos = []
@@ -636,7 +662,7 @@ class _Core:
                     running_for=now - active.started_at
                     if active is not None and active.started_at is not None
                     else None,
-                    total_usage=agent.conversation.total_usage(),
+                    total_usage=agent.conversation.total_usage() + agent.streaming_usage(),
                 )
             )
         return infos
@@ -873,6 +899,22 @@ class AsyncAgentRuntime:
     async def agents(self) -> list[AgentInfo]:
         return await self._portal.acall(self._core.agent_infos)
 
+    async def watch(self, interval: float = 0.1) -> AsyncIterator[list[AgentInfo]]:
+        """The agents now, then again after each change, at most once per `interval` s.
+
+        Agents created, stopped or deleted, turns queued, started or ended, and tokens
+        counted while a reply streams are changes: a monitor fed by this counts up live
+        and is quiet (no polling) while nothing happens.
+        """
+        version, infos = await self._portal.acall(self._core.next_change, -1, 0)
+        while True:
+            yield infos
+            started = time.monotonic()
+            version, infos = await self._portal.acall(self._core.next_change, version, None)
+            if (left := interval - (time.monotonic() - started)) > 0:
+                await asyncio.sleep(left)
+                version, infos = await self._portal.acall(self._core.next_change, version, 0)
+
     async def ledger(self) -> list[LedgerEntry]:
         return await self._portal.acall(self._core.ledger)
 
@@ -1101,6 +1143,15 @@ class AgentRuntime:
 
     def agents(self) -> list[AgentInfo]:
         return self._portal.call(self._core.agent_infos)
+
+    def wait_for_change(
+        self, since: int = -1, timeout: float | None = None
+    ) -> tuple[int, list[AgentInfo]]:
+        """Block until something a monitor shows changed after version `since`.
+
+        Returns (version, agents); pass the version back to wait for the next change.
+        `runtime.aio.watch()` is the async iterator over the same signal."""
+        return self._portal.call(self._core.next_change, since, timeout)
 
     def ledger(self) -> list[LedgerEntry]:
         """Every API call of every live agent, in order per agent."""

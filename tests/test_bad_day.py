@@ -4,6 +4,7 @@ keys that stay with their endpoint."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -270,3 +271,32 @@ def test_a_store_fault_at_turn_start_fails_that_turn_typed_then_the_runtime_goes
         assert str(store_path) in str(caught.value)
         assert runtime.store_problem is not None
         assert agent.chat(f"unstored now {tag}").text(timeout=10) == f"Echo: unstored now {tag}"
+
+
+def test_watchers_see_tokens_count_up_while_a_reply_streams(rt: AgentRuntime, tag: str) -> None:
+    agent = rt.create_agent()
+    version, _ = rt.wait_for_change(timeout=0)
+    assert rt.wait_for_change(version, timeout=0.2)[0] == version  # quiet while idle
+    handle = agent.chat(f"@@fault slow 100\none two three four five six seven {tag}")
+    counts: list[int] = []
+    while not handle.done:
+        version, infos = rt.wait_for_change(version, timeout=10)
+        (info,) = [i for i in infos if i.id == agent.id]
+        if not handle.done and info.turn_count:
+            counts.append(info.total_usage.candidates_tokens)
+    assert len(set(counts)) >= 3 and counts == sorted(counts)  # counted up mid-stream
+    assert rt.agents()[0].total_usage == agent.total_usage()
+
+
+def test_the_async_watch_yields_on_changes(rt: AgentRuntime) -> None:
+    async def watch() -> tuple[list, list, str]:
+        changes = rt.aio.watch(interval=0.01)
+        first = await anext(changes)
+        agent = await rt.aio.create_agent()
+        second = await anext(changes)
+        await changes.aclose()
+        return first, second, agent.id
+
+    first, second, created = asyncio.run(watch())
+    assert first == []
+    assert [i.id for i in second] == [created]
