@@ -393,6 +393,14 @@ class _Core:
     async def default_backend(self) -> Backend:
         return await self.backend_for(AgentConfig())
 
+    async def warm_up(self) -> None:
+        """Import the SDK, build the client and start the local server now, not at the
+        first turn; a failure here is only logged (the first turn reports it)."""
+        try:
+            await self.default_backend()
+        except Exception as exc:
+            log.info("warm-up failed (the first turn will say why): %s", exc)
+
     def _stored_id(self, agent: AgentCore) -> str | None:
         """The agent's stored conversation (named agents only), created with the agent."""
         if self.store is None or agent.config.name is None or not agent.stored:
@@ -1015,6 +1023,11 @@ class AgentRuntime:
                 portal.submit(self._core.cancel_turn, turn.agent, turn)
 
         return ChatHandle(turn, cancel)
+
+    def start_warm_up(self) -> None:
+        """Begin, in the background, what the first turn would wait for: the SDK import
+        (~0.5 s), the client and, without a key, the local model server. Returns at once."""
+        self._portal.submit(self._core.warm_up)
 
     def create_agent(
         self, config: AgentConfig | None = None, *, fresh: bool = False, **settings: Any
