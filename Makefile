@@ -6,10 +6,8 @@ demo:  ## set up from nothing and run the quickstart notebook on the embedded mo
 test:  ## set up from nothing, then ruff, mypy and the whole test suite
 	scripts/test.sh
 
-lab:   ## open JupyterLab on the quickstart notebook
-	scripts/setup.sh notebook,local,test
-	.venv/bin/jupyter labextension develop --overwrite .
-	.venv/bin/jupyter lab notebooks/quickstart.ipynb
+lab:   ## open JupyterLab on the quickstart notebook (LAB_ARGS go to `jupyter lab`)
+	scripts/lab.sh $(LAB_ARGS)
 
 bench: ## run the benchmarks and write bench/results.md
 	scripts/setup.sh notebook,local,test

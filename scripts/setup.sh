@@ -21,10 +21,11 @@ if [[ ",$extras," == *",local,"* ]] && ! .venv/bin/python -c "import llama_cpp" 
   step "building llama-cpp-python (one-time, 5-10 minutes on 2 cores; progress below)"
   export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
   export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
-  # -v shows the compiler's [ NN%] lines, so the long build never looks hung.
+  # -v shows the build's progress lines, so the long build never looks hung: ninja's
+  # `[N/M] Building C object ...` (what scikit-build-core uses) or make's `[ NN%]`.
   pip install -v "llama-cpp-python==0.3.36" 2>&1 \
-    | grep --line-buffered -E '\[ *[0-9]+%\]|Successfully|ERROR|error:' \
-    | sed -u -E 's/^ *//; s/(\[ *[0-9]+%\]) .*\/([^/ ]+)$/\1 \2/' || true
+    | grep --line-buffered -E '\[ *[0-9]+%\]|\[[0-9]+/[0-9]+\]|Successfully|ERROR|error:' \
+    | sed -u -E 's/^ *//; s/^(\[[^]]*\]) .*\/([^/ ]+)$/\1 \2/' || true
   .venv/bin/python -c "import llama_cpp" || { echo "llama-cpp-python failed to build" >&2; exit 1; }
 fi
 

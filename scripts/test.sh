@@ -12,6 +12,10 @@ printf '\n\033[1m==> mypy\033[0m\n'
 printf '\n\033[1m==> pytest\033[0m\n'
 .venv/bin/python -m pytest "$@"
 
+# `make lab` from this checkout: start it, wait until JupyterLab serves, stop it.
+printf '\n\033[1m==> make lab serves\033[0m\n'
+.venv/bin/python scripts/check_lab.py
+
 # The older-kernel leg: the same kernel tests with the kernel on ipykernel 6.29.
 printf '\n\033[1m==> kernel tests on ipykernel 6.29\033[0m\n'
 if [ ! -x .venv-ipykernel6/bin/python ]; then
