@@ -300,3 +300,11 @@ def test_the_async_watch_yields_on_changes(rt: AgentRuntime) -> None:
     first, second, created = asyncio.run(watch())
     assert first == []
     assert [i.id for i in second] == [created]
+
+
+def test_retries_are_not_cut_by_a_short_idle_chunk_timeout(server: LocalServer, tag: str) -> None:
+    with AgentRuntime(runtime_config(server, idle_chunk_timeout=0.4)) as runtime:
+        server.push_faults("503", "503", match=tag)
+        agent = runtime.create_agent()
+        assert agent.chat(f"patience {tag}").text(timeout=30) == f"Echo: patience {tag}"
+        assert [e.status for e in agent.ledger()] == ["retried", "retried", "ok"]
