@@ -729,7 +729,13 @@ class AgentCore:
                 return None, f"the confirmation policy failed: {problem}"
             if not answer:
                 return None, "the user declined this tool call"
-        result, problem = await _guarded(tool.fn, **dict(call.args))
+        limit = self.config.tool_timeout
+        try:
+            result, problem = await asyncio.wait_for(_guarded(tool.fn, **dict(call.args)), limit)
+        except TimeoutError:
+            return None, (
+                f"the tool did not answer within {limit:g} s (tool_timeout) and was abandoned"
+            )
         return (None, problem) if problem is not None else (_jsonable(result), None)
 
     async def _maybe_compact(self, turn: Turn) -> None:

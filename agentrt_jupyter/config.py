@@ -398,6 +398,9 @@ class AgentConfig:
     api_version: str | None = None
     reply_cache: bool | None = None
     """Replay recorded replies for identical requests; None follows the runtime's setting."""
+    tool_timeout: float | None = 300.0
+    """Seconds one tool call may take; past it the call is abandoned and reported as an
+    error to the model (None: no limit)."""
 
     def __post_init__(self) -> None:
         _check_model("model", self.model)
@@ -431,6 +434,7 @@ class AgentConfig:
             raise InvalidConfig("must be a callable (name, args) -> bool", field="confirm_tool")
         if self.reply_cache is not None and not isinstance(self.reply_cache, bool):
             raise InvalidConfig("must be True, False or None", field="reply_cache")
+        _check_number("tool_timeout", self.tool_timeout, low=0.001, high=_LONGEST_WAIT)
         _check_api_key(self.api_key)
         _check_base_url(self.base_url)
         _check_api_version(self.api_version)

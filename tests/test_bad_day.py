@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import os
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -308,3 +309,23 @@ def test_retries_are_not_cut_by_a_short_idle_chunk_timeout(server: LocalServer, 
         agent = runtime.create_agent()
         assert agent.chat(f"patience {tag}").text(timeout=30) == f"Echo: patience {tag}"
         assert [e.status for e in agent.ledger()] == ["retried", "retried", "ok"]
+
+
+def test_a_hanging_tool_is_bounded_by_tool_timeout_and_the_turn_goes_on(
+    rt: AgentRuntime, server: LocalServer, tag: str
+) -> None:
+    release = threading.Event()
+
+    def stuck() -> str:
+        """Never answers in time."""
+        release.wait(30)
+        return "too late"
+
+    try:
+        agent = rt.create_agent(tools=[stuck], tool_timeout=0.2)
+        text = agent.chat(f"@@call stuck {{}}\n{tag}").text(timeout=20)
+        assert "tool_timeout" in text
+        contents = requests_with(server, tag)[-1]["body"]["contents"]
+        assert_valid_conversation(contents)
+    finally:
+        release.set()
