@@ -42,7 +42,8 @@ no usage). Durations are `float64` seconds, `NaN` where unknown.
     status category[ok, retried, replayed, cancelled, error, rate-limited], finish_reason string,
     prompt_tokens int64, cached_tokens int64, candidates_tokens int64,
     thoughts_tokens int64, tool_use_prompt_tokens int64, total_tokens int64,
-    time_to_first_chunk float64, duration float64, retry_wait float64, error string
+    time_to_first_chunk float64, duration float64, retry_wait float64, error string,
+    saved_tokens int64 (a reply replayed from the cache: what it cost when recorded)
 
 Frames are built column-wise (one list per column, one constructor): 100,000 rows take
 about 0.2 to 0.3 s.
@@ -123,6 +124,7 @@ LEDGER_SCHEMA: dict[str, Any] = {
     "duration": "float64",
     "retry_wait": "float64",
     "error": "string",
+    "saved_tokens": "int64",
 }
 SCHEMAS: dict[str, dict[str, Any]] = {
     "history": HISTORY_SCHEMA,
@@ -184,6 +186,7 @@ def ledger_frame(source: AgentRuntime | Sequence[LedgerEntry]) -> pd.DataFrame:
     columns["duration"] = [e.duration for e in entries]
     columns["retry_wait"] = [e.retry_wait for e in entries]
     columns["error"] = [e.error or None for e in entries]
+    columns["saved_tokens"] = [e.saved_tokens for e in entries]
     return _frame(columns, LEDGER_SCHEMA)
 
 

@@ -96,6 +96,7 @@ LEDGER_DTYPES = {
     "duration": "float64",
     "retry_wait": "float64",
     "error": "string",
+    "saved_tokens": "int64",
 }
 CATEGORIES = {
     "role": ["user", "model", "summary"],
