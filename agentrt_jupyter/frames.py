@@ -364,3 +364,67 @@ def _split_parts(
 
 def _json(items: list[dict[str, Any]]) -> str | None:
     return json.dumps(items, ensure_ascii=False, default=repr) if items else None
+
+
+COMPACT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "history": ("turn", "role", "status", "time", "text", "total_tokens"),
+    "usage": (
+        "agent", "turn", "calls", "status", "started", "prompt_tokens", "candidates_tokens",
+        "duration",
+    ),
+    "ledger": (
+        "agent", "turn", "call", "status", "started", "prompt_tokens", "candidates_tokens",
+        "duration", "error",
+    ),
+}  # fmt: skip
+"""What a person reads first in each frame; the rest stays in the frame, not on screen."""
+COMPACT_TEXT = 60
+"""Characters of a text cell shown in a compact view (the frame keeps all of it)."""
+
+
+class CompactFrame(pd.DataFrame):  # type: ignore[misc]  # pandas ships no type stubs here
+    """The full, typed frame, displayed compactly: a few columns, local times to the second,
+    short text, no wrapping. Any operation on it gives a plain DataFrame."""
+
+    _metadata = ["compact_columns"]
+    compact_columns: tuple[str, ...]
+
+    @property
+    def _constructor(self) -> Any:
+        return pd.DataFrame
+
+    def view(self) -> pd.DataFrame:
+        """The compact view itself, as a plain DataFrame of strings and numbers."""
+        frame = pd.DataFrame(self)
+        shown = frame[[c for c in self.compact_columns if c in frame.columns]].copy()
+        local = datetime.now().astimezone().tzinfo
+        for name in shown.columns:
+            column = shown[name]
+            if isinstance(column.dtype, pd.DatetimeTZDtype):
+                shown[name] = column.dt.tz_convert(local).dt.strftime("%Y-%m-%d %H:%M:%S")
+            elif name == "duration":
+                shown[name] = column.round(2)
+            elif pd.api.types.is_string_dtype(column.dtype) and name != "status":
+                shown[name] = column.map(_short, na_action="ignore").astype("string")
+        return shown
+
+    def _repr_html_(self) -> str:
+        table = self.view().to_html(na_rep="", border=0)
+        hidden = len(self.columns) - len(self.view().columns)
+        note = f"<sub>{len(self)} rows; {hidden} more columns in the frame</sub>"
+        return f'<div style="white-space: nowrap; overflow-x: auto">{table}{note}</div>'
+
+    def __repr__(self) -> str:
+        return str(self.view().to_string(na_rep=""))
+
+
+def compact(frame: pd.DataFrame, kind: FrameKind) -> CompactFrame:
+    """`frame` itself (all columns and dtypes) with the compact display of `kind`."""
+    shown = CompactFrame(frame)
+    shown.compact_columns = COMPACT_COLUMNS[kind]
+    return shown
+
+
+def _short(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= COMPACT_TEXT else line[: COMPACT_TEXT - 1] + "…"

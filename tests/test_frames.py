@@ -34,7 +34,9 @@ from agentrt_jupyter.content import (
     TextPart,
 )
 from agentrt_jupyter.frames import (
+    COMPACT_COLUMNS,
     FrameKind,
+    compact,
     empty_frame,
     history_frame,
     ledger_frame,
@@ -413,3 +415,22 @@ def test_a_hundred_thousand_ledger_rows_build_column_wise() -> None:
 def test_importing_the_package_does_not_import_pandas() -> None:
     code = "import sys, agentrt_jupyter; assert 'pandas' not in sys.modules, 'pandas loaded'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("kind", ["history", "usage", "ledger"])
+def test_a_compact_frame_is_the_full_frame_shown_short(recorded: Recorded, kind: FrameKind) -> None:
+    full = recorded_frames(recorded)[kind]
+    shown = compact(full, kind)
+    pd.testing.assert_frame_equal(pd.DataFrame(shown), full)  # every column, every dtype
+    view = shown.view()
+    assert list(view.columns) == [c for c in COMPACT_COLUMNS[kind] if c in full.columns]
+    assert len(view.columns) < len(full.columns)
+    for name in view.columns:
+        if isinstance(full[name].dtype, pd.DatetimeTZDtype):
+            local = full[name].dt.tz_convert(datetime.now().astimezone().tzinfo)
+            assert view[name].tolist() == local.dt.strftime("%Y-%m-%d %H:%M:%S").tolist()
+    text = [v for v in view.get("text", pd.Series(dtype="string")).dropna()]
+    assert all(len(v) <= 60 and "\n" not in v for v in text)
+    html = shown._repr_html_()
+    assert "white-space: nowrap" in html and "more columns in the frame" in html
+    assert type(shown[["turn"]]) is pd.DataFrame  # operations give plain frames
