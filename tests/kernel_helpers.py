@@ -144,10 +144,18 @@ class Cell:
 
     @property
     def stdout(self) -> str:
+        return self.stream("stdout")
+
+    @property
+    def stderr(self) -> str:
+        """What the cell wrote to stderr (where IPython shows a UsageError, in one line)."""
+        return self.stream("stderr")
+
+    def stream(self, name: str) -> str:
         return "".join(
             m["content"]["text"]
             for m in self.messages
-            if m["msg_type"] == "stream" and m["content"]["name"] == "stdout"
+            if m["msg_type"] == "stream" and m["content"]["name"] == name
         )
 
 
@@ -203,3 +211,16 @@ def started_kernel(
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+@contextmanager
+def notebook_kernel(home: Path, notebook: str, base_url: str, token: str) -> Iterator[Kernel]:
+    """A kernel running `notebook` (as jupyter_server says: $JPY_SESSION_NAME) with the
+    extension loaded, its agents on the scripted server at `base_url` and its store
+    under `home`: kernels sharing `home` share the store, as kernels of one user do."""
+    arguments = [f"--AgentMagics.base_url={base_url}"]
+    env = {"AGENTRT_BACKEND": "", "GOOGLE_API_KEY": token, "JPY_SESSION_NAME": notebook}
+    with started_kernel(home, extra_arguments=arguments, **env) as kernel:
+        cell = kernel.run("%load_ext agentrt_jupyter")
+        assert cell.ok, cell.error
+        yield kernel

@@ -13,11 +13,13 @@ import asyncio
 import concurrent.futures
 import contextlib
 import keyword
+import logging
 import os
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -35,10 +37,10 @@ from ..config import (
     default_store_path,
     runtime_config,
 )
-from ..errors import AgentError, TurnCancelled, UsageProblem
+from ..errors import AgentError, ConversationInUse, StoreError, TurnCancelled, UsageProblem
 from ..handle import WAIT_SLICE, ChatHandle, TurnResult
 from ..runtime import Agent, AgentRuntime
-from .agents import NotebookAgents
+from .agents import NotebookAgents, in_use_message, kernel_names, notebook_namespace
 from .display import FORMATS, TurnView, shorten
 from .interpolate import interpolate as expand
 
@@ -47,6 +49,7 @@ SETTLE_TIMEOUT = 10.0
 """After an interrupt, how long to wait for the turn to end so its partial reply shows."""
 COMMANDS = (
     "list",
+    "resume",
     "usage",
     "history",
     "ledger",
@@ -55,11 +58,18 @@ COMMANDS = (
     "reset",
     "delete",
     "wait",
+    "cache",
     "config",
     "runtime",
     "help",
 )
 _RUNTIME_SETTINGS = ("backend", "default_model", "store_path", "base_url")
+_FLAGS = {
+    "stored": ("--stored", "list"),
+    "everywhere": ("--all", "list"),
+    "take_over": ("--take-over", "resume"),
+}
+"""`%agent` options that belong to one command: (how it is written, the command)."""
 _F = TypeVar("_F", bound=Callable[..., Any])
 _margs: Any = margs
 
@@ -100,10 +110,23 @@ class CellOptions:
     name: str
     settings: dict[str, Any]
     new: bool
+    resume: bool
+    refresh: bool
     out: str | None
     fmt: str | None
     background: bool
     interpolate: bool
+
+
+@dataclass(frozen=True)
+class CommandLine:
+    """A `%agent` line, parsed and checked."""
+
+    command: str
+    name: str | None
+    stored: bool = False
+    everywhere: bool = False
+    take_over: bool = False
 
 
 @dataclass
@@ -133,8 +156,16 @@ class AgentMagics(Magics):
     store_path = Unicode(
         None,
         allow_none=True,
-        help="SQLite file keeping conversations across kernel restarts "
-        "(default: $AGENTRT_HOME/conversations.sqlite3; empty string: keep nothing).",
+        help="SQLite file keeping conversations, for %agent resume and the reply cache "
+        "(default: $AGENTRT_HOME/conversations.sqlite3, else "
+        "~/.local/share/agentrt-jupyter/conversations.sqlite3; empty string: keep nothing).",
+    ).tag(config=True)
+    cache = Bool(
+        True,
+        help="Replay the recorded reply when a %%agent cell sends exactly what was sent "
+        "before (model, settings, system instruction, tools, schema and the whole "
+        "conversation), so Run All after a restart calls no model and shows the same "
+        "replies; --refresh forces a live call.",
     ).tag(config=True)
     base_url = Unicode(
         None, allow_none=True, help="A Gemini-compatible server to use instead of Google's."
@@ -162,13 +193,18 @@ class AgentMagics(Magics):
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         self._agents: NotebookAgents | None = None
+        self._said: set[str] = set()
         self.background: dict[str, Run] = {}
         super().__init__(shell, **kwargs)
 
     @property
     def user_ns(self) -> dict[str, Any]:
         shell: Any = self.shell
-        return cast("dict[str, Any]", shell.user_ns)
+        return cast("dict[str, Any]", shell.user_ns) if shell is not None else {}
+
+    def namespace(self) -> str:
+        """This notebook's name for its conversations (see `notebook_namespace`)."""
+        return notebook_namespace(os.environ, self.user_ns, _connection_file())
 
     @validate("updates_per_second")
     def _check_rate(self, proposal: Any) -> float:
@@ -197,6 +233,7 @@ class AgentMagics(Magics):
                     "default_model": self.default_model or None,
                     "base_url": self.base_url or None,
                     "store_path": store,
+                    "namespace": self.namespace(),
                 }
             )
         except UsageProblem as exc:
@@ -209,7 +246,7 @@ class AgentMagics(Magics):
         """The notebook's agents on the kernel's one runtime, started on first need.
 
         If the local model server it spawned has died (killed or crashed), the runtime is
-        replaced; agents resume from the store."""
+        replaced; the agents this kernel used resume from the store at their next cell."""
         current = self._agents
         server = current.runtime.local_server if current is not None else None
         if server is not None and not server.running:
@@ -217,8 +254,24 @@ class AgentMagics(Magics):
             self.shutdown_runtime()
             current = None
         if current is None or current.runtime.closed:
-            current = self._agents = NotebookAgents(AgentRuntime(self.runtime_config()))
+            config = self.runtime_config()
+            with _store_warning_left_to_us():
+                runtime = AgentRuntime(config)
+            self._say_store_problem(runtime.store_problem)
+            used = kernel_names(self.shell, config.namespace)
+            current = self._agents = NotebookAgents(runtime, used)
         return current
+
+    def _say_store_problem(self, problem: StoreError | None) -> None:
+        """One line, once per problem: conversations are not stored, which file, what to do."""
+        if problem is None or str(problem) in self._said:
+            return
+        self._said.add(str(problem))
+        print(
+            f"agentrt: conversations are not stored: {problem}; in a notebook, "
+            "%config AgentMagics.store_path = '' runs without a store",
+            file=sys.stderr,
+        )
 
     @property
     def runtime(self) -> AgentRuntime:
@@ -241,14 +294,25 @@ class AgentMagics(Magics):
     @argument(
         "name",
         nargs="?",
-        help="The agent (created on first use; after a kernel restart its stored "
-        "conversation is resumed). Default: AgentMagics.default_agent.",
+        help="The agent (created on first use in this kernel; a restarted kernel starts "
+        "it fresh, see --resume). Default: AgentMagics.default_agent.",
     )
     @argument("--model", help="Model of the agent (applies from this turn on).")
     @argument("--system", metavar="TEXT", help="System instruction (applies from this turn on).")
     @argument("--temperature", type=float, help="Sampling temperature, 0 to 2.")
     @argument("--max-tokens", type=int, metavar="N", help="Most output tokens per reply.")
     @argument("--new", action="store_true", help="Start a fresh conversation (clear history).")
+    @argument(
+        "--resume",
+        action="store_true",
+        help="Continue NAME's stored conversation (from before a kernel restart), then "
+        "send the cell.",
+    )
+    @argument(
+        "--refresh",
+        action="store_true",
+        help="Call the model even if the reply cache holds this request's reply.",
+    )
     @argument("--out", metavar="VAR", help="Store the TurnResult in variable VAR.")
     @argument("--format", choices=FORMATS, help="Show the reply as markdown (default), ...")
     @argument(
@@ -292,6 +356,10 @@ class AgentMagics(Magics):
             if value is not None
         }
         name = args.name or self.default_agent
+        if args.new and args.resume:
+            raise UsageError(
+                "--new starts a fresh conversation and --resume continues the stored one: pick one"
+            )
         try:
             agent_config(None, {**settings, "name": name})
         except UsageProblem as exc:
@@ -300,6 +368,8 @@ class AgentMagics(Magics):
             name=name,
             settings=settings,
             new=args.new,
+            resume=args.resume,
+            refresh=args.refresh,
             out=args.out,
             fmt=args.format,
             background=args.background,
@@ -323,7 +393,17 @@ class AgentMagics(Magics):
                 )
         agents = self.agents
         try:
-            agent, handle = agents.chat(options.name, settings, cell, new=options.new)
+            agent, handle = agents.chat(
+                options.name,
+                settings,
+                cell,
+                cache=self.cache,
+                new=options.new,
+                resume=options.resume,
+                refresh=options.refresh,
+            )
+        except ConversationInUse as exc:
+            raise UsageError(in_use_message(exc)) from None
         except UsageProblem as exc:
             raise UsageError(str(exc)) from None
         view = TurnView(
@@ -401,12 +481,19 @@ class AgentMagics(Magics):
     @magic_arguments()
     @argument("command", nargs="?", default="help", choices=COMMANDS, help="What to do.")
     @argument("name", nargs="?", help="The agent (see each command).")
+    @argument("--stored", action="store_true", help="list: the stored conversations.")
+    @argument("--all", action="store_true", help="list --stored: of every notebook.")
+    @argument("--take-over", action="store_true", help="resume: even from a live kernel.")
     @line_magic("agent")
     def agent_line(self, line: str) -> Any:
-        """Manage agents: list, usage, history, ledger, cancel, shutdown, reset, delete,
-        wait, config, runtime, help.
+        """Manage agents: list, resume, usage, history, ledger, cancel, shutdown, reset,
+        delete, wait, cache, config, runtime, help.
 
-            %agent list              the live and stored agents (a DataFrame)
+            %agent list              the agents of this kernel (a DataFrame)
+            %agent list --stored     the conversations this notebook can resume
+                                     (--all: of every notebook)
+            %agent resume NAME       continue NAME's stored conversation (--take-over:
+                                     even if another kernel is writing it)
             %agent usage [NAME]      one row per turn (a DataFrame; default agent)
             %agent history [NAME]    one row per message (a DataFrame; default agent)
             %agent ledger            one row per API call of every agent (a DataFrame)
@@ -414,41 +501,60 @@ class AgentMagics(Magics):
             %agent wait [NAME]       wait for a --background turn (without NAME: all)
             %agent reset [NAME]      clear the conversation the model sees
             %agent shutdown [NAME]   stop NAME (without NAME: the whole runtime)
-            %agent delete NAME       stop NAME and erase its stored conversation
+            %agent delete NAME       stop NAME and erase its stored conversations
+            %agent cache [clear]     the reply cache's size and hits (clear: empty it)
             %agent config            the effective settings
             %agent runtime           the kernel's AgentRuntime, for the Python API
         """
-        command, name = self.parse_command_line(line)
-        handler = getattr(self, f"_cmd_{command}")
+        command = self.parse_command(line)
+        handler = getattr(self, f"_cmd_{command.command}")
         try:
-            return handler(name)
+            return handler(command)
+        except ConversationInUse as exc:
+            raise UsageError(in_use_message(exc)) from None
         except UsageProblem as exc:
             raise UsageError(str(exc)) from None
 
-    def parse_command_line(self, line: str) -> tuple[str, str | None]:
-        """The `%agent` line as (command, NAME), checked: every problem is a UsageError."""
+    def parse_command(self, line: str) -> CommandLine:
+        """The `%agent` line, checked: every problem is a UsageError."""
         args = parse_line(self.agent_line, line)
         if args.name is not None:
             try:
                 check_agent_name(args.name)
             except UsageProblem as exc:
                 raise UsageError(f"{args.name[:40]!r} is not an agent name ({exc})") from None
-        return str(args.command), args.name
+        flags = {"stored": args.stored, "everywhere": args.all, "take_over": args.take_over}
+        for flag, (written, command) in _FLAGS.items():
+            if flags[flag] and args.command != command:
+                raise UsageError(
+                    f"unrecognized arguments: {written} (it goes with %agent {command})"
+                )
+        return CommandLine(str(args.command), args.name, **flags)
+
+    def parse_command_line(self, line: str) -> tuple[str, str | None]:
+        """The `%agent` line as (command, NAME), checked (see `parse_command`)."""
+        command = self.parse_command(line)
+        return command.command, command.name
 
     def _named(self, name: str | None) -> Agent:
-        """A live agent, resuming a stored one if needed (NAME defaults to the default agent)."""
+        """A live agent, or one this kernel used (NAME defaults to the default agent)."""
         return self.agents.named(name or self.default_agent)
 
-    def _cmd_help(self, name: str | None) -> None:
+    def _cmd_help(self, command: CommandLine) -> None:
         print(self.agent_line.__doc__)
 
-    def _cmd_runtime(self, name: str | None) -> AgentRuntime:
-        return self.runtime
+    def _cmd_runtime(self, command: CommandLine) -> AgentRuntime:
+        runtime = self.runtime
+        print(
+            f"agentrt: this notebook's conversations are in namespace {runtime.config.namespace!r}"
+        )
+        return runtime
 
-    def _cmd_list(self, name: str | None) -> Any:
+    def _cmd_list(self, command: CommandLine) -> Any:
         import pandas as pd
 
-        runtime = self.runtime
+        if command.stored or command.everywhere:
+            return self._stored_frame(everywhere=command.everywhere)
         rows = [
             {
                 "name": info.name,
@@ -459,36 +565,80 @@ class AgentMagics(Magics):
                 "running_for": info.running_for,
                 "total_tokens": info.total_usage.total_tokens,
             }
-            for info in runtime.agents()
+            for info in self.runtime.agents()
         ]
-        live = {row["name"] for row in rows}
-        rows += [{"name": n, "state": "stored"} for n in runtime.stored_conversations()]
-        rows = [row for row in rows if row["state"] != "stored" or row["name"] not in live]
         columns = ["name", "model", "state", "turns", "queued", "running_for", "total_tokens"]
         return pd.DataFrame(rows, columns=columns)
 
-    def _cmd_usage(self, name: str | None) -> Any:
+    def _stored_frame(self, *, everywhere: bool) -> Any:
+        """What `%agent resume` can bring back: one row per stored conversation, newest
+        first (resume takes the newest of a name); `everywhere` adds other notebooks."""
+        import pandas as pd
+
+        runtime = self.runtime
+        if runtime.store_problem is not None or runtime.config.store_path is None:
+            print("agentrt: conversations are not stored in this kernel (see %agent config)")
+        stored = [c for c in runtime.conversations(everywhere=everywhere) if c.messages]
+        stored.sort(key=lambda c: c.last_activity, reverse=True)
+        rows = [
+            {
+                "namespace": c.namespace,
+                "name": c.name,
+                "last_activity": _local_time(c.last_activity),
+                "turns": c.turns,
+                "messages": c.messages,
+                "size": _size(c.size),
+                "holder": c.holder or "",
+                "id": c.id,
+            }
+            for c in stored
+        ]
+        columns = ["name", "last_activity", "turns", "messages", "size", "holder", "id"]
+        return pd.DataFrame(rows, columns=["namespace", *columns] if everywhere else columns)
+
+    def _cmd_resume(self, command: CommandLine) -> None:
+        name = command.name
+        if name is None:
+            raise UsageError(
+                "%agent resume needs the NAME of a stored conversation: "
+                "%agent list --stored shows them"
+            )
+        runtime = self.runtime
+        agent = self.agents.resume(name, cache=self.cache, take_over=command.take_over)
+        if agent is None:
+            print(f"{name}: already live in this kernel, its conversation is the cells' one")
+            return
+        history = runtime.history(agent)
+        cut = (
+            " (its last reply was cut off: incomplete)"
+            if history and (history[-1].status == "incomplete")
+            else ""
+        )
+        print(f"{name}: resumed, {runtime.turn_count(agent)} turns, {len(history)} messages{cut}")
+
+    def _cmd_usage(self, command: CommandLine) -> Any:
         from ..frames import usage_frame
 
-        return usage_frame(self._named(name))
+        return usage_frame(self._named(command.name))
 
-    def _cmd_history(self, name: str | None) -> Any:
+    def _cmd_history(self, command: CommandLine) -> Any:
         from ..frames import history_frame
 
-        return history_frame(self._named(name))
+        return history_frame(self._named(command.name))
 
-    def _cmd_ledger(self, name: str | None) -> Any:
+    def _cmd_ledger(self, command: CommandLine) -> Any:
         from ..frames import ledger_frame
 
         return ledger_frame(self.runtime)
 
-    def _cmd_cancel(self, name: str | None) -> None:
+    def _cmd_cancel(self, command: CommandLine) -> None:
         agents = self.agents
-        names = [name] if name else agents.live_names()
+        names = [command.name] if command.name else agents.live_names()
         stopped = [n for n in names if agents.runtime.cancel(n)]
         print(f"cancelled: {', '.join(stopped)}" if stopped else "no turn was running")
 
-    def _cmd_wait(self, name: str | None) -> None:
+    def _cmd_wait(self, command: CommandLine) -> None:
+        name = command.name
         if name is not None and name not in self.background:
             raise UsageError(f"no --background turn of {name!r} to wait for")
         runs = [self.background.pop(name)] if name else list(self.background.values())
@@ -497,12 +647,13 @@ class AgentMagics(Magics):
         for run in runs:
             self.conclude(run, self.block(run))
 
-    def _cmd_reset(self, name: str | None) -> None:
-        agent = self._named(name)
+    def _cmd_reset(self, command: CommandLine) -> None:
+        agent = self._named(command.name)
         self.runtime.clear_history(agent)
         print(f"{agent.name}: conversation cleared")
 
-    def _cmd_shutdown(self, name: str | None) -> None:
+    def _cmd_shutdown(self, command: CommandLine) -> None:
+        name = command.name
         if name is None:
             self.shutdown_runtime()
             print("runtime shut down; the next %%agent cell starts a new one")
@@ -510,25 +661,96 @@ class AgentMagics(Magics):
         self.agents.shutdown(name)
         print(f"{name}: shut down (its stored conversation is kept)")
 
-    def _cmd_delete(self, name: str | None) -> None:
+    def _cmd_delete(self, command: CommandLine) -> None:
+        name = command.name
         if name is None:
             raise UsageError("%agent delete needs the NAME of the agent to erase")
         self.agents.delete(name)
         self.background.pop(name, None)
         print(f"{name}: deleted")
 
-    def _cmd_config(self, name: str | None) -> None:
+    def _cmd_cache(self, command: CommandLine) -> None:
+        if command.name not in (None, "clear"):
+            raise UsageError(
+                "%agent cache shows the reply cache and %agent cache clear empties it; "
+                f"it takes no agent name, got {command.name!r}"
+            )
+        runtime = self.runtime
+        if command.name == "clear":
+            runtime.cache_clear()
+            print("reply cache cleared")
+            return
+        stats = runtime.cache_stats()
+        state = "on" if self.cache else "off (%config AgentMagics.cache = True)"
+        print(
+            f"reply cache: {stats['entries']} replies, {_size(stats['bytes'])}, "
+            f"{stats['hits']} hits; {state} for %%agent cells"
+        )
+
+    def _cmd_config(self, command: CommandLine) -> None:
         config = self.runtime_config()
         env = os.environ.get(ENV_BACKEND)
         source = f"${ENV_BACKEND}" if env else "AgentMagics.backend"
         ipykernel = sys.modules.get("ipykernel")
+        live = self.live_runtime
+        problem = live.store_problem if live is not None else None
+        store = str(config.store_path) if config.store_path else "none"
+        if problem is not None:
+            store += f" (not used: {problem})"
+        elif config.store_path is None:
+            store += " (conversations are not kept)"
         lines = [
             f"backend: {config.backend} (from {source}), resolved: {config.resolved_backend()}",
             f"default model: {config.model_for(None)}",
-            f"store: {config.store_path or 'none (conversations are not kept)'}",
+            f"notebook (namespace): {config.namespace}",
+            f"store: {store}",
+            f"reply cache for %%agent cells: {'on' if self.cache else 'off'}",
             f"default agent: {self.default_agent}",
             f"format: {self.default_format}, updates/s: {self.updates_per_second:g}",
             f"await cells: {self.await_cells and bool(getattr(self.shell, 'autoawait', False))}",
             f"ipykernel: {getattr(ipykernel, '__version__', 'not running in a kernel')}",
         ]
         print("\n".join(lines))
+
+
+def _connection_file() -> str | None:
+    """The kernel's connection file, if this runs in an ipykernel (not imported otherwise)."""
+    connect = sys.modules.get("ipykernel.connect")
+    if connect is None:
+        return None
+    try:
+        return str(connect.get_connection_file())
+    except Exception:  # not in a running kernel, or the file is gone
+        return None
+
+
+@contextlib.contextmanager
+def _store_warning_left_to_us() -> Iterator[None]:
+    """While a runtime starts, drop its log line about a store fault: the magics say it
+    once, with the notebook's way to fix it."""
+    logger = logging.getLogger("agentrt_jupyter")
+    quiet = _NoStoreWarning()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+class _NoStoreWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not any(isinstance(arg, StoreError) for arg in args)
+
+
+def _local_time(moment: datetime) -> datetime:
+    """A UTC time as the wall clock here shows it, to the second."""
+    return moment.astimezone().replace(tzinfo=None, microsecond=0)
+
+
+def _size(count: int) -> str:
+    if count < 1000:
+        return f"{count} B"
+    if count < 1_000_000:
+        return f"{count / 1000:.1f} kB"
+    return f"{count / 1_000_000:.1f} MB"
