@@ -185,8 +185,9 @@ class AgentCore:
         self.conversation = Conversation()
         self.conversation_id: str | None = None
         """Its conversation in the store (named agents)."""
-        self.stored = True
-        """False once its conversation was taken over by another kernel: it writes no more."""
+        self.lost_to: ConversationInUse | None = None
+        """Set once another kernel took its conversation over: it takes no more turns
+        (they would not be stored), until resumed with take_over."""
         self.state: AgentState = "idle"
         self.queue: collections.deque[Turn] = collections.deque()
         self.active: Turn | None = None
@@ -205,6 +206,8 @@ class AgentCore:
     def check_usable(self) -> None:
         if self.state in ("shutdown", "disconnected"):
             raise AgentShutDown(self.name)
+        if self.lost_to is not None:
+            raise self.lost_to
 
     def submit(self, turn: Turn) -> None:
         self.check_usable()
@@ -375,8 +378,8 @@ class AgentCore:
             self.core.store_failed(exc)
         except ConversationInUse as exc:  # another kernel took this conversation over
             status = "error"
-            error = TurnStoreError(StoreError(str(exc)), agent=self.name)
-            self.stored = False
+            error = TurnStoreError(exc, agent=self.name)
+            self.lost_to = exc
         except TurnError as exc:
             status = "incomplete" if isinstance(exc, StreamBroken) else "error"
             error = exc
@@ -473,7 +476,7 @@ class AgentCore:
         Only a failure before anything streamed is retried: a retry never repeats text.
         """
         request = request or self._request()
-        key = reply_key(request) if self.caching else None
+        key = reply_key(request, self.core.endpoint_label(self.config)) if self.caching else None
         if key is not None and not turn.refresh:
             recorded = self.core.cache_get(key)
             if recorded is not None:
@@ -768,11 +771,12 @@ class AgentCore:
             self.core.persist_agent(self)
 
 
-def reply_key(request: ModelRequest) -> str:
+def reply_key(request: ModelRequest, endpoint: str = "") -> str:
     """The reply cache's key: a hash of everything that decides the reply.
 
-    Model, generation settings, system instruction, tool declarations, response schema
-    and the full contents sent (thoughts are not sent, so they do not count).
+    Who answers (`endpoint`: a base URL, or the backend's name), model, generation
+    settings, system instruction, tool declarations, response schema and the full
+    contents sent (thoughts are not sent, so they do not count).
     """
     cfg = request.config
     schema = cfg.response_schema
@@ -780,6 +784,7 @@ def reply_key(request: ModelRequest) -> str:
         builder = getattr(schema, "model_json_schema", None)
         schema = builder() if callable(builder) else f"{schema.__module__}.{schema.__qualname__}"
     material = {
+        "endpoint": endpoint,
         "model": request.model,
         "system": request.system_instruction,
         "settings": [

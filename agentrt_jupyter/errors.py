@@ -12,6 +12,8 @@ AgentError
 │   └── WrongThread (RuntimeError)          a blocking call where it would deadlock
 ├── Timeout (TimeoutError)                  a bounded wait ran out
 ├── StoreError (OSError)                    the conversation store cannot be used
+├── ToolError                               a tool could not do what the model asked
+│   └── McpServerError (ConnectionError)    an MCP server would not start, died or hung
 └── TurnError                               a turn did not complete
     ├── TurnCancelled                       cancelled; partial text kept
     ├── StreamBroken                        the stream was cut; partial text kept
@@ -19,6 +21,7 @@ AgentError
     ├── QuotaExceeded                       429 that waiting will not fix
     ├── ReplyBlocked                        the reply was stopped (SAFETY, RECITATION, …)
     ├── TurnStoreError (also a StoreError)  the store failed while recording the turn
+    ├── ReplyInvalid                        the reply does not match the requested schema
     └── BackendError                        the model service refused the call
 """
 
@@ -110,6 +113,18 @@ class StoreError(AgentError, OSError):
         return str(self.args[0]) if self.args else ""
 
 
+class ToolError(AgentError):
+    """A tool could not do what the model asked; raised inside a tool, the model reads it."""
+
+
+class McpServerError(ToolError, ConnectionError):
+    """An MCP server would not start, died, hung or broke the protocol; `server` names it."""
+
+    def __init__(self, message: str, *, server: str) -> None:
+        super().__init__(f"MCP server {server!r}: {message}")
+        self.server = server
+
+
 class TurnError(AgentError):
     """A turn ended without a complete reply; whatever text arrived is kept."""
 
@@ -163,9 +178,22 @@ class ReplyBlocked(TurnError):
 class TurnStoreError(TurnError, StoreError):
     """The store failed while a turn was being recorded; the turn stops, nothing is sent."""
 
-    def __init__(self, cause: StoreError, *, agent: str | None = None) -> None:
+    def __init__(self, cause: StoreError | ConversationInUse, *, agent: str | None = None) -> None:
         super().__init__(str(cause), agent=agent)
-        self.path = cause.path
+        self.path = getattr(cause, "path", None)
+        self.cause = cause
+        """The store's error, or the `ConversationInUse` of a conversation taken over."""
+
+
+class ReplyInvalid(TurnError):
+    """The reply is not what the schema asked for; `raw_text` keeps it, `problem` says why."""
+
+    def __init__(
+        self, message: str, *, raw_text: str, problem: str, agent: str | None = None
+    ) -> None:
+        super().__init__(message, partial_text=raw_text, agent=agent)
+        self.raw_text = raw_text
+        self.problem = problem
 
 
 class BackendError(TurnError):

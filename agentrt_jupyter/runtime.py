@@ -336,6 +336,11 @@ class _Core:
                 field="api_key",
             )
 
+    def endpoint_label(self, config: AgentConfig) -> str:
+        """Who answers an agent, for the reply cache: its base URL, or the backend's name
+        (the local servers' random ports must not make a restarted kernel miss)."""
+        return config.base_url or self.config.base_url or self.config.resolved_backend()
+
     async def _endpoint(self, config: AgentConfig) -> tuple[str | None, str | None, str | None]:
         """(api_key, base_url, api_version) for an agent: its own, else the runtime's."""
         if config.api_key or config.base_url:
@@ -403,7 +408,7 @@ class _Core:
 
     def _stored_id(self, agent: AgentCore) -> str | None:
         """The agent's stored conversation (named agents only), created with the agent."""
-        if self.store is None or agent.config.name is None or not agent.stored:
+        if self.store is None or agent.config.name is None or agent.lost_to is not None:
             return None
         if agent.conversation_id is None:
             agent.conversation_id = self.store.create(
@@ -500,14 +505,19 @@ class _Core:
             for conversation in lost:
                 log.warning("another kernel took over conversation %s", conversation)
 
+    def _check_name_free(self, name: str) -> None:
+        existing = self.agents.get(self.by_name.get(name, ""))
+        if existing is not None and existing.state not in ("shutdown", "disconnected"):
+            raise InvalidConfig(
+                f"an agent named {name!r} is running: use it, or pick another name",
+                field="name",
+            )
+
     def _claim_name(self, name: str) -> None:
+        """Make room for a new agent NAME: refused while one runs; a stopped one goes."""
+        self._check_name_free(name)
         existing = self.agents.get(self.by_name.get(name, ""))
         if existing is not None:
-            if existing.state not in ("shutdown", "disconnected"):
-                raise InvalidConfig(
-                    f"an agent named {name!r} is running: use it, or pick another name",
-                    field="name",
-                )
             del self.agents[existing.id]
 
     def create_agent(self, config: AgentConfig, fresh: bool = False) -> AgentCore:
@@ -526,7 +536,16 @@ class _Core:
         self.changed()
         return agent
 
-    def resume(self, name: str, config: AgentConfig | None, take_over: bool = False) -> AgentCore:
+    def resume(
+        self,
+        name: str,
+        config: AgentConfig | None,
+        take_over: bool = False,
+        overrides: dict[str, Any] | None = None,
+    ) -> AgentCore:
+        """The newest stored conversation of NAME, continued by a new agent.
+
+        Its settings are the stored ones, with `overrides` over them, or `config` whole."""
         if self.store is None:
             raise InvalidConfig(
                 "resume needs a store: set RuntimeConfig(store_path=...)", field="store_path"
@@ -534,22 +553,25 @@ class _Core:
         stored = self.stored(name)
         if not stored:
             raise AgentNotFound(name)
-        self._claim_name(name)
+        self._check_name_free(name)
         loaded = self.store.open(stored[-1].id, take_over=take_over)
         if loaded is None:
             raise AgentNotFound(name)
-        settings = {k: v for k, v in loaded.settings.items() if k in STORED_SETTINGS}
         try:
             if config is None:
-                config = AgentConfig(
-                    name=name, **{k: v for k, v in settings.items() if v is not None}
-                )
+                settings = {
+                    k: v
+                    for k, v in loaded.settings.items()
+                    if k in STORED_SETTINGS and v is not None
+                }
+                config = agent_config(None, {**settings, **(overrides or {}), "name": name})
             elif config.name != name:
                 config = config.with_changes(name=name)
             self.check_endpoint(name, config)
         except InvalidConfig:
             self.store.release(loaded.id)
             raise
+        self._claim_name(name)
         agent = AgentCore(self, f"agent-{secrets.token_hex(4)}", name, config)
         agent.conversation = loaded.conversation
         agent.conversation_id = loaded.id
@@ -835,9 +857,14 @@ class AsyncAgentRuntime:
         return Agent(self._runtime, core.id, core.name)
 
     async def resume(
-        self, name: str, config: AgentConfig | None = None, *, take_over: bool = False
+        self,
+        name: str,
+        config: AgentConfig | None = None,
+        *,
+        take_over: bool = False,
+        **settings: Any,
     ) -> Agent:
-        core = await self._portal.acall(self._core.resume, name, config, take_over)
+        core = await self._portal.acall(self._core.resume, name, config, take_over, settings)
         return Agent(self._runtime, core.id, core.name)
 
     async def chat(self, agent: Agent | str, content: Any, *, refresh: bool = False) -> ChatHandle:
@@ -933,6 +960,12 @@ class AsyncAgentRuntime:
         self, retry_after: float | None, scope: QuotaScope = "minute"
     ) -> float:
         return await self._portal.acall(self._core.record_quota_hit, retry_after, scope)
+
+    async def map(self, frame: Any, template: str, **options: Any) -> Any:
+        """`runtime.map` for an event loop; see `agentrt_jupyter.batch.engine.start_map`."""
+        from .batch.engine import amap_frame
+
+        return await amap_frame(self._runtime, frame, template, **options)
 
 
 def _history(agent: AgentCore) -> list[ConversationMessage]:
@@ -1041,13 +1074,19 @@ class AgentRuntime:
         return Agent(self, core.id, core.name)
 
     def resume(
-        self, name: str, config: AgentConfig | None = None, *, take_over: bool = False
+        self,
+        name: str,
+        config: AgentConfig | None = None,
+        *,
+        take_over: bool = False,
+        **settings: Any,
     ) -> Agent:
         """Bring back a stored conversation (after `disconnect` or a kernel restart).
 
-        Another live kernel writing it gives `ConversationInUse`; `take_over=True` takes
-        the conversation from it."""
-        core = self._portal.call(self._core.resume, name, config, take_over)
+        It keeps its stored settings, with `settings` (AgentConfig fields) over them, or
+        takes `config` whole. Another live kernel writing it gives `ConversationInUse`;
+        `take_over=True` takes the conversation from it."""
+        core = self._portal.call(self._core.resume, name, config, take_over, settings)
         return Agent(self, core.id, core.name)
 
     def agent(self, name: str) -> Agent:
@@ -1220,3 +1259,11 @@ class AgentRuntime:
             self._finalizer.detach()
             self._portal.stop(self._core.aclose, 10.0)
         return True
+
+    def map(self, frame: Any, template: str, **options: Any) -> Any:
+        """Run `template` (`{column}` placeholders) over every row of the DataFrame `frame`
+        and return a frame aligned with its index: one independent request per row,
+        quota-aware, resumable, budgeted; see `agentrt_jupyter.batch.engine.start_map`."""
+        from .batch.engine import map_frame
+
+        return map_frame(self, frame, template, **options)

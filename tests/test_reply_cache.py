@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agentrt_jupyter import AgentRuntime, TextDelta
+from agentrt_jupyter import AgentRuntime, ConversationInUse, TextDelta, TurnStoreError
 from agentrt_jupyter.server.process import LocalServer
 
 from .conftest import assert_valid_conversation, requests_with, runtime_config, wait_for_tagged
@@ -151,3 +151,42 @@ def test_kill_9_mid_stream_keeps_every_message_and_the_checkpointed_partial(
         texts = [p.get("text", "") for c in request["body"]["contents"] for p in c["parts"]]
         assert texts.count(f"done before the crash {tag}") == 1  # nothing doubled
         assert any(t.startswith("Echo: w0 w1") for t in texts)  # the partial reply is sent
+
+
+def test_resume_keeps_the_stored_settings_under_overrides(
+    server: LocalServer, store_path: Path, tag: str
+) -> None:
+    with AgentRuntime(runtime_config(server, store_path=store_path)) as runtime:
+        runtime.create_agent(name="tuned", system_instruction="Be terse.").disconnect()
+    with AgentRuntime(runtime_config(server, store_path=store_path)) as runtime:
+        agent = runtime.resume("tuned", temperature=0.3)
+        agent.chat(f"settings {tag}").text(timeout=10)
+    body = requests_with(server, tag)[-1]["body"]
+    assert body["systemInstruction"]["parts"][0]["text"] == "Be terse."
+    assert body["generationConfig"]["temperature"] == 0.3
+
+
+def test_an_agent_whose_conversation_was_taken_over_stops_rather_than_write_unstored(
+    server: LocalServer, store_path: Path, tag: str
+) -> None:
+    first = AgentRuntime(runtime_config(server, store_path=store_path))
+    second = AgentRuntime(runtime_config(server, store_path=store_path))
+    try:
+        mine = first.create_agent(name="shared")
+        mine.chat(f"mine {tag}").text(timeout=10)
+        mine.disconnect()
+        mine = first.resume("shared")
+        with pytest.raises(ConversationInUse):
+            second.resume("shared")
+        theirs = second.resume("shared", take_over=True)
+        with pytest.raises(TurnStoreError) as caught:
+            mine.chat(f"after the take-over {tag}").text(timeout=10)
+        assert isinstance(caught.value.cause, ConversationInUse)
+        with pytest.raises(ConversationInUse):
+            mine.chat(f"still refused {tag}")
+        theirs.chat(f"theirs {tag}").text(timeout=10)
+        texts = [m.text for m in theirs.history()]
+        assert f"Echo: mine {tag}" in texts and f"Echo: theirs {tag}" in texts
+    finally:
+        first.shutdown()
+        second.shutdown()
