@@ -135,9 +135,9 @@ class NotebookAgents:
             else:
                 agent, ours = self._reconfigure(name, config), True
         elif resume:
-            agent = self._resume(name, config if ours else None, take_over)
+            agent = self._resume(name, config if ours else None, take_over, cache)
         elif known is not None:
-            agent = self._continue(name, config if ours else None)
+            agent = self._continue(name, config if ours else None, cache)
         else:
             _note_local_model(self.runtime)
             agent, ours = self.runtime.create_agent(config, fresh=True), True
@@ -201,16 +201,16 @@ class NotebookAgents:
         runtime.disconnect(name)
         return self._take(name, config, take_over=False)
 
-    def _continue(self, name: str, config: AgentConfig | None) -> Agent:
+    def _continue(self, name: str, config: AgentConfig | None, cache: bool) -> Agent:
         """A name this kernel used: its stored conversation, or a fresh one if none is kept."""
         if self._stores():
             try:
-                return self._take(name, config, take_over=False)
+                return self._take(name, config, take_over=False, cache=cache)
             except AgentNotFound:  # deleted elsewhere, or another store now
                 pass
         return self.runtime.create_agent(config or agent_config(None, {"name": name}), fresh=True)
 
-    def _resume(self, name: str, config: AgentConfig | None, take_over: bool) -> Agent:
+    def _resume(self, name: str, config: AgentConfig | None, take_over: bool, cache: bool) -> Agent:
         """What `resume` asks for: the stored conversation, or a UsageError saying why not."""
         if not self._stores():
             raise UsageError(
@@ -218,16 +218,20 @@ class NotebookAgents:
                 "(%agent config shows the store)"
             )
         try:
-            return self._take(name, config, take_over)
+            return self._take(name, config, take_over, cache=cache)
         except AgentNotFound:
             raise UsageError(
                 f"no stored conversation {name!r} in this notebook: %agent list --stored "
                 "shows what can be resumed (--all: in every notebook)"
             ) from None
 
-    def _take(self, name: str, config: AgentConfig | None, take_over: bool) -> Agent:
+    def _take(
+        self, name: str, config: AgentConfig | None, take_over: bool, cache: bool | None = None
+    ) -> Agent:
+        """Resume NAME: with `config` whole, or its stored settings (and this cache setting)."""
+        overrides = {"reply_cache": cache} if config is None and cache is not None else {}
         try:
-            return self.runtime.resume(name, config, take_over=take_over)
+            return self.runtime.resume(name, config, take_over=take_over, **overrides)
         except ConversationInUse as exc:
             raise UsageError(in_use_message(exc)) from None
 
