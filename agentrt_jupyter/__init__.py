@@ -63,6 +63,9 @@ _EXPORTS: dict[str, str] = {
     "ToolStepLimit": "errors",
     "QuotaExceeded": "errors",
     "BackendError": "errors",
+    "ReplyInvalid": "errors",
+    "ToolError": "errors",
+    "McpServerError": "errors",
     "history_frame": "frames",
     "usage_frame": "frames",
     "ledger_frame": "frames",
@@ -140,10 +143,16 @@ if TYPE_CHECKING:
         InvalidContent as InvalidContent,
     )
     from .errors import (
+        McpServerError as McpServerError,
+    )
+    from .errors import (
         QuotaExceeded as QuotaExceeded,
     )
     from .errors import (
         ReplyBlocked as ReplyBlocked,
+    )
+    from .errors import (
+        ReplyInvalid as ReplyInvalid,
     )
     from .errors import (
         RuntimeClosed as RuntimeClosed,
@@ -156,6 +165,9 @@ if TYPE_CHECKING:
     )
     from .errors import (
         Timeout as Timeout,
+    )
+    from .errors import (
+        ToolError as ToolError,
     )
     from .errors import (
         ToolStepLimit as ToolStepLimit,

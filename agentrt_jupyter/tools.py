@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import inspect
+import json
 import math
 import re
 import types
@@ -21,6 +22,8 @@ _WRAP_IT = "wrap it in a def function whose parameters have type hints"
 _SUPPORTED = "use str, int, float, bool, list, dict, Literal, Enum or Optional of those"
 _MAX_DEPTH = 16
 """How deeply type hints may nest (list[list[...]]) before a tool is refused."""
+TOOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
+"""What Gemini accepts as a function name."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,9 @@ class Tool:
     description: str
     parameters: dict[str, Any]
     fn: Callable[..., Any]
+    requires_approval: bool = False
+    """The tool asks the user before each run itself (`@python`): a confirm policy that
+    asks for every call should skip it rather than ask twice."""
 
     @property
     def is_async(self) -> bool:
@@ -54,7 +60,7 @@ def as_tool(obj: Callable[..., Any] | Tool) -> Tool:
     if not callable(obj):
         raise InvalidConfig(f"{_shown(obj)} is not callable: pass a function", field="tools")
     name = getattr(obj, "__name__", None)
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}", name):
+    if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
         raise InvalidConfig(
             f"{_shown(obj)} needs a name of letters, digits and _ (a def function, not a lambda)",
             field="tools",
@@ -95,6 +101,46 @@ def as_tool(obj: Callable[..., Any] | Tool) -> Tool:
     if required:
         parameters["required"] = required
     return Tool(name=name, description=summary or name, parameters=parameters, fn=obj)
+
+
+def tool_from_schema(
+    name: str,
+    description: str,
+    parameters: dict[str, Any],
+    fn: Callable[..., Any],
+    *,
+    requires_approval: bool = False,
+) -> Tool:
+    """A `Tool` whose declaration is a given JSON schema (an MCP tool's), not type hints.
+
+    `fn` is called with the model's arguments as keywords. `InvalidConfig` names what
+    is wrong: a name Gemini refuses, a schema that is not a plain-JSON object schema.
+    """
+    if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
+        raise InvalidConfig(
+            f"tool name {_shown(name)} must be 1-64 letters, digits, _ . or -, not starting "
+            "with a digit",
+            field="tools",
+        )
+    if not callable(fn):
+        raise InvalidConfig(f"tool {name!r}: {_shown(fn)} is not callable", field="tools")
+    if not isinstance(parameters, dict) or parameters.get("type", "object") != "object":
+        raise InvalidConfig(
+            f"tool {name!r}: parameters must be a JSON schema of type 'object'", field="tools"
+        )
+    try:
+        json.dumps(parameters, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidConfig(
+            f"tool {name!r}: parameters must be plain JSON ({exc})", field="tools"
+        ) from None
+    return Tool(
+        name=name,
+        description=description if isinstance(description, str) and description else name,
+        parameters={"type": "object", **parameters},
+        fn=fn,
+        requires_approval=requires_approval,
+    )
 
 
 def _shown(obj: object) -> str:
