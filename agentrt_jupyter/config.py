@@ -230,20 +230,24 @@ def _check_stop_sequences(value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _check_response_schema(value: object) -> None:
-    if value is None or isinstance(value, type):
-        return
+def _check_response_schema(value: object) -> dict[str, Any] | None:
+    """The schema as the JSON-schema dict that is sent (and hashed by the reply cache).
+
+    A pydantic model, dataclass, TypedDict or `list[...]` of them becomes its JSON schema
+    here, so every kind reaches the service the same way."""
+    if value is None:
+        return None
     if not isinstance(value, dict):
-        raise InvalidConfig(
-            "must be a JSON schema dict or a type (e.g. a pydantic model)",
-            field="response_schema",
-        )
+        from .schema import json_schema  # pydantic only when a schema type is used
+
+        return json_schema(value)
     try:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidConfig(
             f"the schema dict must be plain JSON ({exc})", field="response_schema"
         ) from None
+    return value
 
 
 def _check_tools(value: object) -> tuple[Tool, ...]:
@@ -428,7 +432,7 @@ class AgentConfig:
                 f"{_shown(mime)} is not a MIME type like 'application/json'",
                 field="response_mime_type",
             )
-        _check_response_schema(self.response_schema)
+        object.__setattr__(self, "response_schema", _check_response_schema(self.response_schema))
         object.__setattr__(self, "tools", _check_tools(self.tools))
         if self.confirm_tool is not None and not callable(self.confirm_tool):
             raise InvalidConfig("must be a callable (name, args) -> bool", field="confirm_tool")

@@ -1,6 +1,6 @@
 """CI's check that `make lab` works: start it, wait until JupyterLab serves, stop it.
 
-    .venv/bin/python scripts/check_lab.py [--timeout 300]
+.venv/bin/python scripts/check_lab.py [--timeout 300]
 """
 
 from __future__ import annotations

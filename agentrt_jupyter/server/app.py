@@ -4,6 +4,9 @@ Model routes (`/v1/...` and `/v1beta/...`) need the per-process token as the API
 as Gemini does; a request with a wrong key is refused before its body is read. Control
 routes under `/_agentrt/` need it as `x-agentrt-token`; they let tests read what arrived
 (`request_log.py` describes the records), wait for a request to finish and queue faults.
+The Batch and Files API routes are served by `batches.py`; their requests are logged too
+(kinds `batch_create`, `batch_get`, `batch_list`, `batch_cancel`, `batch_delete`,
+`file_create`, `file_upload`, `file_get`, `file_download`, `file_delete`).
 """
 
 from __future__ import annotations
@@ -18,12 +21,14 @@ from typing import Any, NoReturn
 
 from aiohttp import web
 
+from .batches import BatchService
 from .connections import track_requests
 from .engines.base import Engine, EngineChunk, EngineError, GenerateRequest, prompt_message
 from .faults import (
     NO_FAULT,
     REDIRECT_CODES,
     REDIRECT_MARKER,
+    STATUS_NAMES,
     BeforeHeaders,
     Drop,
     Event,
@@ -214,6 +219,11 @@ async def _aiter(items: Iterable[EngineChunk]) -> AsyncIterator[EngineChunk]:
         yield item
 
 
+def _base(request: web.Request) -> str:
+    """This server's URL as the client reached it (for URLs in replies)."""
+    return f"{request.scheme}://{request.host}"
+
+
 def _redirect(request: web.Request, status: int) -> web.Response:
     """A redirect to the request's own URL, marked so that following it loops."""
     location = request.rel_url.update_query({REDIRECT_MARKER: str(status)})
@@ -255,6 +265,8 @@ class ServerState:
         self.limits = limits
         self.log = RequestLog(limits)
         self.faults = FaultQueue()
+        self.batches = BatchService(self.batch_item)
+        self._batch_items = 0
 
     def key_ok(self, request: web.Request) -> bool:
         key = request.headers.get("x-goog-api-key") or request.query.get("key") or ""
@@ -285,6 +297,13 @@ class ServerState:
             return self._redirect_again(request, model)
         if request.method == "GET" and not method:
             return await self._call(request, "model", model)
+        if request.method == "POST" and method == "batchGenerateContent":
+            return await self._service(
+                request,
+                "batch_create",
+                model,
+                lambda raw: _json(self.batches.create(model, _parse_json(raw), _base(request))),
+            )
         kinds = {
             "generateContent": "generate",
             "streamGenerateContent": "stream",
@@ -519,6 +538,145 @@ class ServerState:
         response.force_close()
         return response
 
+    # Batch and Files API routes (batches.py)
+
+    async def batch_item(self, model: str, body: Any) -> dict[str, Any]:
+        """One request of a batch job: its response JSON, or EngineError for its error entry.
+
+        A fault the prompt asks for applies when it is an HTTP error (`@@fault 500`); other
+        kinds, and queued faults, do not apply to batch requests."""
+        greq = to_generate_request(model, body, stream=False)
+        spec = self.engine.requested_fault(greq)
+        if spec is not None:
+            try:
+                fault = parse_fault(spec)
+            except ValueError as exc:
+                raise EngineError(400, str(exc)) from exc
+            action = fault.plan(greq.model, stream=False).before_headers
+            if isinstance(action, Reply) and action.status >= 400:
+                error = _parse_json(action.body)
+                entry = error.get("error") if isinstance(error, dict) else None
+                message = entry.get("message") if isinstance(entry, dict) else None
+                raise EngineError(
+                    action.status,
+                    str(message or f"Injected fault: HTTP {action.status}."),
+                    status=STATUS_NAMES.get(action.status, "UNKNOWN"),
+                )
+        self._batch_items += 1
+        chunks = [chunk async for chunk in self.engine.generate(greq)]
+        return merge_chunks(chunks, greq.model, f"agentrt-batch-{self._batch_items}")
+
+    async def batch_list(self, request: web.Request) -> web.StreamResponse:
+        def answer(raw: bytes) -> web.Response:
+            size = _int_query(request, "pageSize", 0)
+            token = request.query.get("pageToken")
+            return _json(self.batches.list(size, token, _base(request)))
+
+        return await self._service(request, "batch_list", "", answer)
+
+    async def batch_route(self, request: web.Request) -> web.StreamResponse:
+        job_id, _, method = request.match_info["target"].partition(":")
+        batches = self.batches
+        calls: dict[tuple[str, str], tuple[str, Callable[[], dict[str, Any]]]] = {
+            ("GET", ""): ("batch_get", lambda: batches.get(job_id, _base(request))),
+            ("POST", "cancel"): ("batch_cancel", lambda: batches.cancel(job_id)),
+            ("DELETE", ""): ("batch_delete", lambda: batches.delete(job_id)),
+        }
+        found = calls.get((request.method, method))
+        if found is None:
+            return _json(error_body(404, f"Method {method!r} is not found."), 404)
+        kind, call = found
+        return await self._service(request, kind, "", lambda raw: _json(call()))
+
+    async def file_route(self, request: web.Request) -> web.StreamResponse:
+        file_id, _, method = request.match_info["target"].partition(":")
+        if request.method == "GET" and method == "download":
+
+            def download(raw: bytes) -> web.Response:
+                data = self.batches.download(file_id)
+                return web.Response(body=data, content_type="application/octet-stream")
+
+            return await self._service(request, "file_download", "", download)
+        batches = self.batches
+        calls: dict[tuple[str, str], tuple[str, Callable[[], dict[str, Any]]]] = {
+            ("GET", ""): ("file_get", lambda: batches.file(file_id, _base(request))),
+            ("DELETE", ""): ("file_delete", lambda: batches.delete_file(file_id)),
+        }
+        found = calls.get((request.method, method))
+        if found is None:
+            return _json(error_body(404, f"Method {method!r} is not found."), 404)
+        kind, call = found
+        return await self._service(request, kind, "", lambda raw: _json(call()))
+
+    async def file_upload(self, request: web.Request) -> web.StreamResponse:
+        """A resumable upload: `start` (needs the API key) or a chunk (the upload id is its
+        credential, as the SDK sends chunks without the key)."""
+        upload_id = request.query.get("upload_id")
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        if upload_id is None:
+
+            def start(raw: bytes) -> web.Response:
+                url = self.batches.start_upload(_parse_json(raw), headers, _base(request))
+                response = _json({})
+                response.headers.update(
+                    {"X-Goog-Upload-URL": url, "X-Goog-Upload-Status": "active"}
+                )
+                return response
+
+            return await self._service(request, "file_create", "", start)
+
+        def chunk(raw: bytes) -> web.Response:
+            status, body = self.batches.upload_chunk(
+                upload_id,
+                headers.get("x-goog-upload-command", ""),
+                headers.get("x-goog-upload-offset", ""),
+                raw,
+                _base(request),
+            )
+            response = _json(body)
+            response.headers["X-Goog-Upload-Status"] = status
+            return response
+
+        return await self._service(request, "file_upload", "", chunk, needs_key=False)
+
+    async def _service(
+        self,
+        request: web.Request,
+        kind: str,
+        model: str,
+        answer: Callable[[bytes], web.Response],
+        *,
+        needs_key: bool = True,
+    ) -> web.StreamResponse:
+        """A logged Batch/Files API call: key check, body read within the limits, answer."""
+        record = self.log.start(request, kind, model)
+        try:
+            key_ok = self.key_ok(request)
+            if needs_key and not key_ok:
+                raise _Refusal(400, API_KEY_ERROR)
+            record["api_key_ok"] = key_ok
+            raw = await self.read_body(request) if request.can_read_body else b""
+            if raw:
+                self.log.keep_body(record, raw, _parse_json(raw))
+            response = answer(raw)
+            self.log.finish(record, "complete", response.status)
+            return response
+        except _Refusal as refusal:
+            return await self._refuse(request, record, refusal)
+        except EngineError as exc:
+            self.log.finish(record, "error", exc.code)
+            return _json(error_body(exc.code, exc.message, status=exc.status), exc.code)
+        except web.HTTPException:
+            self.log.finish(record, "error", 400)
+            raise
+        except ConnectionError:
+            self.log.finish(record, "client_closed")
+            return web.Response(status=499)
+        except Exception:
+            logger.exception("request %s failed", record["id"])
+            self.log.finish(record, "error", 500)
+            return _json(error_body(500), 500)
+
     # Control routes
 
     @web.middleware
@@ -610,6 +768,19 @@ class ServerState:
         self.faults.clear()
         return _json({"ok": True})
 
+    async def batch_settings(self, request: web.Request) -> web.Response:
+        """`{"delay": SECONDS}`: how long the batch jobs created from now on take."""
+        try:
+            body = json.loads(await self.read_body(request))
+            self.batches.set_delay(body["delay"] if isinstance(body, dict) else None)
+        except _Refusal as refusal:
+            return _json({"error": refusal.message}, refusal.code)
+        except EngineError as exc:
+            return _json({"error": exc.message}, 400)
+        except (ValueError, KeyError):
+            return _json({"error": 'expected {"delay": SECONDS}'}, 400)
+        return _json({"ok": True, "delay": self.batches.delay})
+
 
 def create_app(engine: Engine, token: str, limits: ServerLimits | None = None) -> web.Application:
     """The web app serving `engine`; `token` is both the API key and the control token.
@@ -625,6 +796,10 @@ def create_app(engine: Engine, token: str, limits: ServerLimits | None = None) -
     for version in ("v1", "v1beta"):
         app.router.add_get(f"/{version}/models", state.list_models)
         app.router.add_route("*", f"/{version}/models/{{target}}", state.model_route)
+        app.router.add_get(f"/{version}/batches", state.batch_list)
+        app.router.add_route("*", f"/{version}/batches/{{target}}", state.batch_route)
+        app.router.add_route("*", f"/{version}/files/{{target}}", state.file_route)
+        app.router.add_post(f"/upload/{version}/files", state.file_upload)
     app.router.add_get("/_agentrt/health", state.health)
     app.router.add_get("/_agentrt/requests", state.list_requests)
     app.router.add_delete("/_agentrt/requests", state.clear_requests)
@@ -633,4 +808,10 @@ def create_app(engine: Engine, token: str, limits: ServerLimits | None = None) -
     app.router.add_get("/_agentrt/requests/{id}/wait", state.wait_request)
     app.router.add_post("/_agentrt/faults", state.push_faults)
     app.router.add_delete("/_agentrt/faults", state.clear_faults)
+    app.router.add_post("/_agentrt/batches", state.batch_settings)
+
+    async def close_batches(app: web.Application) -> None:
+        await state.batches.aclose()
+
+    app.on_cleanup.append(close_batches)
     return app

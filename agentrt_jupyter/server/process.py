@@ -264,6 +264,10 @@ class LocalServer:
     def clear_faults(self) -> None:
         self._control("DELETE", "/_agentrt/faults")
 
+    def set_batch_delay(self, seconds: float) -> None:
+        """How long the Batch API jobs created from now on take to succeed (see batches.py)."""
+        self._control("POST", "/_agentrt/batches", {"delay": seconds})
+
     def reset(self) -> None:
         """Clear the request log and the fault queue."""
         self.clear_faults()

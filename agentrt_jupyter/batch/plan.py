@@ -1,0 +1,239 @@
+"""A map run's plan: its checked options, how a row becomes a prompt, and its keys.
+
+Everything a caller can get wrong is checked here, before anything runs, and raised as
+`InvalidConfig` naming the option.
+
+Templates are `str.format` templates over the frame's columns: `{text}`,
+`{price:.2f}`, `{review text}` (any column name without `.[]:!{}`); `{{` and `}}` are
+literal braces, so JSON in a template doubles them. A missing value (None, NaN, NA)
+fills in as an empty string.
+
+Keys: the run's key is `key` if given, else a hash of the template and of every setting
+that decides a reply (model, system instruction, generation settings, tools, schema).
+A row's key is a hash of the run's key and the row's rendered prompt: the same prompt
+under the same run is the same row, whatever its position, so re-running after edits to
+the frame redoes only the rows whose prompt changed (identical prompts share one result).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pandas as pd
+
+from ..config import AgentConfig, RuntimeConfig, agent_config
+from ..errors import InvalidConfig
+from .prices import ModelPrice, price_for
+from .schema import ResultSchema, result_schema
+
+Mode = Literal["live", "batch"]
+DEFAULT_CONCURRENCY = 8
+MOST_CONCURRENCY = 1000
+"""No run keeps more requests than this in flight."""
+_FORMATTER = string.Formatter()
+
+
+@dataclass(frozen=True)
+class MapPlan:
+    """A checked map run; see the module docstring for templates and keys."""
+
+    template: str
+    columns: tuple[str, ...]
+    config: AgentConfig
+    model: str
+    schema: ResultSchema | None
+    concurrency: int
+    max_concurrency: int
+    rpm: float | None
+    tpm: float | None
+    budget_tokens: int | None
+    budget_usd: float | None
+    price: ModelPrice | None
+    run_key: str
+    refresh: bool
+    mode: Mode
+
+    def render(self, values: Mapping[str, Any]) -> str:
+        """The prompt of one row (its template columns as `values`)."""
+        return self.template.format_map({k: _filled(v) for k, v in values.items()})
+
+    def row_key(self, prompt: str) -> str:
+        return _digest(f"{self.run_key}\0{prompt}")
+
+
+def plan_map(
+    runtime_config: RuntimeConfig,
+    frame: object,
+    template: object,
+    *,
+    config: AgentConfig | None = None,
+    settings: Mapping[str, Any] | None = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    max_concurrency: int | None = None,
+    schema: object = None,
+    budget_tokens: int | None = None,
+    budget_usd: float | None = None,
+    key: str | None = None,
+    refresh: bool = False,
+    mode: str = "live",
+    rpm: float | None = None,
+    tpm: float | None = None,
+) -> MapPlan:
+    """Check every option against `frame`; `InvalidConfig` names the first that is wrong."""
+    if not isinstance(frame, pd.DataFrame):
+        hint = " (a Series: pass series.to_frame('name'))" if isinstance(frame, pd.Series) else ""
+        raise InvalidConfig(
+            f"expected a pandas DataFrame, got {type(frame).__name__}{hint}", field="frame"
+        )
+    columns = _template_columns(template, frame)
+    assert isinstance(template, str)
+    row_config = agent_config(config, dict(settings or {}))
+    if row_config.name is not None:
+        raise InvalidConfig("each row runs on a fresh unnamed agent: leave out name", field="name")
+    if schema is not None and row_config.response_schema is not None:
+        raise InvalidConfig(
+            "give the schema once: schema=... or response_schema=..., not both", field="schema"
+        )
+    spec = schema if schema is not None else row_config.response_schema
+    parsed = result_schema(spec) if spec is not None else None
+    if parsed is not None:
+        row_config = row_config.with_changes(
+            response_schema=parsed.json_schema,
+            response_mime_type=row_config.response_mime_type or "application/json",
+        )
+    if mode not in ("live", "batch"):
+        raise InvalidConfig(f"must be 'live' or 'batch', got {mode!r:.40}", field="mode")
+    if mode == "batch" and (row_config.tools or row_config.confirm_tool is not None):
+        raise InvalidConfig(
+            "the Batch API answers each row in one call, so tools cannot run: use "
+            "mode='live' for rows that call tools",
+            field="tools",
+        )
+    if not isinstance(refresh, bool):
+        raise InvalidConfig("must be True or False", field="refresh")
+    if key is not None and (not isinstance(key, str) or not key.strip()):
+        raise InvalidConfig("must be a non-empty string or None", field="key")
+    concurrency = _integer("concurrency", concurrency, 1, MOST_CONCURRENCY)
+    most = (
+        min(MOST_CONCURRENCY, 4 * concurrency)
+        if max_concurrency is None
+        else _integer("max_concurrency", max_concurrency, concurrency, MOST_CONCURRENCY)
+    )
+    model = runtime_config.model_for(row_config.model)
+    price = price_for(model)
+    usd = _positive("budget_usd", budget_usd)
+    if usd is not None and price is None:
+        raise InvalidConfig(
+            f"no price is known for model {model!r}: add one with agentrt_jupyter.batch."
+            f"PRICES[{model!r}] = ModelPrice(input, output), or use budget_tokens",
+            field="budget_usd",
+        )
+    tokens = None if budget_tokens is None else _integer("budget_tokens", budget_tokens, 1, 10**15)
+    run_key = key if key is not None else _run_key(template, row_config, model)
+    return MapPlan(
+        template=template,
+        columns=columns,
+        config=row_config,
+        model=model,
+        schema=parsed,
+        concurrency=concurrency,
+        max_concurrency=most,
+        rpm=_positive("rpm", rpm),
+        tpm=_positive("tpm", tpm),
+        budget_tokens=tokens,
+        budget_usd=usd,
+        price=price,
+        run_key=run_key,
+        refresh=refresh,
+        mode=mode,  # type: ignore[arg-type]
+    )
+
+
+def _template_columns(template: object, frame: pd.DataFrame) -> tuple[str, ...]:
+    """The columns `template` reads, in order; InvalidConfig for anything else in braces."""
+    if not isinstance(template, str) or not template.strip():
+        raise InvalidConfig(
+            "must be a non-empty string such as 'Classify: {text}'", field="template"
+        )
+    try:
+        parsed = list(_FORMATTER.parse(template))
+    except ValueError as exc:
+        raise InvalidConfig(
+            f"{exc}: write {{{{ and }}}} for literal braces (JSON in a template doubles them)",
+            field="template",
+        ) from None
+    names = [c for c in frame.columns if isinstance(c, str)]
+    used: list[str] = []
+    for _, field, _, _ in parsed:
+        if field is None:
+            continue
+        root = field.split(".", 1)[0].split("[", 1)[0]
+        if not root or root.isdigit():
+            example = names[0] if names else "text"
+            raise InvalidConfig(
+                f"{{{field}}} is positional: name a column, e.g. {{{example}}}", field="template"
+            )
+        if root not in names:
+            close = difflib.get_close_matches(root, names, n=1)
+            hint = f"did you mean {{{close[0]}}}?" if close else f"the columns are {names[:20]}"
+            raise InvalidConfig(f"no column {root!r} for {{{field}}}: {hint}", field="template")
+        if root not in used:
+            if int(frame.columns.get_indexer_for([root]).size) > 1:
+                raise InvalidConfig(
+                    f"the frame has more than one column named {root!r}: rename them",
+                    field="template",
+                )
+            used.append(root)
+    return tuple(used)
+
+
+def _filled(value: Any) -> Any:
+    """A template value: missing (None, NaN, NA, NaT) is the empty string."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return ""
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    return value
+
+
+def _run_key(template: str, config: AgentConfig, model: str) -> str:
+    material = {
+        "template": template,
+        "model": model,
+        "system": config.system_instruction,
+        "settings": [
+            config.temperature, config.top_p, config.top_k, config.max_output_tokens,
+            list(config.stop_sequences), config.seed, config.thinking_budget,
+            config.include_thoughts, config.response_mime_type, config.max_tool_steps,
+        ],
+        "schema": config.response_schema,
+        "tools": [t.declaration() for t in config.tool_list],
+    }  # fmt: skip
+    return _digest(json.dumps(material, sort_keys=True, default=repr, separators=(",", ":")))
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _integer(name: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidConfig(f"must be an integer, got {value!r:.40}", field=name)
+    if not low <= value <= high:
+        raise InvalidConfig(f"must be between {low} and {high}, got {value}", field=name)
+    return value
+
+
+def _positive(name: str, value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise InvalidConfig(f"must be a positive number or None, got {value!r:.40}", field=name)
+    return float(value)

@@ -1,0 +1,144 @@
+"""The results table: every finished row of every map run, so a re-run redoes only the
+missing rows.
+
+Two tables beside the conversation store's own, in the runtime's store file (or in a file
+of their own, or in memory for a runtime without a store):
+
+    map_rows (run, row, written, data)   one successful row: its reply, tokens, latency
+    map_jobs (run, job, created, state)  the Batch API jobs a run submitted
+
+`run` is the run's key and `row` the hash of the row's prompt (see `plan`). A row is
+written in its own transaction as soon as it finishes, so a killed process loses only
+the rows in flight; a refreshed row replaces the one before. The connection is our own
+(WAL, a busy timeout), used only from the runtime thread; every sqlite3 error becomes a
+`StoreError` naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import StoreError
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS map_rows (
+      run TEXT NOT NULL, row TEXT NOT NULL, written REAL NOT NULL, data TEXT NOT NULL,
+      PRIMARY KEY (run, row)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS map_jobs (
+      run TEXT NOT NULL, job TEXT NOT NULL PRIMARY KEY, created REAL NOT NULL,
+      state TEXT NOT NULL)""",
+)
+OPEN_JOB = "open"
+
+
+@dataclass(frozen=True)
+class StoredRow:
+    """What is kept of a finished row."""
+
+    text: str
+    tokens_in: int
+    tokens_out: int
+    latency: float
+    attempts: int
+    model: str
+
+
+class RowStore:
+    """The results tables in one SQLite file (`path`), or in memory (`path=None`)."""
+
+    def __init__(self, path: Path | None, *, busy_timeout: float = 5.0) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._where = str(path) if path is not None else "memory"
+        try:
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(
+                ":memory:" if path is None else path,
+                timeout=busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open the map results: {exc}", path=self._where) from exc
+        self._db: sqlite3.Connection | None = db
+        with self._boundary("prepare the map results tables") as prepared:
+            prepared.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            if path is not None:
+                prepared.execute("PRAGMA journal_mode = WAL")
+                prepared.execute("PRAGMA synchronous = NORMAL")
+            for statement in _SCHEMA:
+                prepared.execute(statement)
+
+    def __repr__(self) -> str:
+        return f"RowStore({self._where!r})"
+
+    @contextlib.contextmanager
+    def _boundary(self, doing: str) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            db = self._db
+            if db is None:
+                raise StoreError(f"cannot {doing}: the results store was closed", path=self._where)
+            try:
+                yield db
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot {doing}: {exc}", path=self._where) from exc
+            except (ValueError, TypeError, KeyError) as exc:
+                raise StoreError(
+                    f"cannot {doing}: a stored row cannot be read ({exc}); the file is damaged",
+                    path=self._where,
+                ) from exc
+
+    def get(self, run: str, row: str) -> StoredRow | None:
+        with self._boundary("read a map row") as db:
+            found = db.execute(
+                "SELECT data FROM map_rows WHERE run = ? AND row = ?", (run, row)
+            ).fetchone()
+            return None if found is None else StoredRow(**json.loads(found[0]))
+
+    def put(self, run: str, row: str, stored: StoredRow) -> None:
+        data = json.dumps(asdict(stored), separators=(",", ":"))
+        with self._boundary("write a map row") as db:
+            db.execute(
+                "INSERT OR REPLACE INTO map_rows (run, row, written, data) VALUES (?, ?, ?, ?)",
+                (run, row, time.time(), data),
+            )
+
+    def count(self, run: str) -> int:
+        with self._boundary("count map rows") as db:
+            return int(
+                db.execute("SELECT count(*) FROM map_rows WHERE run = ?", (run,)).fetchone()[0]
+            )
+
+    def open_jobs(self, run: str) -> list[str]:
+        """The Batch API jobs of `run` whose results were not collected yet, oldest first."""
+        with self._boundary("read the batch jobs") as db:
+            rows = db.execute(
+                "SELECT job FROM map_jobs WHERE run = ? AND state = ? ORDER BY created",
+                (run, OPEN_JOB),
+            ).fetchall()
+            return [r[0] for r in rows]
+
+    def add_job(self, run: str, job: str) -> None:
+        with self._boundary("record a batch job") as db:
+            db.execute(
+                "INSERT OR REPLACE INTO map_jobs (run, job, created, state) VALUES (?, ?, ?, ?)",
+                (run, job, time.time(), OPEN_JOB),
+            )
+
+    def close_job(self, job: str, state: str) -> None:
+        with self._boundary("record a batch job's end") as db:
+            db.execute("UPDATE map_jobs SET state = ? WHERE job = ?", (state, job))
+
+    def close(self) -> None:
+        with self._lock:
+            db, self._db = self._db, None
+        if db is not None:
+            db.close()

@@ -1,0 +1,500 @@
+"""`mode="batch"`: the rows go to the Gemini Batch API as one job, half price.
+
+The trade: Google bills batch jobs at 50 % of the interactive price, but a job may take
+up to 24 hours (most finish well within that) and nothing comes back until the whole job
+has ended. Concurrency, rpm and tpm do not apply; budgets are checked against estimates
+before the job is submitted (the rows past the budget are `skipped`).
+
+A job of up to `INLINE_LIMIT_BYTES` of requests goes inline in the create call; a larger
+one is written as JSONL (`{"key", "request"}` per line), uploaded through the Files API
+and answered as a JSONL file, downloaded to a temporary file and read line by line. Each
+request carries its row's key, so results map back whatever their order.
+
+The job's name is written to the results table as soon as it is created: if the kernel
+dies while the job runs, calling the same map again picks the job's results up instead
+of paying for the rows twice (rows still missing afterwards go into a new job). The job
+is polled every `POLL_FIRST` seconds, growing to `POLL_MOST`. Cancel cancels the job at
+the service; its rows are `cancelled`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from ..agent import BLOCKED_FINISH_REASONS
+from ..conversation import Usage
+from ..errors import AgentError, BackendError, InvalidConfig, QuotaExceeded, TurnError
+from .records import OPEN_JOB
+from .schema import SchemaMismatch
+
+if TYPE_CHECKING:
+    from .engine import BatchRun
+
+log = logging.getLogger("agentrt_jupyter")
+
+INLINE_LIMIT_BYTES = 4 * 1024 * 1024
+"""Jobs with more request bytes than this go as a JSONL file (Gemini takes 20 MB inline)."""
+POLL_FIRST = 0.25
+POLL_MOST = 30.0
+POLL_RETRIES = 5
+"""Failed polls in a row (5xx, dropped connections) before the job is given up on."""
+_FINAL = {
+    "JOB_STATE_SUCCEEDED": "succeeded",
+    "JOB_STATE_FAILED": "failed",
+    "JOB_STATE_CANCELLED": "cancelled",
+    "JOB_STATE_EXPIRED": "expired",
+    "JOB_STATE_PARTIALLY_SUCCEEDED": "succeeded",
+}
+
+
+async def run_batch(run: BatchRun) -> None:
+    """Answer `run`'s missing rows through the Batch API (on the runtime loop)."""
+    from . import engine
+
+    plan = run.plan
+    missing: dict[str, list[int]] = {}
+    prompts: dict[str, str] = {}
+    run._state = "submitting"
+    for handled, (position, prompt, problem) in enumerate(run._prompts(), 1):
+        if handled % engine.YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+        if prompt is None:
+            run._finish(position, engine.ERROR, error=problem, kind="template")
+            continue
+        key = plan.row_key(prompt)
+        found = None if plan.refresh else run._lookup(key)
+        if found is not None:
+            run._finish_cached(position, found)
+            continue
+        missing.setdefault(key, []).append(position)
+        prompts[key] = prompt
+    if not missing:
+        return
+    client = await _client(run)
+    if client is None:
+        return
+    store = run._store
+    earlier = [] if store is None or plan.refresh else store.open_jobs(plan.run_key)
+    for name in earlier:
+        try:
+            if await _follow(run, client, name, missing, time.monotonic(), {}):
+                break
+        except TurnError as exc:  # gone (deleted, expired) or unreachable: send the rows anew
+            log.warning("the earlier batch job %s cannot be collected: %s", name, exc)
+            _close_job(run, name, "lost")
+    if not missing or run._cancel_requested:
+        _cancel_rows(run, missing)
+        return
+    chosen = _within_budget(run, missing, prompts)
+    if not chosen:
+        return
+    try:
+        name, keys = await _submit(run, client, chosen, prompts)
+    except (TurnError, InvalidConfig) as exc:
+        for key in chosen:
+            for position in missing.pop(key):
+                run._finish(position, engine.ERROR, error=str(exc), kind=engine._kind(exc))
+        return
+    if run._store is not None:
+        with contextlib.suppress(Exception):
+            run._store.add_job(plan.run_key, name)
+    try:
+        await _follow(run, client, name, missing, time.monotonic(), dict.fromkeys(keys))
+    except TurnError as exc:  # the job stays recorded: the same call later collects it
+        why = f"the batch job {name} could not be followed ({exc}): run the same call again"
+        for key in keys:
+            for position in missing.pop(key, []):
+                run._finish(position, engine.ERROR, error=why, kind=engine._kind(exc))
+    finally:
+        run._in_flight, run._inflight_tokens, run._inflight_usd = 0, 0, 0.0
+
+
+async def _client(run: BatchRun) -> Any:
+    """The runtime's google-genai client for the run's endpoint (None: rows were failed)."""
+    from . import engine
+
+    try:
+        from ..backends.gemini import GeminiBackend
+
+        backend = await run.runtime._core.backend_for(run.plan.config)
+        if not isinstance(backend, GeminiBackend):
+            raise InvalidConfig("mode='batch' needs the google-genai backend", field="mode")
+        return backend._client
+    except AgentError as exc:
+        run._stop = engine.SKIPPED, f"stopped: the model backend is not available: {exc}"
+        for position in range(run.total):
+            if run._outcomes.status[position] == engine._PENDING:
+                run._finish(position, engine.SKIPPED, error=run._stop[1])
+        return None
+
+
+def _within_budget(
+    run: BatchRun, missing: dict[str, list[int]], prompts: dict[str, str]
+) -> list[str]:
+    """The keys to submit: all, or the first ones whose estimates fit the budget."""
+    from . import engine
+
+    chosen: list[str] = []
+    for key in list(missing):
+        over = run._stop[1] if run._stop is not None else None
+        estimate = run._estimate(prompts[key])
+        over = over or run._over_budget(estimate)
+        if over is not None:  # this row and every one after it
+            run._stop = engine.SKIPPED, over
+            for position in missing.pop(key):
+                run._finish(position, engine.SKIPPED, error=over)
+            continue
+        run._inflight_tokens += estimate.tokens
+        run._inflight_usd += estimate.usd
+        chosen.append(key)
+    run._in_flight = sum(len(missing[key]) for key in chosen)
+    return chosen
+
+
+def _generation(run: BatchRun) -> tuple[dict[str, Any], str | None]:
+    """The rows' generationConfig (wire names) and system instruction."""
+    config = run.plan.config
+    thinking = {
+        "thinkingBudget": config.thinking_budget,
+        "includeThoughts": config.include_thoughts or None,
+    }
+    fields: dict[str, Any] = {
+        "temperature": config.temperature,
+        "topP": config.top_p,
+        "topK": config.top_k,
+        "maxOutputTokens": config.max_output_tokens,
+        "stopSequences": list(config.stop_sequences) or None,
+        "seed": config.seed,
+        "responseMimeType": config.response_mime_type,
+        "responseJsonSchema": config.response_schema
+        if isinstance(config.response_schema, dict)
+        else None,
+        "thinkingConfig": {k: v for k, v in thinking.items() if v is not None} or None,
+    }
+    return {k: v for k, v in fields.items() if v is not None}, config.system_instruction
+
+
+def _contents(prompt: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "parts": [{"text": prompt}]}]
+
+
+async def _submit(
+    run: BatchRun, client: Any, keys: list[str], prompts: dict[str, str]
+) -> tuple[str, list[str]]:
+    """Create the job (inline or from an uploaded JSONL file); its name and its keys."""
+    from google.genai import types
+
+    from ..backends.gemini import _translate_errors
+
+    generation, system = _generation(run)
+    display = f"agentrt map {run.plan.run_key[:12]}"
+    size = sum(len(prompts[key]) for key in keys) + len(keys) * (
+        len(json.dumps(generation)) + len(system or "") + 100
+    )
+    with _translate(_translate_errors):
+        if size <= INLINE_LIMIT_BYTES:
+            config = {**generation, **({"systemInstruction": system} if system else {})}
+            source: Any = [
+                types.InlinedRequest.model_validate(
+                    {
+                        "contents": _contents(prompts[key]),
+                        "config": config,
+                        "metadata": {"key": key},
+                    }
+                )
+                for key in keys
+            ]
+        else:
+            source = await _upload(run, client, keys, prompts, generation, system)
+        job = await client.aio.batches.create(
+            model=run.plan.model, src=source, config={"display_name": display}
+        )
+    run.job = str(job.name)
+    run.job_state = _state_name(job)
+    run._changed()
+    return run.job, keys
+
+
+async def _upload(
+    run: BatchRun,
+    client: Any,
+    keys: list[str],
+    prompts: dict[str, str],
+    generation: dict[str, Any],
+    system: str | None,
+) -> str:
+    """Write the requests as JSONL to a temporary file and upload it; the file's name."""
+    request: dict[str, Any] = {"generationConfig": generation}
+    if system:
+        request["systemInstruction"] = {"parts": [{"text": system}]}
+    handle, path = tempfile.mkstemp(prefix="agentrt-batch-", suffix=".jsonl")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            for key in keys:
+                line = {"key": key, "request": {"contents": _contents(prompts[key]), **request}}
+                out.write(json.dumps(line, separators=(",", ":")) + "\n")
+        uploaded = await client.aio.files.upload(
+            file=path,
+            config={"mime_type": "jsonl", "display_name": f"agentrt map {run.plan.run_key[:12]}"},
+        )
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    return str(uploaded.name)
+
+
+async def _follow(
+    run: BatchRun,
+    client: Any,
+    name: str,
+    missing: dict[str, list[int]],
+    submitted: float,
+    keys: dict[str, None],
+) -> bool:
+    """Poll job `name` to its end and give its rows their results; True if cancelled."""
+    from . import engine
+
+    run.job = name
+    job = await _poll(run, client, name)
+    if job is None:  # cancelled by us
+        with contextlib.suppress(Exception):
+            await client.aio.batches.cancel(name=name)
+        _close_job(run, name, "cancelled")
+        _cancel_rows(run, {k: missing.pop(k) for k in list(keys) if k in missing})
+        return True
+    state = _FINAL.get(_state_name(job) or "", "failed")
+    run.job_state = _state_name(job)
+    if state != "succeeded":
+        message = f"the batch job {name} ended {state}"
+        if getattr(job, "error", None) is not None:
+            message += f": {getattr(job.error, 'message', job.error)}"
+        status = engine.CANCELLED if state == "cancelled" else engine.ERROR
+        for key in [k for k in keys if k in missing]:
+            for position in missing.pop(key):
+                run._finish(position, status, error=message, kind="BatchJob " + state)
+        _close_job(run, name, state)
+        return False
+    run._state = "collecting"
+    latency = time.monotonic() - submitted
+    answered = 0
+    async for key, outcome in _results(run, client, job):
+        answered += 1
+        if answered % engine.YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+        _give(run, key, outcome, missing, latency)
+    for key in [k for k in keys if k in missing]:
+        for position in missing.pop(key):
+            run._finish(position, engine.ERROR, error=f"no result for this row in {name}")
+    _close_job(run, name, "collected")
+    run._in_flight = sum(len(p) for p in missing.values())
+    return False
+
+
+def _give(
+    run: BatchRun,
+    key: str | None,
+    outcome: tuple[str, str | None, Usage, str | None],
+    missing: dict[str, list[int]],
+    latency: float,
+) -> None:
+    """One result of the job, to every row with its key (kept even if no row has it now)."""
+    from . import engine
+    from .records import StoredRow
+
+    text, _finish, usage, problem = outcome
+    tokens = (
+        usage.prompt_tokens + usage.tool_use_prompt_tokens,
+        usage.candidates_tokens + usage.thoughts_tokens,
+    )
+    run._spend(*tokens, batch=True)
+    positions = missing.pop(key, []) if key is not None else []
+    values = None
+    if problem is None and run.plan.schema is not None:
+        try:
+            values = run.plan.schema.parse(text)
+        except SchemaMismatch as exc:
+            problem = str(exc)
+    if problem is not None:
+        for position in positions:
+            run._finish(
+                position,
+                engine.ERROR,
+                error=problem,
+                kind="BatchResult",
+                tokens=tokens,
+                latency=latency,
+                attempts=1,
+            )
+        return
+    if key is not None and not positions:
+        run._keep(key, StoredRow(text, *tokens, latency, 1, run.plan.model))
+    for number, position in enumerate(positions):
+        if number == 0:
+            run._finish_ok(position, key or "", text, values, tokens, latency, 1)
+        else:
+            run._outcomes.set_reply(position, text, values)
+            run._finish(position, engine.OK, tokens=tokens, latency=latency, attempts=1)
+
+
+async def _poll(run: BatchRun, client: Any, name: str) -> Any:
+    """The job once it has ended, or None if the run was cancelled first."""
+    from ..backends.gemini import _translate_errors
+
+    delay, failures = POLL_FIRST, 0
+    while True:
+        try:
+            with _translate(_translate_errors):
+                job = await client.aio.batches.get(name=name)
+        except BackendError as exc:
+            failures += 1
+            if failures >= POLL_RETRIES or (exc.code is not None and exc.code < 500):
+                raise
+        else:
+            failures = 0
+            run.job_state = _state_name(job)
+            if run.job_state in ("JOB_STATE_PENDING", "JOB_STATE_QUEUED"):
+                run._state = "pending"
+            elif run.job_state not in _FINAL:
+                run._state = "running"
+            run._changed()
+            if run.job_state in _FINAL:
+                return job
+        if await run._until_cancelled(asyncio.sleep(delay)):
+            return None
+        delay = min(POLL_MOST, delay * 1.5)
+
+
+async def _results(
+    run: BatchRun, client: Any, job: Any
+) -> Any:  # an async iterator of (key, (text, finish, usage, problem))
+    """Each result of a finished job with its row key."""
+    from google.genai import types
+
+    from ..backends.gemini import _translate_errors
+
+    destination = job.dest
+    inline = getattr(destination, "inlined_responses", None)
+    if inline is not None:
+        for entry in inline:
+            key = (entry.metadata or {}).get("key")
+            if entry.error is not None:
+                yield key, ("", None, Usage(), _error_text(entry.error))
+            else:
+                yield key, _reply(entry.response)
+        return
+    name = getattr(destination, "file_name", None)
+    if not name:
+        return
+    handle, path = tempfile.mkstemp(prefix="agentrt-batch-", suffix=".jsonl")
+    os.close(handle)
+    try:
+        with _translate(_translate_errors):
+            await client.aio.files.download(file=name, destination=path)
+        for line in _lines(path):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(entry, dict):
+                continue
+            key = entry.get("key")
+            key = str(key) if key is not None else None
+            if isinstance(entry.get("response"), dict):
+                response = types.GenerateContentResponse.model_validate(entry["response"])
+                yield key, _reply(response)
+            else:
+                problem = entry.get("error") or entry.get("status") or "no response"
+                yield key, ("", None, Usage(), _error_text(problem))
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def _lines(path: str) -> Iterator[str]:
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            if line.strip():
+                yield line
+
+
+def _reply(response: Any) -> tuple[str, str | None, Usage, str | None]:
+    """(text, finish reason, usage, problem) of one GenerateContentResponse."""
+    usage = Usage.from_metadata(getattr(response, "usage_metadata", None))
+    candidates = getattr(response, "candidates", None) or []
+    if not candidates:
+        feedback = getattr(response, "prompt_feedback", None)
+        reason = getattr(feedback, "block_reason", None)
+        why = (
+            f"the prompt was blocked ({getattr(reason, 'value', reason)})" if reason else "no reply"
+        )
+        return "", None, usage, why
+    candidate = candidates[0]
+    finish = candidate.finish_reason
+    finish_name = str(getattr(finish, "value", finish)) if finish is not None else None
+    parts = (candidate.content.parts if candidate.content else None) or []
+    text = "".join(p.text for p in parts if p.text and not p.thought)
+    if finish_name in BLOCKED_FINISH_REASONS:
+        return (
+            text,
+            finish_name,
+            usage,
+            f"the service stopped the reply (finish reason {finish_name})",
+        )
+    if finish_name is None:
+        return text, None, usage, "the reply has no finish reason (truncated)"
+    return text, finish_name, usage, None
+
+
+def _error_text(error: Any) -> str:
+    if isinstance(error, dict):
+        code, message = error.get("code"), error.get("message")
+    else:
+        code, message = getattr(error, "code", None), getattr(error, "message", None)
+    return f"{code} {message or 'error'}" if code is not None else str(message or error)
+
+
+def _state_name(job: Any) -> str | None:
+    state = getattr(job, "state", None)
+    return None if state is None else str(getattr(state, "name", state))
+
+
+def _close_job(run: BatchRun, name: str, state: str) -> None:
+    store = run._store
+    if store is not None and state != OPEN_JOB:
+        with contextlib.suppress(Exception):
+            store.close_job(name, state)
+
+
+def _cancel_rows(run: BatchRun, rows: dict[str, list[int]]) -> None:
+    from . import engine
+
+    for positions in rows.values():
+        for position in positions:
+            run._finish(position, engine.CANCELLED, error="cancelled")
+    rows.clear()
+
+
+@contextlib.contextmanager
+def _translate(boundary: Any) -> Iterator[None]:
+    """The backend's error boundary, with a 429 as `QuotaExceeded` (we do not wait here)."""
+    from ..backends.base import QuotaHit
+
+    try:
+        with boundary([0]):
+            yield
+    except QuotaHit as hit:
+        info = hit.info
+        raise QuotaExceeded(
+            f"the Batch API is rate limited: {info.message}",
+            retry_after=info.retry_after,
+            quota_id=info.quota_id,
+            scope=info.scope,
+        ) from None
