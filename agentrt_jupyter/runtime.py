@@ -17,6 +17,7 @@ import inspect
 import itertools
 import logging
 import os
+import queue
 import secrets
 import sys
 import threading
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from .agent import AgentCore
 from .backends.base import Backend
+from .batch.hook import register_when_pandas_loads
 from .config import AgentConfig, RuntimeConfig, agent_config
 from .content import to_parts
 from .conversation import ConversationMessage, LedgerEntry, Usage
@@ -106,29 +108,34 @@ class Inbox:
 
 
 class _DaemonExecutor(concurrent.futures.ThreadPoolExecutor):
-    """The loop's default executor: one daemon thread per call, never joined.
+    """The loop's default executor: daemon threads, reused while busy, never joined.
 
-    `asyncio.to_thread` (sync tools, confirm callbacks, DNS lookups, the local server's
-    start) runs here. A call that never returns (a tool blocking forever) is abandoned on
-    cancel or shutdown and cannot keep the interpreter alive at exit, as the joined
-    workers of a ThreadPoolExecutor would. Threads know which runtime they serve, so a
-    blocking `shutdown()` from inside a tool is refused instead of deadlocking.
+    `asyncio.to_thread` (sync tools, confirm callbacks, the SDK's DNS, netrc and proxy
+    lookups, the local server's start) runs here. A call that never returns (a tool
+    blocking forever) is abandoned on cancel or shutdown and cannot keep the interpreter
+    alive at exit, as the joined workers of a ThreadPoolExecutor would. An idle worker
+    takes the next call (a thread start per call costs more than the SDK's lookups) and
+    leaves after `IDLE_SECONDS`. Workers know which runtime they serve, so a blocking
+    `shutdown()` from inside a tool is refused instead of deadlocking.
     """
+
+    IDLE_SECONDS = 30.0
 
     def __init__(self, name: str, local: threading.local) -> None:
         super().__init__(max_workers=1, thread_name_prefix=name)  # asyncio wants this type
         self._name = name
         self._local = local
         self._numbers = itertools.count(1)
+        self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
 
     def submit(
         self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
     ) -> concurrent.futures.Future[T]:
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        local = self._local
 
-        def run() -> None:
-            local.worker = True
+        def call() -> None:
             if not future.set_running_or_notify_cancel():
                 return
             try:
@@ -138,9 +145,29 @@ class _DaemonExecutor(concurrent.futures.ThreadPoolExecutor):
             else:
                 future.set_result(result)
 
+        with self._lock:
+            self._calls.put(call)
+            if self._idle:
+                self._idle -= 1  # an idle worker takes it
+                return future
         name = f"{self._name}-worker-{next(self._numbers)}"
-        threading.Thread(target=run, name=name, daemon=True).start()
+        threading.Thread(target=self._work, name=name, daemon=True).start()
         return future
+
+    def _work(self) -> None:
+        self._local.worker = True
+        while True:
+            try:
+                call = self._calls.get(timeout=self.IDLE_SECONDS)
+            except queue.Empty:
+                with self._lock:
+                    if self._calls.empty():  # nobody counted on this worker: leave
+                        self._idle -= 1
+                        return
+                continue
+            call()
+            with self._lock:
+                self._idle += 1
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Nothing to join: abandoned calls end on their own, in daemon threads."""
@@ -1015,6 +1042,7 @@ class AgentRuntime:
         self._core = _Core(self.config)
         self._portal = _Portal(name, self._core.inbox)
         self._finalizer = weakref.finalize(self, _finalize, self._portal, self._core)
+        register_when_pandas_loads()  # df.agentrt.map(...): registered once pandas is in
         if self._core.store is not None:
             self._portal.submit(self._core.start_heartbeat)
         self._shutdown_lock = threading.Lock()
