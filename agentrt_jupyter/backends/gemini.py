@@ -1,7 +1,7 @@
 """The google-genai backend: `client.aio` on the runtime loop, our history, our errors.
 
 Imported only on the runtime thread (google.genai costs ~0.5 s to import). Every SDK
-and transport error is translated in `_translate_errors`, the one boundary; the errors
+and transport error is translated in `translate_errors`, the one boundary; the errors
 raised there never chain the SDK's exception (its request holds the API key header).
 The SDK's own retries are off (one attempt): the agent retries, one ledger row each.
 """
@@ -64,7 +64,7 @@ def _api_error(exc: genai_errors.APIError) -> BackendError | QuotaHit:
 
 
 @contextlib.contextmanager
-def _translate_errors(chunks: list[int]) -> Iterator[None]:
+def translate_errors(chunks: list[int]) -> Iterator[None]:
     """Map the SDK's and the transport's errors to ours; `chunks[0]` counts what arrived.
 
     Most specific first. A reply the SDK cannot parse (HTML, wrong JSON shapes, a cut
@@ -226,13 +226,18 @@ class GeminiBackend:
         chunks = [0]
         config = _generation_config(request)
         contents = wire_contents(request.messages)
-        with _translate_errors(chunks):
+        with translate_errors(chunks):
             iterator = await self._client.aio.models.generate_content_stream(
                 model=request.model, contents=contents, config=config
             )
             async for response in iterator:
                 chunks[0] += 1
                 yield _chunk_from_response(response)
+
+    @property
+    def client(self) -> genai.Client:
+        """The SDK client (for the Batch API, which is not a model stream)."""
+        return self._client
 
     async def aclose(self) -> None:
         await self._client.aio.aclose()

@@ -127,7 +127,7 @@ async def _client(run: BatchRun) -> Any:
         backend = await run.runtime._core.backend_for(run.plan.config)
         if not isinstance(backend, GeminiBackend):
             raise InvalidConfig("mode='batch' needs the google-genai backend", field="mode")
-        return backend._client
+        return backend.client
     except AgentError as exc:
         run._stop = engine.SKIPPED, f"stopped: the model backend is not available: {exc}"
         for position in range(run.total):
@@ -192,14 +192,14 @@ async def _submit(
     """Create the job (inline or from an uploaded JSONL file); its name and its keys."""
     from google.genai import types
 
-    from ..backends.gemini import _translate_errors
+    from ..backends.gemini import translate_errors
 
     generation, system = _generation(run)
     display = f"agentrt map {run.plan.run_key[:12]}"
     size = sum(len(prompts[key]) for key in keys) + len(keys) * (
         len(json.dumps(generation)) + len(system or "") + 100
     )
-    with _translate(_translate_errors):
+    with _translate(translate_errors):
         if size <= INLINE_LIMIT_BYTES:
             config = {**generation, **({"systemInstruction": system} if system else {})}
             source: Any = [
@@ -346,12 +346,12 @@ def _give(
 
 async def _poll(run: BatchRun, client: Any, name: str) -> Any:
     """The job once it has ended, or None if the run was cancelled first."""
-    from ..backends.gemini import _translate_errors
+    from ..backends.gemini import translate_errors
 
     delay, failures = POLL_FIRST, 0
     while True:
         try:
-            with _translate(_translate_errors):
+            with _translate(translate_errors):
                 job = await client.aio.batches.get(name=name)
         except BackendError as exc:
             failures += 1
@@ -378,7 +378,7 @@ async def _results(
     """Each result of a finished job with its row key."""
     from google.genai import types
 
-    from ..backends.gemini import _translate_errors
+    from ..backends.gemini import translate_errors
 
     destination = job.dest
     inline = getattr(destination, "inlined_responses", None)
@@ -396,7 +396,7 @@ async def _results(
     handle, path = tempfile.mkstemp(prefix="agentrt-batch-", suffix=".jsonl")
     os.close(handle)
     try:
-        with _translate(_translate_errors):
+        with _translate(translate_errors):
             await client.aio.files.download(file=name, destination=path)
         for line in _lines(path):
             try:

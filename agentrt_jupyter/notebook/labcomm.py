@@ -2,8 +2,10 @@
 
 The extension (labextension/) opens one comm per kernel and sends typed requests
 (`list`, `cancel`, `cancel_all`); every request gets exactly one reply, an error reply
-included. While a comm is open the kernel also pushes `snapshot` messages when the
-agents change (at most 4 a second), so the status bar stays live without polling.
+included. While a comm is open the kernel also pushes a `snapshot` after each change of
+the agents, fed by the runtime's change signal (`runtime.aio.watch()`): while a reply
+streams its tokens count up (at most `1 / PUSH_INTERVAL` pushes a second), and nothing
+is sent while nothing happens, so the status bar and sidebar stay live without polling.
 
 Nothing here blocks the kernel: requests are answered by tasks on the kernel's event
 loop that await the runtime's async API, so a `cancel_all` sent while an awaiting
@@ -34,8 +36,8 @@ __all__ = [
 ]
 
 TARGET = "agentrt-jupyter"
-PUSH_INTERVAL = 0.25
-"""Seconds between checks for a changed snapshot: at most 4 pushes a second."""
+PUSH_INTERVAL = 0.1
+"""Least seconds between two pushed snapshots: at most 10 a second while a reply streams."""
 CALL_TIMEOUT = 4.0
 """Bound on one runtime call, so the reply beats the frontend's 5 s timeout."""
 
@@ -161,9 +163,11 @@ class _LabComms:
         self.comms[comm.comm_id] = comm
         comm.on_msg(self.on_msg)
         comm.on_close(self.on_close)
+        # A fresh pusher sends the agents as they are now (to every comm), then follows.
         self.last_key = None
-        if self.pusher is None or self.pusher.done():
-            self.pusher = self._spawn(self._push_loop(), inline=False)
+        if self.pusher is not None:
+            self.pusher.cancel()
+        self.pusher = self._spawn(self._push_loop(), inline=False)
 
     def on_close(self, msg: dict[str, Any]) -> None:
         comm_id = msg.get("content", {}).get("comm_id")
@@ -230,6 +234,9 @@ class _LabComms:
         except Exception as exc:
             reply = self._failure(request["id"], exc)
         self._send(comm, reply)
+        if reply.get("code") == "no_runtime":
+            # The frontend reads a closed comm as "no runtime" and opens again later.
+            self.close_all()
 
     @staticmethod
     def _failure(request_id: str, exc: Exception) -> Reply:
@@ -265,24 +272,39 @@ class _LabComms:
         return Reply(id=request["id"], kind="reply", ok=True, cancelled=count)
 
     async def _push_loop(self) -> None:
-        """Push a snapshot whenever it changes (running times compared to the second)."""
+        """Push a snapshot after each change of the agents, until the comms or the runtime
+        are gone (running times are compared to the second: the frontend ticks them)."""
+        from ..errors import RuntimeClosed
+
         while self.comms:
             runtime = self.get_runtime()
             if runtime is None or runtime.closed:
                 self.close_all()
                 return
             try:
-                infos = await asyncio.wait_for(runtime.aio.agents(), CALL_TIMEOUT)
+                async for infos in runtime.aio.watch(PUSH_INTERVAL):
+                    self._push(infos)
+                    if self.get_runtime() is not runtime:
+                        break
+            except RuntimeClosed:
+                continue
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise
+                continue  # the runtime stopped its loop under our call: look again
             except Exception:
-                log.debug("agentrt-jupyter snapshot failed", exc_info=True)
-            else:
-                agents = [snapshot_of(i) for i in infos]
-                key = _change_key(agents)
-                if key != self.last_key:
-                    self.last_key = key
-                    for comm in list(self.comms.values()):
-                        self._send(comm, Snapshot(kind="snapshot", agents=agents))
-            await asyncio.sleep(PUSH_INTERVAL)
+                log.exception("agentrt-jupyter: following the runtime's changes failed")
+                self.close_all()
+                return
+
+    def _push(self, infos: list[AgentInfo]) -> None:
+        agents = [snapshot_of(i) for i in infos]
+        key = _change_key(agents)
+        if key != self.last_key:
+            self.last_key = key
+            for comm in list(self.comms.values()):
+                self._send(comm, Snapshot(kind="snapshot", agents=agents))
 
 
 _registered: dict[int, _LabComms] = {}

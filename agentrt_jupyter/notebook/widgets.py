@@ -3,8 +3,14 @@
 Core ipywidgets only, so they work in JupyterLab, Notebook 7, VS Code and Colab. Each
 widget has one writer: a single task on the runtime loop makes every trait update,
 coalesced to at most `MAX_UPDATES_PER_SECOND` and always ending on the exact final state.
-Click handlers only post work to the runtime loop, so they return at once and never block
-the kernel (on ipykernel >= 7.4 they are handled even while an awaiting cell runs).
+The writer is woken by the runtime's change signal (`runtime.aio.watch()`), so token
+counts go up while a reply streams and nothing is sent while nothing happens. Click
+handlers only post work to the runtime loop, so they return at once and never block the
+kernel (on ipykernel >= 7.4 they are handled even while an awaiting cell runs).
+
+A displayed widget leaves a static copy of itself beside its view (`_StaticCopy`), so a
+saved notebook reads well without a kernel: in JupyterLab, Notebook 7, nbviewer/nbconvert
+and on GitHub.
 """
 
 from __future__ import annotations
@@ -15,12 +21,16 @@ import contextlib
 import html
 import json
 import threading
+import time
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 import traitlets
+from IPython import display as ipython_display
+from IPython import get_ipython
 
 from ..content import FunctionResponsePart
 from ..conversation import ConversationMessage, Usage
@@ -37,16 +47,25 @@ __all__ = ["AgentPanel", "RuntimeMonitor"]
 MAX_UPDATES_PER_SECOND = 10
 """Trait flushes per widget; the server drops IOPub above ~1000 msg/s, the eye sees ~10/s."""
 MONITOR_INTERVAL = 0.25
-"""RuntimeMonitor refresh period while any agent runs (elapsed time keeps ticking)."""
-MONITOR_IDLE_CHECK = 1.0
-"""While idle the monitor only looks this often; it sends nothing unless something changed."""
+"""RuntimeMonitor: the least time between two renders (every streamed chunk is a change)."""
+ELAPSED_TICK = 1.0
+"""While a turn runs the monitor re-renders this often even without a change (elapsed time)."""
+SNAPSHOT_INTERVAL = 2.0
+"""While something runs, a widget's static copy is rewritten at most this often."""
 HISTORY_ROWS = 200
 """The transcript and History tab show the latest messages; `history_frame(agent)` has all."""
 CLOSE_TIMEOUT = 2.0
+LIVE_CLASS = "agentrt-live"
+"""On the view of every widget here: the lab extension's CSS shows the view or its copy."""
+SNAPSHOT_CLASS = "agentrt-snapshot"
+"""On every static copy (see `_StaticCopy`)."""
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 _BOX = "border-left:3px solid {color};padding:2px 8px;margin:4px 0"
 _COLORS = {"user": "#1f77b4", "model": "#2ca02c", "summary": "#9467bd"}
 _BADGES = {"cancelled": "#d62728", "incomplete": "#ff7f0e", "error": "#d62728"}
+_GONE = ("shutdown", "disconnected")
+_display: Callable[..., Any] = ipython_display.display
 
 
 class _Writer:
@@ -55,6 +74,8 @@ class _Writer:
     `render` writes the traits from the current state and returns when to render again on
     its own (None: only when woken). Wakes are coalesced: renders are at least `interval`
     apart, and a render always follows the last wake, so the final state is always shown.
+    With `watch`, the runtime's change signal wakes it after each change (at most once
+    per `interval`), after handing the agents to `on_agents` if given.
     """
 
     def __init__(
@@ -62,12 +83,18 @@ class _Writer:
         runtime: AgentRuntime,
         render: Callable[[], Awaitable[float | None]],
         interval: float,
+        *,
+        watch: bool = False,
+        on_agents: Callable[[list[AgentInfo]], Awaitable[None]] | None = None,
     ) -> None:
         if runtime.closed:
             raise RuntimeClosed("the runtime was shut down; create a new AgentRuntime")
+        self._runtime = runtime
         self._loop = runtime.loop
         self._thread = runtime.thread
         self._render = render
+        self._watch_agents = watch
+        self._on_agents = on_agents
         self._interval = interval
         self._wake = asyncio.Event()
         self._waiters: list[concurrent.futures.Future[None]] = []
@@ -107,7 +134,14 @@ class _Writer:
         self._waiters.append(done)
         self._wake.set()
 
+    async def _watch(self) -> None:
+        async for infos in self._runtime.aio.watch(self._interval):
+            if self._on_agents is not None:
+                await self._on_agents(infos)
+            self._wake.set()
+
     async def _run(self) -> None:
+        watcher = asyncio.ensure_future(self._watch()) if self._watch_agents else None
         try:
             timeout = await self._render_once()
             last = self._loop.time()
@@ -120,6 +154,8 @@ class _Writer:
                 last = self._loop.time()
                 timeout = await self._render_once()
         finally:
+            if watcher is not None:
+                watcher.cancel()
             for waiter in self._waiters:
                 if not waiter.done():
                     waiter.set_result(None)
@@ -150,6 +186,78 @@ class _Writer:
             self._stopped.wait(CLOSE_TIMEOUT)
 
 
+class _StaticCopy:
+    """What a displayed widget leaves in a saved notebook: an HTML output after its view.
+
+    A widget view needs the kernel that made it; reopened without it, JupyterLab and
+    Notebook 7 say "Error displaying widget: model not found" and nbconvert/nbviewer and
+    GitHub show nothing. So the widget is displayed as two outputs: the view, then this
+    copy (HTML and plain text, marked with `SNAPSHOT_CLASS`). While the view is live it
+    hides the copy (a <style> in the view, for any frontend that shows both in one page;
+    the lab extension's CSS in JupyterLab and Notebook 7, which also hides a dead view
+    whose copy follows it). The widget's writer rewrites the copy (`update_display_data`
+    with the parent header of each cell that displayed it): at once when nothing runs,
+    at most every `SNAPSHOT_INTERVAL` while something does.
+    """
+
+    def __init__(self, what: str) -> None:
+        self.display_id = f"agentrt-snapshot-{uuid.uuid4().hex}"
+        self.hider = widgets.HTML(
+            f"<style>.{self.display_id}{{display:none}}</style>",
+            layout=widgets.Layout(display="none"),
+        )
+        self._bundle = self._wrap(f"<i>{html.escape(what)}: not rendered yet.</i>", what)
+        self._sent = self._bundle
+        self._targets: list[tuple[Any, dict[str, Any]]] = []
+        self._last = -1e9
+
+    def show(self, view: dict[str, Any]) -> None:
+        """Display the view bundle, then the copy; call on the kernel's main thread."""
+        _display(view, raw=True)
+        _display(self._bundle, raw=True, display_id=self.display_id)
+        shell = get_ipython()
+        pub = getattr(shell, "display_pub", None)
+        parent = getattr(shell, "parent_header", None)
+        if getattr(pub, "session", None) is not None and parent:
+            self._targets = [*self._targets, (pub, parent.get("header", parent))]
+            self._sent = {}
+
+    def offer(self, body: str, plain: str, *, settled: bool) -> float | None:
+        """The widget's state now; rewrites the copy if due. Returns when to offer again
+        (None: only when something changes)."""
+        self._bundle = self._wrap(body, plain)
+        if not self._targets or self._bundle == self._sent:
+            return None
+        due = self._last + SNAPSHOT_INTERVAL - time.monotonic()
+        if due > 0 and not settled:
+            return due
+        self._publish(self._bundle)
+        return None
+
+    def _wrap(self, body: str, plain: str) -> dict[str, str]:
+        classes = f"{SNAPSHOT_CLASS} {self.display_id}"
+        return {"text/html": f'<div class="{classes}">{body}</div>', "text/plain": plain}
+
+    def _publish(self, bundle: dict[str, str]) -> None:
+        self._sent = bundle
+        self._last = time.monotonic()
+        content = {"data": bundle, "metadata": {}, "transient": {"display_id": self.display_id}}
+        for pub, parent in self._targets:
+            # Sent with the displaying cell's parent header, so the frontend routes it to
+            # that cell whatever runs now; the IOPub socket is safe to use from any thread.
+            with contextlib.suppress(Exception):
+                pub.session.send(
+                    pub.pub_socket, "update_display_data", content, parent=parent, ident=pub.topic
+                )
+
+
+def _view_bundle(widget: widgets.DOMWidget, plain: str) -> dict[str, Any]:
+    """The widget's own view bundle, with a plain text that says what follows it."""
+    bundle: dict[str, Any] = dict(widget._repr_mimebundle_() or {})
+    bundle["text/plain"] = plain
+    return bundle
+
+
 @dataclass
 class _LiveTurn:
     """What this panel has seen of a turn that is not in history yet (loop-side state)."""
@@ -168,10 +276,14 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
 
     `transcript` holds the settled messages and is rewritten only when a turn ends;
     `streaming` holds the turns in progress and is rewritten as text arrives. Splitting them
-    keeps each update small: a long conversation is not re-sent ten times a second.
-    Other public parts: `input`, `send_button`, `cancel_button`, `shutdown_button`,
-    `usage`, `status`, `history` (the History tab), `tabs`; `last_handle` is the latest
-    turn sent from the panel.
+    keeps each update small: a long conversation is not re-sent ten times a second. The box
+    holding both follows the end of the stream unless the user scrolled up (it is anchored
+    at its bottom). The panel follows its agent's record live (usage counts up while a reply
+    streams, turns sent elsewhere appear when they end), and when the agent is gone and an
+    agent of the same name appears (a `%%agent NAME` cell after Shutdown), it re-attaches
+    to that one. Other public parts: `conversation` (the box), `input`, `send_button`,
+    `cancel_button`, `shutdown_button`, `usage`, `status`, `history` (the History tab),
+    `tabs`; `last_handle` is the latest turn sent from the panel.
     """
 
     ended_turns = traitlets.Int(0, help="Turns sent from this panel whose end is displayed.")
@@ -195,13 +307,27 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
         self.usage = widgets.HTML()
         self.status = widgets.HTML()
         self.history = widgets.HTML(layout=widgets.Layout(max_height="420px", overflow="auto"))
-        conversation = widgets.VBox(
-            [self.transcript, self.streaming],
-            layout=widgets.Layout(max_height="420px", overflow="auto", width="100%"),
+        # column-reverse anchors the scroll position at the bottom: the box follows what is
+        # appended, and stays put once the user scrolls up (pure CSS, every frontend).
+        self.conversation = widgets.Box(
+            [
+                widgets.VBox(
+                    [self.transcript, self.streaming],
+                    layout=widgets.Layout(flex="0 0 auto", overflow="visible"),
+                )
+            ],
+            layout=widgets.Layout(
+                display="flex",
+                flex_flow="column-reverse",
+                max_height="420px",
+                overflow="auto",
+                width="100%",
+            ),
         )
+        self.conversation.add_class("agentrt-conversation")
         chat = widgets.VBox(
             [
-                conversation,
+                self.conversation,
                 self.input,
                 widgets.HBox([self.send_button, self.cancel_button, self.shutdown_button]),
                 self.status,
@@ -209,7 +335,9 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
             ]
         )
         self.tabs = widgets.Tab(children=[chat, self.history], titles=("Chat", "History"))
-        super().__init__([self.tabs], **kwargs)
+        self._copy = _StaticCopy(f"AgentPanel of {self.agent.name!r}")
+        super().__init__([self.tabs, self._copy.hider], **kwargs)
+        self.add_class(LIVE_CLASS)
         self.last_handle: ChatHandle | None = None
         self._history: list[ConversationMessage] = []
         self._history_html = ""
@@ -218,6 +346,9 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
         self._shown_upto: int | None = None
         self._total = Usage()
         self._turns = 0
+        self._seen: tuple[int, int | None] = (0, None)
+        self._running = False
+        self._own_ended: set[int] = set()
         self._note = "idle"
         self._shut_down = False
         self._sent: str | None = None
@@ -226,10 +357,18 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
         self.send_button.on_click(self._on_send)
         self.cancel_button.on_click(self._on_cancel)
         self.shutdown_button.on_click(self._on_shutdown)
-        self._writer = _Writer(runtime, self._render, 1.0 / MAX_UPDATES_PER_SECOND)
+        self._writer = _Writer(
+            runtime, self._render, 1.0 / MAX_UPDATES_PER_SECOND, watch=True, on_agents=self._follow
+        )
 
     def __repr__(self) -> str:
         return f"<AgentPanel agent={self.agent.name!r} live={len(self._live)}>"
+
+    def _ipython_display_(self) -> None:
+        """The view, then its static copy for saved notebooks (see `_StaticCopy`)."""
+        plain = f"AgentPanel of agent {self.agent.name!r} (its transcript follows)"
+        self._copy.show(_view_bundle(self, plain))
+        self._writer.wake()
 
     def send(self, text: str) -> concurrent.futures.Future[ChatHandle]:
         """Send a message as if typed; returns at once, with a future of the turn's handle."""
@@ -241,7 +380,7 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
         return started
 
     def refresh(self) -> concurrent.futures.Future[None]:
-        """Re-read history and usage from the runtime (e.g. after turns sent elsewhere)."""
+        """Re-read history and usage from the runtime now (it also follows them on its own)."""
         done: concurrent.futures.Future[None] = concurrent.futures.Future()
 
         async def sync() -> None:
@@ -286,14 +425,15 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
         try:
             async for event in handle:
                 self._apply(live, event)
-                if event.kind == "usage":
-                    self._total = await self._runtime.aio.total_usage(self.agent)
                 self._writer.wake_on_loop()
         finally:
             self._live.remove(live)
             self._ended += 1
             outcome = handle.outcome()
             ended = outcome is not None and outcome.turn > 0
+            if ended and outcome is not None:
+                # The runtime may still list it as current for a moment: it is not running.
+                self._own_ended.add(outcome.turn)
             if not self._live:
                 self._shown_upto = None
             elif ended and outcome is not None:
@@ -333,34 +473,69 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
         await self._sync()
         self._writer.wake_on_loop()
 
+    async def _follow(self, infos: list[AgentInfo]) -> None:
+        """The change signal's agents: follow this panel's one (see `_take`)."""
+        if self._take(infos):
+            await self._read_history()
+
+    def _take(self, infos: list[AgentInfo]) -> bool:
+        """Take the agent's record; when it is gone, re-attach to a new agent of its name.
+
+        True when history should be re-read: after a re-attach, and when a turn started or
+        ended while no turn of this panel streams (turns sent elsewhere, e.g. by
+        `%%agent NAME` cells)."""
+        mine = next((i for i in infos if i.id == self.agent.id), None)
+        reattached = False
+        if mine is None or mine.state in _GONE:
+            successor = next(
+                (i for i in infos if i.name == self.agent.name and i.state not in _GONE), None
+            )
+            if successor is not None:
+                self.agent = Agent(self._runtime, successor.id, successor.name)
+                self._note = f"re-attached to the new agent {successor.name!r}"
+                self._shown_upto = None
+                self._own_ended.clear()
+                mine, reattached = successor, True
+        seen = self._seen
+        if mine is None:
+            self._shut_down, self._running = True, False
+            self._note = f"agent {self.agent.name!r} was deleted"
+            return False
+        self._total, self._turns = mine.total_usage, mine.turn_count
+        self._seen = (mine.turn_count, mine.current_turn)
+        self._running = mine.current_turn is not None and mine.current_turn not in self._own_ended
+        self._shut_down = mine.state in _GONE
+        if self._shut_down:
+            self._note = _gone_note(mine)
+        return reattached or (self._seen != seen and not self._live)
+
     async def _sync(self, history: bool = True) -> None:
         """Re-read the agent's record; history is shown up to the last turn that ended.
 
         While a turn of this panel streams, history already holds its first messages: they
         are shown from the live turn instead, so history is re-read only at a turn's end.
         """
-        aio = self._runtime.aio
         try:
-            infos = await aio.agents()
-            if history:
-                self._history = await aio.history(self.agent)
-            self._total = await aio.total_usage(self.agent)
-            self._turns = await aio.turn_count(self.agent)
+            infos = await self._runtime.aio.agents()
         except AgentError as exc:
             self._note = str(exc)
             self._shut_down = True
             return
-        state = next((i.state for i in infos if i.id == self.agent.id), "shutdown")
-        if state in ("shutdown", "disconnected"):
-            self._shut_down = True
-            self._note = "shut down" if state == "shutdown" else "disconnected"
-        if history:
-            upto = self._shown_upto
-            shown = [m for m in self._history if upto is None or m.turn <= upto]
-            earlier = len(shown) - HISTORY_ROWS
-            note = f"<p><i>{earlier} earlier messages: see History.</i></p>" if earlier > 0 else ""
-            self._history_html = note + "".join(_message_html(m) for m in shown[-HISTORY_ROWS:])
-            self._frame_html = self._frame_table()
+        if self._take(infos) or history:
+            await self._read_history()
+
+    async def _read_history(self) -> None:
+        try:
+            self._history = await self._runtime.aio.history(self.agent)
+        except AgentError as exc:
+            self._note = str(exc)
+            return
+        upto = self._shown_upto
+        shown = [m for m in self._history if upto is None or m.turn <= upto]
+        earlier = len(shown) - HISTORY_ROWS
+        note = f"<p><i>{earlier} earlier messages: see History.</i></p>" if earlier > 0 else ""
+        self._history_html = note + "".join(_message_html(m) for m in shown[-HISTORY_ROWS:])
+        self._frame_html = self._frame_table()
 
     def _frame_table(self) -> str:
         start = max(0, len(self._history) - HISTORY_ROWS)
@@ -373,32 +548,66 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
         note = f"<p>Latest {len(frame)} of {len(self._history)} messages.</p>" if start else ""
         return note + str(frame[columns].to_html(na_rep="", max_cols=len(columns)))
 
+    def _status_text(self) -> str:
+        running = [live for live in self._live if live.handle.status == "running"]
+        if self._shut_down:
+            return self._note
+        if running:
+            status = running[0].note or "running…"
+            queued = len(self._live) - len(running)
+            return status + (f" ({queued} queued)" if queued else "")
+        if self._live:
+            return "queued…"
+        return "running (a turn sent elsewhere)…" if self._running else self._note
+
     async def _render(self) -> float | None:
         if not self._loaded:
             self._loaded = True
             await self._sync()
+        streaming = "".join(_live_html(live) for live in self._live)
+        status = self._status_text()
+        usage = _usage_line(self._total, self._turns)
         self.transcript.value = self._history_html
-        self.streaming.value = "".join(_live_html(live) for live in self._live)
-        running = [live for live in self._live if live.handle.status == "running"]
-        if self._shut_down:
-            status = self._note
-        elif running:
-            status = running[0].note or "running…"
-            queued = len(self._live) - len(running)
-            status += f" ({queued} queued)" if queued else ""
-        else:
-            status = "queued…" if self._live else self._note
+        self.streaming.value = streaming
         self.status.value = f"<small>{html.escape(status)}</small>"
-        self.usage.value = f"<small>{html.escape(_usage_line(self._total, self._turns))}</small>"
+        self.usage.value = f"<small>{html.escape(usage)}</small>"
         self.history.value = self._frame_html
         self.send_button.disabled = self._shut_down
         self.shutdown_button.disabled = self._shut_down
-        self.cancel_button.disabled = not running
+        self.cancel_button.disabled = not (
+            self._running or any(live.handle.status == "running" for live in self._live)
+        )
         if self._sent is not None and self.input.value == self._sent:
             self.input.value = ""
         self._sent = None
         self.ended_turns = self._ended
-        return None
+        return self._offer_copy(streaming, usage)
+
+    def _offer_copy(self, streaming: str, usage: str) -> float | None:
+        """The static copy: a title, the transcript as shown, and the usage line."""
+        title = f"Agent {self.agent.name} (AgentPanel{', shut down' if self._shut_down else ''})"
+        body = (
+            f"<div><b>{html.escape(title)}</b></div>"
+            + self._history_html
+            + streaming
+            + f"<div><small>{html.escape(usage)}</small></div>"
+        )
+        upto = self._shown_upto
+        lines = [title]
+        for message in self._history[-HISTORY_ROWS:]:
+            if upto is None or message.turn <= upto:
+                badge = "" if message.status == "complete" else f" [{message.status}]"
+                lines.append(f"{message.role}{badge}: {message.text}")
+        for live in self._live:
+            lines += [f"user: {live.prompt}", f"model [streaming]: {''.join(live.text)}"]
+        lines.append(usage)
+        settled = not self._live and not self._running
+        return self._copy.offer(body, "\n".join(lines), settled=settled)
+
+
+def _gone_note(info: AgentInfo) -> str:
+    said = "shut down" if info.state == "shutdown" else "disconnected"
+    return f"{said}: a new agent named {info.name!r} (e.g. a %%agent cell) re-attaches this panel"
 
 
 @dataclass
@@ -417,8 +626,10 @@ class _Row:
 class RuntimeMonitor(widgets.VBox):  # type: ignore[misc]
     """Every agent of a runtime: state, current turn, elapsed time, tokens, Cancel / Shutdown.
 
-    Refreshes a few times a second while any agent runs; when all are idle it sends
-    nothing until something changes. `refresh()` updates it now.
+    Fed by the runtime's change signal: it renders when agents or turns change and while a
+    reply streams (tokens count up, at most `1 / MONITOR_INTERVAL` times a second), ticks
+    the elapsed time every `ELAPSED_TICK` while a turn runs, and sends nothing while all
+    are idle. `refresh()` updates it now.
     """
 
     COLUMNS = ("agent", "model", "state", "turn", "elapsed", "queued", "tokens")
@@ -436,11 +647,18 @@ class RuntimeMonitor(widgets.VBox):  # type: ignore[misc]
         self._header = [widgets.HTML(f"<b>{name}</b>") for name in self.COLUMNS]
         self._header += [widgets.HTML(""), widgets.HTML("")]
         self.rows: dict[str, _Row] = {}
-        super().__init__([self.summary, self.grid], **kwargs)
-        self._writer = _Writer(runtime, self._render, MONITOR_INTERVAL)
+        self._copy = _StaticCopy("RuntimeMonitor")
+        super().__init__([self.summary, self.grid, self._copy.hider], **kwargs)
+        self.add_class(LIVE_CLASS)
+        self._writer = _Writer(runtime, self._render, MONITOR_INTERVAL, watch=True)
 
     def __repr__(self) -> str:
         return f"<RuntimeMonitor agents={len(self.rows)}>"
+
+    def _ipython_display_(self) -> None:
+        """The view, then its static copy for saved notebooks (see `_StaticCopy`)."""
+        self._copy.show(_view_bundle(self, "RuntimeMonitor (its agent table follows)"))
+        self._writer.wake()
 
     def refresh(self) -> concurrent.futures.Future[None]:
         """Update now (coalesced); the future resolves once the widgets show the new state."""
@@ -452,11 +670,11 @@ class RuntimeMonitor(widgets.VBox):  # type: ignore[misc]
         for row in self.rows.values():
             for child in row.members:
                 child.close()
-        for child in (*self._header, self.summary, self.grid):
+        for child in (*self._header, self.summary, self.grid, self._copy.hider):
             child.close()
         super().close()
 
-    async def _render(self) -> float:
+    async def _render(self) -> float | None:
         try:
             infos = await self._runtime.aio.agents()
         except RuntimeClosed:
@@ -466,7 +684,7 @@ class RuntimeMonitor(widgets.VBox):  # type: ignore[misc]
             for cell, value in zip(row.cells, _cells(info), strict=True):
                 cell.value = html.escape(value)
             row.cancel.disabled = info.current_turn is None
-            row.shutdown.disabled = info.state in ("shutdown", "disconnected")
+            row.shutdown.disabled = info.state in _GONE
         live = {info.id for info in infos}
         gone = [self.rows.pop(agent_id) for agent_id in list(self.rows) if agent_id not in live]
         children = (*self._header, *(w for row in self.rows.values() for w in row.members))
@@ -476,8 +694,16 @@ class RuntimeMonitor(widgets.VBox):  # type: ignore[misc]
             for child in row.members:
                 child.close()
         running = sum(info.state == "running" for info in infos)
-        self.summary.value = f"<small>{len(infos)} agents, {running} running</small>"
-        return MONITOR_INTERVAL if running else MONITOR_IDLE_CHECK
+        summary = f"{_plural(len(infos), 'agent')}, {running} running"
+        self.summary.value = f"<small>{summary}</small>"
+        again = self._copy.offer(
+            f"<b>Agents</b> <small>(RuntimeMonitor): {summary}</small>" + _agents_table(infos),
+            "\n".join([f"RuntimeMonitor: {summary}", *(" · ".join(_cells(i)) for i in infos)]),
+            settled=not running,
+        )
+        if running:
+            return ELAPSED_TICK if again is None else min(again, ELAPSED_TICK)
+        return again
 
     def _add_row(self, info: AgentInfo) -> _Row:
         cancel = widgets.Button(description="Cancel", icon="stop", layout={"width": "auto"})
@@ -519,12 +745,28 @@ def _cells(info: AgentInfo) -> tuple[str, ...]:
     )
 
 
+def _agents_table(infos: Sequence[AgentInfo]) -> str:
+    if not infos:
+        return "<p><i>No agents.</i></p>"
+    cell = "padding:1px 10px 1px 0;text-align:left"
+    head = "".join(f'<th style="{cell}">{name}</th>' for name in RuntimeMonitor.COLUMNS)
+    rows = "".join(
+        "<tr>" + "".join(f'<td style="{cell}">{html.escape(v)}</td>' for v in _cells(i)) + "</tr>"
+        for i in infos
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
 def _usage_line(usage: Usage, turns: int) -> str:
     return (
-        f"{turns} turns · {usage.total_tokens:,} tokens "
+        f"{_plural(turns, 'turn')} · {usage.total_tokens:,} tokens "
         f"({usage.prompt_tokens:,} prompt, {usage.candidates_tokens:,} output, "
         f"{usage.thoughts_tokens:,} thoughts, {usage.cached_tokens:,} cached)"
     )
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _short_json(value: Any, limit: int = 200) -> str:
