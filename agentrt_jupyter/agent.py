@@ -506,8 +506,17 @@ class AgentCore:
             pause = 0.0
             try:
                 await self._stream(backend, request, turn, call)
-                status = "ok"
                 registry.record_success(backend.credential)
+                if call.finish_reason is None:  # the turn fails as truncated
+                    if not call.produced:
+                        raise BackendError(
+                            "the service ended the reply with no content and no finish reason "
+                            "(is the endpoint a Gemini API?)",
+                            status="BAD_RESPONSE",
+                        )
+                    status, error_text = "error", "the stream ended without a finish reason"
+                    return
+                status = "ok"
                 if key is not None and call.finish_reason not in (None, *BLOCKED_FINISH_REASONS):
                     reply = CachedReply(call.parts(), call.usage, call.finish_reason, self.model)
                     self.core.cache_put(self, key, reply)
