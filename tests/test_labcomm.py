@@ -316,3 +316,43 @@ def test_without_a_runtime_the_comm_is_closed_and_requests_say_so(
     assert again.request("list")["ok"] is True
     assert not again.was_closed(timeout=0.5)
     again.close()
+
+
+def test_snapshots_count_tokens_up_while_a_reply_streams(kernel: LabKernel, comm: LabComm) -> None:
+    kernel.run("counter = rt.create_agent(name='counter')")
+    kernel.run("h = counter.chat('@@delay 40\\n' + ' '.join(['word'] * 30))")
+    streaming: set[int] = set()
+
+    def counted(agents: list[dict[str, Any]]) -> bool:
+        for row in agents:
+            if row["name"] == "counter" and row["current_turn"] is not None:
+                streaming.add(row["usage"]["total_tokens"])
+        streaming.discard(0)
+        return len(streaming) >= 3
+
+    comm.snapshot(counted, timeout=20)
+    total = int(kernel.run("h.text(timeout=20)\nprint(counter.total_usage().total_tokens)"))
+    assert max(streaming) <= total
+    comm.snapshot(
+        lambda agents: any(
+            a["name"] == "counter"
+            and a["current_turn"] is None
+            and a["usage"]["total_tokens"] == total
+            for a in agents
+        )
+    )
+
+
+def test_a_runtime_shut_down_under_an_open_comm_closes_it(kernel: LabKernel) -> None:
+    kernel.run(
+        "other = AgentRuntime(RuntimeConfig(backend='scripted', store_path=None))\n"
+        "current['runtime'] = other"
+    )
+    try:
+        comm = kernel.open_comm()
+        assert comm.request("list")["ok"] is True
+        comm.snapshot(lambda agents: True)
+        kernel.run("other.shutdown(10)")
+        assert comm.was_closed(), "the comm is closed once its runtime stops"
+    finally:
+        kernel.run("current['runtime'] = rt")

@@ -1,9 +1,17 @@
-"""The JupyterLab extension in a real JupyterLab and a real Chromium.
+"""The notebook walk in a real JupyterLab and a real Notebook 7, in Debian's Chromium.
 
-Starts `jupyter lab` with the built extension (agentrt_jupyter/labextension/, from
-labextension/build.sh), opens a notebook whose kernel streams a scripted turn that
-never ends, checks the status bar shows it, presses Accel+Shift+. and checks the turn
-was cancelled in the kernel. Screenshots go to $AGENTRT_SCREENSHOTS (default /tmp).
+One Jupyter server (JupyterLab with Notebook 7 beside it) runs the built lab extension
+(agentrt_jupyter/labextension/, from labextension/build.sh) and kernels on the scripted
+backend. In each UI a user's walk through a notebook: `%load_ext`; a `%%agent` reply
+streams while the token totals count up (status bar, Agents sidebar) and its Cancel
+button stops it; a turn cancelled from the sidebar, one from the command palette, one by
+interrupting the kernel; a stream that breaks shows its error; an AgentPanel follows a
+streaming reply (and stays put once the user scrolls up), is shut down and re-attaches
+when a `%%agent` cell creates its agent again; a RuntimeMonitor. Then the notebook is
+saved, the kernel shut down and the notebook reopened: the panel and the monitor read as
+their static copies and no widget error shows anywhere; nbconvert of the saved file
+reads the same. Screenshots and the server log go to $AGENTRT_ARTIFACTS (default
+build/browser-artifacts/), printed at the start.
 """
 
 from __future__ import annotations
@@ -18,7 +26,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +38,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.kernel, pytest.mark.browser, pytest.
 ROOT = Path(__file__).resolve().parent.parent
 BUILT = ROOT / "agentrt_jupyter" / "labextension"
 CHROMIUM = os.environ.get("AGENTRT_CHROMIUM", "/usr/bin/chromium")
-SHOTS = Path(os.environ.get("AGENTRT_SCREENSHOTS", "/tmp"))
+ARTIFACTS = Path(os.environ.get("AGENTRT_ARTIFACTS", ROOT / "build" / "browser-artifacts"))
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -38,25 +47,32 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+WIDGET_ERROR = "Error displaying widget"
+PANEL_LINES = 60
 
 SETUP = """\
-from agentrt_jupyter import AgentRuntime, RuntimeConfig, TurnCancelled
-from agentrt_jupyter.notebook.labcomm import register_lab_comm
-rt = AgentRuntime(RuntimeConfig(backend="scripted", store_path=None))
-register_lab_comm(get_ipython(), lambda: rt)
-rt.create_agent(name="helper").chat("hello").text(timeout=30)
+%load_ext agentrt_jupyter
+%config AgentMagics.cache = False
+from agentrt_jupyter.notebook import kernel_runtime
+from agentrt_jupyter.notebook.widgets import AgentPanel, RuntimeMonitor
+rt = kernel_runtime()
 print("runtime ready")"""
 
-LONG_TURN = """\
-writer = rt.create_agent(name="writer")
-try:
-    await writer.chat("@@fault hang\\nwrite until told to stop")
-except TurnCancelled:
-    print("turn cancelled by the lab extension")"""
-
-CHECK = """print("running turns:", [a.name for a in rt.agents() if a.current_turn is not None])"""
-
-BLOCKING = """import time\ntime.sleep(7)\nprint("blocking cell done")"""
+# The walk's cells, by name; each %%agent cell talks to its own agent.
+CELLS = {
+    "setup": SETUP,
+    "stream": "%%agent writer\n@@delay 120\n@@fault hang_after 36\n"
+    + " ".join(f"word{i}" for i in range(40)),
+    "sidebar": "%%agent sider\n@@fault hang\nwait for the sidebar's Cancel",
+    "palette": "%%agent pal\n@@fault hang\nwait for the palette's command",
+    "interrupt": "%%agent stopper\n@@fault hang\nwait for an interrupt",
+    "error": "%%agent broken\n@@fault drop_after 3\nthe connection drops after three words",
+    "panel": 'panel = AgentPanel(rt, "writer")\npanel',
+    "again": "%%agent writer\nback again",
+    "monitor": "RuntimeMonitor(rt)",
+    "blocking": 'import time\ntime.sleep(7)\nprint("blocking cell done")',
+}
+NAMES = list(CELLS)
 
 
 def notebook_json() -> dict[str, Any]:
@@ -70,7 +86,7 @@ def notebook_json() -> dict[str, Any]:
         }
 
     return {
-        "cells": [cell(SETUP), cell(LONG_TURN), cell(CHECK), cell(BLOCKING)],
+        "cells": [cell(source) for source in CELLS.values()],
         "metadata": {
             "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
             "language_info": {"name": "python"},
@@ -96,11 +112,28 @@ def require(condition: bool, what: str) -> None:
     pytest.skip(what)
 
 
+@dataclass
+class Server:
+    base: str
+    token: str
+    notebooks: Path
+
+    def api(self, method: str, path: str) -> Any:
+        request = urllib.request.Request(
+            f"{self.base}{path}", method=method, headers={"Authorization": f"token {self.token}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body = response.read()
+        return json.loads(body) if body else None
+
+
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """A running JupyterLab with the extension; yields (base url, token)."""
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A running Jupyter server with JupyterLab, Notebook 7 and the extension."""
     require((BUILT / "package.json").is_file(), "run labextension/build.sh first")
     require(Path(CHROMIUM).is_file(), f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    pytest.importorskip("notebook", reason="Notebook 7 is in the test extra")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     home = tmp_path_factory.mktemp("lab")
     extensions = home / "labextensions"
     extensions.mkdir()
@@ -112,21 +145,23 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
         "@jupyterlab/apputils-extension:announcements": True,
         "@jupyterlab/apputils-extension:notification-news": True,
     }
-    page_config = {"disabledExtensions": disabled}
-    (config / "labconfig" / "page_config.json").write_text(json.dumps(page_config))
+    (config / "labconfig" / "page_config.json").write_text(
+        json.dumps({"disabledExtensions": disabled})
+    )
     notebooks = home / "notebooks"
     notebooks.mkdir()
-    (notebooks / "agents.ipynb").write_text(json.dumps(notebook_json()))
     port, token = free_port(), secrets.token_hex(16)
     env = {k: v for k, v in os.environ.items() if k not in ("GOOGLE_API_KEY", "GEMINI_API_KEY")}
     env.update(
+        AGENTRT_BACKEND="scripted",
+        AGENTRT_HOME=str(home / "agentrt"),
         JUPYTER_CONFIG_DIR=str(config),
         JUPYTER_DATA_DIR=str(home / "data"),
         JUPYTER_RUNTIME_DIR=str(home / "runtime"),
         PYDEVD_DISABLE_FILE_VALIDATION="1",
     )
-    log = (home / "lab.log").open("w")
-    server = subprocess.Popen(
+    log = (home / "server.log").open("w")
+    process = subprocess.Popen(
         [
             sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
             "--ip=127.0.0.1", f"--port={port}", "--ServerApp.port_retries=0",
@@ -137,131 +172,332 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
         ],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
+    running = Server(f"http://127.0.0.1:{port}", token, notebooks)
     try:
         deadline = time.monotonic() + 60
         while True:
-            assert server.poll() is None, (home / "lab.log").read_text()
+            assert process.poll() is None, (home / "server.log").read_text()
             try:
-                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2):
-                    break
+                running.api("GET", "/api/status")
+                break
             except OSError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)  # polling a starting server: nothing to wait on
-        yield base, token
+        yield running
     finally:
-        server.terminate()
+        process.terminate()
         try:
-            server.wait(15)
+            process.wait(15)
         except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(5)
+            process.kill()
+            process.wait(5)
         log.close()
-        shutil.copy(home / "lab.log", SHOTS / "agentrt-lab.log")
+        shutil.copy(home / "server.log", ARTIFACTS / "jupyter-server.log")
 
 
-def test_status_bar_shows_the_streaming_turn_and_the_shortcut_cancels_it(
-    lab: tuple[str, str],
-) -> None:
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
     sync_api = pytest.importorskip("playwright.sync_api")
-    base, token = lab
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 850})
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(f"{base}/lab/tree/agents.ipynb?token={token}")
-            run_scenario(page, sync_api.expect)
-            assert not [e for e in errors if "agentrt" in e], errors
+            yield launched
         finally:
-            browser.close()
+            launched.close()
 
 
-def run_scenario(page: Any, expect: Any) -> None:
-    status = page.locator(".jp-agentrt-status")
-    cells = page.locator(".jp-NotebookPanel .jp-Cell")
-    expect(cells).to_have_count(4, timeout=60_000)
-    # Wait for the kernel, then run the setup cell the way a user does.
-    expect(page.get_by_text("Python 3 (ipykernel) | Idle")).to_be_visible(timeout=60_000)
-    # Without a runtime the item is hidden.
-    expect(status).to_be_hidden()
-    run_cell(page, 0)
-    expect(output(page, 0)).to_contain_text("runtime ready", timeout=60_000)
-    expect(status).to_have_text(re.compile(r"⚡ 0 agents streaming · [1-9][\d,]* tokens"))
-
-    run_cell(page, 1)
-    expect(status).to_have_text(re.compile(r"⚡ 1 agent streaming · "), timeout=20_000)
-    status.click()  # opens the Agents panel
-    panel = page.locator("#agentrt-jupyter-agents")
-    expect(panel.locator(".jp-agentrt-agent.jp-mod-streaming")).to_contain_text(
-        "writer", timeout=10_000
-    )
-    page.screenshot(path=str(SHOTS / "agentrt-streaming.png"))
-
-    # Focus the notebook (command mode) and press the shortcut.
-    page.locator(".jp-NotebookPanel .jp-Cell").nth(1).locator(".jp-InputPrompt").click()
-    page.keyboard.press("Control+Shift+Period")
-    expect(output(page, 1)).to_contain_text("turn cancelled by the lab extension", timeout=10_000)
-    expect(status).to_have_text(re.compile(r"⚡ 0 agents streaming"), timeout=10_000)
-    expect(panel.locator(".jp-agentrt-agent.jp-mod-streaming")).to_have_count(0)
-
-    run_cell(page, 2)
-    expect(output(page, 2)).to_contain_text("running turns: []", timeout=20_000)
-    page.screenshot(path=str(SHOTS / "agentrt-cancelled.png"))
-
-    # A blocking (non-awaiting) cell holds comm messages back: after 5 s the UI says so.
-    run_cell(page, 3)
-    page.keyboard.press("Control+Shift+Period")
-    toast = page.locator(".jp-toast-message", has_text="did not answer")
-    expect(toast).to_be_visible(timeout=8_000)
-    expect(panel.locator(".jp-agentrt-error")).to_contain_text("did not answer")
-    expect(status).to_have_text(re.compile("⚠$"))
-    page.screenshot(path=str(SHOTS / "agentrt-timeout.png"))
-    expect(output(page, 3)).to_contain_text("blocking cell done", timeout=10_000)
-    # The late reply still arrives, and clears the warning.
-    expect(panel.locator(".jp-agentrt-error")).to_have_count(0)
-    expect(status).not_to_have_text(re.compile("⚠"))
-
-    # The notebook's context menu has the command.
-    page.locator(".jp-NotebookPanel .jp-Cell").nth(0).locator(".jp-InputPrompt").click(
-        button="right"
-    )
-    expect(page.locator(".lm-Menu")).to_contain_text("Agents: Cancel all running turns")
-    page.keyboard.press("Escape")
-
-    # The palette has the command too (with its shortcut).
-    page.keyboard.press("Control+Shift+C")
-    palette = page.locator(".lm-CommandPalette")
-    palette.locator("input").fill("Cancel all running")
-    expect(palette.locator(".lm-CommandPalette-item")).to_contain_text(
-        "Agents: Cancel all running turns"
-    )
-    page.screenshot(path=str(SHOTS / "agentrt-palette.png"))
-    page.keyboard.press("Escape")
-
-
-def run_cell(page: Any, index: int) -> None:
-    """Select cell `index` and press Shift+Enter, as a user does, until the cell starts.
-
-    Right after the page loads a key press can land before the notebook has focus:
-    press again (only) if the prompt has not changed."""
+@pytest.mark.parametrize("ui", ["lab", "notebook7"])
+def test_the_notebook_walk(
+    server: Server, browser: Any, ui: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     from playwright.sync_api import expect
 
-    cell = page.locator(".jp-NotebookPanel .jp-Cell").nth(index)
-    prompt = cell.locator(".jp-InputPrompt")
-    for attempt in range(3):
-        prompt.click()
-        expect(cell).to_have_class(re.compile(r"jp-mod-active"))
-        page.keyboard.press("Shift+Enter")
-        try:
-            expect(prompt).not_to_have_text("[ ]:", timeout=5_000)
-            return
-        except AssertionError:
-            if attempt == 2:
-                raise
+    with capsys.disabled():
+        print(f"\n[{ui}] screenshots and the server log: {ARTIFACTS}")
+    path = f"walk-{ui}.ipynb"
+    (server.notebooks / path).write_text(json.dumps(notebook_json()))
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        walk = Walk(
+            page, ui, expect, lambda name: page.screenshot(path=ARTIFACTS / f"{ui}-{name}.png")
+        )
+        url = f"lab/tree/{path}" if ui == "lab" else f"notebooks/{path}"
+        page.goto(f"{server.base}/{url}?token={server.token}")
+        walk.run()
+        saved = wait_saved(server.notebooks / path)
+        shut_down_kernels(server, path)
+        page.reload()
+        walk.reopened()
+    finally:
+        page.close()
+    assert not [e for e in errors if "agentrt" in e], errors
+    check_nbconvert(saved)
 
 
-def output(page: Any, index: int) -> Any:
-    return page.locator(".jp-NotebookPanel .jp-Cell").nth(index).locator(".jp-OutputArea")
+class Walk:
+    """One UI's walk through the notebook, step by step."""
+
+    def __init__(self, page: Any, ui: str, expect: Any, shot: Callable[[str], None]) -> None:
+        self.page = page
+        self.lab = ui == "lab"
+        self.expect = expect
+        self.shot = shot
+        self.cells = page.locator(".jp-Notebook .jp-Cell")
+        self.sidebar = page.locator("#agentrt-jupyter-agents")
+        self.status = page.locator(".jp-agentrt-status")
+
+    def cell(self, name: str) -> Any:
+        return self.cells.nth(NAMES.index(name))
+
+    def output(self, name: str) -> Any:
+        return self.cell(name).locator(".jp-OutputArea")
+
+    def run_cell(self, name: str) -> None:
+        """Select the cell and press Ctrl+Enter, as a user does, until the cell starts.
+
+        Right after the page loads a key press can land before the notebook has focus:
+        press again (only) if the prompt has not changed."""
+        cell = self.cell(name)
+        prompt = cell.locator(".jp-InputPrompt")
+        for attempt in range(3):
+            prompt.click()
+            self.expect(cell).to_have_class(re.compile(r"jp-mod-active"))
+            self.page.keyboard.press("Control+Enter")
+            try:
+                self.expect(prompt).not_to_have_text(re.compile(r"^\[ \]:$"), timeout=5_000)
+                return
+            except AssertionError:
+                if attempt == 2:
+                    raise
+
+    def command_mode(self, name: str) -> None:
+        self.cell(name).locator(".jp-InputPrompt").click()
+        self.page.keyboard.press("Escape")
+
+    def palette(self, text: str) -> None:
+        self.page.keyboard.press("Control+Shift+C")
+        palette = self.page.locator(".lm-CommandPalette")
+        palette.locator("input").fill(text)
+        item = palette.locator(".lm-CommandPalette-item", has_text=text).first
+        self.expect(item).to_be_visible()
+        item.click()
+
+    def footer(self, name: str, says: str) -> None:
+        self.expect(self.output(name)).to_contain_text(says, timeout=15_000)
+
+    def run(self) -> None:
+        expect, page = self.expect, self.page
+        expect(self.cells).to_have_count(len(CELLS), timeout=60_000)
+        if self.lab:
+            expect(self.status).to_be_hidden()  # no runtime yet
+        self.run_cell("setup")
+        expect(self.output("setup")).to_contain_text("runtime ready", timeout=60_000)
+        self.palette("Agents: Show the Agents panel")
+        expect(self.sidebar.locator(".jp-agentrt-summary")).to_contain_text(
+            "0 streaming", timeout=20_000
+        )
+        self.stream_and_cancel_button()
+        self.cancel_from_sidebar()
+        self.cancel_from_palette()
+        self.interrupt()
+        self.broken_stream()
+        self.panel_follows_and_reattaches()
+        self.run_cell("monitor")
+        expect(self.output("monitor").locator(".agentrt-live")).to_contain_text("pal")
+        if self.lab:
+            self.blocking_cell_times_out()
+        self.shot("before-save")
+        self.command_mode("monitor")
+        page.keyboard.press("Control+s")
+
+    def stream_and_cancel_button(self) -> None:
+        """The reply streams; the totals count up while it does; its Cancel button stops it."""
+        expect = self.expect
+        self.run_cell("stream")
+        card = self.sidebar.locator(".jp-agentrt-agent", has_text="writer")
+        expect(card).to_have_class(re.compile("jp-mod-streaming"), timeout=20_000)
+        counts = [self.count_up(card.locator(".jp-agentrt-stats"), r"([1-9][\d,]*) tokens")]
+        if self.lab:
+            counts.append(self.count_up(self.status, r"1 agent streaming · ([1-9][\d,]*) tokens"))
+        self.shot("streaming")
+        self.output("stream").get_by_role("button", name="Cancel").click()
+        self.footer("stream", "CANCELLED")
+        expect(self.output("stream")).to_contain_text("Echo: word0 word1")
+        expect(card).not_to_have_class(re.compile("jp-mod-streaming"))
+        assert all(later > first > 0 for first, later in counts), counts
+
+    def count_up(self, locator: Any, pattern: str) -> tuple[int, int]:
+        """Two token totals shown one after the other while the reply streams."""
+        expect = self.expect
+        expect(locator).to_have_text(re.compile(pattern), timeout=10_000)
+        first = tokens(locator.text_content(), pattern)
+        expect(locator).not_to_have_text(re.compile(rf"\b{first:,} tokens"))
+        later = tokens(locator.text_content(), pattern)
+        return first, later
+
+    def cancel_from_sidebar(self) -> None:
+        expect = self.expect
+        self.run_cell("sidebar")
+        card = self.sidebar.locator(".jp-agentrt-agent", has_text="sider")
+        expect(card).to_have_class(re.compile("jp-mod-streaming"), timeout=20_000)
+        card.get_by_role("button", name="Cancel").click()
+        self.footer("sidebar", "CANCELLED")
+        expect(card).not_to_have_class(re.compile("jp-mod-streaming"))
+
+    def cancel_from_palette(self) -> None:
+        expect = self.expect
+        self.run_cell("palette")
+        card = self.sidebar.locator(".jp-agentrt-agent", has_text="pal")
+        expect(card).to_have_class(re.compile("jp-mod-streaming"), timeout=20_000)
+        self.palette("Agents: Cancel all running turns")
+        self.footer("palette", "CANCELLED")
+        self.shot("palette-cancelled")
+
+    def interrupt(self) -> None:
+        expect = self.expect
+        self.run_cell("interrupt")
+        card = self.sidebar.locator(".jp-agentrt-agent", has_text="stopper")
+        expect(card).to_have_class(re.compile("jp-mod-streaming"), timeout=20_000)
+        self.command_mode("interrupt")
+        self.page.keyboard.press("i")
+        self.page.keyboard.press("i")
+        errors = self.output("interrupt").locator(
+            "[data-mime-type='application/vnd.jupyter.stderr']"
+        )
+        expect(errors).to_contain_text("TurnCancelled", timeout=15_000)
+        assert self.output("interrupt").inner_text().count("TurnCancelled") == 1
+        assert "Traceback" not in self.output("interrupt").inner_text()
+
+    def broken_stream(self) -> None:
+        """A stream that breaks keeps its partial reply and shows its error."""
+        expect = self.expect
+        self.run_cell("error")
+        out = self.output("error")
+        errors = out.locator("[data-mime-type='application/vnd.jupyter.stderr']")
+        expect(errors).to_contain_text("StreamBroken", timeout=20_000)
+        expect(errors).to_have_count(1)
+        expect(out).to_contain_text("Echo: the connection")
+        shown = out.inner_text()
+        assert "Traceback" not in shown
+        assert shown.count("StreamBroken") == 1, f"the error shows more than once: {shown!r}"
+        self.shot("broken-stream")
+
+    def panel_follows_and_reattaches(self) -> None:
+        expect, page = self.expect, self.page
+        self.run_cell("panel")
+        panel = self.output("panel").locator(".agentrt-live")
+        box = panel.locator(".agentrt-conversation")
+        expect(box).to_contain_text("Echo: word0", timeout=20_000)  # the cancelled turn
+        lines = "\n".join(f"line {i:02}" for i in range(PANEL_LINES))
+        panel.locator("textarea").fill(f"@@delay 50\n{lines}")
+        panel.get_by_role("button", name="Send").click()
+        # The box overflows and shows its end while the reply streams.
+        expect(box).to_contain_text("[streaming]", timeout=10_000)
+        page.wait_for_function(
+            """box => box.scrollHeight > box.clientHeight + 200
+                && box.innerText.includes('[streaming]')
+                && Math.abs(box.scrollTop) < 2""",
+            arg=box.element_handle(),
+            timeout=15_000,
+        )
+        self.shot("panel-following")
+        # Scrolled up by the user, it stays where it was while the reply grows.
+        box.hover()
+        page.mouse.wheel(0, -250)
+        page.wait_for_function("box => box.scrollTop < -150", arg=box.element_handle())
+        height = box.evaluate("box => box.scrollHeight")
+        page.wait_for_function(
+            f"""box => box.scrollHeight > {height} + 100""",
+            arg=box.element_handle(),
+            timeout=15_000,
+        )
+        assert box.evaluate("box => box.scrollTop") < -150, "the box jumped back to the end"
+        expect(box).not_to_contain_text("[streaming]", timeout=20_000)
+        expect(box).to_contain_text(f"line {PANEL_LINES - 1:02}")
+        # Shut down, then the name is created again by a cell: the panel re-attaches.
+        panel.get_by_role("button", name="Shutdown").click()
+        expect(panel).to_contain_text("shut down", timeout=10_000)
+        expect(panel.get_by_role("button", name="Send")).to_be_disabled()
+        self.run_cell("again")
+        self.footer("again", "Echo: back again")
+        expect(panel).to_contain_text("re-attached", timeout=10_000)
+        expect(panel.get_by_role("button", name="Send")).to_be_enabled()
+        expect(box).to_contain_text("Echo: back again")
+        self.shot("panel-reattached")
+
+    def blocking_cell_times_out(self) -> None:
+        """A blocking (non-awaiting) cell holds comm messages back: after 5 s the UI says so,
+        and the late reply clears it. The notebook's context menu has the command."""
+        expect, page = self.expect, self.page
+        self.run_cell("blocking")
+        page.keyboard.press("Control+Shift+Period")
+        toast = page.locator(".jp-toast-message", has_text="did not answer")
+        expect(toast).to_be_visible(timeout=8_000)
+        expect(self.sidebar.locator(".jp-agentrt-error")).to_contain_text("did not answer")
+        expect(self.status).to_have_text(re.compile("⚠$"))
+        expect(self.output("blocking")).to_contain_text("blocking cell done", timeout=10_000)
+        expect(self.sidebar.locator(".jp-agentrt-error")).to_be_hidden()
+        expect(self.status).not_to_have_text(re.compile("⚠"))
+        self.cell("setup").locator(".jp-InputPrompt").click(button="right")
+        expect(page.locator(".lm-Menu")).to_contain_text("Agents: Cancel all running turns")
+        page.keyboard.press("Escape")
+
+    def reopened(self) -> None:
+        """Without the kernel that made them, the widgets read as their static copies."""
+        expect = self.expect
+        expect(self.cells).to_have_count(len(CELLS), timeout=60_000)
+        copy = self.output("panel").locator(".agentrt-snapshot")
+        expect(copy).to_be_visible(timeout=30_000)
+        expect(copy).to_contain_text(f"line {PANEL_LINES - 1:02}")
+        expect(copy).to_contain_text("Echo: back again")
+        monitor = self.output("monitor").locator(".agentrt-snapshot")
+        expect(monitor).to_be_visible()
+        expect(monitor).to_contain_text("sider")
+        copy.scroll_into_view_if_needed()
+        self.shot("reopened-panel")
+        monitor.scroll_into_view_if_needed()
+        # The views did try to render, and failed: their error is there but hidden.
+        dead = self.page.locator(".jp-OutputArea-output.jupyter-widgets", has_text=WIDGET_ERROR)
+        expect(dead).to_have_count(2, timeout=30_000)
+        for view in dead.all():
+            expect(view).to_be_hidden()
+        assert WIDGET_ERROR not in self.page.locator("body").inner_text()
+        self.shot("reopened")
+
+
+def tokens(text: str | None, pattern: str) -> int:
+    match = re.search(pattern, text or "")
+    assert match is not None, (text, pattern)
+    return int(match.group(1).replace(",", ""))
+
+
+def wait_saved(path: Path, timeout: float = 20.0) -> dict[str, Any]:
+    """The notebook as saved, once the file holds the panel's final copy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        saved: dict[str, Any] = json.loads(path.read_text())
+        text = json.dumps(saved)
+        if "agentrt-snapshot" in text and "Echo: back again" in text:
+            return saved
+        assert time.monotonic() < deadline, "the notebook was not saved"
+        time.sleep(0.2)  # polling a file the server writes: nothing to wait on
+
+
+def shut_down_kernels(server: Server, path: str) -> None:
+    for session in server.api("GET", "/api/sessions"):
+        if session["path"].endswith(path):
+            server.api("DELETE", f"/api/sessions/{session['id']}")
+
+
+def check_nbconvert(saved: dict[str, Any]) -> None:
+    """nbconvert (what nbviewer runs) reads the saved notebook with no kernel."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    page, _ = HTMLExporter().from_notebook_node(nbformat.reads(json.dumps(saved), as_version=4))
+    assert f"line {PANEL_LINES - 1:02}" in page
+    assert "Echo: back again" in page
+    assert WIDGET_ERROR not in page

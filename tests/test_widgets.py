@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import itertools
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -125,7 +126,7 @@ def test_usage_line_and_history_tab_follow_each_turn(
     total = agent.total_usage().total_tokens
     assert total > 0
     usage = wait_until(panel.usage, "value", lambda v: f"{total:,} tokens" in v)
-    assert "1 turns" in usage
+    assert "1 turn ·" in usage
     table = panel.history.value
     assert "<table" in table and f"Echo: first {tag}" in table
 
@@ -247,5 +248,128 @@ def test_monitor_drops_rows_of_deleted_agents(rt: AgentRuntime) -> None:
         monitor.refresh().result(10)
         assert set(monitor.rows) == {keep.id}
         assert len(monitor.grid.children) == 2 * (len(RuntimeMonitor.COLUMNS) + 2)
+    finally:
+        monitor.close()
+
+
+def tokens_in(text: str) -> int:
+    """The total token count of a usage line or a monitor cell ("1,234 tokens", "1,234")."""
+    match = re.search(r"([\d,]+)(?: tokens)?", text.replace("<small>", ""))
+    assert match is not None, text
+    return int(match.group(1).replace(",", ""))
+
+
+def test_panel_usage_counts_up_while_the_reply_streams(panel: AgentPanel, tag: str) -> None:
+    seen: list[tuple[int, bool]] = []
+    handles: list[Any] = []
+
+    def record(change: dict[str, Any]) -> None:
+        usage = re.search(r"· ([\d,]+) tokens", change["new"])
+        if usage is not None and handles:
+            seen.append((int(usage.group(1).replace(",", "")), handles[0].done))
+
+    panel.usage.observe(record, names="value")
+    handle = panel.send(f"@@delay 40\n{' '.join(['word'] * 30)} {tag}").result(10)
+    handles.append(handle)
+    handle.text(timeout=20)
+    wait_ended(panel)
+    final = handle.usage.total_tokens
+    while_streaming = sorted({tokens for tokens, done in seen if tokens and not done})
+    assert len(while_streaming) >= 2, seen
+    assert while_streaming[-1] <= final
+
+
+def test_panel_shows_turns_sent_elsewhere_when_they_end(
+    panel: AgentPanel, agent: Agent, tag: str
+) -> None:
+    wait_until(panel.usage, "value", lambda v: "0 turns" in v)
+    assert agent.chat(f"from another cell {tag}").text(timeout=10)
+    wait_until(panel.transcript, "value", lambda v: f"Echo: from another cell {tag}" in v)
+    assert "1 turn ·" in wait_until(panel.usage, "value", lambda v: "1 turn ·" in v)
+
+
+def test_after_shutdown_the_panel_reattaches_to_a_new_agent_of_its_name(
+    panel: AgentPanel, rt: AgentRuntime, agent: Agent, tag: str
+) -> None:
+    send(panel, f"before {tag}")
+    wait_ended(panel)
+    panel.shutdown_button.click()
+    wait_until(panel.status, "value", lambda v: "shut down" in v)
+    assert panel.send_button.disabled
+
+    again = rt.create_agent(name=agent.name)
+    wait_until(panel.send_button, "disabled", lambda disabled: not disabled)
+    assert panel.agent.id == again.id != agent.id
+    assert "re-attached" in panel.status.value
+    assert not panel.shutdown_button.disabled
+    send(panel, f"after {tag}")
+    wait_ended(panel, 2)
+    assert panel.last_handle is not None
+    assert panel.last_handle.text(timeout=10) == f"Echo: after {tag}"
+    assert again.history()[-1].text == f"Echo: after {tag}"
+    transcript = wait_until(panel.transcript, "value", lambda v: "after" in v)
+    assert f"before {tag}" not in transcript, "the new agent's transcript starts afresh"
+
+
+def test_a_deleted_agent_leaves_the_panel_disabled(panel: AgentPanel, agent: Agent) -> None:
+    panel.refresh().result(10)
+    agent.delete()
+    wait_until(panel.status, "value", lambda v: "deleted" in v)
+    assert panel.send_button.disabled and panel.shutdown_button.disabled
+
+
+def test_the_transcript_box_is_anchored_at_its_bottom(panel: AgentPanel) -> None:
+    """Following the stream is CSS (the browser test scrolls it): the box holding the
+    transcript is a reversed column, so its scroll position is kept from the bottom."""
+    layout = panel.conversation.layout
+    assert (layout.flex_flow, layout.overflow, layout.max_height) == (
+        "column-reverse",
+        "auto",
+        "420px",
+    )
+    (inner,) = panel.conversation.children
+    assert inner.children == (panel.transcript, panel.streaming)
+
+
+def test_monitor_tokens_count_up_while_a_reply_streams(
+    rt: AgentRuntime, agent: Agent, tag: str
+) -> None:
+    monitor = RuntimeMonitor(rt)
+    try:
+        monitor.refresh().result(10)
+        seen: list[tuple[int, bool]] = []
+        handles: list[Any] = []
+
+        def record(change: dict[str, Any]) -> None:
+            if handles:
+                seen.append((tokens_in(change["new"]), handles[0].done))
+
+        cell(monitor, agent, "tokens").observe(record, names="value")
+        handle = agent.chat(f"@@delay 40\n{' '.join(['word'] * 30)} {tag}")
+        handles.append(handle)
+        handle.text(timeout=20)
+        final = agent.total_usage().total_tokens
+        wait_until(cell(monitor, agent, "tokens"), "value", lambda v: tokens_in(v) == final)
+        while_streaming = sorted({tokens for tokens, done in seen if tokens and not done})
+        assert len(while_streaming) >= 2, seen
+        assert while_streaming[-1] <= final
+    finally:
+        monitor.close()
+
+
+def test_monitor_renders_nothing_while_all_agents_are_idle(rt: AgentRuntime, agent: Agent) -> None:
+    monitor = RuntimeMonitor(rt)
+    try:
+        monitor.refresh().result(10)
+        renders = monitor._writer.renders
+        version, _ = rt.wait_for_change(timeout=0)
+        # An observation window with nothing happening (the old monitor looked every 1 s).
+        later, _ = rt.wait_for_change(version, timeout=1.5)
+        assert later == version, "something changed in the window"
+        assert monitor._writer.renders == renders, "the monitor rendered with nothing changed"
+        agent.chat("wake up").text(timeout=10)
+        wait_until(cell(monitor, agent, "turn"), "value", lambda v: v == "")
+        wait_until(cell(monitor, agent, "tokens"), "value", lambda v: tokens_in(v) > 0)
+        assert monitor._writer.renders > renders
     finally:
         monitor.close()

@@ -135,7 +135,11 @@ class _Writer:
         self._wake.set()
 
     async def _watch(self) -> None:
-        async for infos in self._runtime.aio.watch(self._interval):
+        changes = self._runtime.aio.watch(self._interval)
+        first = await anext(changes)  # the agents now: the first render reads them itself
+        if self._on_agents is not None:
+            await self._on_agents(first)
+        async for infos in changes:
             if self._on_agents is not None:
                 await self._on_agents(infos)
             self._wake.set()

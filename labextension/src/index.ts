@@ -41,13 +41,20 @@ const modelPlugin: JupyterFrontEndPlugin<IAgentsModel> = {
     new AgentsModel(tracker)
 };
 
-/** "⚡ N agents streaming · T tokens" in the status bar, hidden without a runtime. */
+/**
+ * "⚡ N agents streaming · T tokens" in the status bar, hidden without a runtime.
+ * Notebook 7 has no status bar: there the sidebar and the commands remain.
+ */
 const statusBarPlugin: JupyterFrontEndPlugin<void> = {
   id: 'agentrt-jupyter:status-bar',
   description: 'Shows the streaming agents and tokens of the current kernel.',
   autoStart: true,
-  requires: [IAgentsModel, IStatusBar],
-  activate: (app: JupyterFrontEnd, model: IAgentsModel, statusBar: IStatusBar): void => {
+  requires: [IAgentsModel],
+  optional: [IStatusBar],
+  activate: (app: JupyterFrontEnd, model: IAgentsModel, statusBar: IStatusBar | null): void => {
+    if (statusBar === null) {
+      return;
+    }
     const item = new AgentsStatus(model, () => {
       void app.commands.execute(OPEN_PANEL);
     });
