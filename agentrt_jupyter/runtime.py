@@ -294,7 +294,14 @@ class _Portal:
                 raise RuntimeClosed("the runtime was shut down; create a new AgentRuntime")
             result = fn(*args, **kwargs)
             return await result if inspect.isawaitable(result) else result
-        return await asyncio.wrap_future(self.submit(fn, *args, **kwargs))
+        future = self.submit(fn, *args, **kwargs)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if future.cancelled() and self.closed and not (task and task.cancelling()):
+                raise RuntimeClosed("the runtime was shut down while this call waited") from None
+            raise
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from agentrt_jupyter import (
     InvalidConfig,
     QuotaExceeded,
     ReplyBlocked,
+    RuntimeClosed,
     StoreError,
     TextDelta,
     TurnCancelled,
@@ -329,3 +330,20 @@ def test_a_hanging_tool_is_bounded_by_tool_timeout_and_the_turn_goes_on(
         assert_valid_conversation(contents)
     finally:
         release.set()
+
+
+def test_a_watch_on_another_loop_ends_with_runtime_closed_at_shutdown(server: LocalServer) -> None:
+    runtime = AgentRuntime(runtime_config(server))
+
+    async def watch_until_closed() -> BaseException:
+        changes = runtime.aio.watch(interval=0.01)
+        await anext(changes)
+        stopper = asyncio.get_running_loop().run_in_executor(None, runtime.shutdown, 5.0)
+        try:
+            while True:
+                await anext(changes)
+        except BaseException as exc:  # what the watcher sees
+            await stopper
+            return exc
+
+    assert isinstance(asyncio.run(watch_until_closed()), RuntimeClosed)
