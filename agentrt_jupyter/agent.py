@@ -46,6 +46,7 @@ from .errors import (
 )
 from .events import TextDelta, ThoughtDelta, ToolCall, ToolResult, UsageUpdate, Waiting
 from .handle import Turn, TurnResult, cancelled_error
+from .quota import QuotaCapExceeded
 from .store import CachedReply
 from .tools import Tool
 
@@ -260,10 +261,10 @@ class AgentCore:
         `chat()` then `cancel()` at once must stop that turn, not miss it.
         """
         turn = self.active
-        if turn is not None and turn.task is not None and not turn.task.done():
+        if turn is not None and turn.task is not None and not turn.finished:
             turn.task.cancel()
             return True
-        if turn is None and self.queue:
+        if self.queue:  # none running, or the last one just ended: the next is the one
             self.cancel_turn(self.queue[0])
             return True
         return False
@@ -485,21 +486,30 @@ class AgentCore:
         backend = await self.backend()
         registry = self.core.quota
         config = self.core.config
-        quota_retries = http_attempt = 0
+        quota_waits = http_attempt = 0
         while True:
             blocked = registry.state(backend.credential)
-            if blocked.seconds_left > config.quota_max_wait:
-                raise QuotaExceeded(
-                    f"this key is rate limited for {blocked.seconds_left:.0f} s more, past "
-                    f"quota_max_wait={config.quota_max_wait:g} s: try again later",
-                    retry_after=blocked.seconds_left,
-                    quota_id=blocked.last_quota_id,
-                    scope="minute",
-                )
             if blocked.blocked:
+                if quota_waits >= config.quota_max_retries:
+                    raise QuotaExceeded(
+                        _quota_advice("minute", quota_waits, None),
+                        retry_after=blocked.seconds_left,
+                        quota_id=blocked.last_quota_id,
+                        scope="minute",
+                    )
+                quota_waits += 1  # every wait counts, for our own 429 or another agent's
                 reason = f"rate limited ({blocked.last_quota_id or 'shared credential'})"
                 turn.publish(Waiting(blocked.seconds_left, reason))
-            waited = await registry.wait(backend.credential)
+            try:
+                waited = await registry.wait(backend.credential, cap=config.quota_max_wait)
+            except QuotaCapExceeded as past:
+                raise QuotaExceeded(
+                    f"this key is rate limited for {past.seconds:.0f} s more, past "
+                    f"quota_max_wait={config.quota_max_wait:g} s: try again later",
+                    retry_after=past.seconds,
+                    quota_id=blocked.last_quota_id,
+                    scope="minute",
+                ) from None
             sent, wall = time.monotonic(), utcnow()
             status: CallStatus = "error"
             error_text: str | None = None
@@ -523,8 +533,7 @@ class AgentCore:
                 return
             except QuotaHit as hit:
                 status, error_text = "rate-limited", hit.info.message
-                pause = self._quota_pause(hit, call, quota_retries, sent, backend.credential)
-                quota_retries += 1
+                pause = self._quota_pause(hit, call, quota_waits, sent, backend.credential)
             except asyncio.CancelledError:
                 status = "cancelled"
                 raise

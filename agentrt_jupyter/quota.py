@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import random
 import re
 import time
@@ -29,6 +30,14 @@ def fingerprint(api_key: str | None, base_url: str | None) -> str:
     """A stable, non-reversible name for a credential (key + endpoint)."""
     digest = hashlib.sha256(f"{api_key or ''}\0{base_url or ''}".encode()).hexdigest()
     return f"cred-{digest[:12]}"
+
+
+class QuotaCapExceeded(Exception):
+    """A wait would pass the caller's cap (`quota_max_wait`): fail now rather than hang."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"blocked for {seconds:.1f} s more")
+        self.seconds = seconds
 
 
 @dataclass(frozen=True)
@@ -175,10 +184,16 @@ class QuotaRegistry:
         left = self.state(key).seconds_left
         return left * (1 + random.uniform(0, self._jitter)) if left > 0 else 0.0
 
-    async def wait(self, key: str) -> float:
-        """Sleep until the credential is unblocked (plus jitter); returns the seconds waited."""
+    async def wait(self, key: str, cap: float = math.inf) -> float:
+        """Sleep until the credential is unblocked (plus jitter); returns the seconds waited.
+
+        Raises `QuotaCapExceeded` as soon as the block, extended by others meanwhile,
+        would keep this caller waiting past `cap` seconds in all.
+        """
         started = time.monotonic()
         # A loop, not an Event: another 429 may extend the block while we sleep.
-        while (left := self.jittered_wait(key)) > 0:  # noqa: ASYNC110
+        while (left := self.jittered_wait(key)) > 0:
+            if time.monotonic() - started + self.state(key).seconds_left > cap:
+                raise QuotaCapExceeded(self.state(key).seconds_left)
             await asyncio.sleep(left)
         return time.monotonic() - started

@@ -126,9 +126,10 @@ class _DaemonExecutor(concurrent.futures.ThreadPoolExecutor):
         self._name = name
         self._local = local
         self._numbers = itertools.count(1)
-        self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._calls: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._idle = 0
+        self._closed = False
 
     def submit(
         self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
@@ -147,7 +148,7 @@ class _DaemonExecutor(concurrent.futures.ThreadPoolExecutor):
 
         with self._lock:
             self._calls.put(call)
-            if self._idle:
+            if self._idle and not self._closed:
                 self._idle -= 1  # an idle worker takes it
                 return future
         name = f"{self._name}-worker-{next(self._numbers)}"
@@ -165,12 +166,21 @@ class _DaemonExecutor(concurrent.futures.ThreadPoolExecutor):
                         self._idle -= 1
                         return
                 continue
+            if call is None:  # shut down: idle workers leave
+                return
             call()
             with self._lock:
+                if self._closed:
+                    return
                 self._idle += 1
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Nothing to join: abandoned calls end on their own, in daemon threads."""
+        """Idle workers leave now; busy ones when their call returns (never joined: an
+        abandoned call ends on its own, in a daemon thread)."""
+        with self._lock:
+            self._closed, idle, self._idle = True, self._idle, 0
+        for _ in range(idle):
+            self._calls.put(None)
 
 
 class _Portal:
