@@ -46,7 +46,6 @@ from .errors import (
 )
 from .events import TextDelta, ThoughtDelta, ToolCall, ToolResult, UsageUpdate, Waiting
 from .handle import Turn, TurnResult, cancelled_error
-from .quota import QuotaCapExceeded
 from .store import CachedReply
 from .tools import Tool
 
@@ -488,8 +487,8 @@ class AgentCore:
         config = self.core.config
         quota_waits = http_attempt = 0
         while True:
-            blocked = registry.state(backend.credential)
-            if blocked.blocked:
+            waited = 0.0
+            while (blocked := registry.state(backend.credential)).blocked:
                 if quota_waits >= config.quota_max_retries:
                     raise QuotaExceeded(
                         _quota_advice("minute", quota_waits, None),
@@ -497,19 +496,20 @@ class AgentCore:
                         quota_id=blocked.last_quota_id,
                         scope="minute",
                     )
-                quota_waits += 1  # every wait counts, for our own 429 or another agent's
+                if blocked.seconds_left > config.quota_max_wait:
+                    raise QuotaExceeded(
+                        f"this key is rate limited for {blocked.seconds_left:.0f} s more, past "
+                        f"quota_max_wait={config.quota_max_wait:g} s: try again later",
+                        retry_after=blocked.seconds_left,
+                        quota_id=blocked.last_quota_id,
+                        scope="minute",
+                    )
+                # Every wait counts, for our own 429 or another agent's, so a key that
+                # stays blocked fails each turn after quota_max_retries waits.
+                quota_waits += 1
                 reason = f"rate limited ({blocked.last_quota_id or 'shared credential'})"
                 turn.publish(Waiting(blocked.seconds_left, reason))
-            try:
-                waited = await registry.wait(backend.credential, cap=config.quota_max_wait)
-            except QuotaCapExceeded as past:
-                raise QuotaExceeded(
-                    f"this key is rate limited for {past.seconds:.0f} s more, past "
-                    f"quota_max_wait={config.quota_max_wait:g} s: try again later",
-                    retry_after=past.seconds,
-                    quota_id=blocked.last_quota_id,
-                    scope="minute",
-                ) from None
+                waited += await registry.wait_once(backend.credential)
             sent, wall = time.monotonic(), utcnow()
             status: CallStatus = "error"
             error_text: str | None = None

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import math
 import random
 import re
 import time
@@ -30,14 +29,6 @@ def fingerprint(api_key: str | None, base_url: str | None) -> str:
     """A stable, non-reversible name for a credential (key + endpoint)."""
     digest = hashlib.sha256(f"{api_key or ''}\0{base_url or ''}".encode()).hexdigest()
     return f"cred-{digest[:12]}"
-
-
-class QuotaCapExceeded(Exception):
-    """A wait would pass the caller's cap (`quota_max_wait`): fail now rather than hang."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__(f"blocked for {seconds:.1f} s more")
-        self.seconds = seconds
 
 
 @dataclass(frozen=True)
@@ -184,16 +175,18 @@ class QuotaRegistry:
         left = self.state(key).seconds_left
         return left * (1 + random.uniform(0, self._jitter)) if left > 0 else 0.0
 
-    async def wait(self, key: str, cap: float = math.inf) -> float:
-        """Sleep until the credential is unblocked (plus jitter); returns the seconds waited.
+    async def wait_once(self, key: str) -> float:
+        """Sleep until the block as it is now ends (plus jitter); the seconds slept.
 
-        Raises `QuotaCapExceeded` as soon as the block, extended by others meanwhile,
-        would keep this caller waiting past `cap` seconds in all.
-        """
-        started = time.monotonic()
-        # A loop, not an Event: another 429 may extend the block while we sleep.
-        while (left := self.jittered_wait(key)) > 0:
-            if time.monotonic() - started + self.state(key).seconds_left > cap:
-                raise QuotaCapExceeded(self.state(key).seconds_left)
+        Once: the caller looks again, since another 429 may have extended the block."""
+        left = self.jittered_wait(key)
+        if left > 0:
             await asyncio.sleep(left)
-        return time.monotonic() - started
+        return left
+
+    async def wait(self, key: str) -> float:
+        """Sleep until the credential is unblocked; returns the seconds waited."""
+        waited = 0.0
+        while self.state(key).blocked:
+            waited += await self.wait_once(key)
+        return waited
