@@ -10,7 +10,10 @@ printf '\n\033[1m==> ruff\033[0m\n'
 printf '\n\033[1m==> mypy\033[0m\n'
 .venv/bin/mypy
 printf '\n\033[1m==> pytest\033[0m\n'
+export AGENTRT_RELIABILITY_REPORT="${AGENTRT_RELIABILITY_REPORT:-$(mktemp)}"
 .venv/bin/python -m pytest "$@"
+printf '\n\033[1m==> reliability figures (README "Reliability")\033[0m\n'
+.venv/bin/python scripts/reliability_figures.py "$AGENTRT_RELIABILITY_REPORT" || true
 
 # `make lab` from this checkout: start it, wait until JupyterLab serves, stop it.
 printf '\n\033[1m==> make lab serves\033[0m\n'
