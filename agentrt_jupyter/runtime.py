@@ -130,6 +130,7 @@ class _DaemonExecutor(concurrent.futures.ThreadPoolExecutor):
         self._lock = threading.Lock()
         self._idle = 0
         self._closed = False
+        self._waiting: set[threading.Thread] = set()
 
     def submit(
         self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
@@ -157,15 +158,20 @@ class _DaemonExecutor(concurrent.futures.ThreadPoolExecutor):
 
     def _work(self) -> None:
         self._local.worker = True
+        me = threading.current_thread()
         while True:
+            self._waiting.add(me)
             try:
                 call = self._calls.get(timeout=self.IDLE_SECONDS)
             except queue.Empty:
                 with self._lock:
                     if self._calls.empty():  # nobody counted on this worker: leave
                         self._idle -= 1
+                        self._waiting.discard(me)
                         return
                 continue
+            finally:
+                self._waiting.discard(me)
             if call is None:  # shut down: idle workers leave
                 return
             call()
@@ -179,8 +185,12 @@ class _DaemonExecutor(concurrent.futures.ThreadPoolExecutor):
         abandoned call ends on its own, in a daemon thread)."""
         with self._lock:
             self._closed, idle, self._idle = True, self._idle, 0
+            waiting = list(self._waiting)
         for _ in range(idle):
             self._calls.put(None)
+        deadline = time.monotonic() + 1.0
+        for thread in waiting:  # idle: they leave at once, so none outlives the runtime
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 class _Portal:
