@@ -98,7 +98,7 @@ def test_cells_replay_recorded_replies_unless_refreshed_or_turned_off(
     assert run(ip, f"%%agent c3 --refresh --out r3\n{tag} one two three") is None
     assert not ip.user_ns["r3"].replayed
     ip.run_line_magic("agent", "cache")
-    assert "replies" in capsys.readouterr().out
+    assert "reply cache: 1 reply" in capsys.readouterr().out
     ip.run_line_magic("config", "AgentMagics.cache = False")
     try:
         assert run(ip, f"%%agent c4 --out r4\n{tag} one two three") is None
@@ -241,7 +241,7 @@ def test_two_notebooks_default_agents_never_see_each_other(
         assert len(requests_with(server, tag)[-1]["body"]["contents"]) == 1  # fresh
         resumed = restarted.run("%agent resume keeper")
         assert resumed.ok, resumed.error
-        assert "keeper: resumed, 1 turns, 2 messages" in resumed.stdout
+        assert "keeper: resumed, 1 turn, 2 messages" in resumed.stdout
         assert restarted.run(f"%%agent keeper\n{tag} alpha again").ok
         assert texts(wait_finished(server, tag, 7)[-1]) == [
             f"{tag} alpha kept",

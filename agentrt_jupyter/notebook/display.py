@@ -1,10 +1,15 @@
-"""How a `%%agent` turn appears in its cell: a reply display updated in place, a Cancel
-button that becomes a one-line footer, and short error messages.
+"""How a `%%agent` turn appears in its cell: its reply and a one-line footer, and, for a
+reply that takes a while, a live display updated in place and a Cancel button.
+
+A reply that ends within `OPEN_DELAY` costs two plain displays (the reply, the footer),
+as cheap as any display; only a longer one opens the live display and the button, which
+the footer replaces when the turn ends, so a finished cell keeps no widget. A failed turn
+shows its error once: the red line the cell raises, under the partial reply if any.
 
 `TurnView.follow` runs as a task on the runtime loop and is the only writer of the
 cell's displays. It is started with `run_coroutine_threadsafe` from the magic, so it
 inherits the cell's context (its parent header); on kernels that have
-`set_thread_parent` it also pins it, and on older kernels it sends each update with the
+`set_thread_parent` it also pins it, and on older kernels it sends each message with the
 cell's parent header explicitly. Either way output never lands in another cell, even
 when the turn streams in the background while other cells run.
 """
@@ -12,11 +17,13 @@ when the turn streams in the background while other cells run.
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import re
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from IPython import display as ipython_display
@@ -26,6 +33,15 @@ from ..events import TextDelta, ThoughtDelta, ToolCall, ToolResult, TurnEnd, Wai
 from ..handle import ChatHandle, TurnResult
 
 FORMATS = ("markdown", "text", "code", "json")
+OPEN_DELAY = 0.15
+"""Seconds a turn may take before its cell gets the live display and the Cancel button
+(`AgentMagics.live_after`)."""
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+SAVED_MID_STREAM = "the reply was still streaming when this notebook was saved"
+"""What the Cancel button's display shows where its widget cannot be drawn (a notebook
+saved during a stream, reopened without its kernel, or read on GitHub / nbviewer)."""
+_WAITING = {"text/markdown": "*waiting for the reply…*", "text/plain": ""}
+_EMPTY = {"text/plain": ""}
 _FENCE = re.compile(r"^\s*```[\w+-]*\s*\n(.*?)\n?```\s*$", re.DOTALL)
 Bundle = dict[str, Any]
 display: Callable[..., Any] = ipython_display.display
@@ -59,11 +75,12 @@ def _fenced(text: str) -> str:
     return f"{fence}\n{text}\n{fence}"
 
 
-def footer_line(result: TurnResult) -> str:
-    """Model, tokens in/out/thoughts, time to first token, duration, and how it ended."""
+def footer_line(result: TurnResult, answered_by: str | None = None) -> str:
+    """Who answered (`answered_by`, e.g. "scripted", beside the model), tokens
+    in/out/thoughts, time to first token, duration, and how it ended."""
     usage = result.usage
     parts = [
-        result.model,
+        f"{answered_by} · {result.model}" if answered_by else result.model,
         f"{usage.prompt_tokens} in / {usage.candidates_tokens} out / "
         f"{usage.thoughts_tokens} thoughts",
     ]
@@ -71,12 +88,17 @@ def footer_line(result: TurnResult) -> str:
         parts.append(f"first token {result.time_to_first_chunk:.2f} s")
     parts.append(f"{result.duration:.2f} s")
     if result.tool_calls:
-        parts.append(f"{result.tool_calls} tool call{'s' if result.tool_calls > 1 else ''}")
+        parts.append(plural(result.tool_calls, "tool call"))
     if result.replayed:
         parts.append(f"replayed from the reply cache, {result.saved_tokens} tokens saved")
     if result.status != "complete":
         parts.insert(0, result.status.upper())
     return " · ".join(parts)
+
+
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """`1 turn`, `2 turns` (`nouns` for an irregular plural: `2 replies`)."""
+    return f"{count:,} {noun if count == 1 else nouns or noun + 's'}"
 
 
 def short_message(error: BaseException) -> str:
@@ -122,8 +144,20 @@ def shorten(error: AgentError, message: str | None = None) -> AgentError:
     return error
 
 
+@dataclass
+class OnceHint:
+    """A line for the status line of the first turn that opens one (then never again)."""
+
+    text: str
+    shown: bool = False
+
+
 class TurnView:
-    """The displays of one turn in the cell that started it."""
+    """The displays of one turn in the cell that started it.
+
+    `background` turns open their live display at once, in the cell (which returns
+    before the reply comes), and show their error in the cell, since no cell raises it.
+    """
 
     def __init__(
         self,
@@ -132,17 +166,28 @@ class TurnView:
         fmt: str = "markdown",
         rate: float = 20.0,
         show_thoughts: bool = False,
+        background: bool = False,
+        answered_by: str | None = None,
+        hint: OnceHint | None = None,
+        open_delay: float = OPEN_DELAY,
     ) -> None:
         self.shell = shell
         self.fmt = fmt
         self.interval = 1.0 / rate
         self.show_thoughts = show_thoughts
+        self.background = background
+        self.answered_by = answered_by
+        self.hint = hint
+        self.open_delay = open_delay
         self.live = getattr(shell, "kernel", None) is not None
         self.parent: Any = getattr(shell, "parent_header", None) if self.live else None
         self.reply_id = f"agentrt-{uuid.uuid4().hex}"
         self.status_id = f"{self.reply_id}-status"
         self.updates = 0
-        self.button: Any = None
+        self.opened = False
+        """Whether the live display (and the status line, if any) is in the cell."""
+        self.widgets: list[Any] = []
+        self._status_shown = False
         self._text: list[str] = []
         self._thoughts: list[str] = []
         self._notes: list[str] = []
@@ -150,14 +195,12 @@ class TurnView:
         self._waiting_reason = ""
 
     def show(self, handle: ChatHandle) -> None:
-        """Create the cell's displays; call on the kernel's main thread, in the cell."""
-        if not self.live:
-            return
-        waiting = "*waiting for the reply…*"
-        display({"text/markdown": waiting, "text/plain": ""}, raw=True, display_id=self.reply_id)
-        self.button = _cancel_button(handle.cancel)
-        if self.button is not None:
-            display(self.button, display_id=self.status_id)
+        """Open a background turn's displays; call on the kernel's main thread, in the cell.
+
+        A foreground turn opens them from `follow`, only if it is still running after
+        `open_delay`."""
+        if self.live and self.background:
+            self._open(handle)
 
     async def follow(self, handle: ChatHandle) -> TurnResult:
         """Render the turn as it streams, at most `rate` updates a second; returns its result."""
@@ -174,9 +217,10 @@ class TurnView:
         when the turn ends: never once per chunk (this runs on the runtime loop, beside
         the streams it renders)."""
         loop = asyncio.get_running_loop()
-        seen = 0
-        last_flush = -1e9
-        ended = False
+        seen, ended = (0, False) if self.opened else await self._quiet(handle)
+        if not ended and not self.opened:
+            self._open(handle)
+        last_flush = loop.time()
         while not ended:
             left = last_flush + self.interval - loop.time()
             if left > 0:
@@ -194,12 +238,23 @@ class TurnView:
                     break
                 dirty = self._apply(event) or dirty
             if dirty and not ended:
-                self._publish(self.reply_id, reply_bundle(self._live_text(), self.fmt, final=False))
+                self._publish(self.reply_id, self._live_bundle())
                 last_flush = loop.time()
         result = handle.outcome()
         assert result is not None
         self._finish(result)
         return result
+
+    async def _quiet(self, handle: ChatHandle) -> tuple[int, bool]:
+        """Show nothing for `open_delay` unless the turn ends first: (events read so far,
+        whether it has ended)."""
+        await handle.wait_done(timeout=self.open_delay)
+        events = handle.events_since(0)
+        for event in events:
+            if isinstance(event, TurnEnd):
+                return len(events), True
+            self._apply(event)
+        return len(events), False
 
     def _apply(self, event: Any) -> bool:
         if isinstance(event, TextDelta):
@@ -230,26 +285,75 @@ class TurnView:
             extra.append("*" + " · ".join(self._notes[-3:]) + "*")
         if self._waiting_until is not None:
             left = max(0.0, self._waiting_until - time.monotonic())
-            extra.append(f"⏳ *{self._waiting_reason}: retrying in {left:.0f} s*")
+            # No emoji: an hourglass is a box where no emoji font is installed.
+            extra.append(f"*{self._waiting_reason}: retrying in {left:.0f} s…*")
         if self.fmt == "text" or not extra:
             return text if not extra else "\n\n".join([text, *extra])
         return "\n\n".join([text, *extra]) if text else "\n\n".join(extra)
 
-    def _finish(self, result: TurnResult) -> None:
-        text = result.text or ("" if result.error is None else f"*({result.status})*")
-        final = reply_bundle(text, self.fmt, final=result.status == "complete")
-        footer = footer_line(result)
-        if result.error is not None and not isinstance(result.error, TurnCancelled):
-            footer += f"\n{type(result.error).__name__}: {short_message(result.error)}"
-        footer_bundle = {"text/markdown": f"<sub>{_escape(footer)}</sub>", "text/plain": footer}
+    def _live_bundle(self) -> Bundle:
+        text = self._live_text()
+        return reply_bundle(text, self.fmt, final=False) if text else _WAITING
+
+    def _open(self, handle: ChatHandle) -> None:
+        """The live display (what arrived so far, or a placeholder) and the status line."""
+        self.opened = True
         if not self.live:
-            display(final, raw=True)
-            display(footer_bundle, raw=True)
             return
-        self._publish(self.reply_id, final)
-        self._publish(self.status_id, footer_bundle, new=self.button is None)
-        if self.button is not None:
-            self.button.close()
+        self._publish(self.reply_id, self._live_bundle(), new=True)
+        status = self._status_line(handle.cancel)
+        if status is not None:
+            self._publish(self.status_id, status, new=True)
+            self._status_shown = True
+
+    def _status_line(self, cancel: Callable[[], None]) -> Bundle | None:
+        """The Cancel button (beside the hint, the first time), with a static fallback
+        for wherever the widget cannot be drawn; None without ipywidgets."""
+        button = _cancel_button(cancel)
+        if button is None:
+            return None
+        self.widgets = [button]
+        shown = button
+        if self.hint is not None and not self.hint.shown:
+            import ipywidgets
+
+            self.hint.shown = True
+            note = ipywidgets.HTML(f"<small>{html.escape(self.hint.text)}</small>")
+            shown = ipywidgets.HBox([button, note])
+            self.widgets = [shown, note, button]
+        view = shown._repr_mimebundle_()[WIDGET_VIEW]
+        fallback = f"<sub>{SAVED_MID_STREAM}</sub>"
+        return {WIDGET_VIEW: view, "text/plain": f"({SAVED_MID_STREAM})", "text/html": fallback}
+
+    def _finish(self, result: TurnResult) -> None:
+        reply, status = self._final_bundles(result)
+        if not self.live:
+            for bundle in (reply, status):
+                if bundle is not None:
+                    display(bundle, raw=True)
+            return
+        if self.opened:
+            self._publish(self.reply_id, reply or _EMPTY)
+            if status is not None or self._status_shown:
+                self._publish(self.status_id, status or _EMPTY, new=not self._status_shown)
+            for widget in self.widgets:
+                widget.close()
+            return
+        for display_id, bundle in ((self.reply_id, reply), (self.status_id, status)):
+            if bundle is not None:
+                self._publish(display_id, bundle, new=True)
+
+    def _final_bundles(self, result: TurnResult) -> tuple[Bundle | None, Bundle | None]:
+        """(the reply, the footer) of a finished turn. A failed one keeps its partial reply;
+        its error is the line the cell raises, or, in the background, the footer."""
+        error = None if isinstance(result.error, TurnCancelled) else result.error
+        if error is None:
+            footer = footer_line(result, self.answered_by)
+            final = reply_bundle(result.text, self.fmt, final=result.status == "complete")
+            footer_bundle = {"text/html": f"<sub>{_escape(footer)}</sub>", "text/plain": footer}
+            return (final if result.text else None), footer_bundle
+        partial = reply_bundle(result.text, self.fmt, final=False) if result.text else None
+        return partial, (error_bundle(error) if self.background else None)
 
     def _publish(self, display_id: str, bundle: Bundle, *, new: bool = False) -> None:
         if not self.live:
@@ -265,6 +369,14 @@ class TurnView:
         content = {"data": bundle, "metadata": {}, "transient": {"display_id": display_id}}
         msg_type = "display_data" if new else "update_display_data"
         pub.session.send(pub.pub_socket, msg_type, content, parent=self.parent, ident=pub.topic)
+
+
+def error_bundle(error: BaseException) -> Bundle:
+    """A failed background turn's error, as the red line a cell would raise."""
+    line = f"{type(error).__name__}: {short_message(error)}"
+    name, message = html.escape(type(error).__name__), html.escape(short_message(error))
+    shown = f'<span style="color: var(--jp-error-color1, #c62828)">{name}</span>: {message}'
+    return {"text/html": shown, "text/plain": line}
 
 
 def _escape(text: str) -> str:

@@ -2,13 +2,18 @@
 
 Loading registers the magics, starts the runtime, adds an input transformer that turns
 a `%%agent` cell into a top-level `await` (see `magics`) and registers the comm target
-of the JupyterLab extension (see `labcomm`). Loading again is a no-op; unloading removes
-all of them and shuts the runtime down.
+of the JupyterLab extension (see `labcomm`). It returns at once and leaves the slow part
+of a first turn to the runtime thread, in the background: the SDK import, the client,
+the local server (without an API key) and ipywidgets, so the first `%%agent` cell does
+not wait for them. Loading again is a no-op; unloading removes all of them and shuts the
+runtime down.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import importlib
 import re
 from collections.abc import Callable
 from typing import Any
@@ -32,8 +37,18 @@ def load(shell: Any) -> None:
     shell.input_transformer_manager.line_transforms.insert(0, transform)
     _loaded[id(shell)] = (magics, transform)
     register_lab_comm(shell, lambda: magics.live_runtime)
-    with contextlib.suppress(UsageError):
-        magics.runtime  # noqa: B018 - a bad setting is reported by the first %%agent cell
+    try:
+        runtime = magics.runtime
+    except UsageError:  # a bad setting: the first %%agent cell reports it
+        return
+    runtime.start_warm_up()
+    asyncio.run_coroutine_threadsafe(_import_widgets(), runtime.loop)
+
+
+async def _import_widgets() -> None:
+    """Import ipywidgets ahead of the first Cancel button (~0.1 s), off the main thread."""
+    with contextlib.suppress(ImportError):
+        importlib.import_module("ipywidgets")
 
 
 def unload(shell: Any) -> None:

@@ -3,8 +3,9 @@
 Prompts often hold JSON, code and directives with braces, so only text that looks meant
 for interpolation is touched: `{` followed by a name (`{df}`, `{df.shape[0]}`,
 `{Out[3]}`, `{pi:.2f}`, `{x!r}`). A name that is not defined leaves the braces as
-written; an expression that cannot be evaluated is a `UsageError`. `{{name}}` is a
-literal `{name}`; any other brace (JSON, code) is left alone.
+written (and a bare `{name}` is reported in `missing`: most often a typo); an expression
+that cannot be evaluated is a `UsageError`. `{{name}}` is a literal `{name}`; any other
+brace (JSON, code) is left alone.
 """
 
 from __future__ import annotations
@@ -21,8 +22,12 @@ _CLOSERS = {"(": ")", "[": "]", "{": "}"}
 _HINT = "write {{ and }} for literal braces, or use %%agent --no-interpolate"
 
 
-def interpolate(text: str, namespace: Mapping[str, Any]) -> str:
-    """`text` with each `{expr}` replaced by its value in `namespace`."""
+def interpolate(text: str, namespace: Mapping[str, Any], missing: list[str] | None = None) -> str:
+    """`text` with each `{expr}` replaced by its value in `namespace`.
+
+    Each `{name}` left as written because `name` is not defined is appended to `missing`
+    (an expression, a format spec or a conversion around an undefined name is not: that
+    is code or a template, not a typo)."""
     out: list[str] = []
     position = 0
     escaped = 0
@@ -47,7 +52,12 @@ def interpolate(text: str, namespace: Mapping[str, Any]) -> str:
             out.append(text[match.start() :])
             return "".join(out)
         field = text[match.end() : end]
-        out.append(_evaluate(field, namespace, text[match.start() : end + 1]))
+        value = _evaluate(field, namespace, text[match.start() : end + 1])
+        if value is None:
+            value = text[match.start() : end + 1]
+            if missing is not None and field.isidentifier() and field not in missing:
+                missing.append(field)
+        out.append(value)
         position = end + 1
 
 
@@ -103,7 +113,8 @@ def _split_field(field: str) -> tuple[str, str, str] | None:
     return None
 
 
-def _evaluate(field: str, namespace: Mapping[str, Any], original: str) -> str:
+def _evaluate(field: str, namespace: Mapping[str, Any], original: str) -> str | None:
+    """The field's text, or None when it names something not defined."""
     parts = _split_field(field)
     if parts is None:
         raise UsageError(f"cannot interpolate {original}: not a Python expression ({_HINT})")
@@ -111,7 +122,7 @@ def _evaluate(field: str, namespace: Mapping[str, Any], original: str) -> str:
     try:
         value = eval(expression, dict(namespace))
     except NameError:
-        return original
+        return None
     except Exception as exc:
         raise UsageError(
             f"cannot interpolate {original}: {type(exc).__name__}: {exc} ({_HINT})"

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit
 
 from IPython.core import magic
 from IPython.core import magic_arguments as margs
@@ -40,13 +41,16 @@ from ..config import (
 from ..errors import AgentError, ConversationInUse, StoreError, TurnCancelled, UsageProblem
 from ..handle import WAIT_SLICE, ChatHandle, TurnResult
 from ..runtime import Agent, AgentRuntime
+from . import datacell
 from .agents import NotebookAgents, in_use_message, kernel_names, notebook_namespace
-from .display import FORMATS, TurnView, shorten
+from .display import FORMATS, OPEN_DELAY, OnceHint, TurnView, plural, shorten
 from .interpolate import interpolate as expand
 
 ENV_BACKEND = "AGENTRT_BACKEND"
 SETTLE_TIMEOUT = 10.0
 """After an interrupt, how long to wait for the turn to end so its partial reply shows."""
+AWAIT_HINT = "other cells wait until this reply ends; %%agent --background lets them run"
+"""Said once per kernel, in the status line of the first foreground turn that streams."""
 COMMANDS = (
     "list",
     "resume",
@@ -116,6 +120,7 @@ class CellOptions:
     fmt: str | None
     background: bool
     interpolate: bool
+    data: datacell.DataOptions = datacell.NO_DATA
 
 
 @dataclass(frozen=True)
@@ -179,6 +184,11 @@ class AgentMagics(Magics):
     updates_per_second = Float(
         20.0, help="Most display updates per second while a reply streams (at most 20)."
     ).tag(config=True)
+    live_after = Float(
+        OPEN_DELAY,
+        help="Seconds a reply may take before its cell shows it live, with a Cancel "
+        "button; a reply done sooner is shown once, whole (as cheap as a plain display).",
+    ).tag(config=True)
     await_cells = Bool(
         True,
         help="Run %%agent cells as awaiting cells (top-level await), so widget clicks "
@@ -190,11 +200,16 @@ class AgentMagics(Magics):
     show_thoughts = Bool(False, help="Show the model's thoughts while they stream.").tag(
         config=True
     )
+    approval_timeout = Float(
+        datacell.APPROVAL_TIMEOUT,
+        help="Seconds a tool call waits for Approve / Deny before it counts as denied.",
+    ).tag(config=True)
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         self._agents: NotebookAgents | None = None
         self._said: set[str] = set()
         self.background: dict[str, Run] = {}
+        self.await_hint = OnceHint(AWAIT_HINT)
         super().__init__(shell, **kwargs)
 
     @property
@@ -212,6 +227,13 @@ class AgentMagics(Magics):
         if not 0 < rate <= 20:
             raise TraitError(f"updates_per_second must be in (0, 20], got {rate}")
         return rate
+
+    @validate("live_after")
+    def _check_live_after(self, proposal: Any) -> float:
+        delay = float(proposal["value"])
+        if not 0 <= delay <= 60:
+            raise TraitError(f"live_after must be in [0, 60] seconds, got {delay}")
+        return delay
 
     @observe(*_RUNTIME_SETTINGS)
     def _runtime_setting_changed(self, change: Any) -> None:
@@ -288,9 +310,10 @@ class AgentMagics(Magics):
         agents, self._agents = self._agents, None
         self.background.clear()
         if agents is not None:
+            datacell.close_sources(self.shell, agents.runtime)
             agents.runtime.shutdown(timeout)
 
-    @magic_arguments()
+    @magic_arguments("%agent")  # help's usage line then reads "%%agent [...]"
     @argument(
         "name",
         nargs="?",
@@ -321,6 +344,13 @@ class AgentMagics(Magics):
         help="Return at once; the reply streams into this cell while other cells run.",
     )
     @argument("--no-interpolate", action="store_true", help="Send {braces} as written.")
+    @argument("--tools", metavar="TOOLS", help=datacell.TOOLS_HELP)
+    @argument("--confirm", nargs="?", const=datacell.EVERY_TOOL, metavar="TOOLS",
+              help=datacell.CONFIRM_HELP)  # fmt: skip
+    @argument("--schema", metavar="S", help=datacell.SCHEMA_HELP)
+    @argument("--out-frame", metavar="VAR", help="With --schema: the reply's rows as a DataFrame.")
+    @argument("--tool-timeout", type=float, metavar="S", help="Seconds one tool call may take.")
+    @argument("--map", metavar="DF", help=datacell.MAP_HELP)
     @no_var_expand
     @cell_magic("agent")
     def agent_cell(self, line: str, cell: str) -> None:
@@ -330,13 +360,19 @@ class AgentMagics(Magics):
         literal `{x}`). Interrupt or the Cancel button stop the turn; the partial reply
         is kept in history, marked cancelled. Errors stop Run All.
         """
+        if "--map" in line and (options := self.parse_cell_line(line)).data.map:
+            datacell.bmap(self, options, cell)
+            return
         run = self.start(line, cell)
         if run is not None:
             self.conclude(run, self.block(run))
 
     async def acell(self, line: str, cell: str) -> None:
         """`%%agent` as an awaiting cell: the kernel handles clicks while the reply streams."""
-        run = self.start(line, cell)
+        if "--map" in line and (options := self.parse_cell_line(line)).data.map:
+            await datacell.amap(self, options, cell)
+            return
+        run = self.start(line, cell, awaiting=True)
         if run is not None:
             self.conclude(run, await self.wait_async(run))
 
@@ -374,9 +410,10 @@ class AgentMagics(Magics):
             fmt=args.format,
             background=args.background,
             interpolate=self.interpolate and not args.no_interpolate,
+            data=datacell.data_options(args),
         )
 
-    def start(self, line: str, cell: str) -> Run | None:
+    def start(self, line: str, cell: str, *, awaiting: bool = False) -> Run | None:
         """Parse, create or resume the agent, show the displays and start the turn.
 
         Returns the run to wait for, or None for a background run."""
@@ -386,11 +423,15 @@ class AgentMagics(Magics):
         cell = cell.strip("\n").rstrip()
         settings = dict(options.settings)
         if options.interpolate:
-            cell = expand(cell, self.user_ns)
+            missing: list[str] = []
+            cell = expand(cell, self.user_ns, missing)
             if settings.get("system_instruction"):
                 settings["system_instruction"] = expand(
-                    settings["system_instruction"], self.user_ns
+                    settings["system_instruction"], self.user_ns, missing
                 )
+            _note_missing(missing)
+        data = datacell.prepare(self, options, awaiting=awaiting)
+        settings.update(data.settings)
         agents = self.agents
         try:
             agent, handle = agents.chat(
@@ -408,13 +449,18 @@ class AgentMagics(Magics):
             raise UsageError(str(exc)) from None
         view = TurnView(
             self.shell,
-            fmt=options.fmt or self.default_format,
+            fmt=options.fmt or data.fmt or self.default_format,
             rate=self.updates_per_second,
             show_thoughts=self.show_thoughts,
+            background=options.background,
+            answered_by=answered_by(agents.runtime.config),
+            hint=None if options.background else self.await_hint,
+            open_delay=self.live_after,
         )
+        follow = data.follow(view, handle, agents.runtime.loop)  # opens the tool calls' display
         view.show(handle)
-        future = asyncio.run_coroutine_threadsafe(view.follow(handle), agents.runtime.loop)
-        run = Run(agent.name, handle, future, options.out)
+        future = asyncio.run_coroutine_threadsafe(follow, agents.runtime.loop)
+        run = Run(agent.name, handle, future, None if data.keeps_out else options.out)
         if not options.background:
             return run
         self.background[agent.name] = run
@@ -487,7 +533,7 @@ class AgentMagics(Magics):
     @line_magic("agent")
     def agent_line(self, line: str) -> Any:
         """Manage agents: list, resume, usage, history, ledger, cancel, shutdown, reset,
-        delete, wait, cache, config, runtime, help.
+        delete, wait, cache, config, runtime, tools, approve, deny, mcp, help.
 
             %agent list              the agents of this kernel (a DataFrame)
             %agent list --stored     the conversations this notebook can resume
@@ -505,7 +551,14 @@ class AgentMagics(Magics):
             %agent cache [clear]     the reply cache's size and hits (clear: empty it)
             %agent config            the effective settings
             %agent runtime           the kernel's AgentRuntime, for the Python API
+            %agent tools [NAME]      NAME's tools and their declarations (a DataFrame)
+            %agent approve [NAME]    approve the tool call waiting for an answer (deny:
+            %agent deny [NAME]       refuse it); waits for one while NAME's turn runs
+            %agent mcp list          the declared MCP servers (add NAME -- command
+                                     args..., add NAME URL, remove NAME)
         """
+        if datacell.is_command(line):
+            return datacell.run_command(self, line)
         command = self.parse_command(line)
         handler = getattr(self, f"_cmd_{command.command}")
         try:
@@ -551,24 +604,33 @@ class AgentMagics(Magics):
         return runtime
 
     def _cmd_list(self, command: CommandLine) -> Any:
+        """The agents as a frame: counts as nullable integers, `running_for` in seconds
+        (NaN, shown blank, when idle), shown whole but without wrapping."""
         import pandas as pd
 
         if command.stored or command.everywhere:
             return self._stored_frame(everywhere=command.everywhere)
-        rows = [
+        infos = self.runtime.agents()
+        frame = pd.DataFrame(
             {
-                "name": info.name,
-                "model": info.model,
-                "state": info.state,
-                "turns": info.turn_count,
-                "queued": info.queued,
-                "running_for": info.running_for,
-                "total_tokens": info.total_usage.total_tokens,
+                "name": pd.array([i.name for i in infos], dtype="string"),
+                "model": pd.array([i.model for i in infos], dtype="string"),
+                "state": pd.array([i.state for i in infos], dtype="string"),
+                "turns": pd.array([i.turn_count for i in infos], dtype="Int64"),
+                "queued": pd.array([i.queued for i in infos], dtype="Int64"),
+                "running_for": pd.Series(
+                    [
+                        float("nan") if i.running_for is None else round(i.running_for, 1)
+                        for i in infos
+                    ],
+                    dtype="float64",
+                ),
+                "total_tokens": pd.array(
+                    [i.total_usage.total_tokens for i in infos], dtype="Int64"
+                ),
             }
-            for info in self.runtime.agents()
-        ]
-        columns = ["name", "model", "state", "turns", "queued", "running_for", "total_tokens"]
-        return pd.DataFrame(rows, columns=columns)
+        )
+        return _as_shown(frame)
 
     def _stored_frame(self, *, everywhere: bool) -> Any:
         """What `%agent resume` can bring back: one row per stored conversation, newest
@@ -580,21 +642,21 @@ class AgentMagics(Magics):
             print("agentrt: conversations are not stored in this kernel (see %agent config)")
         stored = [c for c in runtime.conversations(everywhere=everywhere) if c.messages]
         stored.sort(key=lambda c: c.last_activity, reverse=True)
-        rows = [
+        frame = pd.DataFrame(
             {
-                "namespace": c.namespace,
-                "name": c.name,
-                "last_activity": _local_time(c.last_activity),
-                "turns": c.turns,
-                "messages": c.messages,
-                "size": _size(c.size),
-                "holder": c.holder or "",
-                "id": c.id,
+                "namespace": pd.array([c.namespace for c in stored], dtype="string"),
+                "name": pd.array([c.name for c in stored], dtype="string"),
+                "last_activity": pd.Series(
+                    [_local_time(c.last_activity) for c in stored], dtype="datetime64[s]"
+                ),
+                "turns": pd.array([c.turns for c in stored], dtype="Int64"),
+                "messages": pd.array([c.messages for c in stored], dtype="Int64"),
+                "size": pd.array([_size(c.size) for c in stored], dtype="string"),
+                "holder": pd.array([c.holder or "" for c in stored], dtype="string"),
+                "id": pd.array([c.id for c in stored], dtype="string"),
             }
-            for c in stored
-        ]
-        columns = ["name", "last_activity", "turns", "messages", "size", "holder", "id"]
-        return pd.DataFrame(rows, columns=["namespace", *columns] if everywhere else columns)
+        )
+        return _as_shown(frame if everywhere else frame.drop(columns="namespace"))
 
     def _cmd_resume(self, command: CommandLine) -> None:
         name = command.name
@@ -614,27 +676,31 @@ class AgentMagics(Magics):
             if history and (history[-1].status == "incomplete")
             else ""
         )
-        print(f"{name}: resumed, {runtime.turn_count(agent)} turns, {len(history)} messages{cut}")
+        turns, messages = plural(runtime.turn_count(agent), "turn"), plural(len(history), "message")
+        print(f"{name}: resumed, {turns}, {messages}{cut}")
 
     def _cmd_usage(self, command: CommandLine) -> Any:
-        from ..frames import usage_frame
+        """One row per turn: the full typed frame, shown compactly (`frames.compact`)."""
+        from ..frames import compact, usage_frame
 
-        return usage_frame(self._named(command.name))
+        return compact(usage_frame(self._named(command.name)), "usage")
 
     def _cmd_history(self, command: CommandLine) -> Any:
-        from ..frames import history_frame
+        from ..frames import compact, history_frame
 
-        return history_frame(self._named(command.name))
+        return compact(history_frame(self._named(command.name)), "history")
 
     def _cmd_ledger(self, command: CommandLine) -> Any:
-        from ..frames import ledger_frame
+        from ..frames import compact, ledger_frame
 
-        return ledger_frame(self.runtime)
+        return compact(ledger_frame(self.runtime), "ledger")
 
     def _cmd_cancel(self, command: CommandLine) -> None:
         agents = self.agents
         names = [command.name] if command.name else agents.live_names()
         stopped = [n for n in names if agents.runtime.cancel(n)]
+        if command.name is None:
+            stopped += datacell.cancel_maps(agents.runtime)
         print(f"cancelled: {', '.join(stopped)}" if stopped else "no turn was running")
 
     def _cmd_wait(self, command: CommandLine) -> None:
@@ -682,10 +748,8 @@ class AgentMagics(Magics):
             return
         stats = runtime.cache_stats()
         state = "on" if self.cache else "off (%config AgentMagics.cache = True)"
-        print(
-            f"reply cache: {stats['entries']} replies, {_size(stats['bytes'])}, "
-            f"{stats['hits']} hits; {state} for %%agent cells"
-        )
+        replies, hits = plural(stats["entries"], "reply", "replies"), plural(stats["hits"], "hit")
+        print(f"reply cache: {replies}, {_size(stats['bytes'])}, {hits}; {state} for %%agent cells")
 
     def _cmd_config(self, command: CommandLine) -> None:
         config = self.runtime_config()
@@ -706,7 +770,8 @@ class AgentMagics(Magics):
             f"store: {store}",
             f"reply cache for %%agent cells: {'on' if self.cache else 'off'}",
             f"default agent: {self.default_agent}",
-            f"format: {self.default_format}, updates/s: {self.updates_per_second:g}",
+            f"format: {self.default_format}, updates/s: {self.updates_per_second:g}, "
+            f"live after: {self.live_after:g} s",
             f"await cells: {self.await_cells and bool(getattr(self.shell, 'autoawait', False))}",
             f"ipykernel: {getattr(ipykernel, '__version__', 'not running in a kernel')}",
         ]
@@ -741,6 +806,41 @@ class _NoStoreWarning(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args if isinstance(record.args, tuple) else ()
         return not any(isinstance(arg, StoreError) for arg in args)
+
+
+def answered_by(config: RuntimeConfig) -> str | None:
+    """Who answers the cells when it is not Google's Gemini, for the footer beside the
+    model name: the engine of the local server, or the host (and port) of a base_url,
+    never its user or password."""
+    backend = config.resolved_backend()
+    if backend != "gemini":
+        return backend
+    if config.base_url is None:
+        return None
+    url = urlsplit(config.base_url)
+    host = url.hostname or "a base_url"
+    return f"{host}:{url.port}" if url.port else host
+
+
+def _note_missing(names: list[str]) -> None:
+    """One line when `{name}` braces went out as written: usually a typo, costing a call."""
+    if not names:
+        return
+    braces = ", ".join(f"{{{name}}}" for name in names)
+    were, variables = ("was", "variable") if len(names) == 1 else ("were", "variables")
+    print(
+        f"agentrt: {braces} {were} sent as written: no {variables} {', '.join(names)} "
+        "defined (write {{ and }} to send braces without this note)"
+    )
+
+
+def _as_shown(frame: Any) -> Any:
+    """`frame` itself, displayed whole but compactly (blank for missing values, no wrapping)."""
+    from ..frames import CompactFrame
+
+    shown = CompactFrame(frame)
+    shown.compact_columns = tuple(frame.columns)
+    return shown
 
 
 def _local_time(moment: datetime) -> datetime:
