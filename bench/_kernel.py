@@ -44,11 +44,17 @@ class Message:
 class BenchKernel:
     """One kernel; use as a context manager."""
 
-    def __init__(self, python: str = sys.executable, env: dict[str, str] | None = None) -> None:
-        """Start the kernel with exactly `env` (default: this process's environment)."""
+    def __init__(
+        self,
+        python: str = sys.executable,
+        env: dict[str, str] | None = None,
+        arguments: tuple[str, ...] = (),
+    ) -> None:
+        """Start the kernel with exactly `env` (default: this process's environment) and
+        these command-line `arguments` (e.g. `--AgentMagics.base_url=...`)."""
         self.manager = KernelManager()
         self.manager._kernel_spec = KernelSpec(
-            argv=[python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            argv=[python, "-m", "ipykernel_launcher", "-f", "{connection_file}", *arguments],
             display_name="bench",
             language="python",
         )

@@ -21,6 +21,7 @@ from typing import Any
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
+from nbformat.v4 import output_from_msg
 
 Message = dict[str, Any]
 KERNEL_PYTHON = os.environ.get("AGENTRT_TEST_PYTHON", sys.executable)
@@ -176,6 +177,38 @@ def reply_display(messages: list[Message]) -> str:
         if ident is not None and not ident.endswith("-status"):
             return ident
     raise AssertionError("no reply display")
+
+
+def saved_outputs(messages: list[Message]) -> list[dict[str, Any]]:
+    """The outputs a front end holds (and a save writes) after these messages of a cell:
+    each display updated in place by its display id, as JupyterLab and nbclient do."""
+    outputs: list[dict[str, Any]] = []
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for msg in messages:
+        kind = msg["msg_type"]
+        if kind == "update_display_data":
+            for output in by_id.get(display_id(msg) or "", []):
+                output["data"] = msg["content"]["data"]
+        elif kind in ("display_data", "execute_result", "stream", "error"):
+            output = output_from_msg(msg)
+            outputs.append(output)
+            ident = display_id(msg)
+            if ident is not None:
+                by_id.setdefault(ident, []).append(output)
+    return outputs
+
+
+def shown_texts(outputs: list[dict[str, Any]]) -> list[str]:
+    """What each output shows as text (its plain text, stream text or error line)."""
+    texts = []
+    for output in outputs:
+        if output["output_type"] == "error":
+            texts.append(f"{output['ename']}: {output['evalue']}")
+        elif output["output_type"] == "stream":
+            texts.append(str(output["text"]))
+        else:
+            texts.append(str(output["data"].get("text/plain", "")))
+    return texts
 
 
 def button_model(messages: list[Message]) -> str:

@@ -11,7 +11,7 @@ from IPython.core.error import UsageError
 from IPython.testing import globalipapp
 
 from agentrt_jupyter.errors import BackendError, QuotaExceeded, TurnCancelled
-from agentrt_jupyter.notebook.display import footer_line, reply_bundle, short_message
+from agentrt_jupyter.notebook.display import footer_line, plural, reply_bundle, short_message
 from agentrt_jupyter.notebook.extension import loaded_magics
 from agentrt_jupyter.notebook.interpolate import interpolate
 from agentrt_jupyter.notebook.magics import AgentMagics
@@ -225,3 +225,87 @@ def test_agent_cells_become_awaiting_cells_only_where_they_can(ip: Any) -> None:
     finally:
         ip.run_line_magic("autoawait", "on")
     assert "--background" in (loaded_magics(ip).agent_cell.__doc__ or "")
+
+
+def test_an_undefined_name_in_braces_gets_a_one_line_note(
+    ip: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ip.user_ns["shown"] = "owls"
+    prompt = 'about {shown} and {typo}, {typo} again; {"json": 1}, {typo:>9}, {k: v for k in x}'
+    assert run(ip, f"%%agent noted --out noted\n{prompt}") is None
+    assert ip.user_ns["noted"].text.startswith("Echo: about owls and {typo}, {typo} again")
+    notes = [line for line in capsys.readouterr().out.splitlines() if "sent as written" in line]
+    assert notes == [
+        "agentrt: {typo} was sent as written: no variable typo defined "
+        "(write {{ and }} to send braces without this note)"
+    ]
+    assert run(ip, '%%agent noted\n{"only": "json"} and code {k: v for k in x}') is None
+    assert "sent as written" not in capsys.readouterr().out
+
+
+def test_interpolation_reports_bare_undefined_names_only() -> None:
+    missing: list[str] = []
+    interpolate("{a} {a} {b.c} {d!r} {e:>3} {n} {f(1)}", NS, missing)
+    assert missing == ["a"]
+
+
+def test_list_uses_nullable_integers_and_shows_no_none(ip: Any) -> None:
+    assert run(ip, "%%agent counted\nhi") is None
+    listing = ip.run_line_magic("agent", "list")
+    assert {str(listing[c].dtype) for c in ("turns", "queued", "total_tokens")} == {"Int64"}
+    assert str(listing["running_for"].dtype) == "float64"  # seconds
+    row = listing[listing["name"] == "counted"]
+    assert row["running_for"].isna().all() and int(row["turns"].iloc[0]) == 1
+    for shown in (repr(listing), listing._repr_html_()):
+        assert "None" not in shown and "NaN" not in shown and "<NA>" not in shown
+
+
+def test_history_usage_and_ledger_are_full_frames_shown_compactly(ip: Any) -> None:
+    from agentrt_jupyter.frames import COMPACT_COLUMNS, ledger_frame
+
+    assert run(ip, "%%agent compacted\nhi") is None
+    for command, kind in (("history", "history"), ("usage", "usage"), ("ledger", "ledger")):
+        frame = ip.run_line_magic("agent", f"{command} compacted")
+        assert len(frame.columns) > len(COMPACT_COLUMNS[kind])  # the whole frame
+        html = frame._repr_html_()
+        assert "+00:00" not in html and "white-space: nowrap" in html
+    full = ledger_frame(loaded_magics(ip).runtime)
+    assert list(ip.run_line_magic("agent", "ledger").dtypes) == list(full.dtypes)
+
+
+def test_cell_magic_help_names_the_cell_magic(ip: Any) -> None:
+    usage = loaded_magics(ip).agent_cell.__doc__ or ""
+    assert "%%agent [" in usage and "%agent [" not in usage.replace("%%agent [", "")
+    assert "%agent [" in (loaded_magics(ip).agent_line.__doc__ or "")
+
+
+def test_counts_are_pluralised(ip: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(ip, "%%agent counted_once\nhi") is None
+    ip.run_line_magic("agent", "shutdown counted_once")
+    ip.run_line_magic("agent", "resume counted_once")
+    ip.run_line_magic("agent", "cache")
+    out = capsys.readouterr().out
+    assert "counted_once: resumed, 1 turn, 2 messages" in out
+    assert "turns" not in out.split("resumed")[1].splitlines()[0].split(",")[1]
+    assert (
+        plural(1, "reply", "replies") == "1 reply" and plural(2, "reply", "replies") == "2 replies"
+    )
+
+
+def test_the_footer_names_what_answered() -> None:
+    from agentrt_jupyter.conversation import Usage
+    from agentrt_jupyter.handle import TurnResult
+
+    result = TurnResult(
+        "a", 1, "complete", "x", "", Usage(3, 0, 4, 0, 0, 7), "STOP", "m", None, 1, 0
+    )
+    assert footer_line(result, "scripted") == "scripted · m · 3 in / 4 out / 0 thoughts · 1.00 s"
+
+
+def test_the_footer_names_a_base_url_by_its_host_only() -> None:
+    from agentrt_jupyter.config import RuntimeConfig
+    from agentrt_jupyter.notebook.magics import answered_by
+
+    proxy = RuntimeConfig(base_url="https://user:secret@proxy.example:8443/gemini", api_key="k")
+    assert answered_by(proxy) == "proxy.example:8443"
+    assert answered_by(RuntimeConfig(backend="scripted")) == "scripted"
