@@ -135,8 +135,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     pytest.importorskip("notebook", reason="Notebook 7 is in the test extra")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     home = tmp_path_factory.mktemp("lab")
-    extensions = home / "labextensions"
-    extensions.mkdir()
+    # Installed as in a data dir (JUPYTER_DATA_DIR below): JupyterLab and Notebook 7 both
+    # look there; `LabApp.extra_labextensions_path` reaches JupyterLab only.
+    extensions = home / "data" / "labextensions"
+    extensions.mkdir(parents=True)
     (extensions / "agentrt-jupyter").symlink_to(BUILT, target_is_directory=True)
     config = home / "config"
     (config / "labconfig").mkdir(parents=True)
@@ -166,7 +168,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
             "--ip=127.0.0.1", f"--port={port}", "--ServerApp.port_retries=0",
             f"--ServerApp.token={token}", f"--ServerApp.root_dir={notebooks}",
-            f"--LabApp.extra_labextensions_path={extensions}",
             "--LabApp.expose_app_in_browser=True",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
         ],
