@@ -483,7 +483,10 @@ class BatchRun:
         left = self.total - sum(counts)
         eta = left / rate if rate > 0 and self._ended is None else None
         with self._lock:
-            errors = tuple(ErrorSummary(kind, *entry) for kind, entry in self._errors.items())
+            errors = tuple(
+                ErrorSummary(kind, count, self._index[position], message)
+                for kind, (count, position, message) in self._errors.items()
+            )
         price = self.plan.price
         return BatchProgress(
             total=self.total,
@@ -719,9 +722,11 @@ class BatchRun:
             with self._lock:
                 entry = self._errors.get(kind or "error")
                 if entry is None:
-                    self._errors[kind or "error"] = [1, self._index[position], error]
-                else:
+                    self._errors[kind or "error"] = [1, position, error]
+                else:  # the example is the first row in the frame, whatever finished first
                     entry[0] += 1
+                    if position < entry[1]:
+                        entry[1:] = [position, error]
         self._changed()
 
     def _finish_cached(self, position: int, found: tuple[StoredRow, dict[str, Any] | None]) -> None:
