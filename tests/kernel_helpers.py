@@ -211,13 +211,33 @@ def shown_texts(outputs: list[dict[str, Any]]) -> list[str]:
     return texts
 
 
-def button_model(messages: list[Message]) -> str:
-    """The comm id of the Cancel button displayed in these messages."""
+def status_line_model(messages: list[Message]) -> str:
+    """The comm id of the widget these messages displayed (a cell's status line)."""
     for msg in displays(messages):
         view = msg["content"]["data"].get("application/vnd.jupyter.widget-view+json")
         if view:
             return str(view["model_id"])
     raise AssertionError("no widget displayed")
+
+
+def widget_states(kernel: Kernel) -> dict[str, dict[str, Any]]:
+    """Every widget model the kernel opened so far, by comm id: its first state."""
+    return {
+        m["content"]["comm_id"]: m["content"]["data"]["state"]
+        for m in kernel.messages
+        if m["msg_type"] == "comm_open"
+    }
+
+
+def button_model(kernel: Kernel, messages: list[Message]) -> str:
+    """The comm id of the Cancel button in the status line these messages displayed."""
+    states = widget_states(kernel)
+    line = status_line_model(messages)
+    for child in states[line].get("children", []):
+        model = child.removeprefix("IPY_MODEL_")
+        if states[model].get("description") == "Cancel":
+            return model
+    raise AssertionError(f"no Cancel button in the status line {states[line]}")
 
 
 def updates_of(kernel: Kernel, ident: str) -> list[Message]:

@@ -7,6 +7,7 @@ ipykernel (see README, "Older kernels").
 
 from __future__ import annotations
 
+import json
 import time
 import unicodedata
 from collections.abc import Iterator
@@ -32,7 +33,9 @@ from tests.kernel_helpers import (
     saved_outputs,
     shown_texts,
     started_kernel,
+    status_line_model,
     updates_of,
+    widget_states,
 )
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(90)]
@@ -205,7 +208,7 @@ def test_cancel_button_stops_an_awaiting_cell(kernel: Kernel, server: LocalServe
         pytest.skip("ipykernel < 7.4 handles widget clicks only after the cell ends")
     msg_id = kernel.submit(f"%%agent clicker\n{SLOW}")
     first_text = wait_for_text(kernel, msg_id)
-    kernel.click(button_model(kernel.of(msg_id)))
+    kernel.click(button_model(kernel, kernel.of(msg_id)))
     reply = kernel.wait_idle(msg_id)
     assert reply["content"]["status"] == "ok"
     ident = display_id(first_text)
@@ -233,7 +236,7 @@ def test_cancel_button_stops_a_background_run(kernel: Kernel) -> None:
             and text_of(m).startswith("w0")
         )
     )
-    kernel.click(button_model(cell.messages))
+    kernel.click(button_model(kernel, cell.messages))
     footer = kernel.wait_for(
         lambda m: display_id(m) == f"{ident}-status" and m["msg_type"] == "update_display_data",
         timeout=3.0,
@@ -364,20 +367,28 @@ def test_errors_are_short_and_rate_limit_waits_show_a_countdown(kernel: Kernel) 
 def test_a_save_mid_stream_reads_well_and_a_finished_turn_keeps_no_widget(
     kernel: Kernel,
 ) -> None:
-    """The outputs a save writes: mid-stream, the Cancel button's display has a static
-    fallback beside its widget view; once the turn ends, the footer has replaced it."""
+    """The outputs a save writes: mid-stream, the Cancel button's view (marked live) is
+    followed by its static copy, which the lab extension shows where the view cannot be
+    drawn; once the turn ends, the footer has replaced the button and the copy is blank."""
     cell = kernel.run(f"%%agent saver --background\n{SLOW}")
     assert cell.ok, cell.error
     ident = reply_display(cell.messages)
     kernel.wait_for(lambda m: display_id(m) == ident and text_of(m).startswith("w0"))
-    during = [o for o in saved_outputs(kernel.of(cell.msg_id)) if WIDGET_VIEW in o["data"]]
-    assert len(during) == 1
-    assert "still streaming when this notebook was saved" in during[0]["data"]["text/plain"]
-    assert "still streaming" in during[0]["data"]["text/html"]
+    during = saved_outputs(kernel.of(cell.msg_id))
+    views = [i for i, o in enumerate(during) if WIDGET_VIEW in o["data"]]
+    assert len(views) == 1
+    view, copy = during[views[0]]["data"], during[views[0] + 1]["data"]
+    assert view["text/plain"] == ""  # no text of its own: the copy says it
+    assert "still streaming when this notebook was saved" in copy["text/plain"]
+    assert 'class="agentrt-snapshot' in copy["text/html"]
+    model = view[WIDGET_VIEW]["model_id"]
+    classes = kernel.value(f"__import__('ipywidgets').Widget.widgets[{model!r}]._dom_classes")
+    assert "agentrt-live" in classes
     assert kernel.run("%agent cancel saver").ok
     assert kernel.run("%agent wait saver").ok
     after = saved_outputs(kernel.of(cell.msg_id))
     assert not [o for o in after if WIDGET_VIEW in o["data"]]
+    assert not [o for o in after if "still streaming" in json.dumps(o)]
     assert shown_texts(after)[-1].startswith("CANCELLED · ")
 
 
@@ -401,16 +412,11 @@ def test_the_first_streaming_cell_says_other_cells_wait(kernel: Kernel) -> None:
 
 def hint_of(kernel: Kernel, messages: list[dict[str, Any]]) -> str | None:
     """The text beside the Cancel button of these messages, if any."""
-    models = {
-        m["content"]["comm_id"]: m["content"]["data"]["state"]
-        for m in kernel.messages
-        if m["msg_type"] == "comm_open"
-    }
-    state = models[button_model(messages)]
-    if state["_model_name"] == "ButtonModel":
-        return None
-    texts = [models[child.removeprefix("IPY_MODEL_")].get("value") for child in state["children"]]
-    return " ".join(t for t in texts if t)
+    states = widget_states(kernel)
+    children = states[status_line_model(messages)]["children"]
+    texts = [str(states[child.removeprefix("IPY_MODEL_")].get("value", "")) for child in children]
+    shown = " ".join(t for t in texts if t and not t.startswith("<style>"))
+    return shown or None
 
 
 def test_a_notebook_run_headless_keeps_readable_outputs_and_no_widget(

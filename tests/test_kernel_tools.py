@@ -222,7 +222,7 @@ def test_agent_approve_answers_a_background_call(kernel: Kernel, tmp_path: Path)
     assert "no tool call of 'later' is waiting" in nothing.stdout
 
 
-def test_a_turn_sent_from_an_agent_panel_asks_in_its_approval_host(
+def test_a_turn_sent_from_an_agent_panel_asks_inside_the_panel(
     kernel: Kernel, tmp_path: Path
 ) -> None:
     target = tmp_path / "from-panel"
@@ -233,9 +233,8 @@ def test_a_turn_sent_from_an_agent_panel_asks_in_its_approval_host(
     shown = kernel.run(
         "from agentrt_jupyter import AgentPanel\n"
         "from agentrt_jupyter.notebook import kernel_runtime\n"
-        "from agentrt_jupyter.notebook.approval import ApprovalHost\n"
-        "panel, host = AgentPanel(kernel_runtime(), 'paneled'), ApprovalHost('paneled')\n"
-        "display(panel, host)\n"
+        "panel = AgentPanel(kernel_runtime(), 'paneled')\n"
+        "display(panel)\n"
         f'sent = panel.send(\'@@call touch {{"path": "{target}"}}\\nfrom the panel\')'
     )
     assert shown.ok, shown.error
@@ -246,11 +245,22 @@ def test_a_turn_sent_from_an_agent_panel_asks_in_its_approval_host(
             and m in kernel.messages[before:]
         )
     )
+    # The panel's status says so (written after the question joined the panel's box).
+    kernel.wait_for(lambda m: "waiting for your approval: touch(" in json.dumps(m, default=str))
+    inside = kernel.value(
+        "[b.description for q in panel.approvals.box.children[1:]"
+        " for row in q.children[1:] for b in row.children]"
+    )
+    assert inside == ["Approve", "Deny"]
     assert not target.exists()
     kernel.click(approve["content"]["comm_id"])
     assert kernel.run("sent.result(10).result(30).status").ok
     assert target.exists()
-    assert kernel.run("host.close(); panel.close()").ok
+    assert kernel.value("len(panel.approvals.box.children)") == 1  # the question is gone
+    assert "approved" in kernel.value("panel.approvals.note.value")
+    transcript = kernel.value("panel.refresh().result(10) or panel.transcript.value")
+    assert "→ touch(" in transcript and "← touch:" in transcript
+    assert kernel.run("panel.close()").ok
 
 
 def test_cancel_during_a_sync_tool_ends_the_turn_and_keeps_history_valid(

@@ -33,6 +33,8 @@ from typing import Any
 
 import pytest
 
+from agentrt_jupyter.notebook.display import SAVED_MID_STREAM
+
 pytestmark = [pytest.mark.slow, pytest.mark.kernel, pytest.mark.browser, pytest.mark.timeout(150)]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,6 +58,11 @@ SETUP = """\
 from agentrt_jupyter.notebook import kernel_runtime
 from agentrt_jupyter.notebook.widgets import AgentPanel, RuntimeMonitor
 rt = kernel_runtime()
+notes = []
+def take_note(text: str) -> str:
+    "Keep a note for the user."
+    notes.append(text)
+    return f"noted {len(notes)}"
 print("runtime ready")"""
 
 # The walk's cells, by name; each %%agent cell talks to its own agent.
@@ -67,10 +74,13 @@ CELLS = {
     "palette": "%%agent pal\n@@fault hang\nwait for the palette's command",
     "interrupt": "%%agent stopper\n@@fault hang\nwait for an interrupt",
     "error": "%%agent broken\n@@fault drop_after 3\nthe connection drops after three words",
+    "approve": '%%agent noter --tools take_note --confirm\n@@call take_note {"text": "hi"}\nnote',
     "panel": 'panel = AgentPanel(rt, "writer")\npanel',
     "again": "%%agent writer\nback again",
     "monitor": "RuntimeMonitor(rt)",
     "blocking": 'import time\ntime.sleep(7)\nprint("blocking cell done")',
+    "lingering": "%%agent lingerer\n@@delay 100\nstill streaming when the notebook is saved "
+    + " ".join(f"w{i}" for i in range(400)),
 }
 NAMES = list(CELLS)
 
@@ -305,14 +315,38 @@ class Walk:
         self.cancel_from_palette()
         self.interrupt()
         self.broken_stream()
+        self.approve_a_tool_call()
         self.panel_follows_and_reattaches()
         self.run_cell("monitor")
         expect(self.output("monitor").locator(".agentrt-live")).to_contain_text("pal")
         if self.lab:
             self.blocking_cell_times_out()
+        # Saved while a reply still streams: its Cancel button is in the file.
+        self.run_cell("lingering")
+        expect(self.output("lingering").get_by_role("button", name="Cancel")).to_be_visible(
+            timeout=20_000
+        )
+        expect(self.output("lingering")).to_contain_text("w3", timeout=20_000)
+        assert SAVED_MID_STREAM not in self.output("lingering").inner_text()  # copy hidden
         self.shot("before-save")
         self.command_mode("monitor")
         page.keyboard.press("Control+s")
+
+    def approve_a_tool_call(self) -> None:
+        """A call behind --confirm waits for the Approve click in its cell, then runs."""
+        expect = self.expect
+        self.run_cell("approve")
+        out = self.output("approve")
+        expect(out).to_contain_text("wants to call", timeout=20_000)
+        expect(out).to_contain_text("take_note")
+        self.shot("approval-asked")
+        approve = out.locator("button", has_text=re.compile(r"^\s*Approve\s*$"))
+        approve.click()
+        self.footer("approve", "1 tool call")
+        expect(out).to_contain_text("approved")
+        expect(out).to_contain_text("noted 1")
+        expect(approve).to_have_count(0)
+        self.shot("approval-answered")
 
     def stream_and_cancel_button(self) -> None:
         """The reply streams; the totals count up while it does; its Cancel button stops it."""
@@ -457,12 +491,15 @@ class Walk:
         monitor = self.output("monitor").locator(".agentrt-snapshot")
         expect(monitor).to_be_visible()
         expect(monitor).to_contain_text("sider")
+        lingering = self.output("lingering").locator(".agentrt-snapshot")
+        expect(lingering).to_be_visible()
+        expect(lingering).to_contain_text(SAVED_MID_STREAM)
         copy.scroll_into_view_if_needed()
         self.shot("reopened-panel")
         monitor.scroll_into_view_if_needed()
         # The views did try to render, and failed: their error is there but hidden.
         dead = self.page.locator(".jp-OutputArea-output.jupyter-widgets", has_text=WIDGET_ERROR)
-        expect(dead).to_have_count(2, timeout=30_000)
+        expect(dead).to_have_count(3, timeout=30_000)  # panel, monitor, Cancel button
         for view in dead.all():
             expect(view).to_be_hidden()
         assert WIDGET_ERROR not in self.page.locator("body").inner_text()

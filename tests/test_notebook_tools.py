@@ -184,6 +184,8 @@ def test_a_reply_that_does_not_fit_is_reply_invalid_and_sets_nothing(ip: Any) ->
     assert isinstance(error, ReplyInvalid)
     assert error.raw_text == '{"name": 3}' and "temp_c" in error.problem
     assert "never_set" not in ip.user_ns
+    (line,) = error._render_traceback_()  # type: ignore[attr-defined]
+    assert "ReplyInvalid" in line and "partial" not in line and "raw_text" in line
 
 
 def test_map_runs_the_template_over_the_rows(ip: Any) -> None:

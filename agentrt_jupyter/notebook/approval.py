@@ -12,9 +12,10 @@ The question shows where the turn shows: a `%%agent` cell claims the agent's nex
 before it starts it, and binds the claim to the turn's handle and its cell's view (an
 `ApprovalSurface`) once it has one, so a call is asked in the cell of the turn it belongs
 to, also when several cells queue turns of one agent. A turn no cell claimed (sent from
-an AgentPanel or the Python API) asks in an `ApprovalHost` widget shown for that agent,
-if any. Every open question is also in `pending()`, for `%agent approve` / `%agent deny`
-(the way to answer from another cell, e.g. for a `--background` turn).
+an AgentPanel or the Python API) asks in the agent's latest `ApprovalHost`: the one inside
+its AgentPanel, or one displayed for it. Every open question is also in `pending()`, for
+`%agent approve` / `%agent deny` (the way to answer from another cell, e.g. for a
+`--background` turn, or when no host shows the question).
 
 Clicks are answered on the kernel's main thread and only post the answer to the runtime
 loop, where the approver waits; a foreground cell takes clicks while it awaits only on
@@ -30,6 +31,7 @@ import json
 import sys
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -396,19 +398,26 @@ def question_widget(request: Request) -> Any:
 class ApprovalHost:
     """Shows the questions of one agent's turns that no cell claimed (AgentPanel, API).
 
-    Display it beside the agent's panel: `ApprovalHost("name")`; it is a surface the
-    approver asks in (its widget is written on the runtime loop only)."""
+    Every `AgentPanel` holds one (`AgentPanel.approvals`); for a turn sent from the Python
+    API, display one yourself: `ApprovalHost("name")`. It is a surface the approver asks
+    in; its widget is written on the runtime loop only, and `on_change` (also called there)
+    lets its owner redraw around it."""
 
     approve_all = False
     per_turn = False
 
-    def __init__(self, agent: str) -> None:
+    def __init__(
+        self, agent: str, *, on_change: Callable[[], None] | None = None, quiet: bool = False
+    ) -> None:
+        """`quiet`: no idle line, only the questions and the last outcome (inside a panel)."""
         import ipywidgets as widgets
 
         self.agent = agent
-        self.note = widgets.HTML(f"<small>{html.escape(self._idle_text())}</small>")
+        idle = "" if quiet else f"<small>{html.escape(self._idle_text())}</small>"
+        self.note = widgets.HTML(idle)
         self.box = widgets.VBox([self.note])
-        self._questions: dict[str, Any] = {}
+        self._questions: dict[str, tuple[Request, Any]] = {}
+        self._on_change = on_change
         add_host(agent, self)
 
     def __repr__(self) -> str:
@@ -422,23 +431,29 @@ class ApprovalHost:
 
         display(self.box)  # type: ignore[no-untyped-call]
 
+    def waiting(self) -> list[str]:
+        """The open questions, one line each (`tool(args)`), oldest first."""
+        return [request.describe() for request, _ in self._questions.values()]
+
     def close(self) -> None:
         remove_host(self.agent, self)
+        for _, shown in self._questions.values():
+            _close_question(shown)
+        self._questions.clear()
+        self.note.close()
         self.box.close()
 
     def why_not(self) -> str | None:
         return None
 
     def ask(self, request: Request) -> None:
-        self._questions[request.id] = question_widget(request)
+        self._questions[request.id] = (request, question_widget(request))
         self._show()
 
     def settle(self, request: Request) -> None:
-        shown = self._questions.pop(request.id, None)
+        _, shown = self._questions.pop(request.id, (None, None))
         if shown is not None:
-            for child in shown.children[1].children:
-                child.close()
-            shown.close()
+            _close_question(shown)
         self.note.value = (
             f"<small>{html.escape(request.describe())}: {html.escape(request.outcome)}</small>"
         )
@@ -448,4 +463,15 @@ class ApprovalHost:
         return None
 
     def _show(self) -> None:
-        self.box.children = [self.note, *self._questions.values()]
+        self.box.children = [self.note, *(shown for _, shown in self._questions.values())]
+        if self._on_change is not None:
+            self._on_change()
+
+
+def _close_question(shown: Any) -> None:
+    """Close a question widget and its parts (the question, the row, its buttons)."""
+    for part in shown.children:
+        for child in getattr(part, "children", ()):
+            child.close()
+        part.close()
+    shown.close()

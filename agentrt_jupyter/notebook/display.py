@@ -28,7 +28,14 @@ from typing import Any
 
 from IPython import display as ipython_display
 
-from ..errors import AgentError, BackendError, QuotaExceeded, TurnCancelled, TurnError
+from ..errors import (
+    AgentError,
+    BackendError,
+    QuotaExceeded,
+    ReplyInvalid,
+    TurnCancelled,
+    TurnError,
+)
 from ..events import TextDelta, ThoughtDelta, ToolCall, ToolResult, TurnEnd, Waiting
 from ..handle import ChatHandle, TurnResult
 
@@ -37,8 +44,13 @@ OPEN_DELAY = 0.15
 """Seconds a turn may take before its cell gets the live display and the Cancel button
 (`AgentMagics.live_after`)."""
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+LIVE_CLASS = "agentrt-live"
+"""On the view of every widget the package displays: the lab extension's CSS then shows
+either the live view or, where it cannot be drawn, the static copy displayed after it."""
+SNAPSHOT_CLASS = "agentrt-snapshot"
+"""On every static copy (the output after a widget view, for saved notebooks)."""
 SAVED_MID_STREAM = "the reply was still streaming when this notebook was saved"
-"""What the Cancel button's display shows where its widget cannot be drawn (a notebook
+"""What the Cancel button's static copy says where its widget cannot be drawn (a notebook
 saved during a stream, reopened without its kernel, or read on GitHub / nbviewer)."""
 _WAITING = {"text/markdown": "*waiting for the reply…*", "text/plain": ""}
 _EMPTY = {"text/plain": ""}
@@ -122,6 +134,8 @@ def short_message(error: BaseException) -> str:
             "GEMINI_API_KEY, or unset both to use the embedded local model"
         )
     text = str(error)
+    if isinstance(error, ReplyInvalid):  # a whole reply, not a partial one
+        return f"{text} (the whole reply is in the error's raw_text and in history)"
     if isinstance(error, TurnError) and error.partial_text and not isinstance(error, TurnCancelled):
         text += f" (the partial reply, {len(error.partial_text)} characters, is kept in history)"
     return text
@@ -182,7 +196,9 @@ class TurnView:
         self.live = getattr(shell, "kernel", None) is not None
         self.parent: Any = getattr(shell, "parent_header", None) if self.live else None
         self.reply_id = f"agentrt-{uuid.uuid4().hex}"
+        self.button_id = f"{self.reply_id}-button"
         self.status_id = f"{self.reply_id}-status"
+        """The footer's display; while the live display is open, the button's static copy."""
         self.updates = 0
         self.opened = False
         """Whether the live display (and the status line, if any) is in the cell."""
@@ -303,27 +319,30 @@ class TurnView:
         self._publish(self.reply_id, self._live_bundle(), new=True)
         status = self._status_line(handle.cancel)
         if status is not None:
-            self._publish(self.status_id, status, new=True)
+            self._publish(self.button_id, status, new=True)
+            copy = saved_copy(self.status_id, SAVED_MID_STREAM)
+            self._publish(self.status_id, copy, new=True)
             self._status_shown = True
 
     def _status_line(self, cancel: Callable[[], None]) -> Bundle | None:
-        """The Cancel button (beside the hint, the first time), with a static fallback
-        for wherever the widget cannot be drawn; None without ipywidgets."""
+        """The Cancel button (beside the hint, the first time); None without ipywidgets.
+
+        It is followed by a static copy (`saved_copy`) for wherever the widget cannot be
+        drawn: the view hides it while live (the lab extension's CSS, or the hidden
+        `<style>` of `copy_hider` elsewhere). At the turn's end the button's display is
+        blanked and the footer replaces the copy."""
         button = _cancel_button(cancel)
         if button is None:
             return None
-        self.widgets = [button]
-        shown = button
+        parts = [button, copy_hider(self.status_id)]
         if self.hint is not None and not self.hint.shown:
             import ipywidgets
 
             self.hint.shown = True
-            note = ipywidgets.HTML(f"<small>{html.escape(self.hint.text)}</small>")
-            shown = ipywidgets.HBox([button, note])
-            self.widgets = [shown, note, button]
-        view = shown._repr_mimebundle_()[WIDGET_VIEW]
-        fallback = f"<sub>{SAVED_MID_STREAM}</sub>"
-        return {WIDGET_VIEW: view, "text/plain": f"({SAVED_MID_STREAM})", "text/html": fallback}
+            parts.insert(1, ipywidgets.HTML(f"<small>{html.escape(self.hint.text)}</small>"))
+        shown = _status_box(parts)
+        self.widgets = [shown, *parts]
+        return {WIDGET_VIEW: shown._repr_mimebundle_()[WIDGET_VIEW], "text/plain": ""}
 
     def _finish(self, result: TurnResult) -> None:
         reply, status = self._final_bundles(result)
@@ -334,8 +353,11 @@ class TurnView:
             return
         if self.opened:
             self._publish(self.reply_id, reply or _EMPTY)
-            if status is not None or self._status_shown:
-                self._publish(self.status_id, status or _EMPTY, new=not self._status_shown)
+            if self._status_shown:  # the footer takes the copy's place, after the button's
+                self._publish(self.button_id, _EMPTY)
+                self._publish(self.status_id, status or _EMPTY)
+            elif status is not None:
+                self._publish(self.status_id, status, new=True)
             for widget in self.widgets:
                 widget.close()
             return
@@ -383,7 +405,45 @@ def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace("\n", "<br>")
 
 
-_button_parts: tuple[Any, Any] | None = None
+def saved_copy(copy_id: str, text: str) -> Bundle:
+    """The static copy displayed right after a widget view (`copy_id`: its display id)."""
+    shown = f'<div class="{SNAPSHOT_CLASS} {copy_id}"><sub>({html.escape(text)})</sub></div>'
+    return {"text/html": shown, "text/plain": f"({text})"}
+
+
+def copy_hider(copy_id: str) -> Any:
+    """An invisible widget whose `<style>` hides the copy `copy_id` while the view lives
+    (for frontends without the lab extension's CSS: classic Notebook, VS Code)."""
+    import ipywidgets
+
+    layout, _, _ = _parts()
+    return ipywidgets.HTML(f"<style>.{copy_id}{{display:none}}</style>", layout=layout)
+
+
+_shared_parts: tuple[Any, Any, Any] | None = None
+
+
+def _parts() -> tuple[Any, Any, Any]:
+    """One hidden Layout, one button Layout and one ButtonStyle for every cell's status
+    line: a cell then opens a few widget comms instead of a dozen."""
+    import ipywidgets
+
+    global _shared_parts
+    if _shared_parts is None:
+        _shared_parts = (
+            ipywidgets.Layout(display="none"),
+            ipywidgets.Layout(width="auto"),
+            ipywidgets.ButtonStyle(),
+        )
+    return _shared_parts
+
+
+def _status_box(parts: list[Any]) -> Any:
+    import ipywidgets
+
+    box = ipywidgets.HBox(parts)
+    box.add_class(LIVE_CLASS)
+    return box
 
 
 def _cancel_button(cancel: Callable[[], None]) -> Any:
@@ -392,12 +452,7 @@ def _cancel_button(cancel: Callable[[], None]) -> Any:
         import ipywidgets
     except ImportError:
         return None
-    global _button_parts
-    if _button_parts is None:
-        # One Layout and one ButtonStyle for every Cancel button: a cell then opens one
-        # widget comm instead of three.
-        _button_parts = (ipywidgets.Layout(width="auto"), ipywidgets.ButtonStyle())
-    layout, style = _button_parts
+    _, layout, style = _parts()
     button = ipywidgets.Button(
         description="Cancel",
         icon="stop",

@@ -38,6 +38,7 @@ from ..errors import AgentError, RuntimeClosed
 from ..events import Error, TextDelta, ThoughtDelta, ToolCall, ToolResult, TurnEnd, Waiting
 from ..handle import ChatHandle
 from ..runtime import Agent, AgentInfo, AgentRuntime
+from .display import LIVE_CLASS, SNAPSHOT_CLASS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -55,11 +56,6 @@ SNAPSHOT_INTERVAL = 2.0
 HISTORY_ROWS = 200
 """The transcript and History tab show the latest messages; `history_frame(agent)` has all."""
 CLOSE_TIMEOUT = 2.0
-LIVE_CLASS = "agentrt-live"
-"""On the view of every widget here: the lab extension's CSS shows the view or its copy."""
-SNAPSHOT_CLASS = "agentrt-snapshot"
-"""On every static copy (see `_StaticCopy`)."""
-WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 _BOX = "border-left:3px solid {color};padding:2px 8px;margin:4px 0"
 _COLORS = {"user": "#1f77b4", "model": "#2ca02c", "summary": "#9467bd"}
@@ -285,7 +281,9 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
     at its bottom). The panel follows its agent's record live (usage counts up while a reply
     streams, turns sent elsewhere appear when they end), and when the agent is gone and an
     agent of the same name appears (a `%%agent NAME` cell after Shutdown), it re-attaches
-    to that one. Other public parts: `conversation` (the box), `input`, `send_button`,
+    to that one. A tool call of a turn sent from the panel that needs approval is asked in
+    the panel (`approvals`, between the transcript and the input). Other public parts:
+    `conversation` (the box), `input`, `send_button`,
     `cancel_button`, `shutdown_button`, `usage`, `status`, `history` (the History tab),
     `tabs`; `last_handle` is the latest turn sent from the panel.
     """
@@ -329,9 +327,15 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
             ),
         )
         self.conversation.add_class("agentrt-conversation")
+        from .approval import ApprovalHost
+
+        self.approvals = ApprovalHost(
+            self.agent.name, on_change=lambda: self._writer.wake_on_loop(), quiet=True
+        )
         chat = widgets.VBox(
             [
                 self.conversation,
+                self.approvals.box,
                 self.input,
                 widgets.HBox([self.send_button, self.cancel_button, self.shutdown_button]),
                 self.status,
@@ -396,8 +400,10 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
         return done
 
     def close(self) -> None:
-        """Stop the writer task, then close every child widget; turns keep running."""
+        """Stop the writer task, then close every child widget; turns keep running (a
+        question of theirs left open is answered by `%agent approve` / `deny`, or times out)."""
         self._writer.close()
+        self.approvals.close()
         for child in self.children:
             _close_tree(child)
         super().close()
@@ -556,6 +562,10 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
         running = [live for live in self._live if live.handle.status == "running"]
         if self._shut_down:
             return self._note
+        waiting = self.approvals.waiting()
+        if waiting:
+            return f"waiting for your approval: {'; '.join(waiting)}"
+
         if running:
             status = running[0].note or "running…"
             queued = len(self._live) - len(running)
@@ -590,10 +600,12 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
     def _offer_copy(self, streaming: str, usage: str) -> float | None:
         """The static copy: a title, the transcript as shown, and the usage line."""
         title = f"Agent {self.agent.name} (AgentPanel{', shut down' if self._shut_down else ''})"
+        waiting = [f"waiting for approval: {line}" for line in self.approvals.waiting()]
         body = (
             f"<div><b>{html.escape(title)}</b></div>"
             + self._history_html
             + streaming
+            + "".join(f"<div><small>{html.escape(line)}</small></div>" for line in waiting)
             + f"<div><small>{html.escape(usage)}</small></div>"
         )
         upto = self._shown_upto
@@ -604,6 +616,7 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
                 lines.append(f"{message.role}{badge}: {message.text}")
         for live in self._live:
             lines += [f"user: {live.prompt}", f"model [streaming]: {''.join(live.text)}"]
+        lines += waiting
         lines.append(usage)
         settled = not self._live and not self._running
         return self._copy.offer(body, "\n".join(lines), settled=settled)
