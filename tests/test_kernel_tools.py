@@ -19,7 +19,9 @@ import pytest
 
 from agentrt_jupyter.server.process import LocalServer
 from tests.conftest import assert_valid_conversation, requests_with
-from tests.kernel_helpers import Kernel, Message, display_id, started_kernel
+from tests.kernel_helpers import Kernel, Message, display_id, saved_outputs, started_kernel
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(90)]
 MCP_SERVER = Path(__file__).with_name("mcp_server.py")
@@ -155,13 +157,28 @@ def test_deny_in_a_background_cell_tells_the_model_the_user_refused(
         f'@@call touch {{"path": "{target}"}}\n{tag} please'
     )
     assert cell.ok, cell.error
-    kernel.click(buttons(kernel, cell.msg_id, "Deny")[0])
+    deny = buttons(kernel, cell.msg_id, "Deny")[0]
+    kernel.wait_for(
+        lambda m: (
+            m["parent_header"].get("msg_id") == cell.msg_id
+            and "waiting for approval: touch(" in json.dumps(m["content"])
+        )
+    )
+    # Saved now, the question's widget is followed by its static copy.
+    asked = saved_outputs(kernel.of(cell.msg_id))
+    views = [i for i, o in enumerate(asked) if WIDGET_VIEW in o["data"]]
+    copies = [asked[i + 1]["data"] for i in views]
+    assert any("waiting for approval: touch(" in c["text/plain"] for c in copies), asked
+    assert all('class="agentrt-snapshot' in c.get("text/html", "") for c in copies), copies
+    kernel.click(deny)
     waited = kernel.run("%agent wait refuser")
     assert waited.ok, waited.error
     assert not target.exists()
     last = requests_with(server, tag)[-1]["body"]["contents"][-1]["parts"][0]
     assert last["functionResponse"]["response"] == {"error": "the user declined this tool call"}
     assert "denied" in final_tools_html(kernel, cell.msg_id)
+    after = saved_outputs(kernel.of(cell.msg_id))
+    assert not [o for o in after if WIDGET_VIEW in o["data"] or "waiting for" in json.dumps(o)]
 
 
 def test_approve_all_covers_the_turn_but_never_python(kernel: Kernel, tmp_path: Path) -> None:
@@ -246,7 +263,12 @@ def test_a_turn_sent_from_an_agent_panel_asks_inside_the_panel(
         )
     )
     # The panel's status says so (written after the question joined the panel's box).
-    kernel.wait_for(lambda m: "waiting for your approval: touch(" in json.dumps(m, default=str))
+    kernel.wait_for(
+        lambda m: (
+            "waiting for your approval: touch(" in json.dumps(m["content"])
+            and m in kernel.messages[before:]
+        )
+    )
     inside = kernel.value(
         "[b.description for q in panel.approvals.box.children[1:]"
         " for row in q.children[1:] for b in row.children]"
@@ -330,6 +352,12 @@ def test_map_over_a_dataframe(kernel: Kernel) -> None:
     assert cell.ok, cell.error
     assert kernel.value("list(mapped['reply'])") == ["Echo: Say owl", "Echo: Say cat"]
     assert kernel.value("list(mapped['status'])") == ["ok", "ok"]
+    # Saved, the progress widget is followed by its static copy, final once the run ended.
+    outputs = saved_outputs(cell.messages)
+    (view,) = [i for i, o in enumerate(outputs) if WIDGET_VIEW in o["data"]]
+    copy = outputs[view + 1]["data"]
+    assert 'class="agentrt-snapshot' in copy["text/html"]
+    assert "2/2 rows" in copy["text/plain"] and "done" in copy["text/plain"]
 
 
 def test_a_foreground_confirm_fails_clearly_where_clicks_wait(kernel: Kernel) -> None:

@@ -24,6 +24,8 @@ import ipywidgets as widgets
 
 from ..batch.engine import BatchProgress, BatchRun, start_map
 from ..errors import InvalidConfig
+from .display import LIVE_CLASS
+from .widgets import StaticCopy, view_bundle
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -100,16 +102,29 @@ class BatchProgressView(widgets.VBox):  # type: ignore[misc]
         self.note = widgets.HTML()
         self.cancel_button = widgets.Button(description="Cancel", icon="stop")
         self.cancel_button.on_click(self._on_cancel)
+        self._copy = StaticCopy(f"map over {run.total:,} rows")
         super().__init__(
-            [widgets.HBox([self.bar, self.cancel_button]), self.summary, self.errors, self.note],
+            [
+                widgets.HBox([self.bar, self.cancel_button]),
+                self.summary,
+                self.errors,
+                self.note,
+                self._copy.hider,
+            ],
             **kwargs,
         )
+        self.add_class(LIVE_CLASS)
         self.renders = 0
         self.update(run.progress)
         run.add_listener(self.update)
 
     def __repr__(self) -> str:
         return f"<BatchProgressView {self.run!r}>"
+
+    def _ipython_display_(self) -> None:
+        """The view, then its static copy for saved notebooks (see `widgets.StaticCopy`)."""
+        plain = f"progress of a map over {self.run.total:,} rows (its summary follows)"
+        self._copy.show(view_bundle(self, plain))
 
     def _on_cancel(self, _button: Any) -> None:
         self.run.cancel()
@@ -129,18 +144,29 @@ class BatchProgressView(widgets.VBox):  # type: ignore[misc]
         _set(self.errors, "value", "<br>".join(html.escape(e) for e in errors))
         notes = []
         if progress.stop_reason:
-            notes.append(f"<b>{html.escape(progress.stop_reason)}</b>")
+            notes.append(progress.stop_reason)
         if progress.mode == "batch":
             job = f" {progress.job}" if progress.job else ""
-            notes.append(html.escape(f"{_MODE_NOTE}{job}"))
+            notes.append(f"{_MODE_NOTE}{job}")
         if progress.done:
             redo = progress.ok + progress.cached < progress.total
             tail = ": run the same call again to redo only the rows that are not ok" if redo else ""
-            notes.append(html.escape(progress.state + tail))
-        _set(self.note, "value", "<br>".join(notes))
+            notes.append(progress.state + tail)
+        shown_notes = [html.escape(n) for n in notes]
+        if progress.stop_reason:
+            shown_notes[0] = f"<b>{shown_notes[0]}</b>"
+        _set(self.note, "value", "<br>".join(shown_notes))
         if progress.done:
             _set(self.cancel_button, "disabled", True)
             _set(self.cancel_button, "description", progress.state.capitalize())
+        lines = [summary_line(progress), *errors, *notes]
+        parts = (self.summary.value, self.errors.value, *shown_notes)
+        body = "".join(f"<div>{part}</div>" for part in parts if part)
+        self._copy.offer(
+            f"<div><b>map</b> ({html.escape(progress.state)})</div>{body}",
+            "\n".join(lines),
+            settled=progress.done,
+        )
 
 
 def _set(widget: Any, name: str, value: Any) -> None:

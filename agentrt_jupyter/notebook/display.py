@@ -320,7 +320,8 @@ class TurnView:
         status = self._status_line(handle.cancel)
         if status is not None:
             self._publish(self.button_id, status, new=True)
-            copy = saved_copy(self.status_id, SAVED_MID_STREAM)
+            note = f"({SAVED_MID_STREAM})"
+            copy = saved_copy(self.status_id, f"<sub>{html.escape(note)}</sub>", note)
             self._publish(self.status_id, copy, new=True)
             self._status_shown = True
 
@@ -340,7 +341,7 @@ class TurnView:
 
             self.hint.shown = True
             parts.insert(1, ipywidgets.HTML(f"<small>{html.escape(self.hint.text)}</small>"))
-        shown = _status_box(parts)
+        shown = live_box(parts)
         self.widgets = [shown, *parts]
         return {WIDGET_VIEW: shown._repr_mimebundle_()[WIDGET_VIEW], "text/plain": ""}
 
@@ -405,10 +406,11 @@ def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace("\n", "<br>")
 
 
-def saved_copy(copy_id: str, text: str) -> Bundle:
-    """The static copy displayed right after a widget view (`copy_id`: its display id)."""
-    shown = f'<div class="{SNAPSHOT_CLASS} {copy_id}"><sub>({html.escape(text)})</sub></div>'
-    return {"text/html": shown, "text/plain": f"({text})"}
+def saved_copy(copy_id: str, body: str, plain: str) -> Bundle:
+    """The static copy (HTML `body`, text `plain`) displayed right after a widget view;
+    `copy_id` is its display id and the class `copy_hider` hides."""
+    shown = f'<div class="{SNAPSHOT_CLASS} {copy_id}">{body}</div>'
+    return {"text/html": shown, "text/plain": plain}
 
 
 def copy_hider(copy_id: str) -> Any:
@@ -438,10 +440,11 @@ def _parts() -> tuple[Any, Any, Any]:
     return _shared_parts
 
 
-def _status_box(parts: list[Any]) -> Any:
+def live_box(parts: list[Any], *, vertical: bool = False) -> Any:
+    """A box of widgets marked as a live view (`LIVE_CLASS`), for a view with a copy."""
     import ipywidgets
 
-    box = ipywidgets.HBox(parts)
+    box = ipywidgets.VBox(parts) if vertical else ipywidgets.HBox(parts)
     box.add_class(LIVE_CLASS)
     return box
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..events import ToolCall, ToolResult, TurnEnd
 from .approval import Request, question_widget, short_json
+from .display import WIDGET_VIEW, copy_hider, live_box, saved_copy
 
 if TYPE_CHECKING:
     from ..handle import ChatHandle
@@ -38,7 +39,6 @@ SHOWN_CHARS = 2_000
 WAKE_INTERVAL = 0.05
 """While no call is open the view reads the turn's events at most this often; during a
 call (and while a question waits) it reads them as they come, so durations are exact."""
-WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 _EMPTY = {"text/plain": ""}
 _ERROR_COLOR = "var(--jp-error-color1, #c62828)"
 
@@ -136,6 +136,9 @@ class ToolCallsView:
     def __init__(self, view: TurnView, *, why_not: str | None = None) -> None:
         self.view = view
         self.display_id = f"{view.reply_id}-tools"
+        self.copy_id = f"{self.display_id}-copy"
+        """Right after the calls' display: their static copy while a question's widget
+        shows there (for a notebook saved then; see `display.saved_copy`)."""
         self.blocks: list[CallBlock] = []
         self.questions: list[Request] = []
         self.approve_all = False
@@ -148,14 +151,16 @@ class ToolCallsView:
         self._wake = asyncio.Event()
         self._box: Any = None
         self._blocks_widget: Any = None
+        self._hider: Any = None
         self._question_widgets: dict[str, Any] = {}
         self._to_close: list[Any] = []
         self._shown: dict[str, Any] | None = None
 
     def open(self) -> None:
-        """Reserve the display in the cell, above the reply (main thread, in the cell)."""
+        """Reserve the displays in the cell, above the reply (main thread, in the cell)."""
         if self.view.live:
             self.view._publish(self.display_id, _EMPTY, new=True)
+            self.view._publish(self.copy_id, _EMPTY, new=True)
             self.opened = True
             self._shown = _EMPTY
 
@@ -283,8 +288,9 @@ class ToolCallsView:
         if not self.questions:
             if self._box is not None:
                 _close(self._box)
-                self._box = self._blocks_widget = None
+                self._box = self._blocks_widget = self._hider = None
                 self._shown = None
+                self.view._publish(self.copy_id, _EMPTY)
             if plain != self._shown:
                 self._publish(plain)
             return
@@ -293,9 +299,10 @@ class ToolCallsView:
         created = self._box is None
         if created:
             self._blocks_widget = widgets.HTML()
-            self._box = widgets.VBox()
+            self._hider = copy_hider(self.copy_id)
+            self._box = live_box([], vertical=True)
         self._blocks_widget.value = plain.get("text/html", "")
-        shown = [self._blocks_widget]
+        shown = [self._blocks_widget, self._hider]
         for request in self.questions:
             if request.id not in self._question_widgets:
                 self._question_widgets[request.id] = question_widget(request)
@@ -303,18 +310,18 @@ class ToolCallsView:
         if tuple(self._box.children) != tuple(shown):
             self._box.children = shown
         if created:
-            self._publish(self._widget_bundle(plain))
+            self._publish({WIDGET_VIEW: self._box._repr_mimebundle_()[WIDGET_VIEW], **_EMPTY})
+        self.view._publish(self.copy_id, self._copy(plain))
 
-    def _widget_bundle(self, plain: dict[str, Any]) -> dict[str, Any]:
-        """The live question, with what a saved notebook shows where it cannot be drawn."""
+    def _copy(self, plain: dict[str, Any]) -> dict[str, Any]:
+        """What a notebook saved while a question waits shows in place of its widget."""
         waiting = "; ".join(request.describe() for request in self.questions)
         note = (
             f"waiting for approval: {waiting} (answer with the buttons, or %agent approve / deny)"
         )
-        view = self._box._repr_mimebundle_()[WIDGET_VIEW]
-        fallback = plain.get("text/html", "") + f"<div><sub>{html.escape(note)}</sub></div>"
+        body = plain.get("text/html", "") + f"<div><sub>{html.escape(note)}</sub></div>"
         text = "\n".join(t for t in (plain.get("text/plain", ""), note) if t)
-        return {WIDGET_VIEW: view, "text/html": fallback, "text/plain": text}
+        return saved_copy(self.copy_id, body, text)
 
     def _publish(self, bundle: dict[str, Any]) -> None:
         self.view._publish(self.display_id, bundle, new=not self.opened)

@@ -8,7 +8,7 @@ counts go up while a reply streams and nothing is sent while nothing happens. Cl
 handlers only post work to the runtime loop, so they return at once and never block the
 kernel (on ipykernel >= 7.4 they are handled even while an awaiting cell runs).
 
-A displayed widget leaves a static copy of itself beside its view (`_StaticCopy`), so a
+A displayed widget leaves a static copy of itself beside its view (`StaticCopy`), so a
 saved notebook reads well without a kernel: in JupyterLab, Notebook 7, nbviewer/nbconvert
 and on GitHub.
 """
@@ -186,7 +186,7 @@ class _Writer:
             self._stopped.wait(CLOSE_TIMEOUT)
 
 
-class _StaticCopy:
+class StaticCopy:
     """What a displayed widget leaves in a saved notebook: an HTML output after its view.
 
     A widget view needs the kernel that made it; reopened without it, JupyterLab and
@@ -251,7 +251,7 @@ class _StaticCopy:
                 )
 
 
-def _view_bundle(widget: widgets.DOMWidget, plain: str) -> dict[str, Any]:
+def view_bundle(widget: widgets.DOMWidget, plain: str) -> dict[str, Any]:
     """The widget's own view bundle, with a plain text that says what follows it."""
     bundle: dict[str, Any] = dict(widget._repr_mimebundle_() or {})
     bundle["text/plain"] = plain
@@ -343,7 +343,7 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
             ]
         )
         self.tabs = widgets.Tab(children=[chat, self.history], titles=("Chat", "History"))
-        self._copy = _StaticCopy(f"AgentPanel of {self.agent.name!r}")
+        self._copy = StaticCopy(f"AgentPanel of {self.agent.name!r}")
         super().__init__([self.tabs, self._copy.hider], **kwargs)
         self.add_class(LIVE_CLASS)
         self.last_handle: ChatHandle | None = None
@@ -373,9 +373,9 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
         return f"<AgentPanel agent={self.agent.name!r} live={len(self._live)}>"
 
     def _ipython_display_(self) -> None:
-        """The view, then its static copy for saved notebooks (see `_StaticCopy`)."""
+        """The view, then its static copy for saved notebooks (see `StaticCopy`)."""
         plain = f"AgentPanel of agent {self.agent.name!r} (its transcript follows)"
-        self._copy.show(_view_bundle(self, plain))
+        self._copy.show(view_bundle(self, plain))
         self._writer.wake()
 
     def send(self, text: str) -> concurrent.futures.Future[ChatHandle]:
@@ -664,7 +664,7 @@ class RuntimeMonitor(widgets.VBox):  # type: ignore[misc]
         self._header = [widgets.HTML(f"<b>{name}</b>") for name in self.COLUMNS]
         self._header += [widgets.HTML(""), widgets.HTML("")]
         self.rows: dict[str, _Row] = {}
-        self._copy = _StaticCopy("RuntimeMonitor")
+        self._copy = StaticCopy("RuntimeMonitor")
         super().__init__([self.summary, self.grid, self._copy.hider], **kwargs)
         self.add_class(LIVE_CLASS)
         self._writer = _Writer(runtime, self._render, MONITOR_INTERVAL, watch=True)
@@ -673,8 +673,8 @@ class RuntimeMonitor(widgets.VBox):  # type: ignore[misc]
         return f"<RuntimeMonitor agents={len(self.rows)}>"
 
     def _ipython_display_(self) -> None:
-        """The view, then its static copy for saved notebooks (see `_StaticCopy`)."""
-        self._copy.show(_view_bundle(self, "RuntimeMonitor (its agent table follows)"))
+        """The view, then its static copy for saved notebooks (see `StaticCopy`)."""
+        self._copy.show(view_bundle(self, "RuntimeMonitor (its agent table follows)"))
         self._writer.wake()
 
     def refresh(self) -> concurrent.futures.Future[None]:
