@@ -406,12 +406,19 @@ class CompactFrame(pd.DataFrame):  # type: ignore[misc]  # pandas ships no type 
                 shown[name] = column.round(2)
             elif pd.api.types.is_string_dtype(column.dtype) and name != "status":
                 shown[name] = column.map(_short, na_action="ignore").astype("string")
+            if isinstance(shown[name].dtype, pd.api.extensions.ExtensionDtype):
+                # to_html / to_string ignore na_rep for pandas' NA: show a blank instead.
+                values = shown[name]
+                shown[name] = values.astype(object).where(values.notna(), "")
         return shown
 
     def _repr_html_(self) -> str:
-        table = self.view().to_html(na_rep="", border=0)
-        hidden = len(self.columns) - len(self.view().columns)
-        note = f"<sub>{len(self)} rows; {hidden} more columns in the frame</sub>"
+        view = self.view()
+        table = view.to_html(na_rep="", border=0)
+        hidden = len(self.columns) - len(view.columns)
+        rows = f"{len(self):,} row{'' if len(self) == 1 else 's'}"
+        more = f"; {hidden} more column{'' if hidden == 1 else 's'} in the frame" if hidden else ""
+        note = f"<sub>{rows}{more}</sub>"
         return f'<div style="white-space: nowrap; overflow-x: auto">{table}{note}</div>'
 
     def __repr__(self) -> str:

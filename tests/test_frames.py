@@ -434,3 +434,16 @@ def test_a_compact_frame_is_the_full_frame_shown_short(recorded: Recorded, kind:
     html = shown._repr_html_()
     assert "white-space: nowrap" in html and "more columns in the frame" in html
     assert type(shown[["turn"]]) is pd.DataFrame  # operations give plain frames
+
+
+def test_a_compact_frame_shows_missing_numbers_blank_and_counts_in_words() -> None:
+    frame = pd.DataFrame({"agent": ["live", "stored"], "turns": pd.array([3, None], dtype="Int64")})
+    shown = compact(frame, "usage")
+    shown.compact_columns = ("agent", "turns")
+    html, text = shown._repr_html_(), repr(shown)
+    assert "<NA>" not in html and "<NA>" not in text and "NaN" not in text
+    assert "2 rows</sub>" in html and "more column" not in html  # nothing hidden
+    one = compact(frame.head(1), "usage")
+    one.compact_columns = ("agent",)
+    assert "1 row; 1 more column in the frame" in one._repr_html_()
+    assert str(pd.DataFrame(shown)["turns"].dtype) == "Int64"  # the frame keeps its dtype
