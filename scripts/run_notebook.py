@@ -19,6 +19,8 @@ def _text(content: dict[str, Any]) -> str:
     data = content.get("data") or {}
     if "application/vnd.jupyter.widget-view+json" in data:
         return ""  # a widget (the Cancel button): nothing to print in a terminal
+    if "agentrt-snapshot" in str(data.get("text/html", "")):
+        return ""  # a widget's copy for saved notebooks: the widget is not printed either
     for mime in ("text/markdown", "text/plain"):
         if mime in data:
             value = data[mime]
@@ -39,11 +41,11 @@ class PrintingClient(NotebookClient):  # type: ignore[misc]
         elif kind in ("display_data", "update_display_data", "execute_result"):
             text = _text(content)
             key = (content.get("transient") or {}).get("display_id") or msg["header"]["msg_id"]
-            before = self.shown.get(key, "")
-            if text.startswith(before):
+            before = self.shown.get(key)
+            if before and text.startswith(before):
                 sys.stdout.write(text[len(before) :])
-            else:
-                sys.stdout.write("\n" + text)
+            elif text:
+                sys.stdout.write("\n" + text)  # a new display, or one rewritten
             self.shown[key] = text
         elif kind == "error":
             sys.stdout.write(f"\n{content.get('ename')}: {content.get('evalue')}\n")

@@ -40,7 +40,7 @@ def plain_texts(cell: Any) -> list[str]:
 
 def test_notebooks_are_found() -> None:
     names = {path.name for path in NOTEBOOKS}
-    assert {"quickstart.ipynb", "tools.ipynb"} <= names
+    assert {"quickstart.ipynb", "tools.ipynb", "agents_on_data.ipynb", "batch.ipynb"} <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -77,3 +77,20 @@ def test_quickstart_on_the_embedded_local_model(
         )
         assert reply.strip() and not reply.startswith("Echo:"), reply
         assert "smollm2" in "".join(plain_texts(cell)).lower()
+
+
+def test_agents_on_data_answers_from_the_frame_approves_a_call_and_types_the_result(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without a key the notebook picks the scripted engine itself (no AGENTRT_BACKEND)."""
+    monkeypatch.delenv("AGENTRT_BACKEND", raising=False)
+    path = NOTEBOOKS[[p.name for p in NOTEBOOKS].index("agents_on_data.ipynb")]
+    notebook = execute(path, monkeypatch, tmp_path)
+    cells = [c for c in notebook.cells if c.cell_type == "code"]
+    shown = ["\n".join(plain_texts(c) + [o.get("text", "") for o in c.outputs]) for c in cells]
+    asked = next(i for i, c in enumerate(cells) if "query_dataframe" in c.source)
+    assert "query_dataframe" in shown[asked] and '"rows_matched": 2' in shown[asked]
+    approved = next(i for i, c in enumerate(cells) if "%agent approve" in c.source)
+    assert "approved: analyst's call offer_discount(" in shown[approved]
+    assert "[('South', 10)]" in shown[approved]
+    assert "RegionRevenue(region='North', revenue=1140.0)" in shown[-1]

@@ -295,3 +295,23 @@ def test_a_literal_field_is_checked() -> None:
     assert parse_reply('{"answer": "yes"}', Verdict).answer == "yes"
     with pytest.raises(ReplyInvalid, match="answer"):
         parse_reply('{"answer": "maybe"}', Verdict)
+
+
+def test_a_schema_turn_that_calls_a_tool_leaves_no_sdk_warning(
+    rt: AgentRuntime, tag: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The SDK warns (once per process) when it reads the text of a function-call chunk to
+    parse a schema; we read the parts ourselves, so the warning is dropped, not shown."""
+    from google.genai import types
+
+    def lookup(city: str) -> str:
+        """The country of a city."""
+        return "Norway"
+
+    types._response_text_non_text_warning_logged = False  # the SDK's once-only flag
+    agent = rt.create_agent(response_schema=json_schema(CITY), tools=[lookup])
+    with caplog.at_level("WARNING"):
+        handle = agent.chat(f'@@call lookup {{"city": "Oslo"}}\n{tag}')
+        assert handle.result(timeout=10).tool_calls == 1
+    assert types._response_text_non_text_warning_logged  # the SDK did try to warn
+    assert not [r for r in caplog.records if "non-text parts" in r.getMessage()]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -28,6 +29,18 @@ from .base import ModelChunk, ModelRequest, QuotaHit
 EXCERPT_CHARS = 200
 _SPACES = re.compile(r"\s+")
 _TAGS = re.compile(r"<[^>]*>")
+
+
+class _NonTextPartsNote(logging.Filter):
+    """Drops the SDK's "there are non-text parts in the response" warning: the SDK logs it
+    when it reads a chunk's text to parse a response schema and the chunk is a function
+    call. We read every part ourselves, so in a cell it would only be noise on stderr."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Warning: there are non-text parts")
+
+
+logging.getLogger("google_genai.types").addFilter(_NonTextPartsNote())
 
 
 def _broken_stream_errors() -> tuple[type[BaseException], ...]:
