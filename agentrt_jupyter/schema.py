@@ -96,6 +96,13 @@ def parse_reply(text: str, schema: Any) -> Any:
         raise _invalid(text, schema, _pydantic_problem(exc)) from None
 
 
+def reply_data(text: str, schema: Any) -> Any:
+    """The reply checked as `parse_reply` does, as plain JSON data (dicts, lists, strings,
+    numbers): what a column per field is made from (`runtime.map`)."""
+    value = parse_reply(text, schema)
+    return value if isinstance(schema, dict) else _adapter(schema).dump_python(value, mode="json")
+
+
 def to_frame(value: Any, schema: Any = None) -> pandas.DataFrame:
     """A DataFrame of parsed rows (models, dataclasses, dicts; one value is one row).
 

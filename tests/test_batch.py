@@ -352,8 +352,8 @@ def test_schema_columns_have_the_right_dtypes(
     plain = rt.map(pd.DataFrame({"json": replies_n}), "@@reply {json}\n" + tag, schema=as_dict)
     assert plain.dtypes[["n", "kind"]].astype(str).tolist() == ["Int64", "category"]
     assert list(plain["status"]) == ["ok", "error", "error"]
-    assert "field 'n' is not an integer" in plain.loc[1, "error"]
-    assert "missing field 'n'" in plain.loc[2, "error"]
+    assert "$.n should be integer, got string 'two'" in plain.loc[1, "error"]
+    assert "$.n is required but missing" in plain.loc[2, "error"]
 
 
 def test_rows_can_call_tools(rt: AgentRuntime, tag: str) -> None:
@@ -470,6 +470,7 @@ def test_options_are_checked_before_anything_runs(rt: AgentRuntime, server: Loca
         ({"budget_tokens": -1}, "budget_tokens"),
         ({"rpm": 0}, "rpm"),
         ({"schema": int}, "schema"),
+        ({"schema": list[Review]}, "describes one row"),
         ({"schema": {"type": "object", "properties": {"status": {"type": "string"}}}}, "clashes"),
         ({"temprature": 0.5}, "did you mean 'temperature'"),
     ]
