@@ -497,12 +497,8 @@ class AgentCore:
                         scope="minute",
                     )
                 if blocked.seconds_left > config.quota_max_wait:
-                    raise QuotaExceeded(
-                        f"this key is rate limited for {blocked.seconds_left:.0f} s more, past "
-                        f"quota_max_wait={config.quota_max_wait:g} s: try again later",
-                        retry_after=blocked.seconds_left,
-                        quota_id=blocked.last_quota_id,
-                        scope="minute",
+                    raise _past_max_wait(
+                        blocked.seconds_left, config.quota_max_wait, blocked.last_quota_id
                     )
                 # Every wait counts, for our own 429 or another agent's, so a key that
                 # stays blocked fails each turn after quota_max_retries waits.
@@ -632,13 +628,7 @@ class AgentCore:
             credential, info.retry_after, scope=info.scope, quota_id=info.quota_id, sent_at=sent
         )
         if wait > config.quota_max_wait:
-            raise QuotaExceeded(
-                f"rate limited for {wait:.0f} s, more than quota_max_wait="
-                f"{config.quota_max_wait:g} s: try again later or raise quota_max_wait",
-                scope="minute",
-                retry_after=wait,
-                quota_id=info.quota_id,
-            )
+            raise _past_max_wait(wait, config.quota_max_wait, info.quota_id)
         return wait
 
     async def _stream(
@@ -864,6 +854,17 @@ async def _own_task(awaitable: Awaitable[Any]) -> Any:
     if not ok:
         raise value
     return value
+
+
+def _past_max_wait(wait: float, max_wait: float, quota_id: str | None) -> QuotaExceeded:
+    """The key would be rate limited longer than the turn may wait (`quota_max_wait`)."""
+    return QuotaExceeded(
+        f"this key is rate limited for {wait:.0f} s more, past quota_max_wait={max_wait:g} s: "
+        "try again later or raise quota_max_wait",
+        retry_after=wait,
+        quota_id=quota_id,
+        scope="minute",
+    )
 
 
 def _quota_advice(scope: str, retries: int, retry_after: float | None) -> str:
