@@ -12,6 +12,7 @@ import queue
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -174,8 +175,9 @@ def test_the_lab_extension_matches_the_python_package() -> None:
     assert labcomm.TARGET in (PACKAGE_JSON.parent / "src" / "protocol.ts").read_text()
 
 
-@pytest.fixture(scope="module")
-def kernel() -> Iterator[LabKernel]:
+@contextmanager
+def started_lab_kernel(setup: str) -> Iterator[LabKernel]:
+    """A real kernel that ran `setup` (which makes a runtime `rt`, shut down at the end)."""
     km = KernelManager(kernel_name="python3")
     km.start_kernel(env={"PYDEVD_DISABLE_FILE_VALIDATION": "1"}, extra_arguments=[])
     kc = km.blocking_client()
@@ -183,12 +185,18 @@ def kernel() -> Iterator[LabKernel]:
     try:
         kc.wait_for_ready(timeout=60)
         lab = LabKernel(kc)
-        lab.run(SETUP)
+        lab.run(setup)
         yield lab
         lab.run("rt.shutdown(10)")
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+@pytest.fixture(scope="module")
+def kernel() -> Iterator[LabKernel]:
+    with started_lab_kernel(SETUP) as lab:
+        yield lab
 
 
 @pytest.fixture

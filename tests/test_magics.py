@@ -8,15 +8,14 @@ from typing import Any
 
 import pytest
 from IPython.core.error import UsageError
-from IPython.testing import globalipapp
 
 from agentrt_jupyter.errors import BackendError, QuotaExceeded, TurnCancelled
 from agentrt_jupyter.notebook.display import footer_line, plural, reply_bundle, short_message
 from agentrt_jupyter.notebook.extension import loaded_magics
 from agentrt_jupyter.notebook.interpolate import interpolate
 from agentrt_jupyter.notebook.magics import AgentMagics
+from tests.shell_helpers import agent_shell, run
 
-START_IPYTHON: Any = globalipapp.start_ipython
 NS = {"name": "Ann", "n": 3, "pi": 3.14159, "d": {"k": [1, 2]}, "Out": {1: "first"}}
 
 
@@ -75,19 +74,8 @@ def test_short_messages_say_what_to_do() -> None:
 
 @pytest.fixture(scope="module")
 def ip(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AGENTRT_BACKEND", "scripted")
-        mp.setenv("AGENTRT_HOME", str(tmp_path_factory.mktemp("home")))
-        START_IPYTHON()  # returns None when another test module started it first
-        shell = globalipapp.get_ipython()
-        shell.run_line_magic("load_ext", "agentrt_jupyter")
+    with agent_shell(tmp_path_factory.mktemp("home")) as shell:
         yield shell
-        shell.run_line_magic("unload_ext", "agentrt_jupyter")
-
-
-def run(ip: Any, cell: str) -> Any:
-    result = ip.run_cell(cell)
-    return result.error_before_exec or result.error_in_exec
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 from IPython.core.error import UsageError
-from IPython.testing import globalipapp
 
 from agentrt_jupyter.errors import ReplyInvalid
 from agentrt_jupyter.events import ToolCall, ToolResult
@@ -21,8 +20,8 @@ from agentrt_jupyter.notebook.approval import Approver, Policy, Request
 from agentrt_jupyter.notebook.extension import loaded_magics
 from agentrt_jupyter.notebook.toolview import SHOWN_CHARS, CallBlock, ToolCallsView
 from agentrt_jupyter.server.process import LocalServer
+from tests.shell_helpers import agent_shell, run
 
-START_IPYTHON: Any = globalipapp.start_ipython
 DEFINITIONS = '''
 import pandas as pd
 from dataclasses import dataclass
@@ -64,20 +63,9 @@ frame = pd.DataFrame({"city": ["Oslo", "Lima"], "temp_c": [3, 19]})
 
 @pytest.fixture(scope="module")
 def ip(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AGENTRT_BACKEND", "scripted")
-        mp.setenv("AGENTRT_HOME", str(tmp_path_factory.mktemp("home")))
-        START_IPYTHON()  # returns None when another test module started it first
-        shell = globalipapp.get_ipython()
-        shell.run_line_magic("load_ext", "agentrt_jupyter")
+    with agent_shell(tmp_path_factory.mktemp("home")) as shell:
         assert shell.run_cell(DEFINITIONS).success
         yield shell
-        shell.run_line_magic("unload_ext", "agentrt_jupyter")
-
-
-def run(ip: Any, cell: str) -> Any:
-    result = ip.run_cell(cell)
-    return result.error_before_exec or result.error_in_exec
 
 
 def local_server(ip: Any) -> LocalServer:

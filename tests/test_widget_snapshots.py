@@ -14,10 +14,9 @@ from typing import Any
 
 import nbformat
 import pytest
-from jupyter_client import KernelManager
 from nbconvert import HTMLExporter
 
-from .test_labcomm import LabKernel, Message
+from .test_labcomm import LabKernel, Message, started_lab_kernel
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120)]
 
@@ -37,19 +36,8 @@ REPLY = "Echo: keep this in the saved notebook"
 
 @pytest.fixture(scope="module")
 def kernel() -> Iterator[LabKernel]:
-    km = KernelManager(kernel_name="python3")
-    km.start_kernel(env={"PYDEVD_DISABLE_FILE_VALIDATION": "1"}, extra_arguments=[])
-    kc = km.blocking_client()
-    kc.start_channels()
-    try:
-        kc.wait_for_ready(timeout=60)
-        lab = LabKernel(kc)
-        lab.run(SETUP)
+    with started_lab_kernel(SETUP) as lab:
         yield lab
-        lab.run("rt.shutdown(10)")
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
 
 
 def outputs_of(kernel: LabKernel, msg_id: str) -> list[Message]:
