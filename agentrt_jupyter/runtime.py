@@ -13,6 +13,8 @@ import collections
 import concurrent.futures
 import contextlib
 import functools
+import gc
+import importlib
 import inspect
 import itertools
 import logging
@@ -60,6 +62,8 @@ MEMORY_CACHE_ENTRIES = 1_000
 """The reply cache's bound when there is no store to keep it."""
 FINALIZE_TIMEOUT = 2.0
 """A runtime nobody shut down gets this long to close when it is collected or at exit."""
+RETIRED_LEDGER_ROWS = 1_000_000
+"""Most ledger rows kept of agents no longer in the runtime (the oldest go first)."""
 
 
 class Inbox:
@@ -348,6 +352,10 @@ class _Core:
         self.config = config
         self.quota = QuotaRegistry()
         self.agents: dict[str, AgentCore] = {}
+        self.retired_ledger: collections.deque[LedgerEntry] = collections.deque(
+            maxlen=RETIRED_LEDGER_ROWS
+        )
+        """The calls of agents no longer here (deleted, replaced, a map's rows): paid for."""
         self.by_name: dict[str, str] = {}
         self.store, self.store_problem = _open_store(config)
         self.memory_cache: collections.OrderedDict[str, CachedReply] = collections.OrderedDict()
@@ -454,9 +462,18 @@ class _Core:
 
     async def warm_up(self) -> None:
         """Import the SDK, build the client and start the local server now, not at the
-        first turn; a failure here is only logged (the first turn reports it)."""
+        first turn, then the SDK models a short turn uses; a failure here is only logged
+        (the first turn reports it).
+
+        Between steps the loop runs what queued meanwhile, so a first cell sent during the
+        import starts its turn as soon as the import is done, not after the whole warm-up.
+        """
         try:
+            gemini = _import_without_collections(f"{__package__}.backends.gemini")
             await self.default_backend()
+            for model in gemini.first_turn_models():
+                await asyncio.sleep(0)
+                model.model_rebuild()
         except Exception as exc:
             log.info("warm-up failed (the first turn will say why): %s", exc)
 
@@ -572,7 +589,7 @@ class _Core:
         self._check_name_free(name)
         existing = self.agents.get(self.by_name.get(name, ""))
         if existing is not None:
-            del self.agents[existing.id]
+            self._retire(existing)
 
     def create_agent(self, config: AgentConfig, fresh: bool = False) -> AgentCore:
         """A new agent; `fresh` starts a new conversation even where one is stored under
@@ -690,7 +707,7 @@ class _Core:
             self.store.release(agent.conversation_id)
         self.changed()
         if how == "delete":
-            del self.agents[agent.id]
+            self._retire(agent)
             self.by_name.pop(agent.name, None)
             if self.store is not None and agent.config.name is not None:
                 if agent.conversation_id is not None:
@@ -751,8 +768,16 @@ class _Core:
             )
         return infos
 
+    def _retire(self, agent: AgentCore) -> None:
+        """The agent leaves the runtime; its calls stay in the runtime's ledger."""
+        del self.agents[agent.id]
+        self.retired_ledger.extend(agent.conversation.ledger)
+
     def ledger(self) -> list[LedgerEntry]:
-        return [entry for agent in self.agents.values() for entry in agent.conversation.ledger]
+        """Every call of this runtime, in the order they started (live agents' and those
+        of agents no longer here)."""
+        live = [entry for agent in self.agents.values() for entry in agent.conversation.ledger]
+        return sorted([*self.retired_ledger, *live], key=lambda entry: entry.started)
 
     async def wait_for_quota(self, timeout: float | None) -> float:
         backend = await self.default_backend()
@@ -779,6 +804,21 @@ class _Core:
         if self.store is not None:
             store, self.store = self.store, None
             store.close()
+
+
+def _import_without_collections(module: str) -> Any:
+    """Import `module` with the cyclic garbage collector paused, then restored.
+
+    The SDK's import creates a few hundred thousand objects (its ~900 pydantic models),
+    and the collections they trigger add a fifth to its ~1 s; pausing them for it alone
+    only defers what they would find."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return importlib.import_module(module)
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def _settings(config: AgentConfig) -> dict[str, Any]:
@@ -1112,10 +1152,15 @@ class AgentRuntime:
 
         return ChatHandle(turn, cancel)
 
-    def start_warm_up(self) -> None:
+    def start_warm_up(self) -> concurrent.futures.Future[None]:
         """Begin, in the background, what the first turn would wait for: the SDK import
-        (~0.5 s), the client and, without a key, the local model server. Returns at once."""
-        self._portal.submit(self._core.warm_up)
+        (~1 s), the client, without a key the local model server, and the SDK's models.
+
+        Returns at once, with the warm-up's future: its result is None also when the
+        warm-up failed (that is logged; the first turn reports it), and it is cancelled if
+        the runtime shuts down first. Calling it again waits for the first one's backend
+        and adds nothing."""
+        return self._portal.submit(self._core.warm_up)
 
     def create_agent(
         self, config: AgentConfig | None = None, *, fresh: bool = False, **settings: Any

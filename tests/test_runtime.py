@@ -371,3 +371,21 @@ def test_the_local_server_does_not_share_our_process_group() -> None:
     """A kernel interrupt signals the kernel's process group; the server must survive it."""
     with LocalServer.start("scripted") as own:
         assert os.getpgid(own.pid) != os.getpgid(0)
+
+
+def test_the_runtime_ledger_keeps_the_calls_of_agents_that_are_gone(
+    rt: AgentRuntime, server: LocalServer, tag: str
+) -> None:
+    """A deleted agent's calls were paid for: its rows stay in `runtime.ledger()`, as do a
+    map's (whose per-row agents are deleted as each row ends)."""
+    import pandas as pd
+
+    before = len(rt.ledger())
+    gone = rt.create_agent()
+    gone.chat(f"one {tag}").text(timeout=10)
+    gone.delete()
+    assert len(rt.ledger()) == before + 1
+    rt.map(pd.DataFrame({"word": ["a", "b", "c"]}), "{word} " + tag)
+    rows = rt.ledger()[before:]
+    assert len(requests_with(server, tag)) == len(rows) == 4
+    assert [e.status for e in rows] == ["ok"] * 4

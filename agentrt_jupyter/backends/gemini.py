@@ -255,3 +255,19 @@ class GeminiBackend:
     async def aclose(self) -> None:
         await self._client.aio.aclose()
         self._client.close()
+
+
+def first_turn_models() -> tuple[type[Any], ...]:
+    """The google-genai models a short turn builds: its config and request, then each
+    streamed response. The SDK builds a model on its first use (`defer_build`), ~50 ms
+    for these (several times that on a busy machine): the first turn's time otherwise."""
+    return (
+        types.GenerateContentConfig,
+        types._GenerateContentParameters,
+        types.Part,
+        types.Content,
+        types.HttpResponse,
+        types.GenerateContentResponse,
+        types.Candidate,
+        types.GenerateContentResponseUsageMetadata,
+    )

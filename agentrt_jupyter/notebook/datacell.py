@@ -47,6 +47,7 @@ from .approval import (
     kernel_version,
     wait_for_question,
 )
+from .magics import DATA_COMMANDS, EVERY_TOOL
 from .toolview import ToolCallsView
 
 if TYPE_CHECKING:
@@ -63,27 +64,6 @@ DATA = "@data"
 PYTHON = "@python"
 NO_TOOLS = "none"
 MCP_PREFIX = "mcp:"
-EVERY_TOOL = "*"
-"""`--confirm` without a value."""
-COMMANDS = ("tools", "approve", "deny", "mcp")
-"""The `%agent` commands of this module."""
-TOOLS_HELP = (
-    "Tools for the agent, kept for its later cells: f,mod.g (functions of the namespace), "
-    "@data (read-only looks at the notebook's DataFrames), @python (runs code, always asks "
-    "first), mcp:NAME (a declared MCP server), or none."
-)
-CONFIRM_HELP = (
-    "Ask before each tool call (Approve / Deny in the cell); --confirm f,g: only before "
-    "these; --confirm none: never. Write NAME before it."
-)
-SCHEMA_HELP = (
-    "Ask this reply in the shape S (a pydantic model, dataclass, TypedDict or JSON-schema "
-    "dict of the namespace): checked, shown as JSON, and --out holds the parsed value."
-)
-MAP_HELP = (
-    "Run the cell, a template with {column} placeholders, over every row of DataFrame DF "
-    "(--out RESULT: the result frame)."
-)
 MCP_LOAD_TIMEOUT = 60.0
 MCP_CLOSE_TIMEOUT = 10.0
 SLICE = 0.05
@@ -107,7 +87,7 @@ NO_DATA = DataOptions()
 def is_command(line: str) -> bool:
     """Whether a `%agent` line is one of this module's commands."""
     words = line.split(maxsplit=1)
-    return bool(words) and words[0] in COMMANDS
+    return bool(words) and words[0] in DATA_COMMANDS
 
 
 def data_options(args: Any) -> DataOptions:

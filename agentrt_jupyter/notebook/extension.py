@@ -4,24 +4,28 @@ Loading registers the magics, starts the runtime, adds an input transformer that
 a `%%agent` cell into a top-level `await` (see `magics`) and registers the comm target
 of the JupyterLab extension (see `labcomm`). It returns at once and leaves the slow part
 of a first turn to the runtime thread, in the background: the SDK import, the client,
-the local server (without an API key) and ipywidgets, so the first `%%agent` cell does
-not wait for them. Loading again is a no-op; unloading removes all of them and shuts the
-runtime down.
+the local server (without an API key), the SDK's models and then ipywidgets, so the first
+`%%agent` cell does not wait for them. Loading again is a no-op; unloading removes all of
+them and shuts the runtime down.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import importlib
 import re
-from collections.abc import Callable
-from typing import Any
+from collections.abc import AsyncGenerator, Callable
+from typing import TYPE_CHECKING, Any, cast
 
 from IPython.core.error import UsageError
 
 from .labcomm import register_lab_comm, unregister_lab_comm
 from .magics import AgentMagics
+
+if TYPE_CHECKING:
+    from ..runtime import AgentInfo, AgentRuntime
 
 _CELL = re.compile(r"%%agent(?:[ \t]|$)")
 _loaded: dict[int, tuple[AgentMagics, Callable[[list[str]], list[str]]]] = {}
@@ -41,14 +45,24 @@ def load(shell: Any) -> None:
         runtime = magics.runtime
     except UsageError:  # a bad setting: the first %%agent cell reports it
         return
-    runtime.start_warm_up()
-    asyncio.run_coroutine_threadsafe(_import_widgets(), runtime.loop)
+    warm_up = runtime.start_warm_up()
+    asyncio.run_coroutine_threadsafe(_import_widgets(runtime, warm_up), runtime.loop)
 
 
-async def _import_widgets() -> None:
-    """Import ipywidgets ahead of the first Cancel button (~0.1 s), off the main thread."""
+async def _import_widgets(runtime: AgentRuntime, warm_up: concurrent.futures.Future[None]) -> None:
+    """Import ipywidgets ahead of the first Cancel button (~0.15 s), off the main thread.
+
+    Once the warm-up is done and no turn runs: a first cell sent during the warm-up then
+    does not share the interpreter with the import. On a worker thread, so that the
+    runtime loop goes on answering meanwhile."""
+    await asyncio.wrap_future(warm_up)
+    watch = cast("AsyncGenerator[list[AgentInfo], None]", runtime.aio.watch(interval=0.25))
+    async with contextlib.aclosing(watch) as changes:
+        async for infos in changes:
+            if all(info.state != "running" for info in infos):
+                break
     with contextlib.suppress(ImportError):
-        importlib.import_module("ipywidgets")
+        await asyncio.to_thread(importlib.import_module, "ipywidgets")
 
 
 def unload(shell: Any) -> None:

@@ -5,6 +5,10 @@ By default the extension rewrites the cell into a top-level `await` of `acell`, 
 kernel's loop keeps handling widget clicks and interrupts while the reply streams, and
 Run All / nbclient wait for it. Called any other way (`%autoawait off`,
 `run_cell_magic`), the cell waits in short slices instead.
+
+The data flags (`--tools`, `--schema`, `--map`, …) and their `%agent` commands are
+`datacell`'s, imported by the first cell or command that uses them: a plain cell, the
+first one of a notebook above all, does not pay for it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import concurrent.futures
 import contextlib
 import keyword
 import logging
+import math
 import os
 import shlex
 import sys
@@ -21,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from IPython.core import magic
@@ -41,10 +46,12 @@ from ..config import (
 from ..errors import AgentError, ConversationInUse, StoreError, TurnCancelled, UsageProblem
 from ..handle import WAIT_SLICE, ChatHandle, TurnResult
 from ..runtime import Agent, AgentRuntime
-from . import datacell
 from .agents import NotebookAgents, in_use_message, kernel_names, notebook_namespace
 from .display import FORMATS, OPEN_DELAY, OnceHint, TurnView, plural, shorten
 from .interpolate import interpolate as expand
+
+if TYPE_CHECKING:
+    from .datacell import CellData, DataOptions
 
 ENV_BACKEND = "AGENTRT_BACKEND"
 SETTLE_TIMEOUT = 10.0
@@ -68,6 +75,32 @@ COMMANDS = (
     "help",
 )
 _RUNTIME_SETTINGS = ("backend", "default_model", "store_path", "base_url")
+DATA_FLAGS = ("tools", "confirm", "schema", "out_frame", "map", "tool_timeout")
+"""The `%%agent` options `datacell` resolves (`DataOptions` fields)."""
+DATA_COMMANDS = ("tools", "approve", "deny", "mcp")
+"""The `%agent` commands `datacell` runs."""
+EVERY_TOOL = "*"
+"""`--confirm` without a value."""
+APPROVAL_TIMEOUT = 120.0
+"""The default of `AgentMagics.approval_timeout` (`approval.APPROVAL_TIMEOUT`)."""
+TOOLS_HELP = (
+    "Tools for the agent, kept for its later cells: f,mod.g (functions of the namespace), "
+    "@data (read-only looks at the notebook's DataFrames), @python (runs code, always asks "
+    "first), mcp:NAME (a declared MCP server), or none."
+)
+CONFIRM_HELP = (
+    "Ask before each tool call (Approve / Deny in the cell); --confirm f,g: only before "
+    "these; --confirm none: never. Write NAME before it."
+)
+SCHEMA_HELP = (
+    "Ask this reply in the shape S (a pydantic model, dataclass, TypedDict or JSON-schema "
+    "dict of the namespace): checked, shown as JSON, and --out holds the parsed value."
+)
+MAP_HELP = (
+    "Run the cell, a template with {column} placeholders, over every row of DataFrame DF "
+    "(--out RESULT: the result frame)."
+)
+_DATACELL = f"{__package__}.datacell"
 _FLAGS = {
     "stored": ("--stored", "list"),
     "everywhere": ("--all", "list"),
@@ -120,7 +153,15 @@ class CellOptions:
     fmt: str | None
     background: bool
     interpolate: bool
-    data: datacell.DataOptions = datacell.NO_DATA
+    data_flags: DataOptions | None = None
+    """The data flags; None when the line has none (then `datacell` is not imported)."""
+
+    @property
+    def data(self) -> DataOptions:
+        """The data flags, all unset if the line has none (for `datacell`)."""
+        from . import datacell
+
+        return self.data_flags or datacell.NO_DATA
 
 
 @dataclass(frozen=True)
@@ -201,7 +242,7 @@ class AgentMagics(Magics):
         config=True
     )
     approval_timeout = Float(
-        datacell.APPROVAL_TIMEOUT,
+        APPROVAL_TIMEOUT,
         help="Seconds a tool call waits for Approve / Deny before it counts as denied.",
     ).tag(config=True)
 
@@ -310,7 +351,9 @@ class AgentMagics(Magics):
         agents, self._agents = self._agents, None
         self.background.clear()
         if agents is not None:
-            datacell.close_sources(self.shell, agents.runtime)
+            datacell = sys.modules.get(_DATACELL)
+            if datacell is not None:  # else no cell opened an MCP session
+                datacell.close_sources(self.shell, agents.runtime)
             agents.runtime.shutdown(timeout)
 
     @magic_arguments("%agent")  # help's usage line then reads "%%agent [...]"
@@ -344,13 +387,12 @@ class AgentMagics(Magics):
         help="Return at once; the reply streams into this cell while other cells run.",
     )
     @argument("--no-interpolate", action="store_true", help="Send {braces} as written.")
-    @argument("--tools", metavar="TOOLS", help=datacell.TOOLS_HELP)
-    @argument("--confirm", nargs="?", const=datacell.EVERY_TOOL, metavar="TOOLS",
-              help=datacell.CONFIRM_HELP)  # fmt: skip
-    @argument("--schema", metavar="S", help=datacell.SCHEMA_HELP)
+    @argument("--tools", metavar="TOOLS", help=TOOLS_HELP)
+    @argument("--confirm", nargs="?", const=EVERY_TOOL, metavar="TOOLS", help=CONFIRM_HELP)
+    @argument("--schema", metavar="S", help=SCHEMA_HELP)
     @argument("--out-frame", metavar="VAR", help="With --schema: the reply's rows as a DataFrame.")
     @argument("--tool-timeout", type=float, metavar="S", help="Seconds one tool call may take.")
-    @argument("--map", metavar="DF", help=datacell.MAP_HELP)
+    @argument("--map", metavar="DF", help=MAP_HELP)
     @no_var_expand
     @cell_magic("agent")
     def agent_cell(self, line: str, cell: str) -> None:
@@ -360,7 +402,9 @@ class AgentMagics(Magics):
         literal `{x}`). Interrupt or the Cancel button stop the turn; the partial reply
         is kept in history, marked cancelled. Errors stop Run All.
         """
-        if "--map" in line and (options := self.parse_cell_line(line)).data.map:
+        if "--map" in line and _maps(options := self.parse_cell_line(line)):
+            from . import datacell
+
             datacell.bmap(self, options, cell)
             return
         run = self.start(line, cell)
@@ -369,7 +413,9 @@ class AgentMagics(Magics):
 
     async def acell(self, line: str, cell: str) -> None:
         """`%%agent` as an awaiting cell: the kernel handles clicks while the reply streams."""
-        if "--map" in line and (options := self.parse_cell_line(line)).data.map:
+        if "--map" in line and _maps(options := self.parse_cell_line(line)):
+            from . import datacell
+
             await datacell.amap(self, options, cell)
             return
         run = self.start(line, cell, awaiting=True)
@@ -410,7 +456,7 @@ class AgentMagics(Magics):
             fmt=args.format,
             background=args.background,
             interpolate=self.interpolate and not args.no_interpolate,
-            data=datacell.data_options(args),
+            data_flags=_data_options(args),
         )
 
     def start(self, line: str, cell: str, *, awaiting: bool = False) -> Run | None:
@@ -430,8 +476,9 @@ class AgentMagics(Magics):
                     settings["system_instruction"], self.user_ns, missing
                 )
             _note_missing(missing)
-        data = datacell.prepare(self, options, awaiting=awaiting)
-        settings.update(data.settings)
+        data = self._cell_data(options, awaiting=awaiting)
+        if data is not None:
+            settings.update(data.settings)
         agents = self.agents
         try:
             agent, handle = agents.chat(
@@ -449,7 +496,7 @@ class AgentMagics(Magics):
             raise UsageError(str(exc)) from None
         view = TurnView(
             self.shell,
-            fmt=options.fmt or data.fmt or self.default_format,
+            fmt=options.fmt or (data.fmt if data is not None else None) or self.default_format,
             rate=self.updates_per_second,
             show_thoughts=self.show_thoughts,
             background=options.background,
@@ -457,16 +504,33 @@ class AgentMagics(Magics):
             hint=None if options.background else self.await_hint,
             open_delay=self.live_after,
         )
-        follow = data.follow(view, handle, agents.runtime.loop)  # opens the tool calls' display
+        if data is None:
+            follow = view.follow(handle)
+        else:
+            follow = data.follow(view, handle, agents.runtime.loop)  # opens the tool calls' display
         view.show(handle)
         future = asyncio.run_coroutine_threadsafe(follow, agents.runtime.loop)
-        run = Run(agent.name, handle, future, None if data.keeps_out else options.out)
+        keeps_out = data is not None and data.keeps_out
+        run = Run(agent.name, handle, future, None if keeps_out else options.out)
         if not options.background:
             return run
         self.background[agent.name] = run
         if options.out is not None:
             future.add_done_callback(lambda done: self._store_out(run, done))
         return None
+
+    def _cell_data(self, options: CellOptions, *, awaiting: bool) -> CellData | None:
+        """The cell's data flags resolved (`datacell.prepare`), or None for a plain cell
+        while no cell of this kernel used them: then no agent has tools, an approver or a
+        schema from the cells, and there is nothing to resolve. An approval_timeout out of
+        range still goes to `prepare`, which says so."""
+        timeout = float(self.approval_timeout)
+        valid = math.isfinite(timeout) and 0 < timeout <= 86400
+        if options.data_flags is None and _DATACELL not in sys.modules and valid:
+            return None
+        from . import datacell
+
+        return datacell.prepare(self, options, awaiting=awaiting)
 
     def _store_out(self, run: Run, done: concurrent.futures.Future[TurnResult]) -> None:
         if run.out is not None and not done.cancelled() and done.exception() is None:
@@ -557,7 +621,9 @@ class AgentMagics(Magics):
             %agent mcp list          the declared MCP servers (add NAME -- command
                                      args..., add NAME URL, remove NAME)
         """
-        if datacell.is_command(line):
+        if line.split(maxsplit=1)[:1] in ([c] for c in DATA_COMMANDS):
+            from . import datacell
+
             return datacell.run_command(self, line)
         command = self.parse_command(line)
         handler = getattr(self, f"_cmd_{command.command}")
@@ -700,6 +766,8 @@ class AgentMagics(Magics):
         names = [command.name] if command.name else agents.live_names()
         stopped = [n for n in names if agents.runtime.cancel(n)]
         if command.name is None:
+            from . import datacell
+
             stopped += datacell.cancel_maps(agents.runtime)
         print(f"cancelled: {', '.join(stopped)}" if stopped else "no turn was running")
 
@@ -776,6 +844,19 @@ class AgentMagics(Magics):
             f"ipykernel: {getattr(ipykernel, '__version__', 'not running in a kernel')}",
         ]
         print("\n".join(lines))
+
+
+def _data_options(args: Any) -> DataOptions | None:
+    """The data flags of a parsed `%%agent` line, checked (None if it has none)."""
+    if all(getattr(args, flag) is None for flag in DATA_FLAGS):
+        return None
+    from . import datacell
+
+    return datacell.data_options(args)
+
+
+def _maps(options: CellOptions) -> bool:
+    return options.data_flags is not None and bool(options.data_flags.map)
 
 
 def _connection_file() -> str | None:
