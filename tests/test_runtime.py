@@ -6,6 +6,8 @@ import asyncio
 import gc
 import os
 import threading
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -389,3 +391,26 @@ def test_the_runtime_ledger_keeps_the_calls_of_agents_that_are_gone(
     rows = rt.ledger()[before:]
     assert len(requests_with(server, tag)) == len(rows) == 4
     assert [e.status for e in rows] == ["ok"] * 4
+
+
+def test_the_sdk_session_follows_a_proxy_the_environment_names(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without a proxy or netrc, aiohttp's per-request environment lookups are off (each
+    one a hop through the executor); with either, the SDK's own session follows them."""
+    from agentrt_jupyter.backends.gemini import GeminiBackend
+
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+
+    async def session_of() -> Any:
+        backend = GeminiBackend(api_key="k", base_url="http://127.0.0.1:9", api_version="v1")
+        session = backend._session
+        await backend.aclose()
+        return session
+
+    plain = asyncio.run(session_of())
+    assert plain is not None and plain.trust_env is False
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert asyncio.run(session_of()) is None
