@@ -414,3 +414,24 @@ def test_the_sdk_session_follows_a_proxy_the_environment_names(
     assert plain is not None and plain.trust_env is False
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
     assert asyncio.run(session_of()) is None
+
+
+def test_a_backend_that_cannot_be_made_leaves_no_open_session(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from agentrt_jupyter.backends.gemini import GeminiBackend
+
+    for name in ("GOOGLE_API_KEY", "GEMINI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    complaints: list[str] = []
+
+    async def make() -> None:
+        asyncio.get_running_loop().set_exception_handler(
+            lambda _loop, context: complaints.append(str(context.get("message")))
+        )
+        with pytest.raises(ValueError, match="API key"):
+            GeminiBackend(api_key=None, base_url="http://127.0.0.1:9", api_version="v1")
+        gc.collect()  # an unclosed aiohttp session complains when collected
+
+    asyncio.run(make())
+    assert complaints == []

@@ -237,7 +237,12 @@ class GeminiBackend:
             retry_options=types.HttpRetryOptions(attempts=1),
             aiohttp_client=self._session,
         )
-        self._client = genai.Client(api_key=api_key, http_options=options)
+        try:
+            self._client = genai.Client(api_key=api_key, http_options=options)
+        except BaseException:
+            if self._session is not None:  # unused: nothing to close but its empty pool
+                self._session.detach()
+            raise
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
         chunks = [0]
