@@ -777,7 +777,11 @@ class _Core:
         """Every call of this runtime, in the order they started (live agents' and those
         of agents no longer here)."""
         live = [entry for agent in self.agents.values() for entry in agent.conversation.ledger]
-        return sorted([*self.retired_ledger, *live], key=lambda entry: entry.started)
+        # An agent that continues a retired one's conversation (reconfigured, resumed)
+        # carries its rows: each call once.
+        shown = set(live)
+        gone = [entry for entry in self.retired_ledger if entry not in shown]
+        return sorted([*gone, *live], key=lambda entry: entry.started)
 
     async def wait_for_quota(self, timeout: float | None) -> float:
         backend = await self.default_backend()
