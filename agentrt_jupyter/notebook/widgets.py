@@ -213,14 +213,17 @@ class StaticCopy:
 
     def show(self, view: dict[str, Any]) -> None:
         """Display the view bundle, then the copy; call on the kernel's main thread."""
+        shown = self._bundle
         _display(view, raw=True)
-        _display(self._bundle, raw=True, display_id=self.display_id)
+        _display(shown, raw=True, display_id=self.display_id)
         shell = get_ipython()
         pub = getattr(shell, "display_pub", None)
         parent = getattr(shell, "parent_header", None)
         if getattr(pub, "session", None) is not None and parent:
             self._targets = [*self._targets, (pub, parent.get("header", parent))]
             self._sent = {}
+            if self._bundle != shown:  # the writer offered a newer state meanwhile
+                self._publish(self._bundle)
 
     def offer(self, body: str, plain: str, *, settled: bool) -> float | None:
         """The widget's state now; rewrites the copy if due. Returns when to offer again
