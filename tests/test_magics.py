@@ -297,3 +297,23 @@ def test_the_footer_names_a_base_url_by_its_host_only() -> None:
     proxy = RuntimeConfig(base_url="https://user:secret@proxy.example:8443/gemini", api_key="k")
     assert answered_by(proxy) == "proxy.example:8443"
     assert answered_by(RuntimeConfig(backend="scripted")) == "scripted"
+
+
+def test_a_cell_that_changes_runtime_settings_warms_the_new_runtime_up(ip: Any) -> None:
+    """Several `%config` lines restart the runtime as often; one warm-up follows the cell."""
+    magics = loaded_magics(ip)
+    first = magics.runtime
+    before = magics.store_path
+    try:
+        assert ip.run_cell(
+            "%config AgentMagics.store_path = ''\n%config AgentMagics.default_model = 'gemini-x'"
+        ).success
+        warmed = magics.live_runtime
+        assert warmed is not None and warmed is not first and first.closed
+        assert magics.warm_up is not None
+        assert magics.warm_up.result(timeout=60) is None
+        assert ip.run_cell("x = 1").success
+        assert magics.live_runtime is warmed  # an ordinary cell restarts nothing
+    finally:
+        magics.default_model = None
+        magics.store_path = before

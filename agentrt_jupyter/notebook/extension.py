@@ -41,11 +41,12 @@ def load(shell: Any) -> None:
     shell.input_transformer_manager.line_transforms.insert(0, transform)
     _loaded[id(shell)] = (magics, transform)
     register_lab_comm(shell, lambda: magics.live_runtime)
+    shell.events.register("post_run_cell", magics.rewarm_after_cell)
     try:
         runtime = magics.runtime
     except UsageError:  # a bad setting: the first %%agent cell reports it
         return
-    warm_up = runtime.start_warm_up()
+    warm_up = magics.warm_up = runtime.start_warm_up()
     asyncio.run_coroutine_threadsafe(_import_widgets(runtime, warm_up), runtime.loop)
 
 
@@ -72,6 +73,8 @@ def unload(shell: Any) -> None:
         return
     magics, transform = entry
     unregister_lab_comm(shell)
+    with contextlib.suppress(ValueError):
+        shell.events.unregister("post_run_cell", magics.rewarm_after_cell)
     with contextlib.suppress(ValueError):
         shell.input_transformer_manager.line_transforms.remove(transform)
     registry = shell.magics_manager.magics

@@ -251,6 +251,10 @@ class AgentMagics(Magics):
         self._said: set[str] = set()
         self.background: dict[str, Run] = {}
         self.await_hint = OnceHint(AWAIT_HINT)
+        self.warm_up: concurrent.futures.Future[None] | None = None
+        """The warm-up of the runtime started last (at `%load_ext`, or after a cell that
+        changed a runtime setting)."""
+        self._rewarm = False
         super().__init__(shell, **kwargs)
 
     @property
@@ -281,6 +285,21 @@ class AgentMagics(Magics):
         """A new backend or store needs a new runtime; agents come back from the store."""
         if self.live_runtime is not None:
             self.shutdown_runtime()
+            self._rewarm = True
+
+    def rewarm_after_cell(self, _result: Any = None) -> None:
+        """IPython's post_run_cell: a cell that changed runtime settings (often several
+        `%config` lines) shut the warmed-up runtime down; start the new one and its
+        warm-up now, once, so the next `%%agent` cell does not pay for it."""
+        if not self._rewarm or self.live_runtime is not None:
+            self._rewarm = False
+            return
+        self._rewarm = False
+        try:
+            runtime = self.runtime
+        except UsageError:  # a bad setting: the next %%agent cell reports it
+            return
+        self.warm_up = runtime.start_warm_up()
 
     def runtime_config(self) -> RuntimeConfig:
         backend = os.environ.get(ENV_BACKEND) or self.backend
