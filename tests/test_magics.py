@@ -314,6 +314,8 @@ def test_a_cell_that_changes_runtime_settings_warms_the_new_runtime_up(ip: Any) 
         assert magics.warm_up.result(timeout=60) is None
         assert ip.run_cell("x = 1").success
         assert magics.live_runtime is warmed  # an ordinary cell restarts nothing
-    finally:
+    finally:  # %config wrote the shell's config, which later loads of the extension read
+        for name in ("store_path", "default_model"):
+            ip.config.AgentMagics.pop(name, None)
         magics.default_model = None
         magics.store_path = before
