@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _thread
+import signal
 import threading
 
 import pytest
@@ -165,10 +166,16 @@ def test_keyboard_interrupt_while_waiting_cancels_the_turn(
     agent = rt.create_agent()
     handle = agent.chat(f"@@fault hang\n{tag}")
     wait_for_tagged(server, tag)
+    # A run started in the background by a shell (nohup, `&`) inherits SIGINT ignored,
+    # and Python then leaves it so: Ctrl-C is Python's default handler here, as at a prompt.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.2, _thread.interrupt_main)
     timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        handle.text(timeout=10)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            handle.text(timeout=10)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     with pytest.raises(TurnCancelled):
         handle.text(timeout=10)
     (request,) = wait_finished(server, tag)

@@ -231,6 +231,9 @@ def test_the_notebook_walk(
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    # Reloading a notebook whose outputs changed after its save asks "leave the page?"
+    # (the reply kept streaming): yes, the reopened file is the one saved mid-stream.
+    page.on("dialog", lambda dialog: dialog.accept())
     try:
         walk = Walk(
             page, ui, expect, lambda name: page.screenshot(path=ARTIFACTS / f"{ui}-{name}.png")
@@ -513,12 +516,16 @@ def tokens(text: str | None, pattern: str) -> int:
 
 
 def wait_saved(path: Path, timeout: float = 20.0) -> dict[str, Any]:
-    """The notebook as saved, once the file holds the panel's final copy."""
+    """The notebook as saved, once the file holds the panel's final copy and the copy of
+    the Cancel button of the reply still streaming."""
     deadline = time.monotonic() + timeout
     while True:
-        saved: dict[str, Any] = json.loads(path.read_text())
+        try:
+            saved: dict[str, Any] = json.loads(path.read_text())
+        except ValueError:  # read while the server writes it
+            saved = {}
         text = json.dumps(saved)
-        if "agentrt-snapshot" in text and "Echo: back again" in text:
+        if "agentrt-snapshot" in text and "Echo: back again" in text and SAVED_MID_STREAM in text:
             return saved
         assert time.monotonic() < deadline, "the notebook was not saved"
         time.sleep(0.2)  # polling a file the server writes: nothing to wait on
