@@ -35,6 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from .display import close_tree
+
 if TYPE_CHECKING:
     from ..handle import ChatHandle
 
@@ -437,11 +439,8 @@ class ApprovalHost:
 
     def close(self) -> None:
         remove_host(self.agent, self)
-        for _, shown in self._questions.values():
-            _close_question(shown)
         self._questions.clear()
-        self.note.close()
-        self.box.close()
+        close_tree(self.box)  # the note and every open question
 
     def why_not(self) -> str | None:
         return None
@@ -453,7 +452,7 @@ class ApprovalHost:
     def settle(self, request: Request) -> None:
         _, shown = self._questions.pop(request.id, (None, None))
         if shown is not None:
-            _close_question(shown)
+            close_tree(shown)
         self.note.value = (
             f"<small>{html.escape(request.describe())}: {html.escape(request.outcome)}</small>"
         )
@@ -466,12 +465,3 @@ class ApprovalHost:
         self.box.children = [self.note, *(shown for _, shown in self._questions.values())]
         if self._on_change is not None:
             self._on_change()
-
-
-def _close_question(shown: Any) -> None:
-    """Close a question widget and its parts (the question, the row, its buttons)."""
-    for part in shown.children:
-        for child in getattr(part, "children", ()):
-            child.close()
-        part.close()
-    shown.close()

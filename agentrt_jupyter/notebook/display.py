@@ -413,6 +413,13 @@ def saved_copy(copy_id: str, body: str, plain: str) -> Bundle:
     return {"text/html": shown, "text/plain": plain}
 
 
+def close_tree(widget: Any) -> None:
+    """Close a widget and every widget inside it (a closed box leaves its children open)."""
+    for child in getattr(widget, "children", ()):
+        close_tree(child)
+    widget.close()
+
+
 def copy_hider(copy_id: str) -> Any:
     """An invisible widget whose `<style>` hides the copy `copy_id` while the view lives
     (for frontends without the lab extension's CSS: classic Notebook, VS Code)."""

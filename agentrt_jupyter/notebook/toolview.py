@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..events import ToolCall, ToolResult, TurnEnd
 from .approval import Request, question_widget, short_json
-from .display import WIDGET_VIEW, copy_hider, live_box, saved_copy
+from .display import WIDGET_VIEW, close_tree, copy_hider, live_box, saved_copy
 
 if TYPE_CHECKING:
     from ..handle import ChatHandle
@@ -280,14 +280,14 @@ class ToolCallsView:
     def _render(self) -> None:
         self._changed = False
         for widget in self._to_close:
-            _close(widget)
+            close_tree(widget)
         self._to_close.clear()
         if not self.view.live:
             return
         plain = self.bundle()
         if not self.questions:
             if self._box is not None:
-                _close(self._box)
+                close_tree(self._box)
                 self._box = self._blocks_widget = self._hider = None
                 self._shown = None
                 self.view._publish(self.copy_id, _EMPTY)
@@ -338,9 +338,3 @@ class ToolCallsView:
             from .display import display
 
             display(self.bundle(), raw=True)
-
-
-def _close(widget: Any) -> None:
-    for child in getattr(widget, "children", ()):
-        _close(child)
-    widget.close()

@@ -38,7 +38,7 @@ from ..errors import AgentError, RuntimeClosed
 from ..events import Error, TextDelta, ThoughtDelta, ToolCall, ToolResult, TurnEnd, Waiting
 from ..handle import ChatHandle
 from ..runtime import Agent, AgentInfo, AgentRuntime
-from .display import LIVE_CLASS, SNAPSHOT_CLASS
+from .display import LIVE_CLASS, close_tree, copy_hider, saved_copy
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -202,11 +202,10 @@ class StaticCopy:
 
     def __init__(self, what: str) -> None:
         self.display_id = f"agentrt-snapshot-{uuid.uuid4().hex}"
-        self.hider = widgets.HTML(
-            f"<style>.{self.display_id}{{display:none}}</style>",
-            layout=widgets.Layout(display="none"),
+        self.hider = copy_hider(self.display_id)
+        self._bundle = saved_copy(
+            self.display_id, f"<i>{html.escape(what)}: not rendered yet.</i>", what
         )
-        self._bundle = self._wrap(f"<i>{html.escape(what)}: not rendered yet.</i>", what)
         self._sent = self._bundle
         self._targets: list[tuple[Any, dict[str, Any]]] = []
         self._last = -1e9
@@ -228,7 +227,7 @@ class StaticCopy:
     def offer(self, body: str, plain: str, *, settled: bool) -> float | None:
         """The widget's state now; rewrites the copy if due. Returns when to offer again
         (None: only when something changes)."""
-        self._bundle = self._wrap(body, plain)
+        self._bundle = saved_copy(self.display_id, body, plain)
         if not self._targets or self._bundle == self._sent:
             return None
         due = self._last + SNAPSHOT_INTERVAL - time.monotonic()
@@ -236,10 +235,6 @@ class StaticCopy:
             return due
         self._publish(self._bundle)
         return None
-
-    def _wrap(self, body: str, plain: str) -> dict[str, str]:
-        classes = f"{SNAPSHOT_CLASS} {self.display_id}"
-        return {"text/html": f'<div class="{classes}">{body}</div>', "text/plain": plain}
 
     def _publish(self, bundle: dict[str, str]) -> None:
         self._sent = bundle
@@ -408,7 +403,7 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
         self._writer.close()
         self.approvals.close()
         for child in self.children:
-            _close_tree(child)
+            close_tree(child)
         super().close()
 
     def _on_send(self, _button: widgets.Button) -> None:
@@ -743,12 +738,6 @@ class RuntimeMonitor(widgets.VBox):  # type: ignore[misc]
             self._writer.wake_on_loop()
 
         self._writer.post(lambda: self._writer.spawn(run()))
-
-
-def _close_tree(widget: widgets.Widget) -> None:
-    for child in getattr(widget, "children", ()):
-        _close_tree(child)
-    widget.close()
 
 
 def _cells(info: AgentInfo) -> tuple[str, ...]:
