@@ -485,27 +485,38 @@ class AgentCore:
         backend = await self.backend()
         registry = self.core.quota
         config = self.core.config
-        quota_waits = http_attempt = 0
+        http_attempt = 0
+        # Waits that did not help count against quota_max_retries: each of our own 429s,
+        # and each wait for the key during which another agent's retry was limited again
+        # and nobody got through (the key stays blocked). Waiting behind other agents'
+        # first 429s is not counted, so a storm of one 429 per agent completes.
+        quota_waits = own_hits = 0
+        start = registry.state(backend.credential)
+        seen_successes, seen_retry_hits = start.successes, start.retry_hits
+        own_hit = False
         while True:
             waited = 0.0
             while (blocked := registry.state(backend.credential)).blocked:
-                if quota_waits >= config.quota_max_retries:
-                    raise QuotaExceeded(
-                        _quota_advice("minute", quota_waits, None),
-                        retry_after=blocked.seconds_left,
-                        quota_id=blocked.last_quota_id,
-                        scope="minute",
-                    )
+                stuck = blocked.successes == seen_successes and blocked.retry_hits > seen_retry_hits
+                if not own_hit and stuck:
+                    if quota_waits >= config.quota_max_retries:
+                        raise QuotaExceeded(
+                            _quota_advice("minute", quota_waits, None),
+                            retry_after=blocked.seconds_left,
+                            quota_id=blocked.last_quota_id,
+                            scope="minute",
+                        )
+                    quota_waits += 1
+                own_hit, seen_successes = False, blocked.successes
+                seen_retry_hits = blocked.retry_hits
                 if blocked.seconds_left > config.quota_max_wait:
                     raise _past_max_wait(
                         blocked.seconds_left, config.quota_max_wait, blocked.last_quota_id
                     )
-                # Every wait counts, for our own 429 or another agent's, so a key that
-                # stays blocked fails each turn after quota_max_retries waits.
-                quota_waits += 1
                 reason = f"rate limited ({blocked.last_quota_id or 'shared credential'})"
                 turn.publish(Waiting(blocked.seconds_left, reason))
                 waited += await registry.wait_once(backend.credential)
+            own_hit = False
             sent, wall = time.monotonic(), utcnow()
             status: CallStatus = "error"
             error_text: str | None = None
@@ -529,7 +540,10 @@ class AgentCore:
                 return
             except QuotaHit as hit:
                 status, error_text = "rate-limited", hit.info.message
-                pause = self._quota_pause(hit, call, quota_waits, sent, backend.credential)
+                pause = self._quota_pause(
+                    hit, call, quota_waits, sent, backend.credential, retry=own_hits > 0
+                )
+                quota_waits, own_hits, own_hit = quota_waits + 1, own_hits + 1, True
             except asyncio.CancelledError:
                 status = "cancelled"
                 raise
@@ -604,7 +618,14 @@ class AgentCore:
         turn.publish(UsageUpdate(turn.usage))
 
     def _quota_pause(
-        self, hit: QuotaHit, call: _CallState, retries: int, sent: float, credential: str
+        self,
+        hit: QuotaHit,
+        call: _CallState,
+        retries: int,
+        sent: float,
+        credential: str,
+        *,
+        retry: bool,
     ) -> float:
         """Record a 429 and say how long to wait, or raise `QuotaExceeded` if waiting won't do."""
         info = hit.info
@@ -625,7 +646,12 @@ class AgentCore:
                 scope=info.scope if info.scope != "unknown" else "minute",
             )
         wait = self.core.quota.record_hit(
-            credential, info.retry_after, scope=info.scope, quota_id=info.quota_id, sent_at=sent
+            credential,
+            info.retry_after,
+            scope=info.scope,
+            quota_id=info.quota_id,
+            sent_at=sent,
+            retry=retry,
         )
         if wait > config.quota_max_wait:
             raise _past_max_wait(wait, config.quota_max_wait, info.quota_id)

@@ -94,7 +94,8 @@ class QuotaState:
     """A snapshot of one credential's rate-limit state.
 
     `episodes` counts blocks in a row without a success in between (it sets the backoff);
-    `total_hits` counts every 429 seen.
+    `total_hits` counts every 429 seen, `retry_hits` those on a request retried after its
+    own 429 (waiting did not help it), and `successes` every call that got through.
     """
 
     fingerprint: str
@@ -102,6 +103,8 @@ class QuotaState:
     blocked_at: float = 0.0
     episodes: int = 0
     total_hits: int = 0
+    retry_hits: int = 0
+    successes: int = 0
     last_scope: QuotaScope | None = None
     last_quota_id: str | None = None
 
@@ -136,17 +139,21 @@ class QuotaRegistry:
         scope: QuotaScope = "minute",
         quota_id: str | None = None,
         sent_at: float | None = None,
+        retry: bool = False,
     ) -> float:
         """Block the credential; returns how long every agent on it now waits.
 
-        A hit on a request sent before the current block began (it was in flight) joins
-        that episode: the block is extended to cover its `retry_after`, the backoff does
-        not grow. `sent_at` is the request's `time.monotonic()`; None means "just now".
+        A hit joins the current episode (the block is extended to cover its `retry_after`,
+        the backoff does not grow) if its request was in flight when the block began, or if
+        it is a request's first 429: a herd of agents meeting a busy key one after another is
+        one episode. Only a `retry` (a request sent again after its own 429) that is limited
+        again starts a new one. `sent_at` is the request's `time.monotonic()`; None means
+        "just now".
         """
         now = time.monotonic()
         state = self.state(key)
         sent = now if sent_at is None else sent_at
-        same_episode = state.episodes > 0 and sent < state.blocked_until
+        same_episode = state.episodes > 0 and (sent < state.blocked_until or not retry)
         episodes = state.episodes if same_episode else state.episodes + 1
         if retry_after is not None:
             wait = retry_after  # the service said how long; its word beats our guess
@@ -160,6 +167,7 @@ class QuotaRegistry:
             blocked_at=state.blocked_at if same_episode else now,
             episodes=episodes,
             total_hits=state.total_hits + 1,
+            retry_hits=state.retry_hits + retry,
             last_scope=scope,
             last_quota_id=quota_id,
         )
@@ -167,8 +175,10 @@ class QuotaRegistry:
 
     def record_success(self, key: str) -> None:
         state = self._states.get(key)
-        if state is not None and state.episodes:
-            self._states[key] = replace(state, episodes=0, blocked_until=0.0)
+        if state is not None:
+            self._states[key] = replace(
+                state, episodes=0, blocked_until=0.0, successes=state.successes + 1
+            )
 
     def jittered_wait(self, key: str) -> float:
         """How long one waiter sleeps now: the shared block plus its own jitter."""

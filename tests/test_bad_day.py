@@ -48,10 +48,24 @@ def test_the_backoff_grows_per_episode_and_success_resets_it() -> None:
     registry = QuotaRegistry(base_backoff=1.0, jitter=0.0)
     first = registry.record_hit("k", None)
     after_block = registry.state("k").blocked_until + 0.001  # a request sent after the wait
-    second = registry.record_hit("k", None, sent_at=after_block)
+    second = registry.record_hit("k", None, sent_at=after_block, retry=True)
     assert (round(first), round(second)) == (1, 2)
+    assert registry.state("k").retry_hits == 1
     registry.record_success("k")
+    assert registry.state("k").successes == 1
     assert registry.record_hit("k", None) == pytest.approx(1.0)
+
+
+def test_first_429s_of_a_herd_arriving_after_the_block_do_not_grow_the_backoff() -> None:
+    """Agents meeting a busy key one after another (each its first 429, each sent after the
+    previous block ended) are one episode: only a retry limited again doubles the wait."""
+    registry = QuotaRegistry(base_backoff=1.0, jitter=0.0)
+    waits = []
+    for _ in range(20):
+        after_block = registry.state("k").blocked_until + 0.001
+        waits.append(registry.record_hit("k", None, sent_at=after_block))
+    assert max(waits) <= 1.0 + 1e-6
+    assert (registry.state("k").episodes, registry.state("k").retry_hits) == (1, 0)
 
 
 def test_retry_info_sets_the_wait_and_waiters_add_their_own_jitter() -> None:

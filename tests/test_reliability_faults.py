@@ -88,15 +88,21 @@ class FaultCase:
         return f"Echo: {WORDS} {marker}"
 
 
-def statuses_match(case: FaultCase, config: RuntimeConfig, statuses: list[str]) -> bool:
-    """Whether the faulted turn's ledger statuses (one row per HTTP attempt) are promised."""
+def statuses_match(
+    case: FaultCase, config: RuntimeConfig, statuses: list[str], *, crowded: bool
+) -> bool:
+    """Whether the faulted turn's ledger statuses (one row per HTTP attempt) are promised.
+
+    `crowded`: the agent shares its key with 99 others that meet the same fault."""
     attempts = config.http_retry_attempts
+    # On a key that stays blocked, a wait during which another agent's retry is limited
+    # again counts against quota_max_retries too, so a crowded turn may give up having
+    # sent fewer requests (none, if it never got a turn); requests = rows still holds.
+    fewest = 0 if crowded else config.quota_max_retries + 1
     if case.outcome == "typed_failure":
         waits = {"retried", "rate-limited"}
-        # Empty too: behind 100 agents' 429s a turn may use up its waits (each counts
-        # against quota_max_retries) before it sends anything; requests = rows still holds.
         return len(statuses) <= attempts + config.quota_max_retries and (
-            not statuses
+            (crowded and not statuses)
             or (set(statuses[:-1]) <= waits and statuses[-1] in ("error", "rate-limited"))
         )
     expected = {
@@ -105,9 +111,9 @@ def statuses_match(case: FaultCase, config: RuntimeConfig, statuses: list[str]) 
         "rate_limited_ok": [["rate-limited", "ok"]],
         "retries_exhausted": [["retried"] * (attempts - 1) + ["error"]],
         "refused": [["error"]],
-        # Every wait counts against quota_max_retries, also a wait for another agent's
-        # 429: with many agents on the key a turn may send fewer requests before it fails.
-        "quota_exhausted": [["rate-limited"] * n for n in range(1, config.quota_max_retries + 2)],
+        "quota_exhausted": [
+            ["rate-limited"] * n for n in range(fewest, config.quota_max_retries + 2)
+        ],
         "quota_at_once": [["rate-limited"]],
         "cut_mid_stream": [["error"], ["rate-limited"]] if case.code == 429 else [["error"]],
         "stalled": [["retried"] * (n - 1) + ["error"] for n in range(1, attempts + 1)],
@@ -202,7 +208,8 @@ def check_agent(
     faulted = [r for r in requests if r not in later]
     ledger = runtime.agent_ledger(agent_id)
     statuses = [e.status for e in ledger if e.turn == 1]
-    assert statuses_match(case, config, statuses), f"{where}: ledger {statuses}"
+    crowded = len(runtime.agents()) > 1
+    assert statuses_match(case, config, statuses, crowded=crowded), f"{where}: ledger {statuses}"
     assert [e.status for e in ledger if e.turn == 2] == ["ok"], where
     assert len(faulted) == len(statuses), (
         f"{where}: the server saw {len(faulted)} requests for {len(statuses)} ledger rows"
@@ -291,19 +298,22 @@ def test_a_wait_past_quota_max_wait_fails_at_once(server: LocalServer, tag: str)
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("spec", ["429 minute 0.2s", "quota_garbage"])
 def test_a_hundred_agents_hitting_one_429_each_wait_one_episode_and_all_complete(
-    server: LocalServer, tag: str
+    server: LocalServer, tag: str, spec: str
 ) -> None:
-    """N simultaneous hits are one episode: the credential's wait does not grow with N."""
+    """N hits are one episode: the credential's wait does not grow with N, and waiting
+    behind other agents' first 429s never uses up a turn's retries, however the herd's
+    requests spread out in time. `quota_garbage` has no usable RetryInfo (the backoff)."""
     witness = ServerWitness(server)
     markers = [agent_tag(tag, i) for i in range(100)]
     with (
-        suite_figures("quota episode", "100 agents x one 429 minute 0.2s") as figures,
+        suite_figures("quota episode", f"100 agents x one {spec}") as figures,
         started_runtime(runtime_config(server)) as runtime,
     ):
         crowd = [runtime.create_agent() for _ in markers]
         for marker in markers:
-            server.push_faults("429 minute 0.2s", match=marker)
+            server.push_faults(spec, match=marker)
         handles = [a.chat(f"limited {m}") for a, m in zip(crowd, markers, strict=True)]
         deadline = time.monotonic() + 60.0
         outcomes = [settle(h, max(1.0, deadline - time.monotonic())) for h in handles]
@@ -316,7 +326,7 @@ def test_a_hundred_agents_hitting_one_429_each_wait_one_episode_and_all_complete
             assert [e.status for e in ledger] == ["rate-limited", "ok"], ledger
             assert len(grouped[marker]) == 2
             waits = [e.seconds for e in handle if isinstance(e, Waiting)]
-            assert waits and max(waits) < 10.0, f"{marker} waited {waits} s for one 0.2 s 429"
+            assert waits and max(waits) < 10.0, f"{marker} waited {waits} s for one {spec}"
             figures.passed += 1
 
 
