@@ -76,7 +76,7 @@ def buttons(kernel: Kernel, msg_id: str, label: str, count: int = 1) -> list[str
             and m["content"]["data"]["state"].get("description") == label
         ]
 
-    kernel.wait_for(lambda _m: len(made()) >= count)
+    kernel.wait_for(lambda _m: len(made()) >= count, timeout=60.0)
     return made()[:count]
 
 
