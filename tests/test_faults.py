@@ -50,6 +50,19 @@ def test_drop_before_headers_is_a_connection_error(
     assert len(requests_with(server, tag)) == rt.config.http_retry_attempts
 
 
+def test_a_redirect_loop_is_one_attempt_naming_the_status_and_where_it_pointed(
+    rt: AgentRuntime, server: LocalServer, tag: str
+) -> None:
+    agent = rt.create_agent()
+    with pytest.raises(BackendError, match="check base_url") as caught:
+        agent.chat(f"@@fault redirect 307\n{tag}").text(timeout=30)
+    assert (caught.value.code, caught.value.status) == (307, "REDIRECT")
+    assert "redirect to /v1beta/models/" in str(caught.value)
+    assert "?" not in str(caught.value)  # the query is left out: it may carry tokens
+    assert [e.status for e in agent.ledger()] == ["error"]
+    assert agent.chat(f"recovered {tag}").text(timeout=10) == f"Echo: recovered {tag}"
+
+
 def test_mid_stream_drop_is_stream_broken_with_partial_text(
     rt: AgentRuntime, server: LocalServer, tag: str
 ) -> None:

@@ -168,11 +168,14 @@ GARBAGE_REPLY_FAULTS: list[FaultCase] = [
     ),
     FaultCase("truncated_json", "typed_failure", error=TurnError),
     FaultCase("sse_garbage 2", "cut_mid_stream", error=TurnError, chunks_before=2),
+    FaultCase("redirect", "refused", error=BackendError, code=302),
+    FaultCase("redirect 307", "refused", error=BackendError, code=307),
 ]
 """Replies that are not Gemini's (server/faults.py): whatever the exact error, the turn
 fails typed, in bounded time, with a ledger row per request. Give a kind its exact
-outcome here once it is settled. (`redirect` is left out: the SDK follows redirects,
-so one attempt is several server requests; whether it should follow them is open.)"""
+outcome here once it is settled. A redirect loop is one attempt, not retried: the
+transport follows each redirect (the follow-ups carry the server's redirect marker, not
+the prompt), and the error names the status and where it pointed."""
 
 
 def check_agent(

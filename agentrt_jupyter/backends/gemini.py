@@ -91,7 +91,9 @@ def translate_errors(chunks: list[int]) -> Iterator[None]:
         yield
     except genai_errors.APIError as exc:
         error = _api_error(exc)
-    except aiohttp.ClientResponseError as exc:  # e.g. TooManyRedirects
+    except aiohttp.TooManyRedirects as exc:
+        error = _redirect_error(exc)
+    except aiohttp.ClientResponseError as exc:
         error = BackendError(
             f"{exc.status} {exc.__class__.__name__}: {excerpt(exc.message)}", code=exc.status
         )
@@ -117,6 +119,23 @@ def translate_errors(chunks: list[int]) -> Iterator[None]:
         )
     if error is not None:
         raise error from None
+
+
+def _redirect_error(exc: aiohttp.TooManyRedirects) -> BackendError:
+    """A redirect loop: a Gemini endpoint never redirects, so the URL is likely wrong or a
+    proxy or login page answers. Says the status and where it pointed (no query: it may
+    carry tokens)."""
+    last = exc.history[-1] if exc.history else None
+    code = last.status if last is not None else None
+    target = last.headers.get("Location", "") if last is not None else ""
+    where = excerpt(target.split("?", 1)[0]) or "the same place"
+    return BackendError(
+        f"the service answered {code or 'a'} redirect to {where} again and again "
+        f"({len(exc.history)} times); a Gemini endpoint does not redirect: check base_url, "
+        "or a proxy or login page between you and the service",
+        code=code,
+        status="REDIRECT",
+    )
 
 
 def _part_to_wire(part: Part) -> dict[str, Any] | None:
