@@ -21,6 +21,7 @@ from agentrt_jupyter.server.engines.local import (  # noqa: E402
     DEFAULT_SYSTEM_PROMPT,
     LocalEngine,
     create_engine,
+    default_threads,
     find_model_path,
 )
 from agentrt_jupyter.server.process import LocalServer  # noqa: E402
@@ -48,6 +49,15 @@ async def engine() -> AsyncIterator[LocalEngine]:
 def vocab() -> Any:
     """The model's own tokenizer, loaded independently of the engine."""
     return llama_cpp.Llama(model_path=str(find_model_path()), vocab_only=True, verbose=False)
+
+
+@pytest.mark.parametrize(("usable", "threads"), [({0}, 1), ({0, 1}, 1), (set(range(8)), 7)])
+def test_the_model_leaves_one_usable_cpu_to_the_kernel(
+    monkeypatch: pytest.MonkeyPatch, usable: set[int], threads: int
+) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: usable)
+    assert default_threads() == threads
+    assert create_engine().n_threads == threads
 
 
 def loop_time() -> float:
