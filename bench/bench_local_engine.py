@@ -5,7 +5,7 @@ Measures, over several runs per scenario: time to first token, decode speed
 before and after loading the model. Prints a Markdown table and writes
 bench/results/local_engine.json.
 
-    python bench/bench_local_engine.py [--runs 5] [--max-tokens 256]
+    python bench/bench_local_engine.py [--runs 5] [--max-tokens 256] [--threads N]
 """
 
 from __future__ import annotations
@@ -90,9 +90,9 @@ def spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-async def bench(runs: int, max_tokens: int) -> dict[str, Any]:
+async def bench(runs: int, max_tokens: int, threads: int | None = None) -> dict[str, Any]:
     rss_before = peak_rss_mib()
-    engine = create_engine()
+    engine = create_engine(n_threads=threads)
     start = time.perf_counter()
     await engine.load()
     load_s = time.perf_counter() - start
@@ -173,8 +173,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="llama.cpp threads (default: the engine's)"
+    )
     args = parser.parse_args()
-    report = asyncio.run(bench(args.runs, args.max_tokens))
+    report = asyncio.run(bench(args.runs, args.max_tokens, args.threads))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     print(table(report))

@@ -87,7 +87,8 @@ def local_engine_rows() -> list[dict[str, Any]]:
                 "target": "informational",
                 "status": "—",
                 "note": f"reused from local_engine.json ({data['runs_per_scenario']} runs each, "
-                f"llama-cpp-python {data['llama_cpp_python']})",
+                f"{data['machine']['n_threads']} llama.cpp threads on {data['machine']['cpus']} "
+                f"CPUs, llama-cpp-python {data['llama_cpp_python']})",
             }
         )
     return rows

@@ -55,9 +55,21 @@ def vocab() -> Any:
 def test_the_model_leaves_one_usable_cpu_to_the_kernel(
     monkeypatch: pytest.MonkeyPatch, usable: set[int], threads: int
 ) -> None:
+    monkeypatch.delenv("AGENTRT_LOCAL_THREADS", raising=False)
     monkeypatch.setattr("os.sched_getaffinity", lambda _pid: usable)
     assert default_threads() == threads
     assert create_engine().n_threads == threads
+
+
+def test_agentrt_local_threads_chooses_the_threads_and_a_bad_value_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AGENTRT_LOCAL_THREADS", "3")
+    assert create_engine().n_threads == 3
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("AGENTRT_LOCAL_THREADS", bad)
+        with pytest.raises(ValueError, match=r"AGENTRT_LOCAL_THREADS=.*positive integer"):
+            create_engine()
 
 
 def loop_time() -> float:

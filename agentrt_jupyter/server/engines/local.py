@@ -104,13 +104,22 @@ def create_engine(
     )
 
 
+THREADS_VARIABLE = "AGENTRT_LOCAL_THREADS"
+"""Set it to a positive integer to choose the embedded model's llama.cpp threads."""
+
+
 def default_threads() -> int:
-    """The CPUs this process may use, less one for the kernel and the runtime.
+    """`AGENTRT_LOCAL_THREADS`, else the CPUs this process may use less one for the kernel.
 
     llama.cpp's threads wait for each other at every step, so one of them descheduled by
     anything else busy stalls them all: on 2 cores with one core busy, 2 threads are 2.4x
-    slower than 1 (and a test run was 40x slower), while on an idle machine 1 thread is
-    only ~30% slower than 2."""
+    slower than 1 (a test run was 40x slower), while on an idle machine 1 thread takes
+    1.5x as long as 2 for a 256-token reply: a busy machine is the case to survive."""
+    chosen = os.environ.get(THREADS_VARIABLE, "").strip()
+    if chosen:
+        if not chosen.isdigit() or int(chosen) < 1:
+            raise ValueError(f"{THREADS_VARIABLE}={chosen!r}: expected a positive integer")
+        return int(chosen)
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, (usable or 2) - 1)
 
