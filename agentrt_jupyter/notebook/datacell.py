@@ -22,7 +22,6 @@ import asyncio
 import dataclasses
 import keyword
 import logging
-import math
 import shlex
 import sys
 import time
@@ -47,7 +46,7 @@ from .approval import (
     kernel_version,
     wait_for_question,
 )
-from .magics import DATA_COMMANDS, EVERY_TOOL
+from .magics import EVERY_TOOL, LONGEST_SECONDS, is_seconds
 from .toolview import ToolCallsView
 
 if TYPE_CHECKING:
@@ -84,12 +83,6 @@ class DataOptions:
 NO_DATA = DataOptions()
 
 
-def is_command(line: str) -> bool:
-    """Whether a `%agent` line is one of this module's commands."""
-    words = line.split(maxsplit=1)
-    return bool(words) and words[0] in DATA_COMMANDS
-
-
 def data_options(args: Any) -> DataOptions:
     """The data flags of a parsed `%%agent` line; a mistake is a UsageError."""
     options = DataOptions(
@@ -105,8 +98,10 @@ def data_options(args: Any) -> DataOptions:
     if options.out_frame is not None and options.schema is None:
         raise UsageError("--out-frame holds the rows of a --schema reply: give --schema too")
     timeout = options.tool_timeout
-    if timeout is not None and not (math.isfinite(timeout) and 0 < timeout <= 86400):
-        raise UsageError(f"--tool-timeout is in seconds, between 0 and 86400, got {timeout:g}")
+    if timeout is not None and not is_seconds(timeout):
+        raise UsageError(
+            f"--tool-timeout is in seconds, between 0 and {LONGEST_SECONDS}, got {timeout:g}"
+        )
     if options.map is not None:
         for flag, given in (
             ("NAME", args.name),
@@ -436,9 +431,10 @@ def prepare(magics: AgentMagics, options: CellOptions, *, awaiting: bool) -> Cel
 
 def _approval_timeout(magics: AgentMagics) -> float:
     timeout = float(magics.approval_timeout)
-    if not (math.isfinite(timeout) and 0 < timeout <= 86400):
+    if not is_seconds(timeout):
         raise UsageError(
-            f"AgentMagics.approval_timeout is in seconds, between 0 and 86400, got {timeout:g}"
+            "AgentMagics.approval_timeout is in seconds, between 0 and "
+            f"{LONGEST_SECONDS}, got {timeout:g}"
         )
     return timeout
 

@@ -83,6 +83,8 @@ EVERY_TOOL = "*"
 """`--confirm` without a value."""
 APPROVAL_TIMEOUT = 120.0
 """The default of `AgentMagics.approval_timeout` (`approval.APPROVAL_TIMEOUT`)."""
+LONGEST_SECONDS = 86400
+"""The longest tool or approval timeout a cell accepts."""
 TOOLS_HELP = (
     "Tools for the agent, kept for its later cells: f,mod.g (functions of the namespace), "
     "@data (read-only looks at the notebook's DataFrames), @python (runs code, always asks "
@@ -543,8 +545,7 @@ class AgentMagics(Magics):
         while no cell of this kernel used them: then no agent has tools, an approver or a
         schema from the cells, and there is nothing to resolve. An approval_timeout out of
         range still goes to `prepare`, which says so."""
-        timeout = float(self.approval_timeout)
-        valid = math.isfinite(timeout) and 0 < timeout <= 86400
+        valid = is_seconds(float(self.approval_timeout))
         if options.data_flags is None and _DATACELL not in sys.modules and valid:
             return None
         from . import datacell
@@ -640,7 +641,7 @@ class AgentMagics(Magics):
             %agent mcp list          the declared MCP servers (add NAME -- command
                                      args..., add NAME URL, remove NAME)
         """
-        if line.split(maxsplit=1)[:1] in ([c] for c in DATA_COMMANDS):
+        if is_data_command(line):
             from . import datacell
 
             return datacell.run_command(self, line)
@@ -863,6 +864,17 @@ class AgentMagics(Magics):
             f"ipykernel: {getattr(ipykernel, '__version__', 'not running in a kernel')}",
         ]
         print("\n".join(lines))
+
+
+def is_data_command(line: str) -> bool:
+    """Whether a `%agent` line is one of `datacell`'s commands (known without importing it)."""
+    words = line.split(maxsplit=1)
+    return bool(words) and words[0] in DATA_COMMANDS
+
+
+def is_seconds(value: float) -> bool:
+    """Whether `value` is a usable timeout: finite, above 0, at most `LONGEST_SECONDS`."""
+    return math.isfinite(value) and 0 < value <= LONGEST_SECONDS
 
 
 def _data_options(args: Any) -> DataOptions | None:
