@@ -1142,6 +1142,22 @@ class AgentRuntime:
     def loop(self) -> asyncio.AbstractEventLoop:
         return self._portal.loop
 
+    @overload
+    def start_task_soon(
+        self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
+    ) -> concurrent.futures.Future[T]: ...
+    @overload
+    def start_task_soon(
+        self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+    ) -> concurrent.futures.Future[T]: ...
+    def start_task_soon(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run `fn(*args, **kwargs)` on the runtime loop (a coroutine function as a task)
+        without waiting; returns its future (cancel it to cancel the task).
+
+        The one way code outside the runtime starts work on the loop (anyio's name);
+        raises `RuntimeClosed` after shutdown."""
+        return self._portal.submit(fn, *args, **kwargs)
+
     @property
     def local_server(self) -> LocalServer | None:
         """The local model server this runtime started, if any."""
