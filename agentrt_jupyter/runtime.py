@@ -30,7 +30,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from .agent import AgentCore
-from .backends.base import Backend
+from .backends import default_backend
+from .backends.base import Backend, BackendFactory, Endpoint
+from .backends.pump import StreamPacer
 from .batch.hook import register_when_pandas_loads
 from .config import AgentConfig, RuntimeConfig, agent_config
 from .content import to_parts
@@ -47,7 +49,8 @@ from .errors import (
 )
 from .handle import ChatHandle, Turn, wait_future
 from .quota import QuotaRegistry, QuotaScope, QuotaState
-from .store import STORED_SETTINGS, CachedReply, Store, StoredConversation
+from .recorder import NullRecorder, Recorder, StoreRecorder
+from .store import STORED_SETTINGS, Store, StoredConversation
 
 if TYPE_CHECKING:
     from .server.process import LocalServer
@@ -58,8 +61,6 @@ T = TypeVar("T")
 _runtime_numbers = itertools.count(1)
 HEARTBEAT_SECONDS = 5.0
 """How often a runtime renews its conversations' writer leases."""
-MEMORY_CACHE_ENTRIES = 1_000
-"""The reply cache's bound when there is no store to keep it."""
 FINALIZE_TIMEOUT = 2.0
 """A runtime nobody shut down gets this long to close when it is collected or at exit."""
 RETIRED_LEDGER_ROWS = 1_000_000
@@ -346,10 +347,16 @@ class AgentInfo:
 
 
 class _Core:
-    """Everything on the runtime loop: agents, backends, quota, store."""
+    """Everything on the runtime loop: agents, backends, quota, store; each agent's host."""
 
-    def __init__(self, config: RuntimeConfig) -> None:
+    def __init__(
+        self, config: RuntimeConfig, backend_factory: BackendFactory | None = None
+    ) -> None:
         self.config = config
+        self._backend_factory = backend_factory or default_backend
+        self._local_engines = backend_factory is None
+        """Only the default backends use the local model servers (a custom factory gets
+        the endpoint as configured, and no server process is started for it)."""
         self.quota = QuotaRegistry()
         self.agents: dict[str, AgentCore] = {}
         self.retired_ledger: collections.deque[LedgerEntry] = collections.deque(
@@ -357,20 +364,31 @@ class _Core:
         )
         """The calls of agents no longer here (deleted, replaced, a map's rows): paid for."""
         self.by_name: dict[str, str] = {}
-        self.store, self.store_problem = _open_store(config)
-        self.memory_cache: collections.OrderedDict[str, CachedReply] = collections.OrderedDict()
+        self.recorder: Recorder = _open_recorder(config)
         self.heartbeat_task: asyncio.Task[None] | None = None
-        self.cache_hits = 0
         self.server: LocalServer | None = None
-        self._backends: dict[tuple[str | None, str | None, str | None], Backend] = {}
+        self._backends: dict[Endpoint, Backend] = {}
         self._backend_lock: asyncio.Lock | None = None
         self.default_credential: str | None = None
         self.inbox = Inbox()
-        self.streams = 0
-        """Model streams in flight: above one, each pump yields after every chunk."""
+        self.pacer = StreamPacer()
         self.version = 0
         """Grows at every change a monitor shows (agents, turns, streamed usage)."""
         self._watchers: list[asyncio.Future[None]] = []
+
+    @property
+    def store(self) -> Store | None:
+        """The store while it works (None without one, or after a fault)."""
+        return self.recorder.store
+
+    @property
+    def store_problem(self) -> StoreError | None:
+        """Why conversations are not stored, if the store could not be used."""
+        return self.recorder.problem
+
+    def serve_commands(self) -> None:
+        if self.inbox.pending:
+            self.inbox.drain()
 
     def lookup(self, ref: Agent | str) -> AgentCore:
         key = ref.id if isinstance(ref, Agent) else ref
@@ -403,23 +421,24 @@ class _Core:
         (the local servers' random ports must not make a restarted kernel miss)."""
         return config.base_url or self.config.base_url or self.config.resolved_backend()
 
-    async def _endpoint(self, config: AgentConfig) -> tuple[str | None, str | None, str | None]:
-        """(api_key, base_url, api_version) for an agent: its own, else the runtime's."""
+    async def _endpoint(self, config: AgentConfig) -> Endpoint:
+        """Where an agent's calls go: its own endpoint, else the runtime's."""
         if config.api_key or config.base_url:
-            return (
+            return Endpoint(
                 config.api_key or self.config.resolved_api_key(),
                 config.base_url or self.config.base_url,
                 config.api_version or self.config.api_version,
             )
         backend = self.config.resolved_backend()
-        if backend == "gemini":
-            return (
+        if backend == "gemini" or not self._local_engines:
+            return Endpoint(
                 self.config.resolved_api_key(),
                 self.config.base_url,
                 config.api_version or self.config.api_version,
+                provider=backend,
             )
         server = await self._local_server(backend)
-        return server.token, server.url, "v1beta"
+        return Endpoint(server.token, server.url, "v1beta", provider=backend)
 
     async def _local_server(self, engine: str) -> LocalServer:
         if self.server is None:
@@ -445,13 +464,7 @@ class _Core:
             endpoint = await self._endpoint(config)
             backend = self._backends.get(endpoint)
             if backend is None:
-                from .backends.gemini import GeminiBackend
-
-                backend = GeminiBackend(
-                    api_key=endpoint[0],
-                    base_url=endpoint[1],
-                    api_version=endpoint[2],
-                )
+                backend = self._backend_factory(endpoint)
                 self._backends[endpoint] = backend
             if not (config.api_key or config.base_url):
                 self.default_credential = backend.credential
@@ -477,75 +490,11 @@ class _Core:
         except Exception as exc:
             log.info("warm-up failed (the first turn will say why): %s", exc)
 
-    def _stored_id(self, agent: AgentCore) -> str | None:
-        """The agent's stored conversation (named agents only), created with the agent."""
-        if self.store is None or agent.config.name is None or agent.lost_to is not None:
-            return None
-        if agent.conversation_id is None:
-            agent.conversation_id = self.store.create(
-                self.config.namespace, agent.name, _settings(agent.config)
-            )
-        return agent.conversation_id
-
-    def store_failed(self, problem: StoreError) -> None:
-        """A store fault mid-session: say it once, and carry on without the store."""
-        if self.store is None:
-            return
-        log.warning("conversations are no longer stored: %s", problem)
-        store, self.store, self.store_problem = self.store, None, problem
-        with contextlib.suppress(StoreError):
-            store.close()
-
-    def persist_agent(self, agent: AgentCore) -> None:
-        if self.store is not None and agent.conversation_id is not None:
-            self.store.save_settings(agent.conversation_id, _settings(agent.config))
-
-    def persist_message(self, agent: AgentCore, message: ConversationMessage) -> None:
-        if (conversation := self._stored_id(agent)) is not None:
-            assert self.store is not None
-            self.store.append_message(conversation, message)
-
-    def persist_ledger(self, agent: AgentCore, entry: LedgerEntry) -> None:
-        if (conversation := self._stored_id(agent)) is not None:
-            assert self.store is not None
-            self.store.append_ledger(conversation, entry)
-
-    def checkpoint(self, agent: AgentCore, message: ConversationMessage) -> None:
-        """Keep the reply streamed so far: a crash loses at most what came since."""
-        if (conversation := self._stored_id(agent)) is not None:
-            assert self.store is not None
-            self.store.checkpoint(conversation, message)
-
-    def cache_get(self, key: str) -> CachedReply | None:
-        if self.store is not None:
-            reply = self.store.cache_get(key)
-        else:
-            reply = self.memory_cache.get(key)
-            if reply is not None:
-                self.memory_cache.move_to_end(key)
-        if reply is not None:
-            self.cache_hits += 1
-        return reply
-
-    def cache_put(self, agent: AgentCore, key: str, reply: CachedReply) -> None:
-        if self.store is not None:
-            self.store.cache_put(key, reply, conversation=agent.conversation_id)
-            return
-        self.memory_cache[key] = reply
-        while len(self.memory_cache) > MEMORY_CACHE_ENTRIES:
-            self.memory_cache.popitem(last=False)
-
     def cache_stats(self) -> dict[str, int]:
-        if self.store is not None:
-            stats = self.store.cache_stats()
-            return {"entries": stats.entries, "bytes": stats.bytes, "hits": stats.hits}
-        size = sum(len(repr(r.parts)) for r in self.memory_cache.values())
-        return {"entries": len(self.memory_cache), "bytes": size, "hits": self.cache_hits}
+        return self.recorder.cache_stats()
 
     def cache_clear(self) -> None:
-        self.memory_cache.clear()
-        if self.store is not None:
-            self.store.cache_clear()
+        self.recorder.cache_clear()
 
     def stored(
         self, name: str | None = None, *, everywhere: bool = False
@@ -601,7 +550,8 @@ class _Core:
         if config.name is not None and not fresh and self.stored(name):
             raise ConversationExists(name)
         agent = AgentCore(self, agent_id, name, config)
-        self._stored_id(agent)
+        if config.name is not None:
+            agent.conversation_id = self.recorder.create(self.config.namespace, name, config)
         self.agents[agent_id] = agent
         self.by_name[name] = agent_id
         self.changed()
@@ -648,7 +598,7 @@ class _Core:
         agent.conversation_id = loaded.id
         self.agents[agent.id] = agent
         self.by_name[name] = agent.id
-        self.persist_agent(agent)
+        self.recorder.settings(loaded.id, config)
         self.changed()
         return agent
 
@@ -698,7 +648,7 @@ class _Core:
         agent.conversation.clear()
         if self.store is not None and agent.conversation_id is not None:
             self.store.clear(agent.conversation_id)
-            self.persist_agent(agent)
+            self.recorder.settings(agent.conversation_id, agent.config)
 
     async def stop_agent(self, ref: Agent | str, how: str) -> None:
         agent = self.lookup(ref)
@@ -805,9 +755,7 @@ class _Core:
         if self.server is not None:
             await asyncio.to_thread(self.server.stop)
             self.server = None
-        if self.store is not None:
-            store, self.store = self.store, None
-            store.close()
+        self.recorder.close()
 
 
 def _import_without_collections(module: str) -> Any:
@@ -825,12 +773,6 @@ def _import_without_collections(module: str) -> Any:
             gc.enable()
 
 
-def _settings(config: AgentConfig) -> dict[str, Any]:
-    settings = {k: getattr(config, k) for k in STORED_SETTINGS}
-    settings["stop_sequences"] = list(settings["stop_sequences"])
-    return settings
-
-
 def _holder() -> str:
     """Who writes: the kernel (by its connection file) or the script, for ConversationInUse."""
     kernel = sys.modules.get("ipykernel.connect")
@@ -840,15 +782,16 @@ def _holder() -> str:
     return f"python {os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else '-'}"
 
 
-def _open_store(config: RuntimeConfig) -> tuple[Store | None, StoreError | None]:
-    """The store, or None and why: a broken store file must not stop the runtime."""
+def _open_recorder(config: RuntimeConfig) -> Recorder:
+    """The store's recorder, or one without a store (and why): a broken store file must
+    not stop the runtime."""
     if config.store_path is None:
-        return None, None
+        return NullRecorder()
     try:
-        return Store(config.store_path, holder=_holder(), busy_timeout=2.0), None
+        return StoreRecorder(Store(config.store_path, holder=_holder(), busy_timeout=2.0))
     except StoreError as exc:
         log.warning("conversations will not be stored: %s", exc)
-        return None, exc
+        return NullRecorder(exc)
 
 
 def _finalize(portal: _Portal, core: _Core) -> None:
@@ -1102,15 +1045,28 @@ class AgentRuntime:
     or call `shutdown()`; a forgotten runtime is stopped by a finalizer.
     """
 
-    def __init__(self, config: RuntimeConfig | None = None) -> None:
+    def __init__(
+        self,
+        config: RuntimeConfig | None = None,
+        *,
+        backend_factory: BackendFactory | None = None,
+    ) -> None:
+        """`backend_factory(endpoint)` makes the backend of each endpoint (one each, closed
+        at shutdown); the default is google-genai's. `FakeBackend` tests without a network."""
         if config is not None and not isinstance(config, RuntimeConfig):
             raise InvalidConfig(
                 f"expected a RuntimeConfig, got {type(config).__name__}", field="config"
             )
+        if backend_factory is not None and not callable(backend_factory):
+            raise InvalidConfig(
+                "must be a callable taking an Endpoint and returning a backend, got "
+                f"{type(backend_factory).__name__}",
+                field="backend_factory",
+            )
         self.config = config or RuntimeConfig()
         number = next(_runtime_numbers)
         name = self.config.thread_name if number == 1 else f"{self.config.thread_name}-{number}"
-        self._core = _Core(self.config)
+        self._core = _Core(self.config, backend_factory)
         self._portal = _Portal(name, self._core.inbox)
         self._finalizer = weakref.finalize(self, _finalize, self._portal, self._core)
         register_when_pandas_loads()  # df.agentrt.map(...): registered once pandas is in

@@ -1,15 +1,27 @@
-"""The backend interface: stream one model call, translated into our types."""
+"""The backend seam: what one model call is, and what a provider's backend implements.
+
+A `Backend` streams one HTTP attempt, its errors already ours. The runtime chooses one
+per `Endpoint` through a `BackendFactory` (`AgentRuntime(backend_factory=...)`); the
+wrappers in `retry.py` and `cache.py` add what every provider shares: retries, the
+quota gate, one ledger row per attempt, reply-cache replay.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 from ..config import AgentConfig
-from ..content import Part
-from ..conversation import ConversationMessage, Usage
+from ..content import FunctionCallPart, Part, TextPart
+from ..conversation import CallStatus, ConversationMessage, LedgerEntry, Usage
 from ..quota import QuotaInfo
+
+BLOCKED_FINISH_REASONS = frozenset(
+    {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY", "LANGUAGE"}
+)
+"""Finish reasons that mean the service stopped the reply: never an empty success."""
 
 
 @dataclass(frozen=True)
@@ -33,19 +45,146 @@ class ModelChunk:
 
 
 class QuotaHit(Exception):
-    """A 429 from the service; the agent decides whether to wait or fail."""
+    """A 429 from the service; the retry wrapper decides whether to wait or fail."""
 
     def __init__(self, info: QuotaInfo) -> None:
         super().__init__(info.message)
         self.info = info
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """Where an agent's calls go and with which credential; a `BackendFactory` gets one.
+
+    `provider` names the kind of service ("gemini", or the runtime's "local"/"scripted"
+    engines, which speak Gemini's wire format); other providers will plug in here.
+    The key never shows in a repr."""
+
+    api_key: str | None = field(default=None, repr=False)
+    base_url: str | None = None
+    api_version: str | None = None
+    provider: str = "gemini"
+
+
 class Backend(Protocol):
     credential: str
-    """A fingerprint of the credential, for the quota registry."""
+    """A fingerprint of the credential, for the quota registry (never the key itself)."""
 
     def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
-        """Stream one call. Errors are already ours: BackendError, StreamBroken, QuotaHit."""
+        """Stream one attempt. Errors are already ours: BackendError, StreamBroken, QuotaHit."""
         ...
 
     async def aclose(self) -> None: ...
+
+
+BackendFactory = Callable[[Endpoint], Backend]
+"""Makes the backend of an endpoint; the runtime makes one per endpoint and closes it."""
+
+
+class Reply:
+    """What one model call has produced so far (kept for a partial record on cancel)."""
+
+    __slots__ = ("calls", "finish_reason", "first_chunk_at", "segments", "usage")
+
+    def __init__(self) -> None:
+        self.segments: list[tuple[str, list[str], bytes | None]] = []
+        self.calls: list[FunctionCallPart] = []
+        self.usage = Usage()
+        self.finish_reason: str | None = None
+        self.first_chunk_at: float | None = None
+
+    def add(self, chunk: ModelChunk) -> None:
+        for part in chunk.parts:
+            if isinstance(part, FunctionCallPart):
+                self.calls.append(part)
+            elif isinstance(part, TextPart):
+                kind = "thought" if part.thought else "text"
+                if self.segments and self.segments[-1][0] == kind and not part.thought_signature:
+                    self.segments[-1][1].append(part.text)
+                else:
+                    self.segments.append((kind, [part.text], part.thought_signature))
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        if chunk.finish_reason is not None:
+            self.finish_reason = chunk.finish_reason
+
+    def reset(self) -> None:
+        """Forget a failed attempt that produced nothing, before the next one."""
+        self.segments, self.calls = [], []
+        self.usage, self.finish_reason, self.first_chunk_at = Usage(), None, None
+
+    @property
+    def produced(self) -> bool:
+        """Something reached the consumers: a retry would repeat it."""
+        return bool(self.segments or self.calls)
+
+    def parts(self) -> tuple[Part, ...]:
+        texts: list[Part] = [
+            TextPart("".join(chunks), kind == "thought", signature)
+            for kind, chunks, signature in self.segments
+        ]
+        return (*texts, *self.calls)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One HTTP attempt (or one replay) as the ledger records it."""
+
+    model: str
+    started: datetime
+    usage: Usage
+    time_to_first_chunk: float | None
+    duration: float
+    finish_reason: str | None
+    status: CallStatus
+    retry_wait: float = 0.0
+    error: str | None = None
+    saved_tokens: int = 0
+
+    def entry(self, agent: str, turn: int, call: int) -> LedgerEntry:
+        return LedgerEntry(
+            agent=agent,
+            turn=turn,
+            call=call,
+            model=self.model,
+            started=self.started,
+            usage=self.usage,
+            time_to_first_chunk=self.time_to_first_chunk,
+            duration=self.duration,
+            finish_reason=self.finish_reason,
+            status=self.status,
+            retry_wait=self.retry_wait,
+            error=self.error,
+            saved_tokens=self.saved_tokens,
+        )
+
+
+class CallListener(Protocol):
+    """Who follows one model call (an agent's turn): chunks, pauses, one row per attempt."""
+
+    def on_chunk(self, chunk: ModelChunk, reply: Reply) -> None:
+        """A chunk arrived and is already in `reply`: show it (called on the pump task)."""
+        ...
+
+    def on_waiting(self, seconds: float, reason: str) -> None:
+        """The call pauses (a rate limit, a retry's backoff) for about `seconds`."""
+        ...
+
+    def on_attempt(self, attempt: Attempt) -> None:
+        """An attempt ended, however it ended: its ledger row."""
+        ...
+
+
+class ModelCaller(Protocol):
+    """One model call as the agent's turn sees it, whatever retries or replays it takes."""
+
+    async def call(
+        self,
+        request: ModelRequest,
+        reply: Reply,
+        listener: CallListener,
+        *,
+        refresh: bool = False,
+    ) -> None:
+        """Fill `reply`; raise the call's `TurnError`. `refresh` skips recorded replies."""
+        ...

@@ -1,0 +1,214 @@
+"""How agents' conversations are kept: `StoreRecorder` over the store, `NullRecorder` without.
+
+The agent writes through a `Recorder` and never sees the store. Store faults are already
+`StoreError`s (the store's `_boundary` makes them); here a fault during a turn becomes
+that turn's `TurnStoreError`, and a store fault means "carry on without the store, say
+so once". A second store implementation (PostgreSQL) plugs in behind this interface.
+The reply cache lives here too: in the store, or in memory (bounded) without one.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+from typing import Any, Protocol
+
+from .config import AgentConfig
+from .conversation import ConversationMessage, LedgerEntry
+from .errors import ConversationInUse, StoreError, TurnStoreError
+from .store import STORED_SETTINGS, CachedReply, Store
+
+log = logging.getLogger("agentrt_jupyter")
+MEMORY_CACHE_ENTRIES = 1_000
+"""The reply cache's bound when there is no store to keep it."""
+
+
+def stored_settings(config: AgentConfig) -> dict[str, Any]:
+    """The agent settings a conversation keeps (the key never among them)."""
+    settings = {k: getattr(config, k) for k in STORED_SETTINGS}
+    settings["stop_sequences"] = list(settings["stop_sequences"])
+    return settings
+
+
+def _turn_error(problem: StoreError | ConversationInUse) -> TurnStoreError:
+    return problem if isinstance(problem, TurnStoreError) else TurnStoreError(problem)
+
+
+class Recorder(Protocol):
+    """Where conversations and recorded replies go; writes take a conversation id."""
+
+    @property
+    def store(self) -> Store | None:
+        """The store while it works (None without one, or after a fault)."""
+        ...
+
+    @property
+    def problem(self) -> StoreError | None:
+        """Why conversations are not stored, if the store failed."""
+        ...
+
+    def create(self, namespace: str, name: str, config: AgentConfig) -> str | None:
+        """A new stored conversation for a named agent (its writer lease held); its id."""
+        ...
+
+    def message(self, conversation: str, message: ConversationMessage) -> None: ...
+
+    def ledger(self, conversation: str, entry: LedgerEntry) -> None: ...
+
+    def checkpoint(self, conversation: str, message: ConversationMessage) -> None:
+        """Keep the reply streamed so far: a crash loses at most what came since."""
+        ...
+
+    def settings(self, conversation: str, config: AgentConfig) -> None: ...
+
+    def turn_failed(self, problem: StoreError | ConversationInUse) -> TurnStoreError:
+        """The error of a turn whose record failed; a store fault (not a take-over by
+        another kernel) also means carrying on without the store, said once."""
+        ...
+
+    def cached(self, key: str) -> CachedReply | None: ...
+
+    def cache(self, key: str, reply: CachedReply, conversation: str | None) -> None: ...
+
+    def cache_stats(self) -> dict[str, int]: ...
+
+    def cache_clear(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class NullRecorder:
+    """No store: nothing is written; recorded replies are kept in memory (the newest
+    `MEMORY_CACHE_ENTRIES`)."""
+
+    def __init__(self, problem: StoreError | None = None) -> None:
+        self._problem = problem
+        self._replies: collections.OrderedDict[str, CachedReply] = collections.OrderedDict()
+        self._hits = 0
+
+    @property
+    def store(self) -> Store | None:
+        return None
+
+    @property
+    def problem(self) -> StoreError | None:
+        return self._problem
+
+    def create(self, namespace: str, name: str, config: AgentConfig) -> str | None:
+        return None
+
+    def message(self, conversation: str, message: ConversationMessage) -> None:
+        pass
+
+    def ledger(self, conversation: str, entry: LedgerEntry) -> None:
+        pass
+
+    def checkpoint(self, conversation: str, message: ConversationMessage) -> None:
+        pass
+
+    def settings(self, conversation: str, config: AgentConfig) -> None:
+        pass
+
+    def turn_failed(self, problem: StoreError | ConversationInUse) -> TurnStoreError:
+        return _turn_error(problem)
+
+    def cached(self, key: str) -> CachedReply | None:
+        reply = self._replies.get(key)
+        if reply is not None:
+            self._replies.move_to_end(key)
+            self._hits += 1
+        return reply
+
+    def cache(self, key: str, reply: CachedReply, conversation: str | None) -> None:
+        self._replies[key] = reply
+        while len(self._replies) > MEMORY_CACHE_ENTRIES:
+            self._replies.popitem(last=False)
+
+    def cache_stats(self) -> dict[str, int]:
+        size = sum(len(repr(r.parts)) for r in self._replies.values())
+        return {"entries": len(self._replies), "bytes": size, "hits": self._hits}
+
+    def cache_clear(self) -> None:
+        self._replies.clear()
+
+    def close(self) -> None:
+        pass
+
+
+class StoreRecorder:
+    """Writes to a `Store`; after a store fault, carries on as a `NullRecorder`."""
+
+    def __init__(self, store: Store) -> None:
+        self._store: Store | None = store
+        self._without = NullRecorder()
+
+    @property
+    def store(self) -> Store | None:
+        return self._store
+
+    @property
+    def problem(self) -> StoreError | None:
+        return self._without.problem
+
+    def create(self, namespace: str, name: str, config: AgentConfig) -> str | None:
+        if self._store is None:
+            return None
+        return self._store.create(namespace, name, stored_settings(config))
+
+    def message(self, conversation: str, message: ConversationMessage) -> None:
+        if self._store is not None:
+            self._store.append_message(conversation, message)
+
+    def ledger(self, conversation: str, entry: LedgerEntry) -> None:
+        if self._store is not None:
+            self._store.append_ledger(conversation, entry)
+
+    def checkpoint(self, conversation: str, message: ConversationMessage) -> None:
+        if self._store is not None:
+            self._store.checkpoint(conversation, message)
+
+    def settings(self, conversation: str, config: AgentConfig) -> None:
+        if self._store is not None:
+            self._store.save_settings(conversation, stored_settings(config))
+
+    def turn_failed(self, problem: StoreError | ConversationInUse) -> TurnStoreError:
+        if isinstance(problem, StoreError):
+            self._fail(problem)
+        return _turn_error(problem)
+
+    def _fail(self, problem: StoreError) -> None:
+        """A store fault mid-session: say it once, and carry on without the store."""
+        if self._store is None:
+            return
+        log.warning("conversations are no longer stored: %s", problem)
+        store, self._store, self._without = self._store, None, NullRecorder(problem)
+        with contextlib.suppress(StoreError):
+            store.close()
+
+    def cached(self, key: str) -> CachedReply | None:
+        if self._store is None:
+            return self._without.cached(key)
+        return self._store.cache_get(key)
+
+    def cache(self, key: str, reply: CachedReply, conversation: str | None) -> None:
+        if self._store is None:
+            self._without.cache(key, reply, conversation)
+        else:
+            self._store.cache_put(key, reply, conversation=conversation)
+
+    def cache_stats(self) -> dict[str, int]:
+        if self._store is None:
+            return self._without.cache_stats()
+        stats = self._store.cache_stats()
+        return {"entries": stats.entries, "bytes": stats.bytes, "hits": stats.hits}
+
+    def cache_clear(self) -> None:
+        self._without.cache_clear()
+        if self._store is not None:
+            self._store.cache_clear()
+
+    def close(self) -> None:
+        if self._store is not None:
+            store, self._store = self._store, None
+            store.close()
