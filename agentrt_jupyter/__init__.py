@@ -18,6 +18,7 @@ _EXPORTS: dict[str, str] = {
     "Agent": "runtime",
     "AsyncAgent": "runtime",
     "AgentInfo": "runtime",
+    "FakeBackend": "backends.fake",
     "RuntimeConfig": "config",
     "AgentConfig": "config",
     "ChatHandle": "handle",
@@ -78,6 +79,9 @@ _EXPORTS: dict[str, str] = {
 __all__ = [*_EXPORTS, "load_ipython_extension", "unload_ipython_extension"]
 
 if TYPE_CHECKING:
+    from .backends.fake import (
+        FakeBackend as FakeBackend,
+    )
     from .config import (
         AgentConfig as AgentConfig,
     )
