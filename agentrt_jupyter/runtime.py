@@ -358,9 +358,10 @@ class _Core:
     ) -> None:
         self.config = config
         self._backend_factory = backend_factory or default_backend
-        self._local_engines = backend_factory is None
-        """Only the default backends use the local model servers (a custom factory gets
-        the endpoint as configured, and no server process is started for it)."""
+        self._default_backends = backend_factory is None
+        """Only the default (google-genai) backends use the local model servers and the
+        SDK's warm-up; a custom factory gets the endpoint as configured, and no server
+        process is started for it."""
         self.quota = QuotaRegistry()
         self.agents: dict[str, AgentCore] = {}
         self.retired_ledger: collections.deque[LedgerEntry] = collections.deque(
@@ -434,7 +435,7 @@ class _Core:
                 config.api_version or self.config.api_version,
             )
         backend = self.config.resolved_backend()
-        if backend == "gemini" or not self._local_engines:
+        if backend == "gemini" or not self._default_backends:
             return Endpoint(
                 self.config.resolved_api_key(),
                 self.config.base_url,
@@ -486,6 +487,9 @@ class _Core:
         import starts its turn as soon as the import is done, not after the whole warm-up.
         """
         try:
+            if not self._default_backends:  # a custom factory's backend: just make it
+                await self.default_backend()
+                return
             gemini = _import_without_collections(f"{__package__}.backends.gemini")
             await self.default_backend()
             for model in gemini.first_turn_models():
