@@ -12,12 +12,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from .backends.base import (
     BLOCKED_FINISH_REASONS,
@@ -51,12 +49,12 @@ from .errors import (
     ToolStepLimit,
     TurnError,
 )
-from .events import TextDelta, ThoughtDelta, ToolCall, ToolResult, UsageUpdate, Waiting
+from .events import TextDelta, ThoughtDelta, UsageUpdate, Waiting
 from .handle import Turn, TurnResult, cancelled_error
 from .quota import QuotaRegistry
 from .recorder import Recorder
 from .store import CachedReply
-from .tools import Tool
+from .toolcalls import answer_calls
 
 __all__ = ["BLOCKED_FINISH_REASONS", "AgentCore", "AgentHost"]
 
@@ -108,43 +106,6 @@ class AgentHost(Protocol):
     def changed(self) -> None:
         """Something a monitor shows changed (cheap; called per chunk)."""
         ...
-
-
-def _jsonable(value: Any) -> Any:
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError, RecursionError):
-        return _safe_repr(value)
-    return value
-
-
-def _safe_repr(value: Any) -> str:
-    try:
-        return repr(value)
-    except BaseException as exc:  # a user's __repr__ may raise anything
-        return f"<{type(value).__name__} object (repr failed: {type(exc).__name__})>"
-
-
-def _bounded_response(response: dict[str, Any], limit: int) -> dict[str, Any]:
-    """Keep a tool's response under `limit` characters of JSON, saying so to the model."""
-    text = json.dumps(response, default=_safe_repr)
-    if len(text) <= limit:
-        return response
-    return {
-        "truncated": f"the result was {len(text):,} characters of JSON; only the first "
-        f"{limit:,} are shown",
-        "partial_result": text[:limit],
-    }
-
-
-def _describe_exception(exc: BaseException) -> str:
-    if isinstance(exc, SystemExit):
-        return f"SystemExit({exc.code!r}): the tool called exit() or argparse failed"
-    try:
-        message = str(exc)
-    except BaseException:
-        message = "(message unavailable)"
-    return f"{exc.__class__.__name__}: {message}" if message else exc.__class__.__name__
 
 
 def _scrubbed(error: TurnError) -> TurnError:
@@ -551,52 +512,15 @@ class AgentCore:
             self._live_call = None
 
     async def _run_tools(self, turn: Turn, calls: list[FunctionCallPart]) -> None:
-        tools = {t.name: t for t in self.config.tool_list}
-        responses: list[FunctionResponsePart] = []
+        """Run the calls in order; the answers given so far are recorded even on cancel."""
+        answers: list[FunctionResponsePart] = []
         try:
-            for call in calls:
-                turn.tool_calls += 1
-                turn.publish(ToolCall(call.id, call.name, call.args))
-                result: Any = None
-                error: str | None = None
-                tool = tools.get(call.name)
-                if tool is None:
-                    error = f"unknown tool {call.name!r}; available: {sorted(tools)}"
-                else:
-                    result, error = await self._tool_outcome(tool, call)
-                response = (
-                    {"error": error}
-                    if error
-                    else (result if isinstance(result, dict) else {"result": result})
-                )
-                response = _bounded_response(response, self.host.config.max_tool_result_chars)
-                responses.append(FunctionResponsePart(call.name, response, call.id))
-                turn.publish(ToolResult(call.id, call.name, result, error))
-        finally:
-            if responses:
-                self._record(ConversationMessage("user", tuple(responses), turn.number))
-
-    async def _tool_outcome(self, tool: Tool, call: FunctionCallPart) -> tuple[Any, str | None]:
-        """(result, None) or (None, error text): whatever the tool raises is its own error.
-
-        SystemExit, KeyboardInterrupt, GeneratorExit and a CancelledError the tool raised
-        itself are the tool's errors too; only a cancel of this turn propagates.
-        """
-        confirm = self.config.confirm_tool
-        if confirm is not None:
-            answer, problem = await _guarded(confirm, call.name, dict(call.args))
-            if problem is not None:
-                return None, f"the confirmation policy failed: {problem}"
-            if not answer:
-                return None, "the user declined this tool call"
-        limit = self.config.tool_timeout
-        try:
-            result, problem = await asyncio.wait_for(_guarded(tool.fn, **dict(call.args)), limit)
-        except TimeoutError:
-            return None, (
-                f"the tool did not answer within {limit:g} s (tool_timeout) and was abandoned"
+            await answer_calls(
+                turn, calls, self.config, self.host.config.max_tool_result_chars, answers
             )
-        return (None, problem) if problem is not None else (_jsonable(result), None)
+        finally:
+            if answers:
+                self._record(ConversationMessage("user", tuple(answers), turn.number))
 
     async def _maybe_compact(self, turn: Turn) -> None:
         """Summarise older turns once the context passed `compaction_threshold` tokens."""
@@ -627,50 +551,6 @@ class AgentCore:
             if (conversation := self._stored()) is not None:
                 self.host.recorder.message(conversation, self.conversation.messages[index])
                 self.host.recorder.settings(conversation, self.config)
-
-
-async def _guarded(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, str | None]:
-    """Run a user's callable (sync on a worker thread, async on the loop) and contain it.
-
-    Returns (value, None) or (None, description of what it raised). A cancel of the
-    calling task still propagates; the worker thread of a sync callable is then abandoned
-    (it is a daemon thread and its late result is dropped).
-    """
-    try:
-        if asyncio.iscoroutinefunction(fn):
-            value = await _own_task(fn(*args, **kwargs))
-        else:
-            value = await asyncio.to_thread(fn, *args, **kwargs)
-            if isinstance(value, Awaitable):
-                value = await _own_task(value)
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise
-        return None, "CancelledError: the tool raised CancelledError itself"
-    except BaseException as exc:
-        return None, _describe_exception(exc)
-    return value, None
-
-
-async def _own_task(awaitable: Awaitable[Any]) -> Any:
-    """Await a user's coroutine in its own task, so whatever it raises stays inside it."""
-
-    async def contained() -> tuple[bool, Any]:
-        try:
-            return True, await awaitable
-        except BaseException as exc:  # SystemExit etc. must not reach the loop
-            return False, exc
-
-    task = asyncio.ensure_future(contained())
-    try:
-        ok, value = await asyncio.shield(task)
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
-    if not ok:
-        raise value
-    return value
 
 
 def _reply_status(finish_reason: str | None) -> MessageStatus:
