@@ -26,7 +26,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..agent import BLOCKED_FINISH_REASONS
@@ -48,6 +48,8 @@ POLL_FIRST = 0.25
 POLL_MOST = 30.0
 POLL_RETRIES = 5
 """Failed polls in a row (5xx, dropped connections) before the job is given up on."""
+Outcome = tuple[str, str | None, Usage, str | None]
+"""One result: the reply's text, its finish reason, its usage, and the problem if any."""
 _FINAL = {
     "JOB_STATE_SUCCEEDED": "succeeded",
     "JOB_STATE_FAILED": "failed",
@@ -319,7 +321,7 @@ async def _collect(
     """Give each result of the finished `job` to the rows with its key."""
     run.state = "collecting"
     answered = 0
-    async for key, outcome in _results(run, client, job):
+    async for key, outcome in _results(client, job):
         answered += 1
         if answered % YIELD_EVERY == 0:
             await asyncio.sleep(0)
@@ -329,7 +331,7 @@ async def _collect(
 def _give(
     run: BatchRun,
     key: str | None,
-    outcome: tuple[str, str | None, Usage, str | None],
+    outcome: Outcome,
     missing: dict[str, list[int]],
     latency: float,
 ) -> None:
@@ -393,50 +395,61 @@ async def _poll(run: BatchRun, client: Any, name: str) -> Any:
         delay = min(POLL_MOST, delay * 1.5)
 
 
-async def _results(
-    run: BatchRun, client: Any, job: Any
-) -> Any:  # an async iterator of (key, (text, finish, usage, problem))
-    """Each result of a finished job with its row key."""
-    from google.genai import types
-
-    from ..backends.gemini import translate_errors
-
+async def _results(client: Any, job: Any) -> AsyncIterator[tuple[str | None, Outcome]]:
+    """Each result of a finished job with its row key (inline, or in a result file)."""
     destination = job.dest
     inline = getattr(destination, "inlined_responses", None)
     if inline is not None:
         for entry in inline:
-            key = (entry.metadata or {}).get("key")
-            if entry.error is not None:
-                yield key, ("", None, Usage(), _error_text(entry.error))
-            else:
-                yield key, _reply(entry.response)
+            yield _inline_result(entry)
         return
     name = getattr(destination, "file_name", None)
-    if not name:
-        return
+    if name:
+        async for result in _file_results(client, name):
+            yield result
+
+
+def _inline_result(entry: Any) -> tuple[str | None, Outcome]:
+    key = (entry.metadata or {}).get("key")
+    if entry.error is not None:
+        return key, ("", None, Usage(), _error_text(entry.error))
+    return key, _reply(entry.response)
+
+
+async def _file_results(client: Any, name: str) -> AsyncIterator[tuple[str | None, Outcome]]:
+    """The results in the job's JSONL file `name`, downloaded to a temporary file."""
+    from ..backends.gemini import translate_errors
+
     handle, path = tempfile.mkstemp(prefix="agentrt-batch-", suffix=".jsonl")
     os.close(handle)
     try:
         with _translate(translate_errors):
             await client.aio.files.download(file=name, destination=path)
         for line in _lines(path):
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(entry, dict):
-                continue
-            key = entry.get("key")
-            key = str(key) if key is not None else None
-            if isinstance(entry.get("response"), dict):
-                response = types.GenerateContentResponse.model_validate(entry["response"])
-                yield key, _reply(response)
-            else:
-                problem = entry.get("error") or entry.get("status") or "no response"
-                yield key, ("", None, Usage(), _error_text(problem))
+            result = _file_result(line)
+            if result is not None:
+                yield result
     finally:
         with contextlib.suppress(OSError):
             os.unlink(path)
+
+
+def _file_result(line: str) -> tuple[str | None, Outcome] | None:
+    """One line of a result file (None: not a result)."""
+    from google.genai import types
+
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(entry, dict):
+        return None
+    key = entry.get("key")
+    key = str(key) if key is not None else None
+    if isinstance(entry.get("response"), dict):
+        return key, _reply(types.GenerateContentResponse.model_validate(entry["response"]))
+    problem = entry.get("error") or entry.get("status") or "no response"
+    return key, ("", None, Usage(), _error_text(problem))
 
 
 def _lines(path: str) -> Iterator[str]:
@@ -446,7 +459,7 @@ def _lines(path: str) -> Iterator[str]:
                 yield line
 
 
-def _reply(response: Any) -> tuple[str, str | None, Usage, str | None]:
+def _reply(response: Any) -> Outcome:
     """(text, finish reason, usage, problem) of one GenerateContentResponse."""
     usage = Usage.from_metadata(getattr(response, "usage_metadata", None))
     candidates = getattr(response, "candidates", None) or []
