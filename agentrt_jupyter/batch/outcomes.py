@@ -39,7 +39,6 @@ class RowOutcomes:
 
     def __init__(self, schema: ResultSchema | None, total: int) -> None:
         self.schema = schema
-        self.total = total
         self.status = np.full(total, PENDING, dtype=np.int8)
         self.error: list[str | None] = [None] * total
         self.tokens_in = np.zeros(total, dtype=np.int64)
@@ -100,9 +99,6 @@ class RowOutcomes:
                 entry[0] += 1
                 if position < entry[1]:
                     entry[1:] = [position, error]
-
-    def is_pending(self, position: int) -> bool:
-        return bool(self.status[position] == PENDING)
 
     def pending(self) -> list[int]:
         """The rows without an outcome yet."""

@@ -159,11 +159,6 @@ class RunResults:
         self.run = run
         self._owned = owned
 
-    @property
-    def kept(self) -> bool:
-        """Whether results are still kept (no store fault, not closed)."""
-        return self._store is not None
-
     def get(self, row: str) -> StoredRow | None:
         store = self._store
         if store is None:
