@@ -36,7 +36,7 @@ from ..handle import ChatHandle, TurnResult
 from ..quota import fingerprint
 from .controller import Estimate, Start, Stop
 from .outcomes import CANCELLED, ERROR, SKIPPED, error_kind
-from .run import YIELD_EVERY, Stopped
+from .run import Stopped
 from .schema import SchemaMismatch
 
 if TYPE_CHECKING:
@@ -94,26 +94,16 @@ class LiveRows:
         try:
             await self._prepare_quota()
             self.run.state = "running"
-            for handled, (position, prompt, problem) in enumerate(self.run.prompts(), 1):
-                if handled % YIELD_EVERY == 0:
-                    await asyncio.sleep(0)
-                if prompt is None:
-                    self.run.finish(position, ERROR, error=problem, kind="template")
-                else:
-                    await self._dispatch(position, prompt)
+            async for position, prompt, key in self.run.unanswered():
+                await self._dispatch(position, prompt, key)
             while self._tasks:
                 await asyncio.wait(list(self._tasks))
         finally:
             await self._end_tasks()
 
-    async def _dispatch(self, position: int, prompt: str) -> None:
-        """Row `position`: cached, started, or ended by a stop or a cancel."""
+    async def _dispatch(self, position: int, prompt: str, key: str) -> None:
+        """Row `position`: started, or ended by a stop or a cancel."""
         run = self.run
-        key = run.plan.row_key(prompt)
-        found = None if run.plan.refresh and run.stopped is None else run.lookup(key)
-        if found is not None:
-            run.finish_cached(position, found)
-            return
         started = None
         if run.stopped is None and not run.cancel_requested:
             admitted = await self._admit(prompt)

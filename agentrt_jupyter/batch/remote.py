@@ -79,21 +79,10 @@ async def answer_in_batch(run: BatchRun) -> None:
 
 
 async def _missing_rows(run: BatchRun) -> tuple[dict[str, list[int]], dict[str, str]]:
-    """The rows to ask for, by key (positions and prompt); the others are ended here
-    (cached, or no prompt)."""
+    """The rows to ask for, by key: their positions, and the prompt."""
     missing: dict[str, list[int]] = {}
     prompts: dict[str, str] = {}
-    for handled, (position, prompt, problem) in enumerate(run.prompts(), 1):
-        if handled % YIELD_EVERY == 0:
-            await asyncio.sleep(0)
-        if prompt is None:
-            run.finish(position, ERROR, error=problem, kind="template")
-            continue
-        key = run.plan.row_key(prompt)
-        found = None if run.plan.refresh else run.lookup(key)
-        if found is not None:
-            run.finish_cached(position, found)
-            continue
+    async for position, prompt, key in run.unanswered():
         missing.setdefault(key, []).append(position)
         prompts[key] = prompt
     return missing, prompts

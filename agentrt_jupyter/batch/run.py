@@ -20,7 +20,7 @@ import itertools
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import RuntimeClosed, Timeout, WrongThread
@@ -313,7 +313,33 @@ class BatchRun:
             await task
         return True
 
-    def prompts(self) -> Iterator[tuple[int, str | None, str | None]]:
+    async def unanswered(self) -> AsyncIterator[tuple[int, str, str]]:
+        """(position, prompt, row key) of each row to ask a model for, read a block at a time.
+
+        The other rows end here: one whose template cannot be filled is an error, one
+        answered before under the run's key comes back cached (unless `refresh`, while the
+        run is not stopped). Lets the loop run others every `YIELD_EVERY` rows."""
+        for handled, (position, prompt, problem) in enumerate(self._prompts(), 1):
+            if handled % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            if prompt is None:
+                self.finish(position, ERROR, error=problem, kind="template")
+                continue
+            key = self.plan.row_key(prompt)
+            found = None if self.plan.refresh and self._stopped is None else self._lookup(key)
+            if found is None:
+                yield position, prompt, key
+                continue
+            stored, values = found
+            self.outcomes.set_reply(position, stored.text, values)
+            self.finish(
+                position,
+                CACHED,
+                tokens=(stored.tokens_in, stored.tokens_out),
+                latency=stored.latency,
+            )
+
+    def _prompts(self) -> Iterator[tuple[int, str | None, str | None]]:
         """(position, prompt, None) per row, or (position, None, why it has no prompt)."""
         columns = self.plan.columns
         for start in range(0, self.total, ROWS_PER_READ):
@@ -328,7 +354,7 @@ class BatchRun:
                     continue
                 yield start + offset, prompt, None
 
-    def lookup(self, key: str) -> tuple[StoredRow, dict[str, Any] | None] | None:
+    def _lookup(self, key: str) -> tuple[StoredRow, dict[str, Any] | None] | None:
         """The kept result of row `key` (and its schema values), if any fits."""
         stored = self.records.get(key)
         if stored is None:
@@ -363,14 +389,6 @@ class BatchRun:
             attempts=attempts,
         )
         self.changed()
-
-    def finish_cached(self, position: int, found: tuple[StoredRow, dict[str, Any] | None]) -> None:
-        """Row `position` is answered by a kept result (see `lookup`)."""
-        stored, values = found
-        self.outcomes.set_reply(position, stored.text, values)
-        self.finish(
-            position, CACHED, tokens=(stored.tokens_in, stored.tokens_out), latency=stored.latency
-        )
 
     def finish_ok(
         self,
