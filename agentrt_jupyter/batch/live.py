@@ -102,21 +102,19 @@ class LiveRows:
             await self._end_tasks()
 
     async def _dispatch(self, position: int, prompt: str, key: str) -> None:
-        """Row `position`: started, or ended by a stop or a cancel."""
+        """Row `position`: started once admitted, or ended by the run's stop or a cancel."""
         run = self.run
-        started = None
         if run.stopped is None and not run.cancel_requested:
             admitted = await self._admit(prompt)
-            if isinstance(admitted, Stopped):
-                run.stop(admitted.reason, admitted.status)
-            else:
-                started = admitted
-        if started is not None:
-            self._launch(position, prompt, key, started.estimate)
-        elif run.cancel_requested:
+            if isinstance(admitted, Start):
+                self._launch(position, prompt, key, admitted.estimate)
+                return
+            run.stop(admitted.reason, admitted.status)
+        stopped = run.stopped
+        if run.cancel_requested or stopped is None:
             run.finish(position, CANCELLED, error="cancelled before it started")
-        elif run.stopped is not None:
-            run.finish(position, run.stopped.status, error=run.stopped.reason)
+        else:
+            run.finish(position, stopped.status, error=stopped.reason)
 
     async def _admit(self, prompt: str) -> Start | Stopped:
         """Wait until the row of `prompt` may start (its estimate then reserved); a stop if

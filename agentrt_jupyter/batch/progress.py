@@ -19,6 +19,9 @@ from typing import Any, Protocol
 
 log = logging.getLogger("agentrt_jupyter")
 
+ENDED = ("done", "stopped", "cancelled")
+"""The states a run ends in."""
+
 
 @dataclass(frozen=True)
 class ErrorSummary:
@@ -72,7 +75,7 @@ class BatchProgress:
 
     @property
     def done(self) -> bool:
-        return self.state in ("done", "stopped", "cancelled")
+        return self.state in ENDED
 
     def __str__(self) -> str:
         parts = [f"{self.finished:,}/{self.total:,} rows", f"ok {self.ok:,}"]

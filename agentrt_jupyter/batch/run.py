@@ -27,7 +27,7 @@ from ..errors import RuntimeClosed, Timeout, WrongThread
 from ..handle import WAIT_SLICE
 from .controller import RateController
 from .outcomes import CACHED, CANCELLED, ERROR, OK, SKIPPED, RowOutcomes
-from .progress import BatchProgress, Listener, Listeners
+from .progress import ENDED, BatchProgress, Listener, Listeners
 from .records import RunResults, StoredRow
 from .schema import SchemaMismatch
 
@@ -46,7 +46,6 @@ SETTLE_TIMEOUT = 10.0
 ROWS_PER_READ = 1000
 YIELD_EVERY = 256
 """Rows an answering loop handles (cached ones, say) before it lets the loop run others."""
-ENDED = ("done", "stopped", "cancelled")
 
 Answer = Callable[["BatchRun"], Awaitable[None]]
 """How a run's rows are answered (on the runtime loop)."""
