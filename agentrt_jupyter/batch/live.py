@@ -14,9 +14,8 @@ finish. A per-minute 429 that the agent's own retries did not get past is retrie
 after the shared wait, up to `ROW_QUOTA_RETRIES` more times.
 
 Rows whose prompt was answered before under the run's key are not sent again: they come
-back `cached`; `refresh=True` sends every row again. Only successful rows are kept, so a
-re-run also retries the failed ones. A cached row keeps the tokens and latency it had when
-it was made, with 0 attempts.
+back `cached` (see `BatchRun.unanswered`); `refresh=True` sends every row again. Only
+successful rows are kept, so a re-run also retries the failed ones.
 """
 
 from __future__ import annotations

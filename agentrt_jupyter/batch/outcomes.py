@@ -8,6 +8,9 @@ Result frame, index = the input's index:
     (reply and thinking tokens), latency float64 (seconds from the row's start to its
     end, waits included), attempts int64 (HTTP requests this run made for the row)
 
+A cached row keeps the tokens and latency it had when it was made, with 0 attempts.
+`frame.attrs["agentrt"]` is the run's final `BatchProgress`.
+
 Kept column-wise (compact whatever the row count), with the counts by status, the errors
 by kind (the first row of each as the example) and the rate of rows answered.
 """
