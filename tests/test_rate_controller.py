@@ -123,16 +123,33 @@ def test_a_row_alone_always_starts_whatever_tpm_says() -> None:
     started(rc.admit(PROMPT))
 
 
+def sized(rc: RateController) -> None:
+    """One row of 20 tokens (10 in, 10 out) ran and ended: the estimates are no guess."""
+    rc.release(started(rc.admit(PROMPT)))
+    rc.spend(10, 10)
+    rc.row_succeeded(PROMPT, 10, 10, limited=False)
+
+
+def test_with_a_budget_the_first_row_runs_alone_to_size_the_others() -> None:
+    rc = controller(concurrency=8, budget_tokens=1000)
+    first = started(rc.admit(PROMPT))
+    assert rc.admit(PROMPT) == Wait(None)
+    rc.release(first)
+    started(rc.admit(PROMPT))
+    started(rc.admit(PROMPT))
+
+
 def test_the_estimates_of_rows_in_flight_count_against_the_token_budget() -> None:
-    rc = controller(concurrency=8, budget_tokens=70)
-    rows = [started(rc.admit(PROMPT)) for _ in range(3)]  # 60 of 70 reserved
+    rc = controller(concurrency=8, budget_tokens=90)
+    sized(rc)
+    rows = [started(rc.admit(PROMPT)) for _ in range(3)]  # 20 spent, 60 reserved
     assert rc.admit(PROMPT) == Wait(None)  # over the budget while rows are in flight
     for row in rows:
         rc.release(row)
         rc.spend(10, 10)
     stop = rc.admit(PROMPT)
     assert isinstance(stop, Stop)
-    assert stop.reason == "stopped at budget_tokens=70: 60 spent, the next row needs about 20"
+    assert stop.reason == "stopped at budget_tokens=90: 80 spent, the next row needs about 20"
 
 
 def test_an_admission_estimates_from_the_rows_that_ended_while_it_waited() -> None:

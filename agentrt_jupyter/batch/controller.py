@@ -18,8 +18,10 @@ tells it what happened (`release` and `spend` when the row ends, `row_succeeded`
   is made when it is admitted (not when it began to wait, so rows that ended meanwhile
   inform it): its prompt length scaled by the tokens per character seen so far (4
   characters a token before any is seen) plus the mean output so far (at first, as many
-  tokens as the prompt, or `max_output_tokens`). When the next row would pass the budget
-  and nothing is in flight, the answer is `Stop`.
+  tokens as the prompt, or `max_output_tokens`). Until a first row has ended that guess is
+  blind, so a run with a budget starts one row and waits for it before starting more
+  (parallel rows on a blind guess overshot the budget). When the next row would pass the
+  budget and nothing is in flight, the answer is `Stop`.
 - A credential blocked (429) for longer than `quota_max_wait` is a `Stop` too; a shorter
   block is a `Wait` for it.
 """
@@ -116,6 +118,7 @@ class RateController:
         self.decreases = 0
         self.rate_limited = 0
         self.in_flight = 0
+        self.ended = 0
         self.reserved_tokens = 0
         self.reserved_usd = 0.0
         self.tokens_in = 0
@@ -198,11 +201,16 @@ class RateController:
         over = self.over_budget(estimate)
         if over is not None:
             return Wait(None) if self.in_flight else Stop(over)
-        if self.in_flight >= self.concurrency:
+        if self.in_flight >= self.concurrency or (self.in_flight and self._blind_budget()):
             return Wait(None)
         if blocked > 0:
             return Wait(blocked, rate_limited=True)
         return self._paced(estimate)
+
+    def _blind_budget(self) -> bool:
+        """A budget to keep, and no row ended yet to size the estimates by."""
+        budgeted = self.budget_tokens is not None or self.budget_usd is not None
+        return budgeted and not self.ended
 
     def _paced(self, estimate: Estimate) -> Start | Wait:
         """The rpm and tpm ceilings: start now (reserving, counting the start) or wait."""
@@ -235,6 +243,7 @@ class RateController:
 
     def release(self, estimate: Estimate) -> None:
         """The request of `estimate` ended (what it cost goes to `spend`)."""
+        self.ended += 1
         self.in_flight -= 1
         self.reserved_tokens -= estimate.tokens
         self.reserved_usd -= estimate.usd
