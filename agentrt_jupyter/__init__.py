@@ -19,6 +19,7 @@ _EXPORTS: dict[str, str] = {
     "AgentRuntime": "runtime",
     "AsyncAgentRuntime": "runtime",
     "Agent": "runtime",
+    "AsyncAgent": "runtime",
     "AgentInfo": "runtime",
     "RuntimeConfig": "config",
     "AgentConfig": "config",
@@ -250,6 +251,9 @@ if TYPE_CHECKING:
     )
     from .runtime import (
         AgentRuntime as AgentRuntime,
+    )
+    from .runtime import (
+        AsyncAgent as AsyncAgent,
     )
     from .runtime import (
         AsyncAgentRuntime as AsyncAgentRuntime,

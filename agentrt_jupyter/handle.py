@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -118,6 +119,11 @@ class Turn:
                 self._on_finish.append(callback)
                 return
         callback()
+
+    def remove_finish_callback(self, callback: Callable[[], None]) -> None:
+        """Forget a callback that is no longer wanted (a wait that timed out)."""
+        with self._finish_lock, contextlib.suppress(ValueError):
+            self._on_finish.remove(callback)
 
     def add_waiter(self, wake: Callable[[], None]) -> None:
         """Called once when events arrive after this; re-add to wait again."""
@@ -263,11 +269,25 @@ class ChatHandle:
         return True
 
     def result(self, timeout: float | None = None) -> TurnResult:
-        """Wait for the turn; its error (cancel included) is raised, with partial text on it."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._turn.finished:
-            self._wait_sync(len(self._turn.events), deadline)
+        """Wait for the turn; its error (cancel included) is raised, with partial text on it.
+
+        Woken by the turn's end only: a waiter woken per event would take the GIL from
+        the runtime thread at every loop step of a long stream."""
+        if not self._turn.finished:
+            self._wait_finished(None if timeout is None else time.monotonic() + timeout)
         return self._outcome()
+
+    def _wait_finished(self, deadline: float | None) -> None:
+        finished = threading.Event()
+        self._turn.add_finish_callback(finished.set)
+        try:
+            while not finished.wait(_slice(deadline)):
+                if deadline is not None and time.monotonic() >= deadline:
+                    self._turn.remove_finish_callback(finished.set)
+                    raise Timeout(f"turn of {self.agent!r} still running after the timeout")
+        except KeyboardInterrupt:
+            self.cancel()
+            raise
 
     def text(self, timeout: float | None = None) -> str:
         """The whole reply text; raises the turn's error instead of returning partial text."""
@@ -294,6 +314,13 @@ class ChatHandle:
     def outcome(self) -> TurnResult | None:
         """The finished turn's result without raising (None while it runs)."""
         return self._turn.result
+
+
+def _slice(deadline: float | None) -> float:
+    """How long the next interruptible wait may block: a slice, or less before a deadline."""
+    if deadline is None:
+        return WAIT_SLICE
+    return max(0.0, min(WAIT_SLICE, deadline - time.monotonic()))
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

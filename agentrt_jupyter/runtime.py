@@ -1,9 +1,11 @@
 """`AgentRuntime`: one thread with its own asyncio loop, reached through one command channel.
 
-The thread is a portal (as anyio's `BlockingPortal`): every call is a coroutine sent
-with `run_coroutine_threadsafe` and answered through its own future. All agent state
-lives on the loop in `_Core`; `AgentRuntime` (sync) and `AsyncAgentRuntime`
-(`runtime.aio`) are thin layers over it, so there is one implementation.
+The thread is a portal (as anyio's `BlockingPortal`): every call is a command sent into
+the loop and answered through its own future — coroutine functions run as tasks
+(`run_coroutine_threadsafe`), plain ones through the `Inbox` in one loop callback. All
+agent state lives on the loop in `_Core`; `AgentRuntime` (sync) and `AsyncAgentRuntime`
+(`runtime.aio`) are thin layers over it, so there is one implementation, and a test keeps
+their command lists and signatures the same.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeAlias, TypeVar, overload
 
 from .agent import AgentCore
 from .backends.base import Backend
@@ -64,6 +66,8 @@ FINALIZE_TIMEOUT = 2.0
 """A runtime nobody shut down gets this long to close when it is collected or at exit."""
 RETIRED_LEDGER_ROWS = 1_000_000
 """Most ledger rows kept of agents no longer in the runtime (the oldest go first)."""
+AgentRef: TypeAlias = "Agent | AsyncAgent | str"
+"""What runtime methods accept for an agent: either handle, or its id or name."""
 
 
 class Inbox:
@@ -372,8 +376,8 @@ class _Core:
         """Grows at every change a monitor shows (agents, turns, streamed usage)."""
         self._watchers: list[asyncio.Future[None]] = []
 
-    def lookup(self, ref: Agent | str) -> AgentCore:
-        key = ref.id if isinstance(ref, Agent) else ref
+    def lookup(self, ref: AgentRef) -> AgentCore:
+        key = ref.id if isinstance(ref, Agent | AsyncAgent) else ref
         if not isinstance(key, str):
             raise AgentNotFound(repr(key))
         agent = self.agents.get(key) or self.agents.get(self.by_name.get(key, ""))
@@ -652,7 +656,7 @@ class _Core:
         self.changed()
         return agent
 
-    def chat(self, ref: Agent | str, parts: Any, refresh: bool = False) -> Turn:
+    def chat(self, ref: AgentRef, parts: Any, refresh: bool = False) -> Turn:
         agent = self.lookup(ref)
         agent.check_usable()
         turn = Turn(agent.name, parts, agent.model)
@@ -660,25 +664,25 @@ class _Core:
         agent.submit(turn)
         return turn
 
-    def cancel(self, ref: Agent | str) -> bool:
+    def cancel(self, ref: AgentRef) -> bool:
         return self.lookup(ref).cancel_active()
 
     def cancel_turn(self, ref: str, turn: Turn) -> None:
         self.lookup(ref).cancel_turn(turn)
 
-    async def wait_for_idle(self, ref: Agent | str, timeout: float | None) -> None:
+    async def wait_for_idle(self, ref: AgentRef, timeout: float | None) -> None:
         agent = self.lookup(ref)
         try:
             await asyncio.wait_for(agent.idle.wait(), timeout)
         except TimeoutError:
             raise Timeout(f"agent {agent.name!r} still busy after {timeout} s") from None
 
-    def signal_idle(self, ref: Agent | str) -> None:
+    def signal_idle(self, ref: AgentRef) -> None:
         agent = self.lookup(ref)
         if agent.is_idle():
             agent.wakeup.clear()
 
-    async def wait_for_wakeup(self, ref: Agent | str, timeout: float | None) -> bool:
+    async def wait_for_wakeup(self, ref: AgentRef, timeout: float | None) -> bool:
         agent = self.lookup(ref)
         try:
             await asyncio.wait_for(agent.wakeup.wait(), timeout)
@@ -686,10 +690,10 @@ class _Core:
             return False
         return True
 
-    def query(self, ref: Agent | str, what: Callable[[AgentCore], T]) -> T:
+    def query(self, ref: AgentRef, what: Callable[[AgentCore], T]) -> T:
         return what(self.lookup(ref))
 
-    async def clear_history(self, ref: Agent | str) -> None:
+    async def clear_history(self, ref: AgentRef) -> None:
         """Cancel what runs or waits first: a running turn must not write into the cleared
         history (the contents sent next would start with a model message)."""
         agent = self.lookup(ref)
@@ -700,7 +704,7 @@ class _Core:
             self.store.clear(agent.conversation_id)
             self.persist_agent(agent)
 
-    async def stop_agent(self, ref: Agent | str, how: str) -> None:
+    async def stop_agent(self, ref: AgentRef, how: str) -> None:
         agent = self.lookup(ref)
         await agent.stop("disconnected" if how == "disconnect" else "shutdown")
         if self.store is not None and agent.conversation_id is not None and how != "delete":
@@ -872,6 +876,11 @@ class Agent:
     def __repr__(self) -> str:
         return f"<Agent {self.name!r} id={self.id}>"
 
+    @property
+    def aio(self) -> AsyncAgent:
+        """The same agent with awaitable methods, for async code."""
+        return AsyncAgent(self.runtime.aio, self.id, self.name)
+
     def chat(self, content: Any, *, refresh: bool = False) -> ChatHandle:
         return self.runtime.chat(self, content, refresh=refresh)
 
@@ -933,6 +942,85 @@ class Agent:
         return self.runtime.try_shutdown_agent(self)
 
 
+class AsyncAgent:
+    """A handle on one agent for async code (`await runtime.aio.create_agent()`): every
+    method is awaitable, so none blocks the caller's event loop."""
+
+    def __init__(self, runtime: AsyncAgentRuntime, agent_id: str, name: str) -> None:
+        self.runtime = runtime
+        self.id = agent_id
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<AsyncAgent {self.name!r} id={self.id}>"
+
+    @property
+    def sync(self) -> Agent:
+        """The same agent with blocking methods."""
+        return Agent(self.runtime._runtime, self.id, self.name)
+
+    async def chat(self, content: Any, *, refresh: bool = False) -> ChatHandle:
+        return await self.runtime.chat(self, content, refresh=refresh)
+
+    async def send(self, content: Any) -> ChatHandle:
+        return await self.runtime.send(self, content)
+
+    async def cancel(self) -> bool:
+        return await self.runtime.cancel(self)
+
+    async def wait_for_idle(self, timeout: float | None = None) -> None:
+        await self.runtime.wait_for_idle(self, timeout)
+
+    async def is_idle(self) -> bool:
+        return await self.runtime.is_idle(self)
+
+    async def signal_idle(self) -> None:
+        await self.runtime.signal_idle(self)
+
+    async def wait_for_wakeup(self, timeout: float | None = None) -> bool:
+        return await self.runtime.wait_for_wakeup(self, timeout)
+
+    async def history(self) -> list[ConversationMessage]:
+        return await self.runtime.history(self)
+
+    async def turn_count(self) -> int:
+        return await self.runtime.turn_count(self)
+
+    async def total_usage(self) -> Usage:
+        return await self.runtime.total_usage(self)
+
+    async def last_turn_usage(self) -> Usage:
+        return await self.runtime.last_turn_usage(self)
+
+    async def last_response(self) -> str | None:
+        return await self.runtime.last_response(self)
+
+    async def last_message(self) -> ConversationMessage | None:
+        return await self.runtime.last_message(self)
+
+    async def ledger(self) -> list[LedgerEntry]:
+        return await self.runtime.agent_ledger(self)
+
+    async def clear_history(self) -> None:
+        await self.runtime.clear_history(self)
+
+    async def compaction_indices(self) -> list[int]:
+        return await self.runtime.compaction_indices(self)
+
+    async def disconnect(self) -> None:
+        await self.runtime.disconnect(self)
+
+    async def delete(self) -> None:
+        await self.runtime.delete(self)
+
+    async def shutdown(self) -> None:
+        await self.runtime.shutdown_agent(self)
+
+    def try_shutdown(self) -> bool:
+        """Schedule a shutdown; never raises, never waits (safe in finalizers)."""
+        return self.runtime.try_shutdown_agent(self)
+
+
 def _last_turn_usage(agent: AgentCore) -> Usage:
     ledger = agent.conversation.ledger
     return agent.conversation.turn_usage(ledger[-1].turn) if ledger else Usage()
@@ -948,11 +1036,12 @@ class AsyncAgentRuntime:
 
     async def create_agent(
         self, config: AgentConfig | None = None, *, fresh: bool = False, **settings: Any
-    ) -> Agent:
+    ) -> AsyncAgent:
+        """`runtime.create_agent` for an event loop: the handle's methods are awaitable."""
         core = await self._portal.acall(
             self._core.create_agent, agent_config(config, settings), fresh
         )
-        return Agent(self._runtime, core.id, core.name)
+        return AsyncAgent(self, core.id, core.name)
 
     async def resume(
         self,
@@ -961,64 +1050,82 @@ class AsyncAgentRuntime:
         *,
         take_over: bool = False,
         **settings: Any,
-    ) -> Agent:
+    ) -> AsyncAgent:
         core = await self._portal.acall(self._core.resume, name, config, take_over, settings)
-        return Agent(self._runtime, core.id, core.name)
+        return AsyncAgent(self, core.id, core.name)
 
-    async def chat(self, agent: Agent | str, content: Any, *, refresh: bool = False) -> ChatHandle:
+    async def agent(self, name: str) -> AsyncAgent:
+        """The handle of a live agent by id or name."""
+        core = await self._portal.acall(self._core.query, name, lambda a: a)
+        return AsyncAgent(self, core.id, core.name)
+
+    async def stored_conversations(self) -> list[str]:
+        rows = await self._portal.acall(self._core.stored)
+        return list(dict.fromkeys(r.name for r in rows))
+
+    async def conversations(self, *, everywhere: bool = False) -> list[StoredConversation]:
+        return await self._portal.acall(self._core.stored, None, everywhere=everywhere)
+
+    async def cache_stats(self) -> dict[str, int]:
+        return await self._portal.acall(self._core.cache_stats)
+
+    async def cache_clear(self) -> None:
+        await self._portal.acall(self._core.cache_clear)
+
+    async def chat(self, agent: AgentRef, content: Any, *, refresh: bool = False) -> ChatHandle:
         parts = to_parts(content)
         turn = await self._portal.acall(self._core.chat, agent, parts, refresh)
         return self._runtime._handle(turn)
 
-    async def send(self, agent: Agent | str, content: Any) -> ChatHandle:
+    async def send(self, agent: AgentRef, content: Any) -> ChatHandle:
         return await self.chat(agent, content)
 
-    async def cancel(self, agent: Agent | str) -> bool:
+    async def cancel(self, agent: AgentRef) -> bool:
         return await self._portal.acall(self._core.cancel, agent)
 
-    async def wait_for_idle(self, agent: Agent | str, timeout: float | None = None) -> None:
+    async def wait_for_idle(self, agent: AgentRef, timeout: float | None = None) -> None:
         await self._portal.acall(self._core.wait_for_idle, agent, timeout)
 
-    async def is_idle(self, agent: Agent | str) -> bool:
+    async def is_idle(self, agent: AgentRef) -> bool:
         return await self._portal.acall(self._core.query, agent, AgentCore.is_idle)
 
-    async def signal_idle(self, agent: Agent | str) -> None:
+    async def signal_idle(self, agent: AgentRef) -> None:
         await self._portal.acall(self._core.signal_idle, agent)
 
-    async def wait_for_wakeup(self, agent: Agent | str, timeout: float | None = None) -> bool:
+    async def wait_for_wakeup(self, agent: AgentRef, timeout: float | None = None) -> bool:
         return await self._portal.acall(self._core.wait_for_wakeup, agent, timeout)
 
-    async def history(self, agent: Agent | str) -> list[ConversationMessage]:
+    async def history(self, agent: AgentRef) -> list[ConversationMessage]:
         return await self._portal.acall(self._core.query, agent, _history)
 
-    async def turn_count(self, agent: Agent | str) -> int:
+    async def turn_count(self, agent: AgentRef) -> int:
         return await self._portal.acall(self._core.query, agent, _turn_count)
 
-    async def total_usage(self, agent: Agent | str) -> Usage:
+    async def total_usage(self, agent: AgentRef) -> Usage:
         return await self._portal.acall(self._core.query, agent, _total_usage)
 
-    async def last_turn_usage(self, agent: Agent | str) -> Usage:
+    async def last_turn_usage(self, agent: AgentRef) -> Usage:
         return await self._portal.acall(self._core.query, agent, _last_turn_usage)
 
-    async def last_response(self, agent: Agent | str) -> str | None:
+    async def last_response(self, agent: AgentRef) -> str | None:
         return await self._portal.acall(self._core.query, agent, _last_response)
 
-    async def last_message(self, agent: Agent | str) -> ConversationMessage | None:
+    async def last_message(self, agent: AgentRef) -> ConversationMessage | None:
         return await self._portal.acall(self._core.query, agent, _last_message)
 
-    async def agent_ledger(self, agent: Agent | str) -> list[LedgerEntry]:
+    async def agent_ledger(self, agent: AgentRef) -> list[LedgerEntry]:
         return await self._portal.acall(self._core.query, agent, _agent_ledger)
 
-    async def clear_history(self, agent: Agent | str) -> None:
+    async def clear_history(self, agent: AgentRef) -> None:
         await self._portal.acall(self._core.clear_history, agent)
 
-    async def compaction_indices(self, agent: Agent | str) -> list[int]:
+    async def compaction_indices(self, agent: AgentRef) -> list[int]:
         return await self._portal.acall(self._core.query, agent, _compactions)
 
-    async def disconnect(self, agent: Agent | str) -> None:
+    async def disconnect(self, agent: AgentRef) -> None:
         await self._portal.acall(self._core.stop_agent, agent, "disconnect")
 
-    async def delete(self, agent: Agent | str) -> None:
+    async def delete(self, agent: AgentRef) -> None:
         try:
             await self._portal.acall(self._core.stop_agent, agent, "delete")
         except AgentNotFound:
@@ -1026,11 +1133,21 @@ class AsyncAgentRuntime:
                 raise
             await self._portal.acall(self._core.delete_stored, agent)
 
-    async def shutdown_agent(self, agent: Agent | str) -> None:
+    async def shutdown_agent(self, agent: AgentRef) -> None:
         await self._portal.acall(self._core.stop_agent, agent, "shutdown")
+
+    def try_shutdown_agent(self, agent: AgentRef) -> bool:
+        """Schedule a shutdown; never raises, never waits (safe in finalizers)."""
+        return self._runtime.try_shutdown_agent(agent)
 
     async def agents(self) -> list[AgentInfo]:
         return await self._portal.acall(self._core.agent_infos)
+
+    async def wait_for_change(
+        self, since: int = -1, timeout: float | None = None
+    ) -> tuple[int, list[AgentInfo]]:
+        """`runtime.wait_for_change` for an event loop; `watch` iterates the same signal."""
+        return await self._portal.acall(self._core.next_change, since, timeout)
 
     async def watch(self, interval: float = 0.1) -> AsyncIterator[list[AgentInfo]]:
         """The agents now, then again after each change, at most once per `interval` s.
@@ -1058,6 +1175,22 @@ class AsyncAgentRuntime:
         self, retry_after: float | None, scope: QuotaScope = "minute"
     ) -> float:
         return await self._portal.acall(self._core.record_quota_hit, retry_after, scope)
+
+    async def shutdown(self, timeout: float = 10.0) -> None:
+        """`runtime.shutdown` for an event loop: the caller's loop runs on meanwhile.
+
+        Refused on the runtime's own threads (it would wait for itself)."""
+        portal = self._portal
+        if portal.on_loop() or portal.in_worker():
+            raise WrongThread(
+                "shutdown() cannot run on the runtime's own threads (the loop or a tool): "
+                "call runtime.aio.try_shutdown() to schedule it"
+            )
+        await asyncio.to_thread(self._runtime.shutdown, timeout)
+
+    def try_shutdown(self) -> bool:
+        """Start the shutdown and return at once (safe anywhere, even inside a tool)."""
+        return self._runtime.try_shutdown()
 
     async def map(self, frame: Any, template: str, **options: Any) -> Any:
         """`runtime.map` for an event loop; see `agentrt_jupyter.batch.engine.start_map`."""
@@ -1232,7 +1365,7 @@ class AgentRuntime:
     def cache_clear(self) -> None:
         self._portal.call(self._core.cache_clear)
 
-    def chat(self, agent: Agent | str, content: Any, *, refresh: bool = False) -> ChatHandle:
+    def chat(self, agent: AgentRef, content: Any, *, refresh: bool = False) -> ChatHandle:
         """Start a turn; returns at once with a handle that streams its events.
 
         With the reply cache on, `refresh=True` calls the model even for a recorded request.
@@ -1240,69 +1373,69 @@ class AgentRuntime:
         parts = to_parts(content)
         return self._handle(self._portal.call(self._core.chat, agent, parts, refresh))
 
-    def send(self, agent: Agent | str, content: Any) -> ChatHandle:
+    def send(self, agent: AgentRef, content: Any) -> ChatHandle:
         """Queue a message without waiting; its reply is recorded like any turn."""
         return self.chat(agent, content)
 
-    def cancel(self, agent: Agent | str) -> bool:
+    def cancel(self, agent: AgentRef) -> bool:
         """Stop the active turn now; True if one was running."""
         return self._portal.call(self._core.cancel, agent)
 
-    def wait_for_idle(self, agent: Agent | str, timeout: float | None = None) -> None:
+    def wait_for_idle(self, agent: AgentRef, timeout: float | None = None) -> None:
         self._portal.call(self._core.wait_for_idle, agent, timeout)
 
-    def is_idle(self, agent: Agent | str) -> bool:
+    def is_idle(self, agent: AgentRef) -> bool:
         return self._portal.call(self._core.query, agent, AgentCore.is_idle)
 
-    def signal_idle(self, agent: Agent | str) -> None:
+    def signal_idle(self, agent: AgentRef) -> None:
         self._portal.call(self._core.signal_idle, agent)
 
-    def wait_for_wakeup(self, agent: Agent | str, timeout: float | None = None) -> bool:
+    def wait_for_wakeup(self, agent: AgentRef, timeout: float | None = None) -> bool:
         """After `signal_idle`: True when a message arrives, False when the timeout passes."""
         return self._portal.call(self._core.wait_for_wakeup, agent, timeout)
 
-    def history(self, agent: Agent | str) -> list[ConversationMessage]:
+    def history(self, agent: AgentRef) -> list[ConversationMessage]:
         return self._portal.call(self._core.query, agent, _history)
 
-    def turn_count(self, agent: Agent | str) -> int:
+    def turn_count(self, agent: AgentRef) -> int:
         return self._portal.call(self._core.query, agent, _turn_count)
 
-    def total_usage(self, agent: Agent | str) -> Usage:
+    def total_usage(self, agent: AgentRef) -> Usage:
         return self._portal.call(self._core.query, agent, _total_usage)
 
-    def last_turn_usage(self, agent: Agent | str) -> Usage:
+    def last_turn_usage(self, agent: AgentRef) -> Usage:
         return self._portal.call(self._core.query, agent, _last_turn_usage)
 
-    def last_response(self, agent: Agent | str) -> str | None:
+    def last_response(self, agent: AgentRef) -> str | None:
         """The text of the last model response, if any."""
         return self._portal.call(self._core.query, agent, _last_response)
 
-    def last_message(self, agent: Agent | str) -> ConversationMessage | None:
+    def last_message(self, agent: AgentRef) -> ConversationMessage | None:
         """The last model response as a `ConversationMessage` (parts, usage, status)."""
         return self._portal.call(self._core.query, agent, _last_message)
 
-    def agent_ledger(self, agent: Agent | str) -> list[LedgerEntry]:
+    def agent_ledger(self, agent: AgentRef) -> list[LedgerEntry]:
         return self._portal.call(self._core.query, agent, _agent_ledger)
 
-    def clear_history(self, agent: Agent | str) -> None:
+    def clear_history(self, agent: AgentRef) -> None:
         """Forget what the model sees; turn count 0; total usage (billed) kept."""
         self._portal.call(self._core.clear_history, agent)
 
-    def compaction_indices(self, agent: Agent | str) -> list[int]:
+    def compaction_indices(self, agent: AgentRef) -> list[int]:
         return self._portal.call(self._core.query, agent, _compactions)
 
-    def disconnect(self, agent: Agent | str) -> None:
+    def disconnect(self, agent: AgentRef) -> None:
         """Stop the agent and keep its stored conversation for `resume(name)`."""
         self._portal.call(self._core.stop_agent, agent, "disconnect")
 
-    def delete(self, agent: Agent | str) -> None:
+    def delete(self, agent: AgentRef) -> None:
         """Stop the agent (if live) and erase its stored conversation."""
         self._portal.call(self.aio.delete, agent)
 
-    def shutdown_agent(self, agent: Agent | str) -> None:
+    def shutdown_agent(self, agent: AgentRef) -> None:
         self._portal.call(self._core.stop_agent, agent, "shutdown")
 
-    def try_shutdown_agent(self, agent: Agent | str) -> bool:
+    def try_shutdown_agent(self, agent: AgentRef) -> bool:
         """Schedule a shutdown; never raises, never waits (safe in finalizers)."""
         try:
             self._portal.submit(self._core.stop_agent, agent, "shutdown")
@@ -1322,8 +1455,21 @@ class AgentRuntime:
         `runtime.aio.watch()` is the async iterator over the same signal."""
         return self._portal.call(self._core.next_change, since, timeout)
 
+    def watch(self, interval: float = 0.1) -> Iterator[list[AgentInfo]]:
+        """The agents now, then again after each change, at most once per `interval` s
+        (the blocking twin of `runtime.aio.watch`, over `wait_for_change`)."""
+        version, infos = self.wait_for_change(-1, 0)
+        while True:
+            yield infos
+            started = time.monotonic()
+            version, infos = self.wait_for_change(version)
+            if (left := interval - (time.monotonic() - started)) > 0:
+                time.sleep(left)
+                version, infos = self.wait_for_change(version, 0)
+
     def ledger(self) -> list[LedgerEntry]:
-        """Every API call of every live agent, in order per agent."""
+        """Every API call this runtime made, in the order they started: live agents' and
+        those of agents no longer here (deleted, replaced, a map's rows)."""
         return self._portal.call(self._core.ledger)
 
     def wait_for_quota(self, timeout: float | None = None) -> float:
