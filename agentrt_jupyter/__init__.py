@@ -2,6 +2,9 @@
 
 `import agentrt_jupyter` is cheap: names are imported on first use, and
 `%load_ext agentrt_jupyter` imports the notebook layer only when called.
+
+This module is also the composition root: it sits above every layer and wires the
+features into the layers below them (`_compose`), so no layer imports one above it.
 """
 
 from __future__ import annotations
@@ -283,3 +286,47 @@ def unload_ipython_extension(ipython: Any) -> None:
 
 def _jupyter_labextension_paths() -> list[dict[str, str]]:
     return [{"src": "labextension", "dest": "agentrt-jupyter"}]
+
+
+def _batch_operator(name: str) -> Any:
+    from .batch.engine import OPERATORS
+
+    return OPERATORS[name]
+
+
+def _show_map_progress(run: Any, *, always: bool) -> object:
+    from .notebook.batchview import show_progress
+
+    return show_progress(run, always=always)
+
+
+def _notebook_runtime() -> AgentRuntime:
+    from .notebook import kernel_runtime
+
+    return kernel_runtime()
+
+
+def _compose() -> None:
+    """Wire the features above the runtime (cheap: nothing here imports pandas, an SDK or
+    widgets; each part loads on first use).
+
+    - `runtime.map` / `runtime.aio.map` are the batch engine's `map` operator;
+    - a map's `progress=None/True` shows the notebook layer's view (a widget in a kernel,
+      else a tqdm bar on a terminal);
+    - `df.agentrt` is registered as soon as pandas is imported, and uses the notebook's
+      runtime when given none.
+    """
+    import functools
+
+    from .batch.hook import register_when_pandas_loads
+    from .batch.progress import set_progress_view
+    from .operators import provide, set_default_runtime
+
+    for name in ("map",):
+        provide(name, functools.partial(_batch_operator, name))
+    set_progress_view(_show_map_progress)
+    set_default_runtime(_notebook_runtime)
+    register_when_pandas_loads()
+
+
+_compose()

@@ -35,7 +35,6 @@ from .agent import AgentCore
 from .backends import default_backend
 from .backends.base import Backend, BackendFactory, Endpoint
 from .backends.pump import StreamPacer
-from .batch.hook import register_when_pandas_loads
 from .config import AgentConfig, RuntimeConfig, agent_config
 from .content import to_parts
 from .conversation import ConversationMessage, LedgerEntry, Usage
@@ -50,6 +49,7 @@ from .errors import (
     WrongThread,
 )
 from .handle import ChatHandle, Turn, wait_future
+from .operators import operator
 from .quota import QuotaRegistry, QuotaScope, QuotaState
 from .recorder import NullRecorder, Recorder, StoreRecorder
 from .store import STORED_SETTINGS, Store, StoredConversation
@@ -1141,9 +1141,7 @@ class AsyncAgentRuntime:
 
     async def map(self, frame: Any, template: str, **options: Any) -> Any:
         """`runtime.map` for an event loop; see `agentrt_jupyter.batch.engine.start_map`."""
-        from .batch.engine import amap_frame
-
-        return await amap_frame(self._runtime, frame, template, **options)
+        return await operator("map").arun(self._runtime, frame, template, **options)
 
 
 def _history(agent: AgentCore) -> list[ConversationMessage]:
@@ -1206,7 +1204,6 @@ class AgentRuntime:
         self._core = _Core(self.config, backend_factory)
         self._portal = _Portal(name, self._core.inbox)
         self._finalizer = weakref.finalize(self, _finalize, self._portal, self._core)
-        register_when_pandas_loads()  # df.agentrt.map(...): registered once pandas is in
         if self._core.store is not None:
             self._portal.submit(self._core.start_heartbeat)
         self._shutdown_lock = threading.Lock()
@@ -1490,6 +1487,4 @@ class AgentRuntime:
         """Run `template` (`{column}` placeholders) over every row of the DataFrame `frame`
         and return a frame aligned with its index: one independent request per row,
         quota-aware, resumable, budgeted; see `agentrt_jupyter.batch.engine.start_map`."""
-        from .batch.engine import map_frame
-
-        return map_frame(self, frame, template, **options)
+        return operator("map").run(self, frame, template, **options)

@@ -253,6 +253,17 @@ def test_the_budget_stops_the_run_before_it_would_be_passed(
     assert list(more["status"]) == ["cached"] * ok + ["ok"] * (10 - ok)
 
 
+def test_the_budget_holds_with_rows_in_parallel(rt: AgentRuntime, tag: str) -> None:
+    """Rows cost more than the first guess (4 characters a token, as much out as in): the
+    rows started together on that guess used to pass the budget."""
+    template = f"{tag} [row {{n}}] a b c d e f g h i j k l"
+    for budget in (50, 100, 200):
+        result = rt.map(rows(20), template + f" {budget}", budget_tokens=budget, concurrency=8)
+        progress = result.attrs["agentrt"]
+        assert progress.ok >= 1 and progress.state == "stopped"
+        assert progress.tokens_in + progress.tokens_out <= budget
+
+
 def test_a_dollar_budget_uses_the_price_table(rt: AgentRuntime, tag: str) -> None:
     price = PRICES["gemini-2.5-flash"]
     per_row = price.cost(4, 5)

@@ -7,10 +7,12 @@ frame aligned with the input's index. `mode="batch"` sends the rows through the 
 Batch API instead (half price, hours of latency).
 
 Importing this package is light (pandas loads with `engine`); the names below load on
-first use. Modules: `plan` (options, templates, keys), `schema` (typed result columns),
-`prices` (the cost estimate), `records` (the results table), `engine` (the live run),
-`remote` (the Batch API run), `accessor` (`DataFrame.agentrt`), `hook` (registering it
-when pandas is imported).
+first use. Modules: `engine` (the entry points), `plan` (options, templates, keys),
+`controller` (concurrency, rpm/tpm, budgets: pure), `run` (`BatchRun`), `live` (rows
+answered one request each), `remote` (the Batch API), `outcomes` (the rows' outcomes and
+the result frame), `progress` (snapshots, listeners, the view), `records` (the results
+table), `schema` (typed result columns), `prices` (the cost estimate), `accessor`
+(`DataFrame.agentrt`), `hook` (registering it when pandas is imported).
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ _EXPORTS: dict[str, str] = {
     "start_map": "engine",
     "running_maps": "engine",
     "cancel_maps": "engine",
-    "BatchRun": "engine",
-    "BatchProgress": "engine",
-    "ErrorSummary": "engine",
-    "STATUSES": "engine",
+    "BatchRun": "run",
+    "BatchProgress": "progress",
+    "ErrorSummary": "progress",
+    "STATUSES": "outcomes",
     "ModelPrice": "prices",
     "PRICES": "prices",
     "price_for": "prices",
@@ -38,18 +40,6 @@ _EXPORTS: dict[str, str] = {
 __all__ = list(_EXPORTS)
 
 if TYPE_CHECKING:
-    from .engine import (
-        STATUSES as STATUSES,
-    )
-    from .engine import (
-        BatchProgress as BatchProgress,
-    )
-    from .engine import (
-        BatchRun as BatchRun,
-    )
-    from .engine import (
-        ErrorSummary as ErrorSummary,
-    )
     from .engine import (
         amap_frame as amap_frame,
     )
@@ -68,6 +58,9 @@ if TYPE_CHECKING:
     from .hook import (
         register_when_pandas_loads as register_when_pandas_loads,
     )
+    from .outcomes import (
+        STATUSES as STATUSES,
+    )
     from .prices import (
         PRICES as PRICES,
     )
@@ -76,6 +69,15 @@ if TYPE_CHECKING:
     )
     from .prices import (
         price_for as price_for,
+    )
+    from .progress import (
+        BatchProgress as BatchProgress,
+    )
+    from .progress import (
+        ErrorSummary as ErrorSummary,
+    )
+    from .run import (
+        BatchRun as BatchRun,
     )
 
 

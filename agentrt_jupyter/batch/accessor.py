@@ -1,7 +1,8 @@
 """`df.agentrt.map("Classify: {text}")`: the map run as a DataFrame method.
 
-Registered when pandas is imported (see `hook`) or when the map engine is first used.
-Without `runtime=` it uses the notebook's runtime (`%load_ext agentrt_jupyter`).
+Registered when pandas is imported (see `hook`; the package root asks for it). Without
+`runtime=` it uses the default runtime (`operators.default_runtime`: the notebook's,
+after `%load_ext agentrt_jupyter`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from ..errors import InvalidConfig
+from ..operators import default_runtime, operator
 
 if TYPE_CHECKING:
     from ..runtime import AgentRuntime
@@ -29,30 +30,16 @@ class AgentrtAccessor:
         self._frame = frame
 
     def map(self, template: str, *, runtime: AgentRuntime | None = None, **options: Any) -> Any:
-        from .engine import map_frame
-
-        return map_frame(_runtime(runtime), self._frame, template, **options)
+        return operator("map").run(_runtime(runtime), self._frame, template, **options)
 
     async def amap(
         self, template: str, *, runtime: AgentRuntime | None = None, **options: Any
     ) -> Any:
-        from .engine import amap_frame
-
-        return await amap_frame(_runtime(runtime), self._frame, template, **options)
+        return await operator("map").arun(_runtime(runtime), self._frame, template, **options)
 
 
-def _runtime(runtime: AgentRuntime | None) -> AgentRuntime:
-    if runtime is not None:
-        return runtime
-    try:
-        from ..notebook import kernel_runtime
-
-        return kernel_runtime()
-    except Exception:  # no IPython, or the extension is not loaded
-        raise InvalidConfig(
-            "pass runtime=AgentRuntime(...), or run %load_ext agentrt_jupyter in a notebook",
-            field="runtime",
-        ) from None
+def _runtime(runtime: AgentRuntime | None) -> object:
+    return runtime if runtime is not None else default_runtime()
 
 
 def register() -> None:

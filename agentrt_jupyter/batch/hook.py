@@ -4,8 +4,8 @@
 session that has both. `register_when_pandas_loads()` registers the accessor at once if
 pandas is already loaded, else it puts a one-shot finder on `sys.meta_path` that lets
 pandas import as usual and registers the accessor right after pandas' own `__init__`
-ran. The finder removes itself on first use; a failure to register is logged, never
-raised into the user's `import pandas`.
+ran. The package root calls it when imported. The finder removes itself on first use; a
+failure to register is logged, never raised into the user's `import pandas`.
 """
 
 from __future__ import annotations

@@ -87,54 +87,15 @@ def plan_map(
     tpm: float | None = None,
 ) -> MapPlan:
     """Check every option against `frame`; `InvalidConfig` names the first that is wrong."""
-    if not isinstance(frame, pd.DataFrame):
-        hint = " (a Series: pass series.to_frame('name'))" if isinstance(frame, pd.Series) else ""
-        raise InvalidConfig(
-            f"expected a pandas DataFrame, got {type(frame).__name__}{hint}", field="frame"
-        )
-    columns = _template_columns(template, frame)
+    columns = _template_columns(template, _data_frame(frame))
     assert isinstance(template, str)
-    row_config = agent_config(config, dict(settings or {}))
-    if row_config.name is not None:
-        raise InvalidConfig("each row runs on a fresh unnamed agent: leave out name", field="name")
-    if schema is not None and row_config.response_schema is not None:
-        raise InvalidConfig(
-            "give the schema once: schema=... or response_schema=..., not both", field="schema"
-        )
-    spec = schema if schema is not None else row_config.response_schema
-    parsed = result_schema(spec) if spec is not None else None
-    if parsed is not None:
-        row_config = row_config.with_changes(
-            response_schema=parsed.json_schema,
-            response_mime_type=row_config.response_mime_type or "application/json",
-        )
-    if mode not in ("live", "batch"):
-        raise InvalidConfig(f"must be 'live' or 'batch', got {mode!r:.40}", field="mode")
-    if mode == "batch" and (row_config.tools or row_config.confirm_tool is not None):
-        raise InvalidConfig(
-            "the Batch API answers each row in one call, so tools cannot run: use "
-            "mode='live' for rows that call tools",
-            field="tools",
-        )
-    if not isinstance(refresh, bool):
-        raise InvalidConfig("must be True or False", field="refresh")
-    if key is not None and (not isinstance(key, str) or not key.strip()):
-        raise InvalidConfig("must be a non-empty string or None", field="key")
-    concurrency = _integer("concurrency", concurrency, 1, MOST_CONCURRENCY)
-    most = (
-        min(MOST_CONCURRENCY, 4 * concurrency)
-        if max_concurrency is None
-        else _integer("max_concurrency", max_concurrency, concurrency, MOST_CONCURRENCY)
-    )
+    row_config, parsed = _row_config(config, settings, schema)
+    _check_mode(mode, row_config)
+    _check_run_options(refresh, key)
+    concurrency, most = _concurrency(concurrency, max_concurrency)
     model = runtime_config.model_for(row_config.model)
     price = price_for(model)
-    usd = _positive("budget_usd", budget_usd)
-    if usd is not None and price is None:
-        raise InvalidConfig(
-            f"no price is known for model {model!r}: add one with agentrt_jupyter.batch."
-            f"PRICES[{model!r}] = ModelPrice(input, output), or use budget_tokens",
-            field="budget_usd",
-        )
+    usd = _budget_usd(budget_usd, model, price)
     tokens = None if budget_tokens is None else _integer("budget_tokens", budget_tokens, 1, 10**15)
     run_key = key if key is not None else _run_key(template, row_config, model)
     return MapPlan(
@@ -154,6 +115,73 @@ def plan_map(
         refresh=refresh,
         mode=mode,  # type: ignore[arg-type]
     )
+
+
+def _data_frame(frame: object) -> pd.DataFrame:
+    if isinstance(frame, pd.DataFrame):
+        return frame
+    hint = " (a Series: pass series.to_frame('name'))" if isinstance(frame, pd.Series) else ""
+    raise InvalidConfig(
+        f"expected a pandas DataFrame, got {type(frame).__name__}{hint}", field="frame"
+    )
+
+
+def _row_config(
+    config: AgentConfig | None, settings: Mapping[str, Any] | None, schema: object
+) -> tuple[AgentConfig, ResultSchema | None]:
+    """Every row's agent settings, asking for JSON when there is a schema; and the schema."""
+    row_config = agent_config(config, dict(settings or {}))
+    if row_config.name is not None:
+        raise InvalidConfig("each row runs on a fresh unnamed agent: leave out name", field="name")
+    if schema is not None and row_config.response_schema is not None:
+        raise InvalidConfig(
+            "give the schema once: schema=... or response_schema=..., not both", field="schema"
+        )
+    spec = schema if schema is not None else row_config.response_schema
+    parsed = result_schema(spec) if spec is not None else None
+    if parsed is not None:
+        row_config = row_config.with_changes(
+            response_schema=parsed.json_schema,
+            response_mime_type=row_config.response_mime_type or "application/json",
+        )
+    return row_config, parsed
+
+
+def _check_mode(mode: str, row_config: AgentConfig) -> None:
+    if mode not in ("live", "batch"):
+        raise InvalidConfig(f"must be 'live' or 'batch', got {mode!r:.40}", field="mode")
+    if mode == "batch" and (row_config.tools or row_config.confirm_tool is not None):
+        raise InvalidConfig(
+            "the Batch API answers each row in one call, so tools cannot run: use "
+            "mode='live' for rows that call tools",
+            field="tools",
+        )
+
+
+def _check_run_options(refresh: object, key: object) -> None:
+    if not isinstance(refresh, bool):
+        raise InvalidConfig("must be True or False", field="refresh")
+    if key is not None and (not isinstance(key, str) or not key.strip()):
+        raise InvalidConfig("must be a non-empty string or None", field="key")
+
+
+def _concurrency(concurrency: object, max_concurrency: object) -> tuple[int, int]:
+    """The starting concurrency and the most (4 times it, unless given)."""
+    start = _integer("concurrency", concurrency, 1, MOST_CONCURRENCY)
+    if max_concurrency is None:
+        return start, min(MOST_CONCURRENCY, 4 * start)
+    return start, _integer("max_concurrency", max_concurrency, start, MOST_CONCURRENCY)
+
+
+def _budget_usd(budget_usd: object, model: str, price: ModelPrice | None) -> float | None:
+    usd = _positive("budget_usd", budget_usd)
+    if usd is not None and price is None:
+        raise InvalidConfig(
+            f"no price is known for model {model!r}: add one with agentrt_jupyter.batch."
+            f"PRICES[{model!r}] = ModelPrice(input, output), or use budget_tokens",
+            field="budget_usd",
+        )
+    return usd
 
 
 def _template_columns(template: object, frame: pd.DataFrame) -> tuple[str, ...]:

@@ -11,13 +11,14 @@ of their own, or in memory for a runtime without a store):
 written in its own transaction as soon as it finishes, so a killed process loses only
 the rows in flight; a refreshed row replaces the one before. The connection is our own
 (WAL, a busy timeout), used only from the runtime thread; every sqlite3 error becomes a
-`StoreError` naming the file.
+`StoreError` naming the file. `RunResults` is one run's side of it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -26,6 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import StoreError
+
+log = logging.getLogger("agentrt_jupyter")
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS map_rows (
@@ -142,3 +145,62 @@ class RowStore:
             db, self._db = self._db, None
         if db is not None:
             db.close()
+
+
+class RunResults:
+    """One run's side of the results table: its rows by key and its Batch API jobs.
+
+    A store fault is logged once and ends the keeping (the run goes on; a re-run redoes
+    the rows not kept): lookups then find nothing and writes are dropped. The run closes
+    the store at its end if it owns it."""
+
+    def __init__(self, store: RowStore, run: str, *, owned: bool) -> None:
+        self._store: RowStore | None = store
+        self.run = run
+        self._owned = owned
+
+    def get(self, row: str) -> StoredRow | None:
+        store = self._store
+        if store is None:
+            return None
+        try:
+            return store.get(self.run, row)
+        except StoreError as exc:
+            self._failed(exc)
+            return None
+
+    def put(self, row: str, stored: StoredRow) -> None:
+        store = self._store
+        if store is None:
+            return
+        try:
+            store.put(self.run, row, stored)
+        except StoreError as exc:
+            self._failed(exc)
+
+    def open_jobs(self) -> list[str]:
+        """The run's Batch API jobs not collected yet, oldest first (none without a store)."""
+        store = self._store
+        return [] if store is None else store.open_jobs(self.run)
+
+    def add_job(self, job: str) -> None:
+        """Record a submitted job; a fault here is ignored (the job's rows still come back)."""
+        store = self._store
+        if store is not None:
+            with contextlib.suppress(Exception):
+                store.add_job(self.run, job)
+
+    def close_job(self, job: str, state: str) -> None:
+        store = self._store
+        if store is not None and state != OPEN_JOB:
+            with contextlib.suppress(Exception):
+                store.close_job(job, state)
+
+    def close(self) -> None:
+        store, self._store = self._store, None
+        if store is not None and self._owned:
+            store.close()
+
+    def _failed(self, problem: StoreError) -> None:
+        log.warning("map results are no longer kept (a re-run will redo these rows): %s", problem)
+        self.close()

@@ -26,17 +26,19 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..agent import BLOCKED_FINISH_REASONS
 from ..conversation import Usage
 from ..errors import AgentError, BackendError, InvalidConfig, QuotaExceeded, TurnError
-from .records import OPEN_JOB
+from .outcomes import CANCELLED, ERROR, SKIPPED, error_kind
+from .records import StoredRow
+from .run import YIELD_EVERY
 from .schema import SchemaMismatch
 
 if TYPE_CHECKING:
-    from .engine import BatchRun
+    from .run import BatchRun
 
 log = logging.getLogger("agentrt_jupyter")
 
@@ -46,6 +48,8 @@ POLL_FIRST = 0.25
 POLL_MOST = 30.0
 POLL_RETRIES = 5
 """Failed polls in a row (5xx, dropped connections) before the job is given up on."""
+Outcome = tuple[str, str | None, Usage, str | None]
+"""One result: the reply's text, its finish reason, its usage, and the problem if any."""
 _FINAL = {
     "JOB_STATE_SUCCEEDED": "succeeded",
     "JOB_STATE_FAILED": "failed",
@@ -55,72 +59,37 @@ _FINAL = {
 }
 
 
-async def run_batch(run: BatchRun) -> None:
+async def answer_in_batch(run: BatchRun) -> None:
     """Answer `run`'s missing rows through the Batch API (on the runtime loop)."""
-    from . import engine
-
-    plan = run.plan
-    missing: dict[str, list[int]] = {}
-    prompts: dict[str, str] = {}
-    run._state = "submitting"
-    for handled, (position, prompt, problem) in enumerate(run._prompts(), 1):
-        if handled % engine.YIELD_EVERY == 0:
-            await asyncio.sleep(0)
-        if prompt is None:
-            run._finish(position, engine.ERROR, error=problem, kind="template")
-            continue
-        key = plan.row_key(prompt)
-        found = None if plan.refresh else run._lookup(key)
-        if found is not None:
-            run._finish_cached(position, found)
-            continue
-        missing.setdefault(key, []).append(position)
-        prompts[key] = prompt
+    run.state = "submitting"
+    missing, prompts = await _missing_rows(run)
     if not missing:
         return
     client = await _client(run)
     if client is None:
         return
-    store = run._store
-    earlier = [] if store is None or plan.refresh else store.open_jobs(plan.run_key)
-    for name in earlier:
-        try:
-            if await _follow(run, client, name, missing, time.monotonic(), {}):
-                break
-        except TurnError as exc:  # gone (deleted, expired) or unreachable: send the rows anew
-            log.warning("the earlier batch job %s cannot be collected: %s", name, exc)
-            _close_job(run, name, "lost")
-    if not missing or run._cancel_requested:
-        _cancel_rows(run, missing)
-        return
-    chosen = _within_budget(run, missing, prompts)
-    if not chosen:
-        return
     try:
-        name, keys = await _submit(run, client, chosen, prompts)
-    except (TurnError, InvalidConfig) as exc:
-        for key in chosen:
-            for position in missing.pop(key):
-                run._finish(position, engine.ERROR, error=str(exc), kind=engine._kind(exc))
-        return
-    if run._store is not None:
-        with contextlib.suppress(Exception):
-            run._store.add_job(plan.run_key, name)
-    try:
-        await _follow(run, client, name, missing, time.monotonic(), dict.fromkeys(keys))
-    except TurnError as exc:  # the job stays recorded: the same call later collects it
-        why = f"the batch job {name} could not be followed ({exc}): run the same call again"
-        for key in keys:
-            for position in missing.pop(key, []):
-                run._finish(position, engine.ERROR, error=why, kind=engine._kind(exc))
+        await _collect_earlier_jobs(run, client, missing)
+        if not missing or run.cancel_requested:
+            _cancel_rows(run, missing)
+            return
+        await _submit_and_follow(run, client, missing, prompts)
     finally:
-        run._in_flight, run._inflight_tokens, run._inflight_usd = 0, 0, 0.0
+        run.controller.release_all()
+
+
+async def _missing_rows(run: BatchRun) -> tuple[dict[str, list[int]], dict[str, str]]:
+    """The rows to ask for, by key: their positions, and the prompt."""
+    missing: dict[str, list[int]] = {}
+    prompts: dict[str, str] = {}
+    async for position, prompt, key in run.unanswered():
+        missing.setdefault(key, []).append(position)
+        prompts[key] = prompt
+    return missing, prompts
 
 
 async def _client(run: BatchRun) -> Any:
-    """The runtime's google-genai client for the run's endpoint (None: rows were failed)."""
-    from . import engine
-
+    """The runtime's google-genai client for the run's endpoint (None: rows were skipped)."""
     try:
         from ..backends.gemini import GeminiBackend
 
@@ -129,33 +98,70 @@ async def _client(run: BatchRun) -> Any:
             raise InvalidConfig("mode='batch' needs the google-genai backend", field="mode")
         return backend.client
     except AgentError as exc:
-        run._stop = engine.SKIPPED, f"stopped: the model backend is not available: {exc}"
-        for position in range(run.total):
-            if run._outcomes.status[position] == engine._PENDING:
-                run._finish(position, engine.SKIPPED, error=run._stop[1])
+        reason = f"stopped: the model backend is not available: {exc}"
+        run.stop(reason)
+        run.skip_pending(reason)
         return None
+
+
+async def _collect_earlier_jobs(run: BatchRun, client: Any, missing: dict[str, list[int]]) -> None:
+    """The results of jobs an earlier call submitted and never collected (a kernel died)."""
+    earlier = [] if run.plan.refresh else run.records.open_jobs()
+    for name in earlier:
+        try:
+            if await _follow(run, client, name, missing, time.monotonic(), {}):
+                return
+        except TurnError as exc:  # gone (deleted, expired) or unreachable: send the rows anew
+            log.warning("the earlier batch job %s cannot be collected: %s", name, exc)
+            run.records.close_job(name, "lost")
+
+
+async def _submit_and_follow(
+    run: BatchRun, client: Any, missing: dict[str, list[int]], prompts: dict[str, str]
+) -> None:
+    """Submit the rows within the budget as one job, and follow it to its results."""
+    chosen = _within_budget(run, missing, prompts)
+    if not chosen:
+        return
+    try:
+        name, keys = await _submit(run, client, chosen, prompts)
+    except (TurnError, InvalidConfig) as exc:
+        _fail_rows(run, missing, chosen, str(exc), error_kind(exc))
+        return
+    run.records.add_job(name)
+    try:
+        await _follow(run, client, name, missing, time.monotonic(), dict.fromkeys(keys))
+    except TurnError as exc:  # the job stays recorded: the same call later collects it
+        why = f"the batch job {name} could not be followed ({exc}): run the same call again"
+        _fail_rows(run, missing, keys, why, error_kind(exc))
+
+
+def _fail_rows(
+    run: BatchRun, missing: dict[str, list[int]], keys: Iterable[str], error: str, kind: str
+) -> None:
+    for key in keys:
+        for position in missing.pop(key, []):
+            run.finish(position, ERROR, error=error, kind=kind)
 
 
 def _within_budget(
     run: BatchRun, missing: dict[str, list[int]], prompts: dict[str, str]
 ) -> list[str]:
-    """The keys to submit: all, or the first ones whose estimates fit the budget."""
-    from . import engine
-
+    """The keys to submit: all, or the first ones whose estimates fit the budget (each
+    reserved in the controller); the rows past it are skipped."""
+    controller = run.controller
     chosen: list[str] = []
     for key in list(missing):
-        over = run._stop[1] if run._stop is not None else None
-        estimate = run._estimate(prompts[key])
-        over = over or run._over_budget(estimate)
+        estimate = controller.estimate(prompts[key])
+        stopped = run.stopped
+        over = stopped.reason if stopped is not None else controller.over_budget(estimate)
         if over is not None:  # this row and every one after it
-            run._stop = engine.SKIPPED, over
+            run.stop(over)
             for position in missing.pop(key):
-                run._finish(position, engine.SKIPPED, error=over)
+                run.finish(position, SKIPPED, error=over)
             continue
-        run._inflight_tokens += estimate.tokens
-        run._inflight_usd += estimate.usd
+        controller.reserve(estimate)
         chosen.append(key)
-    run._in_flight = sum(len(missing[key]) for key in chosen)
     return chosen
 
 
@@ -219,7 +225,7 @@ async def _submit(
         )
     run.job = str(job.name)
     run.job_state = _state_name(job)
-    run._changed()
+    run.changed()
     return run.job, keys
 
 
@@ -260,61 +266,71 @@ async def _follow(
     keys: dict[str, None],
 ) -> bool:
     """Poll job `name` to its end and give its rows their results; True if cancelled."""
-    from . import engine
-
     run.job = name
     job = await _poll(run, client, name)
     if job is None:  # cancelled by us
         with contextlib.suppress(Exception):
             await client.aio.batches.cancel(name=name)
-        _close_job(run, name, "cancelled")
+        run.records.close_job(name, "cancelled")
         _cancel_rows(run, {k: missing.pop(k) for k in list(keys) if k in missing})
         return True
-    state = _FINAL.get(_state_name(job) or "", "failed")
     run.job_state = _state_name(job)
-    if state != "succeeded":
-        message = f"the batch job {name} ended {state}"
-        if getattr(job, "error", None) is not None:
-            message += f": {getattr(job.error, 'message', job.error)}"
-        status = engine.CANCELLED if state == "cancelled" else engine.ERROR
-        for key in [k for k in keys if k in missing]:
-            for position in missing.pop(key):
-                run._finish(position, status, error=message, kind="BatchJob " + state)
-        _close_job(run, name, state)
-        return False
-    run._state = "collecting"
-    latency = time.monotonic() - submitted
-    answered = 0
-    async for key, outcome in _results(run, client, job):
-        answered += 1
-        if answered % engine.YIELD_EVERY == 0:
-            await asyncio.sleep(0)
-        _give(run, key, outcome, missing, latency)
+    state = _FINAL.get(run.job_state or "", "failed")
+    if state == "succeeded":
+        await _collect(run, client, job, missing, time.monotonic() - submitted)
+    else:
+        _job_failed(run, job, f"the batch job {name} ended {state}", state, missing, keys)
     for key in [k for k in keys if k in missing]:
         for position in missing.pop(key):
-            run._finish(position, engine.ERROR, error=f"no result for this row in {name}")
-    _close_job(run, name, "collected")
-    run._in_flight = sum(len(p) for p in missing.values())
+            run.finish(position, ERROR, error=f"no result for this row in {name}")
+    run.records.close_job(name, "collected" if state == "succeeded" else state)
     return False
+
+
+def _job_failed(
+    run: BatchRun,
+    job: Any,
+    message: str,
+    state: str,
+    missing: dict[str, list[int]],
+    keys: dict[str, None],
+) -> None:
+    """The job ended without results: its rows are errors (cancelled, if it was)."""
+    if getattr(job, "error", None) is not None:
+        message += f": {getattr(job.error, 'message', job.error)}"
+    status = CANCELLED if state == "cancelled" else ERROR
+    for key in [k for k in keys if k in missing]:
+        for position in missing.pop(key):
+            run.finish(position, status, error=message, kind="BatchJob " + state)
+
+
+async def _collect(
+    run: BatchRun, client: Any, job: Any, missing: dict[str, list[int]], latency: float
+) -> None:
+    """Give each result of the finished `job` to the rows with its key."""
+    run.state = "collecting"
+    answered = 0
+    async for key, outcome in _results(client, job):
+        answered += 1
+        if answered % YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+        _give(run, key, outcome, missing, latency)
 
 
 def _give(
     run: BatchRun,
     key: str | None,
-    outcome: tuple[str, str | None, Usage, str | None],
+    outcome: Outcome,
     missing: dict[str, list[int]],
     latency: float,
 ) -> None:
     """One result of the job, to every row with its key (kept even if no row has it now)."""
-    from . import engine
-    from .records import StoredRow
-
     text, _finish, usage, problem = outcome
     tokens = (
         usage.prompt_tokens + usage.tool_use_prompt_tokens,
         usage.candidates_tokens + usage.thoughts_tokens,
     )
-    run._spend(*tokens, batch=True)
+    run.controller.spend(*tokens)
     positions = missing.pop(key, []) if key is not None else []
     values = None
     if problem is None and run.plan.schema is not None:
@@ -324,9 +340,9 @@ def _give(
             problem = str(exc)
     if problem is not None:
         for position in positions:
-            run._finish(
+            run.finish(
                 position,
-                engine.ERROR,
+                ERROR,
                 error=problem,
                 kind="BatchResult",
                 tokens=tokens,
@@ -335,13 +351,9 @@ def _give(
             )
         return
     if key is not None and not positions:
-        run._keep(key, StoredRow(text, *tokens, latency, 1, run.plan.model))
+        run.keep(key, StoredRow(text, *tokens, latency, 1, run.plan.model))
     for number, position in enumerate(positions):
-        if number == 0:
-            run._finish_ok(position, key or "", text, values, tokens, latency, 1)
-        else:
-            run._outcomes.set_reply(position, text, values)
-            run._finish(position, engine.OK, tokens=tokens, latency=latency, attempts=1)
+        run.finish_ok(position, text, values, tokens, latency, 1, key=key if number == 0 else None)
 
 
 async def _poll(run: BatchRun, client: Any, name: str) -> Any:
@@ -361,61 +373,72 @@ async def _poll(run: BatchRun, client: Any, name: str) -> Any:
             failures = 0
             run.job_state = _state_name(job)
             if run.job_state in ("JOB_STATE_PENDING", "JOB_STATE_QUEUED"):
-                run._state = "pending"
+                run.state = "pending"
             elif run.job_state not in _FINAL:
-                run._state = "running"
-            run._changed()
+                run.state = "running"
+            run.changed()
             if run.job_state in _FINAL:
                 return job
-        if await run._until_cancelled(asyncio.sleep(delay)):
+        if await run.until_cancelled(asyncio.sleep(delay)):
             return None
         delay = min(POLL_MOST, delay * 1.5)
 
 
-async def _results(
-    run: BatchRun, client: Any, job: Any
-) -> Any:  # an async iterator of (key, (text, finish, usage, problem))
-    """Each result of a finished job with its row key."""
-    from google.genai import types
-
-    from ..backends.gemini import translate_errors
-
+async def _results(client: Any, job: Any) -> AsyncIterator[tuple[str | None, Outcome]]:
+    """Each result of a finished job with its row key (inline, or in a result file)."""
     destination = job.dest
     inline = getattr(destination, "inlined_responses", None)
     if inline is not None:
         for entry in inline:
-            key = (entry.metadata or {}).get("key")
-            if entry.error is not None:
-                yield key, ("", None, Usage(), _error_text(entry.error))
-            else:
-                yield key, _reply(entry.response)
+            yield _inline_result(entry)
         return
     name = getattr(destination, "file_name", None)
-    if not name:
-        return
+    if name:
+        async for result in _file_results(client, name):
+            yield result
+
+
+def _inline_result(entry: Any) -> tuple[str | None, Outcome]:
+    key = (entry.metadata or {}).get("key")
+    if entry.error is not None:
+        return key, ("", None, Usage(), _error_text(entry.error))
+    return key, _reply(entry.response)
+
+
+async def _file_results(client: Any, name: str) -> AsyncIterator[tuple[str | None, Outcome]]:
+    """The results in the job's JSONL file `name`, downloaded to a temporary file."""
+    from ..backends.gemini import translate_errors
+
     handle, path = tempfile.mkstemp(prefix="agentrt-batch-", suffix=".jsonl")
     os.close(handle)
     try:
         with _translate(translate_errors):
             await client.aio.files.download(file=name, destination=path)
         for line in _lines(path):
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(entry, dict):
-                continue
-            key = entry.get("key")
-            key = str(key) if key is not None else None
-            if isinstance(entry.get("response"), dict):
-                response = types.GenerateContentResponse.model_validate(entry["response"])
-                yield key, _reply(response)
-            else:
-                problem = entry.get("error") or entry.get("status") or "no response"
-                yield key, ("", None, Usage(), _error_text(problem))
+            result = _file_result(line)
+            if result is not None:
+                yield result
     finally:
         with contextlib.suppress(OSError):
             os.unlink(path)
+
+
+def _file_result(line: str) -> tuple[str | None, Outcome] | None:
+    """One line of a result file (None: not a result)."""
+    from google.genai import types
+
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(entry, dict):
+        return None
+    key = entry.get("key")
+    key = str(key) if key is not None else None
+    if isinstance(entry.get("response"), dict):
+        return key, _reply(types.GenerateContentResponse.model_validate(entry["response"]))
+    problem = entry.get("error") or entry.get("status") or "no response"
+    return key, ("", None, Usage(), _error_text(problem))
 
 
 def _lines(path: str) -> Iterator[str]:
@@ -425,7 +448,7 @@ def _lines(path: str) -> Iterator[str]:
                 yield line
 
 
-def _reply(response: Any) -> tuple[str, str | None, Usage, str | None]:
+def _reply(response: Any) -> Outcome:
     """(text, finish reason, usage, problem) of one GenerateContentResponse."""
     usage = Usage.from_metadata(getattr(response, "usage_metadata", None))
     candidates = getattr(response, "candidates", None) or []
@@ -466,19 +489,10 @@ def _state_name(job: Any) -> str | None:
     return None if state is None else str(getattr(state, "name", state))
 
 
-def _close_job(run: BatchRun, name: str, state: str) -> None:
-    store = run._store
-    if store is not None and state != OPEN_JOB:
-        with contextlib.suppress(Exception):
-            store.close_job(name, state)
-
-
 def _cancel_rows(run: BatchRun, rows: dict[str, list[int]]) -> None:
-    from . import engine
-
     for positions in rows.values():
         for position in positions:
-            run._finish(position, engine.CANCELLED, error="cancelled")
+            run.finish(position, CANCELLED, error="cancelled")
     rows.clear()
 
 

@@ -1,6 +1,8 @@
 """How a map run shows its progress: a widget in a notebook, a tqdm bar on a terminal.
 
-Both are listeners of the run: the run's own ticker on the runtime loop calls them at
+Both are listeners of the run (the package root registers `show_progress` as the batch
+layer's progress view, so a map shows it without the batch layer importing this one):
+the run's own ticker on the runtime loop calls them at
 most 10 times a second (one writer, as every widget here has) and once at the end. They
 show rows done / failed / cached, tokens, the cost estimate, the current concurrency, the
 rate and the ETA, and summarise errors by kind with the first example of each, never a
@@ -22,7 +24,9 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import ipywidgets as widgets
 
-from ..batch.engine import BatchProgress, BatchRun, start_map
+from ..batch.engine import start_map
+from ..batch.progress import BatchProgress
+from ..batch.run import BatchRun
 from ..errors import InvalidConfig
 from .display import LIVE_CLASS
 from .widgets import StaticCopy, view_bundle
