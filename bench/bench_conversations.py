@@ -26,8 +26,8 @@ from jupyter_client import KernelManager
 from nbclient import NotebookClient
 
 from agentrt_jupyter import AgentConfig, AgentRuntime, TextDelta
-from agentrt_jupyter.backends.cache import reply_key
 from agentrt_jupyter.backends.base import ModelRequest
+from agentrt_jupyter.backends.cache import reply_key
 from agentrt_jupyter.content import TextPart
 from agentrt_jupyter.conversation import ConversationMessage, Usage
 from agentrt_jupyter.server.process import LocalServer
