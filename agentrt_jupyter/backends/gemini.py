@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import re
+import traceback
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -31,6 +32,7 @@ READ_BUFFER = 2**22
 """The SDK's read buffer for its aiohttp session (a long JSON chunk fits one read)."""
 _SPACES = re.compile(r"\s+")
 _TAGS = re.compile(r"<[^>]*>")
+_JSON_DECODER = json.decoder.__file__
 
 
 class _NonTextPartsNote(logging.Filter):
@@ -83,7 +85,8 @@ def translate_errors(chunks: list[int]) -> Iterator[None]:
     """Map the SDK's and the transport's errors to ours; `chunks[0]` counts what arrived.
 
     Most specific first. A reply the SDK cannot parse (HTML, wrong JSON shapes, a cut
-    body) is a `BackendError` with a short excerpt, never our catch-all. The turn's
+    body, JSON nested past the parser's recursion limit) is a `BackendError` with status
+    BAD_RESPONSE and a short excerpt, never our catch-all. The turn's
     partial text is kept by the agent, which puts it on every TurnError.
     """
     error: BaseException | None = None
@@ -117,8 +120,25 @@ def translate_errors(chunks: list[int]) -> Iterator[None]:
             f"({exc.__class__.__name__}): {excerpt(sent)}",
             status="BAD_RESPONSE",
         )
+    except RecursionError as exc:
+        error = BackendError(
+            "the service sent JSON nested too deeply to parse: "
+            f"{excerpt(_undecoded_document(exc) or str(exc))}",
+            status="BAD_RESPONSE",
+        )
     if error is not None:
         raise error from None
+
+
+def _undecoded_document(exc: RecursionError) -> str | None:
+    """The text `json` was decoding when it ran out of stack (its `raw_decode(s)`), for
+    the excerpt: a RecursionError, unlike a JSONDecodeError, does not carry it."""
+    document = None
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        if frame.f_code.co_filename == _JSON_DECODER:
+            text = frame.f_locals.get("s")
+            document = text if isinstance(text, str) else document
+    return document
 
 
 def _redirect_error(exc: aiohttp.TooManyRedirects) -> BackendError:

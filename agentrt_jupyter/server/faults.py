@@ -30,7 +30,7 @@ Garbage, for testing how a client copes with replies that are not Gemini's:
   redirected the same way again, so a client that follows redirects loops.
 - `bad_json CODE [SHAPE]` (200-599): an `application/json` body of the wrong shape:
   SHAPE is one of `GARBAGE` (default `error_list` for an error code, `candidates` for a
-  success code).
+  success code; `deep` is 100,000 nested `[`, deeper than a JSON parser recurses).
 - `quota_garbage`: a 429 RESOURCE_EXHAUSTED whose QuotaFailure `violations` is a string
   and whose RetryInfo `retryDelay` is `soon`.
 - `sse_garbage K [SHAPE]`: after K chunks, an SSE `data:` line holding SHAPE (default
@@ -114,6 +114,8 @@ _QUOTA_MESSAGE = (
 )
 _DURATION = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(ms|s)?$")
 _TINY_PARTS: list[dict[str, Any]] = [{"text": "x"}]
+DEEP_NESTING = 100_000
+"""How many `[` the `deep` garbage shape opens: past any JSON parser's recursion limit."""
 
 GARBAGE: dict[str, bytes] = {
     "error_list": b'{"error":[1]}',
@@ -122,6 +124,7 @@ GARBAGE: dict[str, bytes] = {
     "candidates": b'{"candidates":"x"}',
     "empty": b"{}",
     "text": b"this is not JSON",
+    "deep": b"[" * DEEP_NESTING,
 }
 """The wrong-shape bodies `bad_json` and `sse_garbage` send, by SHAPE name."""
 
