@@ -4,10 +4,10 @@ Approval is part of the tool, not a setting beside it: `python_tool` cannot be b
 without an `approve(name, args)` callable (the same signature as
 `AgentConfig.confirm_tool`), and the tool awaits it before every run, with the code in
 `args["code"]`. Only an answer of exactly `True` runs the code; anything else, an
-exception from `approve` included, is a refusal the model is told about. So no agent
-configuration, however it was put together, runs model-written code unasked. The tool is
-marked `requires_approval=True`, so a per-call confirm policy can skip it instead of
-asking twice.
+exception from `approve` included, is a refusal the model is told about (the rule of
+every approval path: `tools.approves`). So no agent configuration, however it was put
+together, runs model-written code unasked. The tool is marked `requires_approval=True`,
+so a per-call confirm policy can skip it instead of asking twice.
 
 The code runs on a worker thread like any sync tool, with its stdout and stderr captured
 (output of other threads still goes where it went). The time spent waiting for approval
@@ -30,7 +30,7 @@ from typing import Any, TextIO
 
 from .config import ConfirmTool
 from .errors import InvalidConfig, ToolError
-from .tools import Tool, as_tool
+from .tools import Tool, approves, as_tool
 
 FILENAME = "<agent python>"
 
@@ -85,7 +85,7 @@ async def _approved(approve: ConfirmTool, code: str) -> bool:
         raise
     except Exception as exc:
         raise ToolError(f"asking for approval failed ({type(exc).__name__}); not run") from None
-    return answer is True
+    return approves(answer, asker=approve, role="python_tool(approve=...)", tool="python")
 
 
 def _run(namespace: dict[str, Any], code: str, max_chars: int) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from .config import AgentConfig
 from .content import FunctionCallPart, FunctionResponsePart
 from .events import ToolCall, ToolResult
 from .handle import Turn
-from .tools import Tool
+from .tools import Tool, approves
 
 
 async def answer_calls(
@@ -62,7 +62,7 @@ async def _outcome(
         answer, problem = await _guarded(confirm, call.name, dict(call.args))
         if problem is not None:
             return None, f"the confirmation policy failed: {problem}"
-        if not answer:
+        if not approves(answer, asker=confirm, role="confirm_tool", tool=call.name):
             return None, "the user declined this tool call"
     limit = config.tool_timeout
     try:

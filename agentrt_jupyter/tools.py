@@ -5,10 +5,12 @@ from __future__ import annotations
 import enum
 import inspect
 import json
+import logging
 import math
 import re
 import types
 import typing
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +26,8 @@ _MAX_DEPTH = 16
 """How deeply type hints may nest (list[list[...]]) before a tool is refused."""
 TOOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
 """What Gemini accepts as a function name."""
+
+log = logging.getLogger("agentrt_jupyter")
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,50 @@ def tool_from_schema(
         fn=fn,
         requires_approval=requires_approval,
     )
+
+
+def approves(answer: object, *, asker: Callable[..., Any], role: str, tool: str) -> bool:
+    """Whether an approval callable's `answer` runs a call of `tool`: only `True` does.
+
+    The one rule of every approval path (`confirm_tool`, `@python`'s `approve`, the
+    notebook's buttons, which answer through them). Anything else is a refusal; an answer
+    that is not a bool ("deny", 1, None) is likely a mistake, so it is logged, once per
+    `asker` (`role` names the setting it came from).
+    """
+    if answer is True:
+        return True
+    if not isinstance(answer, bool) and _first_odd_answer(asker):
+        name = getattr(asker, "__qualname__", None) or _shown(asker)
+        log.warning(
+            "%s (%s) answered %s (a %s, not a bool) for a call of %r: only True runs a call, "
+            "so this and every other answer is a refusal; return True or False "
+            "(said once per callable)",
+            role,
+            name,
+            _shown(answer),
+            type(answer).__name__,
+            tool,
+        )
+    return False
+
+
+_odd_answerers: weakref.WeakSet[Any] = weakref.WeakSet()
+_odd_answerer_ids: set[int] = set()
+"""The approval callables already reported (by id where they take no weak reference)."""
+
+
+def _first_odd_answer(asker: Callable[..., Any]) -> bool:
+    """True the first time `asker` (a bound method: its function) gives a non-bool answer."""
+    key = getattr(asker, "__func__", asker)
+    try:
+        if key in _odd_answerers:
+            return False
+        _odd_answerers.add(key)
+    except TypeError:
+        if id(key) in _odd_answerer_ids:
+            return False
+        _odd_answerer_ids.add(id(key))
+    return True
 
 
 def _shown(obj: object) -> str:
