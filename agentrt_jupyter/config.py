@@ -247,6 +247,9 @@ def _check_response_schema(value: object) -> dict[str, Any] | None:
         raise InvalidConfig(
             f"the schema dict must be plain JSON ({exc})", field="response_schema"
         ) from None
+    from .schema import check_refs
+
+    check_refs(value)
     return value
 
 

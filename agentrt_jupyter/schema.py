@@ -11,7 +11,8 @@ keeps the raw text and says what failed. `to_frame(rows)` makes a DataFrame of t
 Types are checked by pydantic. A JSON-schema dict is checked here, for the keywords
 structured output uses: type (and `nullable`), properties, required,
 additionalProperties, items, enum, const, anyOf/oneOf/allOf (oneOf as anyOf), $ref to
-$defs, min/max length, items and values, and pattern.
+$defs (each must name something: `check_refs`), min/max length, items and values, and
+pattern.
 """
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ SCHEMA_KEYWORDS = frozenset(
 )
 """A dict with none of these says nothing about the reply: it is not taken for a schema."""
 MAX_DEPTH = 64
+_DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples"})
+"""Keywords whose values are JSON data, not schemas: a `$ref` inside them is just data."""
+_NAMED_SCHEMAS = frozenset(
+    {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
+)
+"""Keywords whose values map names (any string, `enum` too) to schemas."""
 EXCERPT_CHARS = 300
 _KINDS = "a pydantic model, a dataclass, a TypedDict, list[...] of one, or a JSON-schema dict"
 _REQUIRED_MARKS = (typing.Required, typing.NotRequired)
@@ -202,6 +209,48 @@ def check_schema_dict(schema: Any, path: str = "$", depth: int = 0) -> None:
             f"{path}.$ref: only local references ('#/$defs/Name') are supported",
             field="response_schema",
         )
+    if depth == 0:
+        check_refs(schema)
+
+
+def check_refs(schema: dict[str, Any]) -> None:
+    """`InvalidConfig` naming the first JSON-pointer `$ref` ('#/...') that points at nothing.
+
+    Run before the call, so a dangling reference is the caller's mistake, not a failed
+    reply. `schema` is plain JSON (no cycles); `enum`, `const`, `default` and `examples`
+    hold data, not schemas, and are not searched. Other references are left to the service.
+    """
+    stack: list[tuple[Any, str, bool]] = [(schema, "$", False)]
+    while stack:
+        node, path, names = stack.pop()
+        if isinstance(node, list):
+            items = [(item, f"{path}[{index}]", False) for index, item in enumerate(node)]
+            stack.extend(reversed(items))
+            continue
+        if not isinstance(node, dict):
+            continue
+        if names:  # `properties`, `$defs`: any key is a name, each value a schema
+            stack.extend(reversed([(v, f"{path}.{k}", False) for k, v in node.items()]))
+            continue
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref[:2] in ("#", "#/") and _resolve(ref, schema) is None:
+            defined = [
+                f"#/{key}/{name}"
+                for key in ("$defs", "definitions")
+                if isinstance(schema.get(key), dict)
+                for name in schema[key]
+            ]
+            known = f"; defined: {', '.join(defined[:10])}" if defined else "; it has no $defs"
+            raise InvalidConfig(
+                f"{path}.$ref: {ref!r} names nothing in the schema{known}",
+                field="response_schema",
+            )
+        children = [
+            (value, f"{path}.{key}", key in _NAMED_SCHEMAS)
+            for key, value in node.items()
+            if key not in _DATA_KEYWORDS
+        ]
+        stack.extend(reversed(children))
 
 
 def _invalid(text: str, schema: Any, problem: str) -> ReplyInvalid:
@@ -313,11 +362,8 @@ def _violation(value: Any, schema: Any, root: dict[str, Any], path: str, depth: 
     if not isinstance(schema, dict) or depth > MAX_DEPTH:
         return None
     ref = schema.get("$ref")
-    if isinstance(ref, str):
-        target = _resolve(ref, root)
-        if target is None:
-            return f"{path}: the schema's $ref {ref!r} names nothing"
-        problem = _violation(value, target, root, path, depth + 1)
+    if isinstance(ref, str):  # check_refs found each one before the call
+        problem = _violation(value, _resolve(ref, root), root, path, depth + 1)
         if problem is not None:
             return problem
     if value is None and schema.get("nullable") is True:
@@ -430,12 +476,16 @@ def _number_violation(value: float, schema: dict[str, Any], path: str) -> str | 
     return None
 
 
-def _resolve(ref: str, root: dict[str, Any]) -> dict[str, Any] | None:
+def _resolve(ref: str, root: dict[str, Any]) -> dict[str, Any] | bool | None:
+    """The schema a local JSON pointer ('#', '#/$defs/Name') names, None if nothing."""
     node: Any = root
-    for part in ref[2:].split("/"):
+    for part in ref[2:].split("/") if ref != "#" else []:
         part = part.replace("~1", "/").replace("~0", "~")
-        node = node.get(part) if isinstance(node, dict) else None
-    return node if isinstance(node, dict) else None
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            node = node.get(part) if isinstance(node, dict) else None
+    return node if isinstance(node, dict | bool) else None
 
 
 def _is_json_type(value: Any, kind: str) -> bool:

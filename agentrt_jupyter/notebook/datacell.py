@@ -131,11 +131,15 @@ def lookup(namespace: Mapping[str, Any], dotted: str, what: str) -> Any:
         raise UsageError(f"{what}: no {head!r} in the notebook's namespace (define it first)")
     value = namespace[head]
     for depth, part in enumerate(rest, 1):
+        path = ".".join([head, *rest[:depth]])
         try:
             value = getattr(value, part)
-        except Exception:
-            path = ".".join([head, *rest[:depth]])
+        except AttributeError:
             raise UsageError(f"{what}: {path} does not exist") from None
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a property may raise anything, SystemExit included
+            raise UsageError(f"{what}: reading {path} raised {type(exc).__name__}") from None
     return value
 
 
