@@ -378,7 +378,8 @@ class AgentConfig:
     """One agent: its model, instructions, generation settings and tools.
 
     Tools are plain Python callables (sync or async); their declarations come from
-    type hints and docstrings. `confirm_tool(name, args)` may veto each call.
+    type hints and docstrings. `confirm_tool(name, args)` is asked before each call,
+    which runs only if it answers True.
     When the context passes `compaction_threshold` tokens, older turns are summarised.
     `stop_sequences=None` and `tools=None` mean none, like their empty defaults.
     """
