@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import warnings
 import zipfile
 from importlib import metadata
 from pathlib import Path
@@ -153,3 +154,10 @@ def test_a_clean_copy_installs_the_lab_extension_from_its_wheel_and_editable(
     linked = venv / SHARED
     assert linked.is_symlink()
     assert linked.resolve() == (source / "agentrt_jupyter" / "labextension").resolve()
+
+
+def test_a_warning_from_the_package_fails_the_test() -> None:
+    with pytest.raises(DeprecationWarning, match="probe"):
+        warnings.warn_explicit(
+            "probe", DeprecationWarning, "runtime.py", 1, module="agentrt_jupyter.runtime"
+        )
