@@ -1,16 +1,20 @@
 """The package as a user installs it: one version, dev tools out of the extras, and the wheel
-and the editable install of a clean copy of the checkout shipping the lab extension that
-JupyterLab then lists as enabled and OK (the README's "Into an existing Jupyter")."""
+and the editable install of a clean copy of the checkout shipping the lab extension that a
+fresh JupyterLab lists as enabled and OK and serves (the README's "Into an existing Jupyter")."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import secrets
 import shutil
+import socket
 import subprocess
 import sys
+import time
 import tomllib
+import urllib.request
 import warnings
 import zipfile
 from importlib import metadata
@@ -98,6 +102,50 @@ def listed_extension(venv: Path, env: dict[str, str]) -> str:
     return lines[0].strip()
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def lab_serves(venv: Path, env: dict[str, str], asset: str) -> None:
+    """JupyterLab started from `venv` names `asset` (static/remoteEntry.*.js) in its page
+    and serves it."""
+    port, token = free_port(), secrets.token_hex(16)
+    lab = subprocess.Popen(
+        [
+            venv / "bin" / "jupyter", "lab", "--no-browser", "--allow-root", "--ip=127.0.0.1",
+            f"--port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        ],
+        cwd=venv.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert lab.poll() is None, f"jupyter lab exited with {lab.returncode}"
+            try:
+                with urllib.request.urlopen(f"{base}/lab?token={token}", timeout=30) as page:
+                    html = page.read().decode()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)  # polling a starting server: nothing to wait on
+        assert asset in html
+        url = f"{base}/lab/extensions/{EXTENSION}/{asset}?token={token}"
+        with urllib.request.urlopen(url, timeout=30) as served:
+            assert served.status == 200 and served.read()
+    finally:
+        lab.terminate()
+        try:
+            lab.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            lab.kill()
+            lab.wait()
+
+
 def jupyterlab_pin() -> str:
     (pin,) = [r for r in PYPROJECT["dependency-groups"]["test"] if r.startswith("jupyterlab")]
     return str(pin)
@@ -115,6 +163,7 @@ def test_a_clean_copy_installs_the_lab_extension_from_its_wheel_and_editable(
     env.update(
         JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
         JUPYTER_DATA_DIR=str(tmp_path / "data"),
+        JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
         PIP_DISABLE_PIP_VERSION_CHECK="1",
     )
     source = clean_copy(tmp_path / "clone")
@@ -128,7 +177,7 @@ def test_a_clean_copy_installs_the_lab_extension_from_its_wheel_and_editable(
         names = set(archive.namelist())
         shipped = json.loads(archive.read(f"{data}/package.json"))
     assert {f"{data}/static/style.js", f"{data}/install.json"} <= names
-    assert any(re.fullmatch(rf"{data}/static/remoteEntry\.\w+\.js", name) for name in names)
+    (entry,) = [n for n in names if re.fullmatch(rf"{data}/static/remoteEntry\.\w+\.js", n)]
     assert (shipped["name"], shipped["version"]) == (EXTENSION, version)
 
     # A fresh venv with JupyterLab: the wheel's extension is enabled and OK.
@@ -140,6 +189,7 @@ def test_a_clean_copy_installs_the_lab_extension_from_its_wheel_and_editable(
     assert re.fullmatch(
         rf"{EXTENSION} v{re.escape(version)} enabled OK \(python, {EXTENSION}\)", line
     )
+    lab_serves(venv, env, entry.removeprefix(f"{data}/"))
 
     # The README's development install, with no extension built yet (a fresh clone's state).
     shutil.rmtree(source / "agentrt_jupyter" / "labextension")
