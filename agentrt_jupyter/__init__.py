@@ -9,11 +9,13 @@ features into the layers below them (`_compose`), so no layer imports one above 
 
 from __future__ import annotations
 
+from importlib import metadata as _metadata
 from typing import TYPE_CHECKING, Any
 
 from ._lazy import lazy_exports
 
-__version__ = "0.1.0"
+# One version, in labextension/package.json: the build reads it into the package metadata.
+__version__ = _metadata.version("agentrt-jupyter")
 
 _EXPORTS: dict[str, str] = {
     "AgentRuntime": "runtime",
@@ -285,6 +287,8 @@ def unload_ipython_extension(ipython: Any) -> None:
 
 
 def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """Where `jupyter labextension develop` finds the built extension (an editable install
+    builds it there; a wheel ships it in share/jupyter/labextensions)."""
     return [{"src": "labextension", "dest": "agentrt-jupyter"}]
 
 
