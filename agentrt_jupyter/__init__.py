@@ -22,7 +22,7 @@ _EXPORTS: dict[str, str] = {
     "AsyncAgentRuntime": "runtime",
     "Agent": "runtime",
     "AsyncAgent": "runtime",
-    "AgentInfo": "runtime",
+    "AgentInfo": "registry",
     "FakeBackend": "backends.fake",
     "RuntimeConfig": "config",
     "AgentConfig": "config",
@@ -249,11 +249,11 @@ if TYPE_CHECKING:
     from .quota import (
         QuotaState as QuotaState,
     )
-    from .runtime import (
-        Agent as Agent,
+    from .registry import (
+        AgentInfo as AgentInfo,
     )
     from .runtime import (
-        AgentInfo as AgentInfo,
+        Agent as Agent,
     )
     from .runtime import (
         AgentRuntime as AgentRuntime,
