@@ -9,13 +9,9 @@ features into the layers below them (`_compose`), so no layer imports one above 
 
 from __future__ import annotations
 
-from importlib import metadata as _metadata
 from typing import TYPE_CHECKING, Any
 
 from ._lazy import lazy_exports
-
-# One version, in labextension/package.json: the build reads it into the package metadata.
-__version__ = _metadata.version("agentrt-jupyter")
 
 _EXPORTS: dict[str, str] = {
     "AgentRuntime": "runtime",
@@ -269,7 +265,19 @@ if TYPE_CHECKING:
     )
 
 
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+_exported, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """The exports on first use; `__version__` from the package metadata (one version, in
+    labextension/package.json, which the build reads): importlib.metadata alone would
+    take a third of the package's import time."""
+    if name == "__version__":
+        from importlib.metadata import version
+
+        globals()["__version__"] = found = version("agentrt-jupyter")
+        return found
+    return _exported(name)
 
 
 def load_ipython_extension(ipython: Any) -> None:
