@@ -7,7 +7,7 @@ conversation comes back from the store). A name the kernel has not used yet star
 fresh conversation, so a restarted kernel never continues a stored one silently: that
 takes `%agent resume NAME` or `%%agent NAME --resume`.
 
-The record of used names lives as long as the kernel (`kernel_names`); the handles are
+The record of used names lives as long as the kernel (`KernelSession.names`); the handles are
 those of one runtime (`NotebookAgents`), so no stale handle outlives its runtime. The
 magics parse a cell and call in here; what to create, resume or reconfigure is decided
 here alone.
@@ -65,14 +65,6 @@ class UsedName:
 
     settings: dict[str, Any]
     cache: bool | None
-
-
-_kernel_names: dict[tuple[int, str], dict[str, UsedName]] = {}
-
-
-def kernel_names(shell: object, namespace: str) -> dict[str, UsedName]:
-    """The names the cells of this kernel (its shell) used in `namespace`, by name."""
-    return _kernel_names.setdefault((id(shell), namespace), {})
 
 
 class NotebookAgents:

@@ -7,8 +7,8 @@ the footer replaces when the turn ends, so a finished cell keeps no widget. A fa
 shows its error once: the red line the cell raises, under the partial reply if any.
 
 `TurnView.follow` runs as a task on the runtime loop and is the only writer of the
-cell's displays. It is started with `run_coroutine_threadsafe` from the magic, so it
-inherits the cell's context (its parent header); on kernels that have
+cell's displays. It is started with the runtime's `start_task_soon` from the magic (see
+`cellrun`), so it inherits the cell's context (its parent header); on kernels that have
 `set_thread_parent` it also pins it, and on older kernels it sends each message with the
 cell's parent header explicitly. Either way output never lands in another cell, even
 when the turn streams in the background while other cells run.
@@ -36,8 +36,9 @@ from ..errors import (
     TurnCancelled,
     TurnError,
 )
-from ..events import TextDelta, ThoughtDelta, ToolCall, ToolResult, TurnEnd, Waiting
+from ..events import TurnEnd
 from ..handle import ChatHandle, TurnResult
+from .transcript import Transcript, plural
 
 FORMATS = ("markdown", "text", "code", "json")
 OPEN_DELAY = 0.15
@@ -106,11 +107,6 @@ def footer_line(result: TurnResult, answered_by: str | None = None) -> str:
     if result.status != "complete":
         parts.insert(0, result.status.upper())
     return " · ".join(parts)
-
-
-def plural(count: int, noun: str, nouns: str | None = None) -> str:
-    """`1 turn`, `2 turns` (`nouns` for an irregular plural: `2 replies`)."""
-    return f"{count:,} {noun if count == 1 else nouns or noun + 's'}"
 
 
 def short_message(error: BaseException) -> str:
@@ -204,11 +200,7 @@ class TurnView:
         """Whether the live display (and the status line, if any) is in the cell."""
         self.widgets: list[Any] = []
         self._status_shown = False
-        self._text: list[str] = []
-        self._thoughts: list[str] = []
-        self._notes: list[str] = []
-        self._waiting_until: float | None = None
-        self._waiting_reason = ""
+        self.transcript = Transcript(show_thoughts=show_thoughts)
 
     def show(self, handle: ChatHandle) -> None:
         """Open a background turn's displays; call on the kernel's main thread, in the cell.
@@ -241,18 +233,18 @@ class TurnView:
             left = last_flush + self.interval - loop.time()
             if left > 0:
                 await handle.wait_done(timeout=left)
-            elif self._waiting_until is not None:
+            elif self.transcript.waiting_until is not None:
                 await handle.wait_past(seen, timeout=1.0)
             else:
                 await handle.wait_past(seen)
             events = handle.events_since(seen)
             seen += len(events)
-            dirty = self._waiting_until is not None
+            dirty = self.transcript.waiting_until is not None
             for event in events:
                 if isinstance(event, TurnEnd):
                     ended = True
                     break
-                dirty = self._apply(event) or dirty
+                dirty = self.transcript.apply(event, time.monotonic()) or dirty
             if dirty and not ended:
                 self._publish(self.reply_id, self._live_bundle())
                 last_flush = loop.time()
@@ -269,46 +261,11 @@ class TurnView:
         for event in events:
             if isinstance(event, TurnEnd):
                 return len(events), True
-            self._apply(event)
+            self.transcript.apply(event, time.monotonic())
         return len(events), False
 
-    def _apply(self, event: Any) -> bool:
-        if isinstance(event, TextDelta):
-            self._text.append(event.text)
-            self._waiting_until = None
-        elif isinstance(event, ThoughtDelta):
-            self._thoughts.append(event.text)
-            return self.show_thoughts
-        elif isinstance(event, ToolCall):
-            args = json.dumps(event.args, ensure_ascii=False)
-            self._notes.append(f"calling `{event.name}({args[:200]})`")
-        elif isinstance(event, ToolResult):
-            outcome = f"failed: {event.error}" if event.error else "done"
-            self._notes.append(f"`{event.name}` {outcome}")
-        elif isinstance(event, Waiting):
-            self._waiting_until = time.monotonic() + event.seconds
-            self._waiting_reason = event.reason
-        else:
-            return False
-        return True
-
-    def _live_text(self) -> str:
-        text = "".join(self._text)
-        extra = []
-        if self.show_thoughts and self._thoughts:
-            extra.append("> " + "".join(self._thoughts).replace("\n", "\n> "))
-        if self._notes:
-            extra.append("*" + " · ".join(self._notes[-3:]) + "*")
-        if self._waiting_until is not None:
-            left = max(0.0, self._waiting_until - time.monotonic())
-            # No emoji: an hourglass is a box where no emoji font is installed.
-            extra.append(f"*{self._waiting_reason}: retrying in {left:.0f} s…*")
-        if self.fmt == "text" or not extra:
-            return text if not extra else "\n\n".join([text, *extra])
-        return "\n\n".join([text, *extra]) if text else "\n\n".join(extra)
-
     def _live_bundle(self) -> Bundle:
-        text = self._live_text()
+        text = self.transcript.render(self.fmt, time.monotonic())
         return reply_bundle(text, self.fmt, final=False) if text else _WAITING
 
     def _open(self, handle: ChatHandle) -> None:

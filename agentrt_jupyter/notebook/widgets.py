@@ -35,10 +35,12 @@ from IPython import get_ipython
 from ..content import FunctionResponsePart
 from ..conversation import ConversationMessage, Usage
 from ..errors import AgentError, RuntimeClosed
-from ..events import Error, TextDelta, ThoughtDelta, ToolCall, ToolResult, TurnEnd, Waiting
+from ..events import Error, TurnEnd
 from ..handle import ChatHandle
 from ..runtime import Agent, AgentInfo, AgentRuntime
 from .display import LIVE_CLASS, close_tree, copy_hider, saved_copy
+from .listing import agent_row
+from .transcript import Transcript, plural
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -86,8 +88,6 @@ class _Writer:
         if runtime.closed:
             raise RuntimeClosed("the runtime was shut down; create a new AgentRuntime")
         self._runtime = runtime
-        self._loop = runtime.loop
-        self._thread = runtime.thread
         self._render = render
         self._watch_agents = watch
         self._on_agents = on_agents
@@ -98,15 +98,15 @@ class _Writer:
         self._stopped = threading.Event()
         self.closed = False
         self.renders = 0
-        self._future = asyncio.run_coroutine_threadsafe(self._run(), self._loop)
+        self._future = runtime.start_task_soon(self._run)
 
     def post(self, fn: Callable[..., Any], *args: Any) -> bool:
         """Run `fn(*args)` on the runtime loop soon; False if the runtime is gone."""
         if self.closed:
             return False
         try:
-            self._loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:
+            self._runtime.start_task_soon(fn, *args)
+        except RuntimeError:  # RuntimeClosed, or the loop closed meanwhile
             return False
         return True
 
@@ -122,7 +122,7 @@ class _Writer:
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run a coroutine on the loop (called there), keeping a reference until it ends."""
-        task = self._loop.create_task(coro)
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -142,16 +142,17 @@ class _Writer:
 
     async def _run(self) -> None:
         watcher = asyncio.ensure_future(self._watch()) if self._watch_agents else None
+        loop = asyncio.get_running_loop()
         try:
             timeout = await self._render_once()
-            last = self._loop.time()
+            last = loop.time()
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
-                delay = last + self._interval - self._loop.time()
+                delay = last + self._interval - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                last = self._loop.time()
+                last = loop.time()
                 timeout = await self._render_once()
         finally:
             if watcher is not None:
@@ -182,7 +183,8 @@ class _Writer:
             return
         self.closed = True
         self._future.cancel()
-        if threading.current_thread() is not self._thread and self._loop.is_running():
+        runtime = self._runtime
+        if threading.current_thread() is not runtime.thread and not runtime.closed:
             self._stopped.wait(CLOSE_TIMEOUT)
 
 
@@ -262,10 +264,7 @@ class _LiveTurn:
 
     prompt: str
     handle: ChatHandle
-    text: list[str] = field(default_factory=list)
-    thoughts: list[str] = field(default_factory=list)
-    tools: list[str] = field(default_factory=list)
-    note: str = ""
+    transcript: Transcript = field(default_factory=Transcript)
 
 
 class AgentPanel(widgets.VBox):  # type: ignore[misc]
@@ -450,18 +449,9 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
             self._writer.wake_on_loop()
 
     def _apply(self, live: _LiveTurn, event: Any) -> None:
-        if isinstance(event, TextDelta):
-            live.text.append(event.text)
-        elif isinstance(event, ThoughtDelta):
-            live.thoughts.append(event.text)
-        elif isinstance(event, ToolCall):
-            live.tools.append(f"→ {event.name}({_short_json(event.args)})")
-        elif isinstance(event, ToolResult):
-            shown = event.error or _short_json(event.result)
-            live.tools.append(f"← {event.name}: {shown}")
-        elif isinstance(event, Waiting):
-            live.note = f"{event.reason}: retrying in {event.seconds:.1f} s"
-        elif isinstance(event, Error):
+        if live.transcript.apply(event, time.monotonic()):
+            return
+        if isinstance(event, Error):
             self._note = f"{type(event.error).__name__}: {event.error}"
         elif isinstance(event, TurnEnd):
             self._note = {
@@ -565,7 +555,7 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
             return f"waiting for your approval: {'; '.join(waiting)}"
 
         if running:
-            status = running[0].note or "running…"
+            status = running[0].transcript.waiting_note(time.monotonic()) or "running…"
             queued = len(self._live) - len(running)
             return status + (f" ({queued} queued)" if queued else "")
         if self._live:
@@ -613,7 +603,7 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
                 badge = "" if message.status == "complete" else f" [{message.status}]"
                 lines.append(f"{message.role}{badge}: {message.text}")
         for live in self._live:
-            lines += [f"user: {live.prompt}", f"model [streaming]: {''.join(live.text)}"]
+            lines += [f"user: {live.prompt}", f"model [streaming]: {live.transcript.reply}"]
         lines += waiting
         lines.append(usage)
         settled = not self._live and not self._running
@@ -709,7 +699,7 @@ class RuntimeMonitor(widgets.VBox):  # type: ignore[misc]
             for child in row.members:
                 child.close()
         running = sum(info.state == "running" for info in infos)
-        summary = f"{_plural(len(infos), 'agent')}, {running} running"
+        summary = f"{plural(len(infos), 'agent')}, {running} running"
         self.summary.value = f"<small>{summary}</small>"
         again = self._copy.offer(
             f"<b>Agents</b> <small>(RuntimeMonitor): {summary}</small>" + _agents_table(infos),
@@ -741,16 +731,17 @@ class RuntimeMonitor(widgets.VBox):  # type: ignore[misc]
 
 
 def _cells(info: AgentInfo) -> tuple[str, ...]:
-    elapsed = "" if info.running_for is None else f"{info.running_for:.1f} s"
-    turn = "" if info.current_turn is None else str(info.current_turn)
+    """The monitor's columns (`RuntimeMonitor.COLUMNS`) of one agent's row, as text."""
+    row = agent_row(info)
+    running_for, turn = row["running_for"], row["current_turn"]
     return (
-        info.name,
-        info.model,
-        info.state,
-        turn,
-        elapsed,
-        str(info.queued),
-        f"{info.total_usage.total_tokens:,}",
+        row["name"],
+        row["model"],
+        row["state"],
+        "" if turn is None else str(turn),
+        "" if running_for is None else f"{running_for:.1f} s",
+        str(row["queued"]),
+        f"{row['usage']['total_tokens']:,}",
     )
 
 
@@ -768,14 +759,10 @@ def _agents_table(infos: Sequence[AgentInfo]) -> str:
 
 def _usage_line(usage: Usage, turns: int) -> str:
     return (
-        f"{_plural(turns, 'turn')} · {usage.total_tokens:,} tokens "
+        f"{plural(turns, 'turn')} · {usage.total_tokens:,} tokens "
         f"({usage.prompt_tokens:,} prompt, {usage.candidates_tokens:,} output, "
         f"{usage.thoughts_tokens:,} thoughts, {usage.cached_tokens:,} cached)"
     )
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _short_json(value: Any, limit: int = 200) -> str:
@@ -806,6 +793,16 @@ def _tools(lines: Sequence[str]) -> str:
     return "".join(f"<div><code>{html.escape(line)}</code></div>" for line in lines)
 
 
+def _notes(notes: Sequence[str]) -> str:
+    """A transcript's notes as HTML: their `code` spans as code."""
+    return "".join(f"<div><small>{_inline_code(note)}</small></div>" for note in notes)
+
+
+def _inline_code(text: str) -> str:
+    pieces = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(pieces))
+
+
 def _message_html(message: ConversationMessage) -> str:
     tools = [f"→ {c.name}({_short_json(c.args)})" for c in message.tool_calls]
     tools += [
@@ -819,6 +816,7 @@ def _message_html(message: ConversationMessage) -> str:
 
 
 def _live_html(live: _LiveTurn) -> str:
-    reply = _thoughts("".join(live.thoughts)) + _text("".join(live.text)) + _tools(live.tools)
+    transcript = live.transcript
+    reply = _thoughts(transcript.thoughts) + _text(transcript.reply) + _notes(transcript.notes)
     badge = "queued" if live.handle.status == "queued" else "streaming"
     return _block("user", _text(live.prompt)) + _block("model", reply, badge)
