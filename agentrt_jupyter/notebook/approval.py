@@ -296,13 +296,13 @@ class Approver:
     async def _ask(
         self, surface: ApprovalSurface | None, tool: str, args: dict[str, Any], code: str | None
     ) -> bool:
+        if code is None and surface is not None and surface.approve_all:
+            surface.running(tool)
+            return True
         per_turn = surface is not None and surface.per_turn
         request = Request(
             self.agent, tool, dict(args), code=code, offers_all=code is None and per_turn
         )
-        if code is None and surface is not None and surface.approve_all:
-            surface.running(tool)
-            return True
         problem = surface.why_not() if surface is not None else None
         if problem is not None:
             assert surface is not None
@@ -310,6 +310,17 @@ class Approver:
             request.outcome = f"not asked, so not run: {problem}"
             surface.settle(request)
             return False
+        answer = await self._answer(request, surface)
+        if answer == "approve_all" and surface is not None:
+            surface.approve_all = True
+        approved = answer in ("approve", "approve_all")
+        if approved and surface is not None:
+            surface.running(tool)
+        return approved
+
+    async def _answer(self, request: Request, surface: ApprovalSurface | None) -> str:
+        """Ask `request` (in `surface` and in `pending()`) and wait for its answer, or
+        "timeout" once `timeout` seconds pass without one."""
         with _asked:
             _pending.append(request)
             _asked.notify_all()
@@ -317,11 +328,11 @@ class Approver:
             surface.ask(request)
         try:
             answered = asyncio.shield(asyncio.wrap_future(request.future))
-            answer = await asyncio.wait_for(answered, self.timeout)
+            return await asyncio.wait_for(answered, self.timeout)
         except TimeoutError:
             request.expire("timeout")
             request.outcome = f"no answer within {self.timeout:g} s: denied"
-            return False
+            return "timeout"
         except asyncio.CancelledError:
             request.expire("cancelled")
             request.outcome = "the turn was cancelled"
@@ -334,12 +345,6 @@ class Approver:
                 request.outcome = _OUTCOMES[request.future.result()]
             if surface is not None:
                 surface.settle(request)
-        if answer == "approve_all" and surface is not None:
-            surface.approve_all = True
-        approved = answer in ("approve", "approve_all")
-        if approved and surface is not None:
-            surface.running(tool)
-        return approved
 
 
 _OUTCOMES = {

@@ -80,16 +80,7 @@ class KernelTools:
         tools: list[Tool] = []
         origins: dict[str, str] = {}
         for item in dict.fromkeys(items):
-            if item == DATA:
-                found, origin = self._data_tools(), DATA
-            elif item == PYTHON and agent is not None:
-                found, origin = [self._python_tool(agent)], PYTHON
-            elif item.startswith(MCP_PREFIX):
-                found, origin = self._mcp(item[len(MCP_PREFIX) :], runtime), item
-            elif item.startswith("@"):
-                raise UsageError(f"--tools: no toolset {item!r} (there are @data and @python)")
-            else:
-                found, origin = [self._function(item)], f"function {item}"
+            found, origin = self._item(item, agent, runtime)
             for tool in found:
                 if tool.name in origins:
                     raise UsageError(
@@ -101,6 +92,18 @@ class KernelTools:
         if agent is not None:
             self.origins[agent] = origins
         return tools
+
+    def _item(self, item: str, agent: str | None, runtime: AgentRuntime) -> tuple[list[Tool], str]:
+        """The tools one item of `--tools` names, and where they come from."""
+        if item == DATA:
+            return self._data_tools(), DATA
+        if item == PYTHON and agent is not None:
+            return [self._python_tool(agent)], PYTHON
+        if item.startswith(MCP_PREFIX):
+            return self._mcp(item[len(MCP_PREFIX) :], runtime), item
+        if item.startswith("@"):
+            raise UsageError(f"--tools: no toolset {item!r} (there are @data and @python)")
+        return [self._function(item)], f"function {item}"
 
     def _function(self, dotted: str) -> Tool:
         value = lookup(self.namespace, dotted, "--tools")
