@@ -294,7 +294,7 @@ def test_the_footer_names_what_answered() -> None:
 
 def test_the_footer_names_a_base_url_by_its_host_only() -> None:
     from agentrt_jupyter.config import RuntimeConfig
-    from agentrt_jupyter.notebook.magics import answered_by
+    from agentrt_jupyter.notebook.display import answered_by
 
     proxy = RuntimeConfig(base_url="https://user:secret@proxy.example:8443/gemini", api_key="k")
     assert answered_by(proxy) == "proxy.example:8443"

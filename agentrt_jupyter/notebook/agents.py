@@ -15,6 +15,7 @@ here alone.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,17 @@ def notebook_namespace(
         if isinstance(value, str) and value.strip() and "\0" not in value:
             return value[-_MAX_NAMESPACE:]
     return DEFAULT_NAMESPACE
+
+
+def connection_file() -> str | None:
+    """The kernel's connection file, if this runs in an ipykernel (not imported otherwise)."""
+    connect = sys.modules.get("ipykernel.connect")
+    if connect is None:
+        return None
+    try:
+        return str(connect.get_connection_file())
+    except Exception:  # not in a running kernel, or the file is gone
+        return None
 
 
 @dataclass

@@ -25,6 +25,23 @@ EVERY_TOOL = "*"
 """`--confirm` without a value."""
 LONGEST_SECONDS = 86400
 """The longest tool or approval timeout a cell accepts."""
+TOOLS_HELP = (
+    "Tools for the agent, kept for its later cells: f,mod.g (functions of the namespace), "
+    "@data (read-only looks at the notebook's DataFrames), @python (runs code, always asks "
+    "first), mcp:NAME (a declared MCP server), or none."
+)
+CONFIRM_HELP = (
+    "Ask before each tool call (Approve / Deny in the cell); --confirm f,g: only before "
+    "these; --confirm none: never. Write NAME before it."
+)
+SCHEMA_HELP = (
+    "Ask this reply in the shape S (a pydantic model, dataclass, TypedDict or JSON-schema "
+    "dict of the namespace): checked, shown as JSON, and --out holds the parsed value."
+)
+MAP_HELP = (
+    "Run the cell, a template with {column} placeholders, over every row of DataFrame DF "
+    "(--out RESULT: the result frame)."
+)
 _FLAGS = {
     "stored": ("--stored", "list"),
     "everywhere": ("--all", "list"),

@@ -25,9 +25,11 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from IPython import display as ipython_display
 
+from ..config import RuntimeConfig
 from ..errors import (
     AgentError,
     BackendError,
@@ -107,6 +109,20 @@ def footer_line(result: TurnResult, answered_by: str | None = None) -> str:
     if result.status != "complete":
         parts.insert(0, result.status.upper())
     return " · ".join(parts)
+
+
+def answered_by(config: RuntimeConfig) -> str | None:
+    """Who answers the cells when it is not Google's Gemini, for the footer beside the
+    model name: the engine of the local server, or the host (and port) of a base_url,
+    never its user or password."""
+    backend = config.resolved_backend()
+    if backend != "gemini":
+        return backend
+    if config.base_url is None:
+        return None
+    url = urlsplit(config.base_url)
+    host = url.hostname or "a base_url"
+    return f"{host}:{url.port}" if url.port else host
 
 
 def short_message(error: BaseException) -> str:

@@ -22,7 +22,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
-from urllib.parse import urlsplit
 
 from IPython.core import magic
 from IPython.core import magic_arguments as margs
@@ -34,10 +33,13 @@ from ..config import BACKENDS, RuntimeConfig, default_store_path, runtime_config
 from ..errors import ConversationInUse, UsageProblem
 from ..runtime import Agent, AgentRuntime
 from . import cellrun
-from .agents import in_use_message, notebook_namespace
-from .cellline import DATA_FLAGS as DATA_FLAGS
+from .agents import connection_file, in_use_message, notebook_namespace
 from .cellline import (
+    CONFIRM_HELP,
     EVERY_TOOL,
+    MAP_HELP,
+    SCHEMA_HELP,
+    TOOLS_HELP,
     CellOptions,
     CommandLine,
     cell_options,
@@ -46,8 +48,10 @@ from .cellline import (
     is_seconds,
     parse_line,
 )
-from .display import FORMATS, OPEN_DELAY, OnceHint, TurnView
+from .cellline import DATA_FLAGS as DATA_FLAGS
+from .display import FORMATS, OPEN_DELAY, OnceHint, TurnView, answered_by
 from .interpolate import interpolate as expand
+from .interpolate import note_missing
 from .listing import size_text
 from .session import KernelSession, Run
 from .transcript import plural
@@ -77,23 +81,6 @@ COMMANDS = (
 _RUNTIME_SETTINGS = ("backend", "default_model", "store_path", "base_url")
 APPROVAL_TIMEOUT = 120.0
 """The default of `AgentMagics.approval_timeout` (`approval.APPROVAL_TIMEOUT`)."""
-TOOLS_HELP = (
-    "Tools for the agent, kept for its later cells: f,mod.g (functions of the namespace), "
-    "@data (read-only looks at the notebook's DataFrames), @python (runs code, always asks "
-    "first), mcp:NAME (a declared MCP server), or none."
-)
-CONFIRM_HELP = (
-    "Ask before each tool call (Approve / Deny in the cell); --confirm f,g: only before "
-    "these; --confirm none: never. Write NAME before it."
-)
-SCHEMA_HELP = (
-    "Ask this reply in the shape S (a pydantic model, dataclass, TypedDict or JSON-schema "
-    "dict of the namespace): checked, shown as JSON, and --out holds the parsed value."
-)
-MAP_HELP = (
-    "Run the cell, a template with {column} placeholders, over every row of DataFrame DF "
-    "(--out RESULT: the result frame)."
-)
 _DATACELL = f"{__package__}.datacell"
 _F = TypeVar("_F", bound=Callable[..., Any])
 _margs: Any = margs
@@ -193,7 +180,7 @@ class AgentMagics(Magics):
 
     def namespace(self) -> str:
         """This notebook's name for its conversations (see `notebook_namespace`)."""
-        return notebook_namespace(os.environ, self.user_ns, _connection_file())
+        return notebook_namespace(os.environ, self.user_ns, connection_file())
 
     @validate("updates_per_second")
     def _check_rate(self, proposal: Any) -> float:
@@ -388,7 +375,7 @@ class AgentMagics(Magics):
             settings["system_instruction"] = expand(
                 settings["system_instruction"], self.user_ns, missing
             )
-        _note_missing(missing)
+        note_missing(missing)
         return text, settings
 
     def _cell_data(self, options: CellOptions, *, awaiting: bool) -> CellData | None:
@@ -616,40 +603,3 @@ class AgentMagics(Magics):
             f"await cells: {self.await_cells and bool(getattr(self.shell, 'autoawait', False))}",
             f"ipykernel: {getattr(ipykernel, '__version__', 'not running in a kernel')}",
         ]
-
-
-def _connection_file() -> str | None:
-    """The kernel's connection file, if this runs in an ipykernel (not imported otherwise)."""
-    connect = sys.modules.get("ipykernel.connect")
-    if connect is None:
-        return None
-    try:
-        return str(connect.get_connection_file())
-    except Exception:  # not in a running kernel, or the file is gone
-        return None
-
-
-def answered_by(config: RuntimeConfig) -> str | None:
-    """Who answers the cells when it is not Google's Gemini, for the footer beside the
-    model name: the engine of the local server, or the host (and port) of a base_url,
-    never its user or password."""
-    backend = config.resolved_backend()
-    if backend != "gemini":
-        return backend
-    if config.base_url is None:
-        return None
-    url = urlsplit(config.base_url)
-    host = url.hostname or "a base_url"
-    return f"{host}:{url.port}" if url.port else host
-
-
-def _note_missing(names: list[str]) -> None:
-    """One line when `{name}` braces went out as written: usually a typo, costing a call."""
-    if not names:
-        return
-    braces = ", ".join(f"{{{name}}}" for name in names)
-    were, variables = ("was", "variable") if len(names) == 1 else ("were", "variables")
-    print(
-        f"agentrt: {braces} {were} sent as written: no {variables} {', '.join(names)} "
-        "defined (write {{ and }} to send braces without this note)"
-    )
