@@ -21,6 +21,7 @@ from .display import TurnView, shorten
 from .session import KernelSession, Run
 
 if TYPE_CHECKING:
+    from ..runtime import AgentRuntime
     from .datacell import CellData
 
 SETTLE_TIMEOUT = 10.0
@@ -29,17 +30,18 @@ SETTLE_TIMEOUT = 10.0
 
 def start_run(
     session: KernelSession,
-    agent: str,
+    runtime: AgentRuntime,
     handle: ChatHandle,
     view: TurnView,
     data: CellData | None,
     *,
+    agent: str,
     out: str | None,
     background: bool,
 ) -> Run | None:
-    """Show the turn's displays and start the task rendering it; returns the run to wait
-    for, or None for a background run (kept in `session.background`)."""
-    runtime = session.ensure_runtime()
+    """Show the turn's displays and start the task rendering it on `runtime` (the turn's);
+    returns the run to wait for, or None for a background run (kept in
+    `session.background`)."""
     # The data cell's follow opens the tool calls' display, before the reply's.
     follow = view.follow(handle) if data is None else data.follow(view, handle)
     view.show(handle)
@@ -56,6 +58,7 @@ def start_run(
 
 
 async def _await(follow: Coroutine[Any, Any, TurnResult]) -> TurnResult:
+    """`follow`, made in the cell, as the coroutine function `start_task_soon` takes."""
     return await follow
 
 

@@ -356,10 +356,11 @@ class AgentMagics(Magics):
         )
         return cellrun.start_run(
             self.session,
-            agent.name,
+            agents.runtime,
             handle,
             view,
             data,
+            agent=agent.name,
             out=options.out,
             background=options.background,
         )
