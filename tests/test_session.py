@@ -102,3 +102,18 @@ def test_the_data_cells_tool_sources_follow_the_namespace(
     assert tools.namespace is shell.user_ns
     shell.user_ns = {}  # e.g. %reset with a new namespace dict
     assert session.kernel_tools() is not tools
+
+
+def test_only_ensure_runtime_replaces_a_runtime_whose_local_server_died(
+    session: KernelSession, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runtime = session.ensure_runtime()
+    assert session.start_warm_up().result(timeout=60) is None
+    server = runtime.local_server
+    assert server is not None and server.running
+    server.stop()
+    assert session.runtime is runtime and not runtime.closed  # reading replaces nothing
+    assert capsys.readouterr().out == ""
+    replaced = session.ensure_runtime()
+    assert "the local model server stopped; restarting it" in capsys.readouterr().out
+    assert replaced is not runtime and runtime.closed and session.runtime is replaced
