@@ -26,11 +26,11 @@ from ..config import AgentConfig, agent_config
 from ..errors import AgentNotFound, AgentShutDown, ConversationInUse
 from ..handle import ChatHandle
 from ..runtime import Agent, AgentRuntime
+from .listing import GONE
 
 ENV_SESSION = "JPY_SESSION_NAME"
 DEFAULT_NAMESPACE = "default"
 _MAX_NAMESPACE = 4096
-_GONE = ("shutdown", "disconnected")
 _noted_local_model = False
 
 
@@ -172,7 +172,7 @@ class NotebookAgents:
         raise UsageError(f"no agent {name!r}: start one with a %%agent {name} cell")
 
     def live_names(self) -> list[str]:
-        return [info.name for info in self.runtime.agents() if info.state not in _GONE]
+        return [info.name for info in self.runtime.agents() if info.state not in GONE]
 
     def shutdown(self, name: str) -> None:
         """Stop NAME; its stored conversation is kept, and the next cell resumes it."""

@@ -200,7 +200,6 @@ class TurnView:
         self.shell = shell
         self.fmt = fmt
         self.interval = 1.0 / rate
-        self.show_thoughts = show_thoughts
         self.background = background
         self.answered_by = answered_by
         self.hint = hint

@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from ..store import StoredConversation
 
 
+GONE = ("shutdown", "disconnected")
+"""The states of an agent that was stopped (its record stays listed)."""
+
+
 class AgentRow(TypedDict):
     """One agent: its `AgentInfo`, JSON-ready (the lab comm sends it as it is)."""
 

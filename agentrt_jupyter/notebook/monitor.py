@@ -14,7 +14,7 @@ import ipywidgets as widgets
 from ..errors import AgentError, RuntimeClosed
 from ..runtime import AgentInfo, AgentRuntime
 from .display import LIVE_CLASS
-from .listing import agent_row
+from .listing import GONE, agent_row
 from .livewidget import StaticCopy, Writer, view_bundle
 from .transcript import plural
 
@@ -24,7 +24,6 @@ MONITOR_INTERVAL = 0.25
 """The least time between two renders (every streamed chunk is a change)."""
 ELAPSED_TICK = 1.0
 """While a turn runs the monitor re-renders this often even without a change (elapsed time)."""
-_GONE = ("shutdown", "disconnected")
 
 
 @dataclass
@@ -101,7 +100,7 @@ class RuntimeMonitor(widgets.VBox):  # type: ignore[misc]
             for cell, value in zip(row.cells, _cells(info), strict=True):
                 cell.value = html.escape(value)
             row.cancel.disabled = info.current_turn is None
-            row.shutdown.disabled = info.state in _GONE
+            row.shutdown.disabled = info.state in GONE
         live = {info.id for info in infos}
         gone = [self.rows.pop(agent_id) for agent_id in list(self.rows) if agent_id not in live]
         children = (*self._header, *(w for row in self.rows.values() for w in row.members))

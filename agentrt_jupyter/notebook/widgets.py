@@ -35,6 +35,7 @@ from ..events import Error, TurnEnd
 from ..handle import ChatHandle
 from ..runtime import Agent, AgentInfo, AgentRuntime
 from .display import LIVE_CLASS, close_tree
+from .listing import GONE
 from .livewidget import StaticCopy as StaticCopy
 from .livewidget import Writer
 from .livewidget import view_bundle as view_bundle
@@ -54,7 +55,6 @@ HISTORY_ROWS = 200
 _BOX = "border-left:3px solid {color};padding:2px 8px;margin:4px 0"
 _COLORS = {"user": "#1f77b4", "model": "#2ca02c", "summary": "#9467bd"}
 _BADGES = {"cancelled": "#d62728", "incomplete": "#ff7f0e", "error": "#d62728"}
-_GONE = ("shutdown", "disconnected")
 
 
 @dataclass
@@ -283,9 +283,9 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
         `%%agent NAME` cells)."""
         mine = next((i for i in infos if i.id == self.agent.id), None)
         reattached = False
-        if mine is None or mine.state in _GONE:
+        if mine is None or mine.state in GONE:
             successor = next(
-                (i for i in infos if i.name == self.agent.name and i.state not in _GONE), None
+                (i for i in infos if i.name == self.agent.name and i.state not in GONE), None
             )
             if successor is not None:
                 self.agent = Agent(self._runtime, successor.id, successor.name)
@@ -301,7 +301,7 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
         self._total, self._turns = mine.total_usage, mine.turn_count
         self._seen = (mine.turn_count, mine.current_turn)
         self._running = mine.current_turn is not None and mine.current_turn not in self._own_ended
-        self._shut_down = mine.state in _GONE
+        self._shut_down = mine.state in GONE
         if self._shut_down:
             self._note = _gone_note(mine)
         return reattached or (self._seen != seen and not self._live)
