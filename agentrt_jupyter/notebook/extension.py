@@ -1,4 +1,5 @@
-"""`%load_ext agentrt_jupyter`: one `AgentMagics` (and one runtime) per kernel.
+"""`%load_ext agentrt_jupyter`: one `AgentMagics` per kernel, over the kernel's session
+(`session.KernelSession`: its runtime, agents, tool sources and lab comm).
 
 Loading registers the magics, starts the runtime, adds an input transformer that turns
 a `%%agent` cell into a top-level `await` (see `magics`) and registers the comm target
@@ -6,7 +7,7 @@ of the JupyterLab extension (see `labcomm`). It returns at once and leaves the s
 of a first turn to the runtime thread, in the background: the SDK import, the client,
 the local server (without an API key), the SDK's models and then ipywidgets, so the first
 `%%agent` cell does not wait for them. Loading again is a no-op; unloading removes all of
-them and shuts the runtime down.
+them and shuts the runtime down (the session stays, with the names its cells used).
 """
 
 from __future__ import annotations
