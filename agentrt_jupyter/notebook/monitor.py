@@ -97,7 +97,7 @@ class RuntimeMonitor(widgets.VBox):  # type: ignore[misc]
             infos = []
         for info in infos:
             row = self.rows.get(info.id) or self._add_row(info)
-            for cell, value in zip(row.cells, _cells(info), strict=True):
+            for cell, value in zip(row.cells, cells_of(info), strict=True):
                 cell.value = html.escape(value)
             row.cancel.disabled = info.current_turn is None
             row.shutdown.disabled = info.state in GONE
@@ -114,7 +114,7 @@ class RuntimeMonitor(widgets.VBox):  # type: ignore[misc]
         self.summary.value = f"<small>{summary}</small>"
         again = self._copy.offer(
             f"<b>Agents</b> <small>(RuntimeMonitor): {summary}</small>" + _agents_table(infos),
-            "\n".join([f"RuntimeMonitor: {summary}", *(" · ".join(_cells(i)) for i in infos)]),
+            "\n".join([f"RuntimeMonitor: {summary}", *(" · ".join(cells_of(i)) for i in infos)]),
             settled=not running,
         )
         if running:
@@ -141,7 +141,7 @@ class RuntimeMonitor(widgets.VBox):  # type: ignore[misc]
         self._writer.post(lambda: self._writer.spawn(run()))
 
 
-def _cells(info: AgentInfo) -> tuple[str, ...]:
+def cells_of(info: AgentInfo) -> tuple[str, ...]:
     """The monitor's columns (`RuntimeMonitor.COLUMNS`) of one agent's row, as text."""
     row = agent_row(info)
     running_for, turn = row["running_for"], row["current_turn"]
@@ -162,7 +162,7 @@ def _agents_table(infos: Sequence[AgentInfo]) -> str:
     cell = "padding:1px 10px 1px 0;text-align:left"
     head = "".join(f'<th style="{cell}">{name}</th>' for name in RuntimeMonitor.COLUMNS)
     rows = "".join(
-        "<tr>" + "".join(f'<td style="{cell}">{html.escape(v)}</td>' for v in _cells(i)) + "</tr>"
+        "<tr>" + "".join(f'<td style="{cell}">{html.escape(v)}</td>' for v in cells_of(i)) + "</tr>"
         for i in infos
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
