@@ -321,3 +321,11 @@ def test_a_cell_that_changes_runtime_settings_warms_the_new_runtime_up(ip: Any) 
             ip.config.AgentMagics.pop(name, None)
         magics.default_model = None
         magics.store_path = before
+
+
+def test_every_agent_command_the_line_accepts_has_a_handler(ip: Any) -> None:
+    from agentrt_jupyter.notebook.commands import AgentCommands
+    from agentrt_jupyter.notebook.magics import COMMANDS
+
+    magics = loaded_magics(ip)
+    assert set(AgentCommands(magics.session, magics, "").handlers) == set(COMMANDS)

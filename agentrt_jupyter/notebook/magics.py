@@ -31,7 +31,7 @@ from traitlets import Bool, Enum, Float, TraitError, Unicode, observe, validate
 
 from ..config import BACKENDS, RuntimeConfig, default_store_path, runtime_config
 from ..errors import ConversationInUse, UsageProblem
-from ..runtime import Agent, AgentRuntime
+from ..runtime import AgentRuntime
 from . import cellrun
 from .agents import connection_file, in_use_message, notebook_namespace
 from .cellline import (
@@ -49,17 +49,15 @@ from .cellline import (
     parse_line,
 )
 from .cellline import DATA_FLAGS as DATA_FLAGS
+from .commands import ENV_BACKEND, AgentCommands
 from .display import FORMATS, OPEN_DELAY, OnceHint, TurnView, answered_by
 from .interpolate import interpolate as expand
 from .interpolate import note_missing
-from .listing import size_text
 from .session import KernelSession, Run
-from .transcript import plural
 
 if TYPE_CHECKING:
     from .datacell import CellData
 
-ENV_BACKEND = "AGENTRT_BACKEND"
 AWAIT_HINT = "other cells wait until this reply ends; %%agent --background lets them run"
 """Said once per kernel, in the status line of the first foreground turn that streams."""
 COMMANDS = (
@@ -436,9 +434,9 @@ class AgentMagics(Magics):
                 approval_timeout=self.approval_timeout,
             )
         command = self.parse_command(line)
-        handler = getattr(self, f"_cmd_{command.command}")
+        commands = AgentCommands(self.session, self, self.agent_line.__doc__ or "")
         try:
-            return handler(command)
+            return commands.run(command)
         except ConversationInUse as exc:
             raise UsageError(in_use_message(exc)) from None
         except UsageProblem as exc:
@@ -452,155 +450,3 @@ class AgentMagics(Magics):
         """The `%agent` line as (command, NAME), checked (see `parse_command`)."""
         command = self.parse_command(line)
         return command.command, command.name
-
-    def _named(self, name: str | None) -> Agent:
-        """A live agent, or one this kernel used (NAME defaults to the default agent)."""
-        return self.session.ensure_agents().named(name or self.default_agent)
-
-    def _cmd_help(self, command: CommandLine) -> None:
-        print(self.agent_line.__doc__)
-
-    def _cmd_runtime(self, command: CommandLine) -> AgentRuntime:
-        runtime = self.session.ensure_runtime()
-        namespace = runtime.config.namespace
-        print(f"agentrt: this notebook's conversations are in namespace {namespace!r}")
-        return runtime
-
-    def _cmd_list(self, command: CommandLine) -> Any:
-        """The agents (or the stored conversations) as a frame, shown whole but without
-        wrapping."""
-        from ..frames import as_shown
-        from .listing import agents_frame, stored_frame
-
-        runtime = self.session.ensure_runtime()
-        if not (command.stored or command.everywhere):
-            return as_shown(agents_frame(runtime.agents()))
-        if runtime.store_problem is not None or runtime.config.store_path is None:
-            print("agentrt: conversations are not stored in this kernel (see %agent config)")
-        conversations = runtime.conversations(everywhere=command.everywhere)
-        return as_shown(stored_frame(conversations, everywhere=command.everywhere))
-
-    def _cmd_resume(self, command: CommandLine) -> None:
-        name = command.name
-        if name is None:
-            raise UsageError(
-                "%agent resume needs the NAME of a stored conversation: "
-                "%agent list --stored shows them"
-            )
-        agents = self.session.ensure_agents()
-        agent = agents.resume(name, cache=self.cache, take_over=command.take_over)
-        if agent is None:
-            print(f"{name}: already live in this kernel, its conversation is the cells' one")
-            return
-        runtime = agents.runtime
-        history = runtime.history(agent)
-        cut = (
-            " (its last reply was cut off: incomplete)"
-            if history and (history[-1].status == "incomplete")
-            else ""
-        )
-        turns, messages = plural(runtime.turn_count(agent), "turn"), plural(len(history), "message")
-        print(f"{name}: resumed, {turns}, {messages}{cut}")
-
-    def _cmd_usage(self, command: CommandLine) -> Any:
-        """One row per turn: the full typed frame, shown compactly (`frames.compact`)."""
-        from ..frames import compact, usage_frame
-
-        return compact(usage_frame(self._named(command.name)), "usage")
-
-    def _cmd_history(self, command: CommandLine) -> Any:
-        from ..frames import compact, history_frame
-
-        return compact(history_frame(self._named(command.name)), "history")
-
-    def _cmd_ledger(self, command: CommandLine) -> Any:
-        from ..frames import compact, ledger_frame
-
-        return compact(ledger_frame(self.session.ensure_runtime()), "ledger")
-
-    def _cmd_cancel(self, command: CommandLine) -> None:
-        agents = self.session.ensure_agents()
-        names = [command.name] if command.name else agents.live_names()
-        stopped = [n for n in names if agents.runtime.cancel(n)]
-        if command.name is None:
-            from . import datacell
-
-            stopped += datacell.cancel_maps(agents.runtime)
-        print(f"cancelled: {', '.join(stopped)}" if stopped else "no turn was running")
-
-    def _cmd_wait(self, command: CommandLine) -> None:
-        name, background = command.name, self.session.background
-        if name is not None and name not in background:
-            raise UsageError(f"no --background turn of {name!r} to wait for")
-        runs = [background.pop(name)] if name else list(background.values())
-        if name is None:
-            background.clear()
-        for run in runs:
-            cellrun.conclude(run, cellrun.block(run), self.user_ns)
-
-    def _cmd_reset(self, command: CommandLine) -> None:
-        agent = self._named(command.name)
-        self.session.ensure_runtime().clear_history(agent)
-        print(f"{agent.name}: conversation cleared")
-
-    def _cmd_shutdown(self, command: CommandLine) -> None:
-        name = command.name
-        if name is None:
-            self.session.shutdown_runtime()
-            print("runtime shut down; the next %%agent cell starts a new one")
-            return
-        self.session.ensure_agents().shutdown(name)
-        print(f"{name}: shut down (its stored conversation is kept)")
-
-    def _cmd_delete(self, command: CommandLine) -> None:
-        name = command.name
-        if name is None:
-            raise UsageError("%agent delete needs the NAME of the agent to erase")
-        self.session.ensure_agents().delete(name)
-        self.session.background.pop(name, None)
-        print(f"{name}: deleted")
-
-    def _cmd_cache(self, command: CommandLine) -> None:
-        if command.name not in (None, "clear"):
-            raise UsageError(
-                "%agent cache shows the reply cache and %agent cache clear empties it; "
-                f"it takes no agent name, got {command.name!r}"
-            )
-        runtime = self.session.ensure_runtime()
-        if command.name == "clear":
-            runtime.cache_clear()
-            print("reply cache cleared")
-            return
-        stats = runtime.cache_stats()
-        state = "on" if self.cache else "off (%config AgentMagics.cache = True)"
-        replies, hits = plural(stats["entries"], "reply", "replies"), plural(stats["hits"], "hit")
-        size = size_text(stats["bytes"])
-        print(f"reply cache: {replies}, {size}, {hits}; {state} for %%agent cells")
-
-    def _cmd_config(self, command: CommandLine) -> None:
-        print("\n".join(self._config_lines()))
-
-    def _config_lines(self) -> list[str]:
-        """The effective settings, one line each, and where the backend comes from."""
-        config = self.runtime_config()
-        source = f"${ENV_BACKEND}" if os.environ.get(ENV_BACKEND) else "AgentMagics.backend"
-        ipykernel = sys.modules.get("ipykernel")
-        live = self.session.runtime
-        problem = live.store_problem if live is not None else None
-        store = str(config.store_path) if config.store_path else "none"
-        if problem is not None:
-            store += f" (not used: {problem})"
-        elif config.store_path is None:
-            store += " (conversations are not kept)"
-        return [
-            f"backend: {config.backend} (from {source}), resolved: {config.resolved_backend()}",
-            f"default model: {config.model_for(None)}",
-            f"notebook (namespace): {config.namespace}",
-            f"store: {store}",
-            f"reply cache for %%agent cells: {'on' if self.cache else 'off'}",
-            f"default agent: {self.default_agent}",
-            f"format: {self.default_format}, updates/s: {self.updates_per_second:g}, "
-            f"live after: {self.live_after:g} s",
-            f"await cells: {self.await_cells and bool(getattr(self.shell, 'autoawait', False))}",
-            f"ipykernel: {getattr(ipykernel, '__version__', 'not running in a kernel')}",
-        ]
