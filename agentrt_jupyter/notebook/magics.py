@@ -1,9 +1,9 @@
 """`%%agent` (chat with an agent in a cell) and `%agent` (list, usage, cancel, …).
 
 The magics parse a line (`cellline`), call the kernel's session (`session`, its agents
-in `agents`) or the data cells (`datacell`), and hand the result to a view: a `%%agent`
-turn to a `TurnView` (`cellrun`), a listing to a frame (`listing`, `frames`). Their
-settings are traitlets (`%config AgentMagics`).
+in `agents`), the `%agent` commands (`commands`) or the data cells (`datacell`), and hand
+the result to a view: a `%%agent` turn to a `TurnView` (`cellrun`), a listing to a frame
+(`listing`, `frames`). Their settings are traitlets (`%config AgentMagics`).
 
 By default the extension rewrites a `%%agent` cell into a top-level `await` of `acell`,
 so the kernel's loop keeps handling widget clicks and interrupts while the reply streams,
