@@ -477,6 +477,7 @@ class AgentRuntime:
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
+        """The runtime's loop, to inspect; start work on it with `start_task_soon`."""
         return self._portal.loop
 
     @overload
