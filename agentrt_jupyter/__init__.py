@@ -13,14 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from ._lazy import lazy_exports
 
-__version__ = "0.1.0"
-
 _EXPORTS: dict[str, str] = {
     "AgentRuntime": "runtime",
     "AsyncAgentRuntime": "runtime",
     "Agent": "runtime",
     "AsyncAgent": "runtime",
-    "AgentInfo": "runtime",
+    "AgentInfo": "registry",
     "FakeBackend": "backends.fake",
     "RuntimeConfig": "config",
     "AgentConfig": "config",
@@ -247,11 +245,11 @@ if TYPE_CHECKING:
     from .quota import (
         QuotaState as QuotaState,
     )
-    from .runtime import (
-        Agent as Agent,
+    from .registry import (
+        AgentInfo as AgentInfo,
     )
     from .runtime import (
-        AgentInfo as AgentInfo,
+        Agent as Agent,
     )
     from .runtime import (
         AgentRuntime as AgentRuntime,
@@ -267,7 +265,19 @@ if TYPE_CHECKING:
     )
 
 
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+_exported, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """The exports on first use; `__version__` from the package metadata (one version, in
+    labextension/package.json, which the build reads): importlib.metadata alone would
+    take a third of the package's import time."""
+    if name == "__version__":
+        from importlib.metadata import version
+
+        globals()["__version__"] = found = version("agentrt-jupyter")
+        return found
+    return _exported(name)
 
 
 def load_ipython_extension(ipython: Any) -> None:
@@ -285,6 +295,8 @@ def unload_ipython_extension(ipython: Any) -> None:
 
 
 def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """Where `jupyter labextension develop` finds the built extension (an editable install
+    builds it there; a wheel ships it in share/jupyter/labextensions)."""
     return [{"src": "labextension", "dest": "agentrt-jupyter"}]
 
 

@@ -71,7 +71,7 @@ SUMMARY_PROMPT = (
 
 
 class AgentHost(Protocol):
-    """What an agent needs from the runtime that hosts it (`runtime._Core` is one)."""
+    """What an agent needs from the runtime that hosts it (`registry.AgentRegistry` is one)."""
 
     @property
     def config(self) -> RuntimeConfig: ...

@@ -432,6 +432,13 @@ def compact(frame: pd.DataFrame, kind: FrameKind) -> CompactFrame:
     return shown
 
 
+def as_shown(frame: pd.DataFrame) -> CompactFrame:
+    """`frame` itself, displayed whole but compactly (blank for missing values, no wrapping)."""
+    shown = CompactFrame(frame)
+    shown.compact_columns = tuple(frame.columns)
+    return shown
+
+
 def _short(text: str) -> str:
     line = " ".join(text.split())
     return line if len(line) <= COMPACT_TEXT else line[: COMPACT_TEXT - 1] + "…"

@@ -39,7 +39,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .config import default_store_path
 from .errors import InvalidConfig, McpServerError, StoreError, Timeout, ToolError, WrongThread
@@ -368,7 +368,7 @@ class McpSource:
         if self._loop is not None and self._loop is not loop and not self._loop.is_closed():
             raise WrongThread(
                 f"MCP source {self.name!r} lives on the loop that first used it (the runtime's): "
-                "call it there, e.g. load_tools(source, runtime.loop)"
+                "call it there, e.g. load_tools(source, runtime)"
             )
         if self._loop is not loop:  # first use, or the first loop is gone with its sessions
             self._loop, self._live = loop, None
@@ -475,42 +475,43 @@ def _check_server_name(name: object) -> None:
         )
 
 
+class TaskRunner(Protocol):
+    """What runs the sessions: an `AgentRuntime` (its loop thread and `start_task_soon`)."""
+
+    @property
+    def thread(self) -> threading.Thread: ...
+
+    def start_task_soon(
+        self, fn: Callable[[], Coroutine[Any, Any, T]], /
+    ) -> concurrent.futures.Future[T]: ...
+
+
 def load_tools(
-    source: McpSource, loop: asyncio.AbstractEventLoop, *, timeout: float | None = None
+    source: McpSource, runtime: TaskRunner, *, timeout: float | None = None
 ) -> list[Tool]:
-    """`source.list_tools()` run on `loop` (the runtime's), waited for from another thread."""
-    return _run_on(loop, source.list_tools(), timeout, f"listing the tools of {source.name!r}")
+    """`source.list_tools()` run on `runtime`'s loop, waited for from another thread."""
+    return _run_on(runtime, source.list_tools, timeout, f"listing the tools of {source.name!r}")
 
 
-def close_source(
-    source: McpSource, loop: asyncio.AbstractEventLoop, *, timeout: float | None = None
-) -> None:
-    """`source.aclose()` run on `loop`, waited for from another thread."""
-    _run_on(loop, source.aclose(), timeout, f"closing {source.name!r}")
+def close_source(source: McpSource, runtime: TaskRunner, *, timeout: float | None = None) -> None:
+    """`source.aclose()` run on `runtime`'s loop, waited for from another thread."""
+    _run_on(runtime, source.aclose, timeout, f"closing {source.name!r}")
 
 
 def _run_on(
-    loop: asyncio.AbstractEventLoop,
-    coroutine: Coroutine[Any, Any, T],
+    runtime: TaskRunner,
+    call: Callable[[], Coroutine[Any, Any, T]],
     timeout: float | None,
     what: str,
 ) -> T:
-    if _on_loop_thread(loop):
-        coroutine.close()
+    if threading.current_thread() is runtime.thread:
         raise WrongThread(f"{what} from the loop's own thread would deadlock: await it there")
-    future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+    future: concurrent.futures.Future[T] = runtime.start_task_soon(call)
     try:
         return future.result(timeout)
     except concurrent.futures.TimeoutError:
         future.cancel()
         raise Timeout(f"{what} took longer than {timeout:g} s") from None
-
-
-def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
-    try:
-        return asyncio.get_running_loop() is loop
-    except RuntimeError:
-        return False
 
 
 def settings_path() -> Path:

@@ -1,808 +1,49 @@
 """`AgentRuntime`: one thread with its own asyncio loop, reached through one command channel.
 
-The thread is a portal (as anyio's `BlockingPortal`): every call is a command sent into
-the loop and answered through its own future — coroutine functions run as tasks
-(`run_coroutine_threadsafe`), plain ones through the `Inbox` in one loop callback. All
-agent state lives on the loop in `_Core`; `AgentRuntime` (sync) and `AsyncAgentRuntime`
-(`runtime.aio`) are thin layers over it, so there is one implementation, and a test keeps
-their command lists and signatures the same.
+The thread and its channel are the `Portal` (portal.py); all agent state lives on the
+loop in the `AgentRegistry` (registry.py). `AgentRuntime` (sync) and `AsyncAgentRuntime`
+(`runtime.aio`) are thin facades over them, so there is one implementation, and a test
+keeps their command lists and signatures the same. `Agent` and `AsyncAgent` are the
+handles on one agent.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
-import contextlib
-import functools
-import gc
-import importlib
-import inspect
 import itertools
-import logging
-import os
-import queue
-import secrets
-import sys
 import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeAlias, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from .agent import AgentCore
-from .backends import default_backend
-from .backends.base import Backend, BackendFactory, Endpoint
-from .backends.pump import StreamPacer
+from .backends.base import Backend, BackendFactory
 from .config import AgentConfig, RuntimeConfig, agent_config
 from .content import to_parts
 from .conversation import ConversationMessage, LedgerEntry, Usage
-from .errors import (
-    AgentNotFound,
-    BackendError,
-    ConversationExists,
-    InvalidConfig,
-    RuntimeClosed,
-    StoreError,
-    Timeout,
-    WrongThread,
-)
-from .handle import ChatHandle, Turn, wait_future
+from .errors import AgentNotFound, InvalidConfig, StoreError, Timeout, WrongThread
+from .handle import ChatHandle, Turn
 from .operators import operator
+from .portal import Portal
 from .quota import QuotaRegistry, QuotaScope, QuotaState
-from .recorder import NullRecorder, Recorder, StoreRecorder
-from .store import STORED_SETTINGS, Store, StoredConversation
+from .registry import AgentInfo, AgentRef, AgentRegistry
+from .store import StoredConversation
 
 if TYPE_CHECKING:
     from .server.process import LocalServer
 
-log = logging.getLogger("agentrt_jupyter")
+__all__ = ["Agent", "AgentInfo", "AgentRef", "AgentRuntime", "AsyncAgent", "AsyncAgentRuntime"]
+
 P = ParamSpec("P")
 T = TypeVar("T")
 _runtime_numbers = itertools.count(1)
-HEARTBEAT_SECONDS = 5.0
-"""How often a runtime renews its conversations' writer leases."""
 FINALIZE_TIMEOUT = 2.0
 """A runtime nobody shut down gets this long to close when it is collected or at exit."""
-RETIRED_LEDGER_ROWS = 1_000_000
-"""Most ledger rows kept of agents no longer in the runtime (the oldest go first)."""
-AgentRef: TypeAlias = "Agent | AsyncAgent | str"
-"""What runtime methods accept for an agent: either handle, or its id or name."""
 
 
-class Inbox:
-    """The fast lane for synchronous commands (queries, chat, cancel).
-
-    A command on the loop's ready queue waits behind every callback already there, and
-    the SDK parses all buffered chunks of a stream in one task step: under load that is
-    seconds. Posted commands are run by a loop callback and also between chunks by
-    every stream's pump, so they answer within about one chunk's parse time.
-    """
-
-    def __init__(self) -> None:
-        self._pending: collections.deque[
-            tuple[Callable[..., Any], tuple[Any, ...], concurrent.futures.Future[Any]]
-        ] = collections.deque()
-
-    @property
-    def pending(self) -> bool:
-        return bool(self._pending)
-
-    def post(self, fn: Callable[..., T], args: tuple[Any, ...]) -> concurrent.futures.Future[T]:
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._pending.append((fn, args, future))
-        return future
-
-    def drain(self) -> None:
-        """Run what is posted; only on the loop thread."""
-        served = False
-        while self._pending:
-            fn, args, future = self._pending.popleft()
-            if not future.set_running_or_notify_cancel():
-                continue
-            served = True
-            try:
-                future.set_result(fn(*args))
-            except BaseException as exc:
-                future.set_exception(exc)
-        if served:
-            # Let the caller we just answered take the GIL now rather than after the
-            # interpreter's switch interval (5 ms) while this loop is busy streaming.
-            time.sleep(0)
-
-    def close(self) -> None:
-        while self._pending:
-            self._pending.popleft()[2].cancel()
-
-
-class _DaemonExecutor(concurrent.futures.ThreadPoolExecutor):
-    """The loop's default executor: daemon threads, reused while busy, never joined.
-
-    `asyncio.to_thread` (sync tools, confirm callbacks, the SDK's DNS, netrc and proxy
-    lookups, the local server's start) runs here. A call that never returns (a tool
-    blocking forever) is abandoned on cancel or shutdown and cannot keep the interpreter
-    alive at exit, as the joined workers of a ThreadPoolExecutor would. An idle worker
-    takes the next call (a thread start per call costs more than the SDK's lookups) and
-    leaves after `IDLE_SECONDS`. Workers know which runtime they serve, so a blocking
-    `shutdown()` from inside a tool is refused instead of deadlocking.
-    """
-
-    IDLE_SECONDS = 30.0
-
-    def __init__(self, name: str, local: threading.local) -> None:
-        super().__init__(max_workers=1, thread_name_prefix=name)  # asyncio wants this type
-        self._name = name
-        self._local = local
-        self._numbers = itertools.count(1)
-        self._calls: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._idle = 0
-        self._closed = False
-        self._waiting: set[threading.Thread] = set()
-
-    def submit(
-        self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
-    ) -> concurrent.futures.Future[T]:
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-
-        def call() -> None:
-            if not future.set_running_or_notify_cancel():
-                return
-            try:
-                result = fn(*args, **kwargs)
-            except BaseException as exc:  # the caller decides what a tool's SystemExit means
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
-
-        with self._lock:
-            self._calls.put(call)
-            if self._idle and not self._closed:
-                self._idle -= 1  # an idle worker takes it
-                return future
-        name = f"{self._name}-worker-{next(self._numbers)}"
-        threading.Thread(target=self._work, name=name, daemon=True).start()
-        return future
-
-    def _work(self) -> None:
-        self._local.worker = True
-        me = threading.current_thread()
-        while True:
-            self._waiting.add(me)
-            try:
-                call = self._calls.get(timeout=self.IDLE_SECONDS)
-            except queue.Empty:
-                with self._lock:
-                    if self._calls.empty():  # nobody counted on this worker: leave
-                        self._idle -= 1
-                        self._waiting.discard(me)
-                        return
-                continue
-            finally:
-                self._waiting.discard(me)
-            if call is None:  # shut down: idle workers leave
-                return
-            call()
-            with self._lock:
-                if self._closed:
-                    return
-                self._idle += 1
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Idle workers leave now; busy ones when their call returns (never joined: an
-        abandoned call ends on its own, in a daemon thread)."""
-        with self._lock:
-            self._closed, idle, self._idle = True, self._idle, 0
-            waiting = list(self._waiting)
-        for _ in range(idle):
-            self._calls.put(None)
-        deadline = time.monotonic() + 1.0
-        for thread in waiting:  # idle: they leave at once, so none outlives the runtime
-            thread.join(max(0.0, deadline - time.monotonic()))
-
-
-class _Portal:
-    """A named daemon thread running an event loop, and the channel into it.
-
-    Coroutine functions run as tasks; plain functions go through the `Inbox`. `stop`
-    ends it within a deadline whatever runs; `stopped` is set when the thread is done.
-    """
-
-    def __init__(self, name: str, inbox: Inbox) -> None:
-        ready: concurrent.futures.Future[asyncio.AbstractEventLoop] = concurrent.futures.Future()
-        self.inbox = inbox
-        self.workers = threading.local()
-        self.stopped = threading.Event()
-        self.cleanup_deadline = 0.0
-        self.stopper: asyncio.Future[None] | None = None
-        self.thread = threading.Thread(target=self._run, args=(ready,), name=name, daemon=True)
-        self.thread.start()
-        self.loop = ready.result()
-        self.closed = False
-
-    def _run(self, ready: concurrent.futures.Future[asyncio.AbstractEventLoop]) -> None:
-        loop = asyncio.new_event_loop()
-        try:
-            asyncio.set_event_loop(loop)
-            loop.set_default_executor(_DaemonExecutor(self.thread.name, self.workers))
-        except BaseException as exc:
-            loop.close()
-            self.stopped.set()
-            ready.set_exception(exc)
-            return
-        try:
-            loop.call_soon(ready.set_result, loop)
-            loop.run_forever()
-            self.inbox.close()
-            pending = asyncio.all_tasks(loop)
-            for task in pending:
-                task.cancel()
-            left = max(0.05, self.cleanup_deadline - time.monotonic())
-            if pending:
-                loop.run_until_complete(asyncio.wait(pending, timeout=left))
-            with contextlib.suppress(TimeoutError):
-                loop.run_until_complete(asyncio.wait_for(loop.shutdown_asyncgens(), left))
-        finally:
-            loop.close()
-            self.stopped.set()
-
-    def in_worker(self) -> bool:
-        """True on one of this runtime's worker threads (a sync tool, a confirm callback)."""
-        return bool(getattr(self.workers, "worker", False))
-
-    def stop(self, aclose: Callable[[], Awaitable[None]], timeout: float) -> None:
-        """Close what `aclose` closes, then stop the loop: all within `timeout` seconds.
-
-        Past the deadline the loop is stopped anyway and what still runs is cancelled;
-        the thread then needs at most a short grace period to end.
-        """
-        deadline = time.monotonic() + timeout
-        self.cleanup_deadline = deadline + 1.0
-
-        async def stop_all() -> None:
-            try:
-                await asyncio.wait_for(aclose(), max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                log.warning("shutdown: closing took longer than %g s; stopping anyway", timeout)
-            except Exception:
-                log.exception("shutdown: closing failed; stopping anyway")
-            finally:
-                asyncio.get_running_loop().stop()
-
-        def start() -> None:
-            self.stopper = asyncio.ensure_future(stop_all())
-
-        try:
-            self.loop.call_soon_threadsafe(start)
-        except RuntimeError:  # the loop is already closed
-            self.stopped.set()
-
-    def on_loop(self) -> bool:
-        return threading.current_thread() is self.thread
-
-    @overload
-    def submit(
-        self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
-    ) -> concurrent.futures.Future[T]: ...
-    @overload
-    def submit(
-        self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
-    ) -> concurrent.futures.Future[T]: ...
-    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if self.closed:
-            raise RuntimeClosed("the runtime was shut down; create a new AgentRuntime")
-        if inspect.iscoroutinefunction(fn):
-            return asyncio.run_coroutine_threadsafe(fn(*args, **kwargs), self.loop)
-        future = self.inbox.post(functools.partial(fn, **kwargs) if kwargs else fn, args)
-        self.loop.call_soon_threadsafe(self.inbox.drain)
-        return future
-
-    @overload
-    def call(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T: ...
-    @overload
-    def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T: ...
-    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run on the loop and wait; refused on the loop's own thread (it would deadlock)."""
-        if self.on_loop():
-            raise WrongThread(
-                "a blocking runtime call from the runtime thread would deadlock: "
-                "use `await runtime.aio....` there"
-            )
-        return wait_future(self.submit(fn, *args, **kwargs), None)
-
-    @overload
-    async def acall(
-        self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
-    ) -> T: ...
-    @overload
-    async def acall(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T: ...
-    async def acall(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if self.on_loop():
-            if self.closed:
-                raise RuntimeClosed("the runtime was shut down; create a new AgentRuntime")
-            result = fn(*args, **kwargs)
-            return await result if inspect.isawaitable(result) else result
-        future = self.submit(fn, *args, **kwargs)
-        try:
-            return await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if future.cancelled() and self.closed and not (task and task.cancelling()):
-                raise RuntimeClosed("the runtime was shut down while this call waited") from None
-            raise
-
-
-@dataclass(frozen=True)
-class AgentInfo:
-    """A snapshot of one agent, for listings and monitors.
-
-    `total_usage` counts the call streaming now too (its running total so far)."""
-
-    id: str
-    name: str
-    model: str
-    state: str
-    turn_count: int
-    queued: int
-    current_turn: int | None
-    running_for: float | None
-    total_usage: Usage
-
-
-class _Core:
-    """Everything on the runtime loop: agents, backends, quota, store; each agent's host."""
-
-    def __init__(
-        self, config: RuntimeConfig, backend_factory: BackendFactory | None = None
-    ) -> None:
-        self.config = config
-        self._backend_factory = backend_factory or default_backend
-        self._default_backends = backend_factory is None
-        """Only the default (google-genai) backends use the local model servers and the
-        SDK's warm-up; a custom factory gets the endpoint as configured, and no server
-        process is started for it."""
-        self.quota = QuotaRegistry()
-        self.agents: dict[str, AgentCore] = {}
-        self.retired_ledger: collections.deque[LedgerEntry] = collections.deque(
-            maxlen=RETIRED_LEDGER_ROWS
-        )
-        """The calls of agents no longer here (deleted, replaced, a map's rows): paid for."""
-        self.by_name: dict[str, str] = {}
-        self.recorder: Recorder = _open_recorder(config)
-        self.heartbeat_task: asyncio.Task[None] | None = None
-        self.server: LocalServer | None = None
-        self._backends: dict[Endpoint, Backend] = {}
-        self._backend_lock: asyncio.Lock | None = None
-        self.default_credential: str | None = None
-        self.inbox = Inbox()
-        self.pacer = StreamPacer()
-        self.version = 0
-        """Grows at every change a monitor shows (agents, turns, streamed usage)."""
-        self._watchers: list[asyncio.Future[None]] = []
-
-    @property
-    def store(self) -> Store | None:
-        """The store while it works (None without one, or after a fault)."""
-        return self.recorder.store
-
-    @property
-    def store_problem(self) -> StoreError | None:
-        """Why conversations are not stored, if the store could not be used."""
-        return self.recorder.problem
-
-    def serve_commands(self) -> None:
-        if self.inbox.pending:
-            self.inbox.drain()
-
-    def lookup(self, ref: AgentRef) -> AgentCore:
-        key = ref.id if isinstance(ref, Agent | AsyncAgent) else ref
-        if not isinstance(key, str):
-            raise AgentNotFound(repr(key))
-        agent = self.agents.get(key) or self.agents.get(self.by_name.get(key, ""))
-        if agent is None:
-            raise AgentNotFound(key)
-        return agent
-
-    def check_endpoint(self, name: str, config: AgentConfig) -> None:
-        """A key goes only to the endpoint it was configured with.
-
-        An agent with its own `base_url` (a resumed one, whose key is never stored)
-        must bring its own `api_key`; the runtime's key is not sent to another host.
-        """
-        if (
-            config.base_url is not None
-            and config.api_key is None
-            and config.base_url != self.config.base_url
-        ):
-            raise InvalidConfig(
-                f"agent {name!r} has its own base_url, so it needs its own api_key "
-                "(the runtime's key is only sent to the runtime's endpoint): pass api_key=...",
-                field="api_key",
-            )
-
-    def endpoint_label(self, config: AgentConfig) -> str:
-        """Who answers an agent, for the reply cache: its base URL, or the backend's name
-        (the local servers' random ports must not make a restarted kernel miss)."""
-        return config.base_url or self.config.base_url or self.config.resolved_backend()
-
-    async def _endpoint(self, config: AgentConfig) -> Endpoint:
-        """Where an agent's calls go: its own endpoint, else the runtime's."""
-        if config.api_key or config.base_url:
-            return Endpoint(
-                config.api_key or self.config.resolved_api_key(),
-                config.base_url or self.config.base_url,
-                config.api_version or self.config.api_version,
-            )
-        backend = self.config.resolved_backend()
-        if backend == "gemini" or not self._default_backends:
-            return Endpoint(
-                self.config.resolved_api_key(),
-                self.config.base_url,
-                config.api_version or self.config.api_version,
-                provider=backend,
-            )
-        server = await self._local_server(backend)
-        return Endpoint(server.token, server.url, "v1beta", provider=backend)
-
-    async def _local_server(self, engine: str) -> LocalServer:
-        if self.server is None:
-            from .server.process import LocalServer
-
-            log.info("starting the local model server (%s engine)", engine)
-            try:
-                self.server = await asyncio.to_thread(
-                    LocalServer.start, engine, startup_timeout=self.config.server_startup_timeout
-                )
-            except RuntimeError as exc:
-                raise BackendError(
-                    f"the embedded {engine} model server did not start ({exc}). Install the "
-                    "[local] extra (see the README), or set GOOGLE_API_KEY to use Gemini",
-                    status="UNAVAILABLE",
-                ) from exc
-        return self.server
-
-    async def backend_for(self, config: AgentConfig) -> Backend:
-        if self._backend_lock is None:
-            self._backend_lock = asyncio.Lock()
-        async with self._backend_lock:
-            endpoint = await self._endpoint(config)
-            backend = self._backends.get(endpoint)
-            if backend is None:
-                backend = self._backend_factory(endpoint)
-                self._backends[endpoint] = backend
-            if not (config.api_key or config.base_url):
-                self.default_credential = backend.credential
-            return backend
-
-    async def default_backend(self) -> Backend:
-        return await self.backend_for(AgentConfig())
-
-    async def warm_up(self) -> None:
-        """Import the SDK, build the client and start the local server now, not at the
-        first turn, then the SDK models a short turn uses; a failure here is only logged
-        (the first turn reports it).
-
-        Between steps the loop runs what queued meanwhile, so a first cell sent during the
-        import starts its turn as soon as the import is done, not after the whole warm-up.
-        """
-        try:
-            if not self._default_backends:  # a custom factory's backend: just make it
-                await self.default_backend()
-                return
-            gemini = _import_without_collections(f"{__package__}.backends.gemini")
-            await self.default_backend()
-            for model in gemini.first_turn_models():
-                await asyncio.sleep(0)
-                model.model_rebuild()
-        except Exception as exc:
-            log.info("warm-up failed (the first turn will say why): %s", exc)
-
-    def cache_stats(self) -> dict[str, int]:
-        return self.recorder.cache_stats()
-
-    def cache_clear(self) -> None:
-        self.recorder.cache_clear()
-
-    def stored(
-        self, name: str | None = None, *, everywhere: bool = False
-    ) -> list[StoredConversation]:
-        """Stored conversations, the one `resume` takes last: the newest that has messages
-        (an agent created but never used does not hide an older conversation)."""
-        if self.store is None:
-            return []
-        rows = self.store.conversations(None if everywhere else self.config.namespace)
-        rows = [r for r in rows if name is None or r.name == name]
-        return sorted(rows, key=lambda r: (r.messages > 0, r.last_activity))
-
-    def start_heartbeat(self) -> None:
-        self.heartbeat_task = asyncio.create_task(self._heartbeat(), name="store-heartbeat")
-
-    async def _heartbeat(self) -> None:
-        """Renew this runtime's writer leases while it lives (other kernels see it alive)."""
-        while True:
-            await asyncio.sleep(HEARTBEAT_SECONDS)
-            store = self.store
-            if store is None:
-                return
-            try:
-                lost = await asyncio.to_thread(store.heartbeat)
-            except StoreError as exc:
-                log.warning("conversation store: %s", exc)
-                continue
-            for conversation in lost:
-                log.warning("another kernel took over conversation %s", conversation)
-
-    def _check_name_free(self, name: str) -> None:
-        existing = self.agents.get(self.by_name.get(name, ""))
-        if existing is not None and existing.state not in ("shutdown", "disconnected"):
-            raise InvalidConfig(
-                f"an agent named {name!r} is running: use it, or pick another name",
-                field="name",
-            )
-
-    def _claim_name(self, name: str) -> None:
-        """Make room for a new agent NAME: refused while one runs; a stopped one goes."""
-        self._check_name_free(name)
-        existing = self.agents.get(self.by_name.get(name, ""))
-        if existing is not None:
-            self._retire(existing)
-
-    def create_agent(self, config: AgentConfig, fresh: bool = False) -> AgentCore:
-        """A new agent; `fresh` starts a new conversation even where one is stored under
-        its name (a notebook's cells after a kernel restart), else that is refused."""
-        agent_id = f"agent-{secrets.token_hex(4)}"
-        name = config.name or agent_id
-        self.check_endpoint(name, config)
-        self._claim_name(name)
-        if config.name is not None and not fresh and self.stored(name):
-            raise ConversationExists(name)
-        agent = AgentCore(self, agent_id, name, config)
-        if config.name is not None:
-            agent.conversation_id = self.recorder.create(self.config.namespace, name, config)
-        self.agents[agent_id] = agent
-        self.by_name[name] = agent_id
-        self.changed()
-        return agent
-
-    def resume(
-        self,
-        name: str,
-        config: AgentConfig | None,
-        take_over: bool = False,
-        overrides: dict[str, Any] | None = None,
-    ) -> AgentCore:
-        """The newest stored conversation of NAME, continued by a new agent.
-
-        Its settings are the stored ones, with `overrides` over them, or `config` whole."""
-        if self.store is None:
-            raise InvalidConfig(
-                "resume needs a store: set RuntimeConfig(store_path=...)", field="store_path"
-            )
-        stored = self.stored(name)
-        if not stored:
-            raise AgentNotFound(name)
-        self._check_name_free(name)
-        loaded = self.store.open(stored[-1].id, take_over=take_over)
-        if loaded is None:
-            raise AgentNotFound(name)
-        try:
-            if config is None:
-                settings = {
-                    k: v
-                    for k, v in loaded.settings.items()
-                    if k in STORED_SETTINGS and v is not None
-                }
-                config = agent_config(None, {**settings, **(overrides or {}), "name": name})
-            elif config.name != name:
-                config = config.with_changes(name=name)
-            self.check_endpoint(name, config)
-        except InvalidConfig:
-            self.store.release(loaded.id)
-            raise
-        self._claim_name(name)
-        agent = AgentCore(self, f"agent-{secrets.token_hex(4)}", name, config)
-        agent.conversation = loaded.conversation
-        agent.conversation_id = loaded.id
-        self.agents[agent.id] = agent
-        self.by_name[name] = agent.id
-        self.recorder.settings(loaded.id, config)
-        self.changed()
-        return agent
-
-    def chat(self, ref: AgentRef, parts: Any, refresh: bool = False) -> Turn:
-        agent = self.lookup(ref)
-        agent.check_usable()
-        turn = Turn(agent.name, parts, agent.model)
-        turn.refresh = refresh
-        agent.submit(turn)
-        return turn
-
-    def cancel(self, ref: AgentRef) -> bool:
-        return self.lookup(ref).cancel_active()
-
-    def cancel_turn(self, ref: str, turn: Turn) -> None:
-        self.lookup(ref).cancel_turn(turn)
-
-    async def wait_for_idle(self, ref: AgentRef, timeout: float | None) -> None:
-        agent = self.lookup(ref)
-        try:
-            await asyncio.wait_for(agent.idle.wait(), timeout)
-        except TimeoutError:
-            raise Timeout(f"agent {agent.name!r} still busy after {timeout} s") from None
-
-    def signal_idle(self, ref: AgentRef) -> None:
-        agent = self.lookup(ref)
-        if agent.is_idle():
-            agent.wakeup.clear()
-
-    async def wait_for_wakeup(self, ref: AgentRef, timeout: float | None) -> bool:
-        agent = self.lookup(ref)
-        try:
-            await asyncio.wait_for(agent.wakeup.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
-
-    def query(self, ref: AgentRef, what: Callable[[AgentCore], T]) -> T:
-        return what(self.lookup(ref))
-
-    async def clear_history(self, ref: AgentRef) -> None:
-        """Cancel what runs or waits first: a running turn must not write into the cleared
-        history (the contents sent next would start with a model message)."""
-        agent = self.lookup(ref)
-        agent.check_usable()
-        await agent.cancel_all()
-        agent.conversation.clear()
-        if self.store is not None and agent.conversation_id is not None:
-            self.store.clear(agent.conversation_id)
-            self.recorder.settings(agent.conversation_id, agent.config)
-
-    async def stop_agent(self, ref: AgentRef, how: str) -> None:
-        agent = self.lookup(ref)
-        await agent.stop("disconnected" if how == "disconnect" else "shutdown")
-        if self.store is not None and agent.conversation_id is not None and how != "delete":
-            self.store.release(agent.conversation_id)
-        self.changed()
-        if how == "delete":
-            self._retire(agent)
-            self.by_name.pop(agent.name, None)
-            if self.store is not None and agent.config.name is not None:
-                if agent.conversation_id is not None:
-                    self.store.delete(agent.conversation_id)
-                self._delete_stored(agent.name)
-
-    def delete_stored(self, name: str) -> None:
-        """Erase the stored conversations of a name that has no live agent."""
-        if not self._delete_stored(name):
-            raise AgentNotFound(name)
-
-    def _delete_stored(self, name: str) -> int:
-        """Erase every stored conversation of `name` in this namespace; how many there were."""
-        if self.store is None:
-            return 0
-        rows = [r for r in self.store.conversations(self.config.namespace) if r.name == name]
-        for row in rows:
-            self.store.delete(row.id)
-        return len(rows)
-
-    def changed(self) -> None:
-        """Something a monitor shows changed: wake the watchers (cheap; called per chunk)."""
-        self.version += 1
-        if self._watchers:
-            watchers, self._watchers = self._watchers, []
-            for watcher in watchers:
-                if not watcher.done():
-                    watcher.set_result(None)
-
-    async def next_change(self, since: int, timeout: float | None) -> tuple[int, list[AgentInfo]]:
-        """The agents once the version passed `since` (or at the timeout, unchanged)."""
-        if self.version == since:
-            watcher = asyncio.get_running_loop().create_future()
-            self._watchers.append(watcher)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(watcher, timeout)
-        return self.version, self.agent_infos()
-
-    def agent_infos(self) -> list[AgentInfo]:
-        now = time.monotonic()
-        infos = []
-        for agent in self.agents.values():
-            active = agent.active
-            infos.append(
-                AgentInfo(
-                    id=agent.id,
-                    name=agent.name,
-                    model=agent.model,
-                    state=agent.state,
-                    turn_count=agent.conversation.turn_count,
-                    queued=len(agent.queue),
-                    current_turn=active.number if active is not None else None,
-                    running_for=now - active.started_at
-                    if active is not None and active.started_at is not None
-                    else None,
-                    total_usage=agent.conversation.total_usage() + agent.streaming_usage(),
-                )
-            )
-        return infos
-
-    def _retire(self, agent: AgentCore) -> None:
-        """The agent leaves the runtime; its calls stay in the runtime's ledger."""
-        del self.agents[agent.id]
-        self.retired_ledger.extend(agent.conversation.ledger)
-
-    def ledger(self) -> list[LedgerEntry]:
-        """Every call of this runtime, in the order they started (live agents' and those
-        of agents no longer here)."""
-        live = [entry for agent in self.agents.values() for entry in agent.conversation.ledger]
-        # An agent that continues a retired one's conversation (reconfigured, resumed)
-        # carries its rows: each call once.
-        shown = set(live)
-        gone = [entry for entry in self.retired_ledger if entry not in shown]
-        return sorted([*gone, *live], key=lambda entry: entry.started)
-
-    async def wait_for_quota(self, timeout: float | None) -> float:
-        backend = await self.default_backend()
-        try:
-            return await asyncio.wait_for(self.quota.wait(backend.credential), timeout)
-        except TimeoutError:
-            raise Timeout(f"still rate limited after {timeout} s") from None
-
-    async def record_quota_hit(self, retry_after: float | None, scope: QuotaScope) -> float:
-        backend = await self.default_backend()
-        return self.quota.record_hit(backend.credential, retry_after, scope=scope)
-
-    async def aclose(self) -> None:
-        await asyncio.gather(
-            *(agent.stop("shutdown") for agent in self.agents.values()), return_exceptions=True
-        )
-        for backend in self._backends.values():
-            with contextlib.suppress(Exception):
-                await backend.aclose()
-        self._backends.clear()
-        if self.server is not None:
-            await asyncio.to_thread(self.server.stop)
-            self.server = None
-        self.recorder.close()
-
-
-def _import_without_collections(module: str) -> Any:
-    """Import `module` with the cyclic garbage collector paused, then restored.
-
-    The SDK's import creates a few hundred thousand objects (its ~900 pydantic models),
-    and the collections they trigger add a fifth to its ~1 s; pausing them for it alone
-    only defers what they would find."""
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        return importlib.import_module(module)
-    finally:
-        if collecting:
-            gc.enable()
-
-
-def _holder() -> str:
-    """Who writes: the kernel (by its connection file) or the script, for ConversationInUse."""
-    kernel = sys.modules.get("ipykernel.connect")
-    if kernel is not None:
-        with contextlib.suppress(Exception):
-            return f"kernel {os.path.basename(kernel.get_connection_file())}"
-    return f"python {os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else '-'}"
-
-
-def _open_recorder(config: RuntimeConfig) -> Recorder:
-    """The store's recorder, or one without a store (and why): a broken store file must
-    not stop the runtime."""
-    if config.store_path is None:
-        return NullRecorder()
-    try:
-        return StoreRecorder(Store(config.store_path, holder=_holder(), busy_timeout=2.0))
-    except StoreError as exc:
-        log.warning("conversations will not be stored: %s", exc)
-        return NullRecorder(exc)
-
-
-def _finalize(portal: _Portal, core: _Core) -> None:
+def _finalize(portal: Portal, core: AgentRegistry) -> None:
     """Best-effort stop for a runtime nobody shut down (holds no reference to it)."""
     if portal.closed:
         return
@@ -1139,6 +380,12 @@ class AsyncAgentRuntime:
         """Start the shutdown and return at once (safe anywhere, even inside a tool)."""
         return self._runtime.try_shutdown()
 
+    async def backend(self, config: AgentConfig | None = None) -> Backend:
+        """The backend that answers agents with `config` (no config: the runtime's own),
+        made on first use; for features that talk to the provider beyond a chat (map's
+        Batch mode). Its methods run on the runtime loop."""
+        return await self._portal.acall(self._core.backend_for, config or AgentConfig())
+
     async def map(self, frame: Any, template: str, **options: Any) -> Any:
         """`runtime.map` for an event loop; see `agentrt_jupyter.batch.engine.start_map`."""
         return await operator("map").arun(self._runtime, frame, template, **options)
@@ -1201,8 +448,8 @@ class AgentRuntime:
         self.config = config or RuntimeConfig()
         number = next(_runtime_numbers)
         name = self.config.thread_name if number == 1 else f"{self.config.thread_name}-{number}"
-        self._core = _Core(self.config, backend_factory)
-        self._portal = _Portal(name, self._core.inbox)
+        self._core = AgentRegistry(self.config, backend_factory)
+        self._portal = Portal(name, self._core.inbox)
         self._finalizer = weakref.finalize(self, _finalize, self._portal, self._core)
         if self._core.store is not None:
             self._portal.submit(self._core.start_heartbeat)
@@ -1230,6 +477,7 @@ class AgentRuntime:
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
+        """The runtime's loop, to inspect; start work on it with `start_task_soon`."""
         return self._portal.loop
 
     @overload
@@ -1251,7 +499,7 @@ class AgentRuntime:
     @property
     def local_server(self) -> LocalServer | None:
         """The local model server this runtime started, if any."""
-        return self._core.server
+        return self._core.backends.server
 
     def _handle(self, turn: Turn) -> ChatHandle:
         portal = self._portal
@@ -1270,7 +518,7 @@ class AgentRuntime:
         warm-up failed (that is logged; the first turn reports it), and it is cancelled if
         the runtime shuts down first. Calling it again waits for the first one's backend
         and adds nothing."""
-        return self._portal.submit(self._core.warm_up)
+        return self._portal.submit(self._core.backends.warm_up)
 
     def create_agent(
         self, config: AgentConfig | None = None, *, fresh: bool = False, **settings: Any
@@ -1447,7 +695,7 @@ class AgentRuntime:
     @property
     def quota_state(self) -> QuotaState | None:
         """The default credential's state (None before the first model call)."""
-        credential = self._core.default_credential
+        credential = self._core.backends.default_credential
         return None if credential is None else self._core.quota.state(credential)
 
     def shutdown(self, timeout: float = 10.0) -> None:
@@ -1482,6 +730,12 @@ class AgentRuntime:
             self._finalizer.detach()
             self._portal.stop(self._core.aclose, 10.0)
         return True
+
+    def backend(self, config: AgentConfig | None = None) -> Backend:
+        """The backend that answers agents with `config` (no config: the runtime's own),
+        made on first use; for features that talk to the provider beyond a chat (map's
+        Batch mode). Its methods run on the runtime loop (`start_task_soon`)."""
+        return self._portal.call(self._core.backend_for, config or AgentConfig())
 
     def map(self, frame: Any, template: str, **options: Any) -> Any:
         """Run `template` (`{column}` placeholders) over every row of the DataFrame `frame`

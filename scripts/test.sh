@@ -1,14 +1,11 @@
 #!/usr/bin/env bash
-# Install everything and run the checks: ruff, mypy, then the whole pytest suite.
+# Install everything and run the checks: `make lint` (ruff, ruff format, mypy, eslint), then
+# the whole pytest suite (with the wheel-from-a-clean-copy check, tests/test_packaging.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh notebook,local,test
+scripts/setup.sh notebook,local,mcp
 export AGENTRT_HOME="${AGENTRT_HOME:-$(mktemp -d)}"
-printf '\n\033[1m==> ruff\033[0m\n'
-.venv/bin/ruff check agentrt_jupyter tests bench scripts
-.venv/bin/ruff format --check agentrt_jupyter tests bench scripts
-printf '\n\033[1m==> mypy\033[0m\n'
-.venv/bin/mypy
+make --no-print-directory lint
 printf '\n\033[1m==> pytest\033[0m\n'
 export AGENTRT_RELIABILITY_REPORT="${AGENTRT_RELIABILITY_REPORT:-$(mktemp)}"
 .venv/bin/python -m pytest "$@"
@@ -25,5 +22,7 @@ if [ ! -x .venv-ipykernel6/bin/python ]; then
   "${PYTHON:-python3}" -m venv .venv-ipykernel6
 fi
 .venv-ipykernel6/bin/python -m pip install --quiet --upgrade pip
-.venv-ipykernel6/bin/python -m pip install --quiet -e ".[notebook]" "ipykernel==6.29.5"
+# The lab extension is not needed there: no npm build for this install.
+SKIP_JUPYTER_BUILDER=1 .venv-ipykernel6/bin/python -m pip install --quiet -e ".[notebook]" \
+  "ipykernel==6.29.5"
 AGENTRT_TEST_PYTHON=.venv-ipykernel6/bin/python .venv/bin/python -m pytest tests/test_kernel.py

@@ -26,6 +26,7 @@ import agentrt_jupyter as art
 from agentrt_jupyter import AgentConfig, InvalidConfig, InvalidContent, RuntimeConfig
 from agentrt_jupyter.config import agent_config, runtime_config
 from agentrt_jupyter.content import part_from_json, part_to_json, to_parts
+from agentrt_jupyter.notebook.commands import AgentCommands
 from agentrt_jupyter.notebook.magics import AgentMagics
 from agentrt_jupyter.tools import as_tool
 
@@ -452,5 +453,5 @@ def test_random_agent_line_commands_parse_or_are_usage_errors(
     except UsageError as exc:
         assert str(exc)  # noqa: PT017
         return
-    assert hasattr(magics, f"_cmd_{command}")
+    assert command in AgentCommands(magics.session, magics, "").handlers
     assert name is None or isinstance(name, str)

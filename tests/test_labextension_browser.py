@@ -1,7 +1,7 @@
 """The notebook walk in a real JupyterLab and a real Notebook 7, in Debian's Chromium.
 
 One Jupyter server (JupyterLab with Notebook 7 beside it) runs the built lab extension
-(agentrt_jupyter/labextension/, from labextension/build.sh) and kernels on the scripted
+(agentrt_jupyter/labextension/, built by `pip install -e .`) and kernels on the scripted
 backend. In each UI a user's walk through a notebook: `%load_ext`; a `%%agent` reply
 streams while the token totals count up (status bar, Agents sidebar) and its Cancel
 button stops it; a turn cancelled from the sidebar, one from the command palette, one by
@@ -140,9 +140,9 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A running Jupyter server with JupyterLab, Notebook 7 and the extension."""
-    require((BUILT / "package.json").is_file(), "run labextension/build.sh first")
+    require((BUILT / "package.json").is_file(), "build it first: pip install -e . (needs npm)")
     require(Path(CHROMIUM).is_file(), f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    pytest.importorskip("notebook", reason="Notebook 7 is in the test extra")
+    pytest.importorskip("notebook", reason="Notebook 7 is in the test dependency group")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     home = tmp_path_factory.mktemp("lab")
     # Installed as in a data dir (JUPYTER_DATA_DIR below): JupyterLab and Notebook 7 both

@@ -10,10 +10,11 @@ import pytest
 from IPython.core.error import UsageError
 
 from agentrt_jupyter.errors import BackendError, QuotaExceeded, TurnCancelled
-from agentrt_jupyter.notebook.display import footer_line, plural, reply_bundle, short_message
+from agentrt_jupyter.notebook.display import footer_line, reply_bundle, short_message
 from agentrt_jupyter.notebook.extension import loaded_magics
 from agentrt_jupyter.notebook.interpolate import interpolate
 from agentrt_jupyter.notebook.magics import AgentMagics
+from agentrt_jupyter.notebook.transcript import plural
 from tests.shell_helpers import agent_shell, run
 
 NS = {"name": "Ann", "n": 3, "pi": 3.14159, "d": {"k": [1, 2]}, "Out": {1: "first"}}
@@ -171,7 +172,8 @@ def test_settings_are_traitlets_and_restart_the_runtime(ip: Any) -> None:
     ip.run_line_magic("config", "AgentMagics.default_model = 'other-model'")
     try:
         assert before.closed
-        assert magics.runtime.config.default_model == "other-model"
+        assert magics.session.runtime is None  # reading starts nothing
+        assert magics.session.ensure_runtime().config.default_model == "other-model"
     finally:
         ip.run_line_magic("config", "AgentMagics.default_model = None")
     with pytest.raises(Exception, match="updates_per_second"):
@@ -292,7 +294,7 @@ def test_the_footer_names_what_answered() -> None:
 
 def test_the_footer_names_a_base_url_by_its_host_only() -> None:
     from agentrt_jupyter.config import RuntimeConfig
-    from agentrt_jupyter.notebook.magics import answered_by
+    from agentrt_jupyter.notebook.display import answered_by
 
     proxy = RuntimeConfig(base_url="https://user:secret@proxy.example:8443/gemini", api_key="k")
     assert answered_by(proxy) == "proxy.example:8443"
@@ -308,14 +310,22 @@ def test_a_cell_that_changes_runtime_settings_warms_the_new_runtime_up(ip: Any) 
         assert ip.run_cell(
             "%config AgentMagics.store_path = ''\n%config AgentMagics.default_model = 'gemini-x'"
         ).success
-        warmed = magics.live_runtime
+        warmed = magics.session.runtime
         assert warmed is not None and warmed is not first and first.closed
-        assert magics.warm_up is not None
-        assert magics.warm_up.result(timeout=60) is None
+        assert magics.session.warm_up is not None
+        assert magics.session.warm_up.result(timeout=60) is None
         assert ip.run_cell("x = 1").success
-        assert magics.live_runtime is warmed  # an ordinary cell restarts nothing
+        assert magics.session.runtime is warmed  # an ordinary cell restarts nothing
     finally:  # %config wrote the shell's config, which later loads of the extension read
         for name in ("store_path", "default_model"):
             ip.config.AgentMagics.pop(name, None)
         magics.default_model = None
         magics.store_path = before
+
+
+def test_every_agent_command_the_line_accepts_has_a_handler(ip: Any) -> None:
+    from agentrt_jupyter.notebook.commands import AgentCommands
+    from agentrt_jupyter.notebook.magics import COMMANDS
+
+    magics = loaded_magics(ip)
+    assert set(AgentCommands(magics.session, magics, "").handlers) == set(COMMANDS)

@@ -57,7 +57,7 @@ def shared_rt(server: LocalServer) -> Iterator[AgentRuntime]:
 def shared(shared_rt: AgentRuntime) -> Iterator[McpSource]:
     opened = McpSource("test", SPEC, call_timeout=20.0)
     yield opened
-    close_source(opened, shared_rt.loop, timeout=30)
+    close_source(opened, shared_rt, timeout=30)
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ def source(rt: AgentRuntime) -> Iterator[McpSource]:
     """A source of its own, for a test that breaks or closes its server."""
     opened = McpSource("test", SPEC, call_timeout=20.0)
     yield opened
-    close_source(opened, rt.loop, timeout=30)
+    close_source(opened, rt, timeout=30)
 
 
 def chat_result(agent: Any, prompt: str) -> ToolResult:
@@ -78,7 +78,7 @@ def chat_result(agent: Any, prompt: str) -> ToolResult:
 def test_tools_are_listed_with_the_servers_declarations(
     shared_rt: AgentRuntime, shared: McpSource
 ) -> None:
-    tools = {t.name: t for t in load_tools(shared, shared_rt.loop, timeout=30)}
+    tools = {t.name: t for t in load_tools(shared, shared_rt, timeout=30)}
     assert set(tools) == {"add", "environment", "fail", "picture", "die", "hang", "wait_connected"}
     add = tools["add"]
     assert add.is_async and add.description == "Add two integers."
@@ -91,7 +91,7 @@ def test_tools_are_listed_with_the_servers_declarations(
 def test_a_tool_is_called_through_a_real_turn(
     shared_rt: AgentRuntime, server: LocalServer, shared: McpSource, tag: str
 ) -> None:
-    agent = shared_rt.create_agent(tools=load_tools(shared, shared_rt.loop, timeout=30))
+    agent = shared_rt.create_agent(tools=load_tools(shared, shared_rt, timeout=30))
     handle = agent.chat(
         f'@@call add {{"a": 2, "b": 40}}\n@@call environment {{"name": "TEST_SECRET"}}\n{tag}'
     )
@@ -113,7 +113,7 @@ def test_a_tool_is_called_through_a_real_turn(
 def test_errors_of_the_tool_reach_the_model(
     shared_rt: AgentRuntime, shared: McpSource, tag: str
 ) -> None:
-    agent = shared_rt.create_agent(tools=load_tools(shared, shared_rt.loop, timeout=30))
+    agent = shared_rt.create_agent(tools=load_tools(shared, shared_rt, timeout=30))
     failed = chat_result(agent, f'@@call fail {{"message": "no such city"}}\n{tag}')
     assert failed.error is not None and failed.error.startswith("ToolError: ")
     assert "no such city" in failed.error
@@ -130,7 +130,7 @@ def test_errors_of_the_tool_reach_the_model(
 def test_a_server_that_exits_mid_session_is_a_tool_error_and_comes_back(
     rt: AgentRuntime, server: LocalServer, source: McpSource, tag: str
 ) -> None:
-    agent = rt.create_agent(tools=load_tools(source, rt.loop, timeout=30))
+    agent = rt.create_agent(tools=load_tools(source, rt, timeout=30))
     died = chat_result(agent, f"@@call die {{}}\n{tag}")
     assert died.error is not None and died.error.startswith("McpServerError: MCP server 'test'")
     assert "connection closed during tool 'die'" in died.error
@@ -145,7 +145,7 @@ def test_a_server_that_hangs_is_cut_off_by_the_call_timeout(
 ) -> None:
     hanging = McpSource("hangs", SPEC, call_timeout=1.0)
     try:
-        agent = rt.create_agent(tools=load_tools(hanging, rt.loop, timeout=30))
+        agent = rt.create_agent(tools=load_tools(hanging, rt, timeout=30))
         hung = chat_result(agent, f"@@call hang {{}}\n{tag}")
         assert hung.error is not None and "got no answer within 1 s (call_timeout)" in hung.error
         assert not hanging.connected
@@ -153,13 +153,13 @@ def test_a_server_that_hangs_is_cut_off_by_the_call_timeout(
         assert again.result == {"result": 4}
         assert_valid_conversation(requests_with(server, tag)[-1]["body"]["contents"])
     finally:
-        close_source(hanging, rt.loop, timeout=30)
+        close_source(hanging, rt, timeout=30)
 
 
 def test_cancel_during_an_mcp_call_ends_the_turn_and_keeps_the_session(
     shared_rt: AgentRuntime, server: LocalServer, shared: McpSource, tag: str
 ) -> None:
-    agent = shared_rt.create_agent(tools=load_tools(shared, shared_rt.loop, timeout=30))
+    agent = shared_rt.create_agent(tools=load_tools(shared, shared_rt, timeout=30))
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
@@ -182,52 +182,52 @@ def test_cancel_during_an_mcp_call_ends_the_turn_and_keeps_the_session(
 def test_a_server_that_does_not_start_says_why(rt: AgentRuntime) -> None:
     missing = McpSource("missing", McpServerSpec(command="/nonexistent/mcp-server"))
     with pytest.raises(McpServerError, match="MCP server 'missing': could not be reached"):
-        load_tools(missing, rt.loop, timeout=30)
+        load_tools(missing, rt, timeout=30)
     script = "import sys; print('bad configuration: no API key', file=sys.stderr); sys.exit(2)"
     broken = McpSource("broken", McpServerSpec(command=sys.executable, args=("-c", script)))
     with pytest.raises(McpServerError, match="stderr ends with: bad configuration: no API key"):
-        load_tools(broken, rt.loop, timeout=30)
+        load_tools(broken, rt, timeout=30)
     silent = McpSource(
         "silent",
         McpServerSpec(command=sys.executable, args=("-c", "import time; time.sleep(600)")),
         start_timeout=1.0,
     )
     with pytest.raises(McpServerError, match=r"did not start within 1 s \(start_timeout\)"):
-        load_tools(silent, rt.loop, timeout=30)
+        load_tools(silent, rt, timeout=30)
     for each in (missing, broken, silent):
-        close_source(each, rt.loop, timeout=30)
+        close_source(each, rt, timeout=30)
         assert not each.connected
 
 
 def test_a_source_lives_on_the_loop_that_first_used_it(
     shared_rt: AgentRuntime, shared: McpSource
 ) -> None:
-    load_tools(shared, shared_rt.loop, timeout=30)
+    load_tools(shared, shared_rt, timeout=30)
     with pytest.raises(WrongThread, match="lives on the loop that first used it"):
         asyncio.run(shared.list_tools())
 
     async def from_the_loop() -> None:
         with pytest.raises(WrongThread, match="would deadlock"):
-            load_tools(shared, shared_rt.loop, timeout=1)
+            load_tools(shared, shared_rt, timeout=1)
 
-    asyncio.run_coroutine_threadsafe(from_the_loop(), shared_rt.loop).result(10)
+    shared_rt.start_task_soon(from_the_loop).result(10)
 
 
 def test_aclose_ends_the_session_and_a_later_call_reopens_even_on_another_runtime(
     server: LocalServer, rt: AgentRuntime, source: McpSource
 ) -> None:
     with AgentRuntime(runtime_config(server)) as first:  # shut down without aclose
-        assert len(load_tools(source, first.loop, timeout=30)) == 7
-    tools = {t.name: t for t in load_tools(source, rt.loop, timeout=30)}
+        assert len(load_tools(source, first, timeout=30)) == 7
+    tools = {t.name: t for t in load_tools(source, rt, timeout=30)}
     assert call_on(rt, tools["add"], a=1, b=2) == {"result": 3}
-    close_source(source, rt.loop, timeout=30)
+    close_source(source, rt, timeout=30)
     assert not source.connected
     assert call_on(rt, tools["add"], a=5, b=5) == {"result": 10}
     assert source.connected
 
 
 def call_on(rt: AgentRuntime, tool: Tool, **arguments: Any) -> Any:
-    return asyncio.run_coroutine_threadsafe(tool.fn(**arguments), rt.loop).result(30)
+    return rt.start_task_soon(tool.fn, **arguments).result(30)
 
 
 def test_streamable_http_servers_work_too(rt: AgentRuntime, tag: str) -> None:
@@ -241,9 +241,9 @@ def test_streamable_http_servers_work_too(rt: AgentRuntime, tag: str) -> None:
         url = f"http://127.0.0.1:{int(line.split()[1])}/mcp"
         remote = McpSource("remote", McpServerSpec(url=url, headers={"Authorization": SECRET}))
         assert SECRET not in repr(remote)
-        agent = rt.create_agent(tools=load_tools(remote, rt.loop, timeout=30))
+        agent = rt.create_agent(tools=load_tools(remote, rt, timeout=30))
         assert chat_result(agent, f'@@call add {{"a": 20, "b": 3}}\n{tag}').result == {"result": 23}
-        close_source(remote, rt.loop, timeout=30)
+        close_source(remote, rt, timeout=30)
     finally:
         process.kill()
         process.wait(10)

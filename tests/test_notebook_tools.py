@@ -257,7 +257,7 @@ class FakeSurface:
 
 
 def bound(approver: Approver, surface: FakeSurface, handle: FakeHandle) -> None:
-    approver.bind(approver.claim(), handle, surface, asyncio.get_running_loop())  # type: ignore[arg-type]
+    approver.bind(approver.claim(), handle, surface)  # type: ignore[arg-type]
 
 
 def test_the_approver_asks_what_its_policy_covers_and_python_always() -> None:

@@ -459,4 +459,5 @@ def test_a_cell_after_delete_starts_the_agent_afresh(ip: Any) -> None:
     assert ip.user_ns["again"].text == "Echo: second"
     magics = loaded_magics(ip)
     assert [m.text for m in magics.runtime.history("erased")] == ["second", "Echo: second"]
-    assert magics.agents.settings("erased") == {}
+    assert magics.session.agents is not None
+    assert magics.session.agents.settings("erased") == {}

@@ -93,7 +93,7 @@ async def _client(run: BatchRun) -> Any:
     try:
         from ..backends.gemini import GeminiBackend
 
-        backend = await run.runtime._core.backend_for(run.plan.config)
+        backend = await run.runtime.aio.backend(run.plan.config)
         if not isinstance(backend, GeminiBackend):
             raise InvalidConfig("mode='batch' needs the google-genai backend", field="mode")
         return backend.client

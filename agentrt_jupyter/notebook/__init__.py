@@ -20,4 +20,4 @@ def kernel_runtime() -> AgentRuntime:
 
     from .extension import loaded_magics
 
-    return loaded_magics(get_ipython()).runtime
+    return loaded_magics(get_ipython()).session.ensure_runtime()

@@ -7,7 +7,7 @@ conversation comes back from the store). A name the kernel has not used yet star
 fresh conversation, so a restarted kernel never continues a stored one silently: that
 takes `%agent resume NAME` or `%%agent NAME --resume`.
 
-The record of used names lives as long as the kernel (`kernel_names`); the handles are
+The record of used names lives as long as the kernel (`KernelSession.names`); the handles are
 those of one runtime (`NotebookAgents`), so no stale handle outlives its runtime. The
 magics parse a cell and call in here; what to create, resume or reconfigure is decided
 here alone.
@@ -15,6 +15,7 @@ here alone.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,11 +26,11 @@ from ..config import AgentConfig, agent_config
 from ..errors import AgentNotFound, AgentShutDown, ConversationInUse
 from ..handle import ChatHandle
 from ..runtime import Agent, AgentRuntime
+from .listing import GONE
 
 ENV_SESSION = "JPY_SESSION_NAME"
 DEFAULT_NAMESPACE = "default"
 _MAX_NAMESPACE = 4096
-_GONE = ("shutdown", "disconnected")
 _noted_local_model = False
 
 
@@ -54,6 +55,17 @@ def notebook_namespace(
     return DEFAULT_NAMESPACE
 
 
+def connection_file() -> str | None:
+    """The kernel's connection file, if this runs in an ipykernel (not imported otherwise)."""
+    connect = sys.modules.get("ipykernel.connect")
+    if connect is None:
+        return None
+    try:
+        return str(connect.get_connection_file())
+    except Exception:  # not in a running kernel, or the file is gone
+        return None
+
+
 @dataclass
 class UsedName:
     """A name a cell of this kernel used, with the settings the cells gave it so far.
@@ -65,14 +77,6 @@ class UsedName:
 
     settings: dict[str, Any]
     cache: bool | None
-
-
-_kernel_names: dict[tuple[int, str], dict[str, UsedName]] = {}
-
-
-def kernel_names(shell: object, namespace: str) -> dict[str, UsedName]:
-    """The names the cells of this kernel (its shell) used in `namespace`, by name."""
-    return _kernel_names.setdefault((id(shell), namespace), {})
 
 
 class NotebookAgents:
@@ -168,7 +172,7 @@ class NotebookAgents:
         raise UsageError(f"no agent {name!r}: start one with a %%agent {name} cell")
 
     def live_names(self) -> list[str]:
-        return [info.name for info in self.runtime.agents() if info.state not in _GONE]
+        return [info.name for info in self.runtime.agents() if info.state not in GONE]
 
     def shutdown(self, name: str) -> None:
         """Stop NAME; its stored conversation is kept, and the next cell resumes it."""

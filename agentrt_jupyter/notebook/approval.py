@@ -26,6 +26,7 @@ to ask is refused before it starts (see `datacell`).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import html
 import json
 import sys
@@ -77,7 +78,6 @@ class Request:
     agent: str
     tool: str
     args: dict[str, Any]
-    loop: asyncio.AbstractEventLoop
     code: str | None = None
     """The code of a `@python` run, shown as code."""
     offers_all: bool = True
@@ -85,17 +85,10 @@ class Request:
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     outcome: str = ""
     """How it ended, for the display: approved, denied, timed out, cancelled."""
+    future: concurrent.futures.Future[str] = field(default_factory=concurrent.futures.Future)
+    """The answer, once given (set from any thread; the approver awaits it on the loop)."""
     _answer: str | None = None
-    _future: asyncio.Future[str] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def __post_init__(self) -> None:
-        self._future = self.loop.create_future()
-
-    @property
-    def future(self) -> asyncio.Future[str]:
-        assert self._future is not None
-        return self._future
 
     def answer(self, answer: Answer) -> bool:
         """Answer from any thread (a click, `%agent approve`); False if already answered."""
@@ -105,8 +98,7 @@ class Request:
             if self._answer is not None:
                 return False
             self._answer = answer
-        if not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(_settle, self.future, answer)
+            self.future.set_result(answer)
         return True
 
     def expire(self, why: str) -> None:
@@ -141,11 +133,6 @@ class Request:
         return f"<div>{lead}<pre style='{style}'>{html.escape(shown)}</pre>{cut}</div>"
 
 
-def _settle(future: asyncio.Future[str], answer: str) -> None:
-    if not future.done():
-        future.set_result(answer)
-
-
 class ApprovalSurface(Protocol):
     """Where the questions of one turn (a cell) or of one agent's other turns (a host) show.
 
@@ -175,7 +162,8 @@ class Claim:
 
     handle: ChatHandle | None = None
     surface: ApprovalSurface | None = None
-    bound: asyncio.Event = field(default_factory=asyncio.Event)
+    bound: concurrent.futures.Future[None] = field(default_factory=concurrent.futures.Future)
+    """Resolved once the claimed turn started (`Approver.bind`, from the main thread)."""
 
 
 _pending: list[Request] = []
@@ -259,11 +247,12 @@ class Approver:
             self._claims.append(claim)
         return claim
 
-    def bind(self, claim: Claim, handle: ChatHandle, surface: ApprovalSurface, loop: Any) -> None:
+    def bind(self, claim: Claim, handle: ChatHandle, surface: ApprovalSurface) -> None:
         """The claimed turn started as `handle` and shows in `surface` (main thread)."""
         with self._lock:
             claim.handle, claim.surface = handle, surface
-        loop.call_soon_threadsafe(claim.bound.set)
+            if not claim.bound.done():
+                claim.bound.set_result(None)
 
     async def confirm(self, tool: str, args: dict[str, Any]) -> bool:
         """`AgentConfig.confirm_tool`: True to run the call (on the runtime loop)."""
@@ -294,7 +283,9 @@ class Approver:
             if unbound is None:
                 break
             try:
-                await asyncio.wait_for(unbound.bound.wait(), BIND_WAIT)
+                await asyncio.wait_for(
+                    asyncio.shield(asyncio.wrap_future(unbound.bound)), BIND_WAIT
+                )
             except TimeoutError:
                 with self._lock:
                     if unbound in self._claims and unbound.handle is None:
@@ -305,18 +296,13 @@ class Approver:
     async def _ask(
         self, surface: ApprovalSurface | None, tool: str, args: dict[str, Any], code: str | None
     ) -> bool:
-        per_turn = surface is not None and surface.per_turn
-        request = Request(
-            self.agent,
-            tool,
-            dict(args),
-            asyncio.get_running_loop(),
-            code=code,
-            offers_all=code is None and per_turn,
-        )
         if code is None and surface is not None and surface.approve_all:
             surface.running(tool)
             return True
+        per_turn = surface is not None and surface.per_turn
+        request = Request(
+            self.agent, tool, dict(args), code=code, offers_all=code is None and per_turn
+        )
         problem = surface.why_not() if surface is not None else None
         if problem is not None:
             assert surface is not None
@@ -324,17 +310,29 @@ class Approver:
             request.outcome = f"not asked, so not run: {problem}"
             surface.settle(request)
             return False
+        answer = await self._answer(request, surface)
+        if answer == "approve_all" and surface is not None:
+            surface.approve_all = True
+        approved = answer in ("approve", "approve_all")
+        if approved and surface is not None:
+            surface.running(tool)
+        return approved
+
+    async def _answer(self, request: Request, surface: ApprovalSurface | None) -> str:
+        """Ask `request` (in `surface` and in `pending()`) and wait for its answer, or
+        "timeout" once `timeout` seconds pass without one."""
         with _asked:
             _pending.append(request)
             _asked.notify_all()
         if surface is not None:
             surface.ask(request)
         try:
-            answer = await asyncio.wait_for(asyncio.shield(request.future), self.timeout)
+            answered = asyncio.shield(asyncio.wrap_future(request.future))
+            return await asyncio.wait_for(answered, self.timeout)
         except TimeoutError:
             request.expire("timeout")
             request.outcome = f"no answer within {self.timeout:g} s: denied"
-            return False
+            return "timeout"
         except asyncio.CancelledError:
             request.expire("cancelled")
             request.outcome = "the turn was cancelled"
@@ -347,12 +345,6 @@ class Approver:
                 request.outcome = _OUTCOMES[request.future.result()]
             if surface is not None:
                 surface.settle(request)
-        if answer == "approve_all" and surface is not None:
-            surface.approve_all = True
-        approved = answer in ("approve", "approve_all")
-        if approved and surface is not None:
-            surface.running(tool)
-        return approved
 
 
 _OUTCOMES = {

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import keyword
-import logging
 import shlex
 import sys
 import time
@@ -32,9 +30,10 @@ from typing import TYPE_CHECKING, Any
 from IPython.core.error import UsageError
 
 from ..config import AgentConfig
-from ..errors import AgentError, ReplyInvalid, Timeout, TurnCancelled, UsageProblem
+from ..errors import AgentError, ReplyInvalid, TurnCancelled, UsageProblem
+from ..frames import as_shown
 from ..handle import TurnResult
-from ..tools import Tool, as_tool
+from ..tools import Tool
 from .approval import APPROVAL_TIMEOUT as APPROVAL_TIMEOUT
 from .approval import (
     Answer,
@@ -46,231 +45,21 @@ from .approval import (
     kernel_version,
     wait_for_question,
 )
-from .magics import EVERY_TOOL, LONGEST_SECONDS, is_seconds
+from .cellline import EVERY_TOOL, LONGEST_SECONDS, CellOptions, DataOptions, is_seconds
+from .kerneltools import NO_TOOLS, PYTHON, KernelTools, lookup
+from .session import KernelSession
 from .toolview import ToolCallsView
+from .transcript import plural
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from ..mcp_tools import McpSource
     from ..runtime import AgentRuntime
     from .display import TurnView
-    from .magics import AgentMagics, CellOptions
 
-log = logging.getLogger("agentrt_jupyter")
+__all__ = ["DataOptions"]
 
-DATA = "@data"
-PYTHON = "@python"
-NO_TOOLS = "none"
-MCP_PREFIX = "mcp:"
-MCP_LOAD_TIMEOUT = 60.0
-MCP_CLOSE_TIMEOUT = 10.0
 SLICE = 0.05
-
-
-@dataclass(frozen=True)
-class DataOptions:
-    """The data flags of a `%%agent` line, as written (checked by `data_options`)."""
-
-    tools: str | None = None
-    confirm: str | None = None
-    schema: str | None = None
-    out_frame: str | None = None
-    map: str | None = None
-    tool_timeout: float | None = None
-
-
-NO_DATA = DataOptions()
-
-
-def data_options(args: Any) -> DataOptions:
-    """The data flags of a parsed `%%agent` line; a mistake is a UsageError."""
-    options = DataOptions(
-        tools=args.tools,
-        confirm=args.confirm,
-        schema=args.schema,
-        out_frame=args.out_frame,
-        map=args.map,
-        tool_timeout=args.tool_timeout,
-    )
-    if options.out_frame is not None and not _is_variable(options.out_frame):
-        raise UsageError(f"--out-frame needs a variable name, got {options.out_frame!r}")
-    if options.out_frame is not None and options.schema is None:
-        raise UsageError("--out-frame holds the rows of a --schema reply: give --schema too")
-    timeout = options.tool_timeout
-    if timeout is not None and not is_seconds(timeout):
-        raise UsageError(
-            f"--tool-timeout is in seconds, between 0 and {LONGEST_SECONDS}, got {timeout:g}"
-        )
-    if options.map is not None:
-        for flag, given in (
-            ("NAME", args.name),
-            ("--background", args.background),
-            ("--new", args.new),
-            ("--resume", args.resume),
-            ("--out-frame", options.out_frame),
-            ("--confirm", options.confirm),
-        ):
-            if given:
-                raise UsageError(
-                    f"--map runs a fresh agent on every row, unattended: leave out {flag}"
-                )
-    return options
-
-
-def _is_variable(name: str) -> bool:
-    return name.isidentifier() and not keyword.iskeyword(name)
-
-
-def lookup(namespace: Mapping[str, Any], dotted: str, what: str) -> Any:
-    """`a.b.c` in the namespace (names and attributes only, nothing is evaluated)."""
-    head, *rest = dotted.split(".")
-    if not all(_is_variable(part) for part in (head, *rest)):
-        raise UsageError(f"{what}: {dotted!r} is not a name like f or module.f")
-    if head not in namespace:
-        raise UsageError(f"{what}: no {head!r} in the notebook's namespace (define it first)")
-    value = namespace[head]
-    for depth, part in enumerate(rest, 1):
-        path = ".".join([head, *rest[:depth]])
-        try:
-            value = getattr(value, part)
-        except AttributeError:
-            raise UsageError(f"{what}: {path} does not exist") from None
-        except KeyboardInterrupt:
-            raise
-        except BaseException as exc:  # a property may raise anything, SystemExit included
-            raise UsageError(f"{what}: reading {path} raised {type(exc).__name__}") from None
-    return value
-
-
-class KernelTools:
-    """The tool sources of one kernel: the `@data` set, each agent's `@python` tool and
-    approver, the MCP servers in use, and where each agent's tools came from. Lives as
-    long as the kernel (like the names its cells used), across runtimes and reloads."""
-
-    def __init__(self, namespace: dict[str, Any]) -> None:
-        self.namespace = namespace
-        self.approvers: dict[str, Approver] = {}
-        self.sources: dict[str, McpSource] = {}
-        self.origins: dict[str, dict[str, str]] = {}
-        self._data: list[Tool] | None = None
-        self._python: dict[str, Tool] = {}
-        self._mcp_tools: dict[str, list[Tool]] = {}
-
-    def approver(self, agent: str) -> Approver:
-        if agent not in self.approvers:
-            self.approvers[agent] = Approver(agent)
-        return self.approvers[agent]
-
-    def resolve(self, spec: str, agent: str | None, runtime: AgentRuntime) -> list[Tool]:
-        """The tools `--tools spec` names, in order, for `agent` (None: the rows of a map,
-        which have no `@python`); a UsageError says what is wrong."""
-        items = [item.strip() for item in spec.split(",") if item.strip()]
-        if not items:
-            raise UsageError("--tools needs names: f,g, @data, @python, mcp:NAME or none")
-        if NO_TOOLS in items:
-            if len(items) > 1:
-                raise UsageError("--tools none removes every tool: give it alone")
-            if agent is not None:
-                self.origins[agent] = {}
-            return []
-        tools: list[Tool] = []
-        origins: dict[str, str] = {}
-        for item in dict.fromkeys(items):
-            if item == DATA:
-                found, origin = self._data_tools(), DATA
-            elif item == PYTHON and agent is not None:
-                found, origin = [self._python_tool(agent)], PYTHON
-            elif item.startswith(MCP_PREFIX):
-                found, origin = self._mcp(item[len(MCP_PREFIX) :], runtime), item
-            elif item.startswith("@"):
-                raise UsageError(f"--tools: no toolset {item!r} (there are @data and @python)")
-            else:
-                found, origin = [self._function(item)], f"function {item}"
-            for tool in found:
-                if tool.name in origins:
-                    raise UsageError(
-                        f"--tools: two tools are named {tool.name!r} ({origins[tool.name]} and "
-                        f"{origin}): rename one"
-                    )
-                origins[tool.name] = origin
-                tools.append(tool)
-        if agent is not None:
-            self.origins[agent] = origins
-        return tools
-
-    def _function(self, dotted: str) -> Tool:
-        value = lookup(self.namespace, dotted, "--tools")
-        try:
-            return as_tool(value)
-        except UsageProblem as exc:
-            raise UsageError(f"--tools {dotted}: {exc}") from None
-
-    def _data_tools(self) -> list[Tool]:
-        if self._data is None:
-            from ..datatools import data_tools
-
-            self._data = data_tools(self.namespace)
-        return self._data
-
-    def _python_tool(self, agent: str) -> Tool:
-        if agent not in self._python:
-            from ..pythontool import python_tool
-
-            approve = self.approver(agent).approve_python
-            self._python[agent] = python_tool(self.namespace, approve=approve)
-        return self._python[agent]
-
-    def _mcp(self, name: str, runtime: AgentRuntime) -> list[Tool]:
-        from ..mcp_tools import McpSource, load_tools, server_spec
-
-        source = self.sources.get(name)
-        if source is None:
-            try:
-                source = McpSource(name, server_spec(name))
-            except AgentError as exc:  # undeclared (InvalidConfig), unreadable (StoreError)
-                raise UsageError(f"--tools mcp:{name}: {exc}") from None
-            self.sources[name] = source
-        if name not in self._mcp_tools:
-            try:
-                self._mcp_tools[name] = load_tools(source, runtime.loop, timeout=MCP_LOAD_TIMEOUT)
-            except (AgentError, Timeout) as exc:
-                raise UsageError(f"--tools mcp:{name}: {exc}") from None
-        return self._mcp_tools[name]
-
-    def forget_source(self, name: str, runtime: AgentRuntime | None) -> None:
-        """Close and drop MCP server `name` (re-declared or removed)."""
-        source = self.sources.pop(name, None)
-        self._mcp_tools.pop(name, None)
-        if source is not None and runtime is not None:
-            _close_source(source, runtime)
-
-    def close_sources(self, runtime: AgentRuntime) -> None:
-        """Close the MCP sessions on `runtime`'s loop before it stops; the servers' tools
-        stay usable and reconnect on the next runtime."""
-        for source in list(self.sources.values()):
-            _close_source(source, runtime)
-
-
-def _close_source(source: McpSource, runtime: AgentRuntime) -> None:
-    from ..mcp_tools import close_source
-
-    if runtime.closed:
-        return
-    try:
-        close_source(source, runtime.loop, timeout=MCP_CLOSE_TIMEOUT)
-    except (AgentError, RuntimeError) as exc:
-        log.warning("closing the MCP server %r failed: %s", source.name, exc)
-
-
-_kernels: dict[int, KernelTools] = {}
-
-
-def close_sources(shell: Any, runtime: AgentRuntime) -> None:
-    """Close the kernel's MCP sessions before `runtime` shuts down."""
-    kernel = _kernels.get(id(shell))
-    if kernel is not None:
-        kernel.close_sources(runtime)
 
 
 def cancel_maps(runtime: AgentRuntime) -> list[str]:
@@ -279,15 +68,7 @@ def cancel_maps(runtime: AgentRuntime) -> list[str]:
     if engine is None:  # never imported (it imports pandas): no map has run
         return []
     count = int(engine.cancel_maps(runtime))
-    return [f"{count} map run{'s' if count != 1 else ''}"] if count else []
-
-
-def kernel_tools(shell: Any, namespace: dict[str, Any]) -> KernelTools:
-    """The tool sources of the kernel of `shell`."""
-    key = id(shell)
-    if key not in _kernels or _kernels[key].namespace is not namespace:
-        _kernels[key] = KernelTools(namespace)
-    return _kernels[key]
+    return [plural(count, "map run")] if count else []
 
 
 @dataclass
@@ -319,9 +100,7 @@ class CellData:
         """--out is this cell's parsed reply, not the TurnResult."""
         return self.schema is not None
 
-    def follow(
-        self, view: TurnView, handle: Any, loop: asyncio.AbstractEventLoop
-    ) -> Coroutine[Any, Any, TurnResult]:
+    def follow(self, view: TurnView, handle: Any) -> Coroutine[Any, Any, TurnResult]:
         """What the cell's task runs instead of `view.follow(handle)` (main thread, in the
         cell: the tool-call display opens here, before the reply's)."""
         calls = None
@@ -331,7 +110,7 @@ class CellData:
             if self.policy is not None:
                 self.approver.policy = self.policy
             if self.claim is not None:
-                self.approver.bind(self.claim, handle, calls, loop)
+                self.approver.bind(self.claim, handle, calls)
         if calls is None and self.schema is None:
             return view.follow(handle)
         return self._follow(view, calls, handle)
@@ -388,17 +167,19 @@ def _show(view: TurnView, what: str, bundle: dict[str, Any]) -> None:
         display(bundle, raw=True)
 
 
-def prepare(magics: AgentMagics, options: CellOptions, *, awaiting: bool) -> CellData:
+def prepare(
+    session: KernelSession, options: CellOptions, *, approval_timeout: float, awaiting: bool
+) -> CellData:
     """Resolve a cell's data flags before its turn starts; every problem is a UsageError."""
     data = options.data
-    namespace = magics.user_ns
-    kernel = kernel_tools(magics.shell, namespace)
-    agents = magics.agents
+    namespace = session.user_ns
+    kernel = session.kernel_tools()
+    agents = session.ensure_agents()
     known = agents.settings(options.name)
     cell = CellData(out=options.out, out_frame=data.out_frame, namespace=namespace)
     cell.background = options.background
     approver = kernel.approver(options.name)
-    approver.timeout = _approval_timeout(magics)
+    approver.timeout = checked_approval_timeout(approval_timeout)
     policy = approver.policy
     settings = cell.settings
     if data.tools is not None:
@@ -421,7 +202,7 @@ def prepare(magics: AgentMagics, options: CellOptions, *, awaiting: bool) -> Cel
         settings["response_schema"] = None
     if ours and tools_now:
         cell.approver, cell.policy = approver, policy
-        cell.why_not = _why_not(magics, options.background, awaiting)
+        cell.why_not = _why_not(session, options.background, awaiting)
         if policy.asks() and cell.why_not is not None:
             raise UsageError(
                 f"agent {options.name!r} asks before tool calls ({policy.text()}), and "
@@ -433,8 +214,9 @@ def prepare(magics: AgentMagics, options: CellOptions, *, awaiting: bool) -> Cel
     return cell
 
 
-def _approval_timeout(magics: AgentMagics) -> float:
-    timeout = float(magics.approval_timeout)
+def checked_approval_timeout(value: float) -> float:
+    """`AgentMagics.approval_timeout`, or a UsageError if it is out of range."""
+    timeout = float(value)
     if not is_seconds(timeout):
         raise UsageError(
             "AgentMagics.approval_timeout is in seconds, between 0 and "
@@ -473,9 +255,9 @@ def _policy(policy: Policy, confirm: str, tools: tuple[Any, ...]) -> Policy:
     return dataclasses.replace(policy, every_tool=False, tools=frozenset(chosen))
 
 
-def _why_not(magics: AgentMagics, background: bool, awaiting: bool) -> str | None:
+def _why_not(session: KernelSession, background: bool, awaiting: bool) -> str | None:
     """Why this cell's turn could not be answered while it runs (None: it can)."""
-    if getattr(magics.shell, "kernel", None) is None:
+    if getattr(session.shell, "kernel", None) is None:
         return "this IPython is not a Jupyter kernel, so there are no buttons to answer with"
     if background:
         return None
@@ -504,42 +286,41 @@ def _schema(namespace: Mapping[str, Any], dotted: str) -> Any:
     return value
 
 
-def map_options(magics: AgentMagics, options: CellOptions) -> tuple[Any, dict[str, Any]]:
+def map_options(session: KernelSession, options: CellOptions) -> tuple[Any, dict[str, Any]]:
     """The frame and the options of `%%agent --map DF`; a mistake is a UsageError."""
     data = options.data
     assert data.map is not None
-    frame = lookup(magics.user_ns, data.map, "--map")
+    frame = lookup(session.user_ns, data.map, "--map")
     if type(frame).__name__ != "DataFrame":
         raise UsageError(f"--map needs a pandas DataFrame, {data.map} is {type(frame).__name__}")
     settings: dict[str, Any] = dict(options.settings)
     if data.tools is not None:
         if PYTHON in [item.strip() for item in data.tools.split(",")]:
             raise UsageError("--map rows run unattended: @python, which asks every time, cannot")
-        kernel = kernel_tools(magics.shell, magics.user_ns)
-        tools = kernel.resolve(data.tools, None, magics.runtime)
+        tools = session.kernel_tools().resolve(data.tools, None, session.ensure_runtime())
         _check_tools(tools)
         settings["tools"] = tools
     if data.tool_timeout is not None:
         settings["tool_timeout"] = data.tool_timeout
     if data.schema is not None:
-        settings["schema"] = _schema(magics.user_ns, data.schema)
+        settings["schema"] = _schema(session.user_ns, data.schema)
     if options.refresh:
         settings["refresh"] = True
     return frame, settings
 
 
-async def amap(magics: AgentMagics, options: CellOptions, template: str) -> None:
+async def amap(session: KernelSession, options: CellOptions, template: str) -> None:
     """`%%agent --map DF [--out RESULT]` in an awaiting cell (its Cancel button works)."""
     from .batchview import map_cell
 
-    frame, settings = map_options(magics, options)
+    frame, settings = map_options(session, options)
     try:
         await map_cell(
-            magics.runtime,
+            session.ensure_runtime(),
             frame,
             template,
             out=options.out,
-            namespace=magics.user_ns,
+            namespace=session.user_ns,
             **settings,
         )
     except asyncio.CancelledError:
@@ -550,17 +331,17 @@ async def amap(magics: AgentMagics, options: CellOptions, template: str) -> None
         raise UsageError(str(exc)) from None
 
 
-def bmap(magics: AgentMagics, options: CellOptions, template: str) -> None:
+def bmap(session: KernelSession, options: CellOptions, template: str) -> None:
     """`%%agent --map` as a blocking cell (the Cancel button answers after it ends)."""
     from ..batch.engine import map_frame
 
-    frame, settings = map_options(magics, options)
+    frame, settings = map_options(session, options)
     try:
-        result = map_frame(magics.runtime, frame, template, progress=True, **settings)
+        result = map_frame(session.ensure_runtime(), frame, template, progress=True, **settings)
     except UsageProblem as exc:
         raise UsageError(str(exc)) from None
     if options.out is not None:
-        magics.user_ns[options.out] = result
+        session.user_ns[options.out] = result
 
 
 def _short(error: AgentError) -> AgentError:
@@ -569,36 +350,38 @@ def _short(error: AgentError) -> AgentError:
     return shorten(error, str(error))
 
 
-def run_command(magics: AgentMagics, line: str) -> Any:
-    """`%agent tools|approve|deny|mcp ...`."""
+def run_command(
+    session: KernelSession, line: str, *, default_agent: str, approval_timeout: float
+) -> Any:
+    """`%agent tools|approve|deny|mcp ...` (the magics' settings as keywords)."""
     try:
         words = shlex.split(line)
     except ValueError as exc:
         raise UsageError(f"cannot read the options: {exc}; close the quote") from None
     command, rest = words[0], words[1:]
     if command == "mcp":
-        return _mcp_command(magics, rest)
+        return _mcp_command(session, rest)
     if len(rest) > 1:
         raise UsageError(f"%agent {command} takes at most one agent NAME, got {' '.join(rest)}")
     name = rest[0] if rest else None
     if command == "tools":
-        return _tools_frame(magics, name or magics.default_agent)
-    return _answer(magics, name, "approve" if command == "approve" else "deny")
+        return _tools_frame(session, name or default_agent)
+    deadline = time.monotonic() + checked_approval_timeout(approval_timeout)
+    return _answer(session, name, "approve" if command == "approve" else "deny", deadline)
 
 
-def _tools_frame(magics: AgentMagics, name: str) -> Any:
+def _tools_frame(session: KernelSession, name: str) -> Any:
     """The tools NAME was given by cells, with their declarations."""
     import json
 
     import pandas as pd
 
-    from .magics import _as_shown
-
-    settings = magics.agents.settings(name)
-    if not settings and name not in magics.agents.live_names():
+    agents = session.ensure_agents()
+    settings = agents.settings(name)
+    if not settings and name not in agents.live_names():
         raise UsageError(f"no agent {name!r}: start one with a %%agent {name} cell")
     tools = [t for t in settings.get("tools") or () if isinstance(t, Tool)]
-    kernel = kernel_tools(magics.shell, magics.user_ns)
+    kernel = session.kernel_tools()
     origins = kernel.origins.get(name, {})
     approver = kernel.approvers.get(name)
     ours = approver is not None and settings.get("confirm_tool") == approver.confirm
@@ -622,36 +405,35 @@ def _tools_frame(magics: AgentMagics, name: str) -> Any:
             ),
         }
     )
-    return _as_shown(frame)
+    return as_shown(frame)
 
 
-def _answer(magics: AgentMagics, name: str | None, answer: Answer) -> None:
+def _answer(session: KernelSession, name: str | None, answer: Answer, deadline: float) -> None:
     """Answer the oldest open question (of NAME); while a turn runs that has not asked
     yet, wait for its question (up to the approval timeout; interrupt to stop)."""
-    deadline = time.monotonic() + _approval_timeout(magics)
     while True:
         request = answer_pending(name, answer)
         if request is not None:
             said = {"approve": "approved", "deny": "denied"}[answer]
             print(f"{said}: {request.agent}'s call {request.describe()}")
             return
-        if not _may_ask(magics, name) or time.monotonic() >= deadline:
+        if not _may_ask(session, name) or time.monotonic() >= deadline:
             whose = f"of {name!r} " if name else ""
             print(f"no tool call {whose}is waiting for approval")
             return
         wait_for_question(SLICE)
 
 
-def _may_ask(magics: AgentMagics, name: str | None) -> bool:
+def _may_ask(session: KernelSession, name: str | None) -> bool:
     """Whether a running turn (of NAME) may still ask: its agent's approver asks."""
-    live = magics.live_runtime
-    if live is None:
+    live, agents = session.runtime, session.agents
+    if live is None or agents is None:
         return False
-    kernel = kernel_tools(magics.shell, magics.user_ns)
-    names = [name] if name else magics.agents.live_names()
+    kernel = session.kernel_tools()
+    names = [name] if name else agents.live_names()
     for agent in names:
         approver = kernel.approvers.get(agent)
-        settings = magics.agents.settings(agent)
+        settings = agents.settings(agent)
         if approver is None or settings.get("confirm_tool") != approver.confirm:
             continue
         try:
@@ -662,7 +444,7 @@ def _may_ask(magics: AgentMagics, name: str | None) -> bool:
     return False
 
 
-def _mcp_command(magics: AgentMagics, words: list[str]) -> Any:
+def _mcp_command(session: KernelSession, words: list[str]) -> Any:
     """`%agent mcp add NAME -- command args…`, `add NAME URL`, `list`, `remove NAME`."""
     from ..mcp_tools import McpServerSpec, add_server, declared_servers, remove_server
 
@@ -670,7 +452,7 @@ def _mcp_command(magics: AgentMagics, words: list[str]) -> Any:
         "%agent mcp add NAME -- command args… (stdio), %agent mcp add NAME URL (streamable "
         "HTTP), %agent mcp list, %agent mcp remove NAME"
     )
-    kernel = kernel_tools(magics.shell, magics.user_ns)
+    kernel = session.kernel_tools()
     action = words[0] if words else "list"
     try:
         if action == "list" and len(words) <= 1:
@@ -683,12 +465,12 @@ def _mcp_command(magics: AgentMagics, words: list[str]) -> Any:
                 raise UsageError(f"write the server's command after --: {usage}")
             spec = McpServerSpec.parse(spec_words)
             add_server(name, spec)
-            kernel.forget_source(name, magics.live_runtime)
+            kernel.forget_source(name, session.runtime)
             print(f"MCP server {name!r} declared: {spec!r}; use it with --tools mcp:{name}")
             return None
         if action == "remove" and len(words) == 2:
             removed = remove_server(words[1])
-            kernel.forget_source(words[1], magics.live_runtime)
+            kernel.forget_source(words[1], session.runtime)
             print(f"MCP server {words[1]!r} removed ({removed!r})")
             return None
     except UsageProblem as exc:
@@ -700,8 +482,6 @@ def _mcp_command(magics: AgentMagics, words: list[str]) -> Any:
 
 def _servers_frame(servers: Mapping[str, Any], kernel: KernelTools) -> Any:
     import pandas as pd
-
-    from .magics import _as_shown
 
     names = sorted(servers)
     frame = pd.DataFrame(
@@ -717,4 +497,4 @@ def _servers_frame(servers: Mapping[str, Any], kernel: KernelTools) -> Any:
             ),
         }
     )
-    return _as_shown(frame)
+    return as_shown(frame)

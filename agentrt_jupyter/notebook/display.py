@@ -7,8 +7,8 @@ the footer replaces when the turn ends, so a finished cell keeps no widget. A fa
 shows its error once: the red line the cell raises, under the partial reply if any.
 
 `TurnView.follow` runs as a task on the runtime loop and is the only writer of the
-cell's displays. It is started with `run_coroutine_threadsafe` from the magic, so it
-inherits the cell's context (its parent header); on kernels that have
+cell's displays. It is started with the runtime's `start_task_soon` from the magic (see
+`cellrun`), so it inherits the cell's context (its parent header); on kernels that have
 `set_thread_parent` it also pins it, and on older kernels it sends each message with the
 cell's parent header explicitly. Either way output never lands in another cell, even
 when the turn streams in the background while other cells run.
@@ -25,9 +25,11 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from IPython import display as ipython_display
 
+from ..config import RuntimeConfig
 from ..errors import (
     AgentError,
     BackendError,
@@ -36,8 +38,9 @@ from ..errors import (
     TurnCancelled,
     TurnError,
 )
-from ..events import TextDelta, ThoughtDelta, ToolCall, ToolResult, TurnEnd, Waiting
+from ..events import TurnEnd
 from ..handle import ChatHandle, TurnResult
+from .transcript import Transcript, plural
 
 FORMATS = ("markdown", "text", "code", "json")
 OPEN_DELAY = 0.15
@@ -108,9 +111,18 @@ def footer_line(result: TurnResult, answered_by: str | None = None) -> str:
     return " · ".join(parts)
 
 
-def plural(count: int, noun: str, nouns: str | None = None) -> str:
-    """`1 turn`, `2 turns` (`nouns` for an irregular plural: `2 replies`)."""
-    return f"{count:,} {noun if count == 1 else nouns or noun + 's'}"
+def answered_by(config: RuntimeConfig) -> str | None:
+    """Who answers the cells when it is not Google's Gemini, for the footer beside the
+    model name: the engine of the local server, or the host (and port) of a base_url,
+    never its user or password."""
+    backend = config.resolved_backend()
+    if backend != "gemini":
+        return backend
+    if config.base_url is None:
+        return None
+    url = urlsplit(config.base_url)
+    host = url.hostname or "a base_url"
+    return f"{host}:{url.port}" if url.port else host
 
 
 def short_message(error: BaseException) -> str:
@@ -188,7 +200,6 @@ class TurnView:
         self.shell = shell
         self.fmt = fmt
         self.interval = 1.0 / rate
-        self.show_thoughts = show_thoughts
         self.background = background
         self.answered_by = answered_by
         self.hint = hint
@@ -204,11 +215,7 @@ class TurnView:
         """Whether the live display (and the status line, if any) is in the cell."""
         self.widgets: list[Any] = []
         self._status_shown = False
-        self._text: list[str] = []
-        self._thoughts: list[str] = []
-        self._notes: list[str] = []
-        self._waiting_until: float | None = None
-        self._waiting_reason = ""
+        self.transcript = Transcript(show_thoughts=show_thoughts)
 
     def show(self, handle: ChatHandle) -> None:
         """Open a background turn's displays; call on the kernel's main thread, in the cell.
@@ -241,18 +248,18 @@ class TurnView:
             left = last_flush + self.interval - loop.time()
             if left > 0:
                 await handle.wait_done(timeout=left)
-            elif self._waiting_until is not None:
+            elif self.transcript.waiting_until is not None:
                 await handle.wait_past(seen, timeout=1.0)
             else:
                 await handle.wait_past(seen)
             events = handle.events_since(seen)
             seen += len(events)
-            dirty = self._waiting_until is not None
+            dirty = self.transcript.waiting_until is not None
             for event in events:
                 if isinstance(event, TurnEnd):
                     ended = True
                     break
-                dirty = self._apply(event) or dirty
+                dirty = self.transcript.apply(event, time.monotonic()) or dirty
             if dirty and not ended:
                 self._publish(self.reply_id, self._live_bundle())
                 last_flush = loop.time()
@@ -269,46 +276,11 @@ class TurnView:
         for event in events:
             if isinstance(event, TurnEnd):
                 return len(events), True
-            self._apply(event)
+            self.transcript.apply(event, time.monotonic())
         return len(events), False
 
-    def _apply(self, event: Any) -> bool:
-        if isinstance(event, TextDelta):
-            self._text.append(event.text)
-            self._waiting_until = None
-        elif isinstance(event, ThoughtDelta):
-            self._thoughts.append(event.text)
-            return self.show_thoughts
-        elif isinstance(event, ToolCall):
-            args = json.dumps(event.args, ensure_ascii=False)
-            self._notes.append(f"calling `{event.name}({args[:200]})`")
-        elif isinstance(event, ToolResult):
-            outcome = f"failed: {event.error}" if event.error else "done"
-            self._notes.append(f"`{event.name}` {outcome}")
-        elif isinstance(event, Waiting):
-            self._waiting_until = time.monotonic() + event.seconds
-            self._waiting_reason = event.reason
-        else:
-            return False
-        return True
-
-    def _live_text(self) -> str:
-        text = "".join(self._text)
-        extra = []
-        if self.show_thoughts and self._thoughts:
-            extra.append("> " + "".join(self._thoughts).replace("\n", "\n> "))
-        if self._notes:
-            extra.append("*" + " · ".join(self._notes[-3:]) + "*")
-        if self._waiting_until is not None:
-            left = max(0.0, self._waiting_until - time.monotonic())
-            # No emoji: an hourglass is a box where no emoji font is installed.
-            extra.append(f"*{self._waiting_reason}: retrying in {left:.0f} s…*")
-        if self.fmt == "text" or not extra:
-            return text if not extra else "\n\n".join([text, *extra])
-        return "\n\n".join([text, *extra]) if text else "\n\n".join(extra)
-
     def _live_bundle(self) -> Bundle:
-        text = self._live_text()
+        text = self.transcript.render(self.fmt, time.monotonic())
         return reply_bundle(text, self.fmt, final=False) if text else _WAITING
 
     def _open(self, handle: ChatHandle) -> None:

@@ -1,4 +1,5 @@
-"""`%load_ext agentrt_jupyter`: one `AgentMagics` (and one runtime) per kernel.
+"""`%load_ext agentrt_jupyter`: one `AgentMagics` per kernel, over the kernel's session
+(`session.KernelSession`: its runtime, agents, tool sources and lab comm).
 
 Loading registers the magics, starts the runtime, adds an input transformer that turns
 a `%%agent` cell into a top-level `await` (see `magics`) and registers the comm target
@@ -6,7 +7,7 @@ of the JupyterLab extension (see `labcomm`). It returns at once and leaves the s
 of a first turn to the runtime thread, in the background: the SDK import, the client,
 the local server (without an API key), the SDK's models and then ipywidgets, so the first
 `%%agent` cell does not wait for them. Loading again is a no-op; unloading removes all of
-them and shuts the runtime down.
+them and shuts the runtime down (the session stays, with the names its cells used).
 """
 
 from __future__ import annotations
@@ -28,26 +29,25 @@ if TYPE_CHECKING:
     from ..runtime import AgentInfo, AgentRuntime
 
 _CELL = re.compile(r"%%agent(?:[ \t]|$)")
-_loaded: dict[int, tuple[AgentMagics, Callable[[list[str]], list[str]]]] = {}
 
 
 def load(shell: Any) -> None:
     """Register the magics and the await transformer, and start the runtime."""
-    if id(shell) in _loaded:
+    if _registered(shell) is not None:
         return
     magics = AgentMagics(shell=shell)
     shell.register_magics(magics)
-    transform = _await_transform(shell, magics)
-    shell.input_transformer_manager.line_transforms.insert(0, transform)
-    _loaded[id(shell)] = (magics, transform)
-    register_lab_comm(shell, lambda: magics.live_runtime)
+    magics.transform = _await_transform(shell, magics)
+    shell.input_transformer_manager.line_transforms.insert(0, magics.transform)
+    session = magics.session
+    session.lab_comm = register_lab_comm(shell, lambda: session.runtime)
     shell.events.register("post_run_cell", magics.rewarm_after_cell)
     try:
-        runtime = magics.runtime
+        runtime = session.ensure_runtime()
     except UsageError:  # a bad setting: the first %%agent cell reports it
         return
-    warm_up = magics.warm_up = runtime.start_warm_up()
-    asyncio.run_coroutine_threadsafe(_import_widgets(runtime, warm_up), runtime.loop)
+    warm_up = session.start_warm_up()
+    runtime.start_task_soon(_import_widgets, runtime, warm_up)
 
 
 async def _import_widgets(runtime: AgentRuntime, warm_up: concurrent.futures.Future[None]) -> None:
@@ -67,16 +67,19 @@ async def _import_widgets(runtime: AgentRuntime, warm_up: concurrent.futures.Fut
 
 
 def unload(shell: Any) -> None:
-    """Remove the magics and the transformer; shut the runtime down (cancelling turns)."""
-    entry = _loaded.pop(id(shell), None)
-    if entry is None:
+    """Remove the magics and the transformer; shut the runtime down (cancelling turns).
+    The kernel's session stays: a later load continues the names its cells used."""
+    magics = _registered(shell)
+    if magics is None:
         return
-    magics, transform = entry
-    unregister_lab_comm(shell)
+    session = magics.session
+    if session.lab_comm is not None:
+        unregister_lab_comm(shell, session.lab_comm)
+        session.lab_comm = None
     with contextlib.suppress(ValueError):
         shell.events.unregister("post_run_cell", magics.rewarm_after_cell)
     with contextlib.suppress(ValueError):
-        shell.input_transformer_manager.line_transforms.remove(transform)
+        shell.input_transformer_manager.line_transforms.remove(magics.transform)
     registry = shell.magics_manager.magics
     for kind in ("line", "cell"):
         if getattr(registry[kind].get("agent"), "__self__", None) is magics:
@@ -84,15 +87,21 @@ def unload(shell: Any) -> None:
     shell.magics_manager.registry.pop(type(magics).__name__, None)
     with contextlib.suppress(ValueError):
         shell.configurables.remove(magics)
-    magics.shutdown_runtime()
+    session.shutdown_runtime()
 
 
 def loaded_magics(shell: Any) -> AgentMagics:
     """The magics of `shell` (the transformer's cells call into them)."""
-    entry = _loaded.get(id(shell))
-    if entry is None:
+    magics = _registered(shell)
+    if magics is None:
         raise UsageError("agentrt_jupyter is not loaded: run %load_ext agentrt_jupyter")
-    return entry[0]
+    return magics
+
+
+def _registered(shell: Any) -> AgentMagics | None:
+    """The magics registered on `shell` (IPython keeps them by class name)."""
+    magics = shell.magics_manager.registry.get(AgentMagics.__name__)
+    return magics if isinstance(magics, AgentMagics) else None
 
 
 async def run_agent_cell(line: str, cell: str) -> None:

@@ -137,3 +137,15 @@ def _evaluate(field: str, namespace: Mapping[str, Any], original: str) -> str | 
         return format(value, spec)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"cannot interpolate {original}: {exc} ({_HINT})") from None
+
+
+def note_missing(names: list[str]) -> None:
+    """One line when `{name}` braces went out as written: usually a typo, costing a call."""
+    if not names:
+        return
+    braces = ", ".join(f"{{{name}}}" for name in names)
+    were, variables = ("was", "variable") if len(names) == 1 else ("were", "variables")
+    print(
+        f"agentrt: {braces} {were} sent as written: no {variables} {', '.join(names)} "
+        "defined (write {{ and }} to send braces without this note)"
+    )

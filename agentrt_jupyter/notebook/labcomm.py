@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
+
+from .listing import AgentRow, agent_rows
 
 if TYPE_CHECKING:
     from ..runtime import AgentInfo, AgentRuntime
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "TARGET",
     "AgentSnapshot",
+    "LabComms",
     "Reply",
     "Request",
     "Snapshot",
@@ -59,18 +61,8 @@ class Request(_RequestBase, total=False):
     agent: str
 
 
-class AgentSnapshot(TypedDict):
-    """One row of the Agents panel (an `AgentInfo`, JSON-ready)."""
-
-    id: str
-    name: str
-    model: str
-    state: str
-    turn_count: int
-    queued: int
-    current_turn: int | None
-    running_for: float | None
-    usage: dict[str, int]
+AgentSnapshot = AgentRow
+"""One row of the Agents panel (`listing.agent_row`)."""
 
 
 class _ReplyBase(TypedDict):
@@ -97,20 +89,6 @@ class Snapshot(TypedDict):
 
 class _BadRequest(Exception):
     """A request that does not match the protocol."""
-
-
-def snapshot_of(info: AgentInfo) -> AgentSnapshot:
-    return AgentSnapshot(
-        id=info.id,
-        name=info.name,
-        model=info.model,
-        state=info.state,
-        turn_count=info.turn_count,
-        queued=info.queued,
-        current_turn=info.current_turn,
-        running_for=info.running_for,
-        usage={k: int(v) for k, v in dataclasses.asdict(info.total_usage).items()},
-    )
 
 
 def parse_request(data: object) -> Request:
@@ -144,8 +122,9 @@ def _error(request_id: str, code: ErrorCode, message: str) -> Reply:
     return Reply(id=request_id, kind="reply", ok=False, error=message, code=code)
 
 
-class _LabComms:
-    """The open comms of one kernel, the requests in flight and the snapshot pusher."""
+class LabComms:
+    """The open comms of one kernel, the requests in flight and the snapshot pusher
+    (held by the kernel's session)."""
 
     def __init__(self, get_runtime: Callable[[], AgentRuntime | None]) -> None:
         self.get_runtime = get_runtime
@@ -256,9 +235,7 @@ class _LabComms:
         kind = request["kind"]
         if kind == "list":
             infos = await runtime.aio.agents()
-            return Reply(
-                id=request["id"], kind="reply", ok=True, agents=[snapshot_of(i) for i in infos]
-            )
+            return Reply(id=request["id"], kind="reply", ok=True, agents=agent_rows(infos))
         if kind == "cancel":
             cancelled = await runtime.aio.cancel(request["agent"])
             return Reply(id=request["id"], kind="reply", ok=True, cancelled=int(cancelled))
@@ -299,15 +276,12 @@ class _LabComms:
                 return
 
     def _push(self, infos: list[AgentInfo]) -> None:
-        agents = [snapshot_of(i) for i in infos]
+        agents = agent_rows(infos)
         key = _change_key(agents)
         if key != self.last_key:
             self.last_key = key
             for comm in list(self.comms.values()):
                 self._send(comm, Snapshot(kind="snapshot", agents=agents))
-
-
-_registered: dict[int, _LabComms] = {}
 
 
 def _comm_manager(shell: Any) -> Any:
@@ -321,30 +295,25 @@ def _comm_manager(shell: Any) -> Any:
     return comm.get_comm_manager()
 
 
-def register_lab_comm(shell: Any, get_runtime: Callable[[], AgentRuntime | None]) -> None:
-    """Register the `agentrt-jupyter` comm target on `shell`'s kernel.
+def register_lab_comm(
+    shell: Any, get_runtime: Callable[[], AgentRuntime | None]
+) -> LabComms | None:
+    """Register the `agentrt-jupyter` comm target on `shell`'s kernel; returns its comms
+    (the kernel session keeps them), or None without a kernel (plain IPython).
 
     `get_runtime` is called on each request, so the runtime may be created, replaced or
-    shut down later. Registering again only replaces `get_runtime`. Without a kernel
-    (plain IPython) this does nothing.
+    shut down later.
     """
-    existing = _registered.get(id(shell))
-    if existing is not None:
-        existing.get_runtime = get_runtime
-        return
     manager = _comm_manager(shell)
     if manager is None:
-        return
-    comms = _LabComms(get_runtime)
+        return None
+    comms = LabComms(get_runtime)
     manager.register_target(TARGET, comms.on_open)
-    _registered[id(shell)] = comms
+    return comms
 
 
-def unregister_lab_comm(shell: Any) -> None:
+def unregister_lab_comm(shell: Any, comms: LabComms) -> None:
     """Close the open comms and remove the target (for `%unload_ext`)."""
-    comms = _registered.pop(id(shell), None)
-    if comms is None:
-        return
     comms.close_all()
     manager = _comm_manager(shell)
     if manager is not None:

@@ -1,9 +1,13 @@
 """`%%agent` (chat with an agent in a cell) and `%agent` (list, usage, cancel, …).
 
-A `%%agent` cell starts a turn on the kernel's runtime and shows it with a `TurnView`.
-By default the extension rewrites the cell into a top-level `await` of `acell`, so the
-kernel's loop keeps handling widget clicks and interrupts while the reply streams, and
-Run All / nbclient wait for it. Called any other way (`%autoawait off`,
+The magics parse a line (`cellline`), call the kernel's session (`session`, its agents
+in `agents`), the `%agent` commands (`commands`) or the data cells (`datacell`), and hand
+the result to a view: a `%%agent` turn to a `TurnView` (`cellrun`), a listing to a frame
+(`listing`, `frames`). Their settings are traitlets (`%config AgentMagics`).
+
+By default the extension rewrites a `%%agent` cell into a top-level `await` of `acell`,
+so the kernel's loop keeps handling widget clicks and interrupts while the reply streams,
+and Run All / nbclient wait for it. Called any other way (`%autoawait off`,
 `run_cell_magic`), the cell waits in short slices instead.
 
 The data flags (`--tools`, `--schema`, `--map`, …) and their `%agent` commands are
@@ -13,21 +17,11 @@ first one of a notebook above all, does not pay for it.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import contextlib
-import keyword
-import logging
-import math
 import os
-import shlex
 import sys
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
-from urllib.parse import urlsplit
 
 from IPython.core import magic
 from IPython.core import magic_arguments as margs
@@ -35,27 +29,35 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, magics_class, no_var_expand
 from traitlets import Bool, Enum, Float, TraitError, Unicode, observe, validate
 
-from ..config import (
-    BACKENDS,
-    RuntimeConfig,
-    agent_config,
-    check_agent_name,
-    default_store_path,
-    runtime_config,
+from ..config import BACKENDS, RuntimeConfig, default_store_path, runtime_config
+from ..errors import ConversationInUse, UsageProblem
+from ..runtime import AgentRuntime
+from . import cellrun
+from .agents import connection_file, in_use_message, notebook_namespace
+from .cellline import (
+    CONFIRM_HELP,
+    EVERY_TOOL,
+    MAP_HELP,
+    SCHEMA_HELP,
+    TOOLS_HELP,
+    CellOptions,
+    CommandLine,
+    cell_options,
+    command_line,
+    is_data_command,
+    is_seconds,
+    parse_line,
 )
-from ..errors import AgentError, ConversationInUse, StoreError, TurnCancelled, UsageProblem
-from ..handle import WAIT_SLICE, ChatHandle, TurnResult
-from ..runtime import Agent, AgentRuntime
-from .agents import NotebookAgents, in_use_message, kernel_names, notebook_namespace
-from .display import FORMATS, OPEN_DELAY, OnceHint, TurnView, plural, shorten
+from .cellline import DATA_FLAGS as DATA_FLAGS
+from .commands import ENV_BACKEND, AgentCommands
+from .display import FORMATS, OPEN_DELAY, OnceHint, TurnView, answered_by
 from .interpolate import interpolate as expand
+from .interpolate import note_missing
+from .session import KernelSession, Run
 
 if TYPE_CHECKING:
-    from .datacell import CellData, DataOptions
+    from .datacell import CellData
 
-ENV_BACKEND = "AGENTRT_BACKEND"
-SETTLE_TIMEOUT = 10.0
-"""After an interrupt, how long to wait for the turn to end so its partial reply shows."""
 AWAIT_HINT = "other cells wait until this reply ends; %%agent --background lets them run"
 """Said once per kernel, in the status line of the first foreground turn that streams."""
 COMMANDS = (
@@ -75,40 +77,9 @@ COMMANDS = (
     "help",
 )
 _RUNTIME_SETTINGS = ("backend", "default_model", "store_path", "base_url")
-DATA_FLAGS = ("tools", "confirm", "schema", "out_frame", "map", "tool_timeout")
-"""The `%%agent` options `datacell` resolves (`DataOptions` fields)."""
-DATA_COMMANDS = ("tools", "approve", "deny", "mcp")
-"""The `%agent` commands `datacell` runs."""
-EVERY_TOOL = "*"
-"""`--confirm` without a value."""
 APPROVAL_TIMEOUT = 120.0
 """The default of `AgentMagics.approval_timeout` (`approval.APPROVAL_TIMEOUT`)."""
-LONGEST_SECONDS = 86400
-"""The longest tool or approval timeout a cell accepts."""
-TOOLS_HELP = (
-    "Tools for the agent, kept for its later cells: f,mod.g (functions of the namespace), "
-    "@data (read-only looks at the notebook's DataFrames), @python (runs code, always asks "
-    "first), mcp:NAME (a declared MCP server), or none."
-)
-CONFIRM_HELP = (
-    "Ask before each tool call (Approve / Deny in the cell); --confirm f,g: only before "
-    "these; --confirm none: never. Write NAME before it."
-)
-SCHEMA_HELP = (
-    "Ask this reply in the shape S (a pydantic model, dataclass, TypedDict or JSON-schema "
-    "dict of the namespace): checked, shown as JSON, and --out holds the parsed value."
-)
-MAP_HELP = (
-    "Run the cell, a template with {column} placeholders, over every row of DataFrame DF "
-    "(--out RESULT: the result frame)."
-)
 _DATACELL = f"{__package__}.datacell"
-_FLAGS = {
-    "stored": ("--stored", "list"),
-    "everywhere": ("--all", "list"),
-    "take_over": ("--take-over", "resume"),
-}
-"""`%agent` options that belong to one command: (how it is written, the command)."""
 _F = TypeVar("_F", bound=Callable[..., Any])
 _margs: Any = margs
 
@@ -128,63 +99,6 @@ def cell_magic(name: str) -> Callable[[_F], _F]:
 
 def line_magic(name: str) -> Callable[[_F], _F]:
     return cast("Callable[[_F], _F]", magic.line_magic(name))
-
-
-def parse_line(magic: Callable[..., Any], line: str) -> Any:
-    """A magic's options, split like a shell line: quotes group words and are removed
-    (IPython's own `parse_argstring` keeps them, so `--system "be brief"` sent the quotes).
-    Unbalanced quotes are a UsageError like every other mistake."""
-    try:
-        argv = shlex.split(line)
-    except ValueError as exc:  # shlex: "No closing quotation", "No escaped character"
-        raise UsageError(f"cannot read the options: {exc}; close the quote") from None
-    parser: Any = getattr(magic, "parser")  # noqa: B009 - set by @magic_arguments
-    return parser.parse_args(argv)
-
-
-@dataclass(frozen=True)
-class CellOptions:
-    """A `%%agent` line, parsed and checked: `settings` are AgentConfig fields."""
-
-    name: str
-    settings: dict[str, Any]
-    new: bool
-    resume: bool
-    refresh: bool
-    out: str | None
-    fmt: str | None
-    background: bool
-    interpolate: bool
-    data_flags: DataOptions | None = None
-    """The data flags; None when the line has none (then `datacell` is not imported)."""
-
-    @property
-    def data(self) -> DataOptions:
-        """The data flags, all unset if the line has none (for `datacell`)."""
-        from . import datacell
-
-        return self.data_flags or datacell.NO_DATA
-
-
-@dataclass(frozen=True)
-class CommandLine:
-    """A `%agent` line, parsed and checked."""
-
-    command: str
-    name: str | None
-    stored: bool = False
-    everywhere: bool = False
-    take_over: bool = False
-
-
-@dataclass
-class Run:
-    """One `%%agent` turn and the task rendering it."""
-
-    agent: str
-    handle: ChatHandle
-    future: concurrent.futures.Future[TurnResult]
-    out: str | None
 
 
 @magics_class
@@ -249,24 +163,22 @@ class AgentMagics(Magics):
     ).tag(config=True)
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
-        self._agents: NotebookAgents | None = None
-        self._said: set[str] = set()
-        self.background: dict[str, Run] = {}
+        self.session = KernelSession.of(shell)
+        """The kernel's session: its runtime, agents, tool sources and lab comm."""
         self.await_hint = OnceHint(AWAIT_HINT)
-        self.warm_up: concurrent.futures.Future[None] | None = None
-        """The warm-up of the runtime started last (at `%load_ext`, or after a cell that
-        changed a runtime setting)."""
+        self.transform: Callable[[list[str]], list[str]] | None = None
+        """The input transformer the extension added for these magics (see `extension`)."""
         self._rewarm = False
         super().__init__(shell, **kwargs)
+        self.session.runtime_config = self.runtime_config
 
     @property
     def user_ns(self) -> dict[str, Any]:
-        shell: Any = self.shell
-        return cast("dict[str, Any]", shell.user_ns) if shell is not None else {}
+        return self.session.user_ns
 
     def namespace(self) -> str:
         """This notebook's name for its conversations (see `notebook_namespace`)."""
-        return notebook_namespace(os.environ, self.user_ns, _connection_file())
+        return notebook_namespace(os.environ, self.user_ns, connection_file())
 
     @validate("updates_per_second")
     def _check_rate(self, proposal: Any) -> float:
@@ -285,25 +197,24 @@ class AgentMagics(Magics):
     @observe(*_RUNTIME_SETTINGS)
     def _runtime_setting_changed(self, change: Any) -> None:
         """A new backend or store needs a new runtime; agents come back from the store."""
-        if self.live_runtime is not None:
-            self.shutdown_runtime()
+        if self.session.runtime is not None:
+            self.session.shutdown_runtime()
             self._rewarm = True
 
     def rewarm_after_cell(self, _result: Any = None) -> None:
         """IPython's post_run_cell: a cell that changed runtime settings (often several
         `%config` lines) shut the warmed-up runtime down; start the new one and its
         warm-up now, once, so the next `%%agent` cell does not pay for it."""
-        if not self._rewarm or self.live_runtime is not None:
-            self._rewarm = False
+        rewarm, self._rewarm = self._rewarm, False
+        if not rewarm or self.session.runtime is not None:
             return
-        self._rewarm = False
         try:
-            runtime = self.runtime
+            self.session.start_warm_up()
         except UsageError:  # a bad setting: the next %%agent cell reports it
             return
-        self.warm_up = runtime.start_warm_up()
 
     def runtime_config(self) -> RuntimeConfig:
+        """The settings of the next runtime; a bad one is a UsageError saying where."""
         backend = os.environ.get(ENV_BACKEND) or self.backend
         source = f" (from ${ENV_BACKEND})" if os.environ.get(ENV_BACKEND) else ""
         try:
@@ -326,56 +237,13 @@ class AgentMagics(Magics):
             raise UsageError(f"store_path: {exc}") from None
 
     @property
-    def agents(self) -> NotebookAgents:
-        """The notebook's agents on the kernel's one runtime, started on first need.
-
-        If the local model server it spawned has died (killed or crashed), the runtime is
-        replaced; the agents this kernel used resume from the store at their next cell."""
-        current = self._agents
-        server = current.runtime.local_server if current is not None else None
-        if server is not None and not server.running:
-            print("agentrt: the local model server stopped; restarting it")
-            self.shutdown_runtime()
-            current = None
-        if current is None or current.runtime.closed:
-            config = self.runtime_config()
-            with _store_warning_left_to_us():
-                runtime = AgentRuntime(config)
-            self._say_store_problem(runtime.store_problem)
-            used = kernel_names(self.shell, config.namespace)
-            current = self._agents = NotebookAgents(runtime, used)
-        return current
-
-    def _say_store_problem(self, problem: StoreError | None) -> None:
-        """One line, once per problem: conversations are not stored, which file, what to do."""
-        if problem is None or str(problem) in self._said:
-            return
-        self._said.add(str(problem))
-        print(
-            f"agentrt: conversations are not stored: {problem}; in a notebook, "
-            "%config AgentMagics.store_path = '' runs without a store",
-            file=sys.stderr,
-        )
-
-    @property
     def runtime(self) -> AgentRuntime:
-        """The kernel's one runtime, started on first need (see `agents`)."""
-        return self.agents.runtime
-
-    @property
-    def live_runtime(self) -> AgentRuntime | None:
-        """The runtime if one is running, without starting one."""
-        runtime = self._agents.runtime if self._agents is not None else None
-        return runtime if runtime is not None and not runtime.closed else None
-
-    def shutdown_runtime(self, timeout: float = 10.0) -> None:
-        agents, self._agents = self._agents, None
-        self.background.clear()
-        if agents is not None:
-            datacell = sys.modules.get(_DATACELL)
-            if datacell is not None:  # else no cell opened an MCP session
-                datacell.close_sources(self.shell, agents.runtime)
-            agents.runtime.shutdown(timeout)
+        """The kernel's running runtime (a UsageError if none runs; nothing is started:
+        that is `session.ensure_runtime()`)."""
+        runtime = self.session.runtime
+        if runtime is None:
+            raise UsageError("no agentrt runtime is running: a %%agent cell starts one")
+        return runtime
 
     @magic_arguments("%agent")  # help's usage line then reads "%%agent [...]"
     @argument(
@@ -423,62 +291,30 @@ class AgentMagics(Magics):
         literal `{x}`). Interrupt or the Cancel button stop the turn; the partial reply
         is kept in history, marked cancelled. Errors stop Run All.
         """
-        if "--map" in line and _maps(options := self.parse_cell_line(line)):
+        if "--map" in line and (options := self.parse_cell_line(line)).maps:
             from . import datacell
 
-            datacell.bmap(self, options, cell)
+            datacell.bmap(self.session, options, cell)
             return
         run = self.start(line, cell)
         if run is not None:
-            self.conclude(run, self.block(run))
+            cellrun.conclude(run, cellrun.block(run), self.user_ns)
 
     async def acell(self, line: str, cell: str) -> None:
         """`%%agent` as an awaiting cell: the kernel handles clicks while the reply streams."""
-        if "--map" in line and _maps(options := self.parse_cell_line(line)):
+        if "--map" in line and (options := self.parse_cell_line(line)).maps:
             from . import datacell
 
-            await datacell.amap(self, options, cell)
+            await datacell.amap(self.session, options, cell)
             return
         run = self.start(line, cell, awaiting=True)
         if run is not None:
-            self.conclude(run, await self.wait_async(run))
+            cellrun.conclude(run, await cellrun.wait_async(run), self.user_ns)
 
     def parse_cell_line(self, line: str) -> CellOptions:
         """The `%%agent` line, checked before anything runs: every problem is a UsageError."""
         args = parse_line(self.agent_cell, line)
-        if args.out is not None and (not args.out.isidentifier() or keyword.iskeyword(args.out)):
-            raise UsageError(f"--out needs a variable name, got {args.out!r}")
-        settings = {
-            key: value
-            for key, value in (
-                ("model", args.model),
-                ("system_instruction", args.system),
-                ("temperature", args.temperature),
-                ("max_output_tokens", args.max_tokens),
-            )
-            if value is not None
-        }
-        name = args.name or self.default_agent
-        if args.new and args.resume:
-            raise UsageError(
-                "--new starts a fresh conversation and --resume continues the stored one: pick one"
-            )
-        try:
-            agent_config(None, {**settings, "name": name})
-        except UsageProblem as exc:
-            raise UsageError(str(exc)) from None
-        return CellOptions(
-            name=name,
-            settings=settings,
-            new=args.new,
-            resume=args.resume,
-            refresh=args.refresh,
-            out=args.out,
-            fmt=args.format,
-            background=args.background,
-            interpolate=self.interpolate and not args.no_interpolate,
-            data_flags=_data_options(args),
-        )
+        return cell_options(args, default_agent=self.default_agent, interpolate=self.interpolate)
 
     def start(self, line: str, cell: str, *, awaiting: bool = False) -> Run | None:
         """Parse, create or resume the agent, show the displays and start the turn.
@@ -487,25 +323,16 @@ class AgentMagics(Magics):
         options = self.parse_cell_line(line)
         if not cell.strip():
             raise UsageError("the cell is empty: write the prompt below the %%agent line")
-        cell = cell.strip("\n").rstrip()
-        settings = dict(options.settings)
-        if options.interpolate:
-            missing: list[str] = []
-            cell = expand(cell, self.user_ns, missing)
-            if settings.get("system_instruction"):
-                settings["system_instruction"] = expand(
-                    settings["system_instruction"], self.user_ns, missing
-                )
-            _note_missing(missing)
+        text, settings = self._expanded(options, cell.strip("\n").rstrip())
         data = self._cell_data(options, awaiting=awaiting)
         if data is not None:
             settings.update(data.settings)
-        agents = self.agents
+        agents = self.session.ensure_agents()
         try:
             agent, handle = agents.chat(
                 options.name,
                 settings,
-                cell,
+                text,
                 cache=self.cache,
                 new=options.new,
                 resume=options.resume,
@@ -525,20 +352,30 @@ class AgentMagics(Magics):
             hint=None if options.background else self.await_hint,
             open_delay=self.live_after,
         )
-        if data is None:
-            follow = view.follow(handle)
-        else:
-            follow = data.follow(view, handle, agents.runtime.loop)  # opens the tool calls' display
-        view.show(handle)
-        future = asyncio.run_coroutine_threadsafe(follow, agents.runtime.loop)
-        keeps_out = data is not None and data.keeps_out
-        run = Run(agent.name, handle, future, None if keeps_out else options.out)
-        if not options.background:
-            return run
-        self.background[agent.name] = run
-        if options.out is not None:
-            future.add_done_callback(lambda done: self._store_out(run, done))
-        return None
+        return cellrun.start_run(
+            self.session,
+            agents.runtime,
+            handle,
+            view,
+            data,
+            agent=agent.name,
+            out=options.out,
+            background=options.background,
+        )
+
+    def _expanded(self, options: CellOptions, text: str) -> tuple[str, dict[str, Any]]:
+        """The cell's text and settings with `{expr}` replaced (unless turned off)."""
+        settings = dict(options.settings)
+        if not options.interpolate:
+            return text, settings
+        missing: list[str] = []
+        text = expand(text, self.user_ns, missing)
+        if settings.get("system_instruction"):
+            settings["system_instruction"] = expand(
+                settings["system_instruction"], self.user_ns, missing
+            )
+        note_missing(missing)
+        return text, settings
 
     def _cell_data(self, options: CellOptions, *, awaiting: bool) -> CellData | None:
         """The cell's data flags resolved (`datacell.prepare`), or None for a plain cell
@@ -550,63 +387,9 @@ class AgentMagics(Magics):
             return None
         from . import datacell
 
-        return datacell.prepare(self, options, awaiting=awaiting)
-
-    def _store_out(self, run: Run, done: concurrent.futures.Future[TurnResult]) -> None:
-        if run.out is not None and not done.cancelled() and done.exception() is None:
-            self.user_ns[run.out] = done.result()
-
-    def block(self, run: Run) -> TurnResult:
-        """Wait in short slices, so an interrupt is seen at once and cancels the turn."""
-        try:
-            while not run.future.done():
-                concurrent.futures.wait([run.future], WAIT_SLICE)
-        except KeyboardInterrupt:
-            run.handle.cancel()
-            with contextlib.suppress(KeyboardInterrupt):
-                concurrent.futures.wait([run.future], SETTLE_TIMEOUT)
-            raise self.interrupted(run) from None
-        return run.future.result()
-
-    async def wait_async(self, run: Run) -> TurnResult:
-        """Await on the kernel's loop; an interrupt arrives as CancelledError and cancels.
-
-        The loop wakes every slice: a SIGINT's Python handler runs only when the main
-        thread runs Python code, and nothing else may wake it while the reply streams."""
-        done = asyncio.wrap_future(run.future)
-        try:
-            while not done.done():
-                await asyncio.wait({done}, timeout=WAIT_SLICE)
-        except asyncio.CancelledError:
-            run.handle.cancel()
-            await asyncio.wait({done}, timeout=SETTLE_TIMEOUT)
-            raise self.interrupted(run) from None
-        return done.result()
-
-    def interrupted(self, run: Run) -> AgentError:
-        """The short error an interrupted cell raises: the turn's own TurnCancelled."""
-        result = run.handle.outcome()
-        error = result.error if result is not None else None
-        if not isinstance(error, TurnCancelled):
-            error = TurnCancelled(
-                f"the turn of {run.agent!r} was cancelled",
-                partial_text=run.handle.partial_text,
-                agent=run.agent,
-            )
-        kept = len(error.partial_text)
-        return shorten(
-            error,
-            f"interrupted: the turn of {run.agent!r} was cancelled; its partial reply "
-            f"({kept} characters) is kept in history, marked cancelled",
+        return datacell.prepare(
+            self.session, options, approval_timeout=self.approval_timeout, awaiting=awaiting
         )
-
-    def conclude(self, run: Run, result: TurnResult) -> None:
-        """Store --out, and raise the turn's error (not for a cancel the user asked for)."""
-        if run.out is not None:
-            self.user_ns[run.out] = result
-        error = result.error
-        if error is not None and not isinstance(error, TurnCancelled):
-            raise shorten(error) from None
 
     @magic_arguments()
     @argument("command", nargs="?", default="help", choices=COMMANDS, help="What to do.")
@@ -644,11 +427,16 @@ class AgentMagics(Magics):
         if is_data_command(line):
             from . import datacell
 
-            return datacell.run_command(self, line)
+            return datacell.run_command(
+                self.session,
+                line,
+                default_agent=self.default_agent,
+                approval_timeout=self.approval_timeout,
+            )
         command = self.parse_command(line)
-        handler = getattr(self, f"_cmd_{command.command}")
+        commands = AgentCommands(self.session, self, self.agent_line.__doc__ or "")
         try:
-            return handler(command)
+            return commands.run(command)
         except ConversationInUse as exc:
             raise UsageError(in_use_message(exc)) from None
         except UsageProblem as exc:
@@ -656,313 +444,9 @@ class AgentMagics(Magics):
 
     def parse_command(self, line: str) -> CommandLine:
         """The `%agent` line, checked: every problem is a UsageError."""
-        args = parse_line(self.agent_line, line)
-        if args.name is not None:
-            try:
-                check_agent_name(args.name)
-            except UsageProblem as exc:
-                raise UsageError(f"{args.name[:40]!r} is not an agent name ({exc})") from None
-        flags = {"stored": args.stored, "everywhere": args.all, "take_over": args.take_over}
-        for flag, (written, command) in _FLAGS.items():
-            if flags[flag] and args.command != command:
-                raise UsageError(
-                    f"unrecognized arguments: {written} (it goes with %agent {command})"
-                )
-        return CommandLine(str(args.command), args.name, **flags)
+        return command_line(parse_line(self.agent_line, line))
 
     def parse_command_line(self, line: str) -> tuple[str, str | None]:
         """The `%agent` line as (command, NAME), checked (see `parse_command`)."""
         command = self.parse_command(line)
         return command.command, command.name
-
-    def _named(self, name: str | None) -> Agent:
-        """A live agent, or one this kernel used (NAME defaults to the default agent)."""
-        return self.agents.named(name or self.default_agent)
-
-    def _cmd_help(self, command: CommandLine) -> None:
-        print(self.agent_line.__doc__)
-
-    def _cmd_runtime(self, command: CommandLine) -> AgentRuntime:
-        runtime = self.runtime
-        print(
-            f"agentrt: this notebook's conversations are in namespace {runtime.config.namespace!r}"
-        )
-        return runtime
-
-    def _cmd_list(self, command: CommandLine) -> Any:
-        """The agents as a frame: counts as nullable integers, `running_for` in seconds
-        (NaN, shown blank, when idle), shown whole but without wrapping."""
-        import pandas as pd
-
-        if command.stored or command.everywhere:
-            return self._stored_frame(everywhere=command.everywhere)
-        infos = self.runtime.agents()
-        frame = pd.DataFrame(
-            {
-                "name": pd.array([i.name for i in infos], dtype="string"),
-                "model": pd.array([i.model for i in infos], dtype="string"),
-                "state": pd.array([i.state for i in infos], dtype="string"),
-                "turns": pd.array([i.turn_count for i in infos], dtype="Int64"),
-                "queued": pd.array([i.queued for i in infos], dtype="Int64"),
-                "running_for": pd.Series(
-                    [
-                        float("nan") if i.running_for is None else round(i.running_for, 1)
-                        for i in infos
-                    ],
-                    dtype="float64",
-                ),
-                "total_tokens": pd.array(
-                    [i.total_usage.total_tokens for i in infos], dtype="Int64"
-                ),
-            }
-        )
-        return _as_shown(frame)
-
-    def _stored_frame(self, *, everywhere: bool) -> Any:
-        """What `%agent resume` can bring back: one row per stored conversation, newest
-        first (resume takes the newest of a name); `everywhere` adds other notebooks."""
-        import pandas as pd
-
-        runtime = self.runtime
-        if runtime.store_problem is not None or runtime.config.store_path is None:
-            print("agentrt: conversations are not stored in this kernel (see %agent config)")
-        stored = [c for c in runtime.conversations(everywhere=everywhere) if c.messages]
-        stored.sort(key=lambda c: c.last_activity, reverse=True)
-        frame = pd.DataFrame(
-            {
-                "namespace": pd.array([c.namespace for c in stored], dtype="string"),
-                "name": pd.array([c.name for c in stored], dtype="string"),
-                "last_activity": pd.Series(
-                    [_local_time(c.last_activity) for c in stored], dtype="datetime64[s]"
-                ),
-                "turns": pd.array([c.turns for c in stored], dtype="Int64"),
-                "messages": pd.array([c.messages for c in stored], dtype="Int64"),
-                "size": pd.array([_size(c.size) for c in stored], dtype="string"),
-                "holder": pd.array([c.holder or "" for c in stored], dtype="string"),
-                "id": pd.array([c.id for c in stored], dtype="string"),
-            }
-        )
-        return _as_shown(frame if everywhere else frame.drop(columns="namespace"))
-
-    def _cmd_resume(self, command: CommandLine) -> None:
-        name = command.name
-        if name is None:
-            raise UsageError(
-                "%agent resume needs the NAME of a stored conversation: "
-                "%agent list --stored shows them"
-            )
-        runtime = self.runtime
-        agent = self.agents.resume(name, cache=self.cache, take_over=command.take_over)
-        if agent is None:
-            print(f"{name}: already live in this kernel, its conversation is the cells' one")
-            return
-        history = runtime.history(agent)
-        cut = (
-            " (its last reply was cut off: incomplete)"
-            if history and (history[-1].status == "incomplete")
-            else ""
-        )
-        turns, messages = plural(runtime.turn_count(agent), "turn"), plural(len(history), "message")
-        print(f"{name}: resumed, {turns}, {messages}{cut}")
-
-    def _cmd_usage(self, command: CommandLine) -> Any:
-        """One row per turn: the full typed frame, shown compactly (`frames.compact`)."""
-        from ..frames import compact, usage_frame
-
-        return compact(usage_frame(self._named(command.name)), "usage")
-
-    def _cmd_history(self, command: CommandLine) -> Any:
-        from ..frames import compact, history_frame
-
-        return compact(history_frame(self._named(command.name)), "history")
-
-    def _cmd_ledger(self, command: CommandLine) -> Any:
-        from ..frames import compact, ledger_frame
-
-        return compact(ledger_frame(self.runtime), "ledger")
-
-    def _cmd_cancel(self, command: CommandLine) -> None:
-        agents = self.agents
-        names = [command.name] if command.name else agents.live_names()
-        stopped = [n for n in names if agents.runtime.cancel(n)]
-        if command.name is None:
-            from . import datacell
-
-            stopped += datacell.cancel_maps(agents.runtime)
-        print(f"cancelled: {', '.join(stopped)}" if stopped else "no turn was running")
-
-    def _cmd_wait(self, command: CommandLine) -> None:
-        name = command.name
-        if name is not None and name not in self.background:
-            raise UsageError(f"no --background turn of {name!r} to wait for")
-        runs = [self.background.pop(name)] if name else list(self.background.values())
-        if name is None:
-            self.background.clear()
-        for run in runs:
-            self.conclude(run, self.block(run))
-
-    def _cmd_reset(self, command: CommandLine) -> None:
-        agent = self._named(command.name)
-        self.runtime.clear_history(agent)
-        print(f"{agent.name}: conversation cleared")
-
-    def _cmd_shutdown(self, command: CommandLine) -> None:
-        name = command.name
-        if name is None:
-            self.shutdown_runtime()
-            print("runtime shut down; the next %%agent cell starts a new one")
-            return
-        self.agents.shutdown(name)
-        print(f"{name}: shut down (its stored conversation is kept)")
-
-    def _cmd_delete(self, command: CommandLine) -> None:
-        name = command.name
-        if name is None:
-            raise UsageError("%agent delete needs the NAME of the agent to erase")
-        self.agents.delete(name)
-        self.background.pop(name, None)
-        print(f"{name}: deleted")
-
-    def _cmd_cache(self, command: CommandLine) -> None:
-        if command.name not in (None, "clear"):
-            raise UsageError(
-                "%agent cache shows the reply cache and %agent cache clear empties it; "
-                f"it takes no agent name, got {command.name!r}"
-            )
-        runtime = self.runtime
-        if command.name == "clear":
-            runtime.cache_clear()
-            print("reply cache cleared")
-            return
-        stats = runtime.cache_stats()
-        state = "on" if self.cache else "off (%config AgentMagics.cache = True)"
-        replies, hits = plural(stats["entries"], "reply", "replies"), plural(stats["hits"], "hit")
-        print(f"reply cache: {replies}, {_size(stats['bytes'])}, {hits}; {state} for %%agent cells")
-
-    def _cmd_config(self, command: CommandLine) -> None:
-        config = self.runtime_config()
-        env = os.environ.get(ENV_BACKEND)
-        source = f"${ENV_BACKEND}" if env else "AgentMagics.backend"
-        ipykernel = sys.modules.get("ipykernel")
-        live = self.live_runtime
-        problem = live.store_problem if live is not None else None
-        store = str(config.store_path) if config.store_path else "none"
-        if problem is not None:
-            store += f" (not used: {problem})"
-        elif config.store_path is None:
-            store += " (conversations are not kept)"
-        lines = [
-            f"backend: {config.backend} (from {source}), resolved: {config.resolved_backend()}",
-            f"default model: {config.model_for(None)}",
-            f"notebook (namespace): {config.namespace}",
-            f"store: {store}",
-            f"reply cache for %%agent cells: {'on' if self.cache else 'off'}",
-            f"default agent: {self.default_agent}",
-            f"format: {self.default_format}, updates/s: {self.updates_per_second:g}, "
-            f"live after: {self.live_after:g} s",
-            f"await cells: {self.await_cells and bool(getattr(self.shell, 'autoawait', False))}",
-            f"ipykernel: {getattr(ipykernel, '__version__', 'not running in a kernel')}",
-        ]
-        print("\n".join(lines))
-
-
-def is_data_command(line: str) -> bool:
-    """Whether a `%agent` line is one of `datacell`'s commands (known without importing it)."""
-    words = line.split(maxsplit=1)
-    return bool(words) and words[0] in DATA_COMMANDS
-
-
-def is_seconds(value: float) -> bool:
-    """Whether `value` is a usable timeout: finite, above 0, at most `LONGEST_SECONDS`."""
-    return math.isfinite(value) and 0 < value <= LONGEST_SECONDS
-
-
-def _data_options(args: Any) -> DataOptions | None:
-    """The data flags of a parsed `%%agent` line, checked (None if it has none)."""
-    if all(getattr(args, flag) is None for flag in DATA_FLAGS):
-        return None
-    from . import datacell
-
-    return datacell.data_options(args)
-
-
-def _maps(options: CellOptions) -> bool:
-    return options.data_flags is not None and bool(options.data_flags.map)
-
-
-def _connection_file() -> str | None:
-    """The kernel's connection file, if this runs in an ipykernel (not imported otherwise)."""
-    connect = sys.modules.get("ipykernel.connect")
-    if connect is None:
-        return None
-    try:
-        return str(connect.get_connection_file())
-    except Exception:  # not in a running kernel, or the file is gone
-        return None
-
-
-@contextlib.contextmanager
-def _store_warning_left_to_us() -> Iterator[None]:
-    """While a runtime starts, drop its log line about a store fault: the magics say it
-    once, with the notebook's way to fix it."""
-    logger = logging.getLogger("agentrt_jupyter")
-    quiet = _NoStoreWarning()
-    logger.addFilter(quiet)
-    try:
-        yield
-    finally:
-        logger.removeFilter(quiet)
-
-
-class _NoStoreWarning(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args if isinstance(record.args, tuple) else ()
-        return not any(isinstance(arg, StoreError) for arg in args)
-
-
-def answered_by(config: RuntimeConfig) -> str | None:
-    """Who answers the cells when it is not Google's Gemini, for the footer beside the
-    model name: the engine of the local server, or the host (and port) of a base_url,
-    never its user or password."""
-    backend = config.resolved_backend()
-    if backend != "gemini":
-        return backend
-    if config.base_url is None:
-        return None
-    url = urlsplit(config.base_url)
-    host = url.hostname or "a base_url"
-    return f"{host}:{url.port}" if url.port else host
-
-
-def _note_missing(names: list[str]) -> None:
-    """One line when `{name}` braces went out as written: usually a typo, costing a call."""
-    if not names:
-        return
-    braces = ", ".join(f"{{{name}}}" for name in names)
-    were, variables = ("was", "variable") if len(names) == 1 else ("were", "variables")
-    print(
-        f"agentrt: {braces} {were} sent as written: no {variables} {', '.join(names)} "
-        "defined (write {{ and }} to send braces without this note)"
-    )
-
-
-def _as_shown(frame: Any) -> Any:
-    """`frame` itself, displayed whole but compactly (blank for missing values, no wrapping)."""
-    from ..frames import CompactFrame
-
-    shown = CompactFrame(frame)
-    shown.compact_columns = tuple(frame.columns)
-    return shown
-
-
-def _local_time(moment: datetime) -> datetime:
-    """A UTC time as the wall clock here shows it, to the second."""
-    return moment.astimezone().replace(tzinfo=None, microsecond=0)
-
-
-def _size(count: int) -> str:
-    if count < 1000:
-        return f"{count} B"
-    if count < 1_000_000:
-        return f"{count / 1000:.1f} kB"
-    return f"{count / 1_000_000:.1f} MB"

@@ -1,44 +1,46 @@
-"""Widgets: `AgentPanel` (chat with one agent) and `RuntimeMonitor` (every agent at a glance).
+"""Widgets: `AgentPanel` (chat with one agent) and `RuntimeMonitor` (every agent at a
+glance, in `monitor`).
 
 Core ipywidgets only, so they work in JupyterLab, Notebook 7, VS Code and Colab. Each
-widget has one writer: a single task on the runtime loop makes every trait update,
-coalesced to at most `MAX_UPDATES_PER_SECOND` and always ending on the exact final state.
-The writer is woken by the runtime's change signal (`runtime.aio.watch()`), so token
-counts go up while a reply streams and nothing is sent while nothing happens. Click
-handlers only post work to the runtime loop, so they return at once and never block the
-kernel (on ipykernel >= 7.4 they are handled even while an awaiting cell runs).
+widget has one writer (`livewidget.Writer`): a single task on the runtime loop makes every
+trait update, coalesced to at most `MAX_UPDATES_PER_SECOND` and always ending on the exact
+final state. The writer is woken by the runtime's change signal (`runtime.aio.watch()`),
+so token counts go up while a reply streams and nothing is sent while nothing happens.
+Click handlers only post work to the runtime loop, so they return at once and never block
+the kernel (on ipykernel >= 7.4 they are handled even while an awaiting cell runs). A
+displayed widget leaves a static copy beside its view (`livewidget.StaticCopy`).
 
-A displayed widget leaves a static copy of itself beside its view (`StaticCopy`), so a
-saved notebook reads well without a kernel: in JupyterLab, Notebook 7, nbviewer/nbconvert
-and on GitHub.
+The streaming turns of a panel are rendered by the cell view's `Transcript`; its settled
+messages come from history.
 """
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import html
 import json
-import threading
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 import traitlets
-from IPython import display as ipython_display
-from IPython import get_ipython
 
 from ..content import FunctionResponsePart
 from ..conversation import ConversationMessage, Usage
 from ..errors import AgentError, RuntimeClosed
-from ..events import Error, TextDelta, ThoughtDelta, ToolCall, ToolResult, TurnEnd, Waiting
+from ..events import Error, TurnEnd
 from ..handle import ChatHandle
 from ..runtime import Agent, AgentInfo, AgentRuntime
-from .display import LIVE_CLASS, close_tree, copy_hider, saved_copy
+from .display import LIVE_CLASS, close_tree
+from .listing import GONE
+from .livewidget import StaticCopy as StaticCopy
+from .livewidget import Writer
+from .livewidget import view_bundle as view_bundle
+from .monitor import RuntimeMonitor as RuntimeMonitor
+from .transcript import Transcript, plural
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -47,213 +49,12 @@ __all__ = ["AgentPanel", "RuntimeMonitor"]
 
 MAX_UPDATES_PER_SECOND = 10
 """Trait flushes per widget; the server drops IOPub above ~1000 msg/s, the eye sees ~10/s."""
-MONITOR_INTERVAL = 0.25
-"""RuntimeMonitor: the least time between two renders (every streamed chunk is a change)."""
-ELAPSED_TICK = 1.0
-"""While a turn runs the monitor re-renders this often even without a change (elapsed time)."""
-SNAPSHOT_INTERVAL = 2.0
-"""While something runs, a widget's static copy is rewritten at most this often."""
 HISTORY_ROWS = 200
 """The transcript and History tab show the latest messages; `history_frame(agent)` has all."""
-CLOSE_TIMEOUT = 2.0
 
 _BOX = "border-left:3px solid {color};padding:2px 8px;margin:4px 0"
 _COLORS = {"user": "#1f77b4", "model": "#2ca02c", "summary": "#9467bd"}
 _BADGES = {"cancelled": "#d62728", "incomplete": "#ff7f0e", "error": "#d62728"}
-_GONE = ("shutdown", "disconnected")
-_display: Callable[..., Any] = ipython_display.display
-
-
-class _Writer:
-    """The one task on the runtime loop that writes a widget's traits.
-
-    `render` writes the traits from the current state and returns when to render again on
-    its own (None: only when woken). Wakes are coalesced: renders are at least `interval`
-    apart, and a render always follows the last wake, so the final state is always shown.
-    With `watch`, the runtime's change signal wakes it after each change (at most once
-    per `interval`), after handing the agents to `on_agents` if given.
-    """
-
-    def __init__(
-        self,
-        runtime: AgentRuntime,
-        render: Callable[[], Awaitable[float | None]],
-        interval: float,
-        *,
-        watch: bool = False,
-        on_agents: Callable[[list[AgentInfo]], Awaitable[None]] | None = None,
-    ) -> None:
-        if runtime.closed:
-            raise RuntimeClosed("the runtime was shut down; create a new AgentRuntime")
-        self._runtime = runtime
-        self._loop = runtime.loop
-        self._thread = runtime.thread
-        self._render = render
-        self._watch_agents = watch
-        self._on_agents = on_agents
-        self._interval = interval
-        self._wake = asyncio.Event()
-        self._waiters: list[concurrent.futures.Future[None]] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._stopped = threading.Event()
-        self.closed = False
-        self.renders = 0
-        self._future = asyncio.run_coroutine_threadsafe(self._run(), self._loop)
-
-    def post(self, fn: Callable[..., Any], *args: Any) -> bool:
-        """Run `fn(*args)` on the runtime loop soon; False if the runtime is gone."""
-        if self.closed:
-            return False
-        try:
-            self._loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:
-            return False
-        return True
-
-    def wake(self) -> concurrent.futures.Future[None]:
-        """Ask for a render from any thread; the future resolves once it happened."""
-        done: concurrent.futures.Future[None] = concurrent.futures.Future()
-        if not self.post(self._add_waiter, done):
-            done.set_result(None)
-        return done
-
-    def wake_on_loop(self) -> None:
-        self._wake.set()
-
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """Run a coroutine on the loop (called there), keeping a reference until it ends."""
-        task = self._loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def _add_waiter(self, done: concurrent.futures.Future[None]) -> None:
-        self._waiters.append(done)
-        self._wake.set()
-
-    async def _watch(self) -> None:
-        changes = self._runtime.aio.watch(self._interval)
-        first = await anext(changes)  # the agents now: the first render reads them itself
-        if self._on_agents is not None:
-            await self._on_agents(first)
-        async for infos in changes:
-            if self._on_agents is not None:
-                await self._on_agents(infos)
-            self._wake.set()
-
-    async def _run(self) -> None:
-        watcher = asyncio.ensure_future(self._watch()) if self._watch_agents else None
-        try:
-            timeout = await self._render_once()
-            last = self._loop.time()
-            while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
-                delay = last + self._interval - self._loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                last = self._loop.time()
-                timeout = await self._render_once()
-        finally:
-            if watcher is not None:
-                watcher.cancel()
-            for waiter in self._waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-            self._stopped.set()
-
-    async def _render_once(self) -> float | None:
-        self._wake.clear()
-        waiters, self._waiters = self._waiters, []
-        try:
-            return await self._render()
-        finally:
-            self.renders += 1
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-
-    @property
-    def stopped(self) -> bool:
-        return self._stopped.is_set()
-
-    def close(self) -> None:
-        """Stop writing; waits (briefly) until the task has ended unless called on the loop."""
-        if self.closed:
-            return
-        self.closed = True
-        self._future.cancel()
-        if threading.current_thread() is not self._thread and self._loop.is_running():
-            self._stopped.wait(CLOSE_TIMEOUT)
-
-
-class StaticCopy:
-    """What a displayed widget leaves in a saved notebook: an HTML output after its view.
-
-    A widget view needs the kernel that made it; reopened without it, JupyterLab and
-    Notebook 7 say "Error displaying widget: model not found" and nbconvert/nbviewer and
-    GitHub show nothing. So the widget is displayed as two outputs: the view, then this
-    copy (HTML and plain text, marked with `SNAPSHOT_CLASS`). While the view is live it
-    hides the copy (a <style> in the view, for any frontend that shows both in one page;
-    the lab extension's CSS in JupyterLab and Notebook 7, which also hides a dead view
-    whose copy follows it). The widget's writer rewrites the copy (`update_display_data`
-    with the parent header of each cell that displayed it): at once when nothing runs,
-    at most every `SNAPSHOT_INTERVAL` while something does.
-    """
-
-    def __init__(self, what: str) -> None:
-        self.display_id = f"agentrt-snapshot-{uuid.uuid4().hex}"
-        self.hider = copy_hider(self.display_id)
-        self._bundle = saved_copy(
-            self.display_id, f"<i>{html.escape(what)}: not rendered yet.</i>", what
-        )
-        self._sent = self._bundle
-        self._targets: list[tuple[Any, dict[str, Any]]] = []
-        self._last = -1e9
-
-    def show(self, view: dict[str, Any]) -> None:
-        """Display the view bundle, then the copy; call on the kernel's main thread."""
-        shown = self._bundle
-        _display(view, raw=True)
-        _display(shown, raw=True, display_id=self.display_id)
-        shell = get_ipython()
-        pub = getattr(shell, "display_pub", None)
-        parent = getattr(shell, "parent_header", None)
-        if getattr(pub, "session", None) is not None and parent:
-            self._targets = [*self._targets, (pub, parent.get("header", parent))]
-            self._sent = {}
-            if self._bundle != shown:  # the writer offered a newer state meanwhile
-                self._publish(self._bundle)
-
-    def offer(self, body: str, plain: str, *, settled: bool) -> float | None:
-        """The widget's state now; rewrites the copy if due. Returns when to offer again
-        (None: only when something changes)."""
-        self._bundle = saved_copy(self.display_id, body, plain)
-        if not self._targets or self._bundle == self._sent:
-            return None
-        due = self._last + SNAPSHOT_INTERVAL - time.monotonic()
-        if due > 0 and not settled:
-            return due
-        self._publish(self._bundle)
-        return None
-
-    def _publish(self, bundle: dict[str, str]) -> None:
-        self._sent = bundle
-        self._last = time.monotonic()
-        content = {"data": bundle, "metadata": {}, "transient": {"display_id": self.display_id}}
-        for pub, parent in self._targets:
-            # Sent with the displaying cell's parent header, so the frontend routes it to
-            # that cell whatever runs now; the IOPub socket is safe to use from any thread.
-            with contextlib.suppress(Exception):
-                pub.session.send(
-                    pub.pub_socket, "update_display_data", content, parent=parent, ident=pub.topic
-                )
-
-
-def view_bundle(widget: widgets.DOMWidget, plain: str) -> dict[str, Any]:
-    """The widget's own view bundle, with a plain text that says what follows it."""
-    bundle: dict[str, Any] = dict(widget._repr_mimebundle_() or {})
-    bundle["text/plain"] = plain
-    return bundle
 
 
 @dataclass
@@ -262,10 +63,7 @@ class _LiveTurn:
 
     prompt: str
     handle: ChatHandle
-    text: list[str] = field(default_factory=list)
-    thoughts: list[str] = field(default_factory=list)
-    tools: list[str] = field(default_factory=list)
-    note: str = ""
+    transcript: Transcript = field(default_factory=Transcript)
 
 
 class AgentPanel(widgets.VBox):  # type: ignore[misc]
@@ -363,7 +161,7 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
         self.send_button.on_click(self._on_send)
         self.cancel_button.on_click(self._on_cancel)
         self.shutdown_button.on_click(self._on_shutdown)
-        self._writer = _Writer(
+        self._writer = Writer(
             runtime, self._render, 1.0 / MAX_UPDATES_PER_SECOND, watch=True, on_agents=self._follow
         )
 
@@ -450,18 +248,9 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
             self._writer.wake_on_loop()
 
     def _apply(self, live: _LiveTurn, event: Any) -> None:
-        if isinstance(event, TextDelta):
-            live.text.append(event.text)
-        elif isinstance(event, ThoughtDelta):
-            live.thoughts.append(event.text)
-        elif isinstance(event, ToolCall):
-            live.tools.append(f"→ {event.name}({_short_json(event.args)})")
-        elif isinstance(event, ToolResult):
-            shown = event.error or _short_json(event.result)
-            live.tools.append(f"← {event.name}: {shown}")
-        elif isinstance(event, Waiting):
-            live.note = f"{event.reason}: retrying in {event.seconds:.1f} s"
-        elif isinstance(event, Error):
+        if live.transcript.apply(event, time.monotonic()):
+            return
+        if isinstance(event, Error):
             self._note = f"{type(event.error).__name__}: {event.error}"
         elif isinstance(event, TurnEnd):
             self._note = {
@@ -494,9 +283,9 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
         `%%agent NAME` cells)."""
         mine = next((i for i in infos if i.id == self.agent.id), None)
         reattached = False
-        if mine is None or mine.state in _GONE:
+        if mine is None or mine.state in GONE:
             successor = next(
-                (i for i in infos if i.name == self.agent.name and i.state not in _GONE), None
+                (i for i in infos if i.name == self.agent.name and i.state not in GONE), None
             )
             if successor is not None:
                 self.agent = Agent(self._runtime, successor.id, successor.name)
@@ -512,7 +301,7 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
         self._total, self._turns = mine.total_usage, mine.turn_count
         self._seen = (mine.turn_count, mine.current_turn)
         self._running = mine.current_turn is not None and mine.current_turn not in self._own_ended
-        self._shut_down = mine.state in _GONE
+        self._shut_down = mine.state in GONE
         if self._shut_down:
             self._note = _gone_note(mine)
         return reattached or (self._seen != seen and not self._live)
@@ -565,7 +354,7 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
             return f"waiting for your approval: {'; '.join(waiting)}"
 
         if running:
-            status = running[0].note or "running…"
+            status = running[0].transcript.waiting_note(time.monotonic()) or "running…"
             queued = len(self._live) - len(running)
             return status + (f" ({queued} queued)" if queued else "")
         if self._live:
@@ -613,7 +402,7 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
                 badge = "" if message.status == "complete" else f" [{message.status}]"
                 lines.append(f"{message.role}{badge}: {message.text}")
         for live in self._live:
-            lines += [f"user: {live.prompt}", f"model [streaming]: {''.join(live.text)}"]
+            lines += [f"user: {live.prompt}", f"model [streaming]: {live.transcript.reply}"]
         lines += waiting
         lines.append(usage)
         settled = not self._live and not self._running
@@ -625,157 +414,12 @@ def _gone_note(info: AgentInfo) -> str:
     return f"{said}: a new agent named {info.name!r} (e.g. a %%agent cell) re-attaches this panel"
 
 
-@dataclass
-class _Row:
-    """The widgets of one agent's row in the monitor."""
-
-    cells: tuple[widgets.HTML, ...]
-    cancel: widgets.Button
-    shutdown: widgets.Button
-
-    @property
-    def members(self) -> list[widgets.Widget]:
-        return [*self.cells, self.cancel, self.shutdown]
-
-
-class RuntimeMonitor(widgets.VBox):  # type: ignore[misc]
-    """Every agent of a runtime: state, current turn, elapsed time, tokens, Cancel / Shutdown.
-
-    Fed by the runtime's change signal: it renders when agents or turns change and while a
-    reply streams (tokens count up, at most `1 / MONITOR_INTERVAL` times a second), ticks
-    the elapsed time every `ELAPSED_TICK` while a turn runs, and sends nothing while all
-    are idle. `refresh()` updates it now.
-    """
-
-    COLUMNS = ("agent", "model", "state", "turn", "elapsed", "queued", "tokens")
-
-    def __init__(self, runtime: AgentRuntime, **kwargs: Any) -> None:
-        self._runtime = runtime
-        self.summary = widgets.HTML()
-        self.grid = widgets.GridBox(
-            layout=widgets.Layout(
-                grid_template_columns=f"repeat({len(self.COLUMNS)}, auto) auto auto",
-                grid_gap="2px 12px",
-                align_items="center",
-            )
-        )
-        self._header = [widgets.HTML(f"<b>{name}</b>") for name in self.COLUMNS]
-        self._header += [widgets.HTML(""), widgets.HTML("")]
-        self.rows: dict[str, _Row] = {}
-        self._copy = StaticCopy("RuntimeMonitor")
-        super().__init__([self.summary, self.grid, self._copy.hider], **kwargs)
-        self.add_class(LIVE_CLASS)
-        self._writer = _Writer(runtime, self._render, MONITOR_INTERVAL, watch=True)
-
-    def __repr__(self) -> str:
-        return f"<RuntimeMonitor agents={len(self.rows)}>"
-
-    def _ipython_display_(self) -> None:
-        """The view, then its static copy for saved notebooks (see `StaticCopy`)."""
-        self._copy.show(view_bundle(self, "RuntimeMonitor (its agent table follows)"))
-        self._writer.wake()
-
-    def refresh(self) -> concurrent.futures.Future[None]:
-        """Update now (coalesced); the future resolves once the widgets show the new state."""
-        return self._writer.wake()
-
-    def close(self) -> None:
-        """Stop the refresh task, then close every child widget."""
-        self._writer.close()
-        for row in self.rows.values():
-            for child in row.members:
-                child.close()
-        for child in (*self._header, self.summary, self.grid, self._copy.hider):
-            child.close()
-        super().close()
-
-    async def _render(self) -> float | None:
-        try:
-            infos = await self._runtime.aio.agents()
-        except RuntimeClosed:
-            infos = []
-        for info in infos:
-            row = self.rows.get(info.id) or self._add_row(info)
-            for cell, value in zip(row.cells, _cells(info), strict=True):
-                cell.value = html.escape(value)
-            row.cancel.disabled = info.current_turn is None
-            row.shutdown.disabled = info.state in _GONE
-        live = {info.id for info in infos}
-        gone = [self.rows.pop(agent_id) for agent_id in list(self.rows) if agent_id not in live]
-        children = (*self._header, *(w for row in self.rows.values() for w in row.members))
-        if tuple(self.grid.children) != children:
-            self.grid.children = children
-        for row in gone:
-            for child in row.members:
-                child.close()
-        running = sum(info.state == "running" for info in infos)
-        summary = f"{_plural(len(infos), 'agent')}, {running} running"
-        self.summary.value = f"<small>{summary}</small>"
-        again = self._copy.offer(
-            f"<b>Agents</b> <small>(RuntimeMonitor): {summary}</small>" + _agents_table(infos),
-            "\n".join([f"RuntimeMonitor: {summary}", *(" · ".join(_cells(i)) for i in infos)]),
-            settled=not running,
-        )
-        if running:
-            return ELAPSED_TICK if again is None else min(again, ELAPSED_TICK)
-        return again
-
-    def _add_row(self, info: AgentInfo) -> _Row:
-        cancel = widgets.Button(description="Cancel", icon="stop", layout={"width": "auto"})
-        shutdown = widgets.Button(
-            description="Shutdown", icon="power-off", layout={"width": "auto"}
-        )
-        cancel.on_click(lambda _: self._act(self._runtime.aio.cancel, info.id))
-        shutdown.on_click(lambda _: self._act(self._runtime.aio.shutdown_agent, info.id))
-        row = _Row(tuple(widgets.HTML() for _ in self.COLUMNS), cancel, shutdown)
-        self.rows[info.id] = row
-        return row
-
-    def _act(self, action: Callable[[str], Awaitable[Any]], agent_id: str) -> None:
-        async def run() -> None:
-            with contextlib.suppress(AgentError):
-                await action(agent_id)
-            self._writer.wake_on_loop()
-
-        self._writer.post(lambda: self._writer.spawn(run()))
-
-
-def _cells(info: AgentInfo) -> tuple[str, ...]:
-    elapsed = "" if info.running_for is None else f"{info.running_for:.1f} s"
-    turn = "" if info.current_turn is None else str(info.current_turn)
-    return (
-        info.name,
-        info.model,
-        info.state,
-        turn,
-        elapsed,
-        str(info.queued),
-        f"{info.total_usage.total_tokens:,}",
-    )
-
-
-def _agents_table(infos: Sequence[AgentInfo]) -> str:
-    if not infos:
-        return "<p><i>No agents.</i></p>"
-    cell = "padding:1px 10px 1px 0;text-align:left"
-    head = "".join(f'<th style="{cell}">{name}</th>' for name in RuntimeMonitor.COLUMNS)
-    rows = "".join(
-        "<tr>" + "".join(f'<td style="{cell}">{html.escape(v)}</td>' for v in _cells(i)) + "</tr>"
-        for i in infos
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
-
-
 def _usage_line(usage: Usage, turns: int) -> str:
     return (
-        f"{_plural(turns, 'turn')} · {usage.total_tokens:,} tokens "
+        f"{plural(turns, 'turn')} · {usage.total_tokens:,} tokens "
         f"({usage.prompt_tokens:,} prompt, {usage.candidates_tokens:,} output, "
         f"{usage.thoughts_tokens:,} thoughts, {usage.cached_tokens:,} cached)"
     )
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _short_json(value: Any, limit: int = 200) -> str:
@@ -806,6 +450,16 @@ def _tools(lines: Sequence[str]) -> str:
     return "".join(f"<div><code>{html.escape(line)}</code></div>" for line in lines)
 
 
+def _notes(notes: Sequence[str]) -> str:
+    """A transcript's notes as HTML: their `code` spans as code."""
+    return "".join(f"<div><small>{_inline_code(note)}</small></div>" for note in notes)
+
+
+def _inline_code(text: str) -> str:
+    pieces = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(pieces))
+
+
 def _message_html(message: ConversationMessage) -> str:
     tools = [f"→ {c.name}({_short_json(c.args)})" for c in message.tool_calls]
     tools += [
@@ -819,6 +473,7 @@ def _message_html(message: ConversationMessage) -> str:
 
 
 def _live_html(live: _LiveTurn) -> str:
-    reply = _thoughts("".join(live.thoughts)) + _text("".join(live.text)) + _tools(live.tools)
+    transcript = live.transcript
+    reply = _thoughts(transcript.thoughts) + _text(transcript.reply) + _notes(transcript.notes)
     badge = "queued" if live.handle.status == "queued" else "streaming"
     return _block("user", _text(live.prompt)) + _block("model", reply, badge)

@@ -3,9 +3,9 @@ import { IDisposable } from '@lumino/disposable';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import {
-  AgentSnapshot,
+  IAgentSnapshot,
   COMM_TARGET,
-  Reply,
+  IReply,
   Request,
   RequestBody,
   REQUEST_TIMEOUT_MS,
@@ -30,8 +30,8 @@ export class RequestError extends Error {
   }
 }
 
-interface Pending {
-  resolve: (reply: Reply) => void;
+interface IPending {
+  resolve: (reply: IReply) => void;
   reject: (error: RequestError) => void;
   timer: ReturnType<typeof setTimeout>;
 }
@@ -52,7 +52,7 @@ export class AgentsConnection implements IDisposable {
   }
 
   /** The latest agents, or null before the first answer. */
-  get agents(): AgentSnapshot[] | null {
+  get agents(): IAgentSnapshot[] | null {
     return this._agents;
   }
 
@@ -116,7 +116,7 @@ export class AgentsConnection implements IDisposable {
    * Send a request; resolves with its reply (error replies included: check `ok`),
    * rejects with a RequestError after REQUEST_TIMEOUT_MS or when the comm closes.
    */
-  request(body: RequestBody): Promise<Reply> {
+  request(body: RequestBody): Promise<IReply> {
     const comm = this._comm;
     if (comm === null || this._disposed) {
       return Promise.reject(
@@ -125,7 +125,7 @@ export class AgentsConnection implements IDisposable {
     }
     const id = `agentrt-${Date.now().toString(36)}-${++counter}`;
     const request: Request = { id, ...body };
-    return new Promise<Reply>((resolve, reject) => {
+    return new Promise<IReply>((resolve, reject) => {
       const timer = setTimeout(() => {
         this._pending.delete(id);
         const error = new RequestError(
@@ -199,7 +199,7 @@ export class AgentsConnection implements IDisposable {
     }
   }
 
-  private _setAgents(agents: AgentSnapshot[]): void {
+  private _setAgents(agents: IAgentSnapshot[]): void {
     this._agents = agents;
     this._receivedAt = Date.now();
     this._error = null;
@@ -257,11 +257,11 @@ export class AgentsConnection implements IDisposable {
 
   private _state: ConnectionState = 'absent';
   private _comm: Kernel.IComm | null = null;
-  private _agents: AgentSnapshot[] | null = null;
+  private _agents: IAgentSnapshot[] | null = null;
   private _receivedAt = 0;
   private _error: string | null = null;
   private _listing = false;
   private _disposed = false;
-  private _pending = new Map<string, Pending>();
+  private _pending = new Map<string, IPending>();
   private _changed = new Signal<this, void>(this);
 }

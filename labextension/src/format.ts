@@ -1,4 +1,4 @@
-import { AgentSnapshot } from './protocol';
+import { IAgentSnapshot } from './protocol';
 
 export function formatTokens(count: number): string {
   return count.toLocaleString('en-US');
@@ -21,7 +21,7 @@ export function formatDuration(seconds: number | null): string {
 }
 
 /** The running time now, counting on from when the snapshot arrived. */
-export function runningFor(agent: AgentSnapshot, receivedAt: number): number | null {
+export function runningFor(agent: IAgentSnapshot, receivedAt: number): number | null {
   if (agent.running_for === null) {
     return null;
   }

@@ -14,7 +14,10 @@ import { IStatusBar } from '@jupyterlab/statusbar';
 import { LabIcon } from '@jupyterlab/ui-components';
 
 import { AgentsModel, IAgentsModel } from './model';
+// activate() adds the panel and the status item at once: these cannot load lazily.
+// eslint-disable-next-line jupyter/prefer-lazy-imports
 import { AgentsPanel, sendCancel } from './sidebar';
+// eslint-disable-next-line jupyter/prefer-lazy-imports
 import { AgentsStatus } from './statusbar';
 
 export { IAgentsModel } from './model';
@@ -22,6 +25,8 @@ export { IAgentsModel } from './model';
 const CANCEL_ALL = 'agentrt-jupyter:cancel-all';
 const OPEN_PANEL = 'agentrt-jupyter:open-panel';
 const PANEL_ID = 'agentrt-jupyter-agents';
+/** The JSON schema of the commands' arguments: they take none. */
+const NO_ARGS = { type: 'object', properties: {} } as const;
 
 const boltIcon = new LabIcon({
   name: 'agentrt-jupyter:bolt',
@@ -83,6 +88,7 @@ const cancelAllPlugin: JupyterFrontEndPlugin<void> = {
     app.commands.addCommand(CANCEL_ALL, {
       label: 'Agents: Cancel all running turns',
       caption: "Cancel every running agent turn in the current notebook's kernel",
+      describedBy: { args: NO_ARGS },
       icon: boltIcon,
       isEnabled: () => model.state === 'ready',
       execute: () => sendCancel(model, { kind: 'cancel_all' }, 'all turns')
@@ -120,6 +126,7 @@ const sidebarPlugin: JupyterFrontEndPlugin<void> = {
     restorer?.add(panel, PANEL_ID);
     app.commands.addCommand(OPEN_PANEL, {
       label: 'Agents: Show the Agents panel',
+      describedBy: { args: NO_ARGS },
       execute: () => {
         if (labShell !== null && labShell.leftCollapsed === false && panel.isVisible) {
           return;

@@ -10,20 +10,20 @@ import { Token } from '@lumino/coreutils';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { AgentsConnection, ConnectionState } from './connection';
-import { AgentSnapshot, Reply, RequestBody } from './protocol';
+import { IAgentSnapshot, IReply, RequestBody } from './protocol';
 
 /** The agents of the current notebook's kernel, shared by the status bar, command and panel. */
 export interface IAgentsModel {
   /** `absent` also when no notebook is current. */
   readonly state: ConnectionState;
-  readonly agents: readonly AgentSnapshot[];
+  readonly agents: readonly IAgentSnapshot[];
   readonly receivedAt: number;
   readonly error: string | null;
   /** The current notebook's title, for labels. */
   readonly notebookName: string | null;
   readonly changed: ISignal<IAgentsModel, void>;
   refresh(): void;
-  request(body: RequestBody): Promise<Reply>;
+  request(body: RequestBody): Promise<IReply>;
 }
 
 export const IAgentsModel = new Token<IAgentsModel>(
@@ -46,7 +46,7 @@ export class AgentsModel implements IAgentsModel {
     return this._connection?.state ?? 'absent';
   }
 
-  get agents(): readonly AgentSnapshot[] {
+  get agents(): readonly IAgentSnapshot[] {
     return this._connection?.agents ?? [];
   }
 
@@ -78,7 +78,7 @@ export class AgentsModel implements IAgentsModel {
     }
   }
 
-  request(body: RequestBody): Promise<Reply> {
+  request(body: RequestBody): Promise<IReply> {
     const connection = this._connection;
     if (connection === null) {
       return Promise.reject(new Error('No notebook with a kernel is open.'));

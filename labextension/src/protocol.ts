@@ -29,7 +29,7 @@ export type ErrorCode =
   | 'timeout'
   | 'internal';
 
-export interface AgentSnapshot {
+export interface IAgentSnapshot {
   id: string;
   name: string;
   model: string;
@@ -42,22 +42,22 @@ export interface AgentSnapshot {
   usage: Record<string, number>;
 }
 
-export interface Reply {
+export interface IReply {
   id: string;
   kind: 'reply';
   ok: boolean;
-  agents?: AgentSnapshot[];
+  agents?: IAgentSnapshot[];
   cancelled?: number;
   error?: string;
   code?: ErrorCode | string;
 }
 
-export interface Snapshot {
+export interface ISnapshot {
   kind: 'snapshot';
-  agents: AgentSnapshot[];
+  agents: IAgentSnapshot[];
 }
 
-export type KernelMessage = Reply | Snapshot;
+export type KernelMessage = IReply | ISnapshot;
 
 function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
@@ -81,7 +81,7 @@ function parseUsage(value: unknown): Record<string, number> | null {
   return usage;
 }
 
-export function parseAgent(value: unknown): AgentSnapshot | null {
+export function parseAgent(value: unknown): IAgentSnapshot | null {
   if (!isRecord(value)) {
     return null;
   }
@@ -122,11 +122,11 @@ export function parseAgent(value: unknown): AgentSnapshot | null {
   };
 }
 
-function parseAgents(value: unknown): AgentSnapshot[] | null {
+function parseAgents(value: unknown): IAgentSnapshot[] | null {
   if (!Array.isArray(value)) {
     return null;
   }
-  const agents: AgentSnapshot[] = [];
+  const agents: IAgentSnapshot[] = [];
   for (const item of value) {
     const agent = parseAgent(item);
     if (agent === null) {
@@ -152,7 +152,7 @@ export function parseKernelMessage(value: unknown): KernelMessage | null {
   if (typeof value.id !== 'string' || typeof value.ok !== 'boolean') {
     return null;
   }
-  const reply: Reply = { id: value.id, kind: 'reply', ok: value.ok };
+  const reply: IReply = { id: value.id, kind: 'reply', ok: value.ok };
   if (value.agents !== undefined) {
     const agents = parseAgents(value.agents);
     if (agents === null) {
@@ -173,10 +173,10 @@ export function parseKernelMessage(value: unknown): KernelMessage | null {
 }
 
 /** Agents with a turn in progress. */
-export function streaming(agents: readonly AgentSnapshot[]): AgentSnapshot[] {
+export function streaming(agents: readonly IAgentSnapshot[]): IAgentSnapshot[] {
   return agents.filter(agent => agent.current_turn !== null);
 }
 
-export function totalTokens(agents: readonly AgentSnapshot[]): number {
+export function totalTokens(agents: readonly IAgentSnapshot[]): number {
   return agents.reduce((sum, agent) => sum + (agent.usage.total_tokens ?? 0), 0);
 }

@@ -4,7 +4,7 @@ import { Widget } from '@lumino/widgets';
 
 import { formatDuration, formatTokens, plural, runningFor } from './format';
 import { IAgentsModel } from './model';
-import { AgentSnapshot, RequestBody, streaming, totalTokens } from './protocol';
+import { IAgentSnapshot, RequestBody, streaming, totalTokens } from './protocol';
 
 /** How often running times tick while a turn streams (ms); the kernel pushes the rest. */
 const TICK_MS = 1000;
@@ -42,7 +42,7 @@ export async function sendCancel(
 }
 
 /** The elements of one agent's card, kept across updates. */
-interface Card {
+interface ICard {
   item: HTMLLIElement;
   name: HTMLSpanElement;
   cancel: HTMLButtonElement;
@@ -171,7 +171,7 @@ export class AgentsPanel extends Widget {
           'Run %load_ext agentrt_jupyter in it.';
   }
 
-  private _card(id: string): Card {
+  private _card(id: string): ICard {
     const item = document.createElement('li');
     item.className = 'jp-agentrt-agent';
     item.dataset.agent = id;
@@ -186,14 +186,14 @@ export class AgentsPanel extends Widget {
     const cancel = this._button('Cancel', id, () =>
       sendCancel(this._model, { kind: 'cancel', agent: id }, `agent ${name.textContent}`)
     );
-    const card: Card = { item, name, cancel, model, stats };
+    const card: ICard = { item, name, cancel, model, stats };
     top.append(name, cancel);
     item.append(top, model, stats);
     this._cards.set(id, card);
     return card;
   }
 
-  private _update(card: Card, agent: AgentSnapshot): void {
+  private _update(card: ICard, agent: IAgentSnapshot): void {
     const active = agent.current_turn !== null;
     card.item.classList.toggle('jp-mod-streaming', active);
     setText(card.name, agent.name);
@@ -240,7 +240,7 @@ export class AgentsPanel extends Widget {
   private _summary = document.createElement('p');
   private _error = document.createElement('p');
   private _list = document.createElement('ul');
-  private _cards = new Map<string, Card>();
+  private _cards = new Map<string, ICard>();
   private _timer: ReturnType<typeof setInterval> | null = null;
 }
 

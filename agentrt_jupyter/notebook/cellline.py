@@ -1,0 +1,227 @@
+"""The `%%agent` and `%agent` lines, parsed and checked: every mistake is a UsageError
+before anything runs. Pure: the magics parse with these, then call the session and the
+data cells (`datacell`), which read the results.
+"""
+
+from __future__ import annotations
+
+import keyword
+import math
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from IPython.core.error import UsageError
+
+from ..config import agent_config, check_agent_name
+from ..errors import UsageProblem
+
+DATA_FLAGS = ("tools", "confirm", "schema", "out_frame", "map", "tool_timeout")
+"""The `%%agent` options `datacell` resolves (`DataOptions` fields)."""
+DATA_COMMANDS = ("tools", "approve", "deny", "mcp")
+"""The `%agent` commands `datacell` runs."""
+EVERY_TOOL = "*"
+"""`--confirm` without a value."""
+LONGEST_SECONDS = 86400
+"""The longest tool or approval timeout a cell accepts."""
+TOOLS_HELP = (
+    "Tools for the agent, kept for its later cells: f,mod.g (functions of the namespace), "
+    "@data (read-only looks at the notebook's DataFrames), @python (runs code, always asks "
+    "first), mcp:NAME (a declared MCP server), or none."
+)
+CONFIRM_HELP = (
+    "Ask before each tool call (Approve / Deny in the cell); --confirm f,g: only before "
+    "these; --confirm none: never. Write NAME before it."
+)
+SCHEMA_HELP = (
+    "Ask this reply in the shape S (a pydantic model, dataclass, TypedDict or JSON-schema "
+    "dict of the namespace): checked, shown as JSON, and --out holds the parsed value."
+)
+MAP_HELP = (
+    "Run the cell, a template with {column} placeholders, over every row of DataFrame DF "
+    "(--out RESULT: the result frame)."
+)
+_FLAGS = {
+    "stored": ("--stored", "list"),
+    "everywhere": ("--all", "list"),
+    "take_over": ("--take-over", "resume"),
+}
+"""`%agent` options that belong to one command: (how it is written, the command)."""
+
+
+def parse_line(magic: Callable[..., Any], line: str) -> Any:
+    """A magic's options, split like a shell line: quotes group words and are removed
+    (IPython's own `parse_argstring` keeps them, so `--system "be brief"` sent the quotes).
+    Unbalanced quotes are a UsageError like every other mistake."""
+    try:
+        argv = shlex.split(line)
+    except ValueError as exc:  # shlex: "No closing quotation", "No escaped character"
+        raise UsageError(f"cannot read the options: {exc}; close the quote") from None
+    parser: Any = getattr(magic, "parser")  # noqa: B009 - set by @magic_arguments
+    return parser.parse_args(argv)
+
+
+def is_variable(name: str) -> bool:
+    return name.isidentifier() and not keyword.iskeyword(name)
+
+
+def is_seconds(value: float) -> bool:
+    """Whether `value` is a usable timeout: finite, above 0, at most `LONGEST_SECONDS`."""
+    return math.isfinite(value) and 0 < value <= LONGEST_SECONDS
+
+
+def is_data_command(line: str) -> bool:
+    """Whether a `%agent` line is one of `datacell`'s commands (known without importing it)."""
+    words = line.split(maxsplit=1)
+    return bool(words) and words[0] in DATA_COMMANDS
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """The data flags of a `%%agent` line, as written (checked by `data_options`)."""
+
+    tools: str | None = None
+    confirm: str | None = None
+    schema: str | None = None
+    out_frame: str | None = None
+    map: str | None = None
+    tool_timeout: float | None = None
+
+
+NO_DATA = DataOptions()
+
+
+@dataclass(frozen=True)
+class CellOptions:
+    """A `%%agent` line, parsed and checked: `settings` are AgentConfig fields."""
+
+    name: str
+    settings: dict[str, Any]
+    new: bool
+    resume: bool
+    refresh: bool
+    out: str | None
+    fmt: str | None
+    background: bool
+    interpolate: bool
+    data_flags: DataOptions | None = None
+    """The data flags; None when the line has none (then `datacell` is not imported)."""
+
+    @property
+    def data(self) -> DataOptions:
+        """The data flags, all unset if the line has none."""
+        return self.data_flags or NO_DATA
+
+    @property
+    def maps(self) -> bool:
+        """A `--map DF` cell (run by the batch engine, not as one turn)."""
+        return self.data_flags is not None and bool(self.data_flags.map)
+
+
+@dataclass(frozen=True)
+class CommandLine:
+    """A `%agent` line, parsed and checked."""
+
+    command: str
+    name: str | None
+    stored: bool = False
+    everywhere: bool = False
+    take_over: bool = False
+
+
+def cell_options(args: Any, *, default_agent: str, interpolate: bool) -> CellOptions:
+    """The parsed `%%agent` line, checked (`interpolate`: the magics' setting)."""
+    if args.out is not None and not is_variable(args.out):
+        raise UsageError(f"--out needs a variable name, got {args.out!r}")
+    settings = {
+        key: value
+        for key, value in (
+            ("model", args.model),
+            ("system_instruction", args.system),
+            ("temperature", args.temperature),
+            ("max_output_tokens", args.max_tokens),
+        )
+        if value is not None
+    }
+    name = args.name or default_agent
+    if args.new and args.resume:
+        raise UsageError(
+            "--new starts a fresh conversation and --resume continues the stored one: pick one"
+        )
+    try:
+        agent_config(None, {**settings, "name": name})
+    except UsageProblem as exc:
+        raise UsageError(str(exc)) from None
+    return CellOptions(
+        name=name,
+        settings=settings,
+        new=args.new,
+        resume=args.resume,
+        refresh=args.refresh,
+        out=args.out,
+        fmt=args.format,
+        background=args.background,
+        interpolate=interpolate and not args.no_interpolate,
+        data_flags=None
+        if all(getattr(args, f) is None for f in DATA_FLAGS)
+        else data_options(args),
+    )
+
+
+def _data_flags(args: Any) -> DataOptions | None:
+    """The data flags of a parsed `%%agent` line, checked (None if it has none)."""
+    if all(getattr(args, flag) is None for flag in DATA_FLAGS):
+        return None
+    return data_options(args)
+
+
+def command_line(args: Any) -> CommandLine:
+    """The parsed `%agent` line, checked."""
+    if args.name is not None:
+        try:
+            check_agent_name(args.name)
+        except UsageProblem as exc:
+            raise UsageError(f"{args.name[:40]!r} is not an agent name ({exc})") from None
+    flags = {"stored": args.stored, "everywhere": args.all, "take_over": args.take_over}
+    for flag, (written, command) in _FLAGS.items():
+        if flags[flag] and args.command != command:
+            raise UsageError(f"unrecognized arguments: {written} (it goes with %agent {command})")
+    return CommandLine(str(args.command), args.name, **flags)
+
+
+def data_options(args: Any) -> DataOptions:
+    """The data flags of a parsed `%%agent` line; a mistake is a UsageError."""
+    options = DataOptions(
+        tools=args.tools,
+        confirm=args.confirm,
+        schema=args.schema,
+        out_frame=args.out_frame,
+        map=args.map,
+        tool_timeout=args.tool_timeout,
+    )
+    if options.out_frame is not None and not is_variable(options.out_frame):
+        raise UsageError(f"--out-frame needs a variable name, got {options.out_frame!r}")
+    if options.out_frame is not None and options.schema is None:
+        raise UsageError("--out-frame holds the rows of a --schema reply: give --schema too")
+    timeout = options.tool_timeout
+    if timeout is not None and not is_seconds(timeout):
+        raise UsageError(
+            f"--tool-timeout is in seconds, between 0 and {LONGEST_SECONDS}, got {timeout:g}"
+        )
+    if options.map is not None:
+        _check_map(args, options)
+    return options
+
+
+def _check_map(args: Any, options: DataOptions) -> None:
+    for flag, given in (
+        ("NAME", args.name),
+        ("--background", args.background),
+        ("--new", args.new),
+        ("--resume", args.resume),
+        ("--out-frame", options.out_frame),
+        ("--confirm", options.confirm),
+    ):
+        if given:
+            raise UsageError(f"--map runs a fresh agent on every row, unattended: leave out {flag}")
