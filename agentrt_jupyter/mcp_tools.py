@@ -27,6 +27,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import importlib
+import ipaddress
 import json
 import logging
 import os
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentrt_jupyter")
 T = TypeVar("T")
 SERVER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 STDERR_TAIL = 600
 """How much of a server's stderr an error quotes."""
 MAX_PAGES = 100
@@ -142,10 +144,20 @@ class McpServerSpec:
 
 
 def _check_url(url: object) -> None:
+    """An http(s) URL an HTTP client can reach: its host a name or an IP address, its port
+    a number, and no space or control character anywhere (`urlsplit` alone accepts
+    `http://a b`, with the host "a b")."""
     if not isinstance(url, str):
         raise InvalidConfig("the URL must be a string", field="mcp.url")
+    odd = next((i for i, c in enumerate(url) if c.isspace() or not c.isprintable()), None)
+    if odd is not None:
+        hint = " (a space in a path is written %20)" if url[odd] == " " else ""
+        raise InvalidConfig(
+            f"not a URL: it has {url[odd]!r} at position {odd}{hint}", field="mcp.url"
+        )
     try:
         parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is what can fail
     except ValueError as exc:
         raise InvalidConfig(f"not a URL ({exc})", field="mcp.url") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -153,6 +165,25 @@ def _check_url(url: object) -> None:
             "must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:8000/mcp",
             field="mcp.url",
         )
+    if not _is_host(parts.hostname):
+        raise InvalidConfig(
+            f"not a URL: its host {parts.hostname[:80]!r} is not a host name or IP address",
+            field="mcp.url",
+        )
+
+
+def _is_host(host: str) -> bool:
+    """A DNS name (international ones too) or an IP address."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    try:
+        ascii_host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return False
+    return all(_HOST_LABEL.fullmatch(label) for label in ascii_host.rstrip(".").split("."))
 
 
 class _Connection:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import keyword
 import math
+import re
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,25 @@ MAP_HELP = (
     "Run the cell, a template with {column} placeholders, over every row of DataFrame DF "
     "(--out RESULT: the result frame)."
 )
+IPYTHON_NAMES = {
+    "In": "IPython's input history",
+    "Out": "IPython's output history",
+    "_": "IPython's last output",
+    "__": "IPython's output before last",
+    "___": "IPython's third-last output",
+    "_i": "IPython's last input",
+    "_ii": "IPython's input before last",
+    "_iii": "IPython's third-last input",
+    "_oh": "IPython's output history",
+    "_ih": "IPython's input history",
+    "_dh": "IPython's directory history",
+    "get_ipython": "IPython's way to reach the shell",
+    "exit": "IPython's exit command",
+    "quit": "IPython's exit command",
+}
+"""Names the kernel lives on: a cell that stored a TurnResult there would break it."""
+_HISTORY_ENTRY = re.compile(r"_i?\d+")
+"""`_5` (output 5), `_i5` (input 5): IPython sets these after every cell."""
 _FLAGS = {
     "stored": ("--stored", "list"),
     "everywhere": ("--all", "list"),
@@ -66,9 +86,34 @@ def is_variable(name: str) -> bool:
     return name.isidentifier() and not keyword.iskeyword(name)
 
 
+def check_variable(flag: str, name: str) -> None:
+    """A variable a cell may store into (`--out`, `--out-frame`), or a UsageError saying why
+    not: not an identifier, a keyword, a name IPython keeps its state in, or a dunder."""
+    if not is_variable(name):
+        raise UsageError(f"{flag} needs a variable name, got {name!r}")
+    if name in IPYTHON_NAMES:
+        reason = f"{name} is {IPYTHON_NAMES[name]}"
+    elif _HISTORY_ENTRY.fullmatch(name):
+        reason = f"IPython sets {name} to an entry of its history after every cell"
+    elif name.startswith("__") and name.endswith("__"):
+        reason = f"{name} is a name Python itself uses (__builtins__, __name__, …)"
+    else:
+        return
+    raise UsageError(f"{flag} {name}: {reason}; store the result in another variable")
+
+
 def is_seconds(value: float) -> bool:
     """Whether `value` is a usable timeout: finite, above 0, at most `LONGEST_SECONDS`."""
     return math.isfinite(value) and 0 < value <= LONGEST_SECONDS
+
+
+def check_seconds(what: str, value: float) -> float:
+    """`value` if it is a usable timeout (`is_seconds`), else a UsageError naming `what`."""
+    if not is_seconds(value):
+        raise UsageError(
+            f"{what} is in seconds: more than 0 and at most {LONGEST_SECONDS}, got {value:g}"
+        )
+    return value
 
 
 def is_data_command(line: str) -> bool:
@@ -132,8 +177,8 @@ class CommandLine:
 
 def cell_options(args: Any, *, default_agent: str, interpolate: bool) -> CellOptions:
     """The parsed `%%agent` line, checked (`interpolate`: the magics' setting)."""
-    if args.out is not None and not is_variable(args.out):
-        raise UsageError(f"--out needs a variable name, got {args.out!r}")
+    if args.out is not None:
+        check_variable("--out", args.out)
     settings = {
         key: value
         for key, value in (
@@ -163,9 +208,7 @@ def cell_options(args: Any, *, default_agent: str, interpolate: bool) -> CellOpt
         fmt=args.format,
         background=args.background,
         interpolate=interpolate and not args.no_interpolate,
-        data_flags=None
-        if all(getattr(args, f) is None for f in DATA_FLAGS)
-        else data_options(args),
+        data_flags=_data_flags(args),
     )
 
 
@@ -176,13 +219,19 @@ def _data_flags(args: Any) -> DataOptions | None:
     return data_options(args)
 
 
+def check_name(name: str) -> None:
+    """An agent NAME given to a `%agent` command, or a UsageError (the name shown escaped,
+    as repr shows it: a control character is never printed raw)."""
+    try:
+        check_agent_name(name)
+    except UsageProblem as exc:
+        raise UsageError(f"{name[:40]!r} is not an agent name ({exc})") from None
+
+
 def command_line(args: Any) -> CommandLine:
     """The parsed `%agent` line, checked."""
     if args.name is not None:
-        try:
-            check_agent_name(args.name)
-        except UsageProblem as exc:
-            raise UsageError(f"{args.name[:40]!r} is not an agent name ({exc})") from None
+        check_name(args.name)
     flags = {"stored": args.stored, "everywhere": args.all, "take_over": args.take_over}
     for flag, (written, command) in _FLAGS.items():
         if flags[flag] and args.command != command:
@@ -200,15 +249,12 @@ def data_options(args: Any) -> DataOptions:
         map=args.map,
         tool_timeout=args.tool_timeout,
     )
-    if options.out_frame is not None and not is_variable(options.out_frame):
-        raise UsageError(f"--out-frame needs a variable name, got {options.out_frame!r}")
+    if options.out_frame is not None:
+        check_variable("--out-frame", options.out_frame)
     if options.out_frame is not None and options.schema is None:
         raise UsageError("--out-frame holds the rows of a --schema reply: give --schema too")
-    timeout = options.tool_timeout
-    if timeout is not None and not is_seconds(timeout):
-        raise UsageError(
-            f"--tool-timeout is in seconds, between 0 and {LONGEST_SECONDS}, got {timeout:g}"
-        )
+    if options.tool_timeout is not None:
+        check_seconds("--tool-timeout", options.tool_timeout)
     if options.map is not None:
         _check_map(args, options)
     return options

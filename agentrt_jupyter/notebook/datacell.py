@@ -45,7 +45,7 @@ from .approval import (
     kernel_version,
     wait_for_question,
 )
-from .cellline import EVERY_TOOL, LONGEST_SECONDS, CellOptions, DataOptions, is_seconds
+from .cellline import EVERY_TOOL, CellOptions, DataOptions, check_name, check_seconds
 from .kerneltools import NO_TOOLS, PYTHON, KernelTools, lookup
 from .session import KernelSession
 from .toolview import ToolCallsView
@@ -216,13 +216,7 @@ def prepare(
 
 def checked_approval_timeout(value: float) -> float:
     """`AgentMagics.approval_timeout`, or a UsageError if it is out of range."""
-    timeout = float(value)
-    if not is_seconds(timeout):
-        raise UsageError(
-            "AgentMagics.approval_timeout is in seconds, between 0 and "
-            f"{LONGEST_SECONDS}, got {timeout:g}"
-        )
-    return timeout
+    return check_seconds("AgentMagics.approval_timeout", float(value))
 
 
 def _check_tools(tools: list[Tool]) -> None:
@@ -362,8 +356,10 @@ def run_command(
     if command == "mcp":
         return _mcp_command(session, rest)
     if len(rest) > 1:
-        raise UsageError(f"%agent {command} takes at most one agent NAME, got {' '.join(rest)}")
+        raise UsageError(f"%agent {command} takes at most one agent NAME, got {rest!r}")
     name = rest[0] if rest else None
+    if name is not None:
+        check_name(name)
     if command == "tools":
         return _tools_frame(session, name or default_agent)
     deadline = time.monotonic() + checked_approval_timeout(approval_timeout)

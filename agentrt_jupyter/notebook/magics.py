@@ -30,7 +30,7 @@ from IPython.core.magic import Magics, magics_class, no_var_expand
 from traitlets import Bool, Enum, Float, TraitError, Unicode, observe, validate
 
 from ..config import BACKENDS, RuntimeConfig, default_store_path, runtime_config
-from ..errors import ConversationInUse, UsageProblem
+from ..errors import ConversationInUse, InvalidConfig, UsageProblem
 from ..runtime import AgentRuntime
 from . import cellrun
 from .agents import connection_file, in_use_message, notebook_namespace
@@ -216,7 +216,6 @@ class AgentMagics(Magics):
     def runtime_config(self) -> RuntimeConfig:
         """The settings of the next runtime; a bad one is a UsageError saying where."""
         backend = os.environ.get(ENV_BACKEND) or self.backend
-        source = f" (from ${ENV_BACKEND})" if os.environ.get(ENV_BACKEND) else ""
         try:
             if self.store_path is None:
                 store: Path | None = default_store_path()
@@ -232,9 +231,23 @@ class AgentMagics(Magics):
                 }
             )
         except UsageProblem as exc:
-            raise UsageError(f"{exc}{source}") from None
+            field = exc.field if isinstance(exc, InvalidConfig) else None
+            source = self._setting_source(field)
+            raise UsageError(f"{exc} (from {source})" if source else str(exc)) from None
         except RuntimeError as exc:  # expanduser: no home directory for ~user
-            raise UsageError(f"store_path: {exc}") from None
+            raise UsageError(f"store_path: {exc} (from AgentMagics.store_path)") from None
+
+    def _setting_source(self, field: str | None) -> str | None:
+        """Where the runtime setting `field` came from, for its error message (a missing
+        or bad API key: where the backend that needs it came from)."""
+        backend = f"${ENV_BACKEND}" if os.environ.get(ENV_BACKEND) else "AgentMagics.backend"
+        if field == "backend":
+            return backend
+        if field == "api_key":
+            return f"the backend, from {backend}"
+        if field == "store_path" and self.store_path is None:
+            return "$AGENTRT_HOME"
+        return f"AgentMagics.{field}" if field in _RUNTIME_SETTINGS else None
 
     @property
     def runtime(self) -> AgentRuntime:
