@@ -25,8 +25,8 @@ import re
 import sys
 import tokenize
 import types
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from .errors import InvalidConfig, ToolError
 from .tools import Tool, as_tool
@@ -61,6 +61,16 @@ _QUERY_FUNCTIONS = frozenset({"abs", "sqrt", "log", "log10", "exp", "floor", "ce
 """pandas' math functions a query may call by name."""
 
 
+TOOL_NAMES = (
+    "list_variables",
+    "describe_dataframe",
+    "sample_rows",
+    "value_counts",
+    "query_dataframe",
+)
+"""The `@data` tools, as the model calls them (methods of `_Reader`)."""
+
+
 def data_tools(
     namespace: Mapping[str, Any], *, max_rows: int = 50, max_chars: int = 20_000
 ) -> list[Tool]:
@@ -80,16 +90,18 @@ def data_tools(
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise InvalidConfig(f"must be an integer from {low} to {high}", field=name)
     reader = _Reader(namespace, max_rows, max_chars)
-    return [
-        as_tool(function)
-        for function in (
-            reader.list_variables,
-            reader.describe_dataframe,
-            reader.sample_rows,
-            reader.value_counts,
-            reader.query_dataframe,
-        )
-    ]
+    return [as_tool(getattr(reader, name)) for name in TOOL_NAMES]
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _named_as_the_tool(method: _F) -> _F:
+    """Python names a function by its qualified name when a call of it fails
+    ("_Reader.list_variables() got an unexpected keyword argument 'x'"), an error the
+    model and the user see: they know the tool as "list_variables"."""
+    method.__qualname__ = method.__name__
+    return method
 
 
 class _Reader:
@@ -100,6 +112,7 @@ class _Reader:
         self.max_rows = max_rows
         self.max_chars = max_chars
 
+    @_named_as_the_tool
     def list_variables(self) -> dict[str, Any]:
         """List the notebook's variables: name, type, and shape or length.
 
@@ -112,6 +125,7 @@ class _Reader:
             result["not_shown"] = len(entries) - len(shown)
         return self._bounded(result)
 
+    @_named_as_the_tool
     def describe_dataframe(self, name: str) -> dict[str, Any]:
         """Describe a DataFrame: shape, column dtypes and null counts, describe(), first rows.
 
@@ -126,6 +140,7 @@ class _Reader:
                 return self._bounded(result)
             listed, described = max(1, listed // 2), max(1, described // 2)
 
+    @_named_as_the_tool
     def sample_rows(self, name: str, n: int = 5, seed: int = 0) -> dict[str, Any]:
         """A random sample of rows of a DataFrame (or Series).
 
@@ -139,6 +154,7 @@ class _Reader:
         sample = frame.sample(n=min(count, len(frame)), random_state=seed)
         return self._rows({"name": name, "rows_total": len(frame)}, sample)
 
+    @_named_as_the_tool
     def value_counts(
         self, name: str, column: str | None = None, top: int = 20, dropna: bool = False
     ) -> dict[str, Any]:
@@ -184,6 +200,7 @@ class _Reader:
             result["other_rows"] = others
         return self._bounded(result)
 
+    @_named_as_the_tool
     def query_dataframe(
         self,
         name: str,

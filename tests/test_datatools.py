@@ -429,3 +429,13 @@ def test_the_python_tool_through_a_turn_asks_with_the_code(rt: AgentRuntime, tag
     assert results[1].error == "ToolError: the user declined to run this code"
     assert "declined" in text
     assert "city" in namespace["df"].columns
+
+
+def test_a_wrong_argument_names_the_tool_as_the_model_knows_it(rt: AgentRuntime, tag: str) -> None:
+    agent = rt.create_agent(tools=data_tools({"df": sales()}))
+    handle = agent.chat(f'@@call list_variables {{"name": "df"}}\n{tag}')
+    handle.text(timeout=20)
+    [result] = [e for e in handle if isinstance(e, ToolResult)]
+    assert result.error is not None
+    assert "list_variables() got an unexpected keyword argument 'name'" in result.error
+    assert "_Reader" not in result.error
