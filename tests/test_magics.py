@@ -301,6 +301,21 @@ def test_the_footer_names_a_base_url_by_its_host_only() -> None:
     assert answered_by(RuntimeConfig(backend="scripted")) == "scripted"
 
 
+def test_the_footer_names_the_host_of_googles_base_url_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from agentrt_jupyter.config import RuntimeConfig
+    from agentrt_jupyter.notebook.display import answered_by
+
+    monkeypatch.delenv("GOOGLE_GEMINI_BASE_URL", raising=False)
+    config = RuntimeConfig(backend="gemini", api_key="k")
+    assert answered_by(config) is None
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", "http://me:pw@gateway.internal:9000/v1")
+    assert answered_by(config) == "gateway.internal:9000"
+    configured = RuntimeConfig(backend="gemini", api_key="k", base_url="http://other:1")
+    assert answered_by(configured) == "other:1"
+
+
 def test_a_cell_that_changes_runtime_settings_warms_the_new_runtime_up(ip: Any) -> None:
     """Several `%config` lines restart the runtime as often; one warm-up follows the cell."""
     magics = loaded_magics(ip)

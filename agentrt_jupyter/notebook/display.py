@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import html
 import json
+import os
 import re
 import time
 import uuid
@@ -55,6 +56,8 @@ SNAPSHOT_CLASS = "agentrt-snapshot"
 SAVED_MID_STREAM = "the reply was still streaming when this notebook was saved"
 """What the Cancel button's static copy says where its widget cannot be drawn (a notebook
 saved during a stream, reopened without its kernel, or read on GitHub / nbviewer)."""
+ENV_BASE_URL = "GOOGLE_GEMINI_BASE_URL"
+"""Where google-genai reads a base URL from when none is configured."""
 _WAITING = {"text/markdown": "*waiting for the reply…*", "text/plain": ""}
 _EMPTY = {"text/plain": ""}
 _FENCE = re.compile(r"^\s*```[\w+-]*\s*\n(.*?)\n?```\s*$", re.DOTALL)
@@ -113,16 +116,22 @@ def footer_line(result: TurnResult, answered_by: str | None = None) -> str:
 
 def answered_by(config: RuntimeConfig) -> str | None:
     """Who answers the cells when it is not Google's Gemini, for the footer beside the
-    model name: the engine of the local server, or the host (and port) of a base_url,
-    never its user or password."""
+    model name: the engine of the local server, or the host (and port) of the base URL
+    (`base_url`, else google-genai's `$GOOGLE_GEMINI_BASE_URL`), never its user or
+    password."""
     backend = config.resolved_backend()
     if backend != "gemini":
         return backend
-    if config.base_url is None:
+    base_url = config.base_url or os.environ.get(ENV_BASE_URL)
+    if not base_url:
         return None
-    url = urlsplit(config.base_url)
-    host = url.hostname or "a base_url"
-    return f"{host}:{url.port}" if url.port else host
+    try:
+        url = urlsplit(base_url)
+        port = url.port
+    except ValueError:  # the SDK will refuse it; the footer still says it is not Google's
+        return "a base URL"
+    host = url.hostname or "a base URL"
+    return f"{host}:{port}" if port else host
 
 
 def short_message(error: BaseException) -> str:
