@@ -109,7 +109,7 @@ def test_stored_conversations_are_listed_per_notebook(ip: Any, tag: str) -> None
     stored = ip.run_line_magic("agent", "list --stored")
     row = stored[stored["name"] == "lister"].iloc[0]
     assert list(stored.columns) == [
-        "name", "last_activity", "turns", "messages", "size", "holder", "id"
+        "name", "created", "last_activity", "turns", "messages", "size", "holder", "id"
     ]  # fmt: skip
     assert (row["turns"], row["messages"]) == (1, 2)
     assert row["last_activity"].microsecond == 0 and row["last_activity"].tzinfo is None
@@ -118,6 +118,24 @@ def test_stored_conversations_are_listed_per_notebook(ip: Any, tag: str) -> None
     assert everywhere.columns[0] == "namespace"
     assert "inproc.ipynb" in set(everywhere["namespace"])
     assert "lister" in set(ip.run_line_magic("agent", "list")["name"])
+
+
+def test_conversations_of_one_name_are_told_apart_by_when_they_were_created(
+    ip: Any, tag: str
+) -> None:
+    """As after a restart and Run All: a fresh conversation of a used name, the same turns."""
+    assert run(ip, f"%%agent twin\n{tag} same") is None
+    runtime = loaded_magics(ip).runtime
+    runtime.shutdown_agent("twin")
+    runtime.create_agent(name="twin", fresh=True).chat(f"{tag} same").result(timeout=20)
+    stored = ip.run_line_magic("agent", "list --stored")
+    twins = stored[stored["name"] == "twin"]
+    kept = {c.id: c for c in runtime.conversations() if c.name == "twin"}
+    assert set(twins["id"]) == set(kept) and len(kept) == 2
+    for _, row in twins.iterrows():
+        created = kept[row["id"]].created.astimezone().replace(tzinfo=None, microsecond=0)
+        assert row["created"] == created
+    assert list(twins["last_activity"]) == sorted(twins["last_activity"], reverse=True)
 
 
 def test_a_new_runtime_in_the_same_kernel_continues_the_names_it_used(ip: Any, tag: str) -> None:

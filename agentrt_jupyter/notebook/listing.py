@@ -78,7 +78,11 @@ def agents_frame(infos: Sequence[AgentInfo]) -> Any:
 
 def stored_frame(conversations: Sequence[StoredConversation], *, everywhere: bool) -> Any:
     """What `%agent resume` can bring back: one row per stored conversation with messages,
-    newest first (resume takes the newest of a name); `everywhere` adds the namespace."""
+    newest first (resume takes the newest of a name); `everywhere` adds the namespace.
+
+    A notebook that is restarted and run again keeps a conversation per run under the
+    same name, often with the same turns (replayed from the reply cache): when each was
+    `created` tells them apart."""
     import pandas as pd
 
     stored = sorted(
@@ -88,6 +92,7 @@ def stored_frame(conversations: Sequence[StoredConversation], *, everywhere: boo
         {
             "namespace": pd.array([c.namespace for c in stored], dtype="string"),
             "name": pd.array([c.name for c in stored], dtype="string"),
+            "created": pd.Series([_local_time(c.created) for c in stored], dtype="datetime64[s]"),
             "last_activity": pd.Series(
                 [_local_time(c.last_activity) for c in stored], dtype="datetime64[s]"
             ),
