@@ -324,7 +324,7 @@ class TurnView:
             parts.insert(1, ipywidgets.HTML(f"<small>{html.escape(self.hint.text)}</small>"))
         shown = live_box(parts)
         self.widgets = [shown, *parts]
-        return {WIDGET_VIEW: shown._repr_mimebundle_()[WIDGET_VIEW], "text/plain": ""}
+        return view_with_copy(shown)
 
     def _finish(self, result: TurnResult) -> None:
         reply, status = self._final_bundles(result)
@@ -385,6 +385,18 @@ def error_bundle(error: BaseException) -> Bundle:
 
 def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace("\n", "<br>")
+
+
+def view_with_copy(widget: Any, plain: str = "") -> Bundle:
+    """The bundle of a widget view that a static copy (`saved_copy`) follows: its HTML is
+    empty, so where the view cannot be drawn (nbconvert's HTML or GitHub without saved
+    widget state) only the copy shows, not `plain` in monospace above it; `plain` is for
+    text frontends."""
+    return {
+        WIDGET_VIEW: widget._repr_mimebundle_()[WIDGET_VIEW],
+        "text/html": "",
+        "text/plain": plain,
+    }
 
 
 def saved_copy(copy_id: str, body: str, plain: str) -> Bundle:

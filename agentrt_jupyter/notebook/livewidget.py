@@ -28,7 +28,7 @@ from IPython import get_ipython
 
 from ..errors import RuntimeClosed
 from ..runtime import AgentInfo, AgentRuntime
-from .display import copy_hider, saved_copy
+from .display import copy_hider, saved_copy, view_with_copy
 
 SNAPSHOT_INTERVAL = 2.0
 """While something runs, a widget's static copy is rewritten at most this often."""
@@ -223,7 +223,6 @@ class StaticCopy:
 
 
 def view_bundle(widget: widgets.DOMWidget, plain: str) -> dict[str, Any]:
-    """The widget's own view bundle, with a plain text that says what follows it."""
-    bundle: dict[str, Any] = dict(widget._repr_mimebundle_() or {})
-    bundle["text/plain"] = plain
-    return bundle
+    """The widget's own view bundle, with a plain text that says what follows it (for text
+    frontends only: see `view_with_copy`)."""
+    return view_with_copy(widget, plain)
