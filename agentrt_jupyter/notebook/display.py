@@ -17,6 +17,7 @@ when the turn streams in the background while other cells run.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import html
 import json
 import os
@@ -60,6 +61,8 @@ ENV_BASE_URL = "GOOGLE_GEMINI_BASE_URL"
 """Where google-genai reads a base URL from when none is configured."""
 _WAITING = {"text/markdown": "*waiting for the reply…*", "text/plain": ""}
 _EMPTY = {"text/plain": ""}
+STARTING = "starting the runtime…"
+STARTING_BUNDLE = {"text/markdown": f"*{STARTING}*", "text/plain": STARTING}
 _FENCE = re.compile(r"^\s*```[\w+-]*\s*\n(.*?)\n?```\s*$", re.DOTALL)
 Bundle = dict[str, Any]
 display: Callable[..., Any] = ipython_display.display
@@ -179,6 +182,34 @@ def shorten(error: AgentError, message: str | None = None) -> AgentError:
     return error
 
 
+class StartingNote:
+    """The note "starting the runtime…" in a cell whose turn waits for the runtime's
+    warm-up (the SDK import holds the runtime's loop for a second or more on a busy
+    machine, and the turn's view, which runs there, cannot show anything meanwhile).
+    Shown from the cell, at once, in the display the turn's reply then takes over
+    (`TurnView(starting=)`)."""
+
+    def __init__(self, shell: Any) -> None:
+        self.live = getattr(shell, "kernel", None) is not None
+        self.display_id = f"agentrt-{uuid.uuid4().hex}"
+        self.shown = False
+
+    def show_if_slow(self, warm_up: concurrent.futures.Future[None] | None, delay: float) -> None:
+        """Wait up to `delay` for the warm-up; if it is still running, say so in the cell."""
+        if not self.live or warm_up is None or warm_up.done():
+            return
+        concurrent.futures.wait([warm_up], timeout=delay)
+        if not warm_up.done():
+            display(STARTING_BUNDLE, raw=True, display_id=self.display_id)
+            self.shown = True
+
+    def withdraw(self) -> None:
+        """Blank the note from the cell (its turn did not start)."""
+        if self.shown:
+            self.shown = False
+            update_display(_EMPTY, raw=True, display_id=self.display_id)
+
+
 @dataclass
 class OnceHint:
     """A line for the status line of the first turn that opens one (then never again)."""
@@ -205,6 +236,7 @@ class TurnView:
         answered_by: str | None = None,
         hint: OnceHint | None = None,
         open_delay: float = OPEN_DELAY,
+        starting: StartingNote | None = None,
     ) -> None:
         self.shell = shell
         self.fmt = fmt
@@ -215,7 +247,13 @@ class TurnView:
         self.open_delay = open_delay
         self.live = getattr(shell, "kernel", None) is not None
         self.parent: Any = getattr(shell, "parent_header", None) if self.live else None
-        self.reply_id = f"agentrt-{uuid.uuid4().hex}"
+        self._in_cell: set[str] = set()
+        """The displays already in the cell: publishing to one again updates it."""
+        if starting is not None and starting.shown:  # the reply replaces the note
+            self.reply_id = starting.display_id
+            self._in_cell.add(self.reply_id)
+        else:
+            self.reply_id = f"agentrt-{uuid.uuid4().hex}"
         self.button_id = f"{self.reply_id}-button"
         self.status_id = f"{self.reply_id}-status"
         """The footer's display; while the live display is open, the button's static copy."""
@@ -343,6 +381,8 @@ class TurnView:
             for widget in self.widgets:
                 widget.close()
             return
+        if reply is None and self.reply_id in self._in_cell:
+            reply = _EMPTY  # no reply text: the note it replaces goes
         for display_id, bundle in ((self.reply_id, reply), (self.status_id, status)):
             if bundle is not None:
                 self._publish(display_id, bundle, new=True)
@@ -363,6 +403,9 @@ class TurnView:
         if not self.live:
             return
         self.updates += 1
+        new = new and display_id not in self._in_cell
+        if new:
+            self._in_cell.add(display_id)
         if getattr(self.shell, "set_thread_parent", None) is not None:
             if new:
                 display(bundle, raw=True, display_id=display_id)

@@ -31,9 +31,10 @@ from traitlets import Bool, Enum, Float, TraitError, Unicode, observe, validate
 
 from ..config import BACKENDS, RuntimeConfig, default_store_path, runtime_config
 from ..errors import ConversationInUse, InvalidConfig, UsageProblem
-from ..runtime import AgentRuntime
+from ..handle import ChatHandle
+from ..runtime import Agent, AgentRuntime
 from . import cellrun
-from .agents import connection_file, in_use_message, notebook_namespace
+from .agents import NotebookAgents, connection_file, in_use_message, notebook_namespace
 from .cellline import (
     CONFIRM_HELP,
     EVERY_TOOL,
@@ -50,7 +51,7 @@ from .cellline import (
 )
 from .cellline import DATA_FLAGS as DATA_FLAGS
 from .commands import ENV_BACKEND, AgentCommands
-from .display import FORMATS, OPEN_DELAY, OnceHint, TurnView, answered_by
+from .display import FORMATS, OPEN_DELAY, OnceHint, StartingNote, TurnView, answered_by
 from .interpolate import interpolate as expand
 from .interpolate import note_missing
 from .session import KernelSession, Run
@@ -337,12 +338,45 @@ class AgentMagics(Magics):
         if not cell.strip():
             raise UsageError("the cell is empty: write the prompt below the %%agent line")
         text, settings = self._expanded(options, cell.strip("\n").rstrip())
-        data = self._cell_data(options, awaiting=awaiting)
-        if data is not None:
-            settings.update(data.settings)
         agents = self.session.ensure_agents()
+        starting = StartingNote(self.shell)
+        starting.show_if_slow(self.session.warm_up, self.live_after)
         try:
-            agent, handle = agents.chat(
+            data = self._cell_data(options, awaiting=awaiting)
+            if data is not None:
+                settings.update(data.settings)
+            agent, handle = self._chat(agents, options, settings, text)
+        except BaseException:
+            starting.withdraw()
+            raise
+        view = TurnView(
+            self.shell,
+            fmt=options.fmt or (data.fmt if data is not None else None) or self.default_format,
+            rate=self.updates_per_second,
+            show_thoughts=self.show_thoughts,
+            background=options.background,
+            answered_by=answered_by(agents.runtime.config),
+            hint=None if options.background else self.await_hint,
+            open_delay=self.live_after,
+            starting=starting,
+        )
+        return cellrun.start_run(
+            self.session,
+            agents.runtime,
+            handle,
+            view,
+            data,
+            agent=agent.name,
+            out=options.out,
+            background=options.background,
+        )
+
+    def _chat(
+        self, agents: NotebookAgents, options: CellOptions, settings: dict[str, Any], text: str
+    ) -> tuple[Agent, ChatHandle]:
+        """Start the cell's turn on its agent (created, resumed or reconfigured first)."""
+        try:
+            return agents.chat(
                 options.name,
                 settings,
                 text,
@@ -355,26 +389,6 @@ class AgentMagics(Magics):
             raise UsageError(in_use_message(exc)) from None
         except UsageProblem as exc:
             raise UsageError(str(exc)) from None
-        view = TurnView(
-            self.shell,
-            fmt=options.fmt or (data.fmt if data is not None else None) or self.default_format,
-            rate=self.updates_per_second,
-            show_thoughts=self.show_thoughts,
-            background=options.background,
-            answered_by=answered_by(agents.runtime.config),
-            hint=None if options.background else self.await_hint,
-            open_delay=self.live_after,
-        )
-        return cellrun.start_run(
-            self.session,
-            agents.runtime,
-            handle,
-            view,
-            data,
-            agent=agent.name,
-            out=options.out,
-            background=options.background,
-        )
 
     def _expanded(self, options: CellOptions, text: str) -> tuple[str, dict[str, Any]]:
         """The cell's text and settings with `{expr}` replaced (unless turned off)."""
