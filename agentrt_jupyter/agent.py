@@ -207,12 +207,23 @@ class AgentCore:
         self._worker: asyncio.Task[None] | None = None
         self._backend: Backend | None = None
         self._live_call: Reply | None = None
+        self._caller = self._make_caller()
+
+    def _make_caller(self) -> ModelCaller:
+        host = self.host
         caller: ModelCaller = RetryingCaller(
             self.backend, host.quota, RetryPolicy.of(host.config), host.pacer
         )
         if self.caching:
-            caller = ReplayingCaller(caller, _AgentReplies(self), host.endpoint_label(config))
-        self._caller = caller
+            caller = ReplayingCaller(caller, _AgentReplies(self), host.endpoint_label(self.config))
+        return caller
+
+    def reconfigure(self, config: AgentConfig) -> None:
+        """New settings from the next turn on (call while idle); the conversation stays."""
+        self.config = config
+        self.model = self.host.config.model_for(config.model)
+        self._backend = None  # its endpoint may be another one now
+        self._caller = self._make_caller()
 
     @property
     def caching(self) -> bool:

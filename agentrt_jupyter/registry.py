@@ -233,6 +233,29 @@ class AgentRegistry:
         self.changed()
         return agent
 
+    def reconfigure(
+        self, ref: AgentRef, config: AgentConfig | None, settings: dict[str, Any]
+    ) -> AgentCore:
+        """New settings for an idle agent: `config` whole, or `settings` over its own. Its
+        id, conversation and stored record stay (the store gets the new settings)."""
+        agent = self.lookup(ref)
+        agent.check_usable()
+        active = agent.active  # a turn that has finished uses its settings no more
+        if agent.queue or (active is not None and not active.finished):
+            raise InvalidConfig(
+                f"agent {agent.name!r} is running a turn: change its settings after it",
+                field="config",
+            )
+        config = agent_config(config or agent.config, settings)
+        if config.name != agent.config.name:
+            config = config.with_changes(name=agent.config.name)
+        self.backends.check_endpoint(agent.name, config)
+        agent.reconfigure(config)
+        if agent.conversation_id is not None:
+            self.recorder.settings(agent.conversation_id, config)
+        self.changed()
+        return agent
+
     def chat(self, ref: AgentRef, parts: Any, refresh: bool = False) -> Turn:
         agent = self.lookup(ref)
         agent.check_usable()

@@ -114,6 +114,9 @@ class Agent:
     def clear_history(self) -> None:
         self.runtime.clear_history(self)
 
+    def reconfigure(self, config: AgentConfig | None = None, **settings: Any) -> None:
+        self.runtime.reconfigure(self, config, **settings)
+
     def compaction_indices(self) -> list[int]:
         return self.runtime.compaction_indices(self)
 
@@ -191,6 +194,9 @@ class AsyncAgent:
 
     async def clear_history(self) -> None:
         await self.runtime.clear_history(self)
+
+    async def reconfigure(self, config: AgentConfig | None = None, **settings: Any) -> None:
+        await self.runtime.reconfigure(self, config, **settings)
 
     async def compaction_indices(self) -> list[int]:
         return await self.runtime.compaction_indices(self)
@@ -306,6 +312,11 @@ class AsyncAgentRuntime:
 
     async def clear_history(self, agent: AgentRef) -> None:
         await self._portal.acall(self._core.clear_history, agent)
+
+    async def reconfigure(
+        self, agent: AgentRef, config: AgentConfig | None = None, **settings: Any
+    ) -> None:
+        await self._portal.acall(self._core.reconfigure, agent, config, settings)
 
     async def compaction_indices(self, agent: AgentRef) -> list[int]:
         return await self._portal.acall(self._core.query, agent, _compactions)
@@ -628,6 +639,14 @@ class AgentRuntime:
     def clear_history(self, agent: AgentRef) -> None:
         """Forget what the model sees; turn count 0; total usage (billed) kept."""
         self._portal.call(self._core.clear_history, agent)
+
+    def reconfigure(
+        self, agent: AgentRef, config: AgentConfig | None = None, **settings: Any
+    ) -> None:
+        """New settings for an idle agent from its next turn on: `config` whole, or
+        `settings` (AgentConfig fields) over its own. It stays the same agent: its id,
+        conversation and stored record (`InvalidConfig` while a turn runs)."""
+        self._portal.call(self._core.reconfigure, agent, config, settings)
 
     def compaction_indices(self, agent: AgentRef) -> list[int]:
         return self._portal.call(self._core.query, agent, _compactions)

@@ -344,3 +344,26 @@ def test_every_agent_command_the_line_accepts_has_a_handler(ip: Any) -> None:
 
     magics = loaded_magics(ip)
     assert set(AgentCommands(magics.session, magics, "").handlers) == set(COMMANDS)
+
+
+def test_switching_the_model_applies_to_the_same_agent(ip: Any) -> None:
+    """A settings change keeps the agent: its id, conversation and stored record; no
+    "disconnected" record appears beside it (issue 17 item 13)."""
+    assert run(ip, "%%agent switcher\nfirst") is None
+    runtime = loaded_magics(ip).runtime
+    [before] = [info for info in runtime.agents() if info.name == "switcher"]
+    stored_before = [c.id for c in runtime.conversations() if c.name == "switcher"]
+    assert run(ip, "%%agent switcher --model other-model --out switched\nsecond") is None
+    assert ip.user_ns["switched"].model == "other-model"
+    runtime.wait_for_idle("switcher", 10)
+    [after] = [info for info in runtime.agents() if info.name == "switcher"]
+    assert (after.id, after.model, after.state, after.turn_count) == (
+        before.id, "other-model", "idle", 2
+    )  # fmt: skip
+    assert [m.text for m in runtime.history("switcher")] == [
+        "first", "Echo: first", "second", "Echo: second"
+    ]  # fmt: skip
+    assert [c.id for c in runtime.conversations() if c.name == "switcher"] == stored_before
+    assert run(ip, "%%agent switcher --system 'be brief' --temperature 0.5\nthird") is None
+    [last] = [info for info in runtime.agents() if info.name == "switcher"]
+    assert (last.id, last.model, last.turn_count) == (before.id, "other-model", 3)

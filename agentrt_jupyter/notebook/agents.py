@@ -193,17 +193,11 @@ class NotebookAgents:
         return same_cache and {**known.settings, **settings} == known.settings
 
     def _reconfigure(self, name: str, config: AgentConfig) -> Agent:
-        """New settings for a live agent: its conversation carries over through the store."""
-        runtime = self.runtime
-        if not runtime.is_idle(name):
-            raise UsageError(f"agent {name!r} is busy: change its settings after this turn")
-        if not self._stores():
-            raise UsageError(
-                f"agent {name!r} exists with other settings and there is no store to "
-                "carry its conversation over: use another name, or --new without settings"
-            )
-        runtime.disconnect(name)
-        return self._take(name, config, take_over=False)
+        """New settings for a live agent: the same agent (id, conversation, stored record)
+        takes them from its next turn, so nothing that follows it sees it go (refused
+        while a turn of it runs)."""
+        self.runtime.reconfigure(name, config)
+        return self.runtime.agent(name)
 
     def _continue(self, name: str, config: AgentConfig | None, cache: bool) -> Agent:
         """A name this kernel used: its stored conversation, or a fresh one if none is kept."""
