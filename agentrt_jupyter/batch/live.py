@@ -29,7 +29,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..conversation import LedgerEntry, Usage
+from ..agent import BLOCKED_FINISH_REASONS
+from ..content import FunctionCallPart
+from ..conversation import ConversationMessage, LedgerEntry, Usage
 from ..errors import AgentError, BackendError, QuotaExceeded, Timeout, TurnCancelled
 from ..handle import ChatHandle, TurnResult
 from ..quota import fingerprint
@@ -76,6 +78,21 @@ class _Tries:
             usage.prompt_tokens + usage.tool_use_prompt_tokens,
             usage.candidates_tokens + usage.thoughts_tokens,
         )
+
+
+def kept_if_arrived(result: TurnResult, history: list[ConversationMessage]) -> TurnResult:
+    """A turn cancelled once its whole reply had arrived (its last message a model reply
+    with a finish reason that is no block, and no tool call left to run) is complete: the
+    row is done, and a rerun does not send (and bill) it again."""
+    last = history[-1] if history else None
+    if last is None or last.role != "model" or last.turn != result.turn:
+        return result
+    reason = last.finish_reason
+    if reason is None or reason in BLOCKED_FINISH_REASONS:
+        return result
+    if any(isinstance(part, FunctionCallPart) for part in last.parts):
+        return result
+    return dataclasses.replace(result, status="complete", error=None, finish_reason=reason)
 
 
 class LiveRows:
@@ -273,12 +290,14 @@ class LiveRows:
                 handle.cancel()
             await handle.wait_done()
             calls = await aio.agent_ledger(agent)
+            result = handle.outcome()
+            assert result is not None
+            if isinstance(result.error, TurnCancelled):
+                result = kept_if_arrived(result, await aio.history(agent))
         finally:
             self._handles.pop(position, None)
             with contextlib.suppress(AgentError):
                 await aio.delete(agent)
-        result = handle.outcome()
-        assert result is not None
         return result, calls
 
     async def _quota_pause(self) -> bool:
