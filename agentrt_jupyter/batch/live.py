@@ -13,6 +13,10 @@ concurrency (see `controller`). A per-day (or limit 0) 429 stops the run; rows i
 finish. A per-minute 429 that the agent's own retries did not get past is retried here,
 after the shared wait, up to `ROW_QUOTA_RETRIES` more times.
 
+A cancel cuts the rows in flight `CANCEL_GRACE` s later, and a row whose whole reply had
+arrived by then is done, not cancelled (`kept_if_arrived`): a reply the server sent in
+full is kept, so a rerun does not send (and bill) it again.
+
 Rows whose prompt was answered before under the run's key are not sent again: they come
 back `cached` (see `BatchRun.unanswered`); `refresh=True` sends every row again. Only
 successful rows are kept, so a re-run also retries the failed ones.
@@ -46,6 +50,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentrt_jupyter")
 
 ROW_QUOTA_RETRIES = 2
+CANCEL_GRACE = 0.1
+"""Seconds between a cancel and the cut of the rows in flight (see `_cancel_turns`)."""
 
 
 async def answer_live(run: BatchRun) -> None:
@@ -159,8 +165,11 @@ class LiveRows:
             await asyncio.wait(tasks)
 
     def _cancel_turns(self) -> None:
+        """Cancel the rows' turns `CANCEL_GRACE` s from now: a reply the server has already
+        sent in full is read and kept meanwhile, rather than cut and billed again by a rerun."""
+        loop = asyncio.get_running_loop()
         for handle in list(self._handles.values()):
-            handle.cancel()
+            loop.call_later(CANCEL_GRACE, handle.cancel)
 
     async def _prepare_quota(self) -> None:
         """Learn the run's credential (starting the backend) and its 429s so far."""
