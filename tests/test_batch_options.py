@@ -50,6 +50,8 @@ def test_a_runtime_that_is_not_one_is_named_as_the_mistake(
         ("{a:bad}", "Invalid format specifier 'bad'"),
         ("{s:d}", "Unknown format code 'd'"),
         ("{s!r:d}", r"\{s!r:d\} cannot format the first row's str value"),
+        ("{a:>{wide}}", "no column 'wide'"),
+        ("{a:>{s!z}}", "unknown conversion !z"),
     ],
 )
 def test_a_template_mistake_that_needs_no_row_is_refused_before_anything_runs(
@@ -74,3 +76,9 @@ def test_a_spec_that_only_some_row_values_miss_stays_a_row_error(
     assert len(requests_with(server, tag)) == 2
     missing_first = pd.DataFrame({"v": pd.Series([None, 5], dtype=object)})
     assert list(rt.map(missing_first, f"{tag} {{v:d}}")["status"]) == ["error", "ok"]
+
+
+def test_a_column_nested_in_a_format_spec_is_read_from_each_row(rt: AgentRuntime, tag: str) -> None:
+    frame = pd.DataFrame({"price": [3.14159, 2.5], "digits": [2, 0]})
+    result = rt.map(frame, f"{tag} {{price:.{{digits}}f}}")
+    assert list(result["reply"]) == [f"Echo: {tag} 3.14", f"Echo: {tag} 2"]

@@ -4,7 +4,8 @@ Everything a caller can get wrong is checked here, before anything runs, and rai
 `InvalidConfig` naming the option.
 
 Templates are `str.format` templates over the frame's columns: `{text}`,
-`{price:.2f}`, `{review text}` (any column name without `.[]:!{}`); `{{` and `}}` are
+`{price:.2f}`, `{price:.{digits}f}`, `{review text}` (any column name without
+`.[]:!{}`); `{{` and `}}` are
 literal braces, so JSON in a template doubles them. A missing value (None, NaN, NA)
 fills in as an empty string. An unknown conversion (`{text!z}`) and a format spec that
 fails on the first row's value (`{price:bad}`) are caller mistakes, raised here; a row
@@ -204,14 +205,23 @@ class _Field(NamedTuple):
 
 
 def _template_fields(template: object) -> list[_Field]:
-    """The template's replacement fields; InvalidConfig for a template that cannot parse or
-    names an unknown conversion (mistakes that need no row)."""
+    """The template's replacement fields, those nested in a format spec (`{price:.{digits}f}`)
+    included; InvalidConfig for a template that cannot parse or names an unknown
+    conversion (mistakes that need no row)."""
     if not isinstance(template, str) or not template.strip():
         raise InvalidConfig(
             "must be a non-empty string such as 'Classify: {text}'", field="template"
         )
+    fields = _parsed_fields(template)
+    nested = [
+        inner for field in fields if "{" in field.spec for inner in _parsed_fields(field.spec)
+    ]
+    return fields + nested
+
+
+def _parsed_fields(text: str) -> list[_Field]:
     try:
-        parsed = list(_FORMATTER.parse(template))
+        parsed = list(_FORMATTER.parse(text))
     except ValueError as exc:
         raise InvalidConfig(
             f"{exc}: write {{{{ and }}}} for literal braces (JSON in a template doubles them)",
