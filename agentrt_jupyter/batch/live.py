@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..agent import BLOCKED_FINISH_REASONS
+from ..backends.base import BLOCKED_FINISH_REASONS
 from ..content import FunctionCallPart
 from ..conversation import ConversationMessage, LedgerEntry, Usage
 from ..errors import AgentError, BackendError, QuotaExceeded, Timeout, TurnCancelled
