@@ -5,15 +5,18 @@ The agent writes through a `Recorder` and never sees the store. Store faults are
 that turn's `TurnStoreError`, and a store fault means "carry on without the store, say
 so once". A second store implementation (PostgreSQL) plugs in behind this interface.
 The reply cache lives here too: in the store, or in memory (bounded) without one.
-A store whose pages turn out corrupt mid-session is recovered into a fresh file (see
-`salvage`) and the write that found it done again there.
+A store whose pages turn out corrupt mid-session (a file too big to check whole when it
+opened is checked in the background) is recovered into a fresh file (see `salvage`), and
+the write that found it is done again there.
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
@@ -161,12 +164,30 @@ class NullRecorder:
 class StoreRecorder:
     """Writes to a `Store`; after a store fault, carries on as a `NullRecorder`.
 
-    `recovery` says how the file was recovered when it was opened, if it was."""
+    `recovery` says how the file was recovered when it was opened, if it was. A file too
+    big to check whole when it opened is checked on a thread (`page_check`, its damage
+    or None); damage found there is recovered at the next write."""
 
     def __init__(self, store: Store, recovery: StoreRecovery | None = None) -> None:
         self._store: Store | None = store
         self._without = NullRecorder()
         self._recovery = recovery
+        self.page_check: concurrent.futures.Future[StoreError | None] = concurrent.futures.Future()
+        self._checked = store
+        if not store.pages_checked:
+            threading.Thread(
+                target=self._check_pages, args=(store,), name="store-page-check", daemon=True
+            ).start()
+        else:
+            self.page_check.set_result(None)
+
+    def _check_pages(self, store: Store) -> None:
+        try:
+            store.check_pages()
+        except StoreError as problem:
+            self.page_check.set_result(problem if damaged(problem) else None)
+        else:
+            self.page_check.set_result(None)
 
     @property
     def store(self) -> Store | None:
@@ -204,10 +225,14 @@ class StoreRecorder:
     def _do(self, write: Callable[[Store], T]) -> T | None:
         """`write` on the store (None without one), again on the recovered file if it
         found corrupt pages."""
-        if self._store is None:
+        found = self.page_check.result() if self.page_check.done() else None
+        if found is not None and self._store is self._checked:
+            self.repair(found)  # if it cannot be, the recorder goes on without the store
+        store = self._store
+        if store is None:
             return None
         try:
-            return write(self._store)
+            return write(store)
         except StoreError as problem:
             if not self.repair(problem):
                 raise

@@ -129,7 +129,8 @@ ORDER BY c.seq
 """
 
 QUICK_CHECK_MAX_BYTES = 16 * 2**20
-"""The largest file whose every page is checked when the store opens (~1 ms per MiB)."""
+"""The largest file whose every page is checked when the store opens (~1 ms per MiB); the
+recorder checks a bigger one in the background."""
 
 _SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 3, 5, 6, 8
 _SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = (
@@ -305,6 +306,15 @@ def _pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
+def _quick_check(db: sqlite3.Connection) -> None:
+    """SQLite's quick_check of every page; its findings raised as a corrupt-file error."""
+    problems = [row[0] for row in db.execute("PRAGMA quick_check(3)")]
+    if problems != ["ok"]:
+        found = sqlite3.DatabaseError("; ".join(" ".join(p.split()) for p in problems))
+        found.sqlite_errorcode = _SQLITE_CORRUPT
+        raise found
+
+
 def _rollback(db: sqlite3.Connection) -> None:
     with contextlib.suppress(sqlite3.Error):  # also: the connection is already closed
         if db.in_transaction:
@@ -354,6 +364,7 @@ class Store:
         self._cache_max_entries = cache_max_entries
         self._cache_max_bytes = cache_max_bytes
         self._held: dict[str, str] = {}  # conversation id -> name, leased to this store
+        self._pages_checked = False
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -404,6 +415,23 @@ class Store:
                 self._db = None
                 self._held.clear()
                 self._finalizer()
+
+    @property
+    def pages_checked(self) -> bool:
+        """Whether every page was checked when the store opened (else only the first ones
+        of each table and index: the file was too big, or new)."""
+        return self._pages_checked
+
+    def check_pages(self) -> None:
+        """Read every page of the file (SQLite's quick_check, ~1 ms per MiB) on a connection
+        of its own, so that the store serves meanwhile; `StoreError` if one is corrupt.
+        For a file too big to check whole when it opens, in the background."""
+        uri = f"{self._path.as_uri()}?mode=ro"
+        try:
+            with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+                _quick_check(db)
+        except sqlite3.Error as exc:
+            raise self._fault(exc, "check the store's pages") from exc
 
     # -- conversations -------------------------------------------------------------------
 
@@ -733,6 +761,8 @@ class Store:
         had_tables = bool(self._check_tables(db, version))
         if version:
             self._check_pages(db)
+        else:  # nothing yet, or an unversioned store the migration reads whole
+            self._pages_checked = True
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")
         db.execute("BEGIN IMMEDIATE")  # waits for other writers, up to busy_timeout
@@ -763,20 +793,15 @@ class Store:
     def _check_pages(self, db: sqlite3.Connection) -> None:
         """Find damaged pages before the first write does: every table's and index's first
         pages always, the whole file (`quick_check`) when it is small enough to stay within
-        the load budget (see `QUICK_CHECK_MAX_BYTES`; a bigger file's damage is found by the
-        first read or write that meets it)."""
+        the load budget (`QUICK_CHECK_MAX_BYTES`; a bigger one is for `check_pages`)."""
         for kind, name, table in db.execute(
             "SELECT type, name, tbl_name FROM sqlite_master WHERE type IN ('table', 'index')"
         ).fetchall():
             how = "NOT INDEXED" if kind == "table" else f'INDEXED BY "{name}"'
             db.execute(f'SELECT * FROM "{table}" {how} LIMIT 1').fetchall()
-        if self._path.stat().st_size > QUICK_CHECK_MAX_BYTES:
-            return
-        problems = [row[0] for row in db.execute("PRAGMA quick_check(3)")]
-        if problems != ["ok"]:
-            found = sqlite3.DatabaseError("; ".join(" ".join(p.split()) for p in problems))
-            found.sqlite_errorcode = _SQLITE_CORRUPT
-            raise found
+        if self._path.stat().st_size <= QUICK_CHECK_MAX_BYTES:
+            _quick_check(db)
+            self._pages_checked = True
 
     def _append(
         self,

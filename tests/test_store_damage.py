@@ -19,6 +19,7 @@ from agentrt_jupyter import store as store_module
 from agentrt_jupyter.content import TextPart
 from agentrt_jupyter.conversation import ConversationMessage
 from agentrt_jupyter.errors import StoreError
+from agentrt_jupyter.recorder import StoreRecorder
 from agentrt_jupyter.salvage import RECOVERED_NAMESPACE, open_store
 from agentrt_jupyter.server.process import LocalServer
 from agentrt_jupyter.store import Store
@@ -185,6 +186,35 @@ def test_damage_the_open_check_does_not_reach_is_recovered_at_the_first_read_mee
     with Store(path) as reopened:
         names = [r.name for r in reopened.conversations("default") if r.messages == 2]
         assert names == ["delta"]
+
+
+def test_a_file_too_big_to_check_at_open_is_checked_in_the_background_and_recovered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The damage the background check finds is recovered at the next write, and the
+    conversation being written goes on in the fresh file, its lease held."""
+    monkeypatch.setattr(store_module, "QUICK_CHECK_MAX_BYTES", 0)
+    path = tmp_path / STORE
+    written(path)
+    damage(path, "garbage mid-file")
+    store = Store(path)  # the first pages of each table and index read
+    assert not store.pages_checked
+    live = store.create("ns", "live", {})
+    recorder = StoreRecorder(store)
+    found = recorder.page_check.result(timeout=10)
+    assert found is not None and found.path == str(path) and "corrupt pages" in str(found)
+    assert recorder.recovery is None and recorder.store is store
+    with caplog.at_level(logging.WARNING, logger="agentrt_jupyter"):
+        recorder.message(live, ConversationMessage("user", (TextPart("goes on"),), 1))
+    recovery = recorder.recovery
+    assert recovery is not None and [r.getMessage() for r in caplog.records] == [str(recovery)]
+    assert recorder.store is not None and recorder.store is not store
+    assert recorder.store.held == (live,) and len(asides(path)) == 1
+    recorder.message(live, ConversationMessage("user", (TextPart("and on"),), 2))
+    loaded = recorder.store.load(live)
+    assert loaded is not None
+    assert [m.text for m in loaded.conversation.messages] == ["goes on", "and on"]
+    recorder.close()
 
 
 # -- item 2: resume on a store that cannot be used ---------------------------------------
