@@ -128,7 +128,7 @@ WHERE ?1 IS NULL OR c.namespace = ?1
 ORDER BY c.seq
 """
 
-QUICK_CHECK_MAX_BYTES = 16 * 2**20
+QUICK_CHECK_MAX_BYTES = 4 * 2**20
 """The largest file whose every page is checked when the store opens (~1 ms per MiB); the
 recorder checks a bigger one in the background."""
 
