@@ -78,7 +78,7 @@ def recover(path: Path, problem: StoreError) -> StoreRecovery | None:
 
     None if `problem` is no page damage or the file is not recognisably a store (nothing
     is moved then); `StoreError` if the file cannot be moved or the fresh one written."""
-    if not damaged(problem) or not _is_a_store(path):
+    if not damaged(problem) or not _is_a_damaged_store(path):
         return None
     aside = _aside(path)
     try:
@@ -105,13 +105,21 @@ def recover(path: Path, problem: StoreError) -> StoreRecovery | None:
     return StoreRecovery(path, aside, damage, conversations, unnamed, records)
 
 
-def _is_a_store(path: Path) -> bool:
+def _is_a_damaged_store(path: Path) -> bool:
+    """Whether the file now at `path` has the store's tables and corrupt pages (another
+    kernel may have recovered it into a sound one since the damage was met)."""
     try:
         with contextlib.closing(_read_only(path)) as db:
             rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+            if not {row[0] for row in rows} >= set(_COPIED):
+                return False
+            try:
+                (verdict,) = db.execute("PRAGMA quick_check(1)").fetchone()
+            except sqlite3.DatabaseError:
+                return True
+            return bool(verdict != "ok")
     except sqlite3.Error:
         return False
-    return {row[0] for row in rows} >= set(_COPIED)
 
 
 def _read_only(path: Path) -> sqlite3.Connection:

@@ -20,7 +20,7 @@ from agentrt_jupyter.content import TextPart
 from agentrt_jupyter.conversation import ConversationMessage
 from agentrt_jupyter.errors import StoreError
 from agentrt_jupyter.recorder import StoreRecorder
-from agentrt_jupyter.salvage import RECOVERED_NAMESPACE, open_store
+from agentrt_jupyter.salvage import RECOVERED_NAMESPACE, open_store, recover
 from agentrt_jupyter.server.process import LocalServer
 from agentrt_jupyter.store import Store
 
@@ -140,6 +140,32 @@ def test_a_file_that_is_not_recognisably_a_store_is_left_where_it_is(
     with pytest.raises(StoreError, match="corrupt"):
         open_store(path)
     assert path.read_bytes() == before and asides(path) == []
+
+
+def test_a_damaged_store_that_cannot_be_moved_aside_is_a_store_error_and_stays(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / STORE
+    written(path)
+    damage(path, "page 2 zeroed")
+    before = path.read_bytes()
+    with read_only(path), pytest.raises(StoreError) as raised:
+        open_store(path)
+    assert raised.value.path == str(path) and "cannot be moved aside" in str(raised.value)
+    assert path.read_bytes() == before and asides(path) == []
+
+
+def test_a_sound_file_is_never_moved_aside_for_damage_met_in_another(tmp_path: Path) -> None:
+    """Damage a kernel met in the file it opened, when the file now at the path is sound
+    (another kernel recovered it meanwhile): nothing is moved."""
+    path = tmp_path / STORE
+    written(path)
+    damage(path, "page 2 zeroed")
+    with pytest.raises(StoreError) as raised:
+        Store(path)
+    path.unlink()
+    written(path)
+    assert recover(path, raised.value) is None and asides(path) == []
 
 
 @pytest.mark.parametrize("how", DAMAGES)
