@@ -210,16 +210,18 @@ class StoreRecorder:
             store.close()
         try:
             recovery = recover(store.path, problem)
-            if recovery is None:
-                raise problem
-            fresh = store.reopen()
+            fresh = store.reopen()  # the recovered file, or a sound one another kernel made
             for conversation in held:  # the live agents go on writing theirs
                 fresh.claim(conversation)
         except StoreError as failed:
             self._fail(failed)
             return False
-        log.warning("%s", recovery)
-        self._store, self._recovery = fresh, recovery
+        if recovery is None:
+            log.warning("%s; going on with the sound file now at its place", problem)
+        else:
+            log.warning("%s", recovery)
+            self._recovery = recovery
+        self._store = fresh
         return True
 
     def _do(self, write: Callable[[Store], T]) -> T | None:

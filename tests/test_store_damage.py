@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agentrt_jupyter import AgentRuntime, InvalidConfig
+from agentrt_jupyter import AgentConfig, AgentRuntime, InvalidConfig
 from agentrt_jupyter import store as store_module
 from agentrt_jupyter.content import TextPart
 from agentrt_jupyter.conversation import ConversationMessage
@@ -31,6 +31,7 @@ from .test_store import read_only
 NAMES = ("alpha", "beta", "gamma")
 TURNS = 30
 STORE = "conversations.sqlite3"
+CONFIG = AgentConfig(name="delta")
 
 
 def written(path: Path, namespace: str = "ns") -> dict[str, list[str]]:
@@ -240,6 +241,26 @@ def test_a_file_too_big_to_check_at_open_is_checked_in_the_background_and_recove
     loaded = recorder.store.load(live)
     assert loaded is not None
     assert [m.text for m in loaded.conversation.messages] == ["goes on", "and on"]
+    recorder.close()
+
+
+def test_damage_met_after_another_kernel_recovered_the_file_goes_on_with_that_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "QUICK_CHECK_MAX_BYTES", 0)
+    path = tmp_path / STORE
+    written(path)
+    damage(path, "garbage mid-file")
+    store = Store(path)
+    recorder = StoreRecorder(store)
+    assert recorder.page_check.result(timeout=10) is not None
+    for suffix in ("", "-wal", "-shm"):  # another kernel put a sound store in its place
+        os.replace(f"{path}{suffix}", tmp_path / f"elsewhere{suffix}")
+    written(path)
+    cid = recorder.create("ns", "delta", CONFIG)
+    assert cid is not None and recorder.recovery is None and asides(path) == []
+    assert recorder.store is not None and recorder.store is not store
+    assert [r.name for r in recorder.store.conversations("ns")] == [*NAMES, "delta"]
     recorder.close()
 
 
