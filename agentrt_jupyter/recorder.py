@@ -5,21 +5,29 @@ The agent writes through a `Recorder` and never sees the store. Store faults are
 that turn's `TurnStoreError`, and a store fault means "carry on without the store, say
 so once". A second store implementation (PostgreSQL) plugs in behind this interface.
 The reply cache lives here too: in the store, or in memory (bounded) without one.
+A store whose pages turn out corrupt mid-session (a file too big to check whole when it
+opened is checked in the background) is recovered into a fresh file (see `salvage`), and
+the write that found it is done again there.
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import logging
-from typing import Any, Protocol
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 from .config import AgentConfig
 from .conversation import ConversationMessage, LedgerEntry
 from .errors import ConversationInUse, StoreError, TurnStoreError
-from .store import STORED_SETTINGS, CachedReply, Store
+from .salvage import StoreRecovery, recover
+from .store import STORED_SETTINGS, CachedReply, Store, damaged
 
 log = logging.getLogger("agentrt_jupyter")
+T = TypeVar("T")
 MEMORY_CACHE_ENTRIES = 1_000
 """The reply cache's bound when there is no store to keep it."""
 
@@ -46,6 +54,16 @@ class Recorder(Protocol):
     @property
     def problem(self) -> StoreError | None:
         """Why conversations are not stored, if the store failed."""
+        ...
+
+    @property
+    def recovery(self) -> StoreRecovery | None:
+        """The store file's last recovery from corrupt pages, if it needed one."""
+        ...
+
+    def repair(self, problem: StoreError) -> bool:
+        """After `problem` from the store: if it was corrupt pages, recover the file into a
+        fresh one and go on with it (True); else, or if that fails, False."""
         ...
 
     def create(self, namespace: str, name: str, config: AgentConfig) -> str | None:
@@ -95,6 +113,13 @@ class NullRecorder:
     def problem(self) -> StoreError | None:
         return self._problem
 
+    @property
+    def recovery(self) -> StoreRecovery | None:
+        return None
+
+    def repair(self, problem: StoreError) -> bool:
+        return False
+
     def create(self, namespace: str, name: str, config: AgentConfig) -> str | None:
         return None
 
@@ -137,11 +162,32 @@ class NullRecorder:
 
 
 class StoreRecorder:
-    """Writes to a `Store`; after a store fault, carries on as a `NullRecorder`."""
+    """Writes to a `Store`; after a store fault, carries on as a `NullRecorder`.
 
-    def __init__(self, store: Store) -> None:
+    `recovery` says how the file was recovered when it was opened, if it was. A file too
+    big to check whole when it opened is checked on a thread (`page_check`, its damage
+    or None); damage found there is recovered at the next write."""
+
+    def __init__(self, store: Store, recovery: StoreRecovery | None = None) -> None:
         self._store: Store | None = store
         self._without = NullRecorder()
+        self._recovery = recovery
+        self.page_check: concurrent.futures.Future[StoreError | None] = concurrent.futures.Future()
+        self._checked = store
+        if not store.pages_checked:
+            threading.Thread(
+                target=self._check_pages, args=(store,), name="store-page-check", daemon=True
+            ).start()
+        else:
+            self.page_check.set_result(None)
+
+    def _check_pages(self, store: Store) -> None:
+        try:
+            store.check_pages()
+        except StoreError as problem:
+            self.page_check.set_result(problem if damaged(problem) else None)
+        else:
+            self.page_check.set_result(None)
 
     @property
     def store(self) -> Store | None:
@@ -151,26 +197,69 @@ class StoreRecorder:
     def problem(self) -> StoreError | None:
         return self._without.problem
 
-    def create(self, namespace: str, name: str, config: AgentConfig) -> str | None:
-        if self._store is None:
+    @property
+    def recovery(self) -> StoreRecovery | None:
+        return self._recovery
+
+    def repair(self, problem: StoreError) -> bool:
+        store = self._store
+        if store is None or not damaged(problem):
+            return False
+        held = store.held
+        with contextlib.suppress(StoreError):
+            store.close()
+        try:
+            recovery = recover(store.path, problem)
+            fresh = store.reopen()  # the recovered file, or a sound one another kernel made
+            for conversation in held:  # the live agents go on writing theirs
+                fresh.claim(conversation)
+        except StoreError as failed:
+            self._fail(failed)
+            return False
+        if recovery is None:
+            log.warning("%s; going on with the sound file now at its place", problem)
+        else:
+            log.warning("%s", recovery)
+            self._recovery = recovery
+        self._store = fresh
+        return True
+
+    def _do(self, write: Callable[[Store], T]) -> T | None:
+        """`write` on the store (None without one), again on the recovered file if it
+        found corrupt pages."""
+        found = self.page_check.result() if self.page_check.done() else None
+        if found is not None and self._store is self._checked:
+            self.repair(found)  # if it cannot be, the recorder goes on without the store
+        store = self._store
+        if store is None:
             return None
-        return self._store.create(namespace, name, stored_settings(config))
+        try:
+            return write(store)
+        except StoreError as problem:
+            if not self.repair(problem):
+                raise
+        return None if self._store is None else write(self._store)
+
+    def create(self, namespace: str, name: str, config: AgentConfig) -> str | None:
+        """The new conversation's id; None (unstored) if the store broke irreparably here."""
+        try:
+            return self._do(lambda store: store.create(namespace, name, stored_settings(config)))
+        except StoreError as problem:
+            if not damaged(problem):
+                raise
+            return None
 
     def message(self, conversation: str, message: ConversationMessage) -> None:
-        if self._store is not None:
-            self._store.append_message(conversation, message)
+        self._do(lambda store: store.append_message(conversation, message))
 
     def ledger(self, conversation: str, entry: LedgerEntry) -> None:
-        if self._store is not None:
-            self._store.append_ledger(conversation, entry)
+        self._do(lambda store: store.append_ledger(conversation, entry))
 
     def checkpoint(self, conversation: str, message: ConversationMessage) -> None:
-        if self._store is not None:
-            self._store.checkpoint(conversation, message)
+        self._do(lambda store: store.checkpoint(conversation, message))
 
     def settings(self, conversation: str, config: AgentConfig) -> None:
-        if self._store is not None:
-            self._store.save_settings(conversation, stored_settings(config))
+        self._do(lambda store: store.save_settings(conversation, stored_settings(config)))
 
     def turn_failed(self, problem: StoreError | ConversationInUse) -> TurnStoreError:
         if isinstance(problem, StoreError):
@@ -189,13 +278,13 @@ class StoreRecorder:
     def cached(self, key: str) -> CachedReply | None:
         if self._store is None:
             return self._without.cached(key)
-        return self._store.cache_get(key)
+        return self._do(lambda store: store.cache_get(key))
 
     def cache(self, key: str, reply: CachedReply, conversation: str | None) -> None:
         if self._store is None:
             self._without.cache(key, reply, conversation)
         else:
-            self._store.cache_put(key, reply, conversation=conversation)
+            self._do(lambda store: store.cache_put(key, reply, conversation=conversation))
 
     def cache_stats(self) -> dict[str, int]:
         if self._store is None:

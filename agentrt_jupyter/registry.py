@@ -30,6 +30,7 @@ from .handle import Turn
 from .portal import Inbox
 from .quota import QuotaRegistry, QuotaScope
 from .recorder import NullRecorder, Recorder, StoreRecorder
+from .salvage import open_store
 from .store import STORED_SETTINGS, Store, StoredConversation
 
 log = logging.getLogger("agentrt_jupyter")
@@ -132,9 +133,15 @@ class AgentRegistry:
     ) -> list[StoredConversation]:
         """Stored conversations, the one `resume` takes last: the newest that has messages
         (an agent created but never used does not hide an older conversation)."""
+        namespace = None if everywhere else self.config.namespace
         if self.store is None:
             return []
-        rows = self.store.conversations(None if everywhere else self.config.namespace)
+        try:
+            rows = self.store.conversations(namespace)
+        except StoreError as problem:
+            if not self.recorder.repair(problem):
+                raise
+            rows = [] if self.store is None else self.store.conversations(namespace)
         rows = [r for r in rows if name is None or r.name == name]
         return sorted(rows, key=lambda r: (r.messages > 0, r.last_activity))
 
@@ -197,16 +204,22 @@ class AgentRegistry:
     ) -> AgentCore:
         """The newest stored conversation of NAME, continued by a new agent.
 
-        Its settings are the stored ones, with `overrides` over them, or `config` whole."""
-        if self.store is None:
+        Its settings are the stored ones, with `overrides` over them, or `config` whole.
+        Without a store: `InvalidConfig` if none was set, else the store's `StoreError`."""
+        if self.config.store_path is None:
             raise InvalidConfig(
                 "resume needs a store: set RuntimeConfig(store_path=...)", field="store_path"
             )
-        stored = self.stored(name)
-        if not stored:
+        problem = self.store_problem
+        if problem is not None:
+            unusable = StoreError(f"cannot resume {name!r}: {problem}")
+            unusable.path = problem.path
+            raise unusable from problem
+        stored, store = self.stored(name), self.store
+        if not stored or store is None:
             raise AgentNotFound(name)
         self._check_name_free(name)
-        loaded = self.store.open(stored[-1].id, take_over=take_over)
+        loaded = store.open(stored[-1].id, take_over=take_over)
         if loaded is None:
             raise AgentNotFound(name)
         try:
@@ -221,7 +234,7 @@ class AgentRegistry:
                 config = config.with_changes(name=name)
             self.backends.check_endpoint(name, config)
         except InvalidConfig:
-            self.store.release(loaded.id)
+            store.release(loaded.id)
             raise
         self._claim_name(name)
         agent = AgentCore(self, f"agent-{secrets.token_hex(4)}", name, config)
@@ -417,11 +430,14 @@ def _holder() -> str:
 
 def _open_recorder(config: RuntimeConfig) -> Recorder:
     """The store's recorder, or one without a store (and why): a broken store file must
-    not stop the runtime."""
+    not stop the runtime. One with corrupt pages is recovered into a fresh file first."""
     if config.store_path is None:
         return NullRecorder()
     try:
-        return StoreRecorder(Store(config.store_path, holder=_holder(), busy_timeout=2.0))
+        store, recovery = open_store(config.store_path, holder=_holder(), busy_timeout=2.0)
     except StoreError as exc:
         log.warning("conversations will not be stored: %s", exc)
         return NullRecorder(exc)
+    if recovery is not None:
+        log.warning("%s", recovery)
+    return StoreRecorder(store, recovery)

@@ -29,6 +29,7 @@ from .operators import operator
 from .portal import Portal
 from .quota import QuotaRegistry, QuotaScope, QuotaState
 from .registry import AgentInfo, AgentRef, AgentRegistry
+from .salvage import StoreRecovery
 from .store import StoredConversation
 
 if TYPE_CHECKING:
@@ -576,6 +577,11 @@ class AgentRuntime:
     def store_problem(self) -> StoreError | None:
         """Why conversations are not stored, if the store could not be opened."""
         return self._core.store_problem
+
+    @property
+    def store_recovery(self) -> StoreRecovery | None:
+        """How the store file was recovered from corrupt pages, if it had to be."""
+        return self._core.recorder.recovery
 
     def cache_stats(self) -> dict[str, int]:
         """The reply cache: entries, bytes, hits."""

@@ -128,10 +128,21 @@ WHERE ?1 IS NULL OR c.namespace = ?1
 ORDER BY c.seq
 """
 
+QUICK_CHECK_MAX_BYTES = 4 * 2**20
+"""The largest file whose every page is checked when the store opens (~1 ms per MiB); the
+recorder checks a bigger one in the background."""
+
 _SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 3, 5, 6, 8
 _SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = (
     10, 11, 13, 14, 26,
 )  # fmt: skip
+
+
+def damaged(error: BaseException) -> bool:
+    """Whether `error` (a `StoreError`) comes from corrupt pages of an SQLite file."""
+    cause = error.__cause__
+    code = getattr(cause, "sqlite_errorcode", -1) & 0xFF
+    return isinstance(cause, sqlite3.Error) and code == _SQLITE_CORRUPT
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +306,15 @@ def _pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
+def _quick_check(db: sqlite3.Connection) -> None:
+    """SQLite's quick_check of every page; its findings raised as a corrupt-file error."""
+    problems = [row[0] for row in db.execute("PRAGMA quick_check(3)")]
+    if problems != ["ok"]:
+        found = sqlite3.DatabaseError("; ".join(" ".join(p.split()) for p in problems))
+        found.sqlite_errorcode = _SQLITE_CORRUPT
+        raise found
+
+
 def _rollback(db: sqlite3.Connection) -> None:
     with contextlib.suppress(sqlite3.Error):  # also: the connection is already closed
         if db.in_transaction:
@@ -331,6 +351,10 @@ class Store:
     ) -> None:
         self._db: sqlite3.Connection | None = None
         self._path = Path(path).expanduser().absolute()
+        self._options: dict[str, Any] = {
+            "holder": holder, "lease_timeout": lease_timeout, "busy_timeout": busy_timeout,
+            "cache_max_entries": cache_max_entries, "cache_max_bytes": cache_max_bytes,
+        }  # fmt: skip
         self._lock = threading.Lock()
         self._token = secrets.token_hex(8)
         self._pid, self._host = os.getpid(), socket.gethostname()
@@ -340,6 +364,7 @@ class Store:
         self._cache_max_entries = cache_max_entries
         self._cache_max_bytes = cache_max_bytes
         self._held: dict[str, str] = {}  # conversation id -> name, leased to this store
+        self._pages_checked = False
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -373,6 +398,10 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({str(self._path)!r})"
 
+    def reopen(self) -> Store:
+        """A new store on the same path with the same settings (this one stays as it is)."""
+        return Store(self._path, **self._options)
+
     def __enter__(self) -> Store:
         return self
 
@@ -386,6 +415,23 @@ class Store:
                 self._db = None
                 self._held.clear()
                 self._finalizer()
+
+    @property
+    def pages_checked(self) -> bool:
+        """Whether every page was checked when the store opened (else only the first ones
+        of each table and index: the file was too big, or new)."""
+        return self._pages_checked
+
+    def check_pages(self) -> None:
+        """Read every page of the file (SQLite's quick_check, ~1 ms per MiB) on a connection
+        of its own, so that the store serves meanwhile; `StoreError` if one is corrupt.
+        For a file too big to check whole when it opens, in the background."""
+        uri = f"{self._path.as_uri()}?mode=ro"
+        try:
+            with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+                _quick_check(db)
+        except sqlite3.Error as exc:
+            raise self._fault(exc, "check the store's pages") from exc
 
     # -- conversations -------------------------------------------------------------------
 
@@ -467,6 +513,24 @@ class Store:
             loaded = self._read(db, conversation_id, persist=True)
         self._held[conversation_id] = row[0]
         return loaded
+
+    @property
+    def held(self) -> tuple[str, ...]:
+        """The ids of the conversations this store holds the lease of."""
+        return tuple(self._held)
+
+    def claim(self, conversation_id: str) -> bool:
+        """Take a conversation's lease without loading it: one this process goes on writing
+        after its store was recovered into a fresh file. False if the file lacks it."""
+        with self._write(f"claim conversation {conversation_id}") as db:
+            row = db.execute(
+                "SELECT name FROM conversations WHERE id = ?", (conversation_id,)
+            ).fetchone()
+            if row is None:
+                return False
+            self._lease(db, conversation_id, time.time())
+        self._held[conversation_id] = row[0]
+        return True
 
     def release(self, conversation_id: str) -> None:
         """Let go of the conversation's lease (disconnect); its rows stay."""
@@ -673,7 +737,9 @@ class Store:
             )
         elif code == _SQLITE_FULL:
             why = f"the disk is full: free some space, or {ADVICE}"
-        elif code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+        elif code == _SQLITE_CORRUPT:
+            why = f"the file has corrupt pages ({exc}): {ADVICE}"
+        elif code == _SQLITE_NOTADB:
             why = f"the file is not a readable conversation store (corrupt or not SQLite): {ADVICE}"
         elif code == _SQLITE_IOERR:
             why = f"the disk reported an I/O error ({exc}): check the disk, or {ADVICE}"
@@ -693,6 +759,10 @@ class Store:
                 path=str(self._path),
             )
         had_tables = bool(self._check_tables(db, version))
+        if version:
+            self._check_pages(db)
+        else:  # nothing yet, or an unversioned store the migration reads whole
+            self._pages_checked = True
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")
         db.execute("BEGIN IMMEDIATE")  # waits for other writers, up to busy_timeout
@@ -719,6 +789,19 @@ class Store:
                 path=str(self._path),
             )
         return tables
+
+    def _check_pages(self, db: sqlite3.Connection) -> None:
+        """Find damaged pages before the first write does: every table's and index's first
+        pages always, the whole file (`quick_check`) when it is small enough to stay within
+        the load budget (`QUICK_CHECK_MAX_BYTES`; a bigger one is for `check_pages`)."""
+        for kind, name, table in db.execute(
+            "SELECT type, name, tbl_name FROM sqlite_master WHERE type IN ('table', 'index')"
+        ).fetchall():
+            how = "NOT INDEXED" if kind == "table" else f'INDEXED BY "{name}"'
+            db.execute(f'SELECT * FROM "{table}" {how} LIMIT 1').fetchall()
+        if self._path.stat().st_size <= QUICK_CHECK_MAX_BYTES:
+            _quick_check(db)
+            self._pages_checked = True
 
     def _append(
         self,

@@ -37,9 +37,11 @@ def test_the_first_estimate_is_four_characters_a_token_and_as_much_output() -> N
     assert controller(system_chars=40).estimate(PROMPT).tokens_in == 20
 
 
-def test_later_estimates_scale_by_the_rows_seen() -> None:
+def test_later_estimates_scale_by_the_largest_rows_seen() -> None:
     rc = controller()
     rc.row_succeeded(PROMPT, 20, 30, limited=False)  # 2 characters a token, 30 out
+    assert rc.estimate("y" * 10) == Estimate(5, 30, 0.0)
+    rc.row_succeeded(PROMPT, 4, 2, limited=False)  # a smaller row lowers no estimate
     assert rc.estimate("y" * 10) == Estimate(5, 30, 0.0)
 
 
@@ -130,26 +132,44 @@ def sized(rc: RateController) -> None:
     rc.row_succeeded(PROMPT, 10, 10, limited=False)
 
 
-def test_with_a_budget_the_first_row_runs_alone_to_size_the_others() -> None:
+def test_with_a_budget_no_more_rows_are_in_flight_than_have_ended() -> None:
     rc = controller(concurrency=8, budget_tokens=1000)
     first = started(rc.admit(PROMPT))
-    assert rc.admit(PROMPT) == Wait(None)
+    assert rc.admit(PROMPT) == Wait(None)  # the first row runs alone to size the others
     rc.release(first)
+    second = started(rc.admit(PROMPT))
+    assert rc.admit(PROMPT) == Wait(None)  # one ended: one in flight
+    rc.release(second)
     started(rc.admit(PROMPT))
     started(rc.admit(PROMPT))
+    assert rc.admit(PROMPT) == Wait(None)  # two ended: two in flight
 
 
 def test_the_estimates_of_rows_in_flight_count_against_the_token_budget() -> None:
-    rc = controller(concurrency=8, budget_tokens=90)
-    sized(rc)
-    rows = [started(rc.admit(PROMPT)) for _ in range(3)]  # 20 spent, 60 reserved
-    assert rc.admit(PROMPT) == Wait(None)  # over the budget while rows are in flight
+    rc = controller(concurrency=8, budget_tokens=150)
+    for _ in range(3):
+        sized(rc)
+    rows = [started(rc.admit(PROMPT)) for _ in range(3)]  # 60 spent, 60 reserved
+    assert rc.admit(PROMPT) == Wait(None)  # 140 fits, but not beside the rows in flight
     for row in rows:
         rc.release(row)
         rc.spend(10, 10)
+    rc.release(started(rc.admit(PROMPT)))  # 120 spent: the last row runs alone
+    rc.spend(10, 10)
     stop = rc.admit(PROMPT)
     assert isinstance(stop, Stop)
-    assert stop.reason == "stopped at budget_tokens=90: 80 spent, the next row needs about 20"
+    assert stop.reason == "stopped at budget_tokens=150: 140 spent, the next row needs about 20"
+
+
+def test_beside_rows_in_flight_a_row_starts_only_with_room_for_one_more() -> None:
+    rc = controller(concurrency=8, budget_tokens=90)
+    for _ in range(2):
+        sized(rc)
+    first = started(rc.admit(PROMPT))  # 40 spent + 20
+    assert rc.admit(PROMPT) == Wait(None)  # 40 + 20 + 20 fits, + 20 to spare does not
+    rc.release(first)
+    rc.spend(10, 10)
+    started(rc.admit(PROMPT))  # alone: 60 spent + 20
 
 
 def test_an_admission_estimates_from_the_rows_that_ended_while_it_waited() -> None:

@@ -13,15 +13,18 @@ tells it what happened (`release` and `spend` when the row ends, `row_succeeded`
   It stays within 1 and `max_concurrency`.
 - `rpm` spaces the starts 60/rpm seconds apart; `tpm` holds a row back while the tokens
   of the last minute, plus the estimates of the rows in flight, plus its own would pass it.
-- `budget_tokens` / `budget_usd`: a row starts only if what was spent, plus the estimates
-  of the rows in flight, plus its own estimate stays within the budget. A row's estimate
-  is made when it is admitted (not when it began to wait, so rows that ended meanwhile
-  inform it): its prompt length scaled by the tokens per character seen so far (4
-  characters a token before any is seen) plus the mean output so far (at first, as many
-  tokens as the prompt, or `max_output_tokens`). Until a first row has ended that guess is
-  blind, so a run with a budget starts one row and waits for it before starting more
-  (parallel rows on a blind guess overshot the budget). When the next row would pass the
-  budget and nothing is in flight, the answer is `Stop`.
+- `budget_tokens` / `budget_usd`: a row starts only if what was spent, plus the
+  reservations of the rows in flight, plus its own stays within the budget. A row's
+  reservation is its estimate, made when it is admitted (so rows that ended while it
+  waited inform it): its prompt length times the most tokens per character seen so far,
+  plus the most output tokens of one row so far (before any row has ended, 4 characters
+  a token and as much output as input, or `max_output_tokens`). A budgeted run keeps no
+  more rows in flight than have ended (the first runs alone), and a row starts beside
+  others only if the budget would still have room for one more like it, so the last rows
+  run one at a time. The guarantee: the run passes the budget by at most one row's
+  excess over its estimate, unless rows running together exceed their estimates by more
+  than one row's estimate in all. When the next row would pass the budget and nothing is
+  in flight, the answer is `Stop`.
 - A credential blocked (429) for longer than `quota_max_wait` is a `Stop` too; a shorter
   block is a `Wait` for it.
 """
@@ -125,9 +128,8 @@ class RateController:
         self.tokens_out = 0
         self.usd = 0.0
         self._seen_rows = 0
-        self._seen_chars = 0
-        self._seen_tokens_in = 0
-        self._seen_tokens_out = 0
+        self._most_in_per_char = 0.0
+        self._most_out = 0
         self._next_start = 0.0
         self._minute: collections.deque[tuple[float, int]] = collections.deque()
         self._minute_tokens = 0
@@ -162,28 +164,28 @@ class RateController:
     def estimate(self, prompt: str) -> Estimate:
         """What the row of `prompt` will probably cost, from the rows seen so far."""
         chars = len(prompt) + self._system_chars
-        if self._seen_rows and self._seen_chars:
-            tokens_in = chars * self._seen_tokens_in / self._seen_chars
-            tokens_out = self._seen_tokens_out / self._seen_rows
+        if self._seen_rows and self._most_in_per_char:
+            tokens_in = chars * self._most_in_per_char
+            tokens_out = float(self._most_out)
         else:
             tokens_in = chars / CHARS_PER_TOKEN
             tokens_out = float(self._max_output_tokens or tokens_in)
         estimate_in, estimate_out = math.ceil(tokens_in), math.ceil(tokens_out)
         return Estimate(estimate_in, estimate_out, self._cost(estimate_in, estimate_out))
 
-    def over_budget(self, estimate: Estimate) -> str | None:
-        """Why the row of `estimate` must not start (the budget), or None."""
+    def over_budget(self, estimate: Estimate, *, spare: Estimate | None = None) -> str | None:
+        """Why the row of `estimate` must not start (the budget), or None; with `spare`,
+        the budget must also keep room for a row of that estimate after it."""
+        tokens = estimate.tokens + (spare.tokens if spare is not None else 0)
+        usd = estimate.usd + (spare.usd if spare is not None else 0.0)
         if self.budget_tokens is not None:
             spent = self.tokens_in + self.tokens_out
-            if spent + self.reserved_tokens + estimate.tokens > self.budget_tokens:
+            if spent + self.reserved_tokens + tokens > self.budget_tokens:
                 return (
                     f"stopped at budget_tokens={self.budget_tokens:,}: {spent:,} spent, the "
                     f"next row needs about {estimate.tokens:,}"
                 )
-        if (
-            self.budget_usd is not None
-            and self.usd + self.reserved_usd + estimate.usd > self.budget_usd
-        ):
+        if self.budget_usd is not None and self.usd + self.reserved_usd + usd > self.budget_usd:
             return (
                 f"stopped at budget_usd={self.budget_usd:g}: about ${self.usd:.4f} "
                 f"spent, the next row needs about ${estimate.usd:.4f} (an estimate)"
@@ -201,16 +203,20 @@ class RateController:
         over = self.over_budget(estimate)
         if over is not None:
             return Wait(None) if self.in_flight else Stop(over)
-        if self.in_flight >= self.concurrency or (self.in_flight and self._blind_budget()):
+        if self.in_flight and (
+            self.in_flight >= self.concurrency
+            or self._budget_ramp()
+            or self.over_budget(estimate, spare=estimate) is not None
+        ):
             return Wait(None)
         if blocked > 0:
             return Wait(blocked, rate_limited=True)
         return self._paced(estimate)
 
-    def _blind_budget(self) -> bool:
-        """A budget to keep, and no row ended yet to size the estimates by."""
+    def _budget_ramp(self) -> bool:
+        """A budget to keep, and as many rows in flight as have ended to size them by."""
         budgeted = self.budget_tokens is not None or self.budget_usd is not None
-        return budgeted and not self.ended
+        return budgeted and self.in_flight >= self.ended
 
     def _paced(self, estimate: Estimate) -> Start | Wait:
         """The rpm and tpm ceilings: start now (reserving, counting the start) or wait."""
@@ -264,9 +270,10 @@ class RateController:
     def row_succeeded(self, prompt: str, tokens_in: int, tokens_out: int, *, limited: bool) -> None:
         """Learn the row's size for the estimates; grow the concurrency unless it met a 429."""
         self._seen_rows += 1
-        self._seen_chars += len(prompt) + self._system_chars
-        self._seen_tokens_in += tokens_in
-        self._seen_tokens_out += tokens_out
+        chars = len(prompt) + self._system_chars
+        if chars:
+            self._most_in_per_char = max(self._most_in_per_char, tokens_in / chars)
+        self._most_out = max(self._most_out, tokens_out)
         if not limited:
             self.limit = min(float(self.max_concurrency), self.limit + 1 / self.limit)
 

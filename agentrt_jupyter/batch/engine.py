@@ -17,22 +17,20 @@ import logging
 import threading
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
 from ..config import AgentConfig
 from ..errors import InvalidConfig, RuntimeClosed, StoreError, WrongThread
 from ..operators import Operator
+from ..runtime import AgentRuntime
 from .live import answer_live
 from .plan import DEFAULT_CONCURRENCY, plan_map
 from .progress import Listener, show
 from .records import RowStore, RunResults
 from .remote import answer_in_batch
 from .run import BatchRun
-
-if TYPE_CHECKING:
-    from ..runtime import AgentRuntime
 
 log = logging.getLogger("agentrt_jupyter")
 
@@ -44,6 +42,7 @@ def start_map(
     runtime: AgentRuntime,
     frame: pd.DataFrame,
     template: str,
+    /,
     *,
     config: AgentConfig | None = None,
     concurrency: int = DEFAULT_CONCURRENCY,
@@ -65,6 +64,12 @@ def start_map(
     tools, temperature, ...). `store` keeps the results in that SQLite file instead of
     the runtime's store (or memory, for a runtime without one).
     """
+    _check_runtime(runtime)
+    if "runtime" in settings:
+        raise InvalidConfig(
+            "the map already runs on the runtime it was called on: leave out runtime=",
+            field="runtime",
+        )
     if runtime.closed:
         raise RuntimeClosed("the runtime was shut down; create a new AgentRuntime")
     plan = plan_map(
@@ -97,6 +102,7 @@ def map_frame(
     runtime: AgentRuntime,
     frame: pd.DataFrame,
     template: str,
+    /,
     *,
     progress: bool | Listener | None = None,
     **options: Any,
@@ -107,6 +113,7 @@ def map_frame(
     shows one even elsewhere; False nothing; a callable gets every `BatchProgress`.
     Ctrl-C (kernel interrupt) cancels the run, keeps the finished rows and re-raises.
     """
+    _check_runtime(runtime)
     if threading.current_thread() is runtime.thread:
         raise WrongThread("map() would deadlock on the runtime thread: await runtime.aio.map()")
     run = start_map(runtime, frame, template, **options)
@@ -118,6 +125,7 @@ async def amap_frame(
     runtime: AgentRuntime,
     frame: pd.DataFrame,
     template: str,
+    /,
     *,
     progress: bool | Listener | None = None,
     **options: Any,
@@ -143,6 +151,16 @@ def cancel_maps(runtime: AgentRuntime) -> int:
     for run in runs:
         run.cancel()
     return len(runs)
+
+
+def _check_runtime(runtime: object) -> None:
+    """`InvalidConfig` unless `runtime` is an `AgentRuntime` (a caller's `runtime=`)."""
+    if not isinstance(runtime, AgentRuntime):
+        raise InvalidConfig(
+            f"must be an AgentRuntime, got {type(runtime).__name__}: pass runtime=AgentRuntime"
+            "(...), or leave it out in a notebook after %load_ext agentrt_jupyter",
+            field="runtime",
+        )
 
 
 def _results_store(runtime: AgentRuntime, store: str | Path | None) -> tuple[RowStore, bool]:

@@ -13,6 +13,10 @@ concurrency (see `controller`). A per-day (or limit 0) 429 stops the run; rows i
 finish. A per-minute 429 that the agent's own retries did not get past is retried here,
 after the shared wait, up to `ROW_QUOTA_RETRIES` more times.
 
+A cancel cuts the rows in flight `CANCEL_GRACE` s later, and a row whose whole reply had
+arrived by then is done, not cancelled (`kept_if_arrived`): a reply the server sent in
+full is kept, so a rerun does not send (and bill) it again.
+
 Rows whose prompt was answered before under the run's key are not sent again: they come
 back `cached` (see `BatchRun.unanswered`); `refresh=True` sends every row again. Only
 successful rows are kept, so a re-run also retries the failed ones.
@@ -29,7 +33,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..conversation import LedgerEntry, Usage
+from ..backends.base import BLOCKED_FINISH_REASONS
+from ..content import FunctionCallPart
+from ..conversation import ConversationMessage, LedgerEntry, Usage
 from ..errors import AgentError, BackendError, QuotaExceeded, Timeout, TurnCancelled
 from ..handle import ChatHandle, TurnResult
 from ..quota import fingerprint
@@ -44,6 +50,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentrt_jupyter")
 
 ROW_QUOTA_RETRIES = 2
+CANCEL_GRACE = 0.1
+"""Seconds between a cancel and the cut of the rows in flight (see `_cancel_turns`)."""
 
 
 async def answer_live(run: BatchRun) -> None:
@@ -76,6 +84,21 @@ class _Tries:
             usage.prompt_tokens + usage.tool_use_prompt_tokens,
             usage.candidates_tokens + usage.thoughts_tokens,
         )
+
+
+def kept_if_arrived(result: TurnResult, history: list[ConversationMessage]) -> TurnResult:
+    """A turn cancelled once its whole reply had arrived (its last message a model reply
+    with a finish reason that is no block, and no tool call left to run) is complete: the
+    row is done, and a rerun does not send (and bill) it again."""
+    last = history[-1] if history else None
+    if last is None or last.role != "model" or last.turn != result.turn:
+        return result
+    reason = last.finish_reason
+    if reason is None or reason in BLOCKED_FINISH_REASONS:
+        return result
+    if any(isinstance(part, FunctionCallPart) for part in last.parts):
+        return result
+    return dataclasses.replace(result, status="complete", error=None, finish_reason=reason)
 
 
 class LiveRows:
@@ -142,8 +165,11 @@ class LiveRows:
             await asyncio.wait(tasks)
 
     def _cancel_turns(self) -> None:
+        """Cancel the rows' turns `CANCEL_GRACE` s from now: a reply the server has already
+        sent in full is read and kept meanwhile, rather than cut and billed again by a rerun."""
+        loop = asyncio.get_running_loop()
         for handle in list(self._handles.values()):
-            handle.cancel()
+            loop.call_later(CANCEL_GRACE, handle.cancel)
 
     async def _prepare_quota(self) -> None:
         """Learn the run's credential (starting the backend) and its 429s so far."""
@@ -273,12 +299,14 @@ class LiveRows:
                 handle.cancel()
             await handle.wait_done()
             calls = await aio.agent_ledger(agent)
+            result = handle.outcome()
+            assert result is not None
+            if isinstance(result.error, TurnCancelled):
+                result = kept_if_arrived(result, await aio.history(agent))
         finally:
             self._handles.pop(position, None)
             with contextlib.suppress(AgentError):
                 await aio.delete(agent)
-        result = handle.outcome()
-        assert result is not None
         return result, calls
 
     async def _quota_pause(self) -> bool:

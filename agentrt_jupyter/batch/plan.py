@@ -4,9 +4,12 @@ Everything a caller can get wrong is checked here, before anything runs, and rai
 `InvalidConfig` naming the option.
 
 Templates are `str.format` templates over the frame's columns: `{text}`,
-`{price:.2f}`, `{review text}` (any column name without `.[]:!{}`); `{{` and `}}` are
+`{price:.2f}`, `{price:.{digits}f}`, `{review text}` (any column name without
+`.[]:!{}`); `{{` and `}}` are
 literal braces, so JSON in a template doubles them. A missing value (None, NaN, NA)
-fills in as an empty string.
+fills in as an empty string. An unknown conversion (`{text!z}`) and a format spec that
+fails on the first row's value (`{price:bad}`) are caller mistakes, raised here; a row
+whose own value does not fit ends as a row error.
 
 Keys: the run's key is `key` if given, else a hash of the template and of every setting
 that decides a reply (model, system instruction, generation settings, tools, schema).
@@ -24,7 +27,7 @@ import math
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import pandas as pd
 
@@ -38,6 +41,7 @@ DEFAULT_CONCURRENCY = 8
 MOST_CONCURRENCY = 1000
 """No run keeps more requests than this in flight."""
 _FORMATTER = string.Formatter()
+CONVERSIONS = (None, "r", "s", "a")
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,10 @@ def plan_map(
     tpm: float | None = None,
 ) -> MapPlan:
     """Check every option against `frame`; `InvalidConfig` names the first that is wrong."""
-    columns = _template_columns(template, _data_frame(frame))
+    data = _data_frame(frame)
+    fields = _template_fields(template)
+    columns = _template_columns(fields, data)
+    _check_first_row(fields, data)
     assert isinstance(template, str)
     row_config, parsed = _row_config(config, settings, schema)
     _check_mode(mode, row_config)
@@ -184,34 +191,74 @@ def _budget_usd(budget_usd: object, model: str, price: ModelPrice | None) -> flo
     return usd
 
 
-def _template_columns(template: object, frame: pd.DataFrame) -> tuple[str, ...]:
-    """The columns `template` reads, in order; InvalidConfig for anything else in braces."""
+class _Field(NamedTuple):
+    """One replacement field of a template: `{name!conversion:spec}`."""
+
+    name: str
+    spec: str
+    conversion: str | None
+
+    def __str__(self) -> str:
+        conversion = f"!{self.conversion}" if self.conversion else ""
+        spec = f":{self.spec}" if self.spec else ""
+        return f"{{{self.name}{conversion}{spec}}}"
+
+
+def _template_fields(template: object) -> list[_Field]:
+    """The template's replacement fields, those nested in a format spec (`{price:.{digits}f}`)
+    included; InvalidConfig for a template that cannot parse or names an unknown
+    conversion (mistakes that need no row)."""
     if not isinstance(template, str) or not template.strip():
         raise InvalidConfig(
             "must be a non-empty string such as 'Classify: {text}'", field="template"
         )
+    fields = _parsed_fields(template)
+    nested = [
+        inner for field in fields if "{" in field.spec for inner in _parsed_fields(field.spec)
+    ]
+    return fields + nested
+
+
+def _parsed_fields(text: str) -> list[_Field]:
     try:
-        parsed = list(_FORMATTER.parse(template))
+        parsed = list(_FORMATTER.parse(text))
     except ValueError as exc:
         raise InvalidConfig(
             f"{exc}: write {{{{ and }}}} for literal braces (JSON in a template doubles them)",
             field="template",
         ) from None
+    fields = []
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if conversion not in CONVERSIONS:
+            raise InvalidConfig(
+                f"{{{name}!{conversion}}}: unknown conversion !{conversion} (use !r, !s or !a)",
+                field="template",
+            )
+        fields.append(_Field(name, spec or "", conversion))
+    return fields
+
+
+def _template_columns(fields: list[_Field], frame: pd.DataFrame) -> tuple[str, ...]:
+    """The columns the template's `fields` read, in order; InvalidConfig for anything else
+    in braces."""
     names = [c for c in frame.columns if isinstance(c, str)]
     used: list[str] = []
-    for _, field, _, _ in parsed:
-        if field is None:
-            continue
-        root = field.split(".", 1)[0].split("[", 1)[0]
+    for field in fields:
+        root = _root(field.name)
         if not root or root.isdigit():
             example = names[0] if names else "text"
             raise InvalidConfig(
-                f"{{{field}}} is positional: name a column, e.g. {{{example}}}", field="template"
+                f"{{{field.name}}} is positional: name a column, e.g. {{{example}}}",
+                field="template",
             )
         if root not in names:
             close = difflib.get_close_matches(root, names, n=1)
             hint = f"did you mean {{{close[0]}}}?" if close else f"the columns are {names[:20]}"
-            raise InvalidConfig(f"no column {root!r} for {{{field}}}: {hint}", field="template")
+            raise InvalidConfig(
+                f"no column {root!r} for {{{field.name}}}: {hint}", field="template"
+            )
         if root not in used:
             if int(frame.columns.get_indexer_for([root]).size) > 1:
                 raise InvalidConfig(
@@ -222,13 +269,48 @@ def _template_columns(template: object, frame: pd.DataFrame) -> tuple[str, ...]:
     return tuple(used)
 
 
+def _check_first_row(fields: list[_Field], frame: pd.DataFrame) -> None:
+    """InvalidConfig for a format spec that fails on the first row's value: a spec that
+    does not fit the column (`{price:bad}`, `{name:d}` on text) fails on every row.
+
+    Left to the rows (a row error): a missing first value, an attribute or index the value
+    lacks, and a spec that holds other fields."""
+    if frame.empty:
+        return
+    for field in fields:
+        if not field.spec or "{" in field.spec:
+            continue
+        value = frame[_root(field.name)].iloc[:1].tolist()[0]  # as the rows render it
+        if _missing(value):
+            continue
+        try:
+            target, _ = _FORMATTER.get_field(field.name, (), {_root(field.name): value})
+            target = _FORMATTER.convert_field(target, field.conversion)
+        except (AttributeError, KeyError, IndexError, TypeError, ValueError):
+            continue
+        try:
+            format(target, field.spec)
+        except (ValueError, TypeError) as exc:
+            raise InvalidConfig(
+                f"{field} cannot format the first row's {type(target).__name__} value: {exc}",
+                field="template",
+            ) from None
+
+
+def _root(name: str) -> str:
+    """The column a field name reads: `price` of `price.real` or `tags[0]`."""
+    return name.split(".", 1)[0].split("[", 1)[0]
+
+
 def _filled(value: Any) -> Any:
     """A template value: missing (None, NaN, NA, NaT) is the empty string."""
+    return "" if _missing(value) else value
+
+
+def _missing(value: Any) -> bool:
     if value is None or value is pd.NA or value is pd.NaT:
-        return ""
-    if isinstance(value, float) and math.isnan(value):
-        return ""
-    return value
+        return True
+    return isinstance(value, float) and math.isnan(value)
 
 
 def _run_key(template: str, config: AgentConfig, model: str) -> str:

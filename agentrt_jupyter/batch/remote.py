@@ -29,7 +29,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..agent import BLOCKED_FINISH_REASONS
+from ..backends.base import BLOCKED_FINISH_REASONS
 from ..conversation import Usage
 from ..errors import AgentError, BackendError, InvalidConfig, QuotaExceeded, TurnError
 from .outcomes import CANCELLED, ERROR, SKIPPED, error_kind

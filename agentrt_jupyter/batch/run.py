@@ -8,7 +8,8 @@ Gemini Batch API). Both use only the public interface below the "On the runtime 
 
 Cancel (`run.cancel()`, the widget's button, `cancel_maps`, Ctrl-C / kernel interrupt in
 `result()` and `aresult()`) starts no more rows and calls the cancel callbacks (the live
-rows cancel their turns): finished rows are kept, the others are `cancelled`.
+rows cancel their turns): finished rows are kept (a live row whose whole reply had arrived
+is finished, see `live.kept_if_arrived`), the others are `cancelled`.
 """
 
 from __future__ import annotations

@@ -16,12 +16,15 @@ import asyncio
 import concurrent.futures
 import contextlib
 import importlib
+import logging
 import re
-from collections.abc import AsyncGenerator, Callable
+import sys
+from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 from IPython.core.error import UsageError
 
+from ..salvage import StoreRecovery
 from .labcomm import register_lab_comm, unregister_lab_comm
 from .magics import AgentMagics
 
@@ -43,11 +46,33 @@ def load(shell: Any) -> None:
     session.lab_comm = register_lab_comm(shell, lambda: session.runtime)
     shell.events.register("post_run_cell", magics.rewarm_after_cell)
     try:
-        runtime = session.ensure_runtime()
+        with _recovery_said_here():
+            runtime = session.ensure_runtime()
     except UsageError:  # a bad setting: the first %%agent cell reports it
         return
+    if runtime.store_recovery is not None:
+        print(f"agentrt: {runtime.store_recovery}", file=sys.stderr)
     warm_up = session.start_warm_up()
     runtime.start_task_soon(_import_widgets, runtime, warm_up)
+
+
+@contextlib.contextmanager
+def _recovery_said_here() -> Iterator[None]:
+    """While loading starts the runtime, drop its log line about a store recovered from
+    corrupt pages: loading says it, once, in its own words."""
+    logger = logging.getLogger("agentrt_jupyter")
+    quiet = _NoRecoveryLine()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+class _NoRecoveryLine(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not any(isinstance(arg, StoreRecovery) for arg in args)
 
 
 async def _import_widgets(runtime: AgentRuntime, warm_up: concurrent.futures.Future[None]) -> None:
