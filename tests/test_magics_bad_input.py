@@ -4,7 +4,6 @@ before anything runs, and nothing the kernel lives on is replaced."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -127,12 +126,12 @@ def test_a_control_character_in_a_name_is_shown_escaped(
     assert "\x00" not in capsys.readouterr().out
 
 
-def test_stored_names_and_listings_still_take_ordinary_names(ip: Any) -> None:
+def test_agent_commands_still_take_ordinary_names(ip: Any) -> None:
     assert run(ip, "%%agent plain --out kept\nhi") is None
     assert isinstance(ip.run_line_magic("agent", "tools plain"), pd.DataFrame)
 
 
-def test_the_store_path_message_says_where_it_came_from(tmp_path: Path, ip: Any) -> None:
+def test_the_store_path_message_says_where_it_came_from(ip: Any) -> None:
     ip.run_line_magic("config", "AgentMagics.store_path = '~nobody-such-user/x.sqlite3'")
     try:
         _refused(run(ip, "%%agent\nhi"), "store_path", "AgentMagics.store_path")
