@@ -63,8 +63,13 @@ def test_a_cell_waiting_for_the_warm_up_says_so_then_shows_the_reply(kernel: Ker
 
 def test_a_warm_runtime_says_nothing_about_starting(kernel: Kernel) -> None:
     assert kernel.run("%load_ext agentrt_jupyter").ok
-    assert kernel.run("%%agent\nfirst").ok  # the warm-up has ended by the end of this one
-    cell = kernel.run("%%agent\nsecond")
+    warmed = kernel.run(
+        "said_starting.set()\n"
+        "from agentrt_jupyter.notebook.session import KernelSession\n"
+        "KernelSession.of(get_ipython()).warm_up.result(60)"
+    )
+    assert warmed.ok, warmed.error
+    cell = kernel.run("%%agent\nhello")
     assert cell.ok, cell.error
     texts = [str(m["content"]["data"]) for m in cell.messages if m["msg_type"] == "display_data"]
-    assert "Echo: second" in texts[0] and not any("starting the runtime" in t for t in texts)
+    assert "Echo: hello" in texts[0] and not any("starting the runtime" in t for t in texts)
