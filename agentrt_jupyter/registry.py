@@ -376,9 +376,15 @@ class AgentRegistry:
         return self.quota.record_hit(backend.credential, retry_after, scope=scope)
 
     async def aclose(self) -> None:
+        """Stop every agent (their turns end cancelled), then `release`."""
         await asyncio.gather(
             *(agent.stop("shutdown") for agent in self.agents.values()), return_exceptions=True
         )
+        await self.release()
+
+    async def release(self) -> None:
+        """Close the backends' clients and the store; idempotent, and run by the portal
+        even when a shutdown's timeout cut `aclose` short."""
         await self.backends.aclose()
         self.recorder.close()
 
