@@ -67,9 +67,10 @@ async def _outcome(
     limit = config.tool_timeout
     try:
         # Not `wait_for`: on 3.11 it returns the result when the turn is cancelled in the
-        # same loop step as the tool answers, and the cancelled turn goes on.
+        # same loop step as the tool answers, and the cancelled turn goes on. The tool runs
+        # in its own task: what it raises (even GeneratorExit) is thrown into that task.
         async with asyncio.timeout(limit):
-            result, problem = await _guarded(tool.fn, **dict(call.args))
+            result, problem = await asyncio.create_task(_guarded(tool.fn, **dict(call.args)))
     except TimeoutError:
         return None, (
             f"the tool did not answer within {limit:g} s (tool_timeout) and was abandoned"
