@@ -10,6 +10,8 @@ reaching the caller (the `ChatHandle` iterated on the main thread). Where the de
   hand-off to the caller, with the load's server out of the way;
 - **server only**: the load comes from another process (its own runtime) on the same
   server, the probe from an idle runtime here: the co-located server's share;
+- **read by threads**: as *same*, with each busy stream iterated by its own thread (as
+  cells following their turns do): the hand-off's share;
 - **idle**: the probe alone (the baseline).
 
 Target: the probe's first chunk under load (same) within 0.5 s (p95) at N streams busy.
@@ -21,6 +23,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -77,6 +80,11 @@ def start_load(runtime: AgentRuntime, agents: int, chunks: int) -> list[ChatHand
     return handles
 
 
+def drain(handle: ChatHandle) -> None:
+    for _ in handle:
+        pass
+
+
 def still_streaming(handles: list[ChatHandle]) -> int:
     return sum(not h.done for h in handles)
 
@@ -108,6 +116,15 @@ def run(quick: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             results["client only"] = measure(probes, lambda i: probe(runtime, idle, i), busy)
             for handle in handles:
                 handle.cancel()
+            handles = start_load(runtime, agents, chunks)
+            readers = [threading.Thread(target=drain, args=(h,), daemon=True) for h in handles]
+            for reader in readers:
+                reader.start()
+            results["read by threads"] = measure(probes, lambda i: probe(runtime, loaded, i), busy)
+            for handle in handles:
+                handle.cancel()
+            for reader in readers:
+                reader.join(10)
         finally:
             runtime.shutdown()
         env = dict(os.environ, URL=loaded.url, KEY=loaded.token)
@@ -147,7 +164,7 @@ def run(quick: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             f"≥ {results['same']['busy']} streams busy at each probe",
         )
     ]
-    for variant in ("same", "client only", "server only"):
+    for variant in ("same", "read by threads", "client only", "server only"):
         values = results[variant]
         rows.append(
             row(
