@@ -23,6 +23,8 @@ from .events import Error, Event, TurnEnd, TurnStatus
 
 WAIT_SLICE = 0.05
 """Blocking waits wake this often, so Ctrl-C / kernel interrupt is seen at once."""
+WAKE_EVERY = 0.001
+"""Waiting readers are woken at most this often while events stream (the first at once)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class Turn:
         self.result: TurnResult | None = None
         self._waiters: list[Callable[[], None]] = []
         self._wake_scheduled = False
+        self._woken_at = 0.0
         self._on_finish: list[Callable[[], None]] = []
         self._finish_lock = threading.Lock()
 
@@ -86,16 +89,23 @@ class Turn:
         return "running" if self.task is not None else "queued"
 
     def publish(self, event: Event) -> None:
-        """Record an event; waiting readers are woken once per loop iteration, not per
-        event (a stream parses many buffered chunks in one step; waking another thread
-        for each costs a GIL hand-off)."""
+        """Record an event; waiting readers are woken at most once per `WAKE_EVERY` and
+        once per loop iteration, not per event (a stream parses many buffered chunks in
+        one step; waking another thread costs a GIL hand-off). After a quiet spell the
+        first event wakes them in this iteration."""
         self.events.append(event)
         if self._waiters and not self._wake_scheduled:
             self._wake_scheduled = True
-            asyncio.get_running_loop().call_soon(self._wake)
+            loop = asyncio.get_running_loop()
+            early = self._woken_at + WAKE_EVERY - time.monotonic()
+            if early > 0:
+                loop.call_later(early, self._wake)
+            else:
+                loop.call_soon(self._wake)
 
     def _wake(self) -> None:
         self._wake_scheduled = False
+        self._woken_at = time.monotonic()
         waiters, self._waiters = self._waiters, []
         for wake in waiters:
             wake()

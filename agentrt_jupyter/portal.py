@@ -176,6 +176,9 @@ class Portal:
         self.stopped = threading.Event()
         self.cleanup_deadline = 0.0
         self.stopper: asyncio.Future[None] | None = None
+        self.release: Callable[[], Awaitable[None]] | None = None
+        """What `stop` must close whatever happened before (clients, sockets, files): run
+        on the loop after what remains is cancelled, within the cleanup grace period."""
         self.thread = threading.Thread(target=self._run, args=(ready,), name=name, daemon=True)
         self.thread.start()
         self.loop = ready.result()
@@ -201,24 +204,44 @@ class Portal:
             left = max(0.05, self.cleanup_deadline - time.monotonic())
             if pending:
                 loop.run_until_complete(asyncio.wait(pending, timeout=left))
+            self._release(loop)
             with contextlib.suppress(TimeoutError):
                 loop.run_until_complete(asyncio.wait_for(loop.shutdown_asyncgens(), left))
         finally:
             loop.close()
             self.stopped.set()
 
+    def _release(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Close the clients even when `stop`'s timeout cut the graceful close short (else
+        their sockets stay open and aiohttp reports unclosed sessions at exit)."""
+        if self.release is None:
+            return
+        left = max(0.05, self.cleanup_deadline - time.monotonic())
+        try:
+            loop.run_until_complete(asyncio.wait_for(self.release(), left))
+        except TimeoutError:
+            log.warning("shutdown: closing the clients took longer than %.1f s", left)
+        except Exception:
+            log.exception("shutdown: closing the clients failed")
+
     def in_worker(self) -> bool:
         """True on one of this runtime's worker threads (a sync tool, a confirm callback)."""
         return bool(getattr(self.workers, "worker", False))
 
-    def stop(self, aclose: Callable[[], Awaitable[None]], timeout: float) -> None:
+    def stop(
+        self,
+        aclose: Callable[[], Awaitable[None]],
+        release: Callable[[], Awaitable[None]],
+        timeout: float,
+    ) -> None:
         """Close what `aclose` closes, then stop the loop: all within `timeout` seconds.
 
         Past the deadline the loop is stopped anyway and what still runs is cancelled;
-        the thread then needs at most a short grace period to end.
+        then `release` runs in every case, and the thread ends within a short grace period.
         """
         deadline = time.monotonic() + timeout
         self.cleanup_deadline = deadline + 1.0
+        self.release = release
 
         async def stop_all() -> None:
             try:

@@ -8,7 +8,6 @@ polling. Only the runtime loop touches it (the facades send commands through the
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import os
@@ -80,10 +79,10 @@ class AgentRegistry:
         self.backends = Backends(config, backend_factory)
         self.quota = QuotaRegistry()
         self.agents: dict[str, AgentCore] = {}
-        self.retired_ledger: collections.deque[LedgerEntry] = collections.deque(
-            maxlen=RETIRED_LEDGER_ROWS
-        )
-        """The calls of agents no longer here (deleted, replaced, a map's rows): paid for."""
+        self.retired_ledger: dict[LedgerEntry, None] = {}
+        """The calls of agents no longer here (deleted, replaced, a map's rows): paid for.
+        A set in the order retired: an agent that continued a retired one's conversation
+        (reconfigured, resumed) carries its rows, and each call is kept once."""
         self.by_name: dict[str, str] = {}
         self.recorder: Recorder = _open_recorder(config)
         self.heartbeat_task: asyncio.Task[None] | None = None
@@ -388,17 +387,21 @@ class AgentRegistry:
     def _retire(self, agent: AgentCore) -> None:
         """The agent leaves the runtime; its calls stay in the runtime's ledger."""
         del self.agents[agent.id]
-        self.retired_ledger.extend(agent.conversation.ledger)
+        retired = self.retired_ledger
+        for entry in agent.conversation.ledger:
+            if entry not in retired:
+                retired[entry] = None
+        while len(retired) > RETIRED_LEDGER_ROWS:
+            del retired[next(iter(retired))]
 
     def ledger(self) -> list[LedgerEntry]:
-        """Every call of this runtime, in the order they started (live agents' and those
-        of agents no longer here)."""
-        live = [entry for agent in self.agents.values() for entry in agent.conversation.ledger]
-        # An agent that continues a retired one's conversation (reconfigured, resumed)
-        # carries its rows: each call once.
-        shown = set(live)
-        gone = [entry for entry in self.retired_ledger if entry not in shown]
-        return sorted([*gone, *live], key=lambda entry: entry.started)
+        """Every call of this runtime once, in the order they started (live agents' and
+        those of agents no longer here)."""
+        rows = dict.fromkeys(
+            entry for agent in self.agents.values() for entry in agent.conversation.ledger
+        )
+        rows.update(self.retired_ledger)
+        return sorted(rows, key=lambda entry: entry.started)
 
     async def wait_for_quota(self, timeout: float | None) -> float:
         backend = await self.backends.default()
@@ -412,9 +415,15 @@ class AgentRegistry:
         return self.quota.record_hit(backend.credential, retry_after, scope=scope)
 
     async def aclose(self) -> None:
+        """Stop every agent (their turns end cancelled), then `release`."""
         await asyncio.gather(
             *(agent.stop("shutdown") for agent in self.agents.values()), return_exceptions=True
         )
+        await self.release()
+
+    async def release(self) -> None:
+        """Close the backends' clients and the store; idempotent, and run by the portal
+        even when a shutdown's timeout cut `aclose` short."""
         await self.backends.aclose()
         self.recorder.close()
 

@@ -49,7 +49,7 @@ def _finalize(portal: Portal, core: AgentRegistry) -> None:
     if portal.closed:
         return
     portal.closed = True
-    portal.stop(core.aclose, FINALIZE_TIMEOUT)
+    portal.stop(core.aclose, core.release, FINALIZE_TIMEOUT)
     if not portal.on_loop():
         portal.stopped.wait(FINALIZE_TIMEOUT + 1.0)
 
@@ -742,7 +742,7 @@ class AgentRuntime:
             if not self._portal.closed:
                 self._portal.closed = True
                 self._finalizer.detach()
-                self._portal.stop(self._core.aclose, timeout)
+                self._portal.stop(self._core.aclose, self._core.release, timeout)
         if not self._portal.stopped.wait(timeout):
             raise Timeout(f"the runtime thread did not stop within {timeout} s")
 
@@ -753,7 +753,7 @@ class AgentRuntime:
                 return False
             self._portal.closed = True
             self._finalizer.detach()
-            self._portal.stop(self._core.aclose, 10.0)
+            self._portal.stop(self._core.aclose, self._core.release, 10.0)
         return True
 
     def backend(self, config: AgentConfig | None = None) -> Backend:

@@ -66,7 +66,11 @@ async def _outcome(
             return None, "the user declined this tool call"
     limit = config.tool_timeout
     try:
-        result, problem = await asyncio.wait_for(_guarded(tool.fn, **dict(call.args)), limit)
+        # Not `wait_for`: on 3.11 it returns the result when the turn is cancelled in the
+        # same loop step as the tool answers, and the cancelled turn goes on. The tool runs
+        # in its own task: what it raises (even GeneratorExit) is thrown into that task.
+        async with asyncio.timeout(limit):
+            result, problem = await asyncio.create_task(_guarded(tool.fn, **dict(call.args)))
     except TimeoutError:
         return None, (
             f"the tool did not answer within {limit:g} s (tool_timeout) and was abandoned"

@@ -36,6 +36,7 @@ SCRIPTS = {
     "shutdown": ("8. Shutdown", "bench_shutdown.py"),
     "conversations": ("9. Conversations", "bench_conversations.py"),
     "store": ("10. Store", "bench_store.py"),
+    "fairness": ("11. Fairness", "bench_fairness.py"),
 }
 TIMEOUT = 900
 COLUMNS = ("Figure", "Metric", "Measured", "Baseline (same run)", "Ratio", "Target", "Result")
