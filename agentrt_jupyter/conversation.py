@@ -22,6 +22,17 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+_METADATA_COUNTS = (
+    "prompt_token_count",
+    "cached_content_token_count",
+    "candidates_token_count",
+    "thoughts_token_count",
+    "tool_use_prompt_token_count",
+    "total_token_count",
+)
+"""The SDK's usage fields, in the order of `Usage`'s."""
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
     """Token counts; adding two gives their sum."""
@@ -41,17 +52,18 @@ class Usage:
         """From the SDK's `usage_metadata` (missing counts are 0)."""
         if meta is None:
             return cls()
-
-        def count(name: str) -> int:
-            return int(getattr(meta, name, None) or 0)
-
+        # Once per streamed chunk: one look at the model's fields, not six getattr calls.
+        counts = getattr(meta, "__dict__", None)
+        if counts is None:
+            counts = {name: getattr(meta, name, None) for name in _METADATA_COUNTS}
+        get = counts.get
         return cls(
-            prompt_tokens=count("prompt_token_count"),
-            cached_tokens=count("cached_content_token_count"),
-            candidates_tokens=count("candidates_token_count"),
-            thoughts_tokens=count("thoughts_token_count"),
-            tool_use_prompt_tokens=count("tool_use_prompt_token_count"),
-            total_tokens=count("total_token_count"),
+            int(get("prompt_token_count") or 0),
+            int(get("cached_content_token_count") or 0),
+            int(get("candidates_token_count") or 0),
+            int(get("thoughts_token_count") or 0),
+            int(get("tool_use_prompt_token_count") or 0),
+            int(get("total_token_count") or 0),
         )
 
 
