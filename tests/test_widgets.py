@@ -288,6 +288,34 @@ def test_panel_shows_turns_sent_elsewhere_when_they_end(
     assert "1 turn ·" in wait_until(panel.usage, "value", lambda v: "1 turn ·" in v)
 
 
+def test_a_turn_sent_elsewhere_streams_in_the_panel(
+    panel: AgentPanel, agent: Agent, tag: str
+) -> None:
+    wait_until(panel.usage, "value", lambda v: "0 turns" in v)
+    words = [f"w{i}" for i in range(30)]
+    streamed: list[tuple[str, bool]] = []
+    handles: list[Any] = []
+
+    def record(change: dict[str, Any]) -> None:
+        if handles:
+            streamed.append((change["new"], handles[0].done))
+
+    panel.streaming.observe(record, names="value")
+    handle = agent.chat(f"@@delay 40\n{' '.join(words)} {tag}")
+    handles.append(handle)
+    text = handle.text(timeout=20)
+    wait_until(panel.transcript, "value", lambda v: tag in v and "w29" in v)
+    wait_until(panel.streaming, "value", lambda v: v == "")
+    replies = [v.partition("<b>model</b>") for v, done in streamed if not done]
+    partial = [(prompt, reply) for prompt, _, reply in replies if "w3 " in reply]
+    partial = [(prompt, reply) for prompt, reply in partial if "w29" not in reply]
+    assert partial, f"no part of the reply showed while it streamed: {streamed[-3:]}"
+    prompt, reply = partial[0]
+    assert tag in prompt and "streaming" in reply
+    assert panel.transcript.value.count("w29") == 1 + text.count("w29")
+    assert "running (a turn sent elsewhere)" not in panel.status.value
+
+
 def test_after_shutdown_the_panel_reattaches_to_a_new_agent_of_its_name(
     panel: AgentPanel, rt: AgentRuntime, agent: Agent, tag: str
 ) -> None:
