@@ -169,6 +169,7 @@ def test_deny_in_a_background_cell_tells_the_model_the_user_refused(
     views = [i for i, o in enumerate(asked) if WIDGET_VIEW in o["data"]]
     copies = [asked[i + 1]["data"] for i in views]
     assert any("waiting for approval: touch(" in c["text/plain"] for c in copies), asked
+    assert not any("buttons" in json.dumps(c) for c in copies), copies  # none where it is read
     assert all('class="agentrt-snapshot' in c.get("text/html", "") for c in copies), copies
     kernel.click(deny)
     waited = kernel.run("%agent wait refuser")

@@ -316,9 +316,9 @@ class ToolCallsView:
     def _copy(self, plain: dict[str, Any]) -> dict[str, Any]:
         """What a notebook saved while a question waits shows in place of its widget."""
         waiting = "; ".join(request.describe() for request in self.questions)
-        note = (
-            f"waiting for approval: {waiting} (answer with the buttons, or %agent approve / deny)"
-        )
+        # Read where the buttons are gone (a reopened notebook, nbconvert): say what
+        # the state was, not how to answer.
+        note = f"waiting for approval: {waiting} (when saved; unanswered then)"
         body = plain.get("text/html", "") + f"<div><sub>{html.escape(note)}</sub></div>"
         text = "\n".join(t for t in (plain.get("text/plain", ""), note) if t)
         return saved_copy(self.copy_id, body, text)
