@@ -401,3 +401,18 @@ def test_monitor_renders_nothing_while_all_agents_are_idle(rt: AgentRuntime, age
         assert monitor._writer.renders > renders
     finally:
         monitor.close()
+
+
+def test_a_turn_not_numbered_yet_reads_starting_in_the_monitor() -> None:
+    from agentrt_jupyter.conversation import Usage
+    from agentrt_jupyter.notebook.monitor import cells_of
+    from agentrt_jupyter.registry import AgentInfo
+
+    def info(turn: int | None) -> AgentInfo:
+        state = "idle" if turn is None else "running"
+        return AgentInfo("id", "a", "m", state, 2, 0, turn, None if turn is None else 0.1, Usage())
+
+    columns = RuntimeMonitor.COLUMNS
+    assert cells_of(info(0))[columns.index("turn")] == "starting"
+    assert cells_of(info(3))[columns.index("turn")] == "3"
+    assert cells_of(info(None))[columns.index("turn")] == ""
