@@ -246,6 +246,7 @@ def test_the_notebook_walk(
         walk.run()
         saved = wait_saved(server.notebooks / path)
         shut_down_kernels(server, path)
+        walk.kernel_gone()
         page.reload()
         walk.reopened()
     finally:
@@ -497,6 +498,14 @@ class Walk:
         self.cell("setup").locator(".jp-InputPrompt").click(button="right")
         expect(page.locator(".lm-Menu")).to_contain_text("Agents: Cancel all running turns")
         page.keyboard.press("Escape")
+
+    def kernel_gone(self) -> None:
+        """Once its kernel is shut down, a view says it is no longer live (it used to keep
+        saying "1 running" with buttons that looked active)."""
+        monitor = self.output("monitor").locator(".agentrt-live")
+        self.expect(monitor).to_have_class(re.compile(r"\bagentrt-stale\b"), timeout=30_000)
+        self.expect(monitor).to_have_css("pointer-events", "none")
+        self.shot("kernel-gone")
 
     def reopened(self) -> None:
         """Without the kernel that made them, the widgets read as their static copies."""

@@ -295,7 +295,9 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
             return
         if isinstance(event, Error):
             self._note = f"{type(event.error).__name__}: {event.error}"
-        elif isinstance(event, TurnEnd):
+        elif isinstance(event, TurnEnd) and (live.own or event.status != "complete"):
+            # A turn sent elsewhere that ends well leaves the note as it was (such as
+            # "re-attached ...": the cell that re-created the agent sent it).
             self._note = {
                 "complete": "idle",
                 "cancelled": "cancelled (partial reply kept)",

@@ -14,6 +14,7 @@ import { IStatusBar } from '@jupyterlab/statusbar';
 import { LabIcon } from '@jupyterlab/ui-components';
 
 import { ignoreSubshellStatus } from './kernelstatus';
+import { watchKernels } from './staleviews';
 import { AgentsModel, IAgentsModel } from './model';
 // activate() adds the panel and the status item at once: these cannot load lazily.
 // eslint-disable-next-line jupyter/prefer-lazy-imports
@@ -42,6 +43,15 @@ const kernelStatusPlugin: JupyterFrontEndPlugin<void> = {
   description: "Keeps the kernel status true when JupyterLab's comms start a subshell.",
   autoStart: true,
   activate: (): void => ignoreSubshellStatus()
+};
+
+/** Views whose kernel is gone say so (see staleviews.ts). */
+const staleViewsPlugin: JupyterFrontEndPlugin<void> = {
+  id: 'agentrt-jupyter:stale-views',
+  description: 'Marks the agentrt widget views of a notebook whose kernel has gone.',
+  autoStart: true,
+  requires: [INotebookTracker],
+  activate: (_: JupyterFrontEnd, tracker: INotebookTracker): void => watchKernels(tracker)
 };
 
 /** The agents of the current notebook's kernel, for the other plugins. */
@@ -149,6 +159,7 @@ const sidebarPlugin: JupyterFrontEndPlugin<void> = {
 
 const plugins: JupyterFrontEndPlugin<unknown>[] = [
   kernelStatusPlugin,
+  staleViewsPlugin,
   modelPlugin,
   statusBarPlugin,
   cancelAllPlugin,
