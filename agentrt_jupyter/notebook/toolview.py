@@ -69,7 +69,11 @@ class CallBlock:
 
     def state(self) -> str:
         if self.open:
-            return self.note or "running…"
+            if self.note:
+                return self.note
+            # It runs once the approver lets it (`running`); until then it may still be
+            # about to be asked, so it is only requested.
+            return "running…" if self.ran_from is not None else "requested…"
         shown = "error" if self.error else "ok"
         if self.duration is not None and self.ran_from is not None:
             shown += f" · {self.duration:.2f} s"
