@@ -141,6 +141,13 @@ def test_approve_click_runs_the_call_in_an_awaiting_cell(kernel: Kernel, tmp_pat
     )
     approve = buttons(kernel, msg_id, "Approve")[0]
     assert not target.exists()  # the call waits for the click
+    # The reply's note of the call, shown while it waits, does not say it runs.
+    noted = kernel.wait_for(
+        lambda m: (
+            m["parent_header"].get("msg_id") == msg_id and "`touch(" in json.dumps(m["content"])
+        )
+    )
+    assert "calling" not in json.dumps(noted["content"]), noted
     kernel.click(approve)
     assert kernel.wait_idle(msg_id)["content"]["status"] == "ok"
     assert target.exists()
@@ -166,9 +173,13 @@ def test_deny_in_a_background_cell_tells_the_model_the_user_refused(
     )
     # Saved now, the question's widget is followed by its static copy.
     asked = saved_outputs(kernel.of(cell.msg_id))
+    # Before and while it waits, the call is not said to run.
+    sent = json.dumps([m["content"] for m in kernel.of(cell.msg_id)], ensure_ascii=False)
+    assert "running…" not in sent and "calling" not in sent, sent
     views = [i for i, o in enumerate(asked) if WIDGET_VIEW in o["data"]]
     copies = [asked[i + 1]["data"] for i in views]
     assert any("waiting for approval: touch(" in c["text/plain"] for c in copies), asked
+    assert not any("buttons" in json.dumps(c) for c in copies), copies  # none where it is read
     assert all('class="agentrt-snapshot' in c.get("text/html", "") for c in copies), copies
     kernel.click(deny)
     waited = kernel.run("%agent wait refuser")

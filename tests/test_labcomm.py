@@ -8,6 +8,7 @@ pushed snapshots from IOPub. The runtime is created in the kernel and registered
 from __future__ import annotations
 
 import json
+import os
 import queue
 import time
 import uuid
@@ -49,6 +50,7 @@ class LabKernel:
             msg: Message = self.kc.get_iopub_msg(timeout=timeout)
         except queue.Empty:
             return None
+        msg["received"] = time.monotonic()
         self.messages.append(msg)
         return msg
 
@@ -179,7 +181,9 @@ def test_the_lab_extension_matches_the_python_package() -> None:
 def started_lab_kernel(setup: str) -> Iterator[LabKernel]:
     """A real kernel that ran `setup` (which makes a runtime `rt`, shut down at the end)."""
     km = KernelManager(kernel_name="python3")
-    km.start_kernel(env={"PYDEVD_DISABLE_FILE_VALIDATION": "1"}, extra_arguments=[])
+    # The environment as it is (a PYTHONPATH included): a given env replaces it whole.
+    env = {**os.environ, "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+    km.start_kernel(env=env, extra_arguments=[])
     kc = km.blocking_client()
     kc.start_channels()
     try:

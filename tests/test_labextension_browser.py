@@ -76,7 +76,7 @@ CELLS = {
     "error": "%%agent broken\n@@fault drop_after 3\nthe connection drops after three words",
     "approve": '%%agent noter --tools take_note --confirm\n@@call take_note {"text": "hi"}\nnote',
     "panel": 'panel = AgentPanel(rt, "writer")\npanel',
-    "again": "%%agent writer\nback again",
+    "again": "%%agent writer\n@@delay 60\nback again " + " ".join(f"a{i}" for i in range(30)),
     "monitor": "RuntimeMonitor(rt)",
     "blocking": 'import time\ntime.sleep(7)\nprint("blocking cell done")',
     "lingering": "%%agent lingerer\n@@delay 100\nstill streaming when the notebook is saved "
@@ -166,6 +166,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     env = {k: v for k, v in os.environ.items() if k not in ("GOOGLE_API_KEY", "GEMINI_API_KEY")}
     env.update(
         AGENTRT_BACKEND="scripted",
+        # This tree's build (below), not a copy installed in the environment: in a venv
+        # jupyter_core otherwise prefers the environment's data dir.
+        JUPYTER_PREFER_ENV_PATH="0",
         AGENTRT_HOME=str(home / "agentrt"),
         JUPYTER_CONFIG_DIR=str(config),
         JUPYTER_DATA_DIR=str(home / "data"),
@@ -243,6 +246,7 @@ def test_the_notebook_walk(
         walk.run()
         saved = wait_saved(server.notebooks / path)
         shut_down_kernels(server, path)
+        walk.kernel_gone()
         page.reload()
         walk.reopened()
     finally:
@@ -360,6 +364,10 @@ class Walk:
         counts = [self.count_up(card.locator(".jp-agentrt-stats"), r"([1-9][\d,]*) tokens")]
         if self.lab:
             counts.append(self.count_up(self.status, r"1 agent streaming · ([1-9][\d,]*) tokens"))
+            # The cell's first widget made JupyterLab start a comm subshell, whose status
+            # pair once left "Idle" here while the cell ran (the toolbar said busy).
+            kernel = self.page.locator(".jp-StatusBar-Widget", has_text="Python 3")
+            expect(kernel).to_contain_text("| Busy", timeout=3_000)
         self.shot("streaming")
         self.output("stream").get_by_role("button", name="Cancel").click()
         self.footer("stream", "CANCELLED")
@@ -460,6 +468,14 @@ class Walk:
         expect(panel).to_contain_text("shut down", timeout=10_000)
         expect(panel.get_by_role("button", name="Send")).to_be_disabled()
         self.run_cell("again")
+        # The cell's reply streams in the panel too, not only once the cell has ended.
+        page.wait_for_function(
+            """box => box.innerText.includes('[streaming]')
+                && box.innerText.includes('Echo: back again a')""",
+            arg=box.element_handle(),
+            timeout=15_000,
+        )
+        self.shot("panel-follows-a-cell")
         self.footer("again", "Echo: back again")
         expect(panel).to_contain_text("re-attached", timeout=10_000)
         expect(panel.get_by_role("button", name="Send")).to_be_enabled()
@@ -482,6 +498,14 @@ class Walk:
         self.cell("setup").locator(".jp-InputPrompt").click(button="right")
         expect(page.locator(".lm-Menu")).to_contain_text("Agents: Cancel all running turns")
         page.keyboard.press("Escape")
+
+    def kernel_gone(self) -> None:
+        """Once its kernel is shut down, a view says it is no longer live (it used to keep
+        saying "1 running" with buttons that looked active)."""
+        monitor = self.output("monitor").locator(".agentrt-live")
+        self.expect(monitor).to_have_class(re.compile(r"\bagentrt-stale\b"), timeout=30_000)
+        self.expect(monitor).to_have_css("pointer-events", "none")
+        self.shot("kernel-gone")
 
     def reopened(self) -> None:
         """Without the kernel that made them, the widgets read as their static copies."""

@@ -51,21 +51,21 @@ def test_tool_calls_are_notes_and_the_latest_three_are_shown() -> None:
     transcript.apply(ToolCall("2", "fail", {}), now=0.0)
     transcript.apply(ToolResult("2", "fail", None, error="ValueError: no"), now=0.0)
     assert transcript.notes == [
-        'calling `lookup({"city": "Oslo"})`',
+        'tool call `lookup({"city": "Oslo"})`',
         "`lookup` done",
-        "calling `fail({})`",
+        "tool call `fail({})`",
         "`fail` failed: ValueError: no",
     ]
     shown = transcript.render("markdown", now=0.0)
-    assert shown == "*`lookup` done · calling `fail({})` · `fail` failed: ValueError: no*"
+    assert shown == "*`lookup` done · tool call `fail({})` · `fail` failed: ValueError: no*"
 
 
 def test_a_call_note_cuts_long_arguments() -> None:
     transcript = Transcript()
     transcript.apply(ToolCall(None, "f", {"text": "x" * 1000}), now=0.0)
     note = transcript.notes[0]
-    assert note.startswith("calling `f(") and note.endswith(")`")
-    assert len(note) == len("calling `f()`") + ARGS_SHOWN
+    assert note.startswith("tool call `f(") and note.endswith(")`")
+    assert len(note) == len("tool call `f()`") + ARGS_SHOWN
 
 
 def test_a_retry_wait_counts_down_on_the_callers_clock_until_text_arrives() -> None:
@@ -83,8 +83,8 @@ def test_a_retry_wait_counts_down_on_the_callers_clock_until_text_arrives() -> N
 def test_plain_text_keeps_the_reply_first_even_when_empty() -> None:
     transcript = Transcript()
     transcript.apply(ToolCall(None, "f", {}), now=0.0)
-    assert transcript.render("text", now=0.0) == "\n\n*calling `f({})`*"
-    assert transcript.render("markdown", now=0.0) == "*calling `f({})`*"
+    assert transcript.render("text", now=0.0) == "\n\n*tool call `f({})`*"
+    assert transcript.render("markdown", now=0.0) == "*tool call `f({})`*"
 
 
 def test_plural_counts_with_separators_and_irregular_plurals() -> None:

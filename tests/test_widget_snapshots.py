@@ -139,3 +139,46 @@ def test_the_copy_ends_on_the_settled_turn_and_an_unchanged_panel_sends_nothing(
         and m["content"]["transient"].get("display_id") == display_id
     ]
     assert later == [], "refreshing an unchanged panel rewrote its copy"
+
+
+def test_copies_saved_mid_turn_are_rewritten_on_shared_ticks(kernel: LabKernel) -> None:
+    """Every copy is rewritten at the same moments (ticks of `SNAPSHOT_INTERVAL` on the
+    monotonic clock, which this process shares with the kernel), so a notebook saved
+    mid-turn shows the panel and the monitor as of one moment."""
+    from agentrt_jupyter.notebook.livewidget import SNAPSHOT_INTERVAL
+
+    cells = {
+        "panel": "ticked = AgentPanel(rt, rt.create_agent(name='ticked'))\nticked",
+        "monitor": "ticked_monitor = RuntimeMonitor(rt)\nticked_monitor",
+    }
+    copies = {}
+    for name, source in cells.items():
+        shown = kernel.submit(source)
+        kernel.finished(shown)
+        copies[outputs_of(kernel, shown)[1]["content"]["transient"]["display_id"]] = name
+    since = len(kernel.messages)
+    words = " ".join(f"w{i}" for i in range(140))
+    # The turn starts half way between two ticks: a copy rewritten at its start is off.
+    half = SNAPSHOT_INTERVAL / 2
+    off_tick = f"import time\ntime.sleep(({half} - time.monotonic()) % {SNAPSHOT_INTERVAL})"
+    kernel.run(f"{off_tick}\nticked.send('@@delay 40\\n{words}').result(10).text(timeout=30)")
+    kernel.run("ticked.refresh().result(10)")
+    updates = [
+        (copies[m["content"]["transient"]["display_id"]], m)
+        for m in kernel.messages[since:]
+        if m["msg_type"] == "update_display_data"
+        and m["content"]["transient"].get("display_id") in copies
+    ]
+    ended = next(
+        i
+        for i, (name, m) in enumerate(updates)
+        if name == "panel" and "model: Echo:" in m["content"]["data"]["text/plain"]
+    )
+    mid_turn: dict[str, list[float]] = {"panel": [], "monitor": []}
+    running = {"panel": "[streaming]", "monitor": "1 running"}
+    for name, m in updates[:ended]:
+        if running[name] in m["content"]["data"]["text/plain"]:
+            mid_turn[name].append(m["received"] % SNAPSHOT_INTERVAL)
+    assert all(len(phases) >= 2 for phases in mid_turn.values()), mid_turn
+    late = {name: [p for p in phases if p > 0.6] for name, phases in mid_turn.items()}
+    assert late == {"panel": [], "monitor": []}, f"rewritten off the shared ticks: {mid_turn}"

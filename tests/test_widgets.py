@@ -288,6 +288,34 @@ def test_panel_shows_turns_sent_elsewhere_when_they_end(
     assert "1 turn ·" in wait_until(panel.usage, "value", lambda v: "1 turn ·" in v)
 
 
+def test_a_turn_sent_elsewhere_streams_in_the_panel(
+    panel: AgentPanel, agent: Agent, tag: str
+) -> None:
+    wait_until(panel.usage, "value", lambda v: "0 turns" in v)
+    words = [f"w{i}" for i in range(30)]
+    streamed: list[tuple[str, bool]] = []
+    handles: list[Any] = []
+
+    def record(change: dict[str, Any]) -> None:
+        if handles:
+            streamed.append((change["new"], handles[0].done))
+
+    panel.streaming.observe(record, names="value")
+    handle = agent.chat(f"@@delay 40\n{' '.join(words)} {tag}")
+    handles.append(handle)
+    text = handle.text(timeout=20)
+    wait_until(panel.transcript, "value", lambda v: tag in v and "w29" in v)
+    wait_until(panel.streaming, "value", lambda v: v == "")
+    replies = [v.partition("<b>model</b>") for v, done in streamed if not done]
+    partial = [(prompt, reply) for prompt, _, reply in replies if "w3 " in reply]
+    partial = [(prompt, reply) for prompt, reply in partial if "w29" not in reply]
+    assert partial, f"no part of the reply showed while it streamed: {streamed[-3:]}"
+    prompt, reply = partial[0]
+    assert tag in prompt and "streaming" in reply
+    assert panel.transcript.value.count("w29") == 1 + text.count("w29")
+    assert "running (a turn sent elsewhere)" not in panel.status.value
+
+
 def test_after_shutdown_the_panel_reattaches_to_a_new_agent_of_its_name(
     panel: AgentPanel, rt: AgentRuntime, agent: Agent, tag: str
 ) -> None:
@@ -373,3 +401,18 @@ def test_monitor_renders_nothing_while_all_agents_are_idle(rt: AgentRuntime, age
         assert monitor._writer.renders > renders
     finally:
         monitor.close()
+
+
+def test_a_turn_not_numbered_yet_reads_starting_in_the_monitor() -> None:
+    from agentrt_jupyter.conversation import Usage
+    from agentrt_jupyter.notebook.monitor import cells_of
+    from agentrt_jupyter.registry import AgentInfo
+
+    def info(turn: int | None) -> AgentInfo:
+        state = "idle" if turn is None else "running"
+        return AgentInfo("id", "a", "m", state, 2, 0, turn, None if turn is None else 0.1, Usage())
+
+    columns = RuntimeMonitor.COLUMNS
+    assert cells_of(info(0))[columns.index("turn")] == "starting"
+    assert cells_of(info(3))[columns.index("turn")] == "3"
+    assert cells_of(info(None))[columns.index("turn")] == ""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import html
 import sys
+import threading
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -52,9 +53,17 @@ def _duration(seconds: float | None) -> str:
     return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
+def rows_done(progress: BatchProgress) -> int:
+    """Rows that got an answer (ok, failed or from the cache): what the bar fills with.
+
+    Cancelled and skipped rows have ended too, but nothing was done for them: counting
+    them would show a full bar for a run cancelled half way."""
+    return progress.ok + progress.failed + progress.cached
+
+
 def summary_line(progress: BatchProgress) -> str:
     """One line: counts, tokens, cost, concurrency, rate and ETA (or the job's state)."""
-    parts = [f"{progress.finished:,}/{progress.total:,} rows", f"ok {progress.ok:,}"]
+    parts = [f"{rows_done(progress):,}/{progress.total:,} rows done", f"ok {progress.ok:,}"]
     for name, count in (
         ("failed", progress.failed),
         ("cached", progress.cached),
@@ -70,7 +79,7 @@ def summary_line(progress: BatchProgress) -> str:
         if progress.job_state:
             parts.append(f"job {progress.job_state.removeprefix('JOB_STATE_').lower()}")
     else:
-        parts.append(f"{progress.in_flight} in flight (concurrency {progress.concurrency})")
+        parts.append(_in_flight(progress))
         if progress.rate_limited:
             parts.append(f"{progress.rate_limited} rate-limited")
         parts.append(f"{progress.rate:.1f} rows/s")
@@ -78,6 +87,16 @@ def summary_line(progress: BatchProgress) -> str:
         parts.append(f"ETA {_duration(progress.eta)}")
     parts.append(f"{_duration(progress.elapsed)} elapsed")
     return " · ".join(parts)
+
+
+def _in_flight(progress: BatchProgress) -> str:
+    """Rows in flight against the concurrency limit; more than the limit only after the
+    limit was lowered (a rate limit halves it): those rows had started before."""
+    if progress.in_flight > progress.concurrency:
+        limit = f"concurrency lowered to {progress.concurrency}"
+    else:
+        limit = f"concurrency {progress.concurrency}"
+    return f"{progress.in_flight} in flight ({limit})"
 
 
 def error_lines(progress: BatchProgress) -> list[str]:
@@ -106,6 +125,10 @@ class BatchProgressView(widgets.VBox):  # type: ignore[misc]
         self.note = widgets.HTML()
         self.cancel_button = widgets.Button(description="Cancel", icon="stop")
         self.cancel_button.on_click(self._on_cancel)
+        # The click (kernel thread) and the run's last update (runtime loop) both write
+        # the button: under this lock the run's end is always the last word.
+        self._button_lock = threading.Lock()
+        self._ended = False
         self._copy = StaticCopy(f"map over {run.total:,} rows")
         super().__init__(
             [
@@ -131,14 +154,17 @@ class BatchProgressView(widgets.VBox):  # type: ignore[misc]
         self._copy.show(view_bundle(self, plain))
 
     def _on_cancel(self, _button: Any) -> None:
+        with self._button_lock:
+            if self._ended:
+                return
+            self.cancel_button.disabled = True
+            self.cancel_button.description = "Cancelling…"
         self.run.cancel()
-        self.cancel_button.disabled = True
-        self.cancel_button.description = "Cancelling…"
 
     def update(self, progress: BatchProgress) -> None:
         """Show `progress` (from the run's ticker; writes only the traits that changed)."""
         self.renders += 1
-        _set(self.bar, "value", progress.finished)
+        _set(self.bar, "value", rows_done(progress))
         style = "info"
         if progress.done:
             style = "success" if progress.state == "done" and not progress.failed else "warning"
@@ -161,8 +187,10 @@ class BatchProgressView(widgets.VBox):  # type: ignore[misc]
             shown_notes[0] = f"<b>{shown_notes[0]}</b>"
         _set(self.note, "value", "<br>".join(shown_notes))
         if progress.done:
-            _set(self.cancel_button, "disabled", True)
-            _set(self.cancel_button, "description", progress.state.capitalize())
+            with self._button_lock:
+                self._ended = True
+                _set(self.cancel_button, "disabled", True)
+                _set(self.cancel_button, "description", progress.state.capitalize())
         lines = [summary_line(progress), *errors, *notes]
         parts = (self.summary.value, self.errors.value, *shown_notes)
         body = "".join(f"<div>{part}</div>" for part in parts if part)
@@ -193,7 +221,7 @@ class TqdmProgress:
     def update(self, progress: BatchProgress) -> None:
         if self._closed:
             return
-        self.bar.n = progress.finished
+        self.bar.n = rows_done(progress)
         postfix = f"ok={progress.ok} failed={progress.failed} cached={progress.cached}"
         if progress.mode == "batch":
             postfix += f" job={progress.job_state or 'submitting'}"

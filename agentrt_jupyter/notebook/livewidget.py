@@ -31,7 +31,9 @@ from ..runtime import AgentInfo, AgentRuntime
 from .display import copy_hider, saved_copy, view_with_copy
 
 SNAPSHOT_INTERVAL = 2.0
-"""While something runs, a widget's static copy is rewritten at most this often."""
+"""While something runs, a widget's static copy is rewritten only on the ticks of this
+interval (its multiples on the monotonic clock), the same for every widget: the copies of
+a notebook saved mid-turn show one moment, not each its own."""
 CLOSE_TIMEOUT = 2.0
 """How long closing a widget waits for its writer task to end."""
 _display: Callable[..., Any] = ipython_display.display
@@ -170,7 +172,7 @@ class StaticCopy:
     the lab extension's CSS in JupyterLab and Notebook 7, which also hides a dead view
     whose copy follows it). The widget's writer rewrites the copy (`update_display_data`
     with the parent header of each cell that displayed it): at once when nothing runs,
-    at most every `SNAPSHOT_INTERVAL` while something does.
+    on the next `SNAPSHOT_INTERVAL` tick, shared by all copies, while something does.
     """
 
     def __init__(self, what: str) -> None:
@@ -181,7 +183,8 @@ class StaticCopy:
         )
         self._sent = self._bundle
         self._targets: list[tuple[Any, dict[str, Any]]] = []
-        self._last = -1e9
+        self._changed_in: float | None = None
+        """The tick in which an unsettled change is waiting for the next tick."""
 
     def show(self, view: dict[str, Any]) -> None:
         """Display the view bundle, then the copy; call on the kernel's main thread."""
@@ -203,15 +206,19 @@ class StaticCopy:
         self._bundle = saved_copy(self.display_id, body, plain)
         if not self._targets or self._bundle == self._sent:
             return None
-        due = self._last + SNAPSHOT_INTERVAL - time.monotonic()
-        if due > 0 and not settled:
-            return due
+        now = time.monotonic()
+        tick = now // SNAPSHOT_INTERVAL
+        if not settled:
+            if self._changed_in is None:
+                self._changed_in = tick
+            if tick == self._changed_in:
+                return (tick + 1) * SNAPSHOT_INTERVAL - now
         self._publish(self._bundle)
         return None
 
     def _publish(self, bundle: dict[str, str]) -> None:
         self._sent = bundle
-        self._last = time.monotonic()
+        self._changed_in = None
         content = {"data": bundle, "metadata": {}, "transient": {"display_id": self.display_id}}
         for pub, parent in self._targets:
             # Sent with the displaying cell's parent header, so the frontend routes it to

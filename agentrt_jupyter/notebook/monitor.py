@@ -149,11 +149,18 @@ def cells_of(info: AgentInfo) -> tuple[str, ...]:
         row["name"],
         row["model"],
         row["state"],
-        "" if turn is None else str(turn),
+        _turn_cell(turn),
         "" if running_for is None else f"{running_for:.1f} s",
         str(row["queued"]),
         f"{row['usage']['total_tokens']:,}",
     )
+
+
+def _turn_cell(turn: int | None) -> str:
+    """The running turn's number; a turn gets it at its first step (0 until then)."""
+    if turn is None:
+        return ""
+    return str(turn) if turn else "starting"
 
 
 def _agents_table(infos: Sequence[AgentInfo]) -> str:

@@ -69,7 +69,11 @@ class CallBlock:
 
     def state(self) -> str:
         if self.open:
-            return self.note or "running…"
+            if self.note:
+                return self.note
+            # It runs once the approver lets it (`running`); until then it may still be
+            # about to be asked, so it is only requested.
+            return "running…" if self.ran_from is not None else "requested…"
         shown = "error" if self.error else "ok"
         if self.duration is not None and self.ran_from is not None:
             shown += f" · {self.duration:.2f} s"
@@ -316,9 +320,9 @@ class ToolCallsView:
     def _copy(self, plain: dict[str, Any]) -> dict[str, Any]:
         """What a notebook saved while a question waits shows in place of its widget."""
         waiting = "; ".join(request.describe() for request in self.questions)
-        note = (
-            f"waiting for approval: {waiting} (answer with the buttons, or %agent approve / deny)"
-        )
+        # Read where the buttons are gone (a reopened notebook, nbconvert): say what
+        # the state was, not how to answer.
+        note = f"waiting for approval: {waiting} (when saved; unanswered then)"
         body = plain.get("text/html", "") + f"<div><sub>{html.escape(note)}</sub></div>"
         text = "\n".join(t for t in (plain.get("text/plain", ""), note) if t)
         return saved_copy(self.copy_id, body, text)

@@ -3,7 +3,7 @@ the turns an `AgentPanel` streams.
 
 Pure: no widgets, no I/O and no clock of its own (a retry wait is kept as a deadline on
 the caller's clock, `now`). The text is markdown: tool calls are notes such as
-``calling `f({"x": 1})` `` and ``"`f` done"``, a retry wait is a countdown line, thoughts
+``tool call `f({"x": 1})` `` and ``"`f` done"``, a retry wait is a countdown line, thoughts
 are a quoted block when shown.
 """
 
@@ -27,9 +27,11 @@ def plural(count: int, noun: str, nouns: str | None = None) -> str:
 
 
 def call_note(name: str, args: Any) -> str:
-    """A tool call as a note: calling `name(args)` (arguments cut at `ARGS_SHOWN`)."""
+    """A tool call as a note: tool call `name(args)` (arguments cut at `ARGS_SHOWN`).
+
+    Not "calling": the call may still wait for approval (its block in the cell says which)."""
     shown = json.dumps(args, ensure_ascii=False, default=repr)
-    return f"calling `{name}({shown[:ARGS_SHOWN]})`"
+    return f"tool call `{name}({shown[:ARGS_SHOWN]})`"
 
 
 def result_note(name: str, error: str | None) -> str:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as widgets
 import traitlets
 
-from ..content import FunctionResponsePart
+from ..content import FunctionResponsePart, TextPart
 from ..conversation import ConversationMessage, Usage
 from ..errors import AgentError, RuntimeClosed
 from ..events import Error, TurnEnd
@@ -59,10 +59,12 @@ _BADGES = {"cancelled": "#d62728", "incomplete": "#ff7f0e", "error": "#d62728"}
 
 @dataclass
 class _LiveTurn:
-    """What this panel has seen of a turn that is not in history yet (loop-side state)."""
+    """What this panel has seen of a turn that is not in history yet (loop-side state):
+    one sent from the panel (`own`) or one it follows, sent elsewhere (a `%%agent` cell)."""
 
     prompt: str
     handle: ChatHandle
+    own: bool = True
     transcript: Transcript = field(default_factory=Transcript)
 
 
@@ -74,8 +76,9 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
     `streaming` holds the turns in progress and is rewritten as text arrives. Splitting them
     keeps each update small: a long conversation is not re-sent ten times a second. The box
     holding both follows the end of the stream unless the user scrolled up (it is anchored
-    at its bottom). The panel follows its agent's record live (usage counts up while a reply
-    streams, turns sent elsewhere appear when they end), and when the agent is gone and an
+    at its bottom). The panel follows its agent's record live: usage counts up while a reply
+    streams, and a turn sent elsewhere (a `%%agent NAME` cell) streams in it as one sent
+    from the panel does. When the agent is gone and an
     agent of the same name appears (a `%%agent NAME` cell after Shutdown), it re-attaches
     to that one. A tool call of a turn sent from the panel that needs approval is asked in
     the panel (`approvals`, between the transcript and the input). Other public parts:
@@ -152,7 +155,8 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
         self._turns = 0
         self._seen: tuple[int, int | None] = (0, None)
         self._running = False
-        self._own_ended: set[int] = set()
+        self._ended_shown: set[int] = set()
+        self._following = False
         self._note = "idle"
         self._shut_down = False
         self._sent: str | None = None
@@ -225,21 +229,60 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
         started.set_result(handle)
         live = _LiveTurn(text, handle)
         self.last_handle = handle
-        self._live.append(live)
         self._sent = text
-        self._writer.wake_on_loop()
+        await self._show(live)
+        self._ended += 1
+
+    def _follow_running(self, turn: int) -> None:
+        """The agent runs a turn: stream it here unless it is one sent from the panel.
+
+        Its messages in history are held back (`_shown_upto`) while it streams, so they
+        do not show twice."""
+        if any(live.own and live.handle.status == "running" for live in self._live):
+            return
+        if turn and (self._shown_upto is None or self._shown_upto >= turn):
+            self._shown_upto = turn - 1
+        if not self._following:
+            self._following = True
+            self._writer.spawn(self._follow_elsewhere())
+
+    async def _follow_elsewhere(self) -> None:
+        """Stream the agent's running turn that was sent elsewhere, as if sent from here."""
         try:
-            async for event in handle:
-                self._apply(live, event)
-                self._writer.wake_on_loop()
+            running = await _running_turn(self._runtime, self.agent)
+            own = [live.handle for live in self._live if live.own]
+            if running is None or any(_same_turn(running[0], h) for h in own):
+                return
+            await self._show(_LiveTurn(running[1], running[0], own=False))
+        finally:
+            self._following = False
+
+    async def _show(self, live: _LiveTurn) -> None:
+        """Show a turn's events as they come, then its messages from history.
+
+        Reads the events without owning the turn: closing the panel never cancels it."""
+        handle = live.handle
+        self._live.append(live)
+        self._writer.wake_on_loop()
+        seen, ended = 0, False
+        try:
+            while not ended:
+                events = handle.events_since(seen)
+                seen += len(events)
+                for event in events:
+                    self._apply(live, event)
+                    ended = ended or isinstance(event, TurnEnd)
+                if events:
+                    self._writer.wake_on_loop()
+                if not ended:
+                    await handle.wait_past(seen)
         finally:
             self._live.remove(live)
-            self._ended += 1
             outcome = handle.outcome()
             ended = outcome is not None and outcome.turn > 0
             if ended and outcome is not None:
                 # The runtime may still list it as current for a moment: it is not running.
-                self._own_ended.add(outcome.turn)
+                self._ended_shown.add(outcome.turn)
             if not self._live:
                 self._shown_upto = None
             elif ended and outcome is not None:
@@ -252,7 +295,9 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
             return
         if isinstance(event, Error):
             self._note = f"{type(event.error).__name__}: {event.error}"
-        elif isinstance(event, TurnEnd):
+        elif isinstance(event, TurnEnd) and (live.own or event.status != "complete"):
+            # A turn sent elsewhere that ends well leaves the note as it was (such as
+            # "re-attached ...": the cell that re-created the agent sent it).
             self._note = {
                 "complete": "idle",
                 "cancelled": "cancelled (partial reply kept)",
@@ -291,7 +336,7 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
                 self.agent = Agent(self._runtime, successor.id, successor.name)
                 self._note = f"re-attached to the new agent {successor.name!r}"
                 self._shown_upto = None
-                self._own_ended.clear()
+                self._ended_shown.clear()
                 mine, reattached = successor, True
         seen = self._seen
         if mine is None:
@@ -300,7 +345,9 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
             return False
         self._total, self._turns = mine.total_usage, mine.turn_count
         self._seen = (mine.turn_count, mine.current_turn)
-        self._running = mine.current_turn is not None and mine.current_turn not in self._own_ended
+        self._running = mine.current_turn is not None and mine.current_turn not in self._ended_shown
+        if self._running and not self._shut_down and mine.current_turn is not None:
+            self._follow_running(mine.current_turn)
         self._shut_down = mine.state in GONE
         if self._shut_down:
             self._note = _gone_note(mine)
@@ -407,6 +454,29 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
         lines.append(usage)
         settled = not self._live and not self._running
         return self._copy.offer(body, "\n".join(lines), settled=settled)
+
+
+async def _running_turn(runtime: AgentRuntime, agent: Agent) -> tuple[ChatHandle, str] | None:
+    """A handle on the agent's running turn and its prompt, wherever it was sent from.
+
+    The runtime has no command for this yet: it reads the agent's active turn through the
+    runtime's own query path (on its loop), as its facades do."""
+
+    def active(core: Any) -> tuple[Any, str] | None:
+        turn = core.active
+        if turn is None or turn.task is None or turn.finished:
+            return None
+        return turn, "".join(p.text for p in turn.parts if isinstance(p, TextPart))
+
+    try:
+        found = await runtime._portal.acall(runtime._core.query, agent, active)
+    except AgentError:
+        return None
+    return None if found is None else (runtime._handle(found[0]), found[1])
+
+
+def _same_turn(a: ChatHandle, b: ChatHandle) -> bool:
+    return a._turn is b._turn
 
 
 def _gone_note(info: AgentInfo) -> str:

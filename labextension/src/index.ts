@@ -13,6 +13,8 @@ import { INotebookTracker } from '@jupyterlab/notebook';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { LabIcon } from '@jupyterlab/ui-components';
 
+import { ignoreSubshellStatus } from './kernelstatus';
+import { watchKernels } from './staleviews';
 import { AgentsModel, IAgentsModel } from './model';
 // activate() adds the panel and the status item at once: these cannot load lazily.
 // eslint-disable-next-line jupyter/prefer-lazy-imports
@@ -34,6 +36,23 @@ const boltIcon = new LabIcon({
     '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24" width="16" height="16">' +
     '<path class="jp-icon3" fill="#616161" d="M13 2 4 14h6l-1 8 9-12h-6l1-8z"/></svg>'
 });
+
+/** The kernel status stays "Busy" while a cell runs (see kernelstatus.ts). */
+const kernelStatusPlugin: JupyterFrontEndPlugin<void> = {
+  id: 'agentrt-jupyter:kernel-status',
+  description: "Keeps the kernel status true when JupyterLab's comms start a subshell.",
+  autoStart: true,
+  activate: (): void => ignoreSubshellStatus()
+};
+
+/** Views whose kernel is gone say so (see staleviews.ts). */
+const staleViewsPlugin: JupyterFrontEndPlugin<void> = {
+  id: 'agentrt-jupyter:stale-views',
+  description: 'Marks the agentrt widget views of a notebook whose kernel has gone.',
+  autoStart: true,
+  requires: [INotebookTracker],
+  activate: (_: JupyterFrontEnd, tracker: INotebookTracker): void => watchKernels(tracker)
+};
 
 /** The agents of the current notebook's kernel, for the other plugins. */
 const modelPlugin: JupyterFrontEndPlugin<IAgentsModel> = {
@@ -139,6 +158,8 @@ const sidebarPlugin: JupyterFrontEndPlugin<void> = {
 };
 
 const plugins: JupyterFrontEndPlugin<unknown>[] = [
+  kernelStatusPlugin,
+  staleViewsPlugin,
   modelPlugin,
   statusBarPlugin,
   cancelAllPlugin,
