@@ -154,6 +154,18 @@ class ChatHandle:
     def __repr__(self) -> str:
         return f"<ChatHandle agent={self._turn.agent!r} turn={self._turn.number} {self.status}>"
 
+    def __eq__(self, other: object) -> bool:
+        """Two handles on one turn are equal (a panel following a turn sent elsewhere)."""
+        return isinstance(other, ChatHandle) and other._turn is self._turn
+
+    def __hash__(self) -> int:
+        return id(self._turn)
+
+    @property
+    def content(self) -> tuple[Part, ...]:
+        """What the turn sends the model: the user's parts."""
+        return self._turn.parts
+
     @property
     def agent(self) -> str:
         return self._turn.agent

@@ -279,6 +279,11 @@ class AgentRegistry:
     def cancel(self, ref: AgentRef) -> bool:
         return self.lookup(ref).cancel_active()
 
+    def running_turn(self, ref: AgentRef) -> Turn | None:
+        """The agent's turn that runs now, wherever it was sent from (None when idle)."""
+        turn = self.lookup(ref).active
+        return None if turn is None or turn.task is None or turn.finished else turn
+
     def cancel_turn(self, ref: str, turn: Turn) -> None:
         self.lookup(ref).cancel_turn(turn)
 

@@ -278,6 +278,10 @@ class AsyncAgentRuntime:
     async def cancel(self, agent: AgentRef) -> bool:
         return await self._portal.acall(self._core.cancel, agent)
 
+    async def running_turn(self, agent: AgentRef) -> ChatHandle | None:
+        turn = await self._portal.acall(self._core.running_turn, agent)
+        return None if turn is None else self._runtime._handle(turn)
+
     async def wait_for_idle(self, agent: AgentRef, timeout: float | None = None) -> None:
         await self._portal.acall(self._core.wait_for_idle, agent, timeout)
 
@@ -605,6 +609,12 @@ class AgentRuntime:
     def cancel(self, agent: AgentRef) -> bool:
         """Stop the active turn now; True if one was running."""
         return self._portal.call(self._core.cancel, agent)
+
+    def running_turn(self, agent: AgentRef) -> ChatHandle | None:
+        """A handle on the turn the agent runs now, wherever it was sent from (a cell, a
+        panel, another thread), to follow its events; None when it is idle."""
+        turn = self._portal.call(self._core.running_turn, agent)
+        return None if turn is None else self._handle(turn)
 
     def wait_for_idle(self, agent: AgentRef, timeout: float | None = None) -> None:
         self._portal.call(self._core.wait_for_idle, agent, timeout)

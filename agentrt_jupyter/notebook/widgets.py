@@ -251,7 +251,7 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
         try:
             running = await _running_turn(self._runtime, self.agent)
             own = [live.handle for live in self._live if live.own]
-            if running is None or any(_same_turn(running[0], h) for h in own):
+            if running is None or any(running[0] == h for h in own):
                 return
             await self._show(_LiveTurn(running[1], running[0], own=False))
         finally:
@@ -457,26 +457,14 @@ class AgentPanel(widgets.VBox):  # type: ignore[misc]
 
 
 async def _running_turn(runtime: AgentRuntime, agent: Agent) -> tuple[ChatHandle, str] | None:
-    """A handle on the agent's running turn and its prompt, wherever it was sent from.
-
-    The runtime has no command for this yet: it reads the agent's active turn through the
-    runtime's own query path (on its loop), as its facades do."""
-
-    def active(core: Any) -> tuple[Any, str] | None:
-        turn = core.active
-        if turn is None or turn.task is None or turn.finished:
-            return None
-        return turn, "".join(p.text for p in turn.parts if isinstance(p, TextPart))
-
+    """A handle on the agent's running turn and its prompt, wherever it was sent from."""
     try:
-        found = await runtime._portal.acall(runtime._core.query, agent, active)
+        handle = await runtime.aio.running_turn(agent)
     except AgentError:
         return None
-    return None if found is None else (runtime._handle(found[0]), found[1])
-
-
-def _same_turn(a: ChatHandle, b: ChatHandle) -> bool:
-    return a._turn is b._turn
+    if handle is None:
+        return None
+    return handle, "".join(p.text for p in handle.content if isinstance(p, TextPart))
 
 
 def _gone_note(info: AgentInfo) -> str:
