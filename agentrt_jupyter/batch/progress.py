@@ -77,8 +77,17 @@ class BatchProgress:
     def done(self) -> bool:
         return self.state in ENDED
 
-    def __str__(self) -> str:
-        parts = [f"{self.finished:,}/{self.total:,} rows", f"ok {self.ok:,}"]
+    @property
+    def answered(self) -> int:
+        """Rows that got an answer (ok, failed or from the cache): what a bar fills with.
+
+        Cancelled and skipped rows have ended too, but nothing was done for them: counting
+        them would show a full bar for a run cancelled half way."""
+        return self.ok + self.failed + self.cached
+
+    def count_parts(self) -> list[str]:
+        """Rows answered of all, each outcome, tokens and cost: the start of every summary."""
+        parts = [f"{self.answered:,}/{self.total:,} rows done", f"ok {self.ok:,}"]
         for name, count in (
             ("failed", self.failed),
             ("cached", self.cached),
@@ -87,10 +96,13 @@ class BatchProgress:
         ):
             if count:
                 parts.append(f"{name} {count:,}")
-        parts.append(f"{self.tokens_in:,} in / {self.tokens_out:,} out tokens")
+        parts.append(f"tokens {self.tokens_in:,} in / {self.tokens_out:,} out")
         if self.cost_usd is not None:
-            parts.append(f"~${self.cost_usd:.4f}")
-        line = " · ".join(parts)
+            parts.append(f"≈ ${self.cost_usd:.4f}")
+        return parts
+
+    def __str__(self) -> str:
+        line = " · ".join(self.count_parts())
         return f"{line} ({self.stop_reason})" if self.stop_reason else line
 
 

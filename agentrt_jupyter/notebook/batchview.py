@@ -53,28 +53,9 @@ def _duration(seconds: float | None) -> str:
     return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
-def rows_done(progress: BatchProgress) -> int:
-    """Rows that got an answer (ok, failed or from the cache): what the bar fills with.
-
-    Cancelled and skipped rows have ended too, but nothing was done for them: counting
-    them would show a full bar for a run cancelled half way."""
-    return progress.ok + progress.failed + progress.cached
-
-
 def summary_line(progress: BatchProgress) -> str:
     """One line: counts, tokens, cost, concurrency, rate and ETA (or the job's state)."""
-    parts = [f"{rows_done(progress):,}/{progress.total:,} rows done", f"ok {progress.ok:,}"]
-    for name, count in (
-        ("failed", progress.failed),
-        ("cached", progress.cached),
-        ("skipped", progress.skipped),
-        ("cancelled", progress.cancelled),
-    ):
-        if count:
-            parts.append(f"{name} {count:,}")
-    parts.append(f"tokens {progress.tokens_in:,} in / {progress.tokens_out:,} out")
-    if progress.cost_usd is not None:
-        parts.append(f"≈ ${progress.cost_usd:.4f}")
+    parts = progress.count_parts()
     if progress.mode == "batch":
         if progress.job_state:
             parts.append(f"job {progress.job_state.removeprefix('JOB_STATE_').lower()}")
@@ -164,7 +145,7 @@ class BatchProgressView(widgets.VBox):  # type: ignore[misc]
     def update(self, progress: BatchProgress) -> None:
         """Show `progress` (from the run's ticker; writes only the traits that changed)."""
         self.renders += 1
-        _set(self.bar, "value", rows_done(progress))
+        _set(self.bar, "value", progress.answered)
         style = "info"
         if progress.done:
             style = "success" if progress.state == "done" and not progress.failed else "warning"
@@ -221,7 +202,7 @@ class TqdmProgress:
     def update(self, progress: BatchProgress) -> None:
         if self._closed:
             return
-        self.bar.n = rows_done(progress)
+        self.bar.n = progress.answered
         postfix = f"ok={progress.ok} failed={progress.failed} cached={progress.cached}"
         if progress.mode == "batch":
             postfix += f" job={progress.job_state or 'submitting'}"
