@@ -45,6 +45,9 @@ from .faults import (
 )
 from .limits import ServerLimits
 from .request_log import Record, RequestLog
+from .wire.anthropic import AnthropicWire
+from .wire.base import Wire
+from .wire.openai import OpenAIWire
 
 logger = logging.getLogger("agentrt_jupyter.server")
 
@@ -244,6 +247,22 @@ class _Refusal(Exception):
         self.hang_up = hang_up
 
 
+_OPENAI = OpenAIWire()
+_ANTHROPIC = AnthropicWire()
+
+
+def _wire_of(request: web.Request) -> Wire | None:
+    """The wire format a `/v1/models` request speaks: Anthropic's SDK sends
+    `anthropic-version`, OpenAI's a bearer token; Gemini's neither."""
+    if not request.path.startswith("/v1/"):
+        return None
+    if "anthropic-version" in request.headers or "x-api-key" in request.headers:
+        return _ANTHROPIC
+    if request.headers.get("Authorization", "").lower().startswith("bearer "):
+        return _OPENAI
+    return None
+
+
 def _fault_outcome(status: int) -> str:
     return "error" if status >= 400 else "garbage"
 
@@ -296,6 +315,9 @@ class ServerState:
         if REDIRECT_MARKER in request.query:
             return self._redirect_again(request, model)
         if request.method == "GET" and not method:
+            wire = _wire_of(request)
+            if wire is not None:
+                return await self._wire_models(request, wire, model)
             return await self._call(request, "model", model)
         if request.method == "POST" and method == "batchGenerateContent":
             return await self._service(
@@ -314,6 +336,9 @@ class ServerState:
         return await self._call(request, kinds[method], model)
 
     async def list_models(self, request: web.Request) -> web.StreamResponse:
+        wire = _wire_of(request)
+        if wire is not None:
+            return await self._wire_models(request, wire, "")
         return await self._call(request, "model", "")
 
     async def _call(self, request: web.Request, kind: str, model: str) -> web.StreamResponse:
@@ -355,10 +380,14 @@ class ServerState:
             return _json(error_body(500), 500)
 
     async def _refuse(
-        self, request: web.Request, record: Record, refusal: _Refusal
+        self, request: web.Request, record: Record, refusal: _Refusal, wire: Wire | None = None
     ) -> web.StreamResponse:
         self.log.finish(record, "rejected", refusal.code)
-        response = _json(error_body(refusal.code, refusal.message), refusal.code)
+        if wire is None:
+            response = _json(error_body(refusal.code, refusal.message), refusal.code)
+        else:
+            reply = wire.error_reply(refusal.code, refusal.message or None)
+            response = self._response(reply)
         response.force_close()
         if refusal.hang_up:
             await response.prepare(request)
@@ -506,7 +535,16 @@ class ServerState:
 
     def _reply(self, record: Record, reply: Reply) -> web.Response:
         self.log.finish(record, _fault_outcome(reply.status), reply.status)
-        return web.Response(body=reply.body, status=reply.status, content_type=reply.content_type)
+        return self._response(reply)
+
+    @staticmethod
+    def _response(reply: Reply) -> web.Response:
+        return web.Response(
+            body=reply.body,
+            status=reply.status,
+            content_type=reply.content_type,
+            headers=dict(reply.headers),
+        )
 
     async def _strike(
         self, request: web.Request, record: Record, action: Drop | Hang
@@ -536,6 +574,141 @@ class ServerState:
         self.log.finish(record, "redirected", status)
         response = _redirect(request, status)
         response.force_close()
+        return response
+
+    # OpenAI and Anthropic routes (wire/), through the same fault plan and request log
+
+    async def openai_chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._wire_call(request, _OPENAI)
+
+    async def anthropic_messages(self, request: web.Request) -> web.StreamResponse:
+        return await self._wire_call(request, _ANTHROPIC)
+
+    async def _wire_models(self, request: web.Request, wire: Wire, model: str) -> web.Response:
+        record = self.log.start(request, "model", model)
+        if not wire.key_ok(request, self.token):
+            return self._reply(record, wire.error_reply(401))
+        record["api_key_ok"] = True
+        self.log.finish(record, "complete", 200)
+        return _json(wire.model(model) if model else wire.models())
+
+    async def _wire_call(self, request: web.Request, wire: Wire) -> web.StreamResponse:
+        record = self.log.start(request, "generate", "")
+        try:
+            if not wire.key_ok(request, self.token):
+                raise _Refusal(401, "")
+            record["api_key_ok"] = True
+            raw = await self.read_body(request)
+            body = _parse_json(raw)
+            greq, options = wire.to_request(body)
+            record["model"] = greq.model
+            record["kind"] = "stream" if greq.stream else "generate"
+            self.log.keep_body(record, raw, body)
+            del raw, body  # a long or hung stream must not hold on to them
+            fault = self._fault_for(greq)
+            record["fault"] = fault.spec if fault else None
+            return await self._wire_generate(request, record, wire, greq, options, fault)
+        except _Refusal as refusal:
+            return await self._refuse(request, record, refusal, wire)
+        except EngineError as exc:
+            self.log.finish(record, "error", exc.code)
+            return self._response(wire.error_reply(exc.code, exc.message))
+        except asyncio.CancelledError:
+            self.log.finish(record, "client_closed")
+            raise
+        except ConnectionError:
+            self.log.finish(record, "client_closed")
+            return web.Response(status=499)
+        except Exception:
+            logger.exception("request %s failed", record["id"])
+            self.log.finish(record, "error", 500)
+            return self._response(wire.error_reply(500))
+
+    async def _wire_generate(
+        self,
+        request: web.Request,
+        record: Record,
+        wire: Wire,
+        greq: GenerateRequest,
+        options: dict[str, Any],
+        fault: Fault | None,
+    ) -> web.StreamResponse:
+        plan = fault.plan(greq.model, stream=greq.stream) if fault else NO_FAULT
+        if fault is not None and fault.kind == "http_error":
+            return self._reply(record, wire.fault_reply(fault, greq.model))
+        if plan.before_headers is not None:
+            return await self._before_headers(request, record, greq, plan.before_headers)
+        chunks = self._chunks(greq, plan)
+        response_id = f"agentrt-{record['id']}"
+        if greq.stream:
+            return await self._wire_stream(request, record, wire, greq, options, plan, chunks)
+        collected = [chunk async for chunk in chunks]
+        merged = wire.merge(collected, greq, response_id)
+        after = plan.after_chunks
+        if after is None:
+            self.log.finish(record, "complete", 200)
+            return _json(merged)
+        if isinstance(after, Truncate):
+            return self._reply(record, Reply(200, _half(_compact(merged))))
+        if isinstance(after, Event):
+            garbage = Reply(after.status, after.payload)
+            return self._reply(
+                record, wire.error_reply(after.status) if after.status >= 400 else garbage
+            )
+        return await self._strike(request, record, after)
+
+    async def _wire_stream(
+        self,
+        request: web.Request,
+        record: Record,
+        wire: Wire,
+        greq: GenerateRequest,
+        options: dict[str, Any],
+        plan: FaultPlan,
+        chunks: AsyncIterator[EngineChunk],
+    ) -> web.StreamResponse:
+        stream = wire.stream(greq, f"agentrt-{record['id']}", options)
+        after = plan.after_chunks
+        # Wait for the first chunk before the headers: an EngineError is still an HTTP error.
+        pending = await anext(chunks, None)
+        if pending is not None:
+            input_tokens = pending.usage.get("promptTokenCount", 0)
+        else:
+            input_tokens = await self.engine.count_tokens(greq)
+        response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
+        record["status"] = 200
+        await response.prepare(request)
+        opening = stream.open(input_tokens)
+        if isinstance(after, Truncate):
+            await response.write(_half(opening))
+            self.log.finish(record, "garbage")
+            await response.write_eof()
+            return response
+        await response.write(opening)
+        sent = 0
+        try:
+            while pending is not None:
+                await response.write(stream.chunk(pending))
+                sent += 1
+                record["chunks_sent"] = sent
+                pending = await anext(chunks, None)
+        except EngineError as exc:
+            await response.write(stream.error(exc.code, exc.message))
+            self.log.finish(record, "error")
+            await response.write_eof()
+            return response
+        if isinstance(after, Drop | Hang):
+            return await self._strike(request, record, after)
+        if isinstance(after, Event):
+            error = after.status >= 400
+            await response.write(
+                stream.error(after.status) if error else b"data: " + after.payload + b"\n\n"
+            )
+            self.log.finish(record, "error" if error else "garbage")
+        else:
+            await response.write(stream.close())
+            self.log.finish(record, "complete")
+        await response.write_eof()
         return response
 
     # Batch and Files API routes (batches.py)
@@ -800,6 +973,8 @@ def create_app(engine: Engine, token: str, limits: ServerLimits | None = None) -
         app.router.add_route("*", f"/{version}/batches/{{target}}", state.batch_route)
         app.router.add_route("*", f"/{version}/files/{{target}}", state.file_route)
         app.router.add_post(f"/upload/{version}/files", state.file_upload)
+    app.router.add_post("/v1/chat/completions", state.openai_chat)
+    app.router.add_post("/v1/messages", state.anthropic_messages)
     app.router.add_get("/_agentrt/health", state.health)
     app.router.add_get("/_agentrt/requests", state.list_requests)
     app.router.add_delete("/_agentrt/requests", state.clear_requests)

@@ -136,11 +136,12 @@ REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 
 @dataclass(frozen=True)
 class Reply:
-    """A whole HTTP reply sent instead of the model's."""
+    """A whole HTTP reply sent instead of the model's (`headers` besides its type)."""
 
     status: int
     body: bytes
     content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

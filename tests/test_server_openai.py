@@ -1,0 +1,298 @@
+"""The local server's OpenAI Chat Completions API, driven by the official `openai` SDK."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from agentrt_jupyter.server.process import LocalServer
+
+openai = pytest.importorskip("openai")
+
+MODEL = "gpt-4.1-mini"
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "lookup",
+        "description": "Look a word up.",
+        "parameters": {"type": "object", "properties": {"word": {"type": "string"}}},
+    },
+}
+
+
+@pytest.fixture
+def client(server: LocalServer) -> Iterator[Any]:
+    server.reset()
+    with openai.OpenAI(api_key=server.token, base_url=server.url + "/v1", max_retries=0) as sdk:
+        yield sdk
+
+
+def stream_chunks(client: Any, prompt: str, **extra: Any) -> list[Any]:
+    messages = [{"role": "user", "content": prompt}]
+    with client.chat.completions.create(
+        model=MODEL, messages=messages, stream=True, **extra
+    ) as stream:
+        return list(stream)
+
+
+def text_of(chunks: list[Any]) -> str:
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def test_stream_delivers_the_scripted_reply_in_chunks_with_usage_last(
+    client: Any, server: LocalServer
+) -> None:
+    chunks = stream_chunks(client, "@@reply one two three", stream_options={"include_usage": True})
+
+    assert text_of(chunks) == "one two three"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    last = chunks[-1]
+    assert last.choices == []
+    # Prompt tokens are words, the directive included.
+    assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (4, 3)
+    assert last.usage.total_tokens == 7
+    [record] = server.requests()
+    assert (record["kind"], record["outcome"], record["path"]) == (
+        "stream",
+        "complete",
+        "/v1/chat/completions",
+    )
+    assert record["chunks_sent"] == 3
+
+
+def test_stream_without_include_usage_sends_no_usage(client: Any) -> None:
+    chunks = stream_chunks(client, "@@reply hello")
+
+    assert text_of(chunks) == "hello"
+    assert all(c.usage is None for c in chunks)
+
+
+def test_non_stream_reply_has_message_finish_and_usage(client: Any) -> None:
+    reply = client.chat.completions.create(
+        model=MODEL,
+        messages=[
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "hi there"},
+        ],
+    )
+
+    assert reply.choices[0].message.content == "Echo: hi there"
+    assert reply.choices[0].finish_reason == "stop"
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (4, 3)
+
+
+def test_max_tokens_cuts_the_reply_with_finish_length(client: Any) -> None:
+    reply = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "@@reply a b c d e"}],
+        max_completion_tokens=2,
+    )
+
+    assert (reply.choices[0].message.content, reply.choices[0].finish_reason) == (
+        "a b",
+        "length",
+    )
+
+
+def test_streamed_tool_call_arguments_assemble_into_json(client: Any) -> None:
+    chunks = stream_chunks(
+        client,
+        '@@call lookup {"word": "cat", "lang": "en"}\n@@call lookup {"word": "dog"}',
+        tools=[TOOL],
+    )
+
+    calls: dict[int, dict[str, str]] = {}
+    for chunk in chunks:
+        for delta in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            call = calls.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
+            call["id"] += delta.id or ""
+            call["name"] += delta.function.name or ""
+            call["arguments"] += delta.function.arguments or ""
+    fragments = sum(1 for c in chunks if c.choices and c.choices[0].delta.tool_calls is not None)
+
+    assert [(c["name"], json.loads(c["arguments"])) for c in calls.values()] == [
+        ("lookup", {"word": "cat", "lang": "en"}),
+        ("lookup", {"word": "dog"}),
+    ]
+    assert fragments > len(calls)  # the arguments arrived in pieces
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+
+
+def test_tool_results_go_back_as_tool_messages(client: Any) -> None:
+    prompt = '@@call lookup {"word": "cat"}'
+    first = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": prompt}], tools=[TOOL]
+    )
+    [call] = first.choices[0].message.tool_calls
+    messages = [
+        {"role": "user", "content": prompt},
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": '{"meaning": "a pet"}'},
+    ]
+
+    second = client.chat.completions.create(model=MODEL, messages=messages, tools=[TOOL])
+
+    assert second.choices[0].message.content == 'Tool results: {"lookup":{"meaning":"a pet"}}'
+    assert second.choices[0].finish_reason == "stop"
+
+
+def test_thoughts_stream_as_reasoning_content_and_count_as_reasoning_tokens(
+    client: Any,
+) -> None:
+    chunks = stream_chunks(
+        client,
+        "@@thought weigh it up\n@@reply done",
+        reasoning_effort="low",
+        stream_options={"include_usage": True},
+    )
+
+    reasoning = "".join(
+        getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in chunks if c.choices
+    )
+    assert (reasoning, text_of(chunks)) == ("weigh it up", "done")
+    usage = chunks[-1].usage
+    assert usage.completion_tokens_details.reasoning_tokens == 3
+    assert usage.completion_tokens == 4
+
+
+def test_models_lists_and_retrieves(client: Any) -> None:
+    assert MODEL in [m.id for m in client.models.list()]
+    assert client.models.retrieve("gpt-x").id == "gpt-x"
+
+
+def test_wrong_key_is_an_authentication_error(server: LocalServer) -> None:
+    server.reset()
+    with openai.OpenAI(api_key="wrong", base_url=server.url + "/v1", max_retries=0) as bad:
+        with pytest.raises(openai.AuthenticationError) as caught:
+            bad.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}])
+
+    assert caught.value.code == "invalid_api_key"
+    [record] = server.requests()
+    assert (record["outcome"], record["status"], record["api_key_ok"]) == ("rejected", 401, False)
+
+
+def test_rate_limit_carries_openai_retry_headers(client: Any, server: LocalServer) -> None:
+    with pytest.raises(openai.RateLimitError) as caught:
+        stream_chunks(client, "@@fault 429 minute 0.2s")
+
+    error = caught.value
+    assert error.status_code == 429
+    assert error.type == "rate_limit_error"
+    assert error.code == "rate_limit_exceeded"
+    headers = error.response.headers
+    assert (headers["retry-after"], headers["retry-after-ms"]) == ("0.2", "200")
+    assert headers["x-ratelimit-reset-requests"] == "200ms"
+    assert headers["x-ratelimit-reset-tokens"] == "200ms"
+    [record] = server.requests()
+    assert (record["outcome"], record["status"], record["fault"]) == (
+        "error",
+        429,
+        "429 minute 0.2s",
+    )
+
+
+def test_queued_day_quota_is_the_insufficient_quota_billing_refusal(
+    client: Any, server: LocalServer
+) -> None:
+    server.push_faults("429 day")
+
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+
+    assert caught.value.code == "insufficient_quota"
+    assert "retry-after" not in caught.value.response.headers
+
+
+@pytest.mark.parametrize("code", [500, 503])
+def test_server_errors_are_internal_server_errors(client: Any, code: int) -> None:
+    with pytest.raises(openai.InternalServerError) as caught:
+        stream_chunks(client, f"@@fault {code}")
+
+    assert caught.value.status_code == code
+    assert caught.value.type == "server_error"
+
+
+def test_drop_before_headers_is_a_connection_error(client: Any, server: LocalServer) -> None:
+    with pytest.raises(openai.APIConnectionError):
+        stream_chunks(client, "@@fault drop_headers")
+
+    assert [r["outcome"] for r in server.requests()] == ["dropped"]
+
+
+def test_drop_mid_stream_ends_the_stream_with_an_error_after_the_first_chunks(
+    client: Any, server: LocalServer
+) -> None:
+    seen: list[str] = []
+    with pytest.raises(openai.APIConnectionError):
+        with client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "@@reply a b c d\n@@fault drop_after 2"}],
+            stream=True,
+        ) as stream:
+            for chunk in stream:
+                seen.append(chunk.choices[0].delta.content or "")
+
+    assert "".join(seen) == "a b "
+    [record] = server.requests()
+    assert (record["outcome"], record["chunks_sent"]) == ("dropped", 2)
+
+
+def test_mid_stream_error_event_raises_api_error_after_the_text(
+    client: Any, server: LocalServer
+) -> None:
+    seen: list[str] = []
+    with pytest.raises(openai.APIError) as caught:
+        with client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "@@reply a b c\n@@fault sse_error 1 503"}],
+            stream=True,
+        ) as stream:
+            for chunk in stream:
+                seen.append(chunk.choices[0].delta.content or "")
+
+    assert "".join(seen) == "a "
+    assert caught.value.body["type"] == "server_error"  # type: ignore[index]
+    [record] = server.requests()
+    assert (record["outcome"], record["status"]) == ("error", 200)
+
+
+def test_garbage_html_page_is_an_api_status_error(client: Any) -> None:
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "@@fault html 502"}]
+        )
+
+    assert caught.value.status_code == 502
+
+
+def test_missing_model_is_a_bad_request_in_openai_shape(client: Any) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.post(
+            "/chat/completions",
+            body={"messages": [{"role": "user", "content": "x"}]},
+            cast_to=dict,
+        )
+
+    assert caught.value.type == "invalid_request_error"
+
+
+def test_async_client_streams_text(server: LocalServer) -> None:
+    import asyncio
+
+    server.reset()
+
+    async def main() -> str:
+        async with openai.AsyncOpenAI(
+            api_key=server.token, base_url=server.url + "/v1", max_retries=0
+        ) as sdk:
+            stream = await sdk.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "@@chunks 4\nabcdefgh"}],
+                stream=True,
+            )
+            return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+    assert asyncio.run(main()) == "Echo: abcdefgh"
