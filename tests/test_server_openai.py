@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -36,6 +37,18 @@ def stream_chunks(client: Any, prompt: str, **extra: Any) -> list[Any]:
         model=MODEL, messages=messages, stream=True, **extra
     ) as stream:
         return list(stream)
+
+
+def stream_until_error(client: Any, prompt: str) -> tuple[str, Exception]:
+    """The text streamed before the SDK raised, and what it raised."""
+    seen: list[str] = []
+    messages = [{"role": "user", "content": prompt}]
+    try:
+        with client.chat.completions.create(model=MODEL, messages=messages, stream=True) as stream:
+            seen.extend(c.choices[0].delta.content or "" for c in stream if c.choices)
+    except openai.APIError as exc:
+        return "".join(seen), exc
+    raise AssertionError("the stream ended without an error")
 
 
 def text_of(chunks: list[Any]) -> str:
@@ -165,9 +178,9 @@ def test_models_lists_and_retrieves(client: Any) -> None:
 
 def test_wrong_key_is_an_authentication_error(server: LocalServer) -> None:
     server.reset()
-    with openai.OpenAI(api_key="wrong", base_url=server.url + "/v1", max_retries=0) as bad:
-        with pytest.raises(openai.AuthenticationError) as caught:
-            bad.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}])
+    bad = openai.OpenAI(api_key="wrong", base_url=server.url + "/v1", max_retries=0)
+    with bad, pytest.raises(openai.AuthenticationError) as caught:
+        bad.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}])
 
     assert caught.value.code == "invalid_api_key"
     [record] = server.requests()
@@ -222,20 +235,13 @@ def test_drop_before_headers_is_a_connection_error(client: Any, server: LocalSer
     assert [r["outcome"] for r in server.requests()] == ["dropped"]
 
 
-def test_drop_mid_stream_ends_the_stream_with_an_error_after_the_first_chunks(
+def test_drop_mid_stream_is_a_connection_error_after_the_first_chunks(
     client: Any, server: LocalServer
 ) -> None:
-    seen: list[str] = []
-    with pytest.raises(openai.APIConnectionError):
-        with client.chat.completions.create(
-            model=MODEL,
-            messages=[{"role": "user", "content": "@@reply a b c d\n@@fault drop_after 2"}],
-            stream=True,
-        ) as stream:
-            for chunk in stream:
-                seen.append(chunk.choices[0].delta.content or "")
+    text, error = stream_until_error(client, "@@reply a b c d\n@@fault drop_after 2")
 
-    assert "".join(seen) == "a b "
+    assert text == "a b "
+    assert isinstance(error, openai.APIConnectionError)
     [record] = server.requests()
     assert (record["outcome"], record["chunks_sent"]) == ("dropped", 2)
 
@@ -243,18 +249,11 @@ def test_drop_mid_stream_ends_the_stream_with_an_error_after_the_first_chunks(
 def test_mid_stream_error_event_raises_api_error_after_the_text(
     client: Any, server: LocalServer
 ) -> None:
-    seen: list[str] = []
-    with pytest.raises(openai.APIError) as caught:
-        with client.chat.completions.create(
-            model=MODEL,
-            messages=[{"role": "user", "content": "@@reply a b c\n@@fault sse_error 1 503"}],
-            stream=True,
-        ) as stream:
-            for chunk in stream:
-                seen.append(chunk.choices[0].delta.content or "")
+    text, error = stream_until_error(client, "@@reply a b c\n@@fault sse_error 1 503")
 
-    assert "".join(seen) == "a "
-    assert caught.value.body["type"] == "server_error"  # type: ignore[index]
+    assert text == "a "
+    assert type(error) is openai.APIError
+    assert error.body["type"] == "server_error"
     [record] = server.requests()
     assert (record["outcome"], record["status"]) == ("error", 200)
 
@@ -280,8 +279,6 @@ def test_missing_model_is_a_bad_request_in_openai_shape(client: Any) -> None:
 
 
 def test_async_client_streams_text(server: LocalServer) -> None:
-    import asyncio
-
     server.reset()
 
     async def main() -> str:

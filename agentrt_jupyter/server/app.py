@@ -253,7 +253,7 @@ _ANTHROPIC = AnthropicWire()
 
 def _wire_of(request: web.Request) -> Wire | None:
     """The wire format a `/v1/models` request speaks: Anthropic's SDK sends
-    `anthropic-version`, OpenAI's a bearer token; Gemini's neither."""
+    `anthropic-version`, OpenAI's a bearer token alone; Gemini's neither."""
     if not request.path.startswith("/v1/"):
         return None
     if "anthropic-version" in request.headers or "x-api-key" in request.headers:
@@ -702,7 +702,7 @@ class ServerState:
         if isinstance(after, Event):
             error = after.status >= 400
             await response.write(
-                stream.error(after.status) if error else b"data: " + after.payload + b"\n\n"
+                stream.error(after.status) if error else stream.garbage(after.payload)
             )
             self.log.finish(record, "error" if error else "garbage")
         else:

@@ -1,6 +1,7 @@
 """Anthropic Messages: `POST /v1/messages` and `GET /v1/models`.
 
-The key comes as `x-api-key`. `max_tokens` is required. Streams are named SSE events:
+The key comes as `x-api-key`, or as `Authorization: Bearer` (anthropic 2.x sends its
+`api_key` that way). `max_tokens` is required. Streams are named SSE events:
 `message_start` (input usage), then per content block `content_block_start`,
 `content_block_delta`s (`text_delta`, `thinking_delta` + `signature_delta`,
 `input_json_delta`) and `content_block_stop`, then `message_delta` (stop reason and
@@ -15,7 +16,6 @@ error is an `event: error`.
 from __future__ import annotations
 
 import json
-import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,7 +23,15 @@ from aiohttp import web
 
 from ..engines.base import EngineChunk, EngineError, GenerateRequest
 from ..faults import Fault, Reply
-from .base import dumps, function_declarations, json_fragments, output_tokens, signature, tool_names
+from .base import (
+    bearer_or_key_ok,
+    dumps,
+    function_declarations,
+    json_fragments,
+    output_tokens,
+    signature,
+    tool_names,
+)
 
 MODELS = ("claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1")
 _ERROR_TYPES = {
@@ -275,6 +283,9 @@ class AnthropicStream:
     def error(self, code: int, message: str | None = None) -> bytes:
         return b"event: error\ndata: " + error_json(code, message) + b"\n\n"
 
+    def garbage(self, payload: bytes) -> bytes:
+        return b"event: content_block_delta\ndata: " + payload + b"\n\n"
+
 
 def _merged_blocks(chunks: list[EngineChunk]) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
@@ -314,8 +325,7 @@ class AnthropicWire:
     name = "anthropic"
 
     def key_ok(self, request: web.Request, token: str) -> bool:
-        key = request.headers.get("x-api-key", "")
-        return secrets.compare_digest(key.encode(), token.encode())
+        return bearer_or_key_ok(request, token, "x-api-key")
 
     def to_request(self, body: Any) -> tuple[GenerateRequest, dict[str, Any]]:
         if not isinstance(body, dict):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -14,7 +15,7 @@ from ..faults import Fault, Reply
 
 class WireStream(Protocol):
     """The SSE events of one streamed reply, in order: `open`, `chunk`s, then `close`
-    (or `error` in place of `close`)."""
+    (or `error` or `garbage` in place of `close`)."""
 
     def open(self, input_tokens: int) -> bytes: ...
 
@@ -23,6 +24,10 @@ class WireStream(Protocol):
     def close(self) -> bytes: ...
 
     def error(self, code: int, message: str | None = None) -> bytes: ...
+
+    def garbage(self, payload: bytes) -> bytes:
+        """An event a client reads as this format's, holding `payload` (not JSON)."""
+        ...
 
 
 class Wire(Protocol):
@@ -58,6 +63,17 @@ class Wire(Protocol):
     def models(self) -> dict[str, Any]: ...
 
     def model(self, model: str) -> dict[str, Any]: ...
+
+
+def bearer_or_key_ok(request: web.Request, token: str, key_header: str | None = None) -> bool:
+    """Whether the request carries `token` as `Authorization: Bearer` (or in `key_header`)."""
+    if key_header is not None and key_header in request.headers:
+        key = request.headers[key_header]
+    else:
+        scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+    return secrets.compare_digest(key.strip().encode(), token.encode())
 
 
 def dumps(data: Any) -> str:

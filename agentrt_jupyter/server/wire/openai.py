@@ -15,7 +15,6 @@ Faults: a `429 minute` is a `rate_limit_error` with `retry-after`, `retry-after-
 from __future__ import annotations
 
 import json
-import secrets
 import time
 from typing import Any
 
@@ -23,7 +22,14 @@ from aiohttp import web
 
 from ..engines.base import EngineChunk, EngineError, GenerateRequest
 from ..faults import Fault, Reply
-from .base import dumps, function_declarations, json_fragments, output_tokens, tool_names
+from .base import (
+    bearer_or_key_ok,
+    dumps,
+    function_declarations,
+    json_fragments,
+    output_tokens,
+    tool_names,
+)
 
 MODELS = ("gpt-4.1-mini", "gpt-4.1", "gpt-4o-mini")
 _CONTENT_FILTER = frozenset({"SAFETY", "RECITATION", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII"})
@@ -289,6 +295,9 @@ class OpenAIStream:
     def error(self, code: int, message: str | None = None) -> bytes:
         return b"data: " + error_json(code, message) + b"\n\n"
 
+    def garbage(self, payload: bytes) -> bytes:
+        return b"data: " + payload + b"\n\n"
+
 
 class OpenAIWire:
     """The Chat Completions wire format (`wire/base.py`'s `Wire`)."""
@@ -296,10 +305,7 @@ class OpenAIWire:
     name = "openai"
 
     def key_ok(self, request: web.Request, token: str) -> bool:
-        scheme, _, key = request.headers.get("Authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and secrets.compare_digest(
-            key.strip().encode(), token.encode()
-        )
+        return bearer_or_key_ok(request, token)
 
     def to_request(self, body: Any) -> tuple[GenerateRequest, dict[str, Any]]:
         if not isinstance(body, dict):
