@@ -32,10 +32,12 @@ def user(text: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": text}]
 
 
-def stream_events(client: Any, prompt: str, **extra: Any) -> tuple[list[Any], Any]:
+def stream_events(
+    client: Any, prompt: str, max_tokens: int = 100, **extra: Any
+) -> tuple[list[Any], Any]:
     """The raw events of a streamed message and the message the SDK assembled."""
     with client.messages.stream(
-        model=MODEL, max_tokens=100, messages=user(prompt), **extra
+        model=MODEL, max_tokens=max_tokens, messages=user(prompt), **extra
     ) as stream:
         events = list(stream)
         return events, stream.get_final_message()
@@ -245,3 +247,20 @@ def test_async_client_streams_text(server: LocalServer) -> None:
             return "".join([text async for text in stream.text_stream])
 
     assert asyncio.run(main()) == "Echo: abcdefgh"
+
+
+@pytest.fixture(scope="module")
+def local_server() -> Iterator[LocalServer]:
+    pytest.importorskip("llama_cpp")
+    with LocalServer.start("local") as running:
+        yield running
+
+
+def test_embedded_model_answers_messages_with_real_usage(local_server: LocalServer) -> None:
+    sdk = anthropic.Anthropic(api_key=local_server.token, base_url=local_server.url, max_retries=0)
+    with sdk:
+        _, message = stream_events(sdk, "Say hello.", max_tokens=8)
+
+    assert message.content[0].text.strip()
+    assert message.usage.input_tokens > 3
+    assert 0 < message.usage.output_tokens <= 8

@@ -293,3 +293,27 @@ def test_async_client_streams_text(server: LocalServer) -> None:
             return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
 
     assert asyncio.run(main()) == "Echo: abcdefgh"
+
+
+@pytest.fixture(scope="module")
+def local_server() -> Iterator[LocalServer]:
+    pytest.importorskip("llama_cpp")
+    with LocalServer.start("local") as running:
+        yield running
+
+
+def test_embedded_model_answers_chat_completions_with_real_usage(
+    local_server: LocalServer,
+) -> None:
+    sdk = openai.OpenAI(
+        api_key=local_server.token, base_url=local_server.url + "/v1", max_retries=0
+    )
+    with sdk:
+        chunks = stream_chunks(
+            sdk, "Say hello.", max_tokens=8, seed=1, stream_options={"include_usage": True}
+        )
+
+    assert text_of(chunks).strip()
+    usage = chunks[-1].usage
+    assert usage.prompt_tokens > 3
+    assert 0 < usage.completion_tokens <= 8
