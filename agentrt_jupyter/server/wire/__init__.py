@@ -1,7 +1,8 @@
-"""The OpenAI and Anthropic wire formats, mapped to and from the engines' Gemini shapes.
+"""The wire formats the server speaks: Gemini's REST API (the engines' own shapes),
+OpenAI's Chat Completions and Anthropic's Messages.
 
-Each module turns its provider's request body into a `GenerateRequest`, the engine's
-chunks into its provider's replies (SSE events or a whole JSON body), and errors and
-faults into its provider's error bodies and headers. `app.py` serves them through the
-same fault plan, request log and token as the Gemini routes.
+The OpenAI and Anthropic modules turn their provider's request body into a
+`GenerateRequest`, the engine's chunks into their provider's replies (SSE events or a
+whole JSON body), and errors and faults into their provider's error bodies and headers
+(`base.Wire`). `app.py` serves all three through the same fault plan, request log and token.
 """
