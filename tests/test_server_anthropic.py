@@ -249,6 +249,47 @@ def test_async_client_streams_text(server: LocalServer) -> None:
     assert asyncio.run(main()) == "Echo: abcdefgh"
 
 
+def test_closing_a_hung_stream_is_logged_as_client_closed(client: Any, server: LocalServer) -> None:
+    prompt = user("@@reply a b c\n@@fault hang_after 1")
+    with client.messages.stream(model=MODEL, max_tokens=100, messages=prompt) as stream:
+        assert next(iter(stream.text_stream)) == "a "
+        [running] = server.requests()
+        assert running["outcome"] is None
+
+    record = server.wait_for_request(running["id"])
+    assert (record["outcome"], record["chunks_sent"]) == ("client_closed", 1)
+
+
+def test_finish_none_leaves_the_stop_reason_empty(client: Any) -> None:
+    _, message = stream_events(client, "@@reply done\n@@finish none")
+
+    assert (message.content[0].text, message.stop_reason) == ("done", None)
+
+
+def test_truncated_json_fault_cuts_the_first_event(client: Any) -> None:
+    with pytest.raises(json.JSONDecodeError):
+        stream_events(client, "@@fault truncated_json")
+
+
+def test_images_and_pdfs_reach_the_engine_as_parts(client: Any) -> None:
+    content = [
+        {"type": "text", "text": "look"},
+        {
+            "type": "image",
+            "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="},
+        },
+        {
+            "type": "document",
+            "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBE"},
+        },
+    ]
+    message = client.messages.create(
+        model=MODEL, max_tokens=100, messages=[{"role": "user", "content": content}]
+    )
+
+    assert message.content[0].text == "Echo: look [parts: image/png, application/pdf]"
+
+
 @pytest.fixture(scope="module")
 def local_server() -> Iterator[LocalServer]:
     pytest.importorskip("llama_cpp")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -293,6 +295,72 @@ def test_async_client_streams_text(server: LocalServer) -> None:
             return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
 
     assert asyncio.run(main()) == "Echo: abcdefgh"
+
+
+def test_closing_a_hung_stream_is_logged_as_client_closed(client: Any, server: LocalServer) -> None:
+    messages = [{"role": "user", "content": "@@reply a b c\n@@fault hang_after 1"}]
+    with client.chat.completions.create(model=MODEL, messages=messages, stream=True) as stream:
+        chunks = iter(stream)
+        assert next(chunks).choices[0].delta.role == "assistant"
+        assert next(chunks).choices[0].delta.content == "a "
+        [running] = server.requests()
+        assert running["outcome"] is None
+
+    record = server.wait_for_request(running["id"])
+    assert (record["outcome"], record["chunks_sent"]) == ("client_closed", 1)
+
+
+def test_tiny_chunks_arrive_one_token_each(client: Any, server: LocalServer) -> None:
+    chunks = stream_chunks(client, "@@tiny 50", stream_options={"include_usage": True})
+
+    assert text_of(chunks) == "x" * 50
+    assert chunks[-1].usage.completion_tokens == 50
+    assert server.requests()[0]["chunks_sent"] == 50
+
+
+def test_finish_none_ends_the_stream_without_a_finish_reason(client: Any) -> None:
+    chunks = stream_chunks(client, "@@reply done\n@@finish none")
+
+    assert text_of(chunks) == "done"
+    assert all(c.choices[0].finish_reason is None for c in chunks)
+
+
+def test_truncated_json_fault_is_a_body_the_sdk_cannot_parse(client: Any) -> None:
+    with pytest.raises(json.JSONDecodeError):
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "@@fault truncated_json"}]
+        )
+
+
+def test_images_and_pdfs_reach_the_engine_as_parts(client: Any) -> None:
+    content = [
+        {"type": "text", "text": "look"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+        {
+            "type": "file",
+            "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBE"},
+        },
+    ]
+    reply = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": content}]
+    )
+
+    assert reply.choices[0].message.content == "Echo: look [parts: image/png, application/pdf]"
+
+
+def test_a_body_that_is_not_json_is_a_bad_request(server: LocalServer) -> None:
+    server.reset()
+    request = urllib.request.Request(
+        server.url + "/v1/chat/completions",
+        data=b"{not json",
+        headers={"Authorization": f"Bearer {server.token}", "Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=10)
+
+    assert caught.value.code == 400
+    assert json.loads(caught.value.read())["error"]["type"] == "invalid_request_error"
+    assert [(r["outcome"], r["status"]) for r in server.requests()] == [("error", 400)]
 
 
 @pytest.fixture(scope="module")

@@ -569,7 +569,8 @@ class ServerState:
         await response.prepare(request)
         opening = stream.open(input_tokens)
         if isinstance(after, Truncate):
-            await response.write(_half(opening))
+            # The first event's JSON cut in half, still framed as an event.
+            await response.write(_half(opening.rstrip(b"\n")) + b"\n\n")
             self.log.finish(record, "garbage")
             await response.write_eof()
             return response
