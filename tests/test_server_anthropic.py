@@ -125,6 +125,7 @@ def test_thinking_streams_with_a_signature_and_goes_back_in_the_tool_loop(
     assert (call.type, call.name, call.input) == ("tool_use", "lookup", {"word": "cat"})
     assert message.stop_reason == "tool_use"
     assert message.usage.output_tokens == 3  # the thought's words
+    assert message.usage.output_tokens_details.thinking_tokens == 3
 
     follow_up = [
         *user(prompt),

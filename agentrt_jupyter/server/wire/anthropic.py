@@ -5,8 +5,10 @@ The key comes as `x-api-key`, or as `Authorization: Bearer` (anthropic 2.x sends
 `message_start` (input usage), then per content block `content_block_start`,
 `content_block_delta`s (`text_delta`, `thinking_delta` + `signature_delta`,
 `input_json_delta`) and `content_block_stop`, then `message_delta` (stop reason and
-output usage) and `message_stop`. Thoughts come back when the request enables
-`thinking`, each thinking block with a signature the client must send back unchanged.
+output usage, thinking tokens in `output_tokens_details`) and `message_stop`. Thoughts
+come back when the request enables `thinking`, each thinking block with a signature the
+client must send back unchanged. `output_config.format` (a JSON schema) reaches the engine
+as Gemini's `responseJsonSchema`.
 
 Faults: a `429` is a `rate_limit_error` with `retry-after` (and the
 `anthropic-ratelimit-requests-*` headers), `529` is `overloaded_error`, a mid-stream
@@ -140,6 +142,11 @@ def _config(body: dict[str, Any]) -> dict[str, Any]:
     for key, name in (("temperature", "temperature"), ("top_p", "topP"), ("top_k", "topK")):
         if body.get(key) is not None:
             config[name] = body[key]
+    output = body.get("output_config") or {}
+    output_format = output.get("format") if isinstance(output, dict) else None
+    if isinstance(output_format, dict) and output_format.get("type") == "json_schema":
+        config["responseMimeType"] = "application/json"
+        config["responseJsonSchema"] = output_format.get("schema")
     thinking = body.get("thinking") or {}
     if isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive"):
         config["thinkingConfig"] = {"includeThoughts": True}
@@ -172,6 +179,14 @@ def _stop_reason(reason: str | None, called: bool) -> str | None:
     if reason in _STOP_REASONS:
         return _STOP_REASONS[reason]
     return "tool_use" if called else "end_turn"
+
+
+def _output_usage(usage: dict[str, int]) -> dict[str, Any]:
+    """Output tokens, and the thinking tokens among them when there are any."""
+    counts: dict[str, Any] = {"output_tokens": output_tokens(usage)}
+    if usage.get("thoughtsTokenCount"):
+        counts["output_tokens_details"] = {"thinking_tokens": usage["thoughtsTokenCount"]}
+    return counts
 
 
 def _event(name: str, data: dict[str, Any]) -> bytes:
@@ -272,7 +287,7 @@ class AnthropicStream:
         delta = {
             "type": "message_delta",
             "delta": {"stop_reason": reason, "stop_sequence": None},
-            "usage": {"output_tokens": output_tokens(last.usage) if last else 0},
+            "usage": _output_usage(last.usage if last else {}),
         }
         return (
             self._stop_block()
@@ -386,9 +401,9 @@ class AnthropicWire:
             "stop_sequence": None,
             "usage": {
                 "input_tokens": usage.get("promptTokenCount", 0),
-                "output_tokens": output_tokens(usage),
                 "cache_creation_input_tokens": 0,
                 "cache_read_input_tokens": 0,
+                **_output_usage(usage),
             },
         }
 
