@@ -82,7 +82,9 @@ def test_stream_sends_the_message_events_in_order_with_usage(
     )
 
 
-def test_non_stream_message_has_content_stop_reason_and_usage(client: Any) -> None:
+def test_non_stream_message_has_content_stop_reason_usage_and_request_id(
+    client: Any, server: LocalServer
+) -> None:
     message = client.messages.create(
         model=MODEL, max_tokens=100, system="be brief", messages=user("hi there")
     )
@@ -90,6 +92,8 @@ def test_non_stream_message_has_content_stop_reason_and_usage(client: Any) -> No
     assert [b.text for b in message.content] == ["Echo: hi there"]
     assert message.stop_reason == "end_turn"
     assert (message.usage.input_tokens, message.usage.output_tokens) == (4, 3)
+    [record] = server.requests()
+    assert message._request_id == f"req_agentrt_{record['id']}"
 
 
 def test_max_tokens_cuts_the_reply(client: Any) -> None:

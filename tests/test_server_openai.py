@@ -218,6 +218,8 @@ def test_queued_day_quota_is_the_insufficient_quota_billing_refusal(
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
 
     assert caught.value.code == "insufficient_quota"
+    [record] = server.requests()
+    assert caught.value.request_id == f"req_agentrt_{record['id']}"
     assert "retry-after" not in caught.value.response.headers
 
 

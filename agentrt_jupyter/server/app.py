@@ -136,6 +136,8 @@ class _Refusal(Exception):
         self.hang_up = hang_up
 
 
+_REQUEST_ID = "agentrt_request_id"
+"""The request-id header (name, value) an OpenAI or Anthropic reply carries."""
 _OPENAI = OpenAIWire()
 _ANTHROPIC = AnthropicWire()
 
@@ -483,6 +485,7 @@ class ServerState:
 
     async def _wire_call(self, request: web.Request, wire: Wire) -> web.StreamResponse:
         record = self.log.start(request, "generate", "")
+        request[_REQUEST_ID] = (wire.request_id_header, f"req_agentrt_{record['id']}")
         try:
             if not wire.key_ok(request, self.token):
                 raise _Refusal(401, "")
@@ -878,5 +881,11 @@ def create_app(engine: Engine, token: str, limits: ServerLimits | None = None) -
     async def close_batches(app: web.Application) -> None:
         await state.batches.aclose()
 
+    async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+        if _REQUEST_ID in request:
+            name, value = request[_REQUEST_ID]
+            response.headers[name] = value
+
+    app.on_response_prepare.append(add_request_id)
     app.on_cleanup.append(close_batches)
     return app

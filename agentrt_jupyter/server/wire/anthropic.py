@@ -338,6 +338,7 @@ class AnthropicWire:
     """The Messages wire format (`wire/base.py`'s `Wire`)."""
 
     name = "anthropic"
+    request_id_header = "request-id"
 
     def key_ok(self, request: web.Request, token: str) -> bool:
         return bearer_or_key_ok(request, token, "x-api-key")

@@ -34,6 +34,8 @@ class Wire(Protocol):
     """One provider's wire format."""
 
     name: str
+    request_id_header: str
+    """The header its SDK reads a request id from (`_request_id` on replies and errors)."""
 
     def key_ok(self, request: web.Request, token: str) -> bool: ...
 

@@ -303,6 +303,7 @@ class OpenAIWire:
     """The Chat Completions wire format (`wire/base.py`'s `Wire`)."""
 
     name = "openai"
+    request_id_header = "x-request-id"
 
     def key_ok(self, request: web.Request, token: str) -> bool:
         return bearer_or_key_ok(request, token)
