@@ -136,21 +136,25 @@ def test_streamed_tool_call_arguments_assemble_into_json(client: Any) -> None:
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
 
 
-def test_tool_results_go_back_as_tool_messages(client: Any) -> None:
-    prompt = '@@call lookup {"word": "cat"}'
+def test_parallel_tool_results_go_back_as_tool_messages(client: Any) -> None:
+    define = {"type": "function", "function": {"name": "define", "parameters": {}}}
+    prompt = '@@call lookup {"word": "cat"}\n@@call define {"word": "cat"}'
     first = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": prompt}], tools=[TOOL]
+        model=MODEL, messages=[{"role": "user", "content": prompt}], tools=[TOOL, define]
     )
-    [call] = first.choices[0].message.tool_calls
+    calls = first.choices[0].message.tool_calls
     messages = [
         {"role": "user", "content": prompt},
         first.choices[0].message.model_dump(exclude_none=True),
-        {"role": "tool", "tool_call_id": call.id, "content": '{"meaning": "a pet"}'},
+        {"role": "tool", "tool_call_id": calls[0].id, "content": '{"meaning": "a pet"}'},
+        {"role": "tool", "tool_call_id": calls[1].id, "content": "a small feline"},
     ]
 
-    second = client.chat.completions.create(model=MODEL, messages=messages, tools=[TOOL])
+    second = client.chat.completions.create(model=MODEL, messages=messages, tools=[TOOL, define])
 
-    assert second.choices[0].message.content == 'Tool results: {"lookup":{"meaning":"a pet"}}'
+    assert second.choices[0].message.content == (
+        'Tool results: {"lookup":{"meaning":"a pet"},"define":{"result":"a small feline"}}'
+    )
     assert second.choices[0].finish_reason == "stop"
 
 

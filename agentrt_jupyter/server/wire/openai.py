@@ -147,26 +147,30 @@ def _tool_response(message: dict[str, Any], names: dict[str, str]) -> dict[str, 
 
 
 def _contents(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
-    """Gemini contents and the system instruction from Chat Completions messages."""
+    """Gemini contents and the system instruction from Chat Completions messages.
+
+    Consecutive `tool` messages become one user content of function responses, as
+    Gemini takes the results of parallel calls."""
     contents: list[dict[str, Any]] = []
     system: list[str] = []
+    tool_results: list[dict[str, Any]] | None = None
     for message in messages:
         role = message.get("role")
+        if role == "tool":
+            part = _tool_response(message, tool_names(contents))
+            if tool_results is None:
+                tool_results = [part]
+                contents.append({"role": "user", "parts": tool_results})
+            else:
+                tool_results.append(part)
+            continue
+        tool_results = None
         if role in ("system", "developer"):
             system.append(_text(message.get("content")))
         elif role == "user":
             contents.append({"role": "user", "parts": _user_parts(message.get("content"))})
-        elif role == "assistant":
-            contents.append({"role": "model", "parts": _assistant_parts(message)})
         else:
-            part = _tool_response(message, tool_names(contents))
-            last = contents[-1] if contents else None
-            if last is not None and last.get("tool_results"):
-                last["parts"].append(part)
-            else:
-                contents.append({"role": "user", "parts": [part], "tool_results": True})
-    for content in contents:
-        content.pop("tool_results", None)
+            contents.append({"role": "model", "parts": _assistant_parts(message)})
     return contents, "\n".join(system) if system else None
 
 
@@ -217,6 +221,7 @@ def _usage(usage: dict[str, int]) -> dict[str, Any]:
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": 0},
         "completion_tokens_details": {"reasoning_tokens": usage.get("thoughtsTokenCount", 0)},
     }
 
