@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+from agentrt_jupyter.server.batches import DEFAULT_DELAY
 from agentrt_jupyter.server.process import LocalServer
 
 anthropic = pytest.importorskip("anthropic")
@@ -19,6 +21,13 @@ TOOL = {
     "description": "Look a word up.",
     "input_schema": {"type": "object", "properties": {"word": {"type": "string"}}},
 }
+
+
+@pytest.fixture
+def batch_delay(server: LocalServer) -> Iterator[Callable[[float], None]]:
+    """Set how long new batches take; the server's default comes back after the test."""
+    yield server.set_batch_delay
+    server.set_batch_delay(DEFAULT_DELAY)
 
 
 @pytest.fixture
@@ -310,3 +319,59 @@ def test_embedded_model_answers_messages_with_real_usage(local_server: LocalServ
     assert message.content[0].text.strip()
     assert message.usage.input_tokens > 3
     assert 0 < message.usage.output_tokens <= 8
+
+
+def wait_ended(client: Any, batch_id: str, timeout: float = 10.0) -> Any:
+    """Poll the batch as a client does until it has ended."""
+    deadline = time.monotonic() + timeout
+    while (batch := client.messages.batches.retrieve(batch_id)).processing_status != "ended":
+        assert time.monotonic() < deadline, f"batch {batch_id} still {batch.processing_status}"
+        time.sleep(0.02)
+    return batch
+
+
+def test_message_batch_answers_every_request_in_order(
+    client: Any, server: LocalServer, batch_delay: Callable[[float], None]
+) -> None:
+    batch_delay(0.1)
+    requests = [
+        {"custom_id": "a", "params": {"model": MODEL, "max_tokens": 50, "messages": user("one")}},
+        {
+            "custom_id": "b",
+            "params": {"model": MODEL, "max_tokens": 50, "messages": user("@@fault 500")},
+        },
+        {"custom_id": "c", "params": {"model": MODEL, "max_tokens": 50, "messages": user("two")}},
+    ]
+
+    created = client.messages.batches.create(requests=requests)
+    assert created.processing_status == "in_progress"
+    ended = wait_ended(client, created.id)
+    results = list(client.messages.batches.results(created.id))
+
+    counts = ended.request_counts
+    assert (counts.succeeded, counts.errored, counts.processing) == (2, 1, 0)
+    assert [r.custom_id for r in results] == ["a", "b", "c"]
+    assert results[0].result.message.content[0].text == "Echo: one"
+    assert results[1].result.type == "errored"
+    assert results[1].result.error.error.type == "api_error"
+    assert created.id in [b.id for b in client.messages.batches.list()]
+    client.messages.batches.delete(created.id)
+    kinds = [r["kind"] for r in server.requests()]
+    assert kinds[0] == "batch_create"
+    assert kinds[-2:] == ["batch_list", "batch_delete"]
+
+
+def test_cancelled_message_batch_ends_with_canceled_results(
+    client: Any, batch_delay: Callable[[float], None]
+) -> None:
+    batch_delay(5.0)
+    params = {"model": MODEL, "max_tokens": 50, "messages": user("@@delay 200\nslow")}
+    requests = [{"custom_id": str(k), "params": params} for k in range(5)]
+
+    created = client.messages.batches.create(requests=requests)
+    canceling = client.messages.batches.cancel(created.id)
+    ended = wait_ended(client, created.id)
+
+    assert canceling.processing_status in ("canceling", "ended")
+    assert ended.request_counts.canceled >= 3
+    assert ended.cancel_initiated_at is not None

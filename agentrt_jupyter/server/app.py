@@ -8,14 +8,16 @@ need the per-process token as the API key, each as its provider takes it; a requ
 a wrong key is refused before its body is read. Control
 routes under `/_agentrt/` need it as `x-agentrt-token`; they let tests read what arrived
 (`request_log.py` describes the records), wait for a request to finish and queue faults.
-The Batch and Files API routes are served by `batches.py`; their requests are logged too
-(kinds `batch_create`, `batch_get`, `batch_list`, `batch_cancel`, `batch_delete`,
+The Batch and Files API routes are served by `batches.py`, Anthropic's Message Batches by
+`wire/message_batches.py`; their requests are logged too (kinds `batch_create`,
+`batch_get`, `batch_list`, `batch_cancel`, `batch_delete`, `batch_results`,
 `file_create`, `file_upload`, `file_get`, `file_download`, `file_delete`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import secrets
@@ -52,6 +54,7 @@ from .request_log import Record, RequestLog
 from .wire.anthropic import AnthropicWire
 from .wire.base import Wire
 from .wire.gemini import KNOWN_MODELS, ChunkEncoder, merge_chunks, to_generate_request
+from .wire.message_batches import MessageBatchService
 from .wire.openai import OpenAIWire
 
 logger = logging.getLogger("agentrt_jupyter.server")
@@ -176,6 +179,9 @@ class ServerState:
         self.log = RequestLog(limits)
         self.faults = FaultQueue()
         self.batches = BatchService(self.batch_item)
+        self.message_batches_service = MessageBatchService(
+            self.message_batch_item, lambda: self.batches.delay
+        )
         self._batch_items = 0
 
     def key_ok(self, request: web.Request) -> bool:
@@ -612,6 +618,22 @@ class ServerState:
         A fault the prompt asks for applies when it is an HTTP error (`@@fault 500`); other
         kinds, and queued faults, do not apply to batch requests."""
         greq = to_generate_request(model, body, stream=False)
+        self._batch_fault(greq)
+        self._batch_items += 1
+        chunks = [chunk async for chunk in self.engine.generate(greq)]
+        return merge_chunks(chunks, greq.model, f"agentrt-batch-{self._batch_items}")
+
+    async def message_batch_item(self, params: Any) -> dict[str, Any]:
+        """One request of an Anthropic message batch: the message JSON, or EngineError."""
+        greq, _ = _ANTHROPIC.to_request(params)
+        greq = dataclasses.replace(greq, stream=False)
+        self._batch_fault(greq)
+        self._batch_items += 1
+        chunks = [chunk async for chunk in self.engine.generate(greq)]
+        return _ANTHROPIC.merge(chunks, greq, f"agentrt-batch-{self._batch_items}")
+
+    def _batch_fault(self, greq: GenerateRequest) -> None:
+        """EngineError if the prompt asks for an HTTP error fault (`@@fault 500`)."""
         spec = self.engine.requested_fault(greq)
         if spec is not None:
             try:
@@ -628,9 +650,6 @@ class ServerState:
                     str(message or f"Injected fault: HTTP {action.status}."),
                     status=STATUS_NAMES.get(action.status, "UNKNOWN"),
                 )
-        self._batch_items += 1
-        chunks = [chunk async for chunk in self.engine.generate(greq)]
-        return merge_chunks(chunks, greq.model, f"agentrt-batch-{self._batch_items}")
 
     async def batch_list(self, request: web.Request) -> web.StreamResponse:
         def answer(raw: bytes) -> web.Response:
@@ -713,13 +732,15 @@ class ServerState:
         answer: Callable[[bytes], web.Response],
         *,
         needs_key: bool = True,
+        wire: Wire | None = None,
     ) -> web.StreamResponse:
-        """A logged Batch/Files API call: key check, body read within the limits, answer."""
+        """A logged Batch/Files API call: key check, body read within the limits, answer;
+        errors in `wire`'s format (Gemini's by default)."""
         record = self.log.start(request, kind, model)
         try:
-            key_ok = self.key_ok(request)
+            key_ok = wire.key_ok(request, self.token) if wire else self.key_ok(request)
             if needs_key and not key_ok:
-                raise _Refusal(400, API_KEY_ERROR)
+                raise _Refusal(401 if wire else 400, "" if wire else API_KEY_ERROR)
             record["api_key_ok"] = key_ok
             raw = await self.read_body(request) if request.can_read_body else b""
             if raw:
@@ -728,9 +749,11 @@ class ServerState:
             self.log.finish(record, "complete", response.status)
             return response
         except _Refusal as refusal:
-            return await self._refuse(request, record, refusal)
+            return await self._refuse(request, record, refusal, wire)
         except EngineError as exc:
             self.log.finish(record, "error", exc.code)
+            if wire is not None:
+                return self._response(wire.error_reply(exc.code, exc.message))
             return _json(error_body(exc.code, exc.message, status=exc.status), exc.code)
         except web.HTTPException:
             self.log.finish(record, "error", 400)
@@ -742,6 +765,38 @@ class ServerState:
             logger.exception("request %s failed", record["id"])
             self.log.finish(record, "error", 500)
             return _json(error_body(500), 500)
+
+    async def message_batches(self, request: web.Request) -> web.StreamResponse:
+        """Anthropic's Message Batches API (`wire/message_batches.py`)."""
+        batch_id = request.match_info.get("id", "")
+        action = request.match_info.get("action", "")
+        service = self.message_batches_service
+        base = _base(request)
+        calls: dict[tuple[str, str, str], tuple[str, Callable[[bytes], web.Response]]] = {
+            ("POST", "", ""): (
+                "batch_create",
+                lambda raw: _json(service.create(_parse_json(raw), base)),
+            ),
+            ("GET", "", ""): ("batch_list", lambda raw: _json(service.list(base))),
+            ("GET", "id", ""): ("batch_get", lambda raw: _json(service.get(batch_id, base))),
+            ("POST", "id", "cancel"): (
+                "batch_cancel",
+                lambda raw: _json(service.cancel(batch_id, base)),
+            ),
+            ("DELETE", "id", ""): ("batch_delete", lambda raw: _json(service.delete(batch_id))),
+            ("GET", "id", "results"): (
+                "batch_results",
+                lambda raw: web.Response(
+                    body=service.results(batch_id), content_type="application/x-jsonl"
+                ),
+            ),
+        }
+        found = calls.get((request.method, "id" if batch_id else "", action))
+        if found is None:
+            reply = _ANTHROPIC.error_reply(404, f"{request.method} {request.path} not found.")
+            return self._response(reply)
+        kind, answer = found
+        return await self._service(request, kind, "", answer, wire=_ANTHROPIC)
 
     # Control routes
 
@@ -868,6 +923,9 @@ def create_app(engine: Engine, token: str, limits: ServerLimits | None = None) -
         app.router.add_post(f"/upload/{version}/files", state.file_upload)
     app.router.add_post("/v1/chat/completions", state.openai_chat)
     app.router.add_post("/v1/messages", state.anthropic_messages)
+    app.router.add_route("*", "/v1/messages/batches", state.message_batches)
+    app.router.add_route("*", "/v1/messages/batches/{id}", state.message_batches)
+    app.router.add_route("*", "/v1/messages/batches/{id}/{action}", state.message_batches)
     app.router.add_get("/_agentrt/health", state.health)
     app.router.add_get("/_agentrt/requests", state.list_requests)
     app.router.add_delete("/_agentrt/requests", state.clear_requests)
@@ -880,6 +938,7 @@ def create_app(engine: Engine, token: str, limits: ServerLimits | None = None) -
 
     async def close_batches(app: web.Application) -> None:
         await state.batches.aclose()
+        await state.message_batches_service.aclose()
 
     async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
         if _REQUEST_ID in request:
