@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+from agentrt_jupyter.server.batches import DEFAULT_DELAY
 from agentrt_jupyter.server.process import LocalServer
 
 openai = pytest.importorskip("openai")
@@ -391,3 +393,84 @@ def test_embedded_model_answers_chat_completions_with_real_usage(
     usage = chunks[-1].usage
     assert usage.prompt_tokens > 3
     assert 0 < usage.completion_tokens <= 8
+
+
+@pytest.fixture
+def batch_delay(server: LocalServer) -> Iterator[Callable[[float], None]]:
+    """Set how long new batches take; the server's default comes back after the test."""
+    yield server.set_batch_delay
+    server.set_batch_delay(DEFAULT_DELAY)
+
+
+def batch_input(*prompts: str) -> bytes:
+    lines = [
+        {
+            "custom_id": f"row-{k}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": MODEL, "messages": [{"role": "user", "content": prompt}]},
+        }
+        for k, prompt in enumerate(prompts)
+    ]
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+def wait_done(client: Any, batch_id: str, timeout: float = 10.0) -> Any:
+    """Poll the batch as a client does until it has completed or been cancelled."""
+    deadline = time.monotonic() + timeout
+    while (batch := client.batches.retrieve(batch_id)).status not in ("completed", "cancelled"):
+        assert time.monotonic() < deadline, f"batch {batch_id} still {batch.status}"
+        time.sleep(0.02)
+    return batch
+
+
+def jsonl(data: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in data.splitlines()]
+
+
+def test_batch_runs_an_uploaded_file_and_writes_output_and_error_files(
+    client: Any, server: LocalServer, batch_delay: Callable[[float], None]
+) -> None:
+    batch_delay(0.1)
+    uploaded = client.files.create(
+        file=("in.jsonl", batch_input("one", "@@fault 500", "two")), purpose="batch"
+    )
+    created = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    assert created.status == "in_progress"
+
+    done = wait_done(client, created.id)
+    outputs = jsonl(client.files.content(done.output_file_id).read())
+    errors = jsonl(client.files.content(done.error_file_id).read())
+
+    assert (done.status, done.request_counts.completed, done.request_counts.failed) == (
+        "completed",
+        2,
+        1,
+    )
+    assert [o["custom_id"] for o in outputs] == ["row-0", "row-2"]
+    assert outputs[0]["response"]["body"]["choices"][0]["message"]["content"] == "Echo: one"
+    assert errors[0]["custom_id"] == "row-1"
+    assert errors[0]["response"]["status_code"] == 500
+    assert created.id in [b.id for b in client.batches.list()]
+    assert client.files.delete(uploaded.id).deleted
+    kinds = [r["kind"] for r in server.requests()]
+    assert kinds[:2] == ["file_create", "batch_create"]
+    assert kinds[-2:] == ["batch_list", "file_delete"]
+
+
+def test_cancelled_batch_ends_cancelled(client: Any, batch_delay: Callable[[float], None]) -> None:
+    batch_delay(5.0)
+    uploaded = client.files.create(
+        file=("in.jsonl", batch_input(*["@@delay 200\nslow"] * 5)), purpose="batch"
+    )
+    created = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+
+    client.batches.cancel(created.id)
+    done = wait_done(client, created.id)
+
+    assert done.status == "cancelled"
+    assert done.request_counts.completed <= 2

@@ -9,7 +9,9 @@ a wrong key is refused before its body is read. Control
 routes under `/_agentrt/` need it as `x-agentrt-token`; they let tests read what arrived
 (`request_log.py` describes the records), wait for a request to finish and queue faults.
 The Batch and Files API routes are served by `batches.py`, Anthropic's Message Batches by
-`wire/message_batches.py`; their requests are logged too (kinds `batch_create`,
+`wire/message_batches.py`, OpenAI's Files and Batch APIs by `wire/openai_batches.py`
+(their `/v1/files` and `/v1/batches` paths are told from Gemini's by the bearer key);
+their requests are logged too (kinds `batch_create`,
 `batch_get`, `batch_list`, `batch_cancel`, `batch_delete`, `batch_results`,
 `file_create`, `file_upload`, `file_get`, `file_download`, `file_delete`).
 """
@@ -56,6 +58,7 @@ from .wire.base import Wire
 from .wire.gemini import KNOWN_MODELS, ChunkEncoder, merge_chunks, to_generate_request
 from .wire.message_batches import MessageBatchService
 from .wire.openai import OpenAIWire
+from .wire.openai_batches import OpenAIBatchService
 
 logger = logging.getLogger("agentrt_jupyter.server")
 
@@ -179,6 +182,9 @@ class ServerState:
         self.log = RequestLog(limits)
         self.faults = FaultQueue()
         self.batches = BatchService(self.batch_item)
+        self.openai_batches_service = OpenAIBatchService(
+            self.openai_batch_item, lambda: self.batches.delay
+        )
         self.message_batches_service = MessageBatchService(
             self.message_batch_item, lambda: self.batches.delay
         )
@@ -632,6 +638,15 @@ class ServerState:
         chunks = [chunk async for chunk in self.engine.generate(greq)]
         return _ANTHROPIC.merge(chunks, greq, f"agentrt-batch-{self._batch_items}")
 
+    async def openai_batch_item(self, body: Any) -> dict[str, Any]:
+        """One request of an OpenAI batch: the chat completion JSON, or EngineError."""
+        greq, _ = _OPENAI.to_request(body)
+        greq = dataclasses.replace(greq, stream=False)
+        self._batch_fault(greq)
+        self._batch_items += 1
+        chunks = [chunk async for chunk in self.engine.generate(greq)]
+        return _OPENAI.merge(chunks, greq, f"agentrt-batch-{self._batch_items}")
+
     def _batch_fault(self, greq: GenerateRequest) -> None:
         """EngineError if the prompt asks for an HTTP error fault (`@@fault 500`)."""
         spec = self.engine.requested_fault(greq)
@@ -652,6 +667,9 @@ class ServerState:
                 )
 
     async def batch_list(self, request: web.Request) -> web.StreamResponse:
+        if _wire_of(request) is _OPENAI:
+            return await self.openai_batches(request)
+
         def answer(raw: bytes) -> web.Response:
             size = _int_query(request, "pageSize", 0)
             token = request.query.get("pageToken")
@@ -660,6 +678,8 @@ class ServerState:
         return await self._service(request, "batch_list", "", answer)
 
     async def batch_route(self, request: web.Request) -> web.StreamResponse:
+        if _wire_of(request) is _OPENAI:
+            return await self.openai_batches(request)
         job_id, _, method = request.match_info["target"].partition(":")
         batches = self.batches
         calls: dict[tuple[str, str], tuple[str, Callable[[], dict[str, Any]]]] = {
@@ -674,6 +694,8 @@ class ServerState:
         return await self._service(request, kind, "", lambda raw: _json(call()))
 
     async def file_route(self, request: web.Request) -> web.StreamResponse:
+        if _wire_of(request) is _OPENAI:
+            return await self.openai_batches(request)
         file_id, _, method = request.match_info["target"].partition(":")
         if request.method == "GET" and method == "download":
 
@@ -797,6 +819,47 @@ class ServerState:
             return self._response(reply)
         kind, answer = found
         return await self._service(request, kind, "", answer, wire=_ANTHROPIC)
+
+    async def openai_batches(self, request: web.Request) -> web.StreamResponse:
+        """OpenAI's Files and Batch APIs (`wire/openai_batches.py`): `/v1/{files|batches}
+        [/{id}[/{action}]]`."""
+        _, collection, *rest = request.path.strip("/").split("/")
+        item = rest[0] if rest else ""
+        action = rest[1] if len(rest) > 1 else ""
+        service = self.openai_batches_service
+        content_type = request.headers.get("Content-Type", "")
+
+        def download(raw: bytes) -> web.Response:
+            return web.Response(body=service.content(item), content_type="application/octet-stream")
+
+        calls: dict[tuple[str, str, str, str], tuple[str, Callable[[bytes], web.Response]]] = {
+            ("POST", "files", "", ""): (
+                "file_create",
+                lambda raw: _json(service.create_file(content_type, raw)),
+            ),
+            ("GET", "files", "id", ""): ("file_get", lambda raw: _json(service.file(item))),
+            ("GET", "files", "id", "content"): ("file_download", download),
+            ("DELETE", "files", "id", ""): (
+                "file_delete",
+                lambda raw: _json(service.delete_file(item)),
+            ),
+            ("POST", "batches", "", ""): (
+                "batch_create",
+                lambda raw: _json(service.create(_parse_json(raw))),
+            ),
+            ("GET", "batches", "", ""): ("batch_list", lambda raw: _json(service.list())),
+            ("GET", "batches", "id", ""): ("batch_get", lambda raw: _json(service.get(item))),
+            ("POST", "batches", "id", "cancel"): (
+                "batch_cancel",
+                lambda raw: _json(service.cancel(item)),
+            ),
+        }
+        found = calls.get((request.method, collection, "id" if item else "", action))
+        if found is None:
+            reply = _OPENAI.error_reply(404, f"Invalid URL ({request.method} {request.path})")
+            return self._response(reply)
+        kind, answer = found
+        return await self._service(request, kind, "", answer, wire=_OPENAI)
 
     # Control routes
 
@@ -923,6 +986,10 @@ def create_app(engine: Engine, token: str, limits: ServerLimits | None = None) -
         app.router.add_post(f"/upload/{version}/files", state.file_upload)
     app.router.add_post("/v1/chat/completions", state.openai_chat)
     app.router.add_post("/v1/messages", state.anthropic_messages)
+    app.router.add_post("/v1/files", state.openai_batches)
+    app.router.add_get("/v1/files/{id}/content", state.openai_batches)
+    app.router.add_post("/v1/batches", state.openai_batches)
+    app.router.add_post("/v1/batches/{id}/cancel", state.openai_batches)
     app.router.add_route("*", "/v1/messages/batches", state.message_batches)
     app.router.add_route("*", "/v1/messages/batches/{id}", state.message_batches)
     app.router.add_route("*", "/v1/messages/batches/{id}/{action}", state.message_batches)
@@ -939,6 +1006,7 @@ def create_app(engine: Engine, token: str, limits: ServerLimits | None = None) -
     async def close_batches(app: web.Application) -> None:
         await state.batches.aclose()
         await state.message_batches_service.aclose()
+        await state.openai_batches_service.aclose()
 
     async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
         if _REQUEST_ID in request:
