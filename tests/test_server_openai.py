@@ -474,3 +474,13 @@ def test_cancelled_batch_ends_cancelled(client: Any, batch_delay: Callable[[floa
 
     assert done.status == "cancelled"
     assert done.request_counts.completed <= 2
+
+
+def test_models_with_a_wrong_key_are_refused(server: LocalServer) -> None:
+    server.reset()
+    bad = openai.OpenAI(api_key="wrong", base_url=server.url + "/v1", max_retries=0)
+    with bad, pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+
+    [record] = server.requests()
+    assert (record["kind"], record["outcome"], record["status"]) == ("model", "rejected", 401)

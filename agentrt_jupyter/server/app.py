@@ -490,7 +490,8 @@ class ServerState:
     async def _wire_models(self, request: web.Request, wire: Wire, model: str) -> web.Response:
         record = self.log.start(request, "model", model)
         if not wire.key_ok(request, self.token):
-            return self._reply(record, wire.error_reply(401))
+            self.log.finish(record, "rejected", 401)
+            return self._response(wire.error_reply(401))
         record["api_key_ok"] = True
         self.log.finish(record, "complete", 200)
         return _json(wire.model(model) if model else wire.models())
