@@ -33,7 +33,9 @@ def batch_delay(server: LocalServer) -> Iterator[Callable[[float], None]]:
 @pytest.fixture
 def client(server: LocalServer) -> Iterator[Any]:
     server.reset()
-    with anthropic.Anthropic(api_key=server.token, base_url=server.url, max_retries=0) as sdk:
+    with anthropic.Anthropic(
+        api_key=server.token, base_url=server.anthropic_base_url, max_retries=0
+    ) as sdk:
         yield sdk
 
 
@@ -176,7 +178,7 @@ def test_models_lists_and_retrieves(client: Any) -> None:
 
 def test_wrong_key_is_an_authentication_error(server: LocalServer) -> None:
     server.reset()
-    bad = anthropic.Anthropic(api_key="wrong", base_url=server.url, max_retries=0)
+    bad = anthropic.Anthropic(api_key="wrong", base_url=server.anthropic_base_url, max_retries=0)
     with bad, pytest.raises(anthropic.AuthenticationError) as caught:
         bad.messages.create(model=MODEL, max_tokens=10, messages=user("x"))
 
@@ -255,7 +257,9 @@ def test_async_client_streams_text(server: LocalServer) -> None:
     server.reset()
 
     async def main() -> str:
-        sdk = anthropic.AsyncAnthropic(api_key=server.token, base_url=server.url, max_retries=0)
+        sdk = anthropic.AsyncAnthropic(
+            api_key=server.token, base_url=server.anthropic_base_url, max_retries=0
+        )
         prompt = user("@@chunks 4\nabcdefgh")
         async with sdk, sdk.messages.stream(model=MODEL, max_tokens=100, messages=prompt) as stream:
             return "".join([text async for text in stream.text_stream])
@@ -312,7 +316,9 @@ def local_server() -> Iterator[LocalServer]:
 
 
 def test_embedded_model_answers_messages_with_real_usage(local_server: LocalServer) -> None:
-    sdk = anthropic.Anthropic(api_key=local_server.token, base_url=local_server.url, max_retries=0)
+    sdk = anthropic.Anthropic(
+        api_key=local_server.token, base_url=local_server.anthropic_base_url, max_retries=0
+    )
     with sdk:
         _, message = stream_events(sdk, "Say hello.", max_tokens=8)
 

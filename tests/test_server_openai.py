@@ -31,7 +31,7 @@ TOOL = {
 @pytest.fixture
 def client(server: LocalServer) -> Iterator[Any]:
     server.reset()
-    with openai.OpenAI(api_key=server.token, base_url=server.url + "/v1", max_retries=0) as sdk:
+    with openai.OpenAI(api_key=server.token, base_url=server.openai_base_url, max_retries=0) as sdk:
         yield sdk
 
 
@@ -186,7 +186,7 @@ def test_models_lists_and_retrieves(client: Any) -> None:
 
 def test_wrong_key_is_an_authentication_error(server: LocalServer) -> None:
     server.reset()
-    bad = openai.OpenAI(api_key="wrong", base_url=server.url + "/v1", max_retries=0)
+    bad = openai.OpenAI(api_key="wrong", base_url=server.openai_base_url, max_retries=0)
     with bad, pytest.raises(openai.AuthenticationError) as caught:
         bad.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}])
 
@@ -293,7 +293,7 @@ def test_async_client_streams_text(server: LocalServer) -> None:
 
     async def main() -> str:
         async with openai.AsyncOpenAI(
-            api_key=server.token, base_url=server.url + "/v1", max_retries=0
+            api_key=server.token, base_url=server.openai_base_url, max_retries=0
         ) as sdk:
             stream = await sdk.chat.completions.create(
                 model=MODEL,
@@ -382,7 +382,7 @@ def test_embedded_model_answers_chat_completions_with_real_usage(
     local_server: LocalServer,
 ) -> None:
     sdk = openai.OpenAI(
-        api_key=local_server.token, base_url=local_server.url + "/v1", max_retries=0
+        api_key=local_server.token, base_url=local_server.openai_base_url, max_retries=0
     )
     with sdk:
         chunks = stream_chunks(
@@ -478,7 +478,7 @@ def test_cancelled_batch_ends_cancelled(client: Any, batch_delay: Callable[[floa
 
 def test_models_with_a_wrong_key_are_refused(server: LocalServer) -> None:
     server.reset()
-    bad = openai.OpenAI(api_key="wrong", base_url=server.url + "/v1", max_retries=0)
+    bad = openai.OpenAI(api_key="wrong", base_url=server.openai_base_url, max_retries=0)
     with bad, pytest.raises(openai.AuthenticationError):
         bad.models.list()
 
