@@ -337,7 +337,6 @@ def _merged_blocks(chunks: list[EngineChunk]) -> list[dict[str, Any]]:
 class AnthropicWire:
     """The Messages wire format (`wire/base.py`'s `Wire`)."""
 
-    name = "anthropic"
     request_id_header = "request-id"
 
     def key_ok(self, request: web.Request, token: str) -> bool:

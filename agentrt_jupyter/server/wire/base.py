@@ -33,7 +33,6 @@ class WireStream(Protocol):
 class Wire(Protocol):
     """One provider's wire format."""
 
-    name: str
     request_id_header: str
     """The header its SDK reads a request id from (`_request_id` on replies and errors)."""
 

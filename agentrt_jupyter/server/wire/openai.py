@@ -307,7 +307,6 @@ class OpenAIStream:
 class OpenAIWire:
     """The Chat Completions wire format (`wire/base.py`'s `Wire`)."""
 
-    name = "openai"
     request_id_header = "x-request-id"
 
     def key_ok(self, request: web.Request, token: str) -> bool:
@@ -390,8 +389,7 @@ class OpenAIWire:
         }
 
     def models(self) -> dict[str, Any]:
-        data = [{"id": m, "object": "model", "created": 0, "owned_by": "agentrt"} for m in MODELS]
-        return {"object": "list", "data": data}
+        return {"object": "list", "data": [self.model(m) for m in MODELS]}
 
     def model(self, model: str) -> dict[str, Any]:
         return {"id": model, "object": "model", "created": 0, "owned_by": "agentrt"}
