@@ -10,7 +10,7 @@ lab:   ## open JupyterLab on the quickstart notebook (LAB_ARGS go to `jupyter la
 	scripts/lab.sh $(LAB_ARGS)
 
 bench: ## run the benchmarks and write bench/results.md
-	scripts/setup.sh notebook,local,mcp
+	scripts/setup.sh notebook,local,mcp,openai,anthropic
 	.venv/bin/python bench/run_all.py
 
 lint:  ## ruff (check and format), mypy and eslint, on what `scripts/setup.sh` installed

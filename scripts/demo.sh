@@ -4,7 +4,7 @@
 # to notebooks/executed/quickstart.ipynb; then notebooks/batch.ipynb (a few rows).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh notebook,local,mcp
+scripts/setup.sh notebook,local,mcp,openai,anthropic
 printf '\n\033[1m==> running notebooks/quickstart.ipynb\033[0m\n'
 .venv/bin/python scripts/run_notebook.py notebooks/quickstart.ipynb \
   --output notebooks/executed/quickstart.ipynb

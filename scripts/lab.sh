@@ -4,7 +4,7 @@
 # to `jupyter lab` (scripts/check_lab.py passes --no-browser, a port and a token).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh notebook,local,mcp
+scripts/setup.sh notebook,local,mcp,openai,anthropic
 # JupyterLab >= 4.6 runs `jupyter-builder` from PATH: the venv's scripts must come first.
 export PATH="$PWD/.venv/bin:$PATH"
 # setup.sh's editable install built the extension (where Node.js is): link it into .venv.

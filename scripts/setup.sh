@@ -2,12 +2,12 @@
 # Create .venv and install agentrt-jupyter (editable) with its extras and the `dev`
 # dependency group (test and lint tools), from nothing. The editable install builds the
 # JupyterLab extension with npm (pyproject's jupyter-builder hook) when its sources changed.
-# Usage: scripts/setup.sh [EXTRAS]   (default: notebook,local,mcp)
+# Usage: scripts/setup.sh [EXTRAS]   (default: notebook,local,mcp,openai,anthropic)
 # The [local] extra compiles llama-cpp-python once (5-10 minutes on 2 cores); the build is
 # portable (no -march=native) so a cached wheel runs on any x86-64 CPU with AVX2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="${1:-notebook,local,mcp}"
+extras="${1:-notebook,local,mcp,openai,anthropic}"
 python="${PYTHON:-python3}"
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }

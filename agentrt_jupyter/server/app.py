@@ -1,17 +1,25 @@
-"""The aiohttp app: Gemini REST routes, SSE writing, faults and the control API.
+"""The aiohttp app: model routes in three wire formats, SSE writing, faults and the
+control API.
 
-Model routes (`/v1/...` and `/v1beta/...`) need the per-process token as the API key,
-as Gemini does; a request with a wrong key is refused before its body is read. Control
+Model routes speak Gemini's REST API (`/v1/...` and `/v1beta/...`), OpenAI's Chat
+Completions (`/v1/chat/completions`) and Anthropic's Messages (`/v1/messages`); `GET
+/v1/models` answers in the format of the SDK that asks. `wire/` holds the formats. All
+need the per-process token as the API key, each as its provider takes it; a request with
+a wrong key is refused before its body is read. Control
 routes under `/_agentrt/` need it as `x-agentrt-token`; they let tests read what arrived
 (`request_log.py` describes the records), wait for a request to finish and queue faults.
-The Batch and Files API routes are served by `batches.py`; their requests are logged too
-(kinds `batch_create`, `batch_get`, `batch_list`, `batch_cancel`, `batch_delete`,
+The Batch and Files API routes are served by `batches.py`, Anthropic's Message Batches by
+`wire/message_batches.py`, OpenAI's Files and Batch APIs by `wire/openai_batches.py`
+(their `/v1/files` and `/v1/batches` paths are told from Gemini's by the bearer key);
+their requests are logged too (kinds `batch_create`,
+`batch_get`, `batch_list`, `batch_cancel`, `batch_delete`, `batch_results`,
 `file_create`, `file_upload`, `file_get`, `file_download`, `file_delete`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import secrets
@@ -45,48 +53,18 @@ from .faults import (
 )
 from .limits import ServerLimits
 from .request_log import Record, RequestLog
+from .wire.anthropic import AnthropicWire
+from .wire.base import Wire
+from .wire.gemini import KNOWN_MODELS, ChunkEncoder, merge_chunks, to_generate_request
+from .wire.message_batches import MessageBatchService
+from .wire.openai import OpenAIWire
+from .wire.openai_batches import OpenAIBatchService
 
 logger = logging.getLogger("agentrt_jupyter.server")
 
 API_KEY_ERROR = "API key not valid. Please pass a valid API key."
 _MAX_WAIT = 600.0
-_OPAQUE_KEYS = frozenset(
-    {
-        "args",
-        "response",
-        "parameters",
-        "parametersJsonSchema",
-        "responseJsonSchema",
-        "responseSchema",
-        "labels",
-    }
-)
-_KNOWN_MODELS = ("gemini-2.5-flash", "gemini-2.5-flash-lite", "gemini-2.5-pro")
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-
-
-def camelize(value: Any) -> Any:
-    """Turn the SDK's snake_case keys (`include_thoughts`, `mime_type`...) into camelCase.
-
-    Values that carry user data (function args and responses, JSON schemas) are left
-    alone so their own keys survive untouched.
-    """
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            camel = _camel_key(key) if isinstance(key, str) else key
-            out[camel] = item if camel in _OPAQUE_KEYS else camelize(item)
-        return out
-    if isinstance(value, list):
-        return [camelize(item) for item in value]
-    return value
-
-
-def _camel_key(key: str) -> str:
-    if "_" not in key:
-        return key
-    head, *rest = key.split("_")
-    return head + "".join(word[:1].upper() + word[1:] for word in rest)
 
 
 def _parse_json(raw: bytes) -> Any:
@@ -95,86 +73,6 @@ def _parse_json(raw: bytes) -> Any:
         return json.loads(raw)
     except ValueError:
         return None
-
-
-def to_generate_request(model: str, body: Any, *, stream: bool) -> GenerateRequest:
-    """Validate and normalise a generateContent/countTokens body; EngineError if malformed."""
-    if not isinstance(body, dict):
-        raise EngineError(400, "Invalid JSON payload: expected an object.")
-    body = camelize(body)
-    contents = body.get("contents", [])
-    if not isinstance(contents, list) or not all(
-        isinstance(c, dict) and isinstance(c.get("parts", []), list) for c in contents
-    ):
-        raise EngineError(400, "Invalid JSON payload: contents must be a list of Content.")
-    instruction = body.get("systemInstruction")
-    system: str | None = None
-    if isinstance(instruction, str):
-        system = instruction
-    elif isinstance(instruction, dict):
-        texts = [p.get("text") for p in instruction.get("parts") or []]
-        system = "\n".join(t for t in texts if isinstance(t, str))
-    config = body.get("generationConfig") or {}
-    tools = body.get("tools") or []
-    if not isinstance(config, dict) or not isinstance(tools, list):
-        raise EngineError(400, "Invalid JSON payload: bad generationConfig or tools.")
-    return GenerateRequest(model, contents, system, config, tools, stream)
-
-
-def _usage_json(usage: dict[str, int]) -> str:
-    counts = {k: v for k, v in usage.items() if v or k != "thoughtsTokenCount"}
-    if "totalTokenCount" not in counts:
-        counts["totalTokenCount"] = sum(counts.values())
-    return json.dumps(counts, separators=(",", ":"))
-
-
-class ChunkEncoder:
-    """Serialises chunks for one call; reuses the JSON of a repeated parts list."""
-
-    def __init__(self, model: str, response_id: str) -> None:
-        self._head = '{"candidates":[{"content":{"parts":'
-        self._tail = f',"modelVersion":{json.dumps(model)},"responseId":{json.dumps(response_id)}}}'
-        self._parts: list[dict[str, Any]] | None = None
-        self._parts_json = ""
-
-    def encode(self, chunk: EngineChunk) -> str:
-        if chunk.parts is not self._parts:
-            self._parts = chunk.parts
-            self._parts_json = json.dumps(chunk.parts, separators=(",", ":"))
-        finish = f',"finishReason":"{chunk.finish_reason}"' if chunk.finish_reason else ""
-        return (
-            f'{self._head}{self._parts_json},"role":"model"}}{finish},"index":0}}],'
-            f'"usageMetadata":{_usage_json(chunk.usage)}{self._tail}'
-        )
-
-
-def merge_chunks(chunks: list[EngineChunk], model: str, response_id: str) -> dict[str, Any]:
-    """The non-streaming response: adjacent text parts of the same kind joined."""
-    parts: list[dict[str, Any]] = []
-    for chunk in chunks:
-        for part in chunk.parts:
-            prev = parts[-1] if parts else None
-            if (
-                prev is not None
-                and set(prev) <= {"text", "thought"}
-                and set(part) <= {"text", "thought"}
-                and "text" in prev
-                and "text" in part
-                and prev.get("thought") == part.get("thought")
-            ):
-                parts[-1] = {**prev, "text": prev["text"] + part["text"]}
-            else:
-                parts.append(dict(part))
-    candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}}
-    if chunks and chunks[-1].finish_reason:
-        candidate["finishReason"] = chunks[-1].finish_reason
-    candidate["index"] = 0
-    response: dict[str, Any] = {"candidates": [candidate]}
-    if chunks:
-        response["usageMetadata"] = json.loads(_usage_json(chunks[-1].usage))
-    response["modelVersion"] = model
-    response["responseId"] = response_id
-    return response
 
 
 def _compact(data: Any) -> bytes:
@@ -244,6 +142,24 @@ class _Refusal(Exception):
         self.hang_up = hang_up
 
 
+_REQUEST_ID = "agentrt_request_id"
+"""The request-id header (name, value) an OpenAI or Anthropic reply carries."""
+_OPENAI = OpenAIWire()
+_ANTHROPIC = AnthropicWire()
+
+
+def _wire_of(request: web.Request) -> Wire | None:
+    """The wire format a `/v1/models` request speaks: Anthropic's SDK sends
+    `anthropic-version`, OpenAI's a bearer token alone; Gemini's neither."""
+    if not request.path.startswith("/v1/"):
+        return None
+    if "anthropic-version" in request.headers or "x-api-key" in request.headers:
+        return _ANTHROPIC
+    if request.headers.get("Authorization", "").lower().startswith("bearer "):
+        return _OPENAI
+    return None
+
+
 def _fault_outcome(status: int) -> str:
     return "error" if status >= 400 else "garbage"
 
@@ -266,6 +182,12 @@ class ServerState:
         self.log = RequestLog(limits)
         self.faults = FaultQueue()
         self.batches = BatchService(self.batch_item)
+        self.openai_batches_service = OpenAIBatchService(
+            self.openai_batch_item, lambda: self.batches.delay
+        )
+        self.message_batches_service = MessageBatchService(
+            self.message_batch_item, lambda: self.batches.delay
+        )
         self._batch_items = 0
 
     def key_ok(self, request: web.Request) -> bool:
@@ -296,6 +218,9 @@ class ServerState:
         if REDIRECT_MARKER in request.query:
             return self._redirect_again(request, model)
         if request.method == "GET" and not method:
+            wire = _wire_of(request)
+            if wire is not None:
+                return await self._wire_models(request, wire, model)
             return await self._call(request, "model", model)
         if request.method == "POST" and method == "batchGenerateContent":
             return await self._service(
@@ -314,6 +239,9 @@ class ServerState:
         return await self._call(request, kinds[method], model)
 
     async def list_models(self, request: web.Request) -> web.StreamResponse:
+        wire = _wire_of(request)
+        if wire is not None:
+            return await self._wire_models(request, wire, "")
         return await self._call(request, "model", "")
 
     async def _call(self, request: web.Request, kind: str, model: str) -> web.StreamResponse:
@@ -355,10 +283,14 @@ class ServerState:
             return _json(error_body(500), 500)
 
     async def _refuse(
-        self, request: web.Request, record: Record, refusal: _Refusal
+        self, request: web.Request, record: Record, refusal: _Refusal, wire: Wire | None = None
     ) -> web.StreamResponse:
         self.log.finish(record, "rejected", refusal.code)
-        response = _json(error_body(refusal.code, refusal.message), refusal.code)
+        if wire is None:
+            response = _json(error_body(refusal.code, refusal.message), refusal.code)
+        else:
+            reply = wire.error_reply(refusal.code, refusal.message or None)
+            response = self._response(reply)
         response.force_close()
         if refusal.hang_up:
             await response.prepare(request)
@@ -394,7 +326,7 @@ class ServerState:
         }
 
     def _model_list(self) -> dict[str, Any]:
-        return {"models": [self._model_info(m) for m in _KNOWN_MODELS]}
+        return {"models": [self._model_info(m) for m in KNOWN_MODELS]}
 
     # Generation, with the fault plan applied at its three points
 
@@ -506,7 +438,16 @@ class ServerState:
 
     def _reply(self, record: Record, reply: Reply) -> web.Response:
         self.log.finish(record, _fault_outcome(reply.status), reply.status)
-        return web.Response(body=reply.body, status=reply.status, content_type=reply.content_type)
+        return self._response(reply)
+
+    @staticmethod
+    def _response(reply: Reply) -> web.Response:
+        return web.Response(
+            body=reply.body,
+            status=reply.status,
+            content_type=reply.content_type,
+            headers=dict(reply.headers),
+        )
 
     async def _strike(
         self, request: web.Request, record: Record, action: Drop | Hang
@@ -538,6 +479,144 @@ class ServerState:
         response.force_close()
         return response
 
+    # OpenAI and Anthropic routes (wire/), through the same fault plan and request log
+
+    async def openai_chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._wire_call(request, _OPENAI)
+
+    async def anthropic_messages(self, request: web.Request) -> web.StreamResponse:
+        return await self._wire_call(request, _ANTHROPIC)
+
+    async def _wire_models(self, request: web.Request, wire: Wire, model: str) -> web.Response:
+        record = self.log.start(request, "model", model)
+        if not wire.key_ok(request, self.token):
+            self.log.finish(record, "rejected", 401)
+            return self._response(wire.error_reply(401))
+        record["api_key_ok"] = True
+        self.log.finish(record, "complete", 200)
+        return _json(wire.model(model) if model else wire.models())
+
+    async def _wire_call(self, request: web.Request, wire: Wire) -> web.StreamResponse:
+        record = self.log.start(request, "generate", "")
+        request[_REQUEST_ID] = (wire.request_id_header, f"req_agentrt_{record['id']}")
+        try:
+            if not wire.key_ok(request, self.token):
+                raise _Refusal(401, "")
+            record["api_key_ok"] = True
+            raw = await self.read_body(request)
+            body = _parse_json(raw)
+            greq, options = wire.to_request(body)
+            record["model"] = greq.model
+            record["kind"] = "stream" if greq.stream else "generate"
+            self.log.keep_body(record, raw, body)
+            del raw, body  # a long or hung stream must not hold on to them
+            fault = self._fault_for(greq)
+            record["fault"] = fault.spec if fault else None
+            return await self._wire_generate(request, record, wire, greq, options, fault)
+        except _Refusal as refusal:
+            return await self._refuse(request, record, refusal, wire)
+        except EngineError as exc:
+            self.log.finish(record, "error", exc.code)
+            return self._response(wire.error_reply(exc.code, exc.message))
+        except asyncio.CancelledError:
+            self.log.finish(record, "client_closed")
+            raise
+        except ConnectionError:
+            self.log.finish(record, "client_closed")
+            return web.Response(status=499)
+        except Exception:
+            logger.exception("request %s failed", record["id"])
+            self.log.finish(record, "error", 500)
+            return self._response(wire.error_reply(500))
+
+    async def _wire_generate(
+        self,
+        request: web.Request,
+        record: Record,
+        wire: Wire,
+        greq: GenerateRequest,
+        options: dict[str, Any],
+        fault: Fault | None,
+    ) -> web.StreamResponse:
+        plan = fault.plan(greq.model, stream=greq.stream) if fault else NO_FAULT
+        if fault is not None and fault.kind == "http_error":
+            return self._reply(record, wire.fault_reply(fault, greq.model))
+        if plan.before_headers is not None:
+            return await self._before_headers(request, record, greq, plan.before_headers)
+        chunks = self._chunks(greq, plan)
+        response_id = f"agentrt-{record['id']}"
+        if greq.stream:
+            return await self._wire_stream(request, record, wire, greq, options, plan, chunks)
+        collected = [chunk async for chunk in chunks]
+        merged = wire.merge(collected, greq, response_id)
+        after = plan.after_chunks
+        if after is None:
+            self.log.finish(record, "complete", 200)
+            return _json(merged)
+        if isinstance(after, Truncate):
+            return self._reply(record, Reply(200, _half(_compact(merged))))
+        if isinstance(after, Event):
+            garbage = Reply(after.status, after.payload)
+            return self._reply(
+                record, wire.error_reply(after.status) if after.status >= 400 else garbage
+            )
+        return await self._strike(request, record, after)
+
+    async def _wire_stream(
+        self,
+        request: web.Request,
+        record: Record,
+        wire: Wire,
+        greq: GenerateRequest,
+        options: dict[str, Any],
+        plan: FaultPlan,
+        chunks: AsyncIterator[EngineChunk],
+    ) -> web.StreamResponse:
+        stream = wire.stream(greq, f"agentrt-{record['id']}", options)
+        after = plan.after_chunks
+        # Wait for the first chunk before the headers: an EngineError is still an HTTP error.
+        pending = await anext(chunks, None)
+        if pending is not None:
+            input_tokens = pending.usage.get("promptTokenCount", 0)
+        else:
+            input_tokens = await self.engine.count_tokens(greq)
+        response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
+        record["status"] = 200
+        await response.prepare(request)
+        opening = stream.open(input_tokens)
+        if isinstance(after, Truncate):
+            # The first event's JSON cut in half, still framed as an event.
+            await response.write(_half(opening.rstrip(b"\n")) + b"\n\n")
+            self.log.finish(record, "garbage")
+            await response.write_eof()
+            return response
+        await response.write(opening)
+        sent = 0
+        try:
+            while pending is not None:
+                await response.write(stream.chunk(pending))
+                sent += 1
+                record["chunks_sent"] = sent
+                pending = await anext(chunks, None)
+        except EngineError as exc:
+            await response.write(stream.error(exc.code, exc.message))
+            self.log.finish(record, "error")
+            await response.write_eof()
+            return response
+        if isinstance(after, Drop | Hang):
+            return await self._strike(request, record, after)
+        if isinstance(after, Event):
+            error = after.status >= 400
+            await response.write(
+                stream.error(after.status) if error else stream.garbage(after.payload)
+            )
+            self.log.finish(record, "error" if error else "garbage")
+        else:
+            await response.write(stream.close())
+            self.log.finish(record, "complete")
+        await response.write_eof()
+        return response
+
     # Batch and Files API routes (batches.py)
 
     async def batch_item(self, model: str, body: Any) -> dict[str, Any]:
@@ -546,6 +625,31 @@ class ServerState:
         A fault the prompt asks for applies when it is an HTTP error (`@@fault 500`); other
         kinds, and queued faults, do not apply to batch requests."""
         greq = to_generate_request(model, body, stream=False)
+        self._batch_fault(greq)
+        self._batch_items += 1
+        chunks = [chunk async for chunk in self.engine.generate(greq)]
+        return merge_chunks(chunks, greq.model, f"agentrt-batch-{self._batch_items}")
+
+    async def message_batch_item(self, params: Any) -> dict[str, Any]:
+        """One request of an Anthropic message batch: the message JSON, or EngineError."""
+        greq, _ = _ANTHROPIC.to_request(params)
+        greq = dataclasses.replace(greq, stream=False)
+        self._batch_fault(greq)
+        self._batch_items += 1
+        chunks = [chunk async for chunk in self.engine.generate(greq)]
+        return _ANTHROPIC.merge(chunks, greq, f"agentrt-batch-{self._batch_items}")
+
+    async def openai_batch_item(self, body: Any) -> dict[str, Any]:
+        """One request of an OpenAI batch: the chat completion JSON, or EngineError."""
+        greq, _ = _OPENAI.to_request(body)
+        greq = dataclasses.replace(greq, stream=False)
+        self._batch_fault(greq)
+        self._batch_items += 1
+        chunks = [chunk async for chunk in self.engine.generate(greq)]
+        return _OPENAI.merge(chunks, greq, f"agentrt-batch-{self._batch_items}")
+
+    def _batch_fault(self, greq: GenerateRequest) -> None:
+        """EngineError if the prompt asks for an HTTP error fault (`@@fault 500`)."""
         spec = self.engine.requested_fault(greq)
         if spec is not None:
             try:
@@ -562,11 +666,11 @@ class ServerState:
                     str(message or f"Injected fault: HTTP {action.status}."),
                     status=STATUS_NAMES.get(action.status, "UNKNOWN"),
                 )
-        self._batch_items += 1
-        chunks = [chunk async for chunk in self.engine.generate(greq)]
-        return merge_chunks(chunks, greq.model, f"agentrt-batch-{self._batch_items}")
 
     async def batch_list(self, request: web.Request) -> web.StreamResponse:
+        if _wire_of(request) is _OPENAI:
+            return await self.openai_batches(request)
+
         def answer(raw: bytes) -> web.Response:
             size = _int_query(request, "pageSize", 0)
             token = request.query.get("pageToken")
@@ -575,6 +679,8 @@ class ServerState:
         return await self._service(request, "batch_list", "", answer)
 
     async def batch_route(self, request: web.Request) -> web.StreamResponse:
+        if _wire_of(request) is _OPENAI:
+            return await self.openai_batches(request)
         job_id, _, method = request.match_info["target"].partition(":")
         batches = self.batches
         calls: dict[tuple[str, str], tuple[str, Callable[[], dict[str, Any]]]] = {
@@ -589,6 +695,8 @@ class ServerState:
         return await self._service(request, kind, "", lambda raw: _json(call()))
 
     async def file_route(self, request: web.Request) -> web.StreamResponse:
+        if _wire_of(request) is _OPENAI:
+            return await self.openai_batches(request)
         file_id, _, method = request.match_info["target"].partition(":")
         if request.method == "GET" and method == "download":
 
@@ -647,13 +755,15 @@ class ServerState:
         answer: Callable[[bytes], web.Response],
         *,
         needs_key: bool = True,
+        wire: Wire | None = None,
     ) -> web.StreamResponse:
-        """A logged Batch/Files API call: key check, body read within the limits, answer."""
+        """A logged Batch/Files API call: key check, body read within the limits, answer;
+        errors in `wire`'s format (Gemini's by default)."""
         record = self.log.start(request, kind, model)
         try:
-            key_ok = self.key_ok(request)
+            key_ok = wire.key_ok(request, self.token) if wire else self.key_ok(request)
             if needs_key and not key_ok:
-                raise _Refusal(400, API_KEY_ERROR)
+                raise _Refusal(401 if wire else 400, "" if wire else API_KEY_ERROR)
             record["api_key_ok"] = key_ok
             raw = await self.read_body(request) if request.can_read_body else b""
             if raw:
@@ -662,9 +772,11 @@ class ServerState:
             self.log.finish(record, "complete", response.status)
             return response
         except _Refusal as refusal:
-            return await self._refuse(request, record, refusal)
+            return await self._refuse(request, record, refusal, wire)
         except EngineError as exc:
             self.log.finish(record, "error", exc.code)
+            if wire is not None:
+                return self._response(wire.error_reply(exc.code, exc.message))
             return _json(error_body(exc.code, exc.message, status=exc.status), exc.code)
         except web.HTTPException:
             self.log.finish(record, "error", 400)
@@ -676,6 +788,79 @@ class ServerState:
             logger.exception("request %s failed", record["id"])
             self.log.finish(record, "error", 500)
             return _json(error_body(500), 500)
+
+    async def message_batches(self, request: web.Request) -> web.StreamResponse:
+        """Anthropic's Message Batches API (`wire/message_batches.py`)."""
+        batch_id = request.match_info.get("id", "")
+        action = request.match_info.get("action", "")
+        service = self.message_batches_service
+        base = _base(request)
+        calls: dict[tuple[str, str, str], tuple[str, Callable[[bytes], web.Response]]] = {
+            ("POST", "", ""): (
+                "batch_create",
+                lambda raw: _json(service.create(_parse_json(raw), base)),
+            ),
+            ("GET", "", ""): ("batch_list", lambda raw: _json(service.list(base))),
+            ("GET", "id", ""): ("batch_get", lambda raw: _json(service.get(batch_id, base))),
+            ("POST", "id", "cancel"): (
+                "batch_cancel",
+                lambda raw: _json(service.cancel(batch_id, base)),
+            ),
+            ("DELETE", "id", ""): ("batch_delete", lambda raw: _json(service.delete(batch_id))),
+            ("GET", "id", "results"): (
+                "batch_results",
+                lambda raw: web.Response(
+                    body=service.results(batch_id), content_type="application/x-jsonl"
+                ),
+            ),
+        }
+        found = calls.get((request.method, "id" if batch_id else "", action))
+        if found is None:
+            reply = _ANTHROPIC.error_reply(404, f"{request.method} {request.path} not found.")
+            return self._response(reply)
+        kind, answer = found
+        return await self._service(request, kind, "", answer, wire=_ANTHROPIC)
+
+    async def openai_batches(self, request: web.Request) -> web.StreamResponse:
+        """OpenAI's Files and Batch APIs (`wire/openai_batches.py`): `/v1/{files|batches}
+        [/{id}[/{action}]]`."""
+        _, collection, *rest = request.path.strip("/").split("/")
+        item = rest[0] if rest else ""
+        action = rest[1] if len(rest) > 1 else ""
+        service = self.openai_batches_service
+        content_type = request.headers.get("Content-Type", "")
+
+        def download(raw: bytes) -> web.Response:
+            return web.Response(body=service.content(item), content_type="application/octet-stream")
+
+        calls: dict[tuple[str, str, str, str], tuple[str, Callable[[bytes], web.Response]]] = {
+            ("POST", "files", "", ""): (
+                "file_create",
+                lambda raw: _json(service.create_file(content_type, raw)),
+            ),
+            ("GET", "files", "id", ""): ("file_get", lambda raw: _json(service.file(item))),
+            ("GET", "files", "id", "content"): ("file_download", download),
+            ("DELETE", "files", "id", ""): (
+                "file_delete",
+                lambda raw: _json(service.delete_file(item)),
+            ),
+            ("POST", "batches", "", ""): (
+                "batch_create",
+                lambda raw: _json(service.create(_parse_json(raw))),
+            ),
+            ("GET", "batches", "", ""): ("batch_list", lambda raw: _json(service.list())),
+            ("GET", "batches", "id", ""): ("batch_get", lambda raw: _json(service.get(item))),
+            ("POST", "batches", "id", "cancel"): (
+                "batch_cancel",
+                lambda raw: _json(service.cancel(item)),
+            ),
+        }
+        found = calls.get((request.method, collection, "id" if item else "", action))
+        if found is None:
+            reply = _OPENAI.error_reply(404, f"Invalid URL ({request.method} {request.path})")
+            return self._response(reply)
+        kind, answer = found
+        return await self._service(request, kind, "", answer, wire=_OPENAI)
 
     # Control routes
 
@@ -800,6 +985,15 @@ def create_app(engine: Engine, token: str, limits: ServerLimits | None = None) -
         app.router.add_route("*", f"/{version}/batches/{{target}}", state.batch_route)
         app.router.add_route("*", f"/{version}/files/{{target}}", state.file_route)
         app.router.add_post(f"/upload/{version}/files", state.file_upload)
+    app.router.add_post("/v1/chat/completions", state.openai_chat)
+    app.router.add_post("/v1/messages", state.anthropic_messages)
+    app.router.add_post("/v1/files", state.openai_batches)
+    app.router.add_get("/v1/files/{id}/content", state.openai_batches)
+    app.router.add_post("/v1/batches", state.openai_batches)
+    app.router.add_post("/v1/batches/{id}/cancel", state.openai_batches)
+    app.router.add_route("*", "/v1/messages/batches", state.message_batches)
+    app.router.add_route("*", "/v1/messages/batches/{id}", state.message_batches)
+    app.router.add_route("*", "/v1/messages/batches/{id}/{action}", state.message_batches)
     app.router.add_get("/_agentrt/health", state.health)
     app.router.add_get("/_agentrt/requests", state.list_requests)
     app.router.add_delete("/_agentrt/requests", state.clear_requests)
@@ -812,6 +1006,14 @@ def create_app(engine: Engine, token: str, limits: ServerLimits | None = None) -
 
     async def close_batches(app: web.Application) -> None:
         await state.batches.aclose()
+        await state.message_batches_service.aclose()
+        await state.openai_batches_service.aclose()
 
+    async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+        if _REQUEST_ID in request:
+            name, value = request[_REQUEST_ID]
+            response.headers[name] = value
+
+    app.on_response_prepare.append(add_request_id)
     app.on_cleanup.append(close_batches)
     return app

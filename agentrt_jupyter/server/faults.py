@@ -6,7 +6,9 @@ and in the control queue (`POST /_agentrt/faults`, which applies to any engine).
 `parse_fault` turns it into a `Fault`, and `Fault.plan` into what the HTTP layer does at
 each of three points: before the headers, per chunk, and once the chunks stop. The error
 bodies copy what the real service sends, so the SDK raises the same exceptions with the
-same `details`.
+same `details`. On the OpenAI and Anthropic routes (`wire/`) the same SPECs apply: the
+HTTP error kinds (`CODE`, `429 ...`, `sse_error`) take that provider's error shape and
+headers (`wire/openai.py`, `wire/anthropic.py` say which); the rest are the same bytes.
 
 SPECs (K counts the good chunks sent, or generated for a non-stream call, first):
 
@@ -136,11 +138,12 @@ REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 
 @dataclass(frozen=True)
 class Reply:
-    """A whole HTTP reply sent instead of the model's."""
+    """A whole HTTP reply sent instead of the model's (`headers` besides its type)."""
 
     status: int
     body: bytes
     content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -155,6 +155,16 @@ class LocalServer:
         return cls(process, url=str(ready["url"]), token=token, engine=engine, log_path=log_path)
 
     @property
+    def openai_base_url(self) -> str:
+        """The `base_url` the `openai` SDK takes: its paths start after `/v1`."""
+        return self.url + "/v1"
+
+    @property
+    def anthropic_base_url(self) -> str:
+        """The `base_url` the `anthropic` SDK takes: its paths start with `/v1`."""
+        return self.url
+
+    @property
     def running(self) -> bool:
         return self._process.poll() is None
 

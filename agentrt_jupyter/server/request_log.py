@@ -6,11 +6,14 @@ A record is a JSON object:
   once the record is evicted), `received` and `finished` (Unix times; `finished` is
   None while the request runs), `method`, `path`, `model`, `kind` (`generate`,
   `stream`, `count_tokens`, `model`, or `redirect` for a request that follows a
-  `redirect` fault), `api_key_ok`, `fault` (the SPEC applied, or None).
+  `redirect` fault), `api_key_ok`, `fault` (the SPEC applied, or None). OpenAI's and
+  Anthropic's requests have the same kinds; their `path` (`/v1/chat/completions`,
+  `/v1/messages`) tells the wire format.
 - `status`: the HTTP status answered (200 once a stream's headers are out, even if an
   SSE error event follows); 0 until known.
 - `outcome`: None while running, then `complete`, `rejected` (refused before the body
-  was read: bad API key 400, body too large 413, body too slow 408), `error` (an error
+  was read: bad API key 400 (401 on the OpenAI and Anthropic routes), body too large
+  413, body too slow 408), `error` (an error
   answered after the body was read: bad JSON or shape 400, an engine error, an error
   fault or SSE error event), `garbage` (a fault's garbage reply with a 2xx status, or a
   garbage SSE line), `redirected`, `dropped` or `client_closed`.
