@@ -29,10 +29,24 @@ LOCAL_MODEL = "smollm2-135m-instruct"
 MAX_MODEL_NAME = 200
 MAX_AGENT_NAME = 100
 API_KEY_VARIABLES = ("GOOGLE_API_KEY", "GEMINI_API_KEY")
+PROVIDERS: tuple[str, ...] = ("gemini", "vertex", "openai", "anthropic", "ollama")
+"""The prefixes of `provider:model`; a bare model name is Gemini's."""
+PROVIDER_VARIABLES: dict[str, tuple[str, str]] = {
+    "openai": ("OPENAI_API_KEY", "OPENAI_BASE_URL"),
+    "anthropic": ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"),
+    "vertex": ("GOOGLE_CLOUD_PROJECT", "GOOGLE_CLOUD_LOCATION"),
+}
+"""The environment each provider's SDK reads: (key, base URL), for Vertex (project, location)."""
+OLLAMA_BASE_URL = "http://localhost:11434/v1"
+"""Ollama's OpenAI-compatible API at its default address."""
 _INT32 = 2**31 - 1
 _LONGEST_WAIT = 30 * 86400.0
 """Upper bound of every time setting (30 days): past it a number is a mistake, not a wait."""
 _MODEL_NAME = re.compile(r"(?:models/|tunedModels/)?[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
+_OTHER_MODEL_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._:/@+-]*[A-Za-z0-9])?")
+"""Names on OpenAI-compatible servers and Anthropic: 'qwen3:4b', 'meta-llama/Llama-3.1-8B'."""
+_GOOGLE_PROJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:_-]{0,99}")
+_GOOGLE_LOCATION = re.compile(r"[a-z][a-z0-9-]{0,49}")
 _MIME_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]*/[A-Za-z0-9][A-Za-z0-9.+-]*")
 
 ConfirmTool = Callable[[str, dict[str, Any]], "bool | Awaitable[bool]"]
@@ -58,6 +72,25 @@ def env_api_key() -> str | None:
     """The key google-genai would use: GOOGLE_API_KEY, else GEMINI_API_KEY."""
     found = _env_key()
     return found[1] if found else None
+
+
+def provider_environment(provider: str) -> tuple[str | None, str | None]:
+    """What a provider's SDK reads from the environment: (key, base URL), for Vertex
+    (project, location); (None, None) for a provider with none. A key is checked like a
+    configured one, and the message names the variable, never the key."""
+    variables = PROVIDER_VARIABLES.get(provider)
+    if variables is None:
+        return None, None
+    first, second = (os.environ.get(variable) or None for variable in variables)
+    if provider == "vertex":
+        return first, second
+    _check_api_key(first, source=f"${variables[0]}")
+    try:
+        _check_base_url(second)
+    except InvalidConfig as exc:
+        shown = str(exc).removeprefix("base_url: ")
+        raise InvalidConfig(f"${variables[1]}: {shown}", field="base_url") from None
+    return first, second
 
 
 def _shown(value: str, limit: int = 60) -> str:
@@ -127,18 +160,51 @@ def _check_optional_str(name: str, value: object, *, allow_empty: bool = False) 
     return value
 
 
+def split_model(model: str) -> tuple[str, str]:
+    """The provider and the name sent to it: "openai:gpt-4.1-mini" -> ("openai",
+    "gpt-4.1-mini"); a bare name is Gemini's. Assumes a validated name (`_check_model`)."""
+    prefix, colon, name = model.partition(":")
+    if colon and prefix in PROVIDERS:
+        return prefix, name
+    return "gemini", model
+
+
+def provider_of(model: str | None) -> str:
+    """The provider a (validated) model name picks; None (the default model) is Gemini's."""
+    return "gemini" if model is None else split_model(model)[0]
+
+
 def _check_model(name: str, value: object) -> None:
-    """Model names as the Gemini API spells them, so a typo fails here, not at the turn."""
+    """`provider:model` or a bare Gemini name, so a typo fails here, not at the turn."""
     value = _check_optional_str(name, value)
     if value is None:
         return
-    if len(value) > MAX_MODEL_NAME or ".." in value or not _MODEL_NAME.fullmatch(value):
+    prefix, colon, _ = value.partition(":")
+    if colon and prefix not in PROVIDERS:
         raise InvalidConfig(
-            f"{_shown(value)} is not a model name like 'gemini-2.5-flash' or "
-            "'models/gemini-2.5-flash': letters, digits, '.', '-' and '_', an optional "
-            f"'models/' or 'tunedModels/' prefix, at most {MAX_MODEL_NAME} characters",
+            f"{_shown(value)} names an unknown provider {_shown(prefix)}: the providers are "
+            f"{', '.join(PROVIDERS)} (write 'ollama:{value}' for an Ollama model)",
             field=name,
         )
+    provider, model = split_model(value)
+    if provider in ("gemini", "vertex"):
+        pattern, example = _MODEL_NAME, "'gemini-2.5-flash'"
+    else:
+        pattern, example = _OTHER_MODEL_NAME, f"'{provider}:{_EXAMPLES[provider]}'"
+    if len(value) > MAX_MODEL_NAME or ".." in model or not pattern.fullmatch(model):
+        raise InvalidConfig(
+            f"{_shown(value)} is not a model name like {example}: letters, digits and "
+            f"{_ALLOWED[pattern is _MODEL_NAME]}, at most {MAX_MODEL_NAME} characters",
+            field=name,
+        )
+
+
+_EXAMPLES = {"openai": "gpt-4.1-mini", "anthropic": "claude-sonnet-4-5", "ollama": "qwen3:4b"}
+_ALLOWED = {
+    True: "'.', '-', '_', an optional 'models/' or 'tunedModels/' prefix, and a provider "
+    "prefix like 'openai:'",
+    False: "'.', '-', '_', ':', '/', '@', '+'",
+}
 
 
 def _check_api_key(value: object, source: str = "the key") -> None:
@@ -201,6 +267,14 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
 def _check_api_version(value: object) -> None:
     if value is not None:
         _check_choice("api_version", value, API_VERSIONS)
+
+
+def _check_google_name(name: str, value: object, pattern: re.Pattern[str], example: str) -> None:
+    value = _check_optional_str(name, value)
+    if value is not None and not pattern.fullmatch(value):
+        raise InvalidConfig(
+            f"{_shown(value)} is not a Google Cloud {name} like {example}", field=name
+        )
 
 
 def check_agent_name(value: object) -> None:
@@ -404,6 +478,10 @@ class AgentConfig:
     api_key: str | None = None
     base_url: str | None = None
     api_version: str | None = None
+    project: str | None = None
+    """Vertex AI only: the Google Cloud project (else $GOOGLE_CLOUD_PROJECT)."""
+    location: str | None = None
+    """Vertex AI only: the region, like 'us-central1' (else $GOOGLE_CLOUD_LOCATION)."""
     reply_cache: bool | None = None
     """Replay recorded replies for identical requests; None follows the runtime's setting."""
     tool_timeout: float | None = 300.0
@@ -446,6 +524,8 @@ class AgentConfig:
         _check_api_key(self.api_key)
         _check_base_url(self.base_url)
         _check_api_version(self.api_version)
+        _check_google_name("project", self.project, _GOOGLE_PROJECT, "'my-project'")
+        _check_google_name("location", self.location, _GOOGLE_LOCATION, "'us-central1'")
 
     @property
     def tool_list(self) -> tuple[Tool, ...]:

@@ -85,6 +85,8 @@ class LedgerEntry:
     error: str | None = None
     saved_tokens: int = 0
     """For a reply replayed from the cache: the tokens it cost when recorded (not billed)."""
+    provider: str = "gemini"
+    """Who answered: gemini, vertex, openai, anthropic or ollama (`model` has no prefix)."""
 
 
 @dataclass(frozen=True, slots=True)

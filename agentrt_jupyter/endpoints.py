@@ -1,9 +1,11 @@
 """Which backend answers an agent: its endpoint (key, host, provider), made once and reused.
 
-An agent with its own `api_key`/`base_url` talks to that endpoint; the others to the
-runtime's: Gemini with a key, else the embedded local model server, started here on
-first use. The runtime's `backend_factory` turns an `Endpoint` into a `Backend`; the
-default one is google-genai's (`backends.default_backend`).
+The model's prefix picks the provider ("openai:gpt-4.1-mini"; a bare name is Gemini's).
+A Gemini agent with its own `api_key`/`base_url` talks to that endpoint; the others to
+the runtime's: Gemini with a key, else the embedded local model server, started here on
+first use. Another provider's agent uses its own settings, else that SDK's environment
+variables: the runtime's key is Gemini's and never goes elsewhere. The runtime's
+`backend_factory` turns an `Endpoint` into a `Backend` (`backends.default_backend`).
 """
 
 from __future__ import annotations
@@ -17,13 +19,49 @@ from typing import TYPE_CHECKING, Any
 
 from .backends import default_backend
 from .backends.base import Backend, BackendFactory, Endpoint
-from .config import AgentConfig, RuntimeConfig
+from .config import (
+    OLLAMA_BASE_URL,
+    AgentConfig,
+    RuntimeConfig,
+    provider_environment,
+    provider_of,
+)
 from .errors import BackendError, InvalidConfig
 
 if TYPE_CHECKING:
     from .server.process import LocalServer
 
 log = logging.getLogger("agentrt_jupyter")
+
+PROVIDER_HOSTS = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+    "vertex": "aiplatform.googleapis.com",
+}
+"""Where each SDK goes without a base URL (for the reply cache's label)."""
+
+
+def provider_endpoint(provider: str, config: AgentConfig) -> Endpoint:
+    """The endpoint of a provider other than Gemini: the agent's settings, else the
+    SDK's environment. A key from the environment goes only with the base URL from the
+    environment (or the SDK's own host), never to an agent's own base_url."""
+    if provider == "vertex":
+        project, location = provider_environment("vertex")
+        return Endpoint(
+            config.api_key,
+            config.base_url,
+            provider="vertex",
+            project=config.project or project,
+            location=config.location or location,
+        )
+    if provider == "ollama":
+        return Endpoint(config.api_key, config.base_url or OLLAMA_BASE_URL, provider="ollama")
+    env_key, env_url = provider_environment(provider)
+    base_url = config.base_url or env_url
+    api_key = config.api_key
+    if api_key is None and base_url == env_url:
+        api_key = env_key
+    return Endpoint(api_key, base_url, provider=provider)
 
 
 class Backends:
@@ -44,12 +82,35 @@ class Backends:
         self.default_credential: str | None = None
         """The fingerprint of the runtime's own key, once its backend was made."""
 
-    def check_endpoint(self, name: str, config: AgentConfig) -> None:
-        """A key goes only to the endpoint it was configured with.
+    def provider(self, config: AgentConfig) -> str:
+        """The provider an agent's model names (its own, else the runtime's default)."""
+        return provider_of(self.config.model_for(config.model))
 
-        An agent with its own `base_url` (a resumed one, whose key is never stored)
+    def check_endpoint(self, name: str, config: AgentConfig) -> None:
+        """Settings its provider cannot honour are refused, and a key goes only to the
+        endpoint it was configured with.
+
+        A Gemini agent with its own `base_url` (a resumed one, whose key is never stored)
         must bring its own `api_key`; the runtime's key is not sent to another host.
         """
+        provider = self.provider(config)
+        if provider != "vertex":
+            for setting in ("project", "location"):
+                if getattr(config, setting) is not None:
+                    raise InvalidConfig(
+                        f"agent {name!r}: {setting} is a Vertex AI setting and its model is "
+                        f"on {provider}: use model='vertex:...'",
+                        field=setting,
+                    )
+        if provider != "gemini":
+            if config.api_version is not None:
+                raise InvalidConfig(
+                    f"agent {name!r}: api_version is a Gemini API setting; the {provider} "
+                    "provider has none",
+                    field="api_version",
+                )
+            provider_endpoint(provider, config)  # the environment's values are checked
+            return
         if (
             config.base_url is not None
             and config.api_key is None
@@ -62,12 +123,24 @@ class Backends:
             )
 
     def label(self, config: AgentConfig) -> str:
-        """Who answers an agent, for the reply cache: its base URL, or the backend's name
-        (the local servers' random ports must not make a restarted kernel miss)."""
-        return config.base_url or self.config.base_url or self.config.resolved_backend()
+        """Who answers an agent, for the reply cache: a Gemini agent's base URL, or the
+        backend's name (the local servers' random ports must not make a restarted kernel
+        miss); another provider's name and host (a reply recorded on one provider never
+        replays for another)."""
+        provider = self.provider(config)
+        if provider == "gemini":
+            return config.base_url or self.config.base_url or self.config.resolved_backend()
+        endpoint = provider_endpoint(provider, config)
+        host = endpoint.base_url or PROVIDER_HOSTS[provider]
+        if provider == "vertex":
+            host = f"{host} {endpoint.project}/{endpoint.location}"
+        return f"{provider} {host}"
 
     async def _endpoint(self, config: AgentConfig) -> Endpoint:
         """Where an agent's calls go: its own endpoint, else the runtime's."""
+        provider = self.provider(config)
+        if provider != "gemini":
+            return provider_endpoint(provider, config)
         if config.api_key or config.base_url:
             return Endpoint(
                 config.api_key or self.config.resolved_api_key(),
@@ -111,7 +184,9 @@ class Backends:
             if backend is None:
                 backend = self._factory(endpoint)
                 self._made[endpoint] = backend
-            if not (config.api_key or config.base_url):
+            if not (config.api_key or config.base_url) and self.provider(config) == self.provider(
+                AgentConfig()
+            ):
                 self.default_credential = backend.credential
             return backend
 
@@ -128,8 +203,8 @@ class Backends:
         import starts its turn as soon as the import is done, not after the whole warm-up.
         """
         try:
-            if not self._default_factory:  # a custom factory's backend: just make it
-                await self.default()
+            if not self._default_factory or self.provider(AgentConfig()) != "gemini":
+                await self.default()  # a custom factory's or another SDK's: just make it
                 return
             gemini = _import_without_collections(f"{__package__}.backends.gemini")
             await self.default()

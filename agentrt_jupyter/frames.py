@@ -22,9 +22,9 @@ no usage). Durations are `float64` seconds, `NaN` where unknown.
     text string, thoughts string, tool_calls string (JSON list of {name, args, id}),
     tool_results string (JSON list of {name, response, id}),
     attachments string (MIME types of inline data, comma-separated),
-    model string, finish_reason string, prompt_tokens Int64, cached_tokens Int64,
-    candidates_tokens Int64, thoughts_tokens Int64, tool_use_prompt_tokens Int64,
-    total_tokens Int64
+    model string (without its provider prefix), provider string, finish_reason string,
+    prompt_tokens Int64, cached_tokens Int64, candidates_tokens Int64, thoughts_tokens Int64,
+    tool_use_prompt_tokens Int64, total_tokens Int64
 
 `usage_frame` — one row per turn that made API calls, ordered by agent then turn:
 
@@ -38,7 +38,8 @@ no usage). Durations are `float64` seconds, `NaN` where unknown.
 
 `ledger_frame` — one row per API call (tool hops and retries included):
 
-    agent string, turn int64, call int64, model string, started datetime64[us, UTC],
+    agent string, turn int64, call int64, model string, provider string (gemini, vertex,
+    openai, anthropic, ollama), started datetime64[us, UTC],
     status category[ok, retried, replayed, cancelled, error, rate-limited], finish_reason string,
     prompt_tokens int64, cached_tokens int64, candidates_tokens int64,
     thoughts_tokens int64, tool_use_prompt_tokens int64, total_tokens int64,
@@ -61,6 +62,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 import numpy as np
 import pandas as pd
 
+from .config import split_model
 from .content import FunctionCallPart, FunctionResponsePart, TextPart
 from .conversation import CallStatus, ConversationMessage, LedgerEntry
 
@@ -94,6 +96,7 @@ HISTORY_SCHEMA: dict[str, Any] = {
     "tool_results": "string",
     "attachments": "string",
     "model": "string",
+    "provider": "string",
     "finish_reason": "string",
     **dict.fromkeys(TOKEN_FIELDS, "Int64"),
 }
@@ -116,6 +119,7 @@ LEDGER_SCHEMA: dict[str, Any] = {
     "turn": "int64",
     "call": "int64",
     "model": "string",
+    "provider": "string",
     "started": TIMESTAMP,
     "status": CALL_STATUSES,
     "finish_reason": "string",
@@ -159,7 +163,9 @@ def history_frame(
     }
     for index, name in enumerate(("text", "thoughts", "tool_calls", "tool_results", "attachments")):
         columns[name] = [split[index] for split in parts]
-    columns["model"] = [m.model or None for m in messages]
+    models = [split_model(m.model) if m.model else (None, None) for m in messages]
+    columns["model"] = [model for _, model in models]
+    columns["provider"] = [provider for provider, _ in models]
     columns["finish_reason"] = [m.finish_reason or None for m in messages]
     usages = [m.usage for m in messages]
     for name in TOKEN_FIELDS:
@@ -175,6 +181,7 @@ def ledger_frame(source: AgentRuntime | Sequence[LedgerEntry]) -> pd.DataFrame:
         "turn": [e.turn for e in entries],
         "call": [e.call for e in entries],
         "model": [e.model or None for e in entries],
+        "provider": [e.provider or None for e in entries],
         "started": [e.started for e in entries],
         "status": [e.status for e in entries],
         "finish_reason": [e.finish_reason or None for e in entries],

@@ -68,6 +68,7 @@ HISTORY_DTYPES = {
     "tool_results": "string",
     "attachments": "string",
     "model": "string",
+    "provider": "string",
     "finish_reason": "string",
     **dict.fromkeys(TOKENS, "Int64"),
 }
@@ -90,6 +91,7 @@ LEDGER_DTYPES = {
     "turn": "int64",
     "call": "int64",
     "model": "string",
+    "provider": "string",
     "started": UTC_US,
     "status": "category",
     "finish_reason": "string",

@@ -3,14 +3,62 @@ every backend shares (`retry.py`, `cache.py`)."""
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
+from ..errors import InvalidConfig
 from .base import Backend, Endpoint
+
+_EXTRAS = {"openai": "openai", "ollama": "openai", "anthropic": "anthropic"}
+"""The SDK (and the package's extra of the same name) each provider needs."""
 
 
 def default_backend(endpoint: Endpoint) -> Backend:
-    """The runtime's default `BackendFactory`: google-genai for Gemini and for the local
-    servers (they speak Gemini's wire format). Imports the SDK (~0.5 s) when first called."""
+    """The runtime's default `BackendFactory`, chosen by `endpoint.provider`: google-genai
+    for Gemini, Vertex AI and the local servers (they speak Gemini's wire format), the
+    openai SDK for OpenAI-compatible servers (Ollama too), the anthropic SDK for
+    Anthropic. Each SDK is imported when its first backend is made."""
+    provider = endpoint.provider
+    if provider in ("openai", "ollama"):
+        openai: Any = _provider_module(provider)
+        backend: Backend = openai.OpenAIBackend(
+            api_key=endpoint.api_key, base_url=endpoint.base_url, provider=provider
+        )
+        return backend
+    if provider == "anthropic":
+        anthropic: Any = _provider_module(provider)
+        backend = anthropic.AnthropicBackend(api_key=endpoint.api_key, base_url=endpoint.base_url)
+        return backend
     from .gemini import GeminiBackend
 
+    if provider == "vertex":
+        try:
+            return GeminiBackend(
+                api_key=endpoint.api_key,
+                base_url=endpoint.base_url,
+                api_version=None,
+                vertexai=True,
+                project=endpoint.project,
+                location=endpoint.location,
+            )
+        except ValueError as exc:  # google-genai refusing the combination, keys not in it
+            raise InvalidConfig(f"Vertex AI: {exc}", field="project") from None
     return GeminiBackend(
         api_key=endpoint.api_key, base_url=endpoint.base_url, api_version=endpoint.api_version
     )
+
+
+def _provider_module(provider: str) -> Any:
+    """The backend module of an optional SDK; a missing SDK is one line saying which extra
+    to install."""
+    extra = _EXTRAS[provider]
+    try:
+        return importlib.import_module(f"{__name__}.{extra}")
+    except ModuleNotFoundError as exc:
+        if exc.name not in (extra, f"{__name__}.{extra}"):
+            raise
+        raise InvalidConfig(
+            f"the {provider} provider needs the [{extra}] extra: "
+            f"pip install 'agentrt-jupyter[{extra}]'",
+            field="model",
+        ) from None

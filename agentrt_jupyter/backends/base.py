@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from ..config import AgentConfig
+from ..config import AgentConfig, split_model
 from ..content import FunctionCallPart, Part, TextPart
 from ..conversation import CallStatus, ConversationMessage, LedgerEntry, Usage
 from ..quota import QuotaInfo
@@ -56,14 +56,18 @@ class QuotaHit(Exception):
 class Endpoint:
     """Where an agent's calls go and with which credential; a `BackendFactory` gets one.
 
-    `provider` names the kind of service ("gemini", or the runtime's "local"/"scripted"
-    engines, which speak Gemini's wire format); other providers will plug in here.
-    The key never shows in a repr."""
+    `provider` names the kind of service: "gemini" (or the runtime's "local"/"scripted"
+    engines, which speak Gemini's wire format), "vertex" (google-genai with `project` and
+    `location`), "openai" and "ollama" (Chat Completions), "anthropic" (Messages). The
+    requests a backend gets carry the model name without its provider prefix.
+    The key is final (the SDK's environment is already looked at) and never in a repr."""
 
     api_key: str | None = field(default=None, repr=False)
     base_url: str | None = None
     api_version: str | None = None
     provider: str = "gemini"
+    project: str | None = None
+    location: str | None = None
 
 
 class Backend(Protocol):
@@ -142,11 +146,14 @@ class Attempt:
     saved_tokens: int = 0
 
     def entry(self, agent: str, turn: int, call: int) -> LedgerEntry:
+        """Its ledger row: the provider in its own column, the model without the prefix."""
+        provider, model = split_model(self.model)
         return LedgerEntry(
             agent=agent,
             turn=turn,
             call=call,
-            model=self.model,
+            model=model,
+            provider=provider,
             started=self.started,
             usage=self.usage,
             time_to_first_chunk=self.time_to_first_chunk,

@@ -259,7 +259,8 @@ def _chunk_from_response(response: types.GenerateContentResponse) -> ModelChunk:
 
 
 class GeminiBackend:
-    """google-genai's async client for one credential and endpoint."""
+    """google-genai's async client for one credential and endpoint (Gemini's API, or
+    Vertex AI's with `vertexai=True`, its project and location)."""
 
     def __init__(
         self,
@@ -267,8 +268,12 @@ class GeminiBackend:
         api_key: str | None,
         base_url: str | None,
         api_version: str | None,
+        vertexai: bool = False,
+        project: str | None = None,
+        location: str | None = None,
     ) -> None:
-        self.credential = fingerprint(api_key, base_url)
+        account = f"{api_key or ''} vertex:{project}/{location}" if vertexai else api_key
+        self.credential = fingerprint(account, base_url)
         self._session = _session_without_env_lookups()
         options = types.HttpOptions(
             base_url=base_url,
@@ -277,7 +282,16 @@ class GeminiBackend:
             aiohttp_client=self._session,
         )
         try:
-            self._client = genai.Client(api_key=api_key, http_options=options)
+            if vertexai:
+                self._client = genai.Client(
+                    vertexai=True,
+                    api_key=api_key,
+                    project=project,
+                    location=location,
+                    http_options=options,
+                )
+            else:
+                self._client = genai.Client(api_key=api_key, http_options=options)
         except BaseException:
             if self._session is not None:  # unused: nothing to close but its empty pool
                 self._session.detach()

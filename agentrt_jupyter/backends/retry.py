@@ -5,6 +5,7 @@ streamed by `pump` and each reported as one ledger row (`CallListener.on_attempt
 SDK's own retries are off, so every attempt is visible here and its pauses are plain
 `asyncio.sleep`s: a cancel stops them at once. The rules are the README's ("Errors"):
 
+- The backend gets the model name without its provider prefix; the row keeps the provider.
 - Only a failure before anything streamed is retried: a retry never repeats text.
 - A 408/5xx or a failed connection is retried up to `http_retry_attempts` attempts, with
   exponential backoff and jitter.
@@ -22,9 +23,9 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from ..config import RuntimeConfig
+from ..config import RuntimeConfig, split_model
 from ..conversation import CallStatus, utcnow
 from ..errors import BackendError, QuotaExceeded, TurnError
 from ..quota import QuotaRegistry
@@ -113,7 +114,7 @@ class RetryingCaller:
         try:
             await pump(
                 backend,
-                request,
+                _as_sent(request),
                 reply,
                 listener,
                 idle_timeout=self._policy.idle_chunk_timeout,
@@ -159,6 +160,13 @@ class _Pause:
     seconds: float
     reason: str
     retried: bool
+
+
+def _as_sent(request: ModelRequest) -> ModelRequest:
+    """The request with the model name its provider knows ("openai:gpt-4.1-mini" is
+    sent as "gpt-4.1-mini"); the ledger row keeps the provider."""
+    provider, model = split_model(request.model)
+    return request if provider == "gemini" else replace(request, model=model)
 
 
 def _ended(reply: Reply) -> tuple[CallStatus, str | None]:
