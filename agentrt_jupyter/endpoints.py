@@ -17,7 +17,7 @@ import importlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from .backends import default_backend
+from .backends import check_extra, default_backend
 from .backends.base import Backend, BackendFactory, Endpoint
 from .config import (
     OLLAMA_BASE_URL,
@@ -110,6 +110,8 @@ class Backends:
                     field="api_version",
                 )
             provider_endpoint(provider, config)  # the environment's values are checked
+            if self._default_factory:
+                check_extra(provider)
             return
         if (
             config.base_url is not None

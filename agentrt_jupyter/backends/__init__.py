@@ -4,6 +4,7 @@ every backend shares (`retry.py`, `cache.py`)."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 from ..errors import InvalidConfig
@@ -48,6 +49,22 @@ def default_backend(endpoint: Endpoint) -> Backend:
     )
 
 
+def check_extra(provider: str) -> None:
+    """`InvalidConfig` now if the provider's SDK is not installed (looked up, not imported),
+    so an agent is refused at creation rather than at its first turn."""
+    extra = _EXTRAS.get(provider)
+    if extra is not None and importlib.util.find_spec(extra) is None:
+        raise _missing_extra(provider, extra)
+
+
+def _missing_extra(provider: str, extra: str) -> InvalidConfig:
+    return InvalidConfig(
+        f"the {provider} provider needs the [{extra}] extra: "
+        f"pip install 'agentrt-jupyter[{extra}]'",
+        field="model",
+    )
+
+
 def _provider_module(provider: str) -> Any:
     """The backend module of an optional SDK; a missing SDK is one line saying which extra
     to install."""
@@ -57,8 +74,4 @@ def _provider_module(provider: str) -> Any:
     except ModuleNotFoundError as exc:
         if exc.name not in (extra, f"{__name__}.{extra}"):
             raise
-        raise InvalidConfig(
-            f"the {provider} provider needs the [{extra}] extra: "
-            f"pip install 'agentrt-jupyter[{extra}]'",
-            field="model",
-        ) from None
+        raise _missing_extra(provider, extra) from None

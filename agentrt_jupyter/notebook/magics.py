@@ -114,7 +114,10 @@ class AgentMagics(Magics):
         f"${ENV_BACKEND} overrides it.",
     ).tag(config=True)
     default_model = Unicode(
-        None, allow_none=True, help="Model of new agents (default: the backend's)."
+        None,
+        allow_none=True,
+        help="Model of new agents (default: the backend's): a Gemini name, or provider:name "
+        "like 'openai:gpt-4.1-mini', 'anthropic:claude-sonnet-4-5' or 'ollama:qwen3:4b'.",
     ).tag(config=True)
     store_path = Unicode(
         None,
@@ -266,7 +269,11 @@ class AgentMagics(Magics):
         help="The agent (created on first use in this kernel; a restarted kernel starts "
         "it fresh, see --resume). Default: AgentMagics.default_agent.",
     )
-    @argument("--model", help="Model of the agent (applies from this turn on).")
+    @argument(
+        "--model",
+        help="Model of the agent, a bare Gemini name or provider:name (openai:, anthropic:, "
+        "vertex:, ollama:); applies from this turn on.",
+    )
     @argument("--system", metavar="TEXT", help="System instruction (applies from this turn on).")
     @argument("--temperature", type=float, help="Sampling temperature, 0 to 2.")
     @argument("--max-tokens", type=int, metavar="N", help="Most output tokens per reply.")
