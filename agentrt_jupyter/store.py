@@ -60,7 +60,7 @@ DEFAULT_NAMESPACE = "default"
 STORED_SETTINGS = (
     "model", "system_instruction", "temperature", "top_p", "top_k", "max_output_tokens",
     "stop_sequences", "seed", "thinking_budget", "include_thoughts", "response_mime_type",
-    "max_tool_steps", "compaction_threshold", "api_version", "base_url",
+    "max_tool_steps", "compaction_threshold", "api_version", "base_url", "project", "location",
 )  # fmt: skip
 """AgentConfig fields that can be stored (tools, callbacks and keys cannot)."""
 

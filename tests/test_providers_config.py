@@ -8,6 +8,7 @@ local server once its backend module exists.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -266,6 +267,31 @@ def test_a_missing_sdk_is_one_line_naming_the_extra(
     refused = pytest.raises(InvalidConfig, match=rf"\[{extra}\] extra")
     with AgentRuntime(RuntimeConfig(store_path=None, backend="scripted")) as rt, refused:
         rt.create_agent(model=f"{provider}:m")  # refused before any turn
+
+
+def test_vertex_is_google_genai_with_vertexai_and_no_credentials_is_invalid_config(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import google.auth
+    from google.auth.exceptions import DefaultCredentialsError
+
+    async def make(endpoint: Endpoint) -> bool:
+        backend: Any = default_backend(endpoint)
+        try:
+            return bool(backend.client.vertexai)
+        finally:
+            await backend.aclose()
+
+    assert asyncio.run(make(Endpoint("express-key", provider="vertex")))
+    assert not asyncio.run(make(Endpoint("gemini-key", provider="gemini")))
+
+    def no_credentials(**_: Any) -> Any:
+        raise DefaultCredentialsError("Your default credentials were not found.")
+
+    monkeypatch.setattr(google.auth, "default", no_credentials)
+    with pytest.raises(InvalidConfig, match="credentials were not found") as caught:
+        asyncio.run(make(Endpoint(provider="vertex")))
+    assert caught.value.field == "project"
 
 
 def test_the_notebook_accepts_provider_models() -> None:

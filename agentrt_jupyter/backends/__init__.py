@@ -30,23 +30,37 @@ def default_backend(endpoint: Endpoint) -> Backend:
         anthropic: Any = _provider_module(provider)
         backend = anthropic.AnthropicBackend(api_key=endpoint.api_key, base_url=endpoint.base_url)
         return backend
+    if provider == "vertex":
+        return _vertex_backend(endpoint)
     from .gemini import GeminiBackend
 
-    if provider == "vertex":
-        try:
-            return GeminiBackend(
-                api_key=endpoint.api_key,
-                base_url=endpoint.base_url,
-                api_version=None,
-                vertexai=True,
-                project=endpoint.project,
-                location=endpoint.location,
-            )
-        except ValueError as exc:  # google-genai refusing the combination, keys not in it
-            raise InvalidConfig(f"Vertex AI: {exc}", field="project") from None
     return GeminiBackend(
         api_key=endpoint.api_key, base_url=endpoint.base_url, api_version=endpoint.api_version
     )
+
+
+def _vertex_backend(endpoint: Endpoint) -> Backend:
+    """google-genai on Vertex AI; no project or credentials to be found is `InvalidConfig`."""
+    from google.auth.exceptions import GoogleAuthError
+
+    from .gemini import GeminiBackend
+
+    try:
+        return GeminiBackend(
+            api_key=endpoint.api_key,
+            base_url=endpoint.base_url,
+            api_version=None,
+            vertexai=True,
+            project=endpoint.project,
+            location=endpoint.location,
+        )
+    except (ValueError, GoogleAuthError) as exc:  # the SDK's own words; no key in them
+        raise InvalidConfig(
+            f"Vertex AI needs a project and credentials: pass project=... and location=..., "
+            f"set GOOGLE_CLOUD_PROJECT, or log in with application default credentials "
+            f"({exc.__class__.__name__}: {str(exc)[:200]})",
+            field="project",
+        ) from None
 
 
 def check_extra(provider: str) -> None:
