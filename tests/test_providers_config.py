@@ -241,15 +241,21 @@ def test_cache_labels_name_provider_and_host() -> None:
         assert "k" not in label.split()
 
 
-def test_a_reply_recorded_on_one_provider_never_replays_for_another(
+def test_a_reply_recorded_on_one_provider_or_host_never_replays_for_another(
     runtime: AgentRuntime, recording: Recording
 ) -> None:
-    for model in ("openai:same", "ollama:same", "openai:same"):
-        agent = runtime.create_agent(model=model)
+    here, there = "http://127.0.0.1:7/v1", "http://127.0.0.1:8/v1"
+    for model, url in (
+        ("openai:same", here),
+        ("ollama:same", here),
+        ("openai:same", there),
+        ("openai:same", here),
+    ):
+        agent = runtime.create_agent(model=model, base_url=url, api_key="k")
         agent.chat("the same question").text()
-    assert recording.models == ["same", "same"]  # the third was replayed
-    statuses = [(e.provider, e.status) for e in runtime.ledger()]
-    assert statuses == [("openai", "ok"), ("ollama", "ok"), ("openai", "replayed")]
+    assert recording.models == ["same", "same", "same"]  # the fourth was replayed
+    rows = [(e.provider, e.status) for e in runtime.ledger()]
+    assert rows == [("openai", "ok"), ("ollama", "ok"), ("openai", "ok"), ("openai", "replayed")]
 
 
 @pytest.mark.parametrize(("provider", "extra"), [("openai", "openai"), ("anthropic", "anthropic")])
