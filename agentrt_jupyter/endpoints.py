@@ -39,6 +39,8 @@ PROVIDER_HOSTS = {
     "vertex": "aiplatform.googleapis.com",
 }
 """Where each SDK goes without a base URL (for the reply cache's label)."""
+PROVIDER_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+"""The providers whose own service needs a key (a server at a base_url may not)."""
 
 
 def provider_endpoint(provider: str, config: AgentConfig) -> Endpoint:
@@ -103,15 +105,7 @@ class Backends:
                         field=setting,
                     )
         if provider != "gemini":
-            if config.api_version is not None:
-                raise InvalidConfig(
-                    f"agent {name!r}: api_version is a Gemini API setting; the {provider} "
-                    "provider has none",
-                    field="api_version",
-                )
-            provider_endpoint(provider, config)  # the environment's values are checked
-            if self._default_factory:
-                check_extra(provider)
+            self._check_other_provider(name, provider, config)
             return
         if (
             config.base_url is not None
@@ -121,6 +115,24 @@ class Backends:
             raise InvalidConfig(
                 f"agent {name!r} has its own base_url, so it needs its own api_key "
                 "(the runtime's key is only sent to the runtime's endpoint): pass api_key=...",
+                field="api_key",
+            )
+
+    def _check_other_provider(self, name: str, provider: str, config: AgentConfig) -> None:
+        """No Gemini-only setting, the SDK installed, and a key for the provider's service."""
+        if config.api_version is not None:
+            raise InvalidConfig(
+                f"agent {name!r}: api_version is a Gemini API setting; the {provider} "
+                "provider has none",
+                field="api_version",
+            )
+        if self._default_factory:
+            check_extra(provider)
+        endpoint = provider_endpoint(provider, config)  # checks the environment's values
+        if provider in PROVIDER_KEYS and endpoint.api_key is None and endpoint.base_url is None:
+            raise InvalidConfig(
+                f"agent {name!r}: the {provider} provider needs an API key: pass "
+                f"api_key=... or set {PROVIDER_KEYS[provider]}",
                 field="api_key",
             )
 

@@ -139,7 +139,7 @@ def test_vertex_settings_are_validated_and_refused_for_other_providers(
 def test_the_model_is_sent_without_its_prefix_and_the_ledger_names_the_provider(
     runtime: AgentRuntime, recording: Recording
 ) -> None:
-    agent = runtime.create_agent(model="openai:gpt-4.1-mini", name="oai")
+    agent = runtime.create_agent(model="openai:gpt-4.1-mini", name="oai", api_key="sk-1")
     assert agent.chat("hello").text() == "answered gpt-4.1-mini"
     gemini = runtime.create_agent(model="gemini-2.5-flash", name="gem")
     gemini.chat("hello").text()
@@ -161,9 +161,21 @@ def test_the_runtime_gemini_key_never_reaches_another_provider(
     runtime: AgentRuntime, recording: Recording, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GOOGLE_API_KEY", GEMINI_KEY)
-    for model in ("openai:gpt-4.1-mini", "anthropic:claude-sonnet-4-5", "ollama:qwen3:4b"):
-        endpoint = endpoint_of(runtime, recording, model=model)
-        assert endpoint.api_key is None, model
+    for model, variable in (
+        ("openai:gpt-4.1-mini", "OPENAI_API_KEY"),
+        ("anthropic:claude-sonnet-4-5", "ANTHROPIC_API_KEY"),
+    ):
+        with pytest.raises(InvalidConfig, match=variable) as caught:
+            runtime.create_agent(model=model)  # its own service, and no key of its own
+        assert caught.value.field == "api_key"
+        assert GEMINI_KEY not in str(caught.value)
+    for settings in (
+        {"model": "openai:m", "base_url": "http://127.0.0.1:9/v1"},
+        {"model": "anthropic:m", "base_url": "http://127.0.0.1:9"},
+        {"model": "ollama:qwen3:4b"},
+    ):
+        endpoint = endpoint_of(runtime, recording, **settings)
+        assert endpoint.api_key is None, settings
         assert GEMINI_KEY not in repr(endpoint)
     gemini = endpoint_of(runtime, recording, model="gemini-2.5-flash")
     assert gemini.api_key == GEMINI_KEY  # the runtime's key is Gemini's
