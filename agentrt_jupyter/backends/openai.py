@@ -23,6 +23,7 @@ import math
 import os
 import re
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -125,7 +126,8 @@ class OpenAIBackend:
         self._client = sdk.AsyncOpenAI(api_key=api_key or NO_KEY, base_url=base_url, max_retries=0)
 
     def __repr__(self) -> str:
-        return f"<OpenAIBackend {self.provider} {self.base_url or 'api.openai.com'}>"
+        host = urllib.parse.urlsplit(self.base_url).netloc.rpartition("@")[2] if self.base_url else ""
+        return f"<OpenAIBackend {self.provider} {host or 'api.openai.com'}>"
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
         try:
@@ -134,14 +136,12 @@ class OpenAIBackend:
             raise BackendError(f"not sent: {exc}", status="INVALID_ARGUMENT") from None
         yielded = [0]
         calls = ToolCallAssembler()
-        finished = False
         with translate_errors(self._sdk, yielded, self._scrub):
             stream = await self._client.chat.completions.create(**body)
             async with stream:
                 async for chunk in stream:
                     read = read_chunk(chunk, calls)
                     if read is not None:
-                        finished = finished or read.finish_reason is not None
                         yielded[0] += 1
                         yield read
             if calls.pending:
@@ -524,11 +524,11 @@ def _status_error(exc: openai.APIStatusError, scrub: _Scrubber) -> BackendError:
     body = exc.body
     message = body.get("message") if isinstance(body, dict) else None
     shown = message if isinstance(message, str) and message else (body or exc.message)
+    raw = shown if isinstance(shown, str) else json.dumps(shown, default=str)
     kind = exc.type if isinstance(exc.type, str) else None
     code = exc.status_code
-    return BackendError(
-        f"{code} {kind or 'error'}: {_excerpt(scrub(_excerpt(shown)))}", code=code, status=kind
-    )
+    text = _excerpt(scrub(raw))
+    return BackendError(f"{code} {kind or 'error'}: {text}", code=code, status=kind)
 
 
 def _connection_error(exc: openai.APIConnectionError, yielded: int) -> BackendError | StreamBroken:
