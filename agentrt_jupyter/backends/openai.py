@@ -126,7 +126,8 @@ class OpenAIBackend:
         self._client = sdk.AsyncOpenAI(api_key=api_key or NO_KEY, base_url=base_url, max_retries=0)
 
     def __repr__(self) -> str:
-        host = urllib.parse.urlsplit(self.base_url).netloc.rpartition("@")[2] if self.base_url else ""
+        netloc = urllib.parse.urlsplit(self.base_url).netloc if self.base_url else ""
+        host = netloc.rpartition("@")[2]  # never a user:password@
         return f"<OpenAIBackend {self.provider} {host or 'api.openai.com'}>"
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
