@@ -441,7 +441,7 @@ def read_chunk(chunk: ChatCompletionChunk, calls: ToolCallAssembler) -> ModelChu
                     parts.append(TextPart(text))
             if delta.tool_calls:
                 calls.add(delta.tool_calls)
-        if choice.finish_reason is not None:
+        if choice.finish_reason:  # some servers send "" on every chunk but the last
             finish = FINISH_REASONS.get(_string(choice.finish_reason), "OTHER")
             parts.extend(calls.flush())
     usage = usage_of(chunk.usage) if chunk.usage is not None else None
