@@ -133,11 +133,13 @@ def request_params(request: ModelRequest) -> dict[str, Any]:
     }
     if request.system_instruction:
         params["system"] = request.system_instruction
-    for name, value in (("temperature", cfg.temperature), ("top_p", cfg.top_p)):
+    for name, value in (
+        ("temperature", cfg.temperature),
+        ("top_p", cfg.top_p),
+        ("top_k", cfg.top_k),
+    ):
         if value is not None:
             params[name] = value
-    if cfg.top_k is not None:
-        params["top_k"] = cfg.top_k
     if cfg.stop_sequences:
         params["stop_sequences"] = list(cfg.stop_sequences)
     if thinking is not None:
@@ -152,7 +154,9 @@ def request_params(request: ModelRequest) -> dict[str, Any]:
         if not request.with_tools:
             params["tool_choice"] = {"type": "none"}
     if cfg.response_schema is not None:
-        params["output_config"] = {"format": {"type": "json_schema", "schema": cfg.response_schema}}
+        # As an extra body field: SDKs older than structured outputs send it too.
+        output = {"format": {"type": "json_schema", "schema": cfg.response_schema}}
+        params["extra_body"] = {"output_config": output}
     return params
 
 
@@ -265,17 +269,15 @@ class _Counts:
 
     def update(self, usage: Any) -> Usage:
         """Take the counts `usage` has; the call's `Usage` as Gemini's fields count it:
-        cache reads and writes are prompt tokens, thinking is not among the candidates."""
-        if usage.input_tokens is not None:
-            self.input = usage.input_tokens
-        if usage.output_tokens is not None:
-            self.output = usage.output_tokens
-        if usage.cache_read_input_tokens is not None:
-            self.cache_read = usage.cache_read_input_tokens
-        if usage.cache_creation_input_tokens is not None:
-            self.cache_creation = usage.cache_creation_input_tokens
-        if usage.output_tokens_details is not None:
-            self.thinking = usage.output_tokens_details.thinking_tokens
+        cache reads and writes are prompt tokens, thinking is not among the candidates.
+        (Older SDKs lack some fields: a count they do not have stays as it was.)"""
+        for name, field in _USAGE_FIELDS:
+            value = getattr(usage, field, None)
+            if isinstance(value, int):
+                setattr(self, name, value)
+        details = getattr(usage, "output_tokens_details", None)
+        if details is not None:
+            self.thinking = details.thinking_tokens
         prompt = self.input + self.cache_read + self.cache_creation
         return Usage(
             prompt_tokens=prompt,
@@ -284,6 +286,14 @@ class _Counts:
             thoughts_tokens=self.thinking,
             total_tokens=prompt + self.output,
         )
+
+
+_USAGE_FIELDS = (
+    ("input", "input_tokens"),
+    ("output", "output_tokens"),
+    ("cache_read", "cache_read_input_tokens"),
+    ("cache_creation", "cache_creation_input_tokens"),
+)
 
 
 class _Block:
