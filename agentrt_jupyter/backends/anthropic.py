@@ -238,6 +238,14 @@ def _tool_result(part: FunctionResponsePart, call_id: str) -> dict[str, Any]:
     return {"type": "tool_result", "tool_use_id": call_id, "content": text}
 
 
+def check_content(parts: Iterable[Part]) -> None:
+    """`InvalidContent` naming a part Messages does not take (to refuse a turn before it
+    is recorded; `stream` refuses it too, before sending)."""
+    for part in parts:
+        if isinstance(part, BlobPart):
+            blob_block(part)
+
+
 def blob_block(part: BlobPart) -> dict[str, Any]:
     """An image or document block; `InvalidContent` for what Messages does not take."""
     mime = part.mime_type
@@ -423,9 +431,10 @@ def rate_limit_wait(headers: Mapping[str, str]) -> tuple[float | None, str | Non
     """Seconds to wait after a 429, and the limit that ran out, from its headers:
     `retry-after-ms`, `retry-after` (seconds or a date), else the latest
     `anthropic-ratelimit-*-reset` of the limits with nothing remaining."""
+    names = [(name.lower(), value.strip()) for name, value in headers.items()]
     exhausted = [
         name.removesuffix("-remaining")
-        for name, value in headers.items()
+        for name, value in names
         if name.startswith("anthropic-ratelimit-") and name.endswith("-remaining") and value == "0"
     ]
     quota_id = exhausted[0] if exhausted else None
