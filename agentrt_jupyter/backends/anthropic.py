@@ -322,6 +322,8 @@ class MessageStream:
     or a tool call once it is complete, the finish reason at `message_stop`."""
 
     def __init__(self) -> None:
+        self.answered = False
+        """The service answered (headers came): a failure to parse is then its reply's."""
         self.chunks = 0
         """Chunks with content handed out: a drop after one is a cut stream."""
         self._counts = _Counts()
@@ -497,6 +499,11 @@ def translate_errors(stream: MessageStream) -> Iterator[None]:
                 f"the connection failed before a reply ({reason})", status="UNAVAILABLE"
             )
     except (anthropic.APIResponseValidationError, ValueError, TypeError, KeyError) as exc:
+        if not stream.answered:  # the SDK refused to send it (no key, a bad argument)
+            raise BackendError(
+                f"the request could not be sent ({exc.__class__.__name__}): {_shortened(str(exc))}",
+                status="INVALID_ARGUMENT",
+            ) from None
         sent = getattr(exc, "doc", None) or str(exc)
         error = BackendError(
             "the service sent a reply that is not in Anthropic's format "
@@ -530,6 +537,7 @@ class AnthropicBackend:
         stream = MessageStream()
         with translate_errors(stream):
             events = await self._client.messages.create(**params, stream=True)
+            stream.answered = True
             async with events:
                 async for event in events:
                     chunk = stream.chunk(event)
