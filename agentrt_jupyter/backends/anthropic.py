@@ -133,13 +133,6 @@ def request_params(request: ModelRequest) -> dict[str, Any]:
     }
     if request.system_instruction:
         params["system"] = request.system_instruction
-    for name, value in (
-        ("temperature", cfg.temperature),
-        ("top_p", cfg.top_p),
-        ("top_k", cfg.top_k),
-    ):
-        if value is not None:
-            params[name] = value
     if cfg.stop_sequences:
         params["stop_sequences"] = list(cfg.stop_sequences)
     if thinking is not None:
@@ -153,10 +146,21 @@ def request_params(request: ModelRequest) -> dict[str, Any]:
         ]
         if not request.with_tools:
             params["tool_choice"] = {"type": "none"}
+    # Fields that only some SDK versions take as arguments (2.x dropped the sampling
+    # ones, older ones predate output_config) go as extra body fields: any SDK sends them.
+    extra: dict[str, Any] = {
+        name: value
+        for name, value in (
+            ("temperature", cfg.temperature),
+            ("top_p", cfg.top_p),
+            ("top_k", cfg.top_k),
+        )
+        if value is not None
+    }
     if cfg.response_schema is not None:
-        # As an extra body field: SDKs older than structured outputs send it too.
-        output = {"format": {"type": "json_schema", "schema": cfg.response_schema}}
-        params["extra_body"] = {"output_config": output}
+        extra["output_config"] = {"format": {"type": "json_schema", "schema": cfg.response_schema}}
+    if extra:
+        params["extra_body"] = extra
     return params
 
 
