@@ -33,7 +33,7 @@ from .base import ModelChunk, ModelRequest, QuotaHit
 
 try:
     import anthropic
-except ImportError:  # pragma: no cover - the extra is installed where tests run
+except ImportError:  # the [anthropic] extra is not installed
     raise InvalidConfig(
         "the anthropic provider needs the [anthropic] extra: "
         "pip install 'agentrt-jupyter[anthropic]'",
