@@ -191,7 +191,10 @@ def wire_contents(messages: list[ConversationMessage]) -> list[dict[str, Any]]:
     return contents
 
 
-def _generation_config(request: ModelRequest) -> types.GenerateContentConfig:
+def _generation_config(request: ModelRequest) -> types.GenerateContentConfig | None:
+    """The request's settings for the SDK; None when none is set: with a config, however
+    empty, the SDK does more work for every streamed chunk (a failed attribute lookup
+    raising inside pydantic, extra field filtering), ~10% of a plain stream's time."""
     cfg = request.config
     thinking = None
     if cfg.thinking_budget is not None or cfg.include_thoughts:
@@ -213,7 +216,7 @@ def _generation_config(request: ModelRequest) -> types.GenerateContentConfig:
             )
         ]
     schema = cfg.response_schema
-    return types.GenerateContentConfig(
+    settings: dict[str, Any] = dict(
         system_instruction=request.system_instruction,
         temperature=cfg.temperature,
         top_p=cfg.top_p,
@@ -231,6 +234,8 @@ def _generation_config(request: ModelRequest) -> types.GenerateContentConfig:
         if tools
         else None,
     )
+    given = {name: value for name, value in settings.items() if value is not None}
+    return types.GenerateContentConfig(**given) if given else None
 
 
 def _chunk_from_response(response: types.GenerateContentResponse) -> ModelChunk:

@@ -32,8 +32,9 @@ from ..quota import QuotaRegistry
 from .base import Attempt, Backend, CallListener, ModelRequest, QuotaHit, Reply
 from .pump import StreamPacer, pump
 
-RETRIED_STATUS_CODES = frozenset({408, 500, 502, 503, 504})
-"""HTTP codes retried here (the SDK's own retries are off, so each attempt is seen)."""
+RETRIED_STATUS_CODES = frozenset({408, 500, 502, 503, 504, 529})
+"""HTTP codes retried here (the SDK's own retries are off, so each attempt is seen);
+529 is Anthropic's "overloaded", its 503."""
 MAX_RETRY_PAUSE = 8.0
 """The longest backoff between two attempts after a 408/5xx or a failed connection."""
 
