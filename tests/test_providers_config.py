@@ -326,6 +326,24 @@ def test_the_notebook_accepts_provider_models() -> None:
         magics.parse_cell_line("--model mistral:large")
 
 
+def test_an_environment_key_is_not_sent_to_an_openai_server_at_its_own_base_url(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("openai")
+    backends = pytest.importorskip("agentrt_jupyter.backends.openai")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-env-SECRET")
+
+    async def client_key(base_url: str | None) -> str:
+        backend = backends.OpenAIBackend(api_key=None, base_url=base_url)
+        try:
+            return str(backend._client.api_key)
+        finally:
+            await backend.aclose()
+
+    assert "SECRET" not in asyncio.run(client_key("http://127.0.0.1:9/v1"))
+    assert asyncio.run(client_key(None)) == "sk-env-SECRET"  # the SDK's own host
+
+
 def _end_to_end(runtime: AgentRuntime, server: LocalServer, tag: str, **settings: Any) -> None:
     agent = runtime.create_agent(**settings)
     assert agent.chat(f"{tag}\n@@reply one two three").text() == "one two three"

@@ -103,14 +103,15 @@ class _Scrubber:
 class OpenAIBackend:
     """`AsyncOpenAI` for one credential and endpoint (any OpenAI-compatible server).
 
-    For the "openai" provider a key or base URL not given comes from OPENAI_API_KEY /
-    OPENAI_BASE_URL; another provider's server is never sent that key."""
+    For the "openai" provider without a base URL, a key not given comes from
+    OPENAI_API_KEY (and the host from OPENAI_BASE_URL); a server at its own base URL, or
+    another provider's, is never sent that key."""
 
     def __init__(
         self, *, api_key: str | None, base_url: str | None, provider: str = "openai"
     ) -> None:
         sdk = _load_sdk(provider)
-        if provider == "openai":
+        if provider == "openai" and base_url is None:
             api_key = api_key or os.environ.get("OPENAI_API_KEY") or None
             base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
             if api_key is None:
