@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,13 +90,7 @@ def assert_valid_conversation(contents: list[dict[str, Any]]) -> None:
 
 def wait_for_tagged(server: LocalServer, tag: str, timeout: float = 10.0) -> dict[str, Any]:
     """Wait (on the server's long-poll, not a sleep) until a request with `tag` arrives."""
-    deadline = time.monotonic() + timeout
-    while True:
-        logged = server.requests()
-        matching = [r for r in logged if tag in json.dumps(r.get("body"))]
-        if matching:
-            return matching[0]
-        server.wait_for_count(len(logged) + 1, timeout=max(0.1, deadline - time.monotonic()))
+    return server.wait_for_tagged(tag, timeout)
 
 
 @pytest.fixture

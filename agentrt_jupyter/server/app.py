@@ -917,6 +917,25 @@ class ServerState:
             return _json({"error": f"fewer than {n} requests in {timeout}s"}, 408)
         return _json({"requests": self.log.since(0)})
 
+    async def wait_tagged(self, request: web.Request) -> web.Response:
+        """Wait until a kept request's body holds `tag`; answer the first such request.
+
+        A request is logged when its headers arrive and its body is kept once read, so a
+        wait by count alone can see the request before what it sent."""
+        tag = request.query.get("tag", "")
+        timeout = _float_query(request, "timeout", 10.0)
+        if not tag:
+            return _json({"error": "tag is required"}, 400)
+        found: list[dict[str, Any]] = []
+
+        def ready() -> bool:
+            found[:] = [r for r in self.log.since(0) if tag in json.dumps(r.get("body"))]
+            return bool(found)
+
+        if not await self._wait(ready, timeout):
+            return _json({"error": f"no request with {tag!r} in {timeout}s"}, 408)
+        return _json(found[0])
+
     async def _wait(self, ready: Callable[[], bool], seconds: float) -> bool:
         """Whether `ready()` holds within `seconds` (checked as the log changes)."""
         try:
@@ -999,6 +1018,7 @@ def create_app(engine: Engine, token: str, limits: ServerLimits | None = None) -
     app.router.add_delete("/_agentrt/requests", state.clear_requests)
     app.router.add_get("/_agentrt/requests/last", state.last_request)
     app.router.add_get("/_agentrt/requests/wait_count", state.wait_count)
+    app.router.add_get("/_agentrt/requests/wait_tagged", state.wait_tagged)
     app.router.add_get("/_agentrt/requests/{id}/wait", state.wait_request)
     app.router.add_post("/_agentrt/faults", state.push_faults)
     app.router.add_delete("/_agentrt/faults", state.clear_faults)

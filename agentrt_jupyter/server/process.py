@@ -267,6 +267,16 @@ class LocalServer:
         )["requests"]
         return result
 
+    def wait_for_tagged(self, tag: str, timeout: float = 10.0) -> dict[str, Any]:
+        """Block until a request whose body holds `tag` is logged (its body read); return it."""
+        query = urllib.parse.urlencode({"tag": tag, "timeout": timeout})
+        result: dict[str, Any] = self._control(
+            "GET",
+            f"/_agentrt/requests/wait_tagged?{query}",
+            timeout=timeout + _CONTROL_TIMEOUT,
+        )
+        return result
+
     def push_faults(self, *specs: str, match: str | None = None) -> None:
         """Queue faults for the next generate requests (those whose prompt has `match`)."""
         self._control("POST", "/_agentrt/faults", {"faults": list(specs), "match": match})

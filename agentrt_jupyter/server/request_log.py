@@ -106,6 +106,7 @@ class RequestLog:
             oldest = next(iter(self._body_sizes))
             self._release_body(oldest)
             self._records[oldest]["body_truncated"] = True
+        self._notify()  # a waiter for a request by what it sent sees it now
 
     def _release_body(self, record_id: int) -> None:
         size = self._body_sizes.pop(record_id, None)
@@ -147,7 +148,7 @@ class RequestLog:
         return self._started_since_clear
 
     async def wait_until(self, ready: Callable[[], bool]) -> None:
-        """Return once `ready()` holds, checking after every start and finish."""
+        """Return once `ready()` holds, checking after every start, body and finish."""
         while not ready():
             await self._changed.wait()
 
