@@ -48,6 +48,7 @@ from .errors import (
     StreamBroken,
     ToolStepLimit,
     TurnError,
+    UsageProblem,
 )
 from .events import TextDelta, ThoughtDelta, UsageUpdate, Waiting
 from .handle import Turn, TurnResult, cancelled_error
@@ -440,6 +441,8 @@ class AgentCore:
             return "error", self.host.recorder.turn_failed(exc)
         if isinstance(exc, TurnError):
             return ("incomplete" if isinstance(exc, StreamBroken) else "error"), exc
+        if isinstance(exc, UsageProblem):  # a setting found wrong only when the call is made
+            return "error", BackendError(str(exc), status="INVALID_ARGUMENT")
         log.exception("turn of %s failed", self.name)  # a bug of ours must not kill the loop
         return "error", BackendError(f"internal error: {exc.__class__.__name__}: {exc}")
 

@@ -82,3 +82,10 @@ def test_a_column_nested_in_a_format_spec_is_read_from_each_row(rt: AgentRuntime
     frame = pd.DataFrame({"price": [3.14159, 2.5], "digits": [2, 0]})
     result = rt.map(frame, f"{tag} {{price:.{{digits}}f}}")
     assert list(result["reply"]) == [f"Echo: {tag} 3.14", f"Echo: {tag} 2"]
+
+
+def test_batch_mode_on_another_provider_is_refused_before_anything_runs(rt: AgentRuntime) -> None:
+    frame = pd.DataFrame({"a": ["x", "y"]})
+    with pytest.raises(InvalidConfig, match="openai provider") as caught:
+        rt.map(frame, "{a}", mode="batch", model="openai:gpt-4.1-mini", progress=False)
+    assert caught.value.field == "mode"

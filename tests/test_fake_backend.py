@@ -16,6 +16,7 @@ import pytest
 import agentrt_jupyter.backends.retry
 from agentrt_jupyter import (
     AgentRuntime,
+    BackendError,
     FakeBackend,
     FunctionCallPart,
     FunctionResponsePart,
@@ -255,3 +256,24 @@ def test_a_backend_factory_that_is_not_callable_is_refused() -> None:
     with pytest.raises(InvalidConfig) as caught:
         AgentRuntime(RuntimeConfig(store_path=None), backend_factory="gemini")  # type: ignore[arg-type]
     assert caught.value.field == "backend_factory"
+
+
+def test_a_setting_refused_when_the_backend_is_made_ends_the_turn_typed_and_the_agent_lives(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    made: list[int] = []
+
+    def factory(endpoint: Endpoint) -> FakeBackend:
+        made.append(1)
+        if len(made) == 1:
+            raise InvalidConfig("no project for vertex: set project=...", field="project")
+        return FakeBackend(lambda request: "ok")
+
+    with AgentRuntime(RuntimeConfig(store_path=None), backend_factory=factory) as runtime:
+        agent = runtime.create_agent()
+        with pytest.raises(BackendError, match="no project for vertex") as caught:
+            agent.chat("hi").text(timeout=5)
+        assert caught.value.status == "INVALID_ARGUMENT"
+        assert "internal error" not in str(caught.value)
+        assert agent.chat("again").text(timeout=5) == "ok"
+    assert not [r for r in caplog.records if r.exc_info]

@@ -452,3 +452,15 @@ def test_without_the_sdk_the_backend_says_which_extra_to_install(
         "model: the anthropic provider needs the [anthropic] extra: "
         "pip install 'agentrt-jupyter[anthropic]'"
     )
+
+
+def test_a_backend_without_a_key_never_takes_the_environments(
+    monkeypatch: pytest.MonkeyPatch, server: LocalServer
+) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-from-the-environment")
+    monkeypatch.setenv("ANTHROPIC_AUTH_TOKEN", "token-from-the-environment")
+    backend = AnthropicBackend(api_key=None, base_url=server.anthropic_base_url)
+    client = backend._client
+    assert client.api_key == "no-key"
+    assert client.auth_token is None
+    assert "from-the-environment" not in repr(client.auth_headers)

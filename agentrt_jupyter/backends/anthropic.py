@@ -525,13 +525,21 @@ def translate_errors(stream: MessageStream) -> Iterator[None]:
         raise error from None
 
 
+NO_KEY = "no-key"
+"""Sent where an endpoint has no key (a keyless compatible server), never the environment's."""
+
+
 class AnthropicBackend:
     """The `anthropic` SDK's async client for one key and endpoint."""
 
     def __init__(self, *, api_key: str | None, base_url: str | None) -> None:
         self.credential = fingerprint(api_key, base_url)
         self._base_url = base_url
-        self._client = anthropic.AsyncAnthropic(api_key=api_key, base_url=base_url, max_retries=0)
+        # Always an explicit key: given none, the SDK would read $ANTHROPIC_API_KEY,
+        # $ANTHROPIC_AUTH_TOKEN or a profile itself and send it to this endpoint's host.
+        self._client = anthropic.AsyncAnthropic(
+            api_key=api_key or NO_KEY, base_url=base_url, max_retries=0
+        )
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
         try:

@@ -31,7 +31,7 @@ from typing import Any, Literal, NamedTuple
 
 import pandas as pd
 
-from ..config import AgentConfig, RuntimeConfig, agent_config
+from ..config import AgentConfig, RuntimeConfig, agent_config, provider_of
 from ..errors import InvalidConfig
 from .prices import ModelPrice, price_for
 from .schema import ResultSchema, result_schema
@@ -157,6 +157,13 @@ def _row_config(
 def _check_mode(mode: str, row_config: AgentConfig) -> None:
     if mode not in ("live", "batch"):
         raise InvalidConfig(f"must be 'live' or 'batch', got {mode!r:.40}", field="mode")
+    provider = provider_of(row_config.model)
+    if mode == "batch" and provider != "gemini":
+        raise InvalidConfig(
+            f"mode='batch' runs on Gemini's Batch API; the {provider} provider's batch API is "
+            "not supported yet: use mode='live'",
+            field="mode",
+        )
     if mode == "batch" and (row_config.tools or row_config.confirm_tool is not None):
         raise InvalidConfig(
             "the Batch API answers each row in one call, so tools cannot run: use "
