@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from agentrt_jupyter import AgentRuntime, BackendError
-from agentrt_jupyter.backends.gemini import EXCERPT_CHARS
+from agentrt_jupyter.backends.base import EXCERPT_CHARS
 from agentrt_jupyter.server.faults import DEEP_NESTING, GARBAGE, parse_fault
 from agentrt_jupyter.server.process import LocalServer
 

@@ -29,7 +29,7 @@ from ..content import BlobPart, FunctionCallPart, FunctionResponsePart, Part, Te
 from ..conversation import ConversationMessage, Usage
 from ..errors import BackendError, InvalidConfig, InvalidContent, StreamBroken, UsageProblem
 from ..quota import QuotaInfo, QuotaScope, fingerprint
-from .base import ModelChunk, ModelRequest, QuotaHit
+from .base import EXCERPT_CHARS, ModelChunk, ModelRequest, QuotaHit
 
 try:
     import anthropic
@@ -50,7 +50,6 @@ MIN_THINKING_BUDGET = 1024
 SIGNATURE_TAG = b"anthropic:"
 REDACTED_TAG = b"anthropic-redacted:"
 """A redacted thinking block: no text, its opaque `data` kept as the signature."""
-EXCERPT_CHARS = 200
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 TEXT_DOCUMENT_TYPES = frozenset({"application/json", "application/xml", "application/x-python"})
 FINISH_REASONS = {

@@ -8,6 +8,8 @@ quota gate, one ledger row per attempt, reply-cache replay.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,6 +19,19 @@ from ..config import AgentConfig, split_model
 from ..content import FunctionCallPart, Part, TextPart
 from ..conversation import CallStatus, ConversationMessage, LedgerEntry, Usage
 from ..quota import QuotaInfo
+
+EXCERPT_CHARS = 200
+"""How much of what a service sent an error message quotes."""
+_SPACES = re.compile(r"\s+")
+_TAGS = re.compile(r"<[^>]*>")
+
+
+def excerpt(value: object) -> str:
+    """A short, one-line view of what the service sent (HTML tags and runs of space removed)."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = _SPACES.sub(" ", _TAGS.sub(" ", text)).strip()
+    return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "…"
+
 
 BLOCKED_FINISH_REASONS = frozenset(
     {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY", "LANGUAGE"}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
 import traceback
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -25,13 +24,10 @@ from ..content import BlobPart, FunctionCallPart, Part, TextPart
 from ..conversation import ConversationMessage, Usage
 from ..errors import BackendError, StreamBroken
 from ..quota import fingerprint, parse_quota_error
-from .base import ModelChunk, ModelRequest, QuotaHit
+from .base import ModelChunk, ModelRequest, QuotaHit, excerpt
 
-EXCERPT_CHARS = 200
 READ_BUFFER = 2**22
 """The SDK's read buffer for its aiohttp session (a long JSON chunk fits one read)."""
-_SPACES = re.compile(r"\s+")
-_TAGS = re.compile(r"<[^>]*>")
 _JSON_DECODER = json.decoder.__file__
 
 
@@ -61,13 +57,6 @@ def _broken_stream_errors() -> tuple[type[BaseException], ...]:
 
 
 _BROKEN = _broken_stream_errors()
-
-
-def excerpt(value: object) -> str:
-    """A short, one-line view of what the service sent (HTML tags and runs of space removed)."""
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    text = _SPACES.sub(" ", _TAGS.sub(" ", text)).strip()
-    return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "…"
 
 
 def _api_error(exc: genai_errors.APIError) -> BackendError | QuotaHit:

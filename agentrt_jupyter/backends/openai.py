@@ -33,7 +33,7 @@ from ..content import BlobPart, FunctionCallPart, FunctionResponsePart, Part, Te
 from ..conversation import ConversationMessage, Usage
 from ..errors import BackendError, InvalidConfig, InvalidContent, StreamBroken
 from ..quota import QuotaInfo, fingerprint
-from .base import ModelChunk, ModelRequest, QuotaHit
+from .base import ModelChunk, ModelRequest, QuotaHit, excerpt
 
 if TYPE_CHECKING:
     import openai
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     from openai.types.chat.chat_completion_chunk import ChoiceDeltaToolCall
     from openai.types.completion_usage import CompletionUsage
 
-EXCERPT_CHARS = 200
 NO_KEY = "no-key"
 """Sent as the key to a compatible server given none (Ollama needs none; the SDK wants one)."""
 FINISH_REASONS = {
@@ -57,8 +56,6 @@ AUDIO_FORMATS = {"audio/wav": "wav", "audio/x-wav": "wav", "audio/mpeg": "mp3", 
 TEXT_TYPES = frozenset({"application/json", "application/xml", "application/x-python"})
 """Blobs sent as text: Chat Completions has no part for them, their words are what counts."""
 OPENAI_MAX_STOP = 4
-_SPACES = re.compile(r"\s+")
-_TAGS = re.compile(r"<[^>]*>")
 _KEY_ECHO = re.compile(r"(API key provided: )\S+")
 _GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _LONGEST_WAIT = 1e9
@@ -74,13 +71,6 @@ def _load_sdk(provider: str) -> ModuleType:
             field="model",
         ) from None
     return openai
-
-
-def _excerpt(value: object) -> str:
-    """A short, one-line view of what the service sent (HTML tags and runs of space removed)."""
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    text = _SPACES.sub(" ", _TAGS.sub(" ", text)).strip()
-    return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "…"
 
 
 class _Scrubber:
@@ -418,7 +408,7 @@ class _PendingCall:
         if not isinstance(args, dict):
             raise BackendError(
                 f"the model called {self.name!r} with arguments that are not a JSON object: "
-                f"{_excerpt(text)}",
+                f"{excerpt(text)}",
                 status="BAD_RESPONSE",
             )
         return FunctionCallPart(self.name, args, self.id)
@@ -472,7 +462,7 @@ def _count(value: object) -> int:
     if value is None:
         return 0
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise TypeError(f"a token count is {_excerpt(value)}")
+        raise TypeError(f"a token count is {excerpt(value)}")
     return int(value)
 
 
@@ -481,7 +471,7 @@ def _string(value: object) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise TypeError(f"expected text, got {_excerpt(value)}")
+        raise TypeError(f"expected text, got {excerpt(value)}")
     return value
 
 
@@ -508,14 +498,14 @@ def translate_errors(sdk: ModuleType, yielded: list[int], scrub: _Scrubber) -> I
     except sdk.APIError as exc:
         kind = exc.type or "error"
         error = BackendError(
-            f"the service sent an error in the stream ({kind}): {_excerpt(scrub(exc.message))}",
+            f"the service sent an error in the stream ({kind}): {excerpt(scrub(exc.message))}",
             status=kind,
         )
     except (ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError) as exc:
         sent = getattr(exc, "doc", None) or str(exc)
         error = BackendError(
             "the service sent a reply that is not in Chat Completions' format "
-            f"({exc.__class__.__name__}): {_excerpt(scrub(sent))}",
+            f"({exc.__class__.__name__}): {excerpt(scrub(sent))}",
             status="BAD_RESPONSE",
         )
     if error is not None:
@@ -529,7 +519,7 @@ def _status_error(exc: openai.APIStatusError, scrub: _Scrubber) -> BackendError:
     raw = shown if isinstance(shown, str) else json.dumps(shown, default=str)
     kind = exc.type if isinstance(exc.type, str) else None
     code = exc.status_code
-    text = _excerpt(scrub(raw))
+    text = excerpt(scrub(raw))
     return BackendError(f"{code} {kind or 'error'}: {text}", code=code, status=kind)
 
 
@@ -546,7 +536,7 @@ def _connection_error(exc: openai.APIConnectionError, yielded: int) -> BackendEr
             status="REDIRECT",
         )
     return BackendError(
-        f"the connection failed before a reply ({name}: {_excerpt(str(cause or exc))})",
+        f"the connection failed before a reply ({name}: {excerpt(str(cause or exc))})",
         status="UNAVAILABLE",
     )
 
