@@ -15,7 +15,7 @@ import itertools
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from .agent import AgentCore
@@ -23,6 +23,7 @@ from .backends.base import Backend, BackendFactory
 from .config import AgentConfig, RuntimeConfig, agent_config
 from .content import to_parts
 from .conversation import ConversationMessage, LedgerEntry, Usage
+from .embedding import EmbeddedTexts, embed_texts
 from .errors import AgentNotFound, InvalidConfig, StoreError, Timeout, WrongThread
 from .handle import ChatHandle, Turn
 from .operators import operator
@@ -402,9 +403,41 @@ class AsyncAgentRuntime:
         Batch mode). Its methods run on the runtime loop."""
         return await self._portal.acall(self._core.backend_for, config or AgentConfig())
 
+    async def embed_texts(self, texts: Sequence[str], *, model: str | None = None) -> EmbeddedTexts:
+        """`runtime.embed_texts` for an event loop."""
+        return await self._portal.acall(embed_texts, self._core, list(texts), model)
+
     async def map(self, frame: Any, template: str, **options: Any) -> Any:
         """`runtime.map` for an event loop; see `agentrt_jupyter.batch.engine.start_map`."""
         return await operator("map").arun(self._runtime, frame, template, **options)
+
+    async def embed(self, frame: Any, template: str, **options: Any) -> Any:
+        """`runtime.embed` for an event loop."""
+        return await operator("embed").arun(self._runtime, frame, template, **options)
+
+    async def topk(self, frame: Any, criterion: str, **options: Any) -> Any:
+        """`runtime.topk` for an event loop."""
+        return await operator("topk").arun(self._runtime, frame, criterion, **options)
+
+    async def join(self, left: Any, right: Any, template: str, **options: Any) -> Any:
+        """`runtime.join` for an event loop."""
+        return await operator("join").arun(self._runtime, left, right, template, **options)
+
+    async def sim_join(self, left: Any, right: Any, **options: Any) -> Any:
+        """`runtime.sim_join` for an event loop."""
+        return await operator("sim_join").arun(self._runtime, left, right, **options)
+
+    async def search(self, frame: Any, query: str, **options: Any) -> Any:
+        """`runtime.search` for an event loop."""
+        return await operator("search").arun(self._runtime, frame, query, **options)
+
+    async def agg(self, frame: Any, instruction: str, **options: Any) -> Any:
+        """`runtime.agg` for an event loop."""
+        return await operator("agg").arun(self._runtime, frame, instruction, **options)
+
+    async def dedupe(self, frame: Any, template: str, **options: Any) -> Any:
+        """`runtime.dedupe` for an event loop."""
+        return await operator("dedupe").arun(self._runtime, frame, template, **options)
 
 
 def _history(agent: AgentCore) -> list[ConversationMessage]:
@@ -777,3 +810,42 @@ class AgentRuntime:
         and return a frame aligned with its index: one independent request per row,
         quota-aware, resumable, budgeted; see `agentrt_jupyter.batch.engine.start_map`."""
         return operator("map").run(self, frame, template, **options)
+
+    def embed_texts(self, texts: Sequence[str], *, model: str | None = None) -> EmbeddedTexts:
+        """Embedding vectors for `texts` (cached per text, a ledger row per call); see
+        `agentrt_jupyter.embedding`."""
+        return self._portal.call(embed_texts, self._core, list(texts), model)
+
+    def embed(self, frame: Any, template: str, **options: Any) -> Any:
+        """A Series of embedding vectors, one per row of `template` filled from `frame`;
+        see `agentrt_jupyter.batch.embed`."""
+        return operator("embed").run(self, frame, template, **options)
+
+    def topk(self, frame: Any, criterion: str, **options: Any) -> Any:
+        """The `k` rows of `frame` that best fit `criterion`, best first, by model
+        comparisons (a selection, not a sort); see `agentrt_jupyter.batch.topk`."""
+        return operator("topk").run(self, frame, criterion, **options)
+
+    def join(self, left: Any, right: Any, template: str, **options: Any) -> Any:
+        """The pairs of rows for which the model says `template` (`{left.col}`,
+        `{right.col}`) holds, candidates proposed by embeddings; see
+        `agentrt_jupyter.batch.join`."""
+        return operator("join").run(self, left, right, template, **options)
+
+    def sim_join(self, left: Any, right: Any, **options: Any) -> Any:
+        """Each left row's nearest right rows by embeddings alone."""
+        return operator("sim_join").run(self, left, right, **options)
+
+    def search(self, frame: Any, query: str, **options: Any) -> Any:
+        """The `k` rows of `frame` nearest to `query` by embeddings."""
+        return operator("search").run(self, frame, query, **options)
+
+    def agg(self, frame: Any, instruction: str, **options: Any) -> Any:
+        """One answer to `instruction` per group of `frame` (`by=`), folded map-then-reduce
+        when a group is too long for one call; see `agentrt_jupyter.batch.agg`."""
+        return operator("agg").run(self, frame, instruction, **options)
+
+    def dedupe(self, frame: Any, template: str, **options: Any) -> Any:
+        """A cluster id per row: rows the model says are the same entity share one; see
+        `agentrt_jupyter.batch.dedupe`."""
+        return operator("dedupe").run(self, frame, template, **options)

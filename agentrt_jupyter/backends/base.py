@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -94,6 +94,28 @@ class Backend(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """One embedding call's vectors, one per text in order, and the tokens the service
+    counted (None when it does not say)."""
+
+    vectors: list[list[float]]
+    tokens: int | None = None
+
+
+class EmbeddingBackend(Protocol):
+    """A backend that also embeds (Gemini's and OpenAI's; Anthropic has no embeddings API).
+
+    Optional: the runtime checks for `embed` before it asks."""
+
+    credential: str
+
+    async def embed(self, texts: Sequence[str], model: str) -> Embeddings:
+        """Vectors for `texts` from `model` (without its provider prefix), in one call
+        where the API takes many; errors already ours, as `stream`'s."""
+        ...
 
 
 BackendFactory = Callable[[Endpoint], Backend]

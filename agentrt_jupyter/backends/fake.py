@@ -19,23 +19,29 @@ token usage, unless a chunk of yours carries a finish reason. To fail, it raises
 iterator raises after some chunks) `RateLimited`, `ServerError`, `ConnectionDropped`, or
 any of the package's `TurnError`s, which reach the retry layer exactly as the real
 backend's do. Every request is kept in `requests`, one per HTTP attempt.
+
+`embed` answers with `embedder(texts)` when given one, else with the local server's
+scripted vectors (hashed bags of words: texts that share words are close); every call's
+texts are kept in `embedded`.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeAlias
 
 from ..content import BlobPart, FunctionCallPart, FunctionResponsePart, Part, TextPart
 from ..conversation import Usage
 from ..errors import BackendError, StreamBroken
 from ..quota import QuotaInfo, QuotaScope
-from .base import ModelChunk, ModelRequest, QuotaHit
+from ..server.engines.vectors import count_words, hashed_vector
+from .base import Embeddings, ModelChunk, ModelRequest, QuotaHit
 
 ReplyItem: TypeAlias = str | Part | ModelChunk
 FakeReply: TypeAlias = ReplyItem | Iterable[ReplyItem] | AsyncIterable[ReplyItem]
 FakeHandler: TypeAlias = Callable[[ModelRequest], FakeReply | Awaitable[FakeReply]]
+FakeEmbedder: TypeAlias = Callable[[list[str]], list[list[float]]]
 
 
 class RateLimited(QuotaHit):
@@ -69,13 +75,22 @@ class ConnectionDropped(Exception):
 class FakeBackend:
     """A `Backend` whose replies come from `handler`; see the module's docstring."""
 
-    def __init__(self, handler: FakeHandler, *, credential: str = "fake") -> None:
+    def __init__(
+        self,
+        handler: FakeHandler,
+        *,
+        credential: str = "fake",
+        embedder: FakeEmbedder | None = None,
+    ) -> None:
         if not callable(handler):
             raise TypeError(f"FakeBackend needs a callable handler, got {type(handler).__name__}")
         self.handler = handler
         self.credential = credential
+        self.embedder = embedder
         self.requests: list[ModelRequest] = []
         """Every request the handler was given, one per HTTP attempt."""
+        self.embedded: list[list[str]] = []
+        """The texts of every embedding call, one list per call."""
         self.closed = False
 
     def __repr__(self) -> str:
@@ -102,6 +117,14 @@ class FakeBackend:
                 total_tokens=prompt + words,
             )
             yield ModelChunk((), usage, "STOP")
+
+    async def embed(self, texts: Sequence[str], model: str) -> Embeddings:
+        batch = list(texts)
+        self.embedded.append(batch)
+        if self.embedder is not None:
+            return Embeddings(self.embedder(batch))
+        vectors = [hashed_vector(text) for text in batch]
+        return Embeddings(vectors, sum(count_words(text) for text in batch))
 
     async def aclose(self) -> None:
         self.closed = True

@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import traceback
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import aiohttp
@@ -24,7 +24,7 @@ from ..content import BlobPart, FunctionCallPart, Part, TextPart
 from ..conversation import ConversationMessage, Usage
 from ..errors import BackendError, StreamBroken
 from ..quota import fingerprint, parse_quota_error
-from .base import ModelChunk, ModelRequest, QuotaHit, excerpt
+from .base import Embeddings, ModelChunk, ModelRequest, QuotaHit, excerpt
 
 READ_BUFFER = 2**22
 """The SDK's read buffer for its aiohttp session (a long JSON chunk fits one read)."""
@@ -302,6 +302,21 @@ class GeminiBackend:
             async for response in iterator:
                 chunks[0] += 1
                 yield _chunk_from_response(response)
+
+    async def embed(self, texts: Sequence[str], model: str) -> Embeddings:
+        """`models.embed_content` with every text in one call (`batchEmbedContents` on
+        Gemini's API); the API does not count tokens for embeddings."""
+        with translate_errors([0]):
+            response = await self._client.aio.models.embed_content(
+                model=model, contents=list(texts)
+            )
+            vectors = [list(e.values or []) for e in response.embeddings or []]
+        if len(vectors) != len(texts):
+            raise BackendError(
+                f"asked for {len(texts)} embeddings, the service sent {len(vectors)}",
+                status="BAD_RESPONSE",
+            )
+        return Embeddings(vectors)
 
     @property
     def client(self) -> genai.Client:

@@ -33,7 +33,7 @@ from ..content import BlobPart, FunctionCallPart, FunctionResponsePart, Part, Te
 from ..conversation import ConversationMessage, Usage
 from ..errors import BackendError, InvalidConfig, InvalidContent, StreamBroken
 from ..quota import QuotaInfo, fingerprint
-from .base import ModelChunk, ModelRequest, QuotaHit, excerpt
+from .base import Embeddings, ModelChunk, ModelRequest, QuotaHit, excerpt
 
 if TYPE_CHECKING:
     import openai
@@ -144,6 +144,22 @@ class OpenAIBackend:
                     "OpenAI-compatible API, ending in /v1?)",
                     status="BAD_RESPONSE",
                 )
+
+    async def embed(self, texts: Sequence[str], model: str) -> Embeddings:
+        """`/v1/embeddings` with every text in one call (floats asked for, so no numpy)."""
+        with translate_errors(self._sdk, [0], self._scrub):
+            response = await self._client.embeddings.create(
+                model=model, input=list(texts), encoding_format="float"
+            )
+            ordered = sorted(response.data, key=lambda item: item.index)
+            vectors = [[float(v) for v in item.embedding] for item in ordered]
+            tokens = response.usage.prompt_tokens if response.usage is not None else None
+        if len(vectors) != len(texts):
+            raise BackendError(
+                f"asked for {len(texts)} embeddings, the service sent {len(vectors)}",
+                status="BAD_RESPONSE",
+            )
+        return Embeddings(vectors, tokens)
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -2,7 +2,9 @@
 control API.
 
 Model routes speak Gemini's REST API (`/v1/...` and `/v1beta/...`), OpenAI's Chat
-Completions (`/v1/chat/completions`) and Anthropic's Messages (`/v1/messages`); `GET
+Completions (`/v1/chat/completions`) and Anthropic's Messages (`/v1/messages`), and
+embeddings (Gemini's `:embedContent` / `:batchEmbedContents`, OpenAI's `/v1/embeddings`,
+kind `embed` in the request log) from engines that embed; `GET
 /v1/models` answers in the format of the SDK that asks. `wire/` holds the formats. All
 need the per-process token as the API key, each as its provider takes it; a request with
 a wrong key is refused before its body is read. Control
@@ -31,7 +33,14 @@ from aiohttp import web
 
 from .batches import BatchService
 from .connections import track_requests
-from .engines.base import Engine, EngineChunk, EngineError, GenerateRequest, prompt_message
+from .engines.base import (
+    Embedded,
+    Engine,
+    EngineChunk,
+    EngineError,
+    GenerateRequest,
+    prompt_message,
+)
 from .faults import (
     NO_FAULT,
     REDIRECT_CODES,
@@ -53,6 +62,7 @@ from .faults import (
 )
 from .limits import ServerLimits
 from .request_log import Record, RequestLog
+from .wire import embeddings
 from .wire.anthropic import AnthropicWire
 from .wire.base import Wire
 from .wire.gemini import KNOWN_MODELS, ChunkEncoder, merge_chunks, to_generate_request
@@ -229,6 +239,8 @@ class ServerState:
                 model,
                 lambda raw: _json(self.batches.create(model, _parse_json(raw), _base(request))),
             )
+        if request.method == "POST" and method in ("embedContent", "batchEmbedContents"):
+            return await self.gemini_embed(request, model, single=method == "embedContent")
         kinds = {
             "generateContent": "generate",
             "streamGenerateContent": "stream",
@@ -616,6 +628,60 @@ class ServerState:
             self.log.finish(record, "complete")
         await response.write_eof()
         return response
+
+    # Embedding routes (wire/embeddings.py)
+
+    async def gemini_embed(
+        self, request: web.Request, model: str, *, single: bool
+    ) -> web.StreamResponse:
+        record = self.log.start(request, "embed", model)
+        try:
+            if not self.key_ok(request):
+                raise _Refusal(400, API_KEY_ERROR)
+            record["api_key_ok"] = True
+            raw = await self.read_body(request)
+            body = _parse_json(raw)
+            self.log.keep_body(record, raw, body)
+            asked = embeddings.gemini_single(body) if single else embeddings.gemini_batch(body)
+            embedded = await self._embed(asked)
+        except _Refusal as refusal:
+            return await self._refuse(request, record, refusal)
+        except EngineError as exc:
+            self.log.finish(record, "error", exc.code)
+            return _json(error_body(exc.code, exc.message, status=exc.status), exc.code)
+        self.log.finish(record, "complete", 200)
+        return _json(embeddings.gemini_reply(embedded.vectors, single=single))
+
+    async def openai_embeddings(self, request: web.Request) -> web.StreamResponse:
+        record = self.log.start(request, "embed", "")
+        if not _OPENAI.key_ok(request, self.token):
+            self.log.finish(record, "rejected", 401)
+            return self._response(_OPENAI.error_reply(401))
+        record["api_key_ok"] = True
+        try:
+            raw = await self.read_body(request)
+            body = _parse_json(raw)
+            self.log.keep_body(record, raw, body)
+            model, asked = embeddings.openai_request(body)
+            record["model"] = model
+            embedded = await self._embed(asked)
+        except _Refusal as refusal:
+            return await self._refuse(request, record, refusal, _OPENAI)
+        except EngineError as exc:
+            self.log.finish(record, "error", exc.code)
+            return self._response(_OPENAI.error_reply(exc.code, exc.message))
+        self.log.finish(record, "complete", 200)
+        reply = embeddings.openai_reply(
+            model, embedded.vectors, embedded.tokens, as_base64=asked.base64
+        )
+        return _json(reply)
+
+    async def _embed(self, asked: embeddings.EmbedRequest) -> Embedded:
+        embed = getattr(self.engine, "embed", None)
+        if embed is None:
+            raise EngineError(400, f"the {self.engine.name} engine does not embed")
+        embedded: Embedded = await embed(asked.texts, asked.dimensions)
+        return embedded
 
     # Batch and Files API routes (batches.py)
 
@@ -1006,6 +1072,7 @@ def create_app(engine: Engine, token: str, limits: ServerLimits | None = None) -
         app.router.add_post(f"/upload/{version}/files", state.file_upload)
     app.router.add_post("/v1/chat/completions", state.openai_chat)
     app.router.add_post("/v1/messages", state.anthropic_messages)
+    app.router.add_post("/v1/embeddings", state.openai_embeddings)
     app.router.add_post("/v1/files", state.openai_batches)
     app.router.add_get("/v1/files/{id}/content", state.openai_batches)
     app.router.add_post("/v1/batches", state.openai_batches)

@@ -74,3 +74,19 @@ class Engine(Protocol):
     async def count_tokens(self, request: GenerateRequest) -> int: ...
 
     async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """An engine's vectors for texts, in order, and the tokens it read."""
+
+    vectors: list[list[float]]
+    tokens: int
+
+
+class Embedder(Protocol):
+    """An engine that also embeds (the embedding routes answer 400 for one that does not)."""
+
+    async def embed(self, texts: list[str], dimensions: int | None) -> Embedded:
+        """Vectors for `texts`; `dimensions` the length asked for (None: the engine's own)."""
+        ...

@@ -5,6 +5,10 @@ llama.cpp (`llama-cpp-python`), both from the `agentrt-jupyter[local]` extra. ll
 is blocking and one model instance is not re-entrant, so generation runs in a single
 worker thread; requests take turns in FIFO order and hand their tokens back to the
 event loop one at a time, which lets a cancelled request stop within one token.
+
+Embeddings come from the same GGUF file loaded a second time with `embedding=True` (mean
+pooling over the text's tokens, scaled to length 1), on first use, in the same worker
+thread: an embedding request waits for the generation before it, and the other way round.
 """
 
 from __future__ import annotations
@@ -23,7 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentrt_jupyter.server.engines.base import EngineChunk, EngineError, GenerateRequest
+from agentrt_jupyter.server.engines.base import (
+    Embedded,
+    EngineChunk,
+    EngineError,
+    GenerateRequest,
+)
 
 __all__ = [
     "DEFAULT_SYSTEM_PROMPT",
@@ -236,6 +245,7 @@ class LocalEngine:
         self._lock = asyncio.Lock()
         self._loading: asyncio.Future[Any] | None = None
         self._llm: Any = None
+        self._embedder: Any = None
         self._formatter: Any = None
         self._vocab: Any = None
         self._abort: Any = None
@@ -320,10 +330,42 @@ class LocalEngine:
             if self._loading is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._loading)
-            if self._llm is not None:
-                await asyncio.get_running_loop().run_in_executor(self._executor, self._llm.close)
-            self._llm = self._formatter = self._vocab = self._abort = None
+            for llm in (self._llm, self._embedder):
+                if llm is not None:
+                    await asyncio.get_running_loop().run_in_executor(self._executor, llm.close)
+            self._llm = self._embedder = self._formatter = self._vocab = self._abort = None
         self._executor.shutdown(wait=False)
+
+    async def embed(self, texts: list[str], dimensions: int | None) -> Embedded:
+        """The model's own embeddings of `texts` (its hidden size; `dimensions` cuts them)."""
+        if self._closed:
+            raise EngineError(503, "the local engine is closed", status="UNAVAILABLE")
+        loop = asyncio.get_running_loop()
+        try:
+            vectors, tokens = await loop.run_in_executor(self._executor, self._embed, texts)
+        except ValueError as exc:  # llama.cpp's words: a text past the context, say
+            raise EngineError(400, f"the local model cannot embed this: {exc}") from None
+        if dimensions is not None:
+            vectors = [vector[:dimensions] for vector in vectors]
+        return Embedded(vectors, tokens)
+
+    def _embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        """On the worker thread: load the embedding instance once, then embed."""
+        if self._embedder is None:
+            lc = self._llama_cpp
+            self._embedder = lc.Llama(
+                model_path=str(self.model_path),
+                n_ctx=self.n_ctx,
+                n_threads=self.n_threads,
+                n_threads_batch=self.n_threads,
+                embedding=True,
+                pooling_type=lc.LLAMA_POOLING_TYPE_MEAN,
+                verbose=False,
+            )
+        llm = self._embedder
+        tokens = sum(len(llm.tokenize(text.encode(), add_bos=False)) for text in texts)
+        vectors = llm.embed(texts, normalize=True)
+        return [[float(v) for v in vector] for vector in vectors], tokens
 
     async def _model(self) -> Any:
         if self._llm is not None:

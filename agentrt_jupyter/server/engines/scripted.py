@@ -12,6 +12,9 @@ Directives: `@@reply TEXT`, `@@chunks N`, `@@tiny N`, `@@thought TEXT`,
 HTTP layer; SPECs, the garbage-reply ones included, are listed in `server/faults.py`).
 `generationConfig.maxOutputTokens` cuts the reply (MAX_TOKENS) and `stopSequences`
 cut it before the first match (STOP).
+
+Embeddings (`embed`) are the hashed bags of words of `vectors.py`: deterministic, and
+close for texts that share words.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..faults import tiny_chunks
-from .base import EngineChunk, EngineError, GenerateRequest, prompt_message
+from .base import Embedded, EngineChunk, EngineError, GenerateRequest, prompt_message
+from .vectors import DIMENSIONS, hashed_vector
+from .vectors import count_words as embedded_words
 
 DIRECTIVES = frozenset(
     {"reply", "chunks", "tiny", "thought", "call", "call_always", "delay", "finish", "fault"}
@@ -165,6 +170,12 @@ class ScriptedEngine:
         if len(specs) > 1:
             raise EngineError(400, "only one @@fault per request")
         return specs[0] if specs else None
+
+    async def embed(self, texts: list[str], dimensions: int | None) -> Embedded:
+        """Hashed bags of words (see `vectors`): texts sharing words are close."""
+        size = dimensions or DIMENSIONS
+        vectors = [hashed_vector(text, size) for text in texts]
+        return Embedded(vectors, sum(embedded_words(text) for text in texts))
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[EngineChunk]:
         prompt = parse_prompt(request.contents)
