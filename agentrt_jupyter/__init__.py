@@ -68,6 +68,7 @@ _EXPORTS: dict[str, str] = {
     "QuotaExceeded": "errors",
     "BackendError": "errors",
     "ReplyInvalid": "errors",
+    "OperatorStopped": "errors",
     "ToolError": "errors",
     "McpServerError": "errors",
     "history_frame": "frames",
@@ -151,6 +152,9 @@ if TYPE_CHECKING:
     )
     from .errors import (
         McpServerError as McpServerError,
+    )
+    from .errors import (
+        OperatorStopped as OperatorStopped,
     )
     from .errors import (
         QuotaExceeded as QuotaExceeded,
@@ -306,6 +310,25 @@ def _batch_operator(name: str) -> Any:
     return OPERATORS[name]
 
 
+_ROUND_OPERATORS = {
+    "embed": "embed",
+    "topk": "topk",
+    "join": "join",
+    "sim_join": "join",
+    "search": "join",
+    "agg": "agg",
+    "dedupe": "dedupe",
+}
+"""The operators of `batch/<module>.OPERATORS` beyond map's engine (embeddings, rounds)."""
+
+
+def _round_operator(name: str) -> Any:
+    import importlib
+
+    module = importlib.import_module(f".batch.{_ROUND_OPERATORS[name]}", __name__)
+    return module.OPERATORS[name]
+
+
 def _show_map_progress(run: Any, *, always: bool) -> object:
     from .notebook.batchview import show_progress
 
@@ -336,6 +359,8 @@ def _compose() -> None:
 
     for name in ("map",):
         provide(name, functools.partial(_batch_operator, name))
+    for name in _ROUND_OPERATORS:
+        provide(name, functools.partial(_round_operator, name))
     set_progress_view(_show_map_progress)
     set_default_runtime(_notebook_runtime)
     register_when_pandas_loads()

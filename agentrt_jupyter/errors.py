@@ -12,6 +12,7 @@ AgentError
 │   └── WrongThread (RuntimeError)          a blocking call where it would deadlock
 ├── Timeout (TimeoutError)                  a bounded wait ran out
 ├── StoreError (OSError)                    the conversation store cannot be used
+├── OperatorStopped                         an operator's round left rows unanswered
 ├── ToolError                               a tool could not do what the model asked
 │   └── McpServerError (ConnectionError)    an MCP server would not start, died or hung
 └── TurnError                               a turn did not complete
@@ -183,6 +184,17 @@ class TurnStoreError(TurnError, StoreError):
         self.path = getattr(cause, "path", None)
         self.cause = cause
         """The store's error, or the `ConversationInUse` of a conversation taken over."""
+
+
+class OperatorStopped(AgentError):
+    """A semantic operator (topk, join, agg, dedupe) stopped before its answer: a round's
+    rows were cancelled or skipped (a cancel, a budget, a per-day quota). The answered
+    ones are kept: calling it again sends only the rest. `progress` is the round's last
+    `BatchProgress`."""
+
+    def __init__(self, message: str, *, progress: object = None) -> None:
+        super().__init__(message)
+        self.progress = progress
 
 
 class ReplyInvalid(TurnError):

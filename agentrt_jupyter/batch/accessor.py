@@ -24,7 +24,9 @@ _lock = threading.Lock()
 
 class AgentrtAccessor:
     """`frame.agentrt`: `map(template, **options)` and `await amap(template, **options)`,
-    with the options of `runtime.map` (see `agentrt_jupyter.batch.engine.start_map`)."""
+    with the options of `runtime.map` (see `agentrt_jupyter.batch.engine.start_map`); and
+    the semantic operators with this frame first (`embed`, `topk`, `join` with the right
+    frame, `sim_join`, `search`, `agg`, `dedupe`; `a...` awaits)."""
 
     def __init__(self, frame: pd.DataFrame) -> None:
         self._frame = frame
@@ -36,6 +38,67 @@ class AgentrtAccessor:
         self, template: str, *, runtime: AgentRuntime | None = None, **options: Any
     ) -> Any:
         return await operator("map").arun(_runtime(runtime), self._frame, template, **options)
+
+    def embed(self, template: str, *, runtime: AgentRuntime | None = None, **options: Any) -> Any:
+        return operator("embed").run(_runtime(runtime), self._frame, template, **options)
+
+    async def aembed(
+        self, template: str, *, runtime: AgentRuntime | None = None, **options: Any
+    ) -> Any:
+        return await operator("embed").arun(_runtime(runtime), self._frame, template, **options)
+
+    def topk(self, criterion: str, *, runtime: AgentRuntime | None = None, **options: Any) -> Any:
+        return operator("topk").run(_runtime(runtime), self._frame, criterion, **options)
+
+    async def atopk(
+        self, criterion: str, *, runtime: AgentRuntime | None = None, **options: Any
+    ) -> Any:
+        return await operator("topk").arun(_runtime(runtime), self._frame, criterion, **options)
+
+    def join(
+        self,
+        right: pd.DataFrame,
+        template: str,
+        *,
+        runtime: AgentRuntime | None = None,
+        **options: Any,
+    ) -> Any:
+        return operator("join").run(_runtime(runtime), self._frame, right, template, **options)
+
+    async def ajoin(
+        self,
+        right: pd.DataFrame,
+        template: str,
+        *,
+        runtime: AgentRuntime | None = None,
+        **options: Any,
+    ) -> Any:
+        join = operator("join")
+        return await join.arun(_runtime(runtime), self._frame, right, template, **options)
+
+    def sim_join(
+        self, right: pd.DataFrame, *, runtime: AgentRuntime | None = None, **options: Any
+    ) -> Any:
+        return operator("sim_join").run(_runtime(runtime), self._frame, right, **options)
+
+    def search(self, query: str, *, runtime: AgentRuntime | None = None, **options: Any) -> Any:
+        return operator("search").run(_runtime(runtime), self._frame, query, **options)
+
+    def agg(self, instruction: str, *, runtime: AgentRuntime | None = None, **options: Any) -> Any:
+        return operator("agg").run(_runtime(runtime), self._frame, instruction, **options)
+
+    async def aagg(
+        self, instruction: str, *, runtime: AgentRuntime | None = None, **options: Any
+    ) -> Any:
+        return await operator("agg").arun(_runtime(runtime), self._frame, instruction, **options)
+
+    def dedupe(self, template: str, *, runtime: AgentRuntime | None = None, **options: Any) -> Any:
+        return operator("dedupe").run(_runtime(runtime), self._frame, template, **options)
+
+    async def adedupe(
+        self, template: str, *, runtime: AgentRuntime | None = None, **options: Any
+    ) -> Any:
+        return await operator("dedupe").arun(_runtime(runtime), self._frame, template, **options)
 
 
 def _runtime(runtime: AgentRuntime | None) -> object:

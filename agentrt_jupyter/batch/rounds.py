@@ -1,0 +1,279 @@
+"""Operators made of rounds: topk, join, agg and dedupe, written once for both facades.
+
+Such an operator is a generator. It yields what it needs next — `Ask` (prompts to answer,
+as one map run over a frame of prompts, so the map engine's cache, quota-aware
+concurrency, resume, budgets, progress and cancel all apply) or `Embed` (texts to embed,
+`runtime.embed_texts`) — and gets the answer back. `drive` runs it with blocking calls
+(`runtime.map`), `adrive` awaiting (`runtime.aio.map`): one implementation, two drivers.
+
+Every round of one call shares the caller's map options; `budget_tokens` / `budget_usd`
+are the whole operator's, each round getting what is left. A round that leaves rows
+cancelled or skipped stops the operator with `OperatorStopped` (the answered rows are
+kept: calling it again sends only the rest); a row whose reply did not parse is that
+comparison's error, counted in the summary (`RoundsSummary.failed`) and read as "no".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeAlias, TypeVar
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InvalidConfig, OperatorStopped
+from ..runtime import AgentRuntime
+from .engine import amap_frame, explain_map, map_frame
+from .explain import PlanStep
+from .plan import plan_map
+
+PROMPT = "prompt"
+"""The one column of a round's frame; the round's template is `{prompt}`."""
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Ask:
+    """Answer each of `prompts` (one map row each); `schema` as map's; `step` names the
+    round in plans and summaries."""
+
+    prompts: list[str]
+    schema: object
+    step: str
+
+
+@dataclass(frozen=True)
+class Embed:
+    """Embed each of `texts`; the answer is a float32 matrix, one row per text."""
+
+    texts: list[str]
+
+
+Need: TypeAlias = Ask | Embed
+Rounds: TypeAlias = Generator[Need, Any, T]
+
+
+@dataclass
+class RoundsSummary:
+    """What an operator did: maps run, prompts asked (`calls`: rows sent to a model now,
+    `cached`: rows answered before), HTTP requests, tokens, failed rows, and embeddings
+    (texts, calls made, texts found in the cache)."""
+
+    operator: str
+    rounds: int = 0
+    calls: int = 0
+    cached: int = 0
+    requests: int = 0
+    failed: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float | None = None
+    embedded: int = 0
+    embed_calls: int = 0
+    embed_cached: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+    """What the operator adds: topk's bound, join's candidates and recall knob, agg's fold."""
+
+    def __repr__(self) -> str:
+        extra = "".join(f", {k}={v!r}" for k, v in self.details.items())
+        return (
+            f"<{self.operator}: {self.rounds} rounds, {self.calls:,} calls, {self.cached:,} "
+            f"cached, {self.requests:,} requests, {self.failed:,} failed, "
+            f"{self.embedded:,} texts embedded in {self.embed_calls:,} calls{extra}>"
+        )
+
+
+class Driver:
+    """Answers an operator's needs: the map options for every round, the budgets left."""
+
+    def __init__(
+        self,
+        runtime: AgentRuntime,
+        name: str,
+        options: dict[str, Any],
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.summary = RoundsSummary(name, details=dict(details or {}))
+        self.embedding_model: str | None = options.pop("embedding_model", None)
+        self.progress = options.pop("progress", None)
+        self._budget_tokens = _budget(options.pop("budget_tokens", None), "budget_tokens")
+        self._budget_usd = _budget(options.pop("budget_usd", None), "budget_usd")
+        for name_ in ("schema", "explain", "dry_run"):
+            if name_ in options:
+                raise InvalidConfig(f"{name} sets its own {name_}", field=name_)
+        self.options = options
+
+    def round_options(self, ask: Ask) -> dict[str, Any]:
+        """The map options of one round: the caller's, with the budgets left."""
+        options = dict(self.options, schema=ask.schema, progress=self.progress)
+        spent = self.summary
+        if self._budget_tokens is not None:
+            left = int(self._budget_tokens - spent.tokens_in - spent.tokens_out)
+            if left < 1:
+                raise OperatorStopped(f"{spent.operator} stopped: budget_tokens is spent")
+            options["budget_tokens"] = left
+        if self._budget_usd is not None:
+            left_usd = self._budget_usd - (spent.cost_usd or 0.0)
+            if left_usd <= 0:
+                raise OperatorStopped(f"{spent.operator} stopped: budget_usd is spent")
+            options["budget_usd"] = left_usd
+        return options
+
+    def answered(self, ask: Ask, result: pd.DataFrame) -> pd.DataFrame:
+        """Count a round's result; `OperatorStopped` if rows were left unanswered."""
+        progress = result.attrs["agentrt"]
+        summary = self.summary
+        summary.rounds += 1
+        summary.calls += progress.ok + progress.failed
+        summary.cached += progress.cached
+        summary.failed += progress.failed
+        summary.requests += int(result["attempts"].sum())
+        summary.tokens_in += progress.tokens_in
+        summary.tokens_out += progress.tokens_out
+        if progress.cost_usd is not None:
+            summary.cost_usd = (summary.cost_usd or 0.0) + progress.cost_usd
+        if progress.cancelled or progress.skipped:
+            why = progress.stop_reason or progress.state
+            raise OperatorStopped(
+                f"{summary.operator} stopped in its {ask.step} round ({why}): "
+                f"{progress.ok + progress.cached:,} of {progress.total:,} rows are answered "
+                "and kept; call it again to do the rest",
+                progress=progress,
+            )
+        return result
+
+    def embedded(self, texts: Sequence[str], found: Any) -> np.ndarray:
+        self.summary.embedded += len(texts)
+        self.summary.embed_calls += found.calls
+        self.summary.embed_cached += found.cached
+        if not found.vectors:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.asarray(found.vectors, dtype=np.float32)
+
+    def frame(self, ask: Ask) -> pd.DataFrame:
+        return pd.DataFrame({PROMPT: pd.array(ask.prompts, dtype=object)})
+
+
+def drive(
+    runtime: AgentRuntime,
+    name: str,
+    rounds: Rounds[T],
+    options: dict[str, Any],
+    details: dict[str, Any] | None = None,
+) -> T:
+    """Run `rounds` with blocking calls (Ctrl-C cancels the round and re-raises); the
+    summary, with `details`, goes on the value's `attrs["agentrt"]`."""
+    driver = Driver(runtime, name, options, details)
+    answer: Any = None
+    try:
+        while True:
+            need = rounds.send(answer)
+            if isinstance(need, Embed):
+                found = runtime.embed_texts(need.texts, model=driver.embedding_model)
+                answer = driver.embedded(need.texts, found)
+            else:
+                options = driver.round_options(need)
+                result = map_frame(runtime, driver.frame(need), "{prompt}", **options)
+                answer = driver.answered(need, result)
+    except StopIteration as stop:
+        value: T = stop.value
+        return _with_summary(value, driver)
+
+
+async def adrive(
+    runtime: AgentRuntime,
+    name: str,
+    rounds: Rounds[T],
+    options: dict[str, Any],
+    details: dict[str, Any] | None = None,
+) -> T:
+    """`drive` for an event loop (cancelling the awaiting task cancels the round)."""
+    driver = Driver(runtime, name, options, details)
+    answer: Any = None
+    try:
+        while True:
+            need = rounds.send(answer)
+            if isinstance(need, Embed):
+                found = await runtime.aio.embed_texts(need.texts, model=driver.embedding_model)
+                answer = driver.embedded(need.texts, found)
+            else:
+                options = driver.round_options(need)
+                result = await amap_frame(runtime, driver.frame(need), "{prompt}", **options)
+                answer = driver.answered(need, result)
+    except StopIteration as stop:
+        value: T = stop.value
+        return _with_summary(value, driver)
+
+
+def row_texts(runtime: AgentRuntime, frame: object, template: object, field: str) -> list[str]:
+    """`template` filled from each row of `frame` (as map fills it); `InvalidConfig` names
+    the option (`field`) for a template that does not fit, or a row it cannot fill."""
+    try:
+        plan = plan_map(runtime.config, frame, template)
+    except InvalidConfig as exc:
+        raise InvalidConfig(str(exc), field=field) from None
+    assert isinstance(frame, pd.DataFrame)
+    texts = []
+    for position, text, problem in plan.prompts(frame):
+        if text is None:
+            raise InvalidConfig(f"row {position} cannot be filled in: {problem}", field=field)
+        texts.append(text)
+    return texts
+
+
+def check_runtime(runtime: object) -> AgentRuntime:
+    """`runtime` if it is an `AgentRuntime` (`InvalidConfig` if not)."""
+    if not isinstance(runtime, AgentRuntime):
+        raise InvalidConfig(
+            f"must be an AgentRuntime, got {type(runtime).__name__}: pass runtime=AgentRuntime"
+            "(...), or leave it out in a notebook after %load_ext agentrt_jupyter",
+            field="runtime",
+        )
+    return runtime
+
+
+def _with_summary(value: T, driver: Driver) -> T:
+    attrs = getattr(value, "attrs", None)
+    if isinstance(attrs, dict):
+        attrs["agentrt"] = driver.summary
+    return value
+
+
+def price_round(runtime: AgentRuntime, ask: Ask, options: dict[str, Any]) -> PlanStep:
+    """The plan step of one round (`explain=True`), rows answered before counted as cached;
+    nothing is sent."""
+    frame = pd.DataFrame({PROMPT: pd.array(ask.prompts, dtype=object)})
+    round_options = {k: v for k, v in options.items() if k not in ("embedding_model", "progress")}
+    plan = explain_map(
+        runtime, frame, "{prompt}", step=ask.step, reply_tokens=8, schema=ask.schema,
+        **round_options,
+    )  # fmt: skip
+    return plan.steps[0]
+
+
+def expected_step(
+    runtime: AgentRuntime, ask: Ask, options: dict[str, Any], expected: int
+) -> PlanStep:
+    """A plan step of `expected` calls like `ask`'s prompts (priced by them, the share of
+    them answered before counted as cached): for rounds whose later prompts depend on
+    the answers."""
+    if not ask.prompts:
+        return PlanStep(f"{ask.step} (expected)", "", 0, 0, 0, 0, 0.0)
+    full = price_round(runtime, ask, dict(options, refresh=True))
+    kept = price_round(runtime, ask, options)
+    share = expected / len(ask.prompts)
+    cached = round(expected * kept.cached_calls / len(ask.prompts))
+    step = full.scaled(share, name=f"{ask.step} (expected)")
+    live = (expected - cached) / expected if expected else 0.0
+    return replace(step.scaled(live), name=step.name, calls=expected - cached, cached_calls=cached)
+
+
+def _budget(value: object, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise InvalidConfig(f"must be a positive number or None, got {value!r:.40}", field=name)
+    return float(value)
