@@ -22,7 +22,7 @@ import json
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, cast
 
@@ -55,7 +55,7 @@ class EmbeddedTexts:
     """Vectors for the texts asked, in order; the calls made now, the texts found in the
     cache, and the tokens the service counted for the calls made now."""
 
-    vectors: list[list[float]]
+    vectors: list[list[float]] = field(repr=False)
     model: str
     calls: int
     cached: int

@@ -11,6 +11,7 @@ the cache.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -72,7 +73,7 @@ def _no_more(options: dict[str, Any]) -> None:
 def _series(frame: pd.DataFrame, found: EmbeddedTexts) -> pd.Series:
     matrix = vectors(found)
     column = pd.Series(list(matrix), index=frame.index, name=NAME, dtype=object)
-    column.attrs["agentrt"] = found
+    column.attrs["agentrt"] = replace(found, vectors=[])
     return column
 
 
