@@ -1,0 +1,138 @@
+"""`join`, `sim_join`, `search` (issue 20 item 5): embeddings propose candidates, the model
+decides; the candidates knob bounds the calls; a rerun replays everything."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+
+import pandas as pd
+import pytest
+
+from agentrt_jupyter import AgentRuntime, FakeBackend, InvalidConfig, RuntimeConfig
+from agentrt_jupyter.backends.base import ModelRequest
+from agentrt_jupyter.content import TextPart
+from agentrt_jupyter.server.process import LocalServer
+
+from .conftest import requests_with
+
+pytestmark = pytest.mark.timeout(60)
+STATEMENT = re.compile(r"hold\? (.*) is the same item as (.*)\n")
+TEMPLATE = "{left.product} is the same item as {right.name}"
+
+
+def same_model_number(request: ModelRequest) -> str:
+    """A judge: the same item when both end in the same model number."""
+    part = request.messages[-1].parts[-1]
+    assert isinstance(part, TextPart)
+    first, second = STATEMENT.search(part.text).groups()
+    return json.dumps({"match": first.split()[-1] == second.split()[-1]})
+
+
+@pytest.fixture
+def judged() -> Iterator[tuple[AgentRuntime, FakeBackend]]:
+    fake = FakeBackend(same_model_number)
+    runtime = AgentRuntime(
+        RuntimeConfig(store_path=None, api_key="k"), backend_factory=lambda e: fake
+    )
+    yield runtime, fake
+    runtime.shutdown(10.0)
+
+
+def catalogues(n: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Left "blue widget model N", right the same items worded otherwise, in reverse."""
+    left = pd.DataFrame({"product": [f"blue widget model {i}" for i in range(n)]})
+    right = pd.DataFrame(
+        {"name": [f"widget, blue, model {i}" for i in reversed(range(n))]},
+        index=[f"r{i}" for i in reversed(range(n))],
+    )
+    return left, right
+
+
+def test_join_finds_every_match_asking_only_about_the_candidates(
+    judged: tuple[AgentRuntime, FakeBackend],
+) -> None:
+    runtime, fake = judged
+    left, right = catalogues(30)
+
+    pairs = runtime.join(left, right, TEMPLATE, candidates=2, progress=False)
+
+    assert sorted(zip(pairs["left_index"], pairs["right_index"], strict=True)) == sorted(
+        (i, f"r{i}") for i in range(30)
+    )
+    assert list(pairs.columns) == ["left_index", "right_index", "product", "name", "similarity"]
+    summary = pairs.attrs["agentrt"]
+    assert len(fake.requests) == summary.calls == 60 == summary.details["pairs_checked"]
+    assert summary.details["all_pairs"] == 900 and summary.embedded == 60
+
+
+def test_join_without_blocking_asks_about_every_pair(
+    judged: tuple[AgentRuntime, FakeBackend],
+) -> None:
+    runtime, fake = judged
+    left, right = catalogues(5)
+
+    pairs = runtime.join(left, right, TEMPLATE, candidates=None, progress=False)
+
+    assert len(pairs) == 5 and len(fake.requests) == 25 and fake.embedded == []
+
+
+def test_join_explain_counts_the_candidate_pairs_and_sends_nothing(
+    judged: tuple[AgentRuntime, FakeBackend],
+) -> None:
+    runtime, fake = judged
+    left, right = catalogues(40)
+
+    plan = runtime.join(left, right, TEMPLATE, candidates=3, explain=True)
+
+    assert plan.calls + plan.cached_calls == 120
+    assert fake.requests == [] and fake.embedded == []
+
+
+def test_a_template_must_name_each_sides_columns(judged: tuple[AgentRuntime, FakeBackend]) -> None:
+    runtime, _ = judged
+    left, right = catalogues(2)
+
+    with pytest.raises(InvalidConfig, match="left frame has no column 'name'"):
+        runtime.join(left, right, "{left.name} is {right.name}")
+    with pytest.raises(InvalidConfig, match="with its side"):
+        runtime.join(left, right, "{product} is {right.name}")
+
+
+def test_a_second_join_replays_embeddings_and_answers_and_sends_nothing(
+    rt: AgentRuntime, server: LocalServer, tag: str
+) -> None:
+    left = pd.DataFrame({"product": [f"{tag} apple {i}" for i in range(6)]})
+    right = pd.DataFrame({"name": [f"{tag} apple {i} item" for i in range(6)]})
+    template = TEMPLATE + '\n@@reply {{"match": true}}'  # braces doubled, as map's
+
+    first = rt.join(left, right, template, candidates=2, progress=False)
+    sent = len(requests_with(server, tag))
+    again = rt.join(left, right, template, candidates=2, progress=False)
+
+    assert len(first) == len(again) == 12
+    assert sent == 2 + 12  # two embedding calls, twelve yes/no
+    assert len(requests_with(server, tag)) == sent
+    assert again.attrs["agentrt"].calls == 0 and again.attrs["agentrt"].embed_calls == 0
+
+
+def test_sim_join_pairs_each_left_row_with_its_nearest_right_rows(
+    rt: AgentRuntime, tag: str
+) -> None:
+    left = pd.DataFrame({"product": ["red apple pie", "tax return form"]})
+    right = pd.DataFrame({"name": ["tax form return", "apple pie red", "blue car"]})
+
+    pairs = rt.sim_join(left, right, left_on="{product}", right_on="{name}", k=1)
+
+    assert list(zip(pairs["left_index"], pairs["right_index"], strict=True)) == [(0, 1), (1, 0)]
+    assert (pairs["similarity"] > 0.99).all()
+
+
+def test_search_returns_the_nearest_rows_first(rt: AgentRuntime) -> None:
+    frame = pd.DataFrame({"text": ["blue car fast", "red apple pie", "apple tart red", "tax"]})
+
+    found = rt.search(frame, "red apple", on="{text}", k=2)
+
+    assert sorted(found.index) == [1, 2] and found["similarity"].is_monotonic_decreasing
+    assert found.attrs["agentrt"].embedded == 5
