@@ -56,6 +56,7 @@ _EXPORTS: dict[str, str] = {
     "ConversationInUse": "errors",
     "StoreError": "errors",
     "WrongThread": "errors",
+    "CostNotApproved": "errors",
     "ReplyBlocked": "errors",
     "TurnStoreError": "errors",
     "AgentShutDown": "errors",
@@ -143,6 +144,9 @@ if TYPE_CHECKING:
     )
     from .errors import (
         ConversationInUse as ConversationInUse,
+    )
+    from .errors import (
+        CostNotApproved as CostNotApproved,
     )
     from .errors import (
         InvalidConfig as InvalidConfig,
@@ -304,13 +308,11 @@ def _jupyter_labextension_paths() -> list[dict[str, str]]:
     return [{"src": "labextension", "dest": "agentrt-jupyter"}]
 
 
-def _batch_operator(name: str) -> Any:
-    from .batch.engine import OPERATORS
-
-    return OPERATORS[name]
-
-
-_ROUND_OPERATORS = {
+_BATCH_OPERATORS = {
+    "map": "engine",
+    "filter": "semantic",
+    "classify": "semantic",
+    "extract": "semantic",
     "embed": "embed",
     "topk": "topk",
     "join": "join",
@@ -319,13 +321,14 @@ _ROUND_OPERATORS = {
     "agg": "agg",
     "dedupe": "dedupe",
 }
-"""The operators of `batch/<module>.OPERATORS` beyond map's engine (embeddings, rounds)."""
+"""Each operator the runtime offers as a method, and the `batch` module whose `OPERATORS`
+holds it."""
 
 
-def _round_operator(name: str) -> Any:
+def _batch_operator(name: str) -> Any:
     import importlib
 
-    module = importlib.import_module(f".batch.{_ROUND_OPERATORS[name]}", __name__)
+    module = importlib.import_module(f".batch.{_BATCH_OPERATORS[name]}", __name__)
     return module.OPERATORS[name]
 
 
@@ -345,7 +348,8 @@ def _compose() -> None:
     """Wire the features above the runtime (cheap: nothing here imports pandas, an SDK or
     widgets; each part loads on first use).
 
-    - `runtime.map` / `runtime.aio.map` are the batch engine's `map` operator;
+    - `runtime.map` / `runtime.aio.map` are the batch engine's `map` operator, and so
+      on for every operator in `_BATCH_OPERATORS` (filter, classify, extract, ...);
     - a map's `progress=None/True` shows the notebook layer's view (a widget in a kernel,
       else a tqdm bar on a terminal);
     - `df.agentrt` is registered as soon as pandas is imported, and uses the notebook's
@@ -357,10 +361,8 @@ def _compose() -> None:
     from .batch.progress import set_progress_view
     from .operators import provide, set_default_runtime
 
-    for name in ("map",):
+    for name in _BATCH_OPERATORS:
         provide(name, functools.partial(_batch_operator, name))
-    for name in _ROUND_OPERATORS:
-        provide(name, functools.partial(_round_operator, name))
     set_progress_view(_show_map_progress)
     set_default_runtime(_notebook_runtime)
     register_when_pandas_loads()

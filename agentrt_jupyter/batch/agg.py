@@ -16,6 +16,7 @@ answers combined in 2 calls, those 2 in 1).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Hashable
 from typing import Any
 
@@ -246,7 +247,9 @@ def agg(
     )
     if pop_explain(options):
         return _explain(checked, groups, text, limit, options)
-    return _with_fold(drive(checked, "agg", agg_rounds(groups, text, limit, names), options))
+    plan = functools.partial(_explain, checked, groups, text, limit, dict(options))
+    rounds = agg_rounds(groups, text, limit, names)
+    return _with_fold(drive(checked, "agg", rounds, options, plan=plan))
 
 
 async def aagg(
@@ -266,8 +269,9 @@ async def aagg(
     )
     if pop_explain(options):
         return _explain(checked, groups, text, limit, options)
+    plan = functools.partial(_explain, checked, groups, text, limit, dict(options))
     rounds = agg_rounds(groups, text, limit, names)
-    return _with_fold(await adrive(checked, "agg", rounds, options))
+    return _with_fold(await adrive(checked, "agg", rounds, options, plan=plan))
 
 
 def _explain(

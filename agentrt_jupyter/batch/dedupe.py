@@ -14,6 +14,7 @@ The result is an `Int64` Series named `cluster`, aligned with the frame's index;
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -143,8 +144,9 @@ def dedupe(
     checked, data, texts, count = _prepare(runtime, frame, template, candidates)
     if pop_explain(options):
         return _explain(checked, texts, count, options)
-    series = drive(checked, "dedupe", dedupe_rounds(texts, count), options, {"candidates": count})
-    return _aligned(series, data)
+    plan = functools.partial(_explain, checked, texts, count, dict(options))
+    rounds = dedupe_rounds(texts, count)
+    return _aligned(drive(checked, "dedupe", rounds, options, {"candidates": count}, plan), data)
 
 
 async def adedupe(
@@ -160,8 +162,10 @@ async def adedupe(
     checked, data, texts, count = _prepare(runtime, frame, template, candidates)
     if pop_explain(options):
         return _explain(checked, texts, count, options)
+    plan = functools.partial(_explain, checked, texts, count, dict(options))
     rounds = dedupe_rounds(texts, count)
-    return _aligned(await adrive(checked, "dedupe", rounds, options, {"candidates": count}), data)
+    details = {"candidates": count}
+    return _aligned(await adrive(checked, "dedupe", rounds, options, details, plan), data)
 
 
 def _explain(

@@ -25,7 +25,7 @@ import pandas as pd
 from ..errors import InvalidConfig, RuntimeClosed, StoreError, WrongThread
 from ..operators import Operator
 from ..runtime import AgentRuntime
-from .explain import OperatorPlan, plan_frame, pop_explain
+from .explain import OperatorPlan, aconfirm, confirm, cost_gate, plan_frame, pop_explain
 from .live import answer_live
 from .plan import MapPlan, plan_map
 from .progress import Listener, show
@@ -129,12 +129,16 @@ def map_frame(
     `progress`: None shows a widget in a notebook and a tqdm bar on a terminal; True
     shows one even elsewhere; False nothing; a callable gets every `BatchProgress`.
     Ctrl-C (kernel interrupt) cancels the run, keeps the finished rows and re-raises.
+    In a notebook, a run estimated above `AgentMagics.confirm_cost` asks first (see
+    `explain`); `CostNotApproved` if it is not approved.
     """
     _check_runtime(runtime)
     if pop_explain(options):
         return explain_map(runtime, frame, template, **options)
     if threading.current_thread() is runtime.thread:
         raise WrongThread("map() would deadlock on the runtime thread: await runtime.aio.map()")
+    if (gate := cost_gate()) is not None:
+        confirm(gate, explain_map(runtime, frame, template, **options))
     run = start_map(runtime, frame, template, **options)
     show(run, progress)
     return run.result()
@@ -153,6 +157,9 @@ async def amap_frame(
     Cancel button works while the rows run); cancelling the awaiting task cancels the run."""
     if pop_explain(options):
         return await asyncio.to_thread(explain_map, runtime, frame, template, **options)
+    if (gate := cost_gate()) is not None:
+        plan = await asyncio.to_thread(explain_map, runtime, frame, template, **options)
+        await aconfirm(gate, plan)
     run = start_map(runtime, frame, template, **options)
     show(run, progress)
     return await run.aresult()

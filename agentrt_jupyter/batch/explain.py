@@ -15,6 +15,12 @@ as the prompt (or `max_output_tokens`) unless the operator knows its replies are
 For an operator of your own: build each step with `price_prompts` (prompts of your own)
 or take the steps of `map`'s plan (`operator("map").run(runtime, frame, template,
 explain=True).steps`), then `OperatorPlan(name, steps, notes)`.
+
+Before an operator sends anything it asks the cost gate (`confirm` / `aconfirm`): in a
+notebook, a plan whose estimate passes `AgentMagics.confirm_cost` shows Approve / Cancel
+in the cell first, and nothing is sent unless approved (`CostNotApproved`). The gate is
+the notebook layer's, registered by the package root (`set_cost_gate`); elsewhere there
+is none and nothing asks.
 """
 
 from __future__ import annotations
@@ -23,9 +29,9 @@ import html
 import math
 from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..errors import InvalidConfig
+from ..errors import CostNotApproved, InvalidConfig
 from .controller import RateController
 
 if TYPE_CHECKING:
@@ -241,3 +247,58 @@ def _notes(plan: MapPlan, unfilled: list[int], total: int) -> tuple[str, ...]:
     if plan.config.tools:
         notes.append("rows call tools: each tool step is one more call, not counted here")
     return tuple(notes)
+
+
+class CostGate(Protocol):
+    """Who approves a costly plan (the notebook's cell, see `notebook.costgate`)."""
+
+    threshold: float
+    """Plans estimated above this many US dollars are asked about."""
+
+    def ask(self, plan: OperatorPlan) -> bool:
+        """Approved? Asked from a blocking caller (the kernel's main thread)."""
+
+    async def aask(self, plan: OperatorPlan) -> bool:
+        """Approved? Asked from an awaiting caller (a cell's top-level await)."""
+
+
+_gate_finder: Callable[[], CostGate | None] | None = None
+
+
+def set_cost_gate(finder: Callable[[], CostGate | None] | None) -> None:
+    """Where operators find the cost gate: `finder()` returns it, or None where nothing
+    asks (outside a notebook)."""
+    global _gate_finder
+    _gate_finder = finder
+
+
+def cost_gate() -> CostGate | None:
+    """The gate a plan must pass here and now, or None (then no plan needs making)."""
+    finder = _gate_finder
+    return None if finder is None else finder()
+
+
+def confirm(gate: CostGate, plan: OperatorPlan) -> None:
+    """Ask `gate` about `plan` if its estimate passes the threshold; `CostNotApproved`
+    unless approved."""
+    if _passes(gate, plan) and not gate.ask(plan):
+        raise _not_approved(gate, plan)
+
+
+async def aconfirm(gate: CostGate, plan: OperatorPlan) -> None:
+    """`confirm` for an awaiting caller."""
+    if _passes(gate, plan) and not await gate.aask(plan):
+        raise _not_approved(gate, plan)
+
+
+def _passes(gate: CostGate, plan: OperatorPlan) -> bool:
+    return plan.usd is not None and plan.usd > gate.threshold
+
+
+def _not_approved(gate: CostGate, plan: OperatorPlan) -> CostNotApproved:
+    return CostNotApproved(
+        f"{plan.operator} was not approved: its estimate, {_usd(plan.usd)}, passes "
+        f"AgentMagics.confirm_cost={gate.threshold:g}; nothing was sent",
+        usd=plan.usd,
+        threshold=gate.threshold,
+    )

@@ -17,6 +17,7 @@ columns, the right row's (a name on both sides gets `_left` / `_right`), and
 
 from __future__ import annotations
 
+import functools
 import string
 from collections.abc import Mapping
 from typing import Any
@@ -267,7 +268,8 @@ def join(
     checked, plan = _join_plan(runtime, left, right, template, candidates, left_on, right_on)
     if pop_explain(options):
         return _explain(checked, plan, options)
-    return _checked(drive(checked, "join", join_rounds(plan), options, _details(plan)))
+    priced = functools.partial(_explain, checked, plan, dict(options))
+    return _checked(drive(checked, "join", join_rounds(plan), options, _details(plan), priced))
 
 
 async def ajoin(
@@ -286,7 +288,8 @@ async def ajoin(
     checked, plan = _join_plan(runtime, left, right, template, candidates, left_on, right_on)
     if pop_explain(options):
         return _explain(checked, plan, options)
-    result = await adrive(checked, "join", join_rounds(plan), options, _details(plan))
+    priced = functools.partial(_explain, checked, plan, dict(options))
+    result = await adrive(checked, "join", join_rounds(plan), options, _details(plan), priced)
     return _checked(result)
 
 

@@ -4,7 +4,10 @@ Such an operator is a generator. It yields what it needs next — `Ask` (prompts
 as one map run over a frame of prompts, so the map engine's cache, quota-aware
 concurrency, resume, budgets, progress and cancel all apply) or `Embed` (texts to embed,
 `runtime.embed_texts`) — and gets the answer back. `drive` runs it with blocking calls
-(`runtime.map`), `adrive` awaiting (`runtime.aio.map`): one implementation, two drivers.
+(as `runtime.map`), `adrive` awaiting (as `runtime.aio.map`): one implementation, two
+drivers. (`operation.py` drives filter/classify/extract the same way with map runs only;
+these operators also embed, spend one budget over many rounds, and stop on a round left
+unanswered.)
 
 Every round of one call shares the caller's map options; `budget_tokens` / `budget_usd`
 are the whole operator's, each round getting what is left. A round that leaves rows
@@ -15,19 +18,22 @@ comparison's error, counted in the summary (`RoundsSummary.failed`) and read as 
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import Generator, Sequence
+import threading
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeAlias, TypeVar
 
 import numpy as np
 import pandas as pd
 
-from ..errors import InvalidConfig, OperatorStopped
+from ..errors import InvalidConfig, OperatorStopped, WrongThread
 from ..runtime import AgentRuntime
-from .engine import amap_frame, explain_map, map_frame
-from .explain import PlanStep
+from .engine import explain_map, start_map
+from .explain import OperatorPlan, PlanStep, aconfirm, confirm, cost_gate
 from .plan import plan_map
+from .progress import show
 
 PROMPT = "prompt"
 """The one column of a round's frame; the round's template is `{prompt}`."""
@@ -108,7 +114,7 @@ class Driver:
 
     def round_options(self, ask: Ask) -> dict[str, Any]:
         """The map options of one round: the caller's, with the budgets left."""
-        options = dict(self.options, schema=ask.schema, progress=self.progress)
+        options = dict(self.options, schema=ask.schema)
         spent = self.summary
         if self._budget_tokens is not None:
             left = int(self._budget_tokens - spent.tokens_in - spent.tokens_out)
@@ -163,9 +169,15 @@ def drive(
     rounds: Rounds[T],
     options: dict[str, Any],
     details: dict[str, Any] | None = None,
+    plan: Callable[[], OperatorPlan] | None = None,
 ) -> T:
     """Run `rounds` with blocking calls (Ctrl-C cancels the round and re-raises); the
-    summary, with `details`, goes on the value's `attrs["agentrt"]`."""
+    summary, with `details`, goes on the value's `attrs["agentrt"]`. In a notebook, an
+    operator whose `plan()` passes `confirm_cost` asks first, once (see `explain`)."""
+    if threading.current_thread() is runtime.thread:
+        raise WrongThread(f"{name} would deadlock on the runtime thread: await runtime.aio.{name}")
+    if plan is not None and (gate := cost_gate()) is not None:
+        confirm(gate, plan())
     driver = Driver(runtime, name, options, details)
     answer: Any = None
     try:
@@ -175,9 +187,11 @@ def drive(
                 found = runtime.embed_texts(need.texts, model=driver.embedding_model)
                 answer = driver.embedded(need.texts, found)
             else:
-                options = driver.round_options(need)
-                result = map_frame(runtime, driver.frame(need), "{prompt}", **options)
-                answer = driver.answered(need, result)
+                run = start_map(
+                    runtime, driver.frame(need), "{prompt}", **driver.round_options(need)
+                )
+                show(run, driver.progress)
+                answer = driver.answered(need, run.result())
     except StopIteration as stop:
         value: T = stop.value
         return _with_summary(value, driver)
@@ -189,8 +203,11 @@ async def adrive(
     rounds: Rounds[T],
     options: dict[str, Any],
     details: dict[str, Any] | None = None,
+    plan: Callable[[], OperatorPlan] | None = None,
 ) -> T:
     """`drive` for an event loop (cancelling the awaiting task cancels the round)."""
+    if plan is not None and (gate := cost_gate()) is not None:
+        await aconfirm(gate, await asyncio.to_thread(plan))
     driver = Driver(runtime, name, options, details)
     answer: Any = None
     try:
@@ -200,9 +217,11 @@ async def adrive(
                 found = await runtime.aio.embed_texts(need.texts, model=driver.embedding_model)
                 answer = driver.embedded(need.texts, found)
             else:
-                options = driver.round_options(need)
-                result = await amap_frame(runtime, driver.frame(need), "{prompt}", **options)
-                answer = driver.answered(need, result)
+                run = start_map(
+                    runtime, driver.frame(need), "{prompt}", **driver.round_options(need)
+                )
+                show(run, driver.progress)
+                answer = driver.answered(need, await run.aresult())
     except StopIteration as stop:
         value: T = stop.value
         return _with_summary(value, driver)

@@ -22,6 +22,7 @@ counted in `failed`.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -164,7 +165,9 @@ def topk(
     if pop_explain(options):
         return _explain(checked, texts, text, count, bound, options)
     details = {"k": count, "max_calls": bound}
-    return drive(checked, "topk", _as_frame(frame, texts, text, count, bound), options, details)
+    rounds = _as_frame(frame, texts, text, count, bound)
+    plan = functools.partial(_explain, checked, texts, text, count, bound, dict(options))
+    return drive(checked, "topk", rounds, options, details, plan)
 
 
 async def atopk(
@@ -184,7 +187,8 @@ async def atopk(
         return _explain(checked, texts, text, count, bound, options)
     details = {"k": count, "max_calls": bound}
     rounds = _as_frame(frame, texts, text, count, bound)
-    return await adrive(checked, "topk", rounds, options, details)
+    plan = functools.partial(_explain, checked, texts, text, count, bound, dict(options))
+    return await adrive(checked, "topk", rounds, options, details, plan)
 
 
 def _as_frame(
