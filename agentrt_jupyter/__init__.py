@@ -338,6 +338,16 @@ def _show_map_progress(run: Any, *, always: bool) -> object:
     return show_progress(run, always=always)
 
 
+def _notebook_cost_gate() -> Any:
+    import sys
+
+    if "ipykernel" not in sys.modules:  # no kernel: nothing asks (and nothing is imported)
+        return None
+    from .notebook.costgate import kernel_cost_gate
+
+    return kernel_cost_gate()
+
+
 def _notebook_runtime() -> AgentRuntime:
     from .notebook import kernel_runtime
 
@@ -353,10 +363,12 @@ def _compose() -> None:
     - a map's `progress=None/True` shows the notebook layer's view (a widget in a kernel,
       else a tqdm bar on a terminal);
     - `df.agentrt` is registered as soon as pandas is imported, and uses the notebook's
-      runtime when given none.
+      runtime when given none;
+    - in a kernel, a run estimated above `AgentMagics.confirm_cost` asks in its cell first.
     """
     import functools
 
+    from .batch.explain import set_cost_gate
     from .batch.hook import register_when_pandas_loads
     from .batch.progress import set_progress_view
     from .operators import provide, set_default_runtime
@@ -364,6 +376,7 @@ def _compose() -> None:
     for name in _BATCH_OPERATORS:
         provide(name, functools.partial(_batch_operator, name))
     set_progress_view(_show_map_progress)
+    set_cost_gate(_notebook_cost_gate)
     set_default_runtime(_notebook_runtime)
     register_when_pandas_loads()
 

@@ -116,6 +116,10 @@ class OperatorPlan:
             index=pd.Index([s.name for s in self.steps], name="step"),
         )
 
+    def cost(self) -> str:
+        """The estimated cost as text: `~$0.0123`, or `no price known`."""
+        return _usd(self.usd)
+
     def summary(self) -> str:
         """One line: calls, cached rows, tokens and cost."""
         return (
@@ -153,7 +157,9 @@ class OperatorPlan:
 
 
 def _usd(usd: float | None) -> str:
-    return "no price known" if usd is None else f"~${usd:.4f}"
+    if usd is None:
+        return "no price known"
+    return f"~${usd:.4f}" if usd >= 0.001 or usd == 0 else f"~${usd:.2g}"
 
 
 def pop_explain(options: MutableMapping[str, Any]) -> bool:
@@ -297,7 +303,7 @@ def _passes(gate: CostGate, plan: OperatorPlan) -> bool:
 
 def _not_approved(gate: CostGate, plan: OperatorPlan) -> CostNotApproved:
     return CostNotApproved(
-        f"{plan.operator} was not approved: its estimate, {_usd(plan.usd)}, passes "
+        f"{plan.operator} was not approved: its estimate, {plan.cost()}, passes "
         f"AgentMagics.confirm_cost={gate.threshold:g}; nothing was sent",
         usd=plan.usd,
         threshold=gate.threshold,
