@@ -19,8 +19,8 @@ from ..config import agent_config, check_agent_name
 from ..errors import UsageProblem
 
 DATA_FLAGS = (
-    "tools", "confirm", "schema", "out_frame", "map", "filter", "classify", "labels",
-    "tool_timeout",
+    "tools", "confirm", "schema", "out_frame", "map", "filter", "classify", "labels", "agg",
+    "by", "tool_timeout",
 )  # fmt: skip
 """The `%%agent` options `datacell` resolves (`DataOptions` fields)."""
 DATA_COMMANDS = ("tools", "approve", "deny", "mcp")
@@ -55,7 +55,12 @@ CLASSIFY_HELP = (
     "with {column} placeholders (--out RESULT: the categorical Series)."
 )
 LABELS_HELP = "With --classify: the labels, a,b,c."
-FRAME_OPERATORS = ("map", "filter", "classify")
+AGG_HELP = (
+    "Answer the cell, an instruction, once per group of DataFrame DF (--by COL; long groups "
+    "folded map-then-reduce; --out RESULT: one row per group)."
+)
+BY_HELP = "With --agg: the column(s) to group by, a,b."
+FRAME_OPERATORS = ("map", "filter", "classify", "agg")
 """The `%%agent` flags that run the cell over a DataFrame on the batch engine."""
 IPYTHON_NAMES = {
     "In": "IPython's input history",
@@ -148,6 +153,8 @@ class DataOptions:
     filter: str | None = None
     classify: str | None = None
     labels: str | None = None
+    agg: str | None = None
+    by: str | None = None
     tool_timeout: float | None = None
 
     @property
@@ -163,6 +170,11 @@ class DataOptions:
     def label_list(self) -> list[str]:
         """`--labels a,b,c` as a list."""
         return [label.strip() for label in (self.labels or "").split(",")]
+
+    @property
+    def by_list(self) -> list[str]:
+        """`--by a,b` as a list."""
+        return [column.strip() for column in (self.by or "").split(",")]
 
 
 NO_DATA = DataOptions()
@@ -282,6 +294,8 @@ def data_options(args: Any) -> DataOptions:
         filter=args.filter,
         classify=args.classify,
         labels=args.labels,
+        agg=args.agg,
+        by=args.by,
         tool_timeout=args.tool_timeout,
     )
     if options.out_frame is not None:
@@ -307,6 +321,8 @@ def _check_frame_operator(args: Any, options: DataOptions) -> None:
         raise UsageError("--labels go with --classify DF")
     if options.classify is not None and (options.labels is None or not all(options.label_list)):
         raise UsageError("--classify DF needs its labels: --labels a,b,c")
+    if options.by is not None and (options.agg is None or not all(options.by_list)):
+        raise UsageError("--by COL goes with --agg DF (columns: --by a,b)")
     if given:
         _check_map(args, options, given[0])
 

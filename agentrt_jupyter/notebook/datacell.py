@@ -304,6 +304,8 @@ def map_options(session: KernelSession, options: CellOptions) -> tuple[Any, dict
         settings["schema"] = _schema(session.user_ns, data.schema)
     if data.classify is not None:
         settings["labels"] = data.label_list
+    if data.agg is not None and data.by is not None:
+        settings["by"] = data.by_list
     if options.refresh:
         settings["refresh"] = True
     return frame, settings

@@ -36,6 +36,8 @@ from ..runtime import Agent, AgentRuntime
 from . import cellrun
 from .agents import NotebookAgents, connection_file, in_use_message, notebook_namespace
 from .cellline import (
+    AGG_HELP,
+    BY_HELP,
     CLASSIFY_HELP,
     CONFIRM_HELP,
     EVERY_TOOL,
@@ -324,6 +326,8 @@ class AgentMagics(Magics):
     @argument("--filter", metavar="DF", help=FILTER_HELP)
     @argument("--classify", metavar="DF", help=CLASSIFY_HELP)
     @argument("--labels", metavar="LABELS", help=LABELS_HELP)
+    @argument("--agg", metavar="DF", help=AGG_HELP)
+    @argument("--by", metavar="COL", help=BY_HELP)
     @no_var_expand
     @cell_magic("agent")
     def agent_cell(self, line: str, cell: str) -> None:

@@ -1,0 +1,59 @@
+"""`%%agent --agg DF --by COL --out R` (issue 20 item 11): the cell body is the instruction,
+one row per group, in IPython's in-process shell against the scripted server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from IPython.core.error import UsageError
+
+from tests.shell_helpers import agent_shell, run
+
+pytestmark = pytest.mark.timeout(90)
+
+FRAME = """
+import pandas as pd
+complaints = pd.DataFrame({
+    "region": ["north", "south", "north"],
+    "text": ["late parcel", "rude driver", "lost box"],
+})
+"""
+
+
+@pytest.fixture(scope="module")
+def ip(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    with agent_shell(tmp_path_factory.mktemp("home")) as shell:
+        assert shell.run_cell(FRAME).success
+        yield shell
+
+
+def test_an_agg_cell_answers_once_per_group(ip: Any) -> None:
+    assert run(ip, "%%agent --agg complaints --by region --out summary\nSummarise") is None
+
+    summary = ip.user_ns["summary"]
+    assert list(summary.index) == ["north", "south"] and list(summary["rows"]) == [2, 1]
+    assert summary.loc["north", "reply"].startswith("Echo: Summarise")
+    assert "text: late parcel" in summary.loc["north", "reply"]
+    assert summary.attrs["agentrt"].details["fold"] == {"north": [1], "south": [1]}
+
+
+def test_a_blocking_agg_cell_runs_too(ip: Any) -> None:
+    ip.run_cell_magic("agent", "--agg complaints --out everything", "Summarise all")
+
+    assert list(ip.user_ns["everything"]["rows"]) == [3]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("--by region", "--by COL goes with --agg"),
+        ("--agg complaints --filter complaints", "a cell runs one of them"),
+        ("--agg missing", "no 'missing'"),
+    ],
+)
+def test_agg_flag_mistakes_are_usage_errors(ip: Any, line: str, message: str) -> None:
+    error = run(ip, f"%%agent {line}\nSummarise")
+
+    assert isinstance(error, UsageError) and message in str(error)
