@@ -20,6 +20,9 @@ SHOWN = {
         "filter plan: 8 calls",  # explain, before anything ran
         "['R000', 'R004', 'R006']",  # the --filter cell's rows
         "rows escalated",
+        "<topk: ",  # the tournament's summary
+        "join plan: 3 calls",
+        "EmbeddedTexts(model=",  # embed's summary
     ),
 }
 """Texts a notebook's outputs show on the scripted backend."""

@@ -42,7 +42,8 @@ def test_an_agg_cell_answers_once_per_group(ip: Any) -> None:
 def test_a_blocking_agg_cell_runs_too(ip: Any) -> None:
     ip.run_cell_magic("agent", "--agg complaints --out everything", "Summarise all")
 
-    assert list(ip.user_ns["everything"]["rows"]) == [3]
+    everything = ip.user_ns["everything"]
+    assert list(everything.index) == [0] and list(everything["rows"]) == [3]
 
 
 @pytest.mark.parametrize(
