@@ -14,9 +14,11 @@ import pytest
 
 from agentrt_jupyter import AgentRuntime, FakeBackend, OperatorStopped, RuntimeConfig
 from agentrt_jupyter.backends.base import ModelRequest
-from agentrt_jupyter.batch import cancel_maps
+from agentrt_jupyter.batch import cancel_maps, explain
+from agentrt_jupyter.batch.explain import OperatorPlan
 from agentrt_jupyter.batch.topk import default_max_calls
 from agentrt_jupyter.content import TextPart
+from agentrt_jupyter.errors import CostNotApproved
 from agentrt_jupyter.server.process import LocalServer
 
 from .conftest import requests_with, wait_for_tagged
@@ -163,3 +165,46 @@ def test_cancelling_topk_stops_its_round_and_keeps_what_was_answered(
     (error,) = outcome
     assert isinstance(error, OperatorStopped) and "compare round" in str(error)
     assert error.progress.cancelled == 2
+
+
+class CountingGate:
+    """A cost gate that approves or refuses every plan, and counts the questions."""
+
+    threshold = 0.0
+
+    def __init__(self, approve: bool) -> None:
+        self.approve = approve
+        self.plans: list[OperatorPlan] = []
+
+    def ask(self, plan: OperatorPlan) -> bool:
+        self.plans.append(plan)
+        return self.approve
+
+    async def aask(self, plan: OperatorPlan) -> bool:
+        return self.ask(plan)
+
+
+def test_a_costly_topk_asks_once_for_all_its_rounds(
+    judged: tuple[AgentRuntime, FakeBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime, _ = judged
+    gate = CountingGate(approve=True)
+    monkeypatch.setattr(explain, "_gate_finder", lambda: gate)
+
+    top = runtime.topk(shuffled_urgencies(16), "most urgent", k=3, by="{text}", progress=False)
+
+    assert top.attrs["agentrt"].rounds > 1
+    (plan,) = gate.plans
+    assert plan.operator == "topk" and plan.calls == 15 + 2 * 4
+
+
+def test_a_refused_topk_sends_nothing(
+    judged: tuple[AgentRuntime, FakeBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime, fake = judged
+    monkeypatch.setattr(explain, "_gate_finder", lambda: CountingGate(approve=False))
+
+    with pytest.raises(CostNotApproved):
+        runtime.topk(shuffled_urgencies(16), "most urgent", k=3, by="{text}")
+
+    assert fake.requests == []
