@@ -6,8 +6,12 @@ from __future__ import annotations
 import json
 import random
 import re
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -21,7 +25,7 @@ from agentrt_jupyter.content import TextPart
 from agentrt_jupyter.errors import CostNotApproved
 from agentrt_jupyter.server.process import LocalServer
 
-from .conftest import requests_with, wait_for_tagged
+from .conftest import requests_with, runtime_config, wait_for_tagged
 
 pytestmark = pytest.mark.timeout(60)
 ITEMS = re.compile(r"First item:\n(.*)\n\nSecond item:\n(.*)$", re.S)
@@ -208,3 +212,49 @@ def test_a_refused_topk_sends_nothing(
         runtime.topk(shuffled_urgencies(16), "most urgent", k=3, by="{text}")
 
     assert fake.requests == []
+
+
+KILLED_TOPK = """
+import sys
+import pandas as pd
+from agentrt_jupyter import AgentRuntime, RuntimeConfig
+url, token, store, criterion, tag = sys.argv[1:]
+rt = AgentRuntime(RuntimeConfig(base_url=url, api_key=token, api_version="v1beta",
+                                store_path=store))
+frame = pd.DataFrame({"text": [f"{tag} row {n}" for n in range(4)]})
+rt.topk(frame, criterion, k=1, by="{text}", progress=False)
+print("finished before the kill")
+"""
+
+
+def test_after_kill_9_in_its_second_round_a_rerun_sends_only_that_round(
+    server: LocalServer, store_path: Path, tag: str
+) -> None:
+    final = f"First item:\n{tag} row 0\n\nSecond item:\n{tag} row 2"  # round 2's one pair
+    server.push_faults("hang", match=final)
+    criterion = constant_criterion(tag)
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_TOPK, server.url, server.token, str(store_path),
+         criterion, tag],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        server.wait_for_tagged(json.dumps(final)[1:-1], timeout=30)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        out, err = child.communicate(timeout=30)
+    assert b"finished before the kill" not in out, err
+    before = len(requests_with(server, tag))
+
+    runtime = AgentRuntime(runtime_config(server, store_path=store_path))
+    try:
+        frame = pd.DataFrame({"text": [f"{tag} row {n}" for n in range(4)]})
+        top = runtime.topk(frame, criterion, k=1, by="{text}", progress=False)
+    finally:
+        runtime.shutdown(10.0)
+
+    assert list(top.index) == [0]
+    assert (top.attrs["agentrt"].cached, top.attrs["agentrt"].calls) == (2, 1)
+    (rerun,) = requests_with(server, tag)[before:]
+    assert final in json.dumps(rerun["body"]).replace("\\n", "\n")
