@@ -3,6 +3,7 @@ calls bounded; cache replay, budget and cancel against the local server."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -20,7 +21,7 @@ from agentrt_jupyter import AgentRuntime, FakeBackend, OperatorStopped, RuntimeC
 from agentrt_jupyter.backends.base import ModelRequest
 from agentrt_jupyter.batch import cancel_maps, explain
 from agentrt_jupyter.batch.explain import OperatorPlan
-from agentrt_jupyter.batch.topk import default_max_calls
+from agentrt_jupyter.batch.topk import FIELD, default_max_calls, topk_rounds
 from agentrt_jupyter.content import TextPart
 from agentrt_jupyter.errors import CostNotApproved
 from agentrt_jupyter.server.process import LocalServer
@@ -258,3 +259,22 @@ def test_after_kill_9_in_its_second_round_a_rerun_sends_only_that_round(
     assert (top.attrs["agentrt"].cached, top.attrs["agentrt"].calls) == (2, 1)
     (rerun,) = requests_with(server, tag)[before:]
     assert final in json.dumps(rerun["body"]).replace("\\n", "\n")
+
+
+def test_answers_that_contradict_each_other_still_give_k_distinct_rows() -> None:
+    """A judge that answers by a hash of the question (cycles: a > b > c > a) must not
+    break the tournament or pass its bound."""
+    rounds = topk_rounds([f"row {n}" for n in range(13)], "best", 5, default_max_calls(13, 5))
+    answer: pd.DataFrame | None = None
+    asked = 0
+    try:
+        while True:
+            ask = rounds.send(answer)
+            asked += len(ask.prompts)
+            coin = [hashlib.sha256(p.encode()).digest()[0] % 2 == 0 for p in ask.prompts]
+            answer = pd.DataFrame({FIELD: pd.array(coin, dtype="boolean")})
+    except StopIteration as stop:
+        positions = stop.value
+
+    assert len(positions) == len(set(positions)) == 5
+    assert asked <= default_max_calls(13, 5)

@@ -140,7 +140,7 @@ def agg_rounds(
         asked = [(g, g.prompts(instruction, limit)) for g in open_groups]
         prompts = [prompt for _, group_prompts in asked for prompt in group_prompts]
         level = max(g.level for g in open_groups)
-        result = yield Ask(prompts, None, "rows" if level == 0 else f"combine {level}")
+        result = yield Ask(prompts, None, "rows" if level == 0 else f"combine {level}", None)
         replies = [None if pd.isna(r) else str(r) for r in result["reply"].tolist()]
         errors = [None if pd.isna(e) else str(e) for e in result["error"].tolist()]
         start = 0
@@ -284,7 +284,7 @@ def _explain(
     """The first level priced exactly; the combining levels as a note (their prompts are
     the first level's answers)."""
     prompts = [p for g in groups for p in g.prompts(instruction, limit)]
-    step = price_round(runtime, Ask(prompts, None, "rows"), options)
+    step = price_round(runtime, Ask(prompts, None, "rows", None), options)
     folded = sum(1 for g in groups if len(g.prompts(instruction, limit)) > 1)
     notes = [f"{len(groups):,} groups; {folded:,} longer than context_chars={limit:,}"]
     if folded:

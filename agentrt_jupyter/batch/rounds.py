@@ -40,14 +40,20 @@ PROMPT = "prompt"
 T = TypeVar("T")
 
 
+YES_NO_TOKENS = 8
+"""About the tokens of a one-field JSON reply (a yes/no), for plans."""
+
+
 @dataclass(frozen=True)
 class Ask:
     """Answer each of `prompts` (one map row each); `schema` as map's; `step` names the
-    round in plans and summaries."""
+    round in plans and summaries; `reply_tokens` the expected length of one reply, for
+    plans (None: the engine's guess)."""
 
     prompts: list[str]
     schema: object
     step: str
+    reply_tokens: int | None = YES_NO_TOKENS
 
 
 @dataclass(frozen=True)
@@ -267,7 +273,7 @@ def price_round(runtime: AgentRuntime, ask: Ask, options: dict[str, Any]) -> Pla
     frame = pd.DataFrame({PROMPT: pd.array(ask.prompts, dtype=object)})
     round_options = {k: v for k, v in options.items() if k not in ("embedding_model", "progress")}
     plan = explain_map(
-        runtime, frame, "{prompt}", step=ask.step, reply_tokens=8, schema=ask.schema,
+        runtime, frame, "{prompt}", step=ask.step, reply_tokens=ask.reply_tokens, schema=ask.schema,
         **round_options,
     )  # fmt: skip
     return plan.steps[0]

@@ -86,10 +86,14 @@ class Tournament:
         return [a if self.beats[(a, b)] else b for a, b in pairs]
 
     def eligible(self, chosen: set[int]) -> list[int]:
-        """The rows not chosen whose every defeat was by a chosen row, in order."""
-        return [
-            row for row, by in self.defeated_by.items() if row not in chosen and by and by <= chosen
-        ]
+        """The rows not chosen whose every defeat was by a chosen row, in order. (Answers
+        that contradict each other can leave none: then those beaten by the fewest rows
+        not chosen.)"""
+        left = {row: by - chosen for row, by in self.defeated_by.items() if row not in chosen}
+        if not left:
+            return []
+        fewest = min(len(by) for by in left.values())
+        return [row for row, by in left.items() if len(by) == fewest]
 
 
 def topk_rounds(texts: Sequence[str], criterion: str, k: int, max_calls: int) -> Rounds[list[int]]:
