@@ -2,7 +2,9 @@
 
 One call embeds up to `TEXTS_PER_CALL` texts (Gemini's `batchEmbedContents`, OpenAI's
 `/v1/embeddings`). Every vector is kept in the reply cache, keyed by who answers, the
-model and the text, so embedding the same texts again makes no request. Each call is one
+model and the text, so embedding the same texts again makes no request; it is kept as
+float32 (4 bytes a number, base64: a 768-number vector is about 4 KB of the cache's
+bounds), and returned as kept, so a replayed vector equals the one first returned. Each call is one
 ledger row (agent "embed"), in `runtime.ledger()` beside the agents' calls. A per-minute
 429 blocks the credential for every agent on it and is retried after the wait; a 408/5xx
 or a failed connection is retried with backoff; the limits are the runtime's
@@ -16,10 +18,12 @@ the embedded model. Anthropic has no embeddings API (`InvalidConfig`).
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import itertools
 import json
 import random
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -100,7 +104,7 @@ async def embed_texts(
     for text, key in keys.items():
         cached = registry.recorder.cached(key)
         if cached is not None:
-            found[text] = json.loads(cast(TextPart, cached.parts[0]).text)
+            found[text] = _unpacked(cast(TextPart, cached.parts[0]).text)
     missing = [text for text in keys if text not in found]
     cached_count = len(keys) - len(missing)
     batches = [missing[i : i + TEXTS_PER_CALL] for i in range(0, len(missing), TEXTS_PER_CALL)]
@@ -121,12 +125,22 @@ async def embed_texts(
             tokens += result.tokens or 0
             usage = Usage(prompt_tokens=result.tokens or 0, total_tokens=result.tokens or 0)
             for text, vector in zip(batch, result.vectors, strict=True):
-                found[text] = vector
-                reply = CachedReply((TextPart(json.dumps(vector)),), usage, None, chosen)
+                packed = _packed(vector)
+                found[text] = _unpacked(packed)
+                reply = CachedReply((TextPart(packed),), usage, None, chosen)
                 registry.recorder.cache(keys[text], reply, None)
     return EmbeddedTexts(
         [found[text] for text in texts], chosen, len(batches), cached_count, tokens
     )
+
+
+def _packed(vector: list[float]) -> str:
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+def _unpacked(text: str) -> list[float]:
+    raw = base64.b64decode(text)
+    return list(struct.unpack(f"<{len(raw) // 4}f", raw))
 
 
 def _key(label: str, model: str, text: str) -> str:
