@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from agentrt_jupyter import AgentRuntime, InvalidConfig
+from agentrt_jupyter import AgentRuntime, InvalidConfig, RuntimeConfig
 from agentrt_jupyter.backends.openai import OpenAIBackend
 from agentrt_jupyter.server.engines.vectors import hashed_vector
 from agentrt_jupyter.server.process import LocalServer
@@ -153,6 +153,7 @@ def test_embed_explain_sends_nothing(rt: AgentRuntime, server: LocalServer, tag:
     assert requests_with(server, tag) == []
 
 
+@pytest.mark.local_model
 def test_the_local_engine_embeds_with_the_embedded_models_own_vectors() -> None:
     pytest.importorskip("llama_cpp")
     from agentrt_jupyter.server.engines.local import create_engine
@@ -168,3 +169,15 @@ def test_the_local_engine_embeds_with_the_embedded_models_own_vectors() -> None:
 
     assert len(vectors[0]) > 256 and abs(np.linalg.norm(vectors[0]) - 1) < 1e-3
     assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2])
+
+
+@pytest.mark.local_model
+def test_the_offline_default_embeds_with_the_embedded_model() -> None:
+    pytest.importorskip("llama_cpp")
+    frame = pd.DataFrame({"text": ["the cat sat", "tax forms due", "dogs bark"]})
+
+    with AgentRuntime(RuntimeConfig(backend="local", store_path=None)) as runtime:
+        found = runtime.search(frame, "a cat sitting", on="{text}", k=1)
+
+    assert list(found.index) == [0]
+    assert found.attrs["agentrt"].embed_calls == 1
