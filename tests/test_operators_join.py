@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pandas as pd
 import pytest
 
-from agentrt_jupyter import AgentRuntime, FakeBackend, InvalidConfig, RuntimeConfig
+from agentrt_jupyter import AgentRuntime, FakeBackend, InvalidConfig, OperatorStopped, RuntimeConfig
 from agentrt_jupyter.backends.base import ModelRequest
 from agentrt_jupyter.content import TextPart
 from agentrt_jupyter.server.process import LocalServer
@@ -136,3 +136,12 @@ def test_search_returns_the_nearest_rows_first(rt: AgentRuntime) -> None:
 
     assert sorted(found.index) == [1, 2] and found["similarity"].is_monotonic_decreasing
     assert found.attrs["agentrt"].embedded == 5
+
+
+def test_a_round_whose_every_row_fails_stops_the_operator(rt: AgentRuntime, tag: str) -> None:
+    left = pd.DataFrame({"product": [f"{tag} pear {i}" for i in range(3)]})
+    right = pd.DataFrame({"name": [f"{tag} pear {i}" for i in range(3)]})
+    not_json = TEMPLATE + "\n@@reply certainly not JSON"
+
+    with pytest.raises(OperatorStopped, match="every row of its match round failed"):
+        rt.join(left, right, not_json, candidates=1, progress=False)

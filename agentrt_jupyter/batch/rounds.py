@@ -12,7 +12,8 @@ unanswered.)
 Every round of one call shares the caller's map options; `budget_tokens` / `budget_usd`
 are the whole operator's, each round getting what is left. A round that leaves rows
 cancelled or skipped stops the operator with `OperatorStopped` (the answered rows are
-kept: calling it again sends only the rest); a row whose reply did not parse is that
+kept: calling it again sends only the rest), and so does a round whose every row failed
+(a model that refuses the question, say); a row whose reply did not parse is that
 comparison's error, counted in the summary (`RoundsSummary.failed`) and read as "no".
 """
 
@@ -147,6 +148,13 @@ class Driver:
         summary.tokens_out += progress.tokens_out
         if progress.cost_usd is not None:
             summary.cost_usd = (summary.cost_usd or 0.0) + progress.cost_usd
+        if progress.total and progress.failed == progress.total:
+            first = progress.errors[0].message if progress.errors else "no reply parsed"
+            raise OperatorStopped(
+                f"{summary.operator} stopped: every row of its {ask.step} round failed, "
+                f"the first with: {first}",
+                progress=progress,
+            )
         if progress.cancelled or progress.skipped:
             why = progress.stop_reason or progress.state
             raise OperatorStopped(
