@@ -12,7 +12,9 @@ first use. Modules: `engine` (the entry points), `plan` (options, templates, key
 answered one request each), `remote` (the Batch API), `outcomes` (the rows' outcomes and
 the result frame), `progress` (snapshots, listeners, the view), `records` (the results
 table), `schema` (typed result columns), `prices` (the cost estimate), `accessor`
-(`DataFrame.agentrt`), `hook` (registering it when pandas is imported).
+(`DataFrame.agentrt`), `hook` (registering it when pandas is imported). The operators
+made of rounds of maps: `rounds` (their driver), `topk`, `join` (and `sim_join`,
+`search`), `agg`, `dedupe`, and `embed` (a vector per row).
 """
 
 from __future__ import annotations
