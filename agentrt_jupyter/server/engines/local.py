@@ -6,6 +6,10 @@ is blocking and one model instance is not re-entrant, so generation runs in a si
 worker thread; requests take turns in FIFO order and hand their tokens back to the
 event loop one at a time, which lets a cancelled request stop within one token.
 
+A reply with `responseMimeType` application/json follows its schema (`responseJsonSchema`,
+or `responseSchema` with Gemini's upper-case type names) by a llama.cpp grammar built from
+it, so the small model's reply always parses; without a schema, any JSON.
+
 Embeddings come from the same GGUF file loaded a second time with `embedding=True` (mean
 pooling over the text's tokens, scaled to length 1), on first use, in the same worker
 thread: an embedding request waits for the generation before it, and the other way round.
@@ -17,6 +21,7 @@ import asyncio
 import codecs
 import contextlib
 import importlib.metadata
+import json
 import logging
 import os
 import threading
@@ -71,10 +76,6 @@ _UNSUPPORTED_PARTS = {
     "fileData": "uploaded files (fileData parts)",
     "executableCode": "code execution (executableCode parts)",
     "codeExecutionResult": "code execution (codeExecutionResult parts)",
-}
-_UNSUPPORTED_CONFIG = {
-    "responseSchema": "structured output (responseSchema)",
-    "responseJsonSchema": "structured output (responseJsonSchema)",
 }
 _ROLES = {"user": "user", "model": "assistant"}
 
@@ -160,6 +161,11 @@ class _Sampling:
     seed: int | None
     presence_penalty: float
     frequency_penalty: float
+    json_schema: str | None = None
+    """The reply's JSON schema (`responseJsonSchema`, or `responseSchema` in Gemini's
+    upper-case types), as JSON text; the sampler follows it (a llama.cpp grammar)."""
+    json_only: bool = False
+    """`responseMimeType` application/json without a schema: any JSON value."""
 
 
 @dataclass(frozen=True)
@@ -189,6 +195,7 @@ class _Job:
     sampling: _Sampling
     record: GenerationRecord
     loop: asyncio.AbstractEventLoop
+    grammar: Any = None
     queue: asyncio.Queue[_Event] = field(default_factory=asyncio.Queue)
     cancel: threading.Event = field(default_factory=threading.Event)
 
@@ -232,7 +239,7 @@ class LocalEngine:
             import llama_cpp
         except ImportError as exc:
             raise ImportError(f"the local engine needs llama-cpp-python: {_INSTALL_HINT}") from exc
-        self._llama_cpp = llama_cpp
+        self._llama_cpp: Any = llama_cpp
         self.model_path = model_path
         self.n_ctx = n_ctx
         self.n_threads = n_threads
@@ -283,7 +290,8 @@ class LocalEngine:
                     f"the prompt is {len(prompt)} tokens but the local model's context window "
                     f"is {self.n_ctx} tokens, including the reply; shorten the conversation",
                 )
-            job = _Job(prompt, sampling, GenerationRecord(len(prompt)), loop)
+            grammar = self._grammar(sampling)
+            job = _Job(prompt, sampling, GenerationRecord(len(prompt)), loop, grammar)
             self._active = job
             worker = loop.run_in_executor(self._executor, self._run, llm, job)
         except BaseException:
@@ -318,6 +326,23 @@ class LocalEngine:
                 job.record.cancelled = True
                 job.record.tokens_at_cancel = job.record.generated_tokens
                 job.cancel.set()
+
+    def _grammar(self, sampling: _Sampling) -> Any:
+        """The llama.cpp grammar a JSON reply follows (None for text); 400 if the schema
+        has what llama.cpp's converter cannot follow."""
+        if sampling.json_schema is None and not sampling.json_only:
+            return None
+        grammars = self._llama_cpp.LlamaGrammar
+        try:
+            if sampling.json_schema is not None:
+                return grammars.from_json_schema(sampling.json_schema, verbose=False)
+            from llama_cpp.llama_grammar import JSON_GBNF
+
+            return grammars.from_string(JSON_GBNF, verbose=False)
+        except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+            raise EngineError(
+                400, f"the local model cannot follow this response schema: {exc}"
+            ) from None
 
     async def aclose(self) -> None:
         """Stop any generation, wait for the worker and free the model."""
@@ -426,9 +451,6 @@ class LocalEngine:
             raise EngineError(
                 400, "the local model does not support tools (functionDeclarations); remove them"
             )
-        for key, what in _UNSUPPORTED_CONFIG.items():
-            if request.generation_config.get(key) is not None:
-                raise EngineError(400, f"the local model does not support {what}")
         if not request.contents:
             raise EngineError(400, "contents must not be empty")
         messages = [{"role": "system", "content": request.system_instruction or self.system_prompt}]
@@ -494,6 +516,7 @@ class LocalEngine:
                 repeat_penalty=REPEAT_PENALTY,
                 presence_penalty=sampling.presence_penalty,
                 frequency_penalty=sampling.frequency_penalty,
+                grammar=job.grammar,
             )
             while finish is not None and record.generated_tokens < limit:
                 token = next(tokens)
@@ -538,8 +561,9 @@ def _sampling(config: dict[str, Any]) -> _Sampling:
     if candidates != 1:
         raise EngineError(400, "the local model returns one candidate; candidateCount must be 1")
     mime = config.get("responseMimeType")
-    if mime not in (None, "text/plain"):
-        raise EngineError(400, f"the local model writes plain text only, not {mime}")
+    if mime not in (None, "text/plain", "application/json"):
+        raise EngineError(400, f"the local model writes text or JSON, not {mime}")
+    schema = _json_schema(config)
     stops = config.get("stopSequences") or []
     if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
         raise EngineError(400, "generationConfig.stopSequences must be a list of strings")
@@ -555,7 +579,33 @@ def _sampling(config: dict[str, Any]) -> _Sampling:
         seed=seed,
         presence_penalty=_number(config, "presencePenalty", float, 0.0, -2.0, 2.0),
         frequency_penalty=_number(config, "frequencyPenalty", float, 0.0, -2.0, 2.0),
+        json_schema=schema,
+        json_only=mime == "application/json" and schema is None,
     )
+
+
+def _json_schema(config: dict[str, Any]) -> str | None:
+    """The reply's JSON schema as JSON text: `responseJsonSchema` as sent, `responseSchema`
+    with Gemini's upper-case type names lowered."""
+    given = config.get("responseJsonSchema")
+    if given is None and config.get("responseSchema") is not None:
+        given = _lower_types(config["responseSchema"])
+    if given is None:
+        return None
+    if not isinstance(given, dict):
+        raise EngineError(400, "the response schema must be a JSON object")
+    return json.dumps(given)
+
+
+def _lower_types(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {
+            key: value.lower() if key == "type" and isinstance(value, str) else _lower_types(value)
+            for key, value in schema.items()
+        }
+    if isinstance(schema, list):
+        return [_lower_types(item) for item in schema]
+    return schema
 
 
 def _number(
