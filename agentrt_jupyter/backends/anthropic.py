@@ -558,5 +558,10 @@ class AnthropicBackend:
     async def aclose(self) -> None:
         await self._client.close()
 
+    @property
+    def client(self) -> anthropic.AsyncAnthropic:
+        """The SDK client, for calls beyond a chat (map's Batch mode); runtime loop only."""
+        return self._client
+
     def __repr__(self) -> str:
         return f"AnthropicBackend(base_url={self._base_url!r}, credential={self.credential!r})"

@@ -148,6 +148,15 @@ class OpenAIBackend:
     async def aclose(self) -> None:
         await self._client.close()
 
+    @property
+    def client(self) -> openai.AsyncOpenAI:
+        """The SDK client, for calls beyond a chat (map's Batch mode); runtime loop only."""
+        return self._client  # type: ignore[no-any-return]
+
+    def errors(self) -> contextlib.AbstractContextManager[None]:
+        """This module's error boundary for a call that streams nothing (key scrubbed)."""
+        return translate_errors(self._sdk, [0], self._scrub)
+
 
 def chat_body(request: ModelRequest, provider: str) -> dict[str, Any]:
     """The keyword arguments of `chat.completions.create` for one streamed request.
