@@ -100,7 +100,8 @@ def _params(plan: MapPlan, prompt: str) -> dict[str, Any]:
     from ..backends.anthropic import request_params
 
     params = request_params(single_prompt_request(plan, prompt))
-    return {**params, **params.pop("extra_body", {})}
+    extra = params.pop("extra_body", {})
+    return {**params, **extra}
 
 
 def _status(batch: Any) -> JobStatus:
@@ -123,10 +124,19 @@ def _outcome(result: Any) -> Outcome | None:
     if kind == "expired":
         return Outcome("", None, Usage(), "the batch expired before this row was answered")
     if kind == "errored":
-        error = getattr(result.error, "error", None)
-        what = getattr(error, "type", "error")
-        return Outcome("", None, Usage(), f"{what}: {getattr(error, 'message', result.error)}")
+        return Outcome("", None, Usage(), _error_text(result.error))
     return _message(result.message)
+
+
+def _error_text(response: Any) -> str:
+    """An errored row's error as the live path words it: `500 api_error: message`."""
+    from ..backends.anthropic import ERROR_CODES
+
+    error = getattr(response, "error", None)
+    kind = str(getattr(error, "type", "error"))
+    message = getattr(error, "message", None) or response
+    code = ERROR_CODES.get(kind)
+    return f"{code} {kind}: {message}" if code is not None else f"{kind}: {message}"
 
 
 def _message(message: Any) -> Outcome:

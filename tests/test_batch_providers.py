@@ -1,0 +1,179 @@
+"""`runtime.map(mode="batch")` on OpenAI's Batch API and Anthropic's Message Batches: the
+real openai and anthropic SDKs over HTTP to the local server's batch routes.
+
+Each test runs once per provider. The witnesses are the server's request log and the
+server's own account of each batch, read back through the provider's SDK: its request
+counts must match the rows the frame says were sent, answered, failed or cancelled.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from agentrt_jupyter import AgentRuntime
+from agentrt_jupyter.batch import PRICES, start_map
+from agentrt_jupyter.server.batches import DEFAULT_DELAY
+from agentrt_jupyter.server.process import LocalServer
+
+from .conftest import runtime_config
+
+openai = pytest.importorskip("openai")
+anthropic = pytest.importorskip("anthropic")
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@dataclass(frozen=True)
+class Provider:
+    """How a map reaches one provider's Batch API on the local server."""
+
+    name: str
+    model: str
+    state_done: str
+
+    def base_url(self, server: LocalServer) -> str:
+        if self.name == "openai":
+            return server.openai_base_url
+        return server.anthropic_base_url
+
+    def settings(self, server: LocalServer, **more: Any) -> dict[str, Any]:
+        """map's keywords for every row's agent on this provider."""
+        return {
+            "mode": "batch",
+            "model": f"{self.name}:{self.model}",
+            "api_key": server.token,
+            "base_url": self.base_url(server),
+            "progress": False,
+            **more,
+        }
+
+    def counts(self, server: LocalServer, job: str) -> dict[str, int]:
+        """The server's request counts of batch `job`, read through the provider's SDK."""
+        if self.name == "openai":
+            with openai.OpenAI(
+                api_key=server.token, base_url=server.openai_base_url, max_retries=0
+            ) as client:
+                counts = client.batches.retrieve(job).request_counts
+                return {
+                    "total": counts.total,
+                    "ok": counts.completed,
+                    "failed": counts.failed,
+                    "cancelled": counts.total - counts.completed - counts.failed,
+                }
+        with anthropic.Anthropic(
+            api_key=server.token, base_url=server.anthropic_base_url, max_retries=0
+        ) as client:
+            c = client.messages.batches.retrieve(job).request_counts
+            return {
+                "total": c.succeeded + c.errored + c.canceled + c.expired + c.processing,
+                "ok": c.succeeded,
+                "failed": c.errored,
+                "cancelled": c.canceled,
+            }
+
+
+OPENAI = Provider("openai", "gpt-4.1-mini", "completed")
+ANTHROPIC = Provider("anthropic", "claude-sonnet-4-5", "ended")
+
+
+@pytest.fixture(params=[OPENAI, ANTHROPIC], ids=lambda p: p.name)
+def provider(request: pytest.FixtureRequest) -> Provider:
+    param: Provider = request.param
+    return param
+
+
+@pytest.fixture
+def batch_delay(server: LocalServer) -> Iterator[Any]:
+    """Set how long new batches take; the server's default comes back after the test."""
+    yield server.set_batch_delay
+    server.set_batch_delay(DEFAULT_DELAY)
+
+
+def rows(n: int) -> pd.DataFrame:
+    return pd.DataFrame({"n": range(n)}, index=[f"id{i}" for i in range(n)])
+
+
+def last_id(server: LocalServer) -> int:
+    logged = server.requests()
+    return logged[-1]["id"] if logged else 0
+
+
+def kinds(server: LocalServer, since: int) -> list[str]:
+    return [r["kind"] for r in server.requests(since)]
+
+
+def test_a_batch_map_answers_each_row_with_row_errors_and_half_the_price(
+    rt: AgentRuntime, server: LocalServer, tag: str, provider: Provider
+) -> None:
+    frame = pd.DataFrame({"n": range(5), "fault": ["", "", "@@fault 500", "", ""]})
+    template = "{fault}\n" + tag + " [row {n}] go"
+    since = last_id(server)
+
+    result = rt.map(frame, template, **provider.settings(server, max_output_tokens=20))
+
+    assert list(result["status"]) == ["ok", "ok", "error", "ok", "ok"]
+    assert result.loc[3, "reply"] == f"Echo: {tag} [row 3] go"
+    assert "500" in result.loc[2, "error"]
+    assert (result.loc[[0, 1, 3, 4], "tokens_out"] == 5).all()
+    assert (result.loc[[0, 1, 3, 4], "tokens_in"] > 0).all()
+    progress = result.attrs["agentrt"]
+    assert progress.mode == "batch" and progress.job_state.startswith(provider.state_done)
+    assert provider.counts(server, progress.job) == {"total": 5, "ok": 4, "failed": 1, "cancelled": 0}
+    logged = kinds(server, since)
+    assert logged.count("batch_create") == 1 and "batch_get" in logged
+    assert "stream" not in logged and "generate" not in logged  # nothing went live
+    price = PRICES[provider.model]
+    interactive = price.cost(progress.tokens_in, progress.tokens_out)
+    assert progress.cost_usd == pytest.approx(interactive / 2)
+
+    since = last_id(server)
+    again = rt.map(frame.drop(index=2), template, **provider.settings(server, max_output_tokens=20))
+    assert (again["status"] == "cached").all()
+    assert kinds(server, since) == []  # the rows answered in the batch are not paid twice
+
+
+def test_each_row_is_one_request_in_the_providers_own_format(
+    rt: AgentRuntime, server: LocalServer, tag: str
+) -> None:
+    since = last_id(server)
+    settings = {"system_instruction": "be brief", "max_output_tokens": 20, "temperature": 0.5}
+    rt.map(rows(3), tag + " [row {n}]", **OPENAI.settings(server, **settings))
+    rt.map(rows(3), tag + " [row {n}] a", **ANTHROPIC.settings(server, **settings))
+
+    lines = _openai_input_lines(server, since)
+    assert len(lines) == 3 and len({line["custom_id"] for line in lines}) == 3
+    assert {line["url"] for line in lines} == {"/v1/chat/completions"}
+    body = lines[0]["body"]
+    assert body["model"] == "gpt-4.1-mini" and "stream" not in body
+    assert body["messages"][0] == {"role": "system", "content": "be brief"}
+    assert body["max_completion_tokens"] == 20 and body["temperature"] == 0.5
+
+    created = [r for r in server.requests(since) if r["kind"] == "batch_create"][-1]
+    requests = created["body"]["requests"]
+    assert len(requests) == 3
+    params = requests[0]["params"]
+    assert params["model"] == "claude-sonnet-4-5" and params["system"] == "be brief"
+    assert params["max_tokens"] == 20 and params["temperature"] == 0.5
+    assert "extra_body" not in params and "stream" not in params
+
+
+def _openai_input_lines(server: LocalServer, since: int) -> list[dict[str, Any]]:
+    """The JSONL lines of the input file of the first OpenAI batch created after `since`."""
+    create = next(r for r in server.requests(since) if r["kind"] == "batch_create")
+    with openai.OpenAI(
+        api_key=server.token, base_url=server.openai_base_url, max_retries=0
+    ) as client:
+        data = client.files.content(create["body"]["input_file_id"]).read()
+    return [json.loads(line) for line in data.splitlines()]
