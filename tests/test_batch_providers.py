@@ -55,7 +55,6 @@ class Provider:
             "model": f"{self.name}:{self.model}",
             "api_key": server.token,
             "base_url": self.base_url(server),
-            "progress": False,
             **more,
         }
 
@@ -121,7 +120,9 @@ def test_a_batch_map_answers_each_row_with_row_errors_and_half_the_price(
     template = "{fault}\n" + tag + " [row {n}] go"
     since = last_id(server)
 
-    result = rt.map(frame, template, **provider.settings(server, max_output_tokens=20))
+    result = rt.map(
+        frame, template, **provider.settings(server, max_output_tokens=20), progress=False
+    )
 
     assert list(result["status"]) == ["ok", "ok", "error", "ok", "ok"]
     assert result.loc[3, "reply"] == f"Echo: {tag} [row 3] go"
@@ -130,7 +131,12 @@ def test_a_batch_map_answers_each_row_with_row_errors_and_half_the_price(
     assert (result.loc[[0, 1, 3, 4], "tokens_in"] > 0).all()
     progress = result.attrs["agentrt"]
     assert progress.mode == "batch" and progress.job_state.startswith(provider.state_done)
-    assert provider.counts(server, progress.job) == {"total": 5, "ok": 4, "failed": 1, "cancelled": 0}
+    assert provider.counts(server, progress.job) == {
+        "total": 5,
+        "ok": 4,
+        "failed": 1,
+        "cancelled": 0,
+    }
     logged = kinds(server, since)
     assert logged.count("batch_create") == 1 and "batch_get" in logged
     assert "stream" not in logged and "generate" not in logged  # nothing went live
@@ -139,7 +145,12 @@ def test_a_batch_map_answers_each_row_with_row_errors_and_half_the_price(
     assert progress.cost_usd == pytest.approx(interactive / 2)
 
     since = last_id(server)
-    again = rt.map(frame.drop(index=2), template, **provider.settings(server, max_output_tokens=20))
+    again = rt.map(
+        frame.drop(index=2),
+        template,
+        **provider.settings(server, max_output_tokens=20),
+        progress=False,
+    )
     assert (again["status"] == "cached").all()
     assert kinds(server, since) == []  # the rows answered in the batch are not paid twice
 
@@ -149,8 +160,8 @@ def test_each_row_is_one_request_in_the_providers_own_format(
 ) -> None:
     since = last_id(server)
     settings = {"system_instruction": "be brief", "max_output_tokens": 20, "temperature": 0.5}
-    rt.map(rows(3), tag + " [row {n}]", **OPENAI.settings(server, **settings))
-    rt.map(rows(3), tag + " [row {n}] a", **ANTHROPIC.settings(server, **settings))
+    rt.map(rows(3), tag + " [row {n}]", **OPENAI.settings(server, **settings), progress=False)
+    rt.map(rows(3), tag + " [row {n}] a", **ANTHROPIC.settings(server, **settings), progress=False)
 
     lines = _openai_input_lines(server, since)
     assert len(lines) == 3 and len({line["custom_id"] for line in lines}) == 3
@@ -177,3 +188,70 @@ def _openai_input_lines(server: LocalServer, since: int) -> list[dict[str, Any]]
     ) as client:
         data = client.files.content(create["body"]["input_file_id"]).read()
     return [json.loads(line) for line in data.splitlines()]
+
+
+KILLED_RUN = """
+import json, sys
+import pandas as pd
+from agentrt_jupyter import AgentRuntime, RuntimeConfig
+url, token, store, template, settings = sys.argv[1:]
+rt = AgentRuntime(RuntimeConfig(base_url=url, api_key=token, api_version="v1beta",
+                                store_path=store))
+rt.map(pd.DataFrame({"n": range(4)}), template, **json.loads(settings))
+print("finished before the kill")
+"""
+
+
+def test_a_job_submitted_before_kill_9_is_collected_by_the_next_call_not_sent_again(
+    server: LocalServer, store_path: Path, tag: str, provider: Provider, batch_delay: Any
+) -> None:
+    template = tag + " [row {n}] go"
+    settings = provider.settings(server)
+    batch_delay(4.0)  # the job is still running when its kernel dies (killed at its first poll)
+    since = last_id(server)
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            KILLED_RUN,
+            server.url,
+            server.token,
+            str(store_path),
+            template,
+            json.dumps(settings),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for_kind(server, since, "batch_get")  # recorded before the first poll
+    finally:
+        child.send_signal(signal.SIGKILL)
+        out, err = child.communicate(timeout=30)
+    assert b"finished before the kill" not in out, err
+    with sqlite3.connect(store_path) as db:
+        ((job, state),) = db.execute("SELECT job, state FROM map_jobs").fetchall()
+    assert state == "open"
+    batch_delay(0.1)  # (new batches only: the recorded one still takes its 4 s)
+    since = last_id(server)
+
+    runtime = AgentRuntime(runtime_config(server, store_path=store_path))
+    try:
+        run = start_map(runtime, rows(4), template, **settings)
+        result = run.result(timeout=60)
+    finally:
+        runtime.shutdown(10.0)
+
+    assert (result["status"] == "ok").all()
+    assert result.attrs["agentrt"].job == job
+    logged = kinds(server, since)
+    assert "batch_create" not in logged and "file_create" not in logged  # not paid twice
+    assert provider.counts(server, job)["total"] == 4
+    with sqlite3.connect(store_path) as db:
+        assert db.execute("SELECT state FROM map_jobs").fetchall() == [("collected",)]
+
+
+def wait_for_kind(server: LocalServer, since: int, kind: str, timeout: float = 30.0) -> None:
+    """Until a request of `kind` after `since` is logged (woken by the server's log)."""
+    while kind not in kinds(server, since):
+        server.wait_for_request(last_id(server) + 1, timeout=timeout)
