@@ -14,7 +14,7 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias, TypeVar
 
@@ -392,8 +392,13 @@ class AgentRegistry:
     def _retire(self, agent: AgentCore) -> None:
         """The agent leaves the runtime; its calls stay in the runtime's ledger."""
         del self.agents[agent.id]
+        self.add_calls(agent.conversation.ledger)
+
+    def add_calls(self, entries: Iterable[LedgerEntry]) -> None:
+        """Calls no live agent holds join the runtime's ledger (a retired agent's, a map's
+        Batch API jobs); the oldest go past `RETIRED_LEDGER_ROWS`."""
         retired = self.retired_ledger
-        for entry in agent.conversation.ledger:
+        for entry in entries:
             if entry not in retired:
                 retired[entry] = None
         while len(retired) > RETIRED_LEDGER_ROWS:

@@ -15,7 +15,7 @@ import itertools
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from .agent import AgentCore
@@ -396,6 +396,11 @@ class AsyncAgentRuntime:
         """Start the shutdown and return at once (safe anywhere, even inside a tool)."""
         return self._runtime.try_shutdown()
 
+    async def record_calls(self, entries: Sequence[LedgerEntry]) -> None:
+        """Add calls made outside any agent to the runtime's ledger (a map's Batch API
+        job: one row per job, with its provider and usage)."""
+        await self._portal.acall(self._core.add_calls, list(entries))
+
     async def backend(self, config: AgentConfig | None = None) -> Backend:
         """The backend that answers agents with `config` (no config: the runtime's own),
         made on first use; for features that talk to the provider beyond a chat (map's
@@ -765,6 +770,11 @@ class AgentRuntime:
             self._finalizer.detach()
             self._portal.stop(self._core.aclose, self._core.release, 10.0)
         return True
+
+    def record_calls(self, entries: Sequence[LedgerEntry]) -> None:
+        """Add calls made outside any agent to the runtime's ledger (a map's Batch API
+        job: one row per job, with its provider and usage)."""
+        self._portal.call(self._core.add_calls, list(entries))
 
     def backend(self, config: AgentConfig | None = None) -> Backend:
         """The backend that answers agents with `config` (no config: the runtime's own),

@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from agentrt_jupyter import AgentRuntime
+from agentrt_jupyter import AgentRuntime, InvalidConfig
 from agentrt_jupyter.batch import PRICES, start_map
 from agentrt_jupyter.server.batches import DEFAULT_DELAY
 from agentrt_jupyter.server.process import LocalServer
@@ -143,6 +143,14 @@ def test_a_batch_map_answers_each_row_with_row_errors_and_half_the_price(
     price = PRICES[provider.model]
     interactive = price.cost(progress.tokens_in, progress.tokens_out)
     assert progress.cost_usd == pytest.approx(interactive / 2)
+    (job_row,) = [e for e in rt.ledger() if e.agent == f"map {progress.run_key[:12]}"]
+    assert (job_row.provider, job_row.model, job_row.status) == (
+        provider.name,
+        provider.model,
+        "ok",
+    )
+    assert job_row.usage.prompt_tokens == progress.tokens_in
+    assert job_row.usage.candidates_tokens == progress.tokens_out == 4 * 5
 
     since = last_id(server)
     again = rt.map(
@@ -255,3 +263,65 @@ def wait_for_kind(server: LocalServer, since: int, kind: str, timeout: float = 3
     """Until a request of `kind` after `since` is logged (woken by the server's log)."""
     while kind not in kinds(server, since):
         server.wait_for_request(last_id(server) + 1, timeout=timeout)
+
+
+def test_cancel_cancels_the_job_keeps_the_rows_it_finished_and_the_rerun_sends_only_the_rest(
+    rt: AgentRuntime, server: LocalServer, tag: str, provider: Provider, batch_delay: Any
+) -> None:
+    frame = pd.DataFrame({"n": range(5), "slow": [""] + ["@@delay 150"] * 4})
+    template = "{slow}\n" + tag + " [row {n}] go"
+    batch_delay(60.0)
+    submitted = threading.Event()
+    run = start_map(rt, frame, template, **provider.settings(server))
+    run.add_listener(lambda progress: progress.job_state and submitted.set())
+    assert submitted.wait(30)
+    run.cancel()
+    result = run.result(timeout=30)
+
+    statuses = result["status"].value_counts().to_dict()
+    assert statuses["ok"] >= 1 and statuses["cancelled"] >= 1
+    assert statuses["ok"] + statuses["cancelled"] == 5
+    assert result.loc[0, "status"] == "ok" and result.loc[0, "reply"] == f"Echo: {tag} [row 0] go"
+    cancels = [r for r in server.requests() if r["kind"] == "batch_cancel"]
+    assert cancels and cancels[-1]["path"].endswith(f"{run.job}/cancel")
+    counts = provider.counts(server, run.job)
+    assert counts["ok"] == statuses["ok"] and counts["cancelled"] == statuses["cancelled"]
+
+    batch_delay(0.1)
+    since = last_id(server)
+    again = rt.map(frame, template, progress=False, **provider.settings(server))
+    assert (again["status"] == "cached").sum() == statuses["ok"]
+    assert (again["status"] == "ok").sum() == statuses["cancelled"]
+    resent = again.attrs["agentrt"].job
+    assert resent != run.job and provider.counts(server, resent)["total"] == statuses["cancelled"]
+    assert kinds(server, since).count("batch_create") == 1
+
+
+def test_a_host_without_a_batch_api_fails_the_rows_naming_it_and_live_mode(
+    rt: AgentRuntime, server: LocalServer, tag: str, provider: Provider
+) -> None:
+    settings = provider.settings(server)
+    settings["base_url"] = provider.base_url(server).replace("/v1", "") + "/no-batches/v1"
+    since = last_id(server)
+
+    result = rt.map(rows(3), tag + " [row {n}]", progress=False, **settings)
+
+    assert (result["status"] == "error").all()
+    error = result.loc["id0", "error"]
+    assert "127.0.0.1" in error and "use mode='live'" in error and "404" in error
+    assert [e.kind for e in result.attrs["agentrt"].errors] == ["InvalidConfig"]
+    assert "batch_create" not in kinds(server, since)
+
+
+def test_batch_mode_settings_a_provider_cannot_honour_are_refused_before_anything_runs(
+    rt: AgentRuntime, server: LocalServer, tag: str
+) -> None:
+    since = last_id(server)
+    with pytest.raises(InvalidConfig, match="top_k") as caught:
+        rt.map(rows(2), tag + " {n}", top_k=5, **OPENAI.settings(server))
+    assert caught.value.field == "top_k"
+    with pytest.raises(InvalidConfig, match="seed"):
+        rt.map(rows(2), tag + " {n}", seed=1, **ANTHROPIC.settings(server))
+    with pytest.raises(InvalidConfig, match="vertex provider has no Batch API"):
+        rt.map(rows(2), tag + " {n}", mode="batch", model="vertex:gemini-2.5-flash")
+    assert kinds(server, since) == []

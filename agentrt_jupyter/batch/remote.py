@@ -28,9 +28,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from ..config import provider_of
+from ..config import provider_of, split_model
+from ..conversation import CallStatus, LedgerEntry, Usage, utcnow
 from ..errors import AgentError, BackendError, InvalidConfig, TurnError
 from .batchapi import BatchApi, JobStatus, Outcome
 from .outcomes import CANCELLED, ERROR, SKIPPED, error_kind
@@ -256,12 +258,34 @@ async def _collect(
     """Give each result of the ended job to the rows with its key."""
     run.state = "collecting"
     run.changed()
-    answered = 0
+    answered, usage = 0, Usage()
     async for key, outcome in api.results(status):
         answered += 1
+        usage = usage + outcome.usage
         if answered % YIELD_EVERY == 0:
             await asyncio.sleep(0)
         _give(run, key, outcome, missing, latency)
+    await run.runtime.aio.record_calls([_ledger_row(run, status, usage, latency)])
+
+
+def _ledger_row(run: BatchRun, status: JobStatus, usage: Usage, seconds: float) -> LedgerEntry:
+    """The job as one row of the runtime's ledger: its provider, model and usage in all."""
+    provider, model = split_model(run.plan.model)
+    ended: dict[str, CallStatus] = {"succeeded": "ok", "cancelled": "cancelled"}
+    return LedgerEntry(
+        agent=f"map {run.plan.run_key[:12]}",
+        turn=1,
+        call=1,
+        model=model,
+        provider=provider,
+        started=utcnow() - timedelta(seconds=seconds),
+        usage=usage,
+        time_to_first_chunk=None,
+        duration=seconds,
+        finish_reason=None,
+        status=ended.get(status.phase, "error"),
+        error=None if status.phase == "succeeded" else f"the job ended {status.phase}",
+    )
 
 
 def _give(
