@@ -325,3 +325,65 @@ def test_batch_mode_settings_a_provider_cannot_honour_are_refused_before_anythin
     with pytest.raises(InvalidConfig, match="vertex provider has no Batch API"):
         rt.map(rows(2), tag + " {n}", mode="batch", model="vertex:gemini-2.5-flash")
     assert kinds(server, since) == []
+
+
+def test_the_progress_view_shows_the_jobs_own_state_and_requests_done(
+    rt: AgentRuntime, server: LocalServer, tag: str, provider: Provider
+) -> None:
+    from agentrt_jupyter.notebook.batchview import BatchProgressView
+
+    states: list[str] = []
+    run = start_map(rt, rows(3), tag + " [row {n}]", **provider.settings(server))
+    run.add_listener(lambda progress: states.append(progress.job_state or ""))
+    view = BatchProgressView(run)
+    result = run.result(timeout=30)
+
+    assert (result["status"] == "ok").all()
+    assert f"job {provider.state_done} (3/3)" in view.summary.value
+    assert view.bar.value == 3 and view.cancel_button.disabled
+    assert states[-1] == f"{provider.state_done} (3/3)"
+
+
+def test_a_job_cancelled_too_slowly_to_settle_stays_recorded_and_the_next_call_collects_it(
+    server: LocalServer,
+    store_path: Path,
+    tag: str,
+    batch_delay: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from agentrt_jupyter.batch import remote
+
+    monkeypatch.setattr(remote, "CANCEL_SETTLE", 0.0)  # as a service slow to cancel
+    frame = pd.DataFrame({"n": range(4), "slow": ["", "", "@@delay 150", "@@delay 150"]})
+    template = "{slow}\n" + tag + " [row {n}] go"
+    settings = OPENAI.settings(server)
+    batch_delay(60.0)
+    runtime = AgentRuntime(runtime_config(server, store_path=store_path))
+    try:
+        submitted = threading.Event()
+        run = start_map(runtime, frame, template, **settings)
+        run.add_listener(lambda progress: progress.job_state and submitted.set())
+        assert submitted.wait(30)
+        run.cancel()
+        cancelled = run.result(timeout=30)
+        assert (cancelled["status"] == "cancelled").all()  # nothing collected yet
+        with sqlite3.connect(store_path) as db:
+            assert db.execute("SELECT job, state FROM map_jobs").fetchall() == [(run.job, "open")]
+
+        batch_delay(0.1)
+        since = last_id(server)
+        again = runtime.map(frame, template, progress=False, **settings)
+    finally:
+        runtime.shutdown(10.0)
+
+    answered = OPENAI.counts(server, run.job)["ok"]
+    assert answered >= 1
+    assert (again["status"] == "ok").all()
+    logged = kinds(server, since)
+    assert logged.count("file_download") >= 1  # the cancelled job's finished rows
+    if answered < 4:
+        resent = again.attrs["agentrt"].job
+        assert OPENAI.counts(server, resent)["total"] == 4 - answered
+    with sqlite3.connect(store_path) as db:
+        states = dict(db.execute("SELECT job, state FROM map_jobs").fetchall())
+    assert states[run.job] == "cancelled"
