@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from ..config import provider_of, split_model
 from ..conversation import CallStatus, LedgerEntry, Usage, utcnow
-from ..errors import AgentError, BackendError, InvalidConfig, TurnError
+from ..errors import AgentError, BackendError, InvalidConfig, QuotaExceeded, TurnError
 from .batchapi import BatchApi, JobStatus, Outcome
 from .outcomes import CANCELLED, ERROR, SKIPPED, error_kind
 from .records import StoredRow
@@ -221,18 +221,18 @@ async def _cancel_job(
         return
     deadline = time.monotonic() + CANCEL_SETTLE
     delay = POLL_FIRST
-    while time.monotonic() < deadline:
-        try:
+    try:
+        while time.monotonic() < deadline:
             status = await api.poll(job)
-        except AgentError:
-            return
-        _show(run, status)
-        if status.final:
-            await _collect(run, api, status, missing, time.monotonic() - submitted)
-            run.records.close_job(job, "cancelled")
-            return
-        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay *= 1.5
+            _show(run, status)
+            if status.final:
+                await _collect(run, api, status, missing, time.monotonic() - submitted)
+                run.records.close_job(job, "cancelled")
+                return
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay *= 1.5
+    except AgentError as exc:  # the job stays recorded: the next call collects it
+        log.warning("the cancelled batch job %s could not be collected now: %s", job, exc)
 
 
 def _job_failed(
@@ -256,7 +256,8 @@ async def _collect(
     latency: float,
 ) -> None:
     """Give each result of the ended job to the rows with its key."""
-    run.state = "collecting"
+    if not run.cancel_requested:
+        run.state = "collecting"
     run.changed()
     answered, usage = 0, Usage()
     async for key, outcome in api.results(status):
@@ -335,10 +336,12 @@ async def _poll(run: BatchRun, api: BatchApi, job: str) -> JobStatus | None:
     while True:
         try:
             status = await api.poll(job)
-        except BackendError as exc:
+        except (BackendError, QuotaExceeded) as exc:
             failures += 1
-            if failures >= POLL_RETRIES or (exc.code is not None and exc.code < 500):
+            if failures >= POLL_RETRIES or _refused(exc):
                 raise
+            if isinstance(exc, QuotaExceeded) and exc.retry_after:
+                delay = max(delay, min(POLL_MOST, exc.retry_after))
         else:
             failures = 0
             _show(run, status)
@@ -349,14 +352,23 @@ async def _poll(run: BatchRun, api: BatchApi, job: str) -> JobStatus | None:
         delay = min(POLL_MOST, delay * 1.5)
 
 
+def _refused(error: BackendError | QuotaExceeded) -> bool:
+    """A poll that asking again will not fix: a 4xx other than a rate limit (a per-day or
+    billing 429 included)."""
+    if isinstance(error, QuotaExceeded):
+        return error.scope not in ("minute", "unknown")
+    return error.code is not None and error.code < 500
+
+
 def _show(run: BatchRun, status: JobStatus) -> None:
     """The job's state in the run's progress."""
     run.job = status.id
     run.job_state = status.state
-    if status.phase == "pending":
-        run.state = "pending"
-    elif not status.final:
-        run.state = "running"
+    if not run.cancel_requested:  # a cancelled run stays "cancelling" until it ends
+        if status.phase == "pending":
+            run.state = "pending"
+        elif not status.final:
+            run.state = "running"
     run.changed()
 
 
