@@ -19,6 +19,7 @@ from agentrt_jupyter import (
     AgentRuntime,
     BackendError,
     InvalidConfig,
+    QuotaExceeded,
     StreamBroken,
     TextDelta,
     ThoughtDelta,
@@ -42,6 +43,7 @@ from agentrt_jupyter.backends.anthropic import (  # noqa: E402 - needs the SDK
     DEFAULT_THINKING_BUDGET,
     AnthropicBackend,
     MessageStream,
+    billing_refusal,
     rate_limit_wait,
     wire_messages,
 )
@@ -244,6 +246,32 @@ def test_a_529_overloaded_is_retried_like_a_503(
     assert agent.chat(f"busy {tag}").text(timeout=20) == f"Echo: busy {tag}"
     assert [r["status"] for r in wait_finished(server, tag, count=2)] == [529, 200]
     assert [e.status for e in agent.ledger()] == ["retried", "ok"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "code", "kind"),
+    [("429 day", 400, "invalid_request_error"), ("402", 402, "billing_error")],
+)
+def test_a_billing_refusal_fails_at_once_with_advice_and_is_not_retried(
+    rt: AgentRuntime, server: LocalServer, tag: str, spec: str, code: int, kind: str
+) -> None:
+    agent = rt.create_agent(model=MODEL)
+
+    with pytest.raises(QuotaExceeded) as caught:
+        agent.chat(f"@@fault {spec}\n{tag}").text(timeout=20)
+
+    assert (caught.value.scope, caught.value.quota_id) == ("billing", kind)
+    assert "add credit or check the billing settings at the provider" in str(caught.value)
+    assert [r["status"] for r in wait_finished(server, tag, count=1)] == [code]
+    assert [e.status for e in agent.ledger()] == ["error"]
+
+
+def test_only_a_400_or_403_about_credit_or_billing_is_a_billing_refusal() -> None:
+    assert billing_refusal(400, "invalid_request_error", "Your credit balance is too low")
+    assert billing_refusal(403, "permission_error", "Billing is not set up for this workspace")
+    assert billing_refusal(402, "billing_error", "There is an issue with your payment")
+    assert not billing_refusal(400, "invalid_request_error", "max_tokens: field required")
+    assert not billing_refusal(403, "permission_error", "no access to this model")
 
 
 def test_a_lasting_529_fails_with_its_code_after_the_retry_attempts(

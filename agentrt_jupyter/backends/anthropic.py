@@ -75,6 +75,8 @@ ERROR_CODES = {
     "overloaded_error": 529,
 }
 """The HTTP code of an error type, for an `event: error` that arrives in a 200 stream."""
+BILLING_WORDS = ("credit balance", "billing", "purchase credits")
+"""What a 400 or 403 says when it is a billing refusal (no credit), not a bad request."""
 
 
 def check_config(config: AgentConfig) -> None:
@@ -425,11 +427,23 @@ def _error_body(body: object) -> tuple[str, str]:
 def _status_error(exc: anthropic.APIStatusError) -> BackendError | QuotaHit:
     kind, message = _error_body(exc.body)
     code = exc.status_code if exc.status_code >= 400 else ERROR_CODES.get(kind, 500)
+    if billing_refusal(code, kind, message):
+        return QuotaHit(QuotaInfo("billing", None, kind, f"{code} {kind}: {message}"))
     if code == 429:
         retry_after, quota_id = rate_limit_wait(exc.response.headers)
         scope: QuotaScope = "minute" if retry_after is not None else "unknown"
         return QuotaHit(QuotaInfo(scope, retry_after, quota_id, f"429 {kind}: {message}"))
     return BackendError(f"{code} {kind}: {message}", code=code, status=kind)
+
+
+def billing_refusal(code: int, kind: str, message: str) -> bool:
+    """No credit: a `billing_error` (402), or a 400 `invalid_request_error` / 403
+    `permission_error` that speaks of the credit balance or billing. Other 400s and 403s
+    (a bad request, a key without access to a model) stay errors of their own."""
+    if kind == "billing_error" or code == 402:
+        return True
+    said = message.lower()
+    return code in (400, 403) and any(word in said for word in BILLING_WORDS)
 
 
 def rate_limit_wait(headers: Mapping[str, str]) -> tuple[float | None, str | None]:

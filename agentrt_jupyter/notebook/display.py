@@ -42,7 +42,7 @@ from ..errors import (
 )
 from ..events import TurnEnd
 from ..handle import ChatHandle, TurnResult
-from .transcript import Transcript, plural
+from .transcript import Transcript, plural, token_count
 
 FORMATS = ("markdown", "text", "code", "json")
 OPEN_DELAY = 0.15
@@ -102,8 +102,9 @@ def footer_line(result: TurnResult, answered_by: str | None = None) -> str:
     usage = result.usage
     parts = [
         f"{answered_by} · {result.model}" if answered_by else result.model,
-        f"{usage.prompt_tokens} in / {usage.candidates_tokens} out / "
-        f"{usage.thoughts_tokens} thoughts",
+        f"{token_count(usage.prompt_tokens, '')} in / "
+        f"{token_count(usage.candidates_tokens, '')} out / "
+        f"{token_count(usage.thoughts_tokens, '')} thoughts",
     ]
     if result.time_to_first_chunk is not None:
         parts.append(f"first token {result.time_to_first_chunk:.2f} s")
