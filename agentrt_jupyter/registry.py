@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias, TypeVar
 
 from .agent import AgentCore
+from .backends import check_parts
 from .backends.base import Backend, BackendFactory
 from .backends.pump import StreamPacer
 from .config import AgentConfig, RuntimeConfig, agent_config
@@ -271,6 +272,7 @@ class AgentRegistry:
     def chat(self, ref: AgentRef, parts: Any, refresh: bool = False) -> Turn:
         agent = self.lookup(ref)
         agent.check_usable()
+        check_parts(self.backends.provider(agent.config), parts)  # before anything is sent
         turn = Turn(agent.name, parts, agent.model)
         turn.refresh = refresh
         agent.submit(turn)
