@@ -29,7 +29,8 @@ from .backends.base import (
 from .backends.cache import ReplayingCaller
 from .backends.pump import StreamPacer
 from .backends.retry import RetryingCaller, RetryPolicy
-from .config import AgentConfig, RuntimeConfig
+from .backends.switch import sendable
+from .config import AgentConfig, RuntimeConfig, provider_of
 from .content import FunctionCallPart, FunctionResponsePart, TextPart
 from .conversation import (
     Conversation,
@@ -503,10 +504,11 @@ class AgentCore:
         if summary:
             note = f"Summary of the earlier conversation:\n{summary}"
             system = f"{system}\n\n{note}" if system else note
-        messages = self.conversation.context()
+        # After a switch of provider, what another provider left in history is converted.
+        messages, _ = sendable(self.conversation.context(), provider_of(self.model))
         return ModelRequest(
             model=self.model,
-            messages=[*messages, extra] if extra else list(messages),
+            messages=[*messages, extra] if extra else messages,
             system_instruction=system or None,
             config=self.config,
             with_tools=with_tools,
