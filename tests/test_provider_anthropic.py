@@ -159,6 +159,70 @@ def test_a_tool_call_round_trip_sends_the_thinking_block_back_with_its_signature
     assert answer.status == "ok"
 
 
+def test_thinking_streams_per_delta_before_its_block_ends(
+    rt: AgentRuntime, server: LocalServer, tag: str
+) -> None:
+    agent = rt.create_agent(model=MODEL, include_thoughts=True)
+    # The server sends the thinking deltas, then stalls before the block's signature.
+    handle = agent.chat(f"@@thought first half\n@@thought second half\n@@fault hang_after 1\n{tag}")
+    events = iter(handle)
+    first, second = next(events), next(events)
+
+    assert (first, second) == (ThoughtDelta("first half"), ThoughtDelta("second half"))
+    (request,) = requests_with(server, tag)
+    assert request["outcome"] is None  # still streaming: the block has not ended
+    handle.cancel()
+    with pytest.raises(TurnCancelled):
+        handle.text(timeout=10)
+    [cut] = [m for m in agent.history() if m.role == "model"]
+    assert cut.thoughts == "first halfsecond half" and cut.status == "cancelled"
+
+
+def test_a_thinking_block_streamed_in_deltas_goes_back_whole_with_its_signature(
+    rt: AgentRuntime, server: LocalServer, tag: str
+) -> None:
+    def lookup(word: str) -> str:
+        """Look a word up."""
+        return f"a small {word}"
+
+    agent = rt.create_agent(model=MODEL, tools=[lookup], include_thoughts=True)
+    handle = agent.chat(f'@@thought one\n@@thought two\n@@call lookup {{"word": "cat"}}\n{tag}')
+
+    assert handle.text(timeout=10) == 'Tool results: {"lookup":{"result":"a small cat"}}'
+    thoughts = [e.text for e in handle if isinstance(e, ThoughtDelta)]
+    assert thoughts == ["one", "two", "one", "two"]  # two blocks, each in two deltas
+    _, second = wait_finished(server, tag, count=2)
+    think, call = second["body"]["messages"][1]["content"]
+    assert think == {"type": "thinking", "thinking": "onetwo", "signature": signature("onetwo")}
+    assert call["type"] == "tool_use"
+    [first_reply, _] = [m for m in agent.history() if m.role == "model"]
+    [thought] = [p for p in first_reply.parts if isinstance(p, TextPart) and p.thought]
+    assert thought.text == "onetwo" and thought.thought_signature is not None
+
+
+def test_a_thinking_block_that_comes_whole_at_its_start_is_one_delta() -> None:
+    stream = MessageStream()
+    block = {"type": "thinking", "thinking": "all at once", "signature": ""}
+    chunks = [
+        stream.chunk(e)
+        for e in events(
+            {"type": "content_block_start", "index": 0, "content_block": block},
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "signature_delta", "signature": "sig"},
+            },
+            {"type": "content_block_stop", "index": 0},
+        )
+    ]
+
+    assert [c.parts if c else None for c in chunks] == [
+        (TextPart("all at once", True),),
+        None,
+        (TextPart("", True, b"anthropic:sig"),),
+    ]
+
+
 def test_a_response_schema_is_sent_as_messages_structured_output(
     rt: AgentRuntime, server: LocalServer, tag: str
 ) -> None:
