@@ -30,6 +30,7 @@ from agentrt_jupyter.backends.openai import (
     retry_after,
 )
 from agentrt_jupyter.content import blob, image, pdf
+from agentrt_jupyter.notebook.display import short_message
 from agentrt_jupyter.server.process import LocalServer
 
 from .conftest import requests_with, runtime_config, wait_finished, wait_for_tagged
@@ -300,6 +301,10 @@ def test_insufficient_quota_is_a_billing_refusal_that_fails_at_once_with_advice(
     assert (caught.value.scope, caught.value.quota_id) == ("billing", "insufficient_quota")
     assert "add credit or check the billing settings at the provider" in str(caught.value)
     assert "You exceeded your current quota" in str(caught.value)
+    assert short_message(caught.value) == (
+        "the provider refused for billing (insufficient_quota): add credit or check the "
+        "billing settings at the provider"
+    )
     assert len(requests_with(server, tag)) == 1
     assert [e.status for e in agent.ledger()] == ["error"]
 

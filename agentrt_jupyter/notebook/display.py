@@ -140,6 +140,12 @@ def answered_by(config: RuntimeConfig) -> str | None:
 
 def short_message(error: BaseException) -> str:
     """One actionable line for a failed turn."""
+    if isinstance(error, QuotaExceeded) and error.scope == "billing":
+        said = f" ({error.quota_id})" if error.quota_id else ""
+        return (
+            f"the provider refused for billing{said}: add credit or check the billing "
+            "settings at the provider"
+        )
     if isinstance(error, QuotaExceeded):
         scope = {"day": "per-day", "minute": "per-minute", "zero": "limit 0"}.get(
             error.scope, error.scope
