@@ -17,7 +17,13 @@ from agentrt_jupyter import Agent, AgentRuntime
 from agentrt_jupyter.backends.base import ModelChunk, Reply
 from agentrt_jupyter.content import TextPart
 from agentrt_jupyter.conversation import UNREPORTED, Usage
-from agentrt_jupyter.frames import compact, history_frame, ledger_frame, usage_frame
+from agentrt_jupyter.frames import (
+    compact,
+    history_frame,
+    ledger_frame,
+    read_frame,
+    usage_frame,
+)
 from agentrt_jupyter.notebook.display import footer_line
 from agentrt_jupyter.server.process import LocalServer
 
@@ -92,6 +98,21 @@ def test_frames_hold_missing_counts_as_na_and_the_compact_view_as_a_dash(
     assert shown.loc[0, "prompt_tokens"] == shown.loc[0, "candidates_tokens"] == "—"
     user_row = compact(history, "history").view().loc[0]
     assert user_row["role"] == "user" and user_row["total_tokens"] == ""
+
+
+def test_missing_counts_survive_a_saved_frame(
+    runtime: AgentRuntime, server: LocalServer, tag: str, tmp_path: Path
+) -> None:
+    agent = openai_agent(runtime, server)
+    agent.chat(f"@@fault no_usage\n{tag}").text(timeout=10)
+    agent.chat(f"counted {tag}").text(timeout=10)
+
+    for kind, frame in (("ledger", ledger_frame(agent.ledger())), ("usage", usage_frame(agent))):
+        path = tmp_path / f"{kind}.csv"
+        frame.to_csv(path, index=False)
+        back = read_frame(path, kind)
+        pd.testing.assert_frame_equal(back, frame)
+        assert back["total_tokens"].isna().tolist() == [True, False]
 
 
 def test_missing_counts_survive_the_store_and_old_rows_still_load(
