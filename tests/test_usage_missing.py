@@ -25,6 +25,8 @@ from agentrt_jupyter.frames import (
     usage_frame,
 )
 from agentrt_jupyter.notebook.display import footer_line
+from agentrt_jupyter.notebook.listing import agent_row, agents_frame
+from agentrt_jupyter.notebook.monitor import cells_of
 from agentrt_jupyter.server.process import LocalServer
 
 from .conftest import requests_with, runtime_config
@@ -184,3 +186,15 @@ def test_a_map_row_without_usage_counts_as_its_estimate_against_the_budget(
     assert progress.state == "done"
     assert (result["tokens_in"] > 0).all() and (result["tokens_out"] > 0).all()
     assert progress.tokens_in == int(result["tokens_in"].sum()) > 0
+
+
+def test_the_agents_list_and_the_monitor_show_a_missing_total_as_missing(
+    runtime: AgentRuntime, server: LocalServer, tag: str
+) -> None:
+    agent = openai_agent(runtime, server)
+    agent.chat(f"@@fault no_usage\n{tag}").text(timeout=10)
+
+    [info] = runtime.agents()
+    assert "total_tokens" not in agent_row(info)["usage"]  # left out, never 0
+    assert cells_of(info)[-1] == "—"
+    assert agents_frame([info])["total_tokens"].isna().all()
