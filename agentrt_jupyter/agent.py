@@ -64,10 +64,10 @@ log = logging.getLogger("agentrt_jupyter")
 
 AgentState = Literal["idle", "running", "shutdown", "disconnected"]
 CHECKPOINT_EVERY = 1.0
-CHARS_PER_TOKEN = 4
-"""A context's size in tokens estimated from its characters, where no usage is reported."""
 """A streaming reply is written to the store at least this often (seconds): a crash loses
 at most this much text."""
+CHARS_PER_TOKEN = 4
+"""A context's size in tokens estimated from its characters, where no usage is reported."""
 SUMMARY_PROMPT = (
     "Summarise the conversation so far for your own later use: the facts, decisions, "
     "open questions and anything the user asked you to remember. Be concise."

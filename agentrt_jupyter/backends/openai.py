@@ -544,9 +544,9 @@ def _connection_error(exc: openai.APIConnectionError, yielded: int) -> BackendEr
 
 
 def quota_info(exc: openai.RateLimitError, scrub: _Scrubber) -> QuotaInfo:
-    """What a 429 said: a billing refusal (`insufficient_quota`, waiting won't help: scope
-    "billing") or a
-    rate limit with its wait from `retry-after-ms` / `retry-after` / `x-ratelimit-reset-*`."""
+    """What a 429 said: a billing refusal (`insufficient_quota`, scope "billing": waiting
+    won't help) or a rate limit with its wait from `retry-after-ms` / `retry-after` /
+    `x-ratelimit-reset-*`."""
     body = exc.body
     message = body.get("message") if isinstance(body, dict) else None
     text = scrub(message if isinstance(message, str) and message else exc.message)
