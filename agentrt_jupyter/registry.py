@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias, TypeVar
 
 from .agent import AgentCore
+from .backends import check_parts
 from .backends.base import Backend, BackendFactory
 from .backends.pump import StreamPacer
+from .backends.switch import switch_note
 from .config import AgentConfig, RuntimeConfig, agent_config
 from .conversation import LedgerEntry, Usage
 from .endpoints import Backends
@@ -247,9 +249,10 @@ class AgentRegistry:
 
     def reconfigure(
         self, ref: AgentRef, config: AgentConfig | None, settings: dict[str, Any]
-    ) -> AgentCore:
+    ) -> str | None:
         """New settings for an idle agent: `config` whole, or `settings` over its own. Its
-        id, conversation and stored record stay (the store gets the new settings)."""
+        id, conversation and stored record stay (the store gets the new settings). On a
+        switch of provider, the one-line note of what its history leaves behind (logged)."""
         agent = self.lookup(ref)
         agent.check_usable()
         active = agent.active  # a turn that has finished uses its settings no more
@@ -262,15 +265,21 @@ class AgentRegistry:
         if config.name != agent.config.name:
             config = config.with_changes(name=agent.config.name)
         self.backends.check_endpoint(agent.name, config)
+        provider = self.backends.provider(config)
+        switched = provider != self.backends.provider(agent.config)
         agent.reconfigure(config)
         if agent.conversation_id is not None:
             self.recorder.settings(agent.conversation_id, config)
         self.changed()
-        return agent
+        note = switch_note(agent.conversation.context(), provider) if switched else None
+        if note is not None:
+            log.info("agent %r %s", agent.name, note)
+        return note
 
     def chat(self, ref: AgentRef, parts: Any, refresh: bool = False) -> Turn:
         agent = self.lookup(ref)
         agent.check_usable()
+        check_parts(self.backends.provider(agent.config), parts)  # before anything is sent
         turn = Turn(agent.name, parts, agent.model)
         turn.refresh = refresh
         agent.submit(turn)

@@ -115,8 +115,8 @@ class Agent:
     def clear_history(self) -> None:
         self.runtime.clear_history(self)
 
-    def reconfigure(self, config: AgentConfig | None = None, **settings: Any) -> None:
-        self.runtime.reconfigure(self, config, **settings)
+    def reconfigure(self, config: AgentConfig | None = None, **settings: Any) -> str | None:
+        return self.runtime.reconfigure(self, config, **settings)
 
     def compaction_indices(self) -> list[int]:
         return self.runtime.compaction_indices(self)
@@ -196,8 +196,8 @@ class AsyncAgent:
     async def clear_history(self) -> None:
         await self.runtime.clear_history(self)
 
-    async def reconfigure(self, config: AgentConfig | None = None, **settings: Any) -> None:
-        await self.runtime.reconfigure(self, config, **settings)
+    async def reconfigure(self, config: AgentConfig | None = None, **settings: Any) -> str | None:
+        return await self.runtime.reconfigure(self, config, **settings)
 
     async def compaction_indices(self) -> list[int]:
         return await self.runtime.compaction_indices(self)
@@ -320,8 +320,9 @@ class AsyncAgentRuntime:
 
     async def reconfigure(
         self, agent: AgentRef, config: AgentConfig | None = None, **settings: Any
-    ) -> None:
-        await self._portal.acall(self._core.reconfigure, agent, config, settings)
+    ) -> str | None:
+        note: str | None = await self._portal.acall(self._core.reconfigure, agent, config, settings)
+        return note
 
     async def compaction_indices(self, agent: AgentRef) -> list[int]:
         return await self._portal.acall(self._core.query, agent, _compactions)
@@ -663,11 +664,15 @@ class AgentRuntime:
 
     def reconfigure(
         self, agent: AgentRef, config: AgentConfig | None = None, **settings: Any
-    ) -> None:
+    ) -> str | None:
         """New settings for an idle agent from its next turn on: `config` whole, or
         `settings` (AgentConfig fields) over its own. It stays the same agent: its id,
-        conversation and stored record (`InvalidConfig` while a turn runs)."""
-        self._portal.call(self._core.reconfigure, agent, config, settings)
+        conversation and stored record (`InvalidConfig` while a turn runs). A switch of
+        provider keeps the conversation; what the new provider cannot take of it (another
+        provider's thinking, attachments it refuses) is left out, and the one-line note
+        saying so is returned (None when nothing is)."""
+        note: str | None = self._portal.call(self._core.reconfigure, agent, config, settings)
+        return note
 
     def compaction_indices(self, agent: AgentRef) -> list[int]:
         return self._portal.call(self._core.query, agent, _compactions)

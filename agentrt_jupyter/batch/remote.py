@@ -297,11 +297,8 @@ def _give(
     latency: float,
 ) -> None:
     """One result of the job, to every row with its key (kept even if no row has it now)."""
-    usage = outcome.usage
-    tokens = (
-        usage.prompt_tokens + usage.tool_use_prompt_tokens,
-        usage.candidates_tokens + usage.thoughts_tokens,
-    )
+    tokens_in, tokens_out = outcome.usage.split()
+    tokens = (tokens_in or 0, tokens_out or 0)  # a batch result's usage is always reported
     run.controller.spend(*tokens)
     positions = missing.pop(key, []) if key is not None else []
     values = None

@@ -196,7 +196,9 @@ class NotebookAgents:
         """New settings for a live agent: the same agent (id, conversation, stored record)
         takes them from its next turn, so nothing that follows it sees it go (refused
         while a turn of it runs)."""
-        self.runtime.reconfigure(name, config)
+        note = self.runtime.reconfigure(name, config)
+        if note is not None:
+            print(f"agentrt: {name}: {note}")
         return self.runtime.agent(name)
 
     def _continue(self, name: str, config: AgentConfig | None, cache: bool) -> Agent:
