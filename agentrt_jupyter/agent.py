@@ -168,6 +168,7 @@ class _CallFollower:
         turn = self._turn
         turn.usage = turn.usage + attempt.usage
         turn.saved_tokens += attempt.saved_tokens
+        turn.replayed_calls += attempt.status == "replayed"
         self._agent.ledger(attempt.entry(self._agent.name, turn.number, self._index))
         turn.publish(UsageUpdate(turn.usage))
 
@@ -400,6 +401,7 @@ class AgentCore:
                 tool_calls=turn.tool_calls,
                 error=error,
                 saved_tokens=turn.saved_tokens,
+                replayed_calls=turn.replayed_calls,
             )
         )
 

@@ -198,3 +198,18 @@ def test_the_agents_list_and_the_monitor_show_a_missing_total_as_missing(
     assert "total_tokens" not in agent_row(info)["usage"]  # left out, never 0
     assert cells_of(info)[-1] == "—"
     assert agents_frame([info])["total_tokens"].isna().all()
+
+
+def test_a_reply_recorded_without_usage_still_replays_as_replayed(
+    runtime: AgentRuntime, server: LocalServer, tag: str
+) -> None:
+    agent = openai_agent(runtime, server, reply_cache=True)
+    prompt = f"@@fault no_usage\n@@reply cached words\n{tag}"
+    first = agent.chat(prompt).result(timeout=10)
+    agent.clear_history()
+    again = agent.chat(prompt).result(timeout=10)
+
+    assert len(requests_with(server, tag)) == 1  # the second turn sent nothing
+    assert (first.replayed, again.replayed) == (False, True)
+    assert (again.text, again.saved_tokens) == ("cached words", 0)
+    assert footer_line(again).endswith("replayed from the reply cache")

@@ -112,7 +112,8 @@ def footer_line(result: TurnResult, answered_by: str | None = None) -> str:
     if result.tool_calls:
         parts.append(plural(result.tool_calls, "tool call"))
     if result.replayed:
-        parts.append(f"replayed from the reply cache, {result.saved_tokens} tokens saved")
+        saved = f", {result.saved_tokens} tokens saved" if result.saved_tokens else ""
+        parts.append(f"replayed from the reply cache{saved}")
     if result.status != "complete":
         parts.insert(0, result.status.upper())
     return " · ".join(parts)
