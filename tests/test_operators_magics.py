@@ -189,3 +189,32 @@ def test_the_cost_threshold_is_a_setting(ip: Any) -> None:
         assert magics.confirm_cost is None
     finally:
         ip.run_line_magic("config", "AgentMagics.confirm_cost = 1.0")
+
+
+@pytest.mark.kernel
+def test_the_cancel_button_of_a_filter_cell_keeps_the_finished_rows(
+    kernel: Kernel, server: LocalServer, tag: str
+) -> None:
+    made = kernel.run(
+        "%config AgentMagics.confirm_cost = None\n"
+        "slow = reviews.copy()\n"
+        "slow.loc['c', 'script'] = '@@fault hang'"
+    )
+    assert made.ok, made.error
+    try:
+        msg_id = kernel.submit(
+            f"%%agent --filter slow --out kept\n{tag} [row] {{text}}\n{{script}}"
+        )
+        for text in ("late parcel", "lovely"):
+            server.wait_for_request(server.wait_for_tagged(f"{tag} [row] {text}", 30)["id"], 30)
+        server.wait_for_tagged(f"{tag} [row] lost box", 30)
+        kernel.click(button(kernel, msg_id, "Cancel"))
+        reply = kernel.wait_idle(msg_id)
+    finally:
+        assert kernel.run("%config AgentMagics.confirm_cost = 1e-9").ok
+
+    assert reply["content"]["status"] == "ok"
+    assert kernel.value("list(kept.index)") == ["a"]
+    assert kernel.value("[(l, s) for l, s, _ in kept.attrs['agentrt'].unanswered]") == [
+        ("c", "cancelled")
+    ]

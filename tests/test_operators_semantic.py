@@ -331,3 +331,12 @@ def test_the_accessor_and_the_aio_twin_run_the_operators(rt: AgentRuntime, tag: 
     assert list(mask) == [True, False]
     labels = asyncio.run(frame.agentrt.aclassify("{review}", labels=["x"], runtime=rt))
     assert labels.isna().all()  # the replies are filter answers, not labels
+
+
+def test_filter_runs_on_the_batch_api_too(rt: AgentRuntime, server: LocalServer, tag: str) -> None:
+    frame = scripted(tag, [{"match": True}, {"match": False}])
+
+    kept = rt.filter(frame, "{review}", mode="batch", progress=False)
+
+    assert list(kept.index) == ["r0"]
+    assert kept.attrs["agentrt"].progress.mode == "batch"
