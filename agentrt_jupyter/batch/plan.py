@@ -77,7 +77,7 @@ class MapPlan:
         """(position, prompt, None) per row of `frame`, or (position, None, why it has no
         prompt), reading the template's columns a block of `ROWS_PER_READ` rows at a time."""
         columns = self.columns
-        data = frame[list(columns)]
+        data = frame if tuple(frame.columns) == columns else frame[list(columns)]
         for start in range(0, len(data), ROWS_PER_READ):
             block = data.iloc[start : start + ROWS_PER_READ]
             arrays = [block[column].tolist() for column in columns]
