@@ -412,6 +412,18 @@ class AsyncAgentRuntime:
         """`runtime.map` for an event loop; see `agentrt_jupyter.batch.engine.start_map`."""
         return await operator("map").arun(self._runtime, frame, template, **options)
 
+    async def filter(self, frame: Any, template: str, **options: Any) -> Any:
+        """`runtime.filter` for an event loop."""
+        return await operator("filter").arun(self._runtime, frame, template, **options)
+
+    async def classify(self, frame: Any, template: str, **options: Any) -> Any:
+        """`runtime.classify` for an event loop."""
+        return await operator("classify").arun(self._runtime, frame, template, **options)
+
+    async def extract(self, frame: Any, template: str, **options: Any) -> Any:
+        """`runtime.extract` for an event loop."""
+        return await operator("extract").arun(self._runtime, frame, template, **options)
+
 
 def _history(agent: AgentCore) -> list[ConversationMessage]:
     return list(agent.conversation.messages)
@@ -792,3 +804,19 @@ class AgentRuntime:
         and return a frame aligned with its index: one independent request per row,
         quota-aware, resumable, budgeted; see `agentrt_jupyter.batch.engine.start_map`."""
         return operator("map").run(self, frame, template, **options)
+
+    def filter(self, frame: Any, template: str, **options: Any) -> Any:
+        """The rows of `frame` for which the model judges `template` true (`mask=True`: the
+        boolean Series); map's options, plus a cascade (`escalate_to=`, `threshold=`) and
+        `explain=True`; see `agentrt_jupyter.batch.semantic`."""
+        return operator("filter").run(self, frame, template, **options)
+
+    def classify(self, frame: Any, template: str, **options: Any) -> Any:
+        """A categorical Series: each row of `frame` put in one of `labels=[...]` (or an
+        Enum) by the model; see `agentrt_jupyter.batch.semantic`."""
+        return operator("classify").run(self, frame, template, **options)
+
+    def extract(self, frame: Any, template: str, **options: Any) -> Any:
+        """One typed column per field of `schema=Model`, read by the model from each row of
+        `frame`; see `agentrt_jupyter.batch.semantic`."""
+        return operator("extract").run(self, frame, template, **options)

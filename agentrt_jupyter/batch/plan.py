@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import itertools
 import json
 import math
 import string
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -42,6 +43,7 @@ BATCH_PROVIDERS = ("gemini", "openai", "anthropic")
 DEFAULT_CONCURRENCY = 8
 MOST_CONCURRENCY = 1000
 """No run keeps more requests than this in flight."""
+ROWS_PER_READ = 1000
 _FORMATTER = string.Formatter()
 CONVERSIONS = (None, "r", "s", "a")
 
@@ -72,6 +74,23 @@ class MapPlan:
 
     def row_key(self, prompt: str) -> str:
         return _digest(f"{self.run_key}\0{prompt}")
+
+    def prompts(self, frame: pd.DataFrame) -> Iterator[tuple[int, str | None, str | None]]:
+        """(position, prompt, None) per row of `frame`, or (position, None, why it has no
+        prompt), reading the template's columns a block of `ROWS_PER_READ` rows at a time."""
+        columns = self.columns
+        data = frame if tuple(frame.columns) == columns else frame[list(columns)]
+        for start in range(0, len(data), ROWS_PER_READ):
+            block = data.iloc[start : start + ROWS_PER_READ]
+            arrays = [block[column].tolist() for column in columns]
+            rows = zip(*arrays, strict=True) if arrays else itertools.repeat((), len(block))
+            for offset, values in enumerate(rows):
+                try:
+                    prompt = self.render(dict(zip(columns, values, strict=True)))
+                except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+                    yield start + offset, None, f"cannot fill the template: {exc}"
+                    continue
+                yield start + offset, prompt, None
 
 
 def plan_map(

@@ -36,8 +36,11 @@ from ..runtime import Agent, AgentRuntime
 from . import cellrun
 from .agents import NotebookAgents, connection_file, in_use_message, notebook_namespace
 from .cellline import (
+    CLASSIFY_HELP,
     CONFIRM_HELP,
     EVERY_TOOL,
+    FILTER_HELP,
+    LABELS_HELP,
     MAP_HELP,
     SCHEMA_HELP,
     TOOLS_HELP,
@@ -47,10 +50,12 @@ from .cellline import (
     command_line,
     is_data_command,
     is_seconds,
+    mentions_frame_operator,
     parse_line,
 )
 from .cellline import DATA_FLAGS as DATA_FLAGS
 from .commands import ENV_BACKEND, AgentCommands
+from .costgate import DEFAULT_CONFIRM_COST
 from .display import FORMATS, OPEN_DELAY, OnceHint, StartingNote, TurnView, answered_by
 from .interpolate import interpolate as expand
 from .interpolate import note_missing
@@ -165,6 +170,12 @@ class AgentMagics(Magics):
         APPROVAL_TIMEOUT,
         help="Seconds a tool call waits for Approve / Deny before it counts as denied.",
     ).tag(config=True)
+    confirm_cost = Float(
+        DEFAULT_CONFIRM_COST,
+        allow_none=True,
+        help="US dollars: a map or operator whose estimated cost passes this asks for "
+        "Approve / Cancel in the cell before it sends anything (None: never ask).",
+    ).tag(config=True)
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         self.session = KernelSession.of(shell)
@@ -190,6 +201,13 @@ class AgentMagics(Magics):
         if not 0 < rate <= 20:
             raise TraitError(f"updates_per_second must be in (0, 20], got {rate}")
         return rate
+
+    @validate("confirm_cost")
+    def _check_confirm_cost(self, proposal: Any) -> float | None:
+        value = proposal["value"]
+        if value is not None and not 0 <= float(value) < float("inf"):
+            raise TraitError(f"confirm_cost must be a number of US dollars >= 0, got {value}")
+        return value if value is None else float(value)
 
     @validate("live_after")
     def _check_live_after(self, proposal: Any) -> float:
@@ -303,6 +321,9 @@ class AgentMagics(Magics):
     @argument("--out-frame", metavar="VAR", help="With --schema: the reply's rows as a DataFrame.")
     @argument("--tool-timeout", type=float, metavar="S", help="Seconds one tool call may take.")
     @argument("--map", metavar="DF", help=MAP_HELP)
+    @argument("--filter", metavar="DF", help=FILTER_HELP)
+    @argument("--classify", metavar="DF", help=CLASSIFY_HELP)
+    @argument("--labels", metavar="LABELS", help=LABELS_HELP)
     @no_var_expand
     @cell_magic("agent")
     def agent_cell(self, line: str, cell: str) -> None:
@@ -312,7 +333,7 @@ class AgentMagics(Magics):
         literal `{x}`). Interrupt or the Cancel button stop the turn; the partial reply
         is kept in history, marked cancelled. Errors stop Run All.
         """
-        if "--map" in line and (options := self.parse_cell_line(line)).maps:
+        if mentions_frame_operator(line) and (options := self.parse_cell_line(line)).maps:
             from . import datacell
 
             datacell.bmap(self.session, options, cell)
@@ -323,7 +344,7 @@ class AgentMagics(Magics):
 
     async def acell(self, line: str, cell: str) -> None:
         """`%%agent` as an awaiting cell: the kernel handles clicks while the reply streams."""
-        if "--map" in line and (options := self.parse_cell_line(line)).maps:
+        if mentions_frame_operator(line) and (options := self.parse_cell_line(line)).maps:
             from . import datacell
 
             await datacell.amap(self.session, options, cell)
