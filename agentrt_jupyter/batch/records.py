@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 from ..errors import StoreError
 
@@ -51,6 +52,24 @@ class StoredRow:
     latency: float
     attempts: int
     model: str
+
+
+class ResultsStore(Protocol):
+    """The results tables: `RowStore` here, `stores.pgrows.PgRowStore` on PostgreSQL."""
+
+    def get(self, run: str, row: str) -> StoredRow | None: ...
+
+    def put(self, run: str, row: str, stored: StoredRow) -> None: ...
+
+    def count(self, run: str) -> int: ...
+
+    def open_jobs(self, run: str) -> list[str]: ...
+
+    def add_job(self, run: str, job: str) -> None: ...
+
+    def close_job(self, job: str, state: str) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class RowStore:
@@ -154,8 +173,8 @@ class RunResults:
     the rows not kept): lookups then find nothing and writes are dropped. The run closes
     the store at its end if it owns it."""
 
-    def __init__(self, store: RowStore, run: str, *, owned: bool) -> None:
-        self._store: RowStore | None = store
+    def __init__(self, store: ResultsStore, run: str, *, owned: bool) -> None:
+        self._store: ResultsStore | None = store
         self.run = run
         self._owned = owned
 
