@@ -159,3 +159,20 @@ def test_the_setup_command_applies_the_schema_and_never_prints_the_password(
     assert password not in done.stdout + done.stderr and "***" in done.stdout
     with PgStore(postgres_database) as store:
         assert store.conversations() == []
+
+
+def test_map_keeps_its_rows_per_user_in_the_database(team: Team) -> None:
+    import pandas as pd
+    import psycopg
+
+    echo = FakeBackend(lambda request: f"Echo: {request.messages[-1].text}")
+    frame = pd.DataFrame({"n": [1, 2, 3]})
+    with runtime_for(team.alice, echo) as alice:
+        assert list(alice.map(frame, "row {n}")["status"]) == ["ok"] * 3
+        again = alice.map(frame, "row {n}")
+    assert list(again["status"]) == ["cached"] * 3 and len(echo.requests) == 3
+    with runtime_for(team.bob, echo) as bob:
+        assert list(bob.map(frame, "row {n}")["status"]) == ["ok"] * 3
+    with psycopg.connect(team.superuser, autocommit=True) as su:
+        owners = su.execute("SELECT owner, count(*) FROM agentrt.map_rows GROUP BY 1 ORDER BY 1")
+        assert owners.fetchall() == [("alice", 3), ("bob", 3)]

@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
-from agentrt_jupyter.batch.records import StoredRow
+from agentrt_jupyter.batch.records import StoredRow, open_results
 from agentrt_jupyter.content import FunctionCallPart, FunctionResponsePart, TextPart
 from agentrt_jupyter.conversation import ConversationMessage, LedgerEntry, Usage
 from agentrt_jupyter.errors import ConversationInUse, StoreError
 from agentrt_jupyter.store import INTERRUPTED, TEAM_SCOPE, CachedReply
 from agentrt_jupyter.stores.base import ConversationStore, ResultsStore
-from agentrt_jupyter.stores.opening import open_results, open_store_at
+from agentrt_jupyter.stores.opening import open_store_at
 
 USAGE = Usage(prompt_tokens=12, candidates_tokens=3, total_tokens=15)
 WHEN = datetime(2026, 2, 1, 12, 0, tzinfo=UTC)

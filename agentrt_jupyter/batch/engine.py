@@ -26,11 +26,10 @@ from ..errors import InvalidConfig, RuntimeClosed, StoreError, WrongThread
 from ..operators import Operator
 from ..runtime import AgentRuntime
 from ..stores.base import ResultsStore
-from ..stores.opening import open_results
 from .live import answer_live
 from .plan import DEFAULT_CONCURRENCY, plan_map
 from .progress import Listener, show
-from .records import RowStore, RunResults
+from .records import RowStore, RunResults, open_results
 from .remote import answer_in_batch
 from .run import BatchRun
 

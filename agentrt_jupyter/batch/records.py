@@ -23,11 +23,15 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
 from ..errors import StoreError
+from ..stores.base import OPEN_JOB, ResultsStore, StoredRow
+from ..stores.opening import is_database_url
+
+__all__ = ["OPEN_JOB", "ResultsStore", "RowStore", "RunResults", "StoredRow", "open_results"]
 
 log = logging.getLogger("agentrt_jupyter")
 
@@ -39,37 +43,6 @@ _SCHEMA = (
       run TEXT NOT NULL, job TEXT NOT NULL PRIMARY KEY, created REAL NOT NULL,
       state TEXT NOT NULL)""",
 )
-OPEN_JOB = "open"
-
-
-@dataclass(frozen=True)
-class StoredRow:
-    """What is kept of a finished row."""
-
-    text: str
-    tokens_in: int
-    tokens_out: int
-    latency: float
-    attempts: int
-    model: str
-
-
-class ResultsStore(Protocol):
-    """The results tables: `RowStore` here, `stores.pgrows.PgRowStore` on PostgreSQL."""
-
-    def get(self, run: str, row: str) -> StoredRow | None: ...
-
-    def put(self, run: str, row: str, stored: StoredRow) -> None: ...
-
-    def count(self, run: str) -> int: ...
-
-    def open_jobs(self, run: str) -> list[str]: ...
-
-    def add_job(self, run: str, job: str) -> None: ...
-
-    def close_job(self, job: str, state: str) -> None: ...
-
-    def close(self) -> None: ...
 
 
 class RowStore:
@@ -164,6 +137,16 @@ class RowStore:
             db, self._db = self._db, None
         if db is not None:
             db.close()
+
+
+def open_results(location: str | Path, **options: Any) -> ResultsStore:
+    """The results tables at `location`: in the PostgreSQL database for a URL (`PgRowStore`),
+    else in the SQLite file."""
+    if is_database_url(location):
+        from ..stores.pgrows import PgRowStore
+
+        return PgRowStore(str(location), **options)
+    return RowStore(Path(location), **options)
 
 
 class RunResults:

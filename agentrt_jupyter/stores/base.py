@@ -10,9 +10,9 @@ results tables. Both raise only `StoreError` (and `ConversationInUse` for a leas
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..batch.records import ResultsStore
 from ..conversation import ConversationMessage, LedgerEntry
 from ..store import (
     TEAM_SCOPE,
@@ -22,7 +22,10 @@ from ..store import (
     StoredConversation,
 )
 
-__all__ = ["TEAM_SCOPE", "ConversationStore", "ResultsStore"]
+__all__ = ["OPEN_JOB", "TEAM_SCOPE", "ConversationStore", "ResultsStore", "StoredRow"]
+
+OPEN_JOB = "open"
+"""The state of a Batch API job whose results were not collected yet."""
 
 
 class ConversationStore(Protocol):
@@ -88,5 +91,35 @@ class ConversationStore(Protocol):
     def cache_stats(self) -> CacheStats: ...
 
     def cache_clear(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class StoredRow:
+    """What is kept of a finished row."""
+
+    text: str
+    tokens_in: int
+    tokens_out: int
+    latency: float
+    attempts: int
+    model: str
+
+
+class ResultsStore(Protocol):
+    """The results tables: `RowStore` here, `stores.pgrows.PgRowStore` on PostgreSQL."""
+
+    def get(self, run: str, row: str) -> StoredRow | None: ...
+
+    def put(self, run: str, row: str, stored: StoredRow) -> None: ...
+
+    def count(self, run: str) -> int: ...
+
+    def open_jobs(self, run: str) -> list[str]: ...
+
+    def add_job(self, run: str, job: str) -> None: ...
+
+    def close_job(self, job: str, state: str) -> None: ...
 
     def close(self) -> None: ...

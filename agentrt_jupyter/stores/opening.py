@@ -1,11 +1,14 @@
-"""Which store a location names: a `postgresql://` URL is PostgreSQL, anything else a file."""
+"""Which store a location names: a `postgresql://` URL is PostgreSQL, anything else a file.
+
+(`batch.records.open_results` chooses the same way for `map`'s results tables.)
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from .base import ConversationStore, ResultsStore
+from .base import ConversationStore
 
 URL_SCHEMES = ("postgresql://", "postgres://")
 
@@ -25,14 +28,3 @@ def open_store_at(location: str | Path, **options: Any) -> ConversationStore:
     from ..store import Store
 
     return Store(location, **options)
-
-
-def open_results(location: str | Path, **options: Any) -> ResultsStore:
-    """`map`'s results tables at `location`: in the PostgreSQL database, or an SQLite file."""
-    if is_database_url(location):
-        from .pgrows import PgRowStore
-
-        return PgRowStore(str(location), **options)
-    from ..batch.records import RowStore
-
-    return RowStore(Path(location), **options)
