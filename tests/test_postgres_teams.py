@@ -176,3 +176,15 @@ def test_map_keeps_its_rows_per_user_in_the_database(team: Team) -> None:
     with psycopg.connect(team.superuser, autocommit=True) as su:
         owners = su.execute("SELECT owner, count(*) FROM agentrt.map_rows GROUP BY 1 ORDER BY 1")
         assert owners.fetchall() == [("alice", 3), ("bob", 3)]
+
+
+def test_a_team_scoped_map_replays_another_users_rows_with_zero_requests(team: Team) -> None:
+    import pandas as pd
+
+    first, second = FakeBackend(lambda r: "shared"), FakeBackend(lambda r: "live")
+    frame = pd.DataFrame({"n": [1, 2]})
+    for url, echo in ((team.alice, first), (team.bob, second)):
+        with runtime_for(url, echo) as runtime:
+            done = runtime.map(frame, "row {n}", reply_cache=True, cache_scope="team")
+            assert list(done["reply"]) == ["shared", "shared"]
+    assert (len(first.requests), len(second.requests)) == (2, 0)
