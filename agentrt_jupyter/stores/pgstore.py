@@ -23,7 +23,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from ..config import redacted_url
@@ -48,70 +47,15 @@ from ..store import (
     assemble,
 )
 from .base import TEAM_SCOPE
+from .pgschema import LISTING, MIGRATIONS, SCHEMA_VERSION, connect, fill_prices
 
 if TYPE_CHECKING:
     import psycopg
 
 log = logging.getLogger("agentrt_jupyter")
 
-SCHEMA_VERSION = 1
-"""`agentrt.meta.schema_version` of the databases this module writes."""
 MAX_BACKOFF = 30.0
 """The longest wait between two attempts to reconnect to a database that went away."""
-
-_LISTING = """
-WITH cleared AS (
-  SELECT conversation, max(seq) AS seq FROM agentrt.records
-  WHERE kind = 'cleared' AND owner = %(owner)s GROUP BY conversation),
-shown AS (
-  SELECT r.conversation, count(*) AS messages,
-         count(DISTINCT CASE WHEN r.role != 'summary' THEN r.turn END) AS turns
-  FROM agentrt.records r LEFT JOIN cleared k ON k.conversation = r.conversation
-  WHERE r.owner = %(owner)s AND r.kind = 'message' AND r.seq > coalesce(k.seq, 0)
-  GROUP BY r.conversation),
-totals AS (
-  SELECT conversation, sum(octet_length(data)) AS size, max(written) AS last
-  FROM agentrt.records WHERE owner = %(owner)s GROUP BY conversation)
-SELECT c.id, c.namespace, c.name, c.created,
-       coalesce(s.messages, 0) + (d.conversation IS NOT NULL)::int, coalesce(s.turns, 0),
-       coalesce(t.size, 0) + coalesce(octet_length(d.data), 0),
-       greatest(coalesce(t.last, c.created), coalesce(d.written, 0)),
-       l.token, l.holder, l.pid, l.host, l.heartbeat
-FROM agentrt.conversations c
-LEFT JOIN shown s ON s.conversation = c.id
-LEFT JOIN totals t ON t.conversation = c.id
-LEFT JOIN agentrt.drafts d ON d.conversation = c.id
-LEFT JOIN agentrt.leases l ON l.conversation = c.id
-WHERE c.owner = %(owner)s AND (%(namespace)s::text IS NULL OR c.namespace = %(namespace)s)
-ORDER BY c.seq
-"""
-
-
-def setup_sql() -> str:
-    """The SQL that makes schema 1: tables, roles, grants, row-level security, admin view."""
-    return resources.files(__package__).joinpath("pg_setup.sql").read_text()
-
-
-def _connect(url: str, connect_timeout: float, statement_timeout: float) -> psycopg.Connection:
-    import psycopg
-
-    return psycopg.connect(
-        url,
-        autocommit=True,
-        connect_timeout=max(1, round(connect_timeout)),
-        options=f"-c statement_timeout={int(statement_timeout * 1000)}",
-    )
-
-
-def _fill_prices(conn: psycopg.Connection) -> None:
-    from ..batch.prices import PRICES
-
-    for model, price in PRICES.items():
-        conn.execute(
-            "INSERT INTO agentrt.prices (model, input, output) VALUES (%s, %s, %s)"
-            " ON CONFLICT (model) DO UPDATE SET input = excluded.input, output = excluded.output",
-            (model, price.input, price.output),
-        )
 
 
 class PgStore:
@@ -220,7 +164,7 @@ class PgStore:
     def conversations(self, namespace: str | None = None) -> list[StoredConversation]:
         now = time.time()
         with self._boundary("list the stored conversations") as conn:
-            rows = conn.execute(_LISTING, {"owner": self.owner, "namespace": namespace}).fetchall()
+            rows = conn.execute(LISTING, {"owner": self.owner, "namespace": namespace}).fetchall()
         listing = []
         for cid, ns, name, created, messages, turns, size, last, *lease in rows:
             token, holder, pid, host, heartbeat = lease
@@ -443,7 +387,7 @@ class PgStore:
                 path=self.location,
             )
         try:
-            self._conn = _connect(self._url, self._connect_timeout, self._statement_timeout)
+            self._conn = connect(self._url, self._connect_timeout, self._statement_timeout)
         except psycopg.Error as exc:
             self._backoff = min(MAX_BACKOFF, max(0.5, self._backoff * 2))
             self._next_attempt = time.monotonic() + self._backoff
@@ -475,17 +419,32 @@ class PgStore:
                 path=self.location,
             )
         if version < SCHEMA_VERSION:
+            self._migrate(conn)
+
+    def _migrate(self, conn: psycopg.Connection) -> None:
+        """Bring the schema to `SCHEMA_VERSION`, one process at a time.
+
+        The version is read again after the lock, in a transaction of its own: one begun
+        before the wait would still see the catalog as it was (no schema), and run the
+        DDL again while the winner's writers use the tables (a deadlock).
+        """
+        conn.execute("SELECT pg_advisory_lock(hashtext('agentrt setup'))")
+        try:
+            version = self._version(conn)
+            if version >= SCHEMA_VERSION:
+                return
             with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(hashtext('agentrt setup'))")
-                if self._version(conn) < SCHEMA_VERSION:
-                    for step in range(self._version(conn), SCHEMA_VERSION):
-                        conn.execute(MIGRATIONS[step]().encode())
-                    _fill_prices(conn)
-                    conn.execute(
-                        "UPDATE agentrt.meta SET value = %s WHERE key = 'schema_version'",
-                        (str(SCHEMA_VERSION),),
-                    )
+                for step in range(version, SCHEMA_VERSION):
+                    conn.execute(MIGRATIONS[step]().encode())
+                fill_prices(conn)
+                conn.execute(
+                    "UPDATE agentrt.meta SET value = %s WHERE key = 'schema_version'",
+                    (str(SCHEMA_VERSION),),
+                )
             log.info("set up %s at store schema %d", self.location, SCHEMA_VERSION)
+        finally:
+            if not conn.broken:
+                conn.execute("SELECT pg_advisory_unlock(hashtext('agentrt setup'))")
 
     @staticmethod
     def _version(conn: psycopg.Connection) -> int:
@@ -626,7 +585,3 @@ class PgStore:
                 )  # fmt: skip
             conn.execute("DELETE FROM agentrt.drafts WHERE conversation = %s", (conversation_id,))
         return loaded
-
-
-MIGRATIONS = {0: setup_sql}
-"""Step `n` takes a database from schema n to n + 1 (its SQL), in one transaction."""
