@@ -188,3 +188,28 @@ def test_a_team_scoped_map_replays_another_users_rows_with_zero_requests(team: T
             done = runtime.map(frame, "row {n}", reply_cache=True, cache_scope="team")
             assert list(done["reply"]) == ["shared", "shared"]
     assert (len(first.requests), len(second.requests)) == (2, 0)
+
+
+def test_a_notebook_keeps_its_conversations_in_the_database_set_by_config(
+    team: Team, tmp_path: Path
+) -> None:
+    import psycopg
+    from IPython.core.error import UsageError
+
+    from .shell_helpers import agent_shell, run
+
+    with agent_shell(tmp_path) as ip:
+        ip.run_line_magic("config", "AgentMagics.store_url = 'mysql://alice:alice-pw@db/x'")
+        refused = run(ip, "%%agent\nhi")
+        assert isinstance(refused, UsageError) and "store_url" in str(refused)
+        assert "alice-pw" not in str(refused)
+        ip.run_line_magic("config", f"AgentMagics.store_url = {team.alice!r}")
+        try:
+            assert run(ip, "%%agent helper\nhello from a notebook") is None
+            assert "helper" in ip.run_line_magic("agent", "runtime").stored_conversations()
+            assert "alice-pw" not in repr(ip.run_line_magic("agent", "runtime").config)
+        finally:
+            ip.run_line_magic("config", "AgentMagics.store_url = None")
+    with psycopg.connect(team.superuser, autocommit=True) as su:
+        rows = su.execute("SELECT owner, name FROM agentrt.conversations").fetchall()
+    assert rows == [("alice", "helper")]
