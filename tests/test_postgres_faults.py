@@ -22,7 +22,7 @@ from agentrt_jupyter import AgentRuntime, FakeBackend, RuntimeConfig, registry
 from agentrt_jupyter.backends.base import ModelRequest
 from agentrt_jupyter.content import TextPart
 from agentrt_jupyter.conversation import ConversationMessage
-from agentrt_jupyter.errors import StoreError, TurnStoreError
+from agentrt_jupyter.errors import ConversationInUse, StoreError, TurnStoreError
 from agentrt_jupyter.stores.pgstore import PgStore
 
 from .postgres import PostgresCluster, create_login_role
@@ -135,6 +135,27 @@ def test_a_role_that_may_not_make_the_schema_leaves_nothing_and_the_runtime_goes
     assert [r for r in caplog.records if "will not be stored" in r.getMessage()]
     with psycopg.connect(postgres_database, autocommit=True) as conn:
         assert conn.execute("SELECT to_regclass('agentrt.meta')").fetchone() == (None,)
+
+
+def test_a_lost_lease_ends_the_old_writers_turn_typed_and_keeps_its_store(
+    postgres_database: str,
+) -> None:
+    echo = FakeBackend(lambda request: f"Echo: {request.messages[-1].text}")
+    config = RuntimeConfig(store_url=postgres_database, store_path=None)
+    with (
+        AgentRuntime(config, backend_factory=lambda endpoint: echo) as first,
+        AgentRuntime(config, backend_factory=lambda endpoint: echo) as second,
+    ):
+        old = first.create_agent(name="shared")
+        old.chat("first writer").text(timeout=10)
+        with pytest.raises(ConversationInUse):
+            second.resume("shared")
+        second.resume("shared", take_over=True).chat("second writer").text(timeout=10)
+        with pytest.raises(TurnStoreError) as lost:
+            old.chat("still mine?").text(timeout=10)
+        assert isinstance(lost.value.cause, ConversationInUse)
+        assert first.store_problem is None and second.store_problem is None
+    assert stored_counts(postgres_database) == {"ledger": 2, "message": 2}
 
 
 WRITER = textwrap.dedent(

@@ -213,3 +213,15 @@ def test_a_notebook_keeps_its_conversations_in_the_database_set_by_config(
     with psycopg.connect(team.superuser, autocommit=True) as su:
         rows = su.execute("SELECT owner, name FROM agentrt.conversations").fetchall()
     assert rows == [("alice", "helper")]
+
+
+def test_on_one_shared_role_the_hub_user_names_the_owner(
+    postgres_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JUPYTERHUB_USER", "carol")
+    with PgStore(postgres_database) as carol:
+        carol.create("nb", "notes", {})
+        assert carol.owner == "carol"
+    monkeypatch.setenv("JUPYTERHUB_USER", "dave")
+    with PgStore(postgres_database) as dave:
+        assert dave.conversations() == [] and dave.latest("nb", "notes") is None
