@@ -191,7 +191,7 @@ def test_a_team_scoped_map_replays_another_users_rows_with_zero_requests(team: T
 
 
 def test_a_notebook_keeps_its_conversations_in_the_database_set_by_config(
-    team: Team, tmp_path: Path
+    team: Team, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import psycopg
     from IPython.core.error import UsageError
@@ -208,6 +208,10 @@ def test_a_notebook_keeps_its_conversations_in_the_database_set_by_config(
             assert run(ip, "%%agent helper\nhello from a notebook") is None
             assert "helper" in ip.run_line_magic("agent", "runtime").stored_conversations()
             assert "alice-pw" not in repr(ip.run_line_magic("agent", "runtime").config)
+            capsys.readouterr()
+            ip.run_line_magic("agent", "config")
+            shown = capsys.readouterr().out
+            assert "store: postgresql://alice:***@" in shown and "alice-pw" not in shown
         finally:
             ip.run_line_magic("config", "AgentMagics.store_url = None")
     with psycopg.connect(team.superuser, autocommit=True) as su:
