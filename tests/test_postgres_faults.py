@@ -200,3 +200,15 @@ def test_counts_reconcile_across_processes_writing_at_once(postgres_database: st
         requests += json.loads(out.strip().splitlines()[-1])["requests"]
     assert requests == processes * turns
     assert stored_counts(postgres_database) == {"ledger": requests, "message": requests}
+
+
+def test_without_psycopg_a_database_url_is_a_store_problem_naming_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    monkeypatch.delitem(sys.modules, "agentrt_jupyter.stores.pgstore", raising=False)
+    echo = FakeBackend(lambda request: "fine")
+    config = RuntimeConfig(store_url="postgresql://u:pw@127.0.0.1:1/db", store_path=None)
+    with AgentRuntime(config, backend_factory=lambda endpoint: echo) as runtime:
+        assert "agentrt-jupyter[postgres]" in str(runtime.store_problem)
+        assert runtime.create_agent(name="n").chat("hi").text(timeout=10) == "fine"

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..errors import StoreError
 from .base import ConversationStore
 
 URL_SCHEMES = ("postgresql://", "postgres://")
@@ -22,8 +23,12 @@ def open_store_at(location: str | Path, **options: Any) -> ConversationStore:
     """The conversation store at `location`: `PgStore` for a URL, else the SQLite `Store`
     (options are the chosen class's keyword arguments). `StoreError` if it cannot open."""
     if is_database_url(location):
-        from .postgres import PgStore
-
+        try:
+            from .pgstore import PgStore
+        except ImportError as exc:  # psycopg missing
+            raise StoreError(
+                f"a PostgreSQL store needs psycopg ({exc}): pip install 'agentrt-jupyter[postgres]'"
+            ) from exc
         return PgStore(str(location), **options)
     from ..store import Store
 

@@ -23,7 +23,10 @@ import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import psycopg
+from psycopg import errors
 
 from ..config import redacted_url
 from ..conversation import ConversationMessage, LedgerEntry
@@ -48,9 +51,6 @@ from ..store import (
 )
 from .base import TEAM_SCOPE
 from .pgschema import LISTING, MIGRATIONS, SCHEMA_VERSION, connect, fill_prices
-
-if TYPE_CHECKING:
-    import psycopg
 
 log = logging.getLogger("agentrt_jupyter")
 
@@ -180,7 +180,9 @@ class PgStore:
         return listing
 
     def load(self, conversation_id: str) -> LoadedConversation | None:
+        """Read without taking it: one snapshot, while its writer may go on appending."""
         with self._write(f"load conversation {conversation_id}") as conn:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             return self._read(conn, conversation_id, persist=False)
 
     def open(self, conversation_id: str, *, take_over: bool = False) -> LoadedConversation | None:
@@ -345,8 +347,6 @@ class PgStore:
     @contextlib.contextmanager
     def _boundary(self, doing: str) -> Iterator[psycopg.Connection]:
         """The one place where psycopg, JSON and decoding errors become `StoreError`."""
-        import psycopg
-
         with self._lock:
             conn = self._connection(doing)
             try:
@@ -372,8 +372,6 @@ class PgStore:
 
     def _connection(self, doing: str) -> psycopg.Connection:
         """The live connection, made again after one was lost (not before the backoff)."""
-        import psycopg
-
         if self._closed:
             raise StoreError(f"cannot {doing}: the store was closed", path=self.location)
         conn = self._conn
@@ -396,8 +394,6 @@ class PgStore:
         return self._conn
 
     def _fault(self, exc: psycopg.Error, doing: str) -> StoreError:
-        from psycopg import errors
-
         if isinstance(exc, errors.InsufficientPrivilege):
             why = f"not permitted for this database role ({exc.diag.message_primary or exc})"
         elif isinstance(exc, errors.QueryCanceled):
