@@ -240,6 +240,24 @@ def test_the_cache_returns_what_was_put_counts_hits_and_clears(store: Conversati
     assert store.cache_stats().entries == 0
 
 
+def test_the_cache_evicts_the_least_recently_used_past_its_bounds(opener: Opener) -> None:
+    store = opener(cache_max_entries=3, cache_max_bytes=None)
+    for key in "abc":
+        store.cache_put(key, reply(key))
+    store.cache_get("a")  # b is now the least recently used
+    store.cache_put("d", reply("d"))
+    assert [k for k in "abcd" if store.cache_get(k) is not None] == ["a", "c", "d"]
+    bounded = opener(cache_max_entries=None, cache_max_bytes=1000)
+    bounded.cache_clear()
+    for key in "pqrstuvwxyz":
+        bounded.cache_put(key, reply(key * 100))
+    stats = bounded.cache_stats()
+    assert 0 < stats.bytes <= 1000
+    assert bounded.cache_get("z") is not None and bounded.cache_get("p") is None
+    bounded.cache_put("huge", reply("x" * 2000))
+    assert bounded.cache_get("huge") is None and bounded.cache_stats().entries == stats.entries
+
+
 def test_a_team_cached_reply_is_apart_and_names_no_conversation(store: ConversationStore) -> None:
     cid = store.create("", "c", {})
     store.cache_put("k", reply("team"), conversation=cid, scope=TEAM_SCOPE)

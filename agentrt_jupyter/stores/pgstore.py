@@ -75,12 +75,14 @@ class PgStore:
         connect_timeout: float = 5.0,
         statement_timeout: float = 10.0,
         cache_max_entries: int | None = 10_000,
+        cache_max_bytes: int | None = 256 * 2**20,
     ) -> None:
         self._url = url
         self.location = redacted_url(url)
         self._options: dict[str, Any] = {
             "holder": holder, "lease_timeout": lease_timeout, "connect_timeout": connect_timeout,
             "statement_timeout": statement_timeout, "cache_max_entries": cache_max_entries,
+            "cache_max_bytes": cache_max_bytes,
         }  # fmt: skip
         self._lock = threading.Lock()
         self._token = secrets.token_hex(8)
@@ -90,6 +92,7 @@ class PgStore:
         self._connect_timeout = connect_timeout
         self._statement_timeout = statement_timeout
         self._cache_max_entries = cache_max_entries
+        self._cache_max_bytes = cache_max_bytes
         self._held: dict[str, str] = {}
         self._closed = False
         self._conn: psycopg.Connection | None = None
@@ -305,26 +308,41 @@ class PgStore:
         conversation: str | None = None,
         scope: str | None = None,
     ) -> None:
-        """Record `reply`; a team-scoped one never names the conversation it came from."""
+        """Record `reply`, evicting the user's least recently used past the bounds (a reply
+        larger than `cache_max_bytes` alone is not kept); a team-scoped one never names the
+        conversation it came from."""
         scope = self._scope(scope)
         with self._write("store a reply in the cache") as conn:
             data = _reply_json(reply)
+            size = len(data.encode())
+            if self._cache_max_bytes is not None and size > self._cache_max_bytes:
+                return
             conn.execute(
                 "INSERT INTO agentrt.replies (scope, key, bytes, used, conversation, data)"
                 " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (scope, key) DO UPDATE SET"
                 " bytes = excluded.bytes, used = excluded.used,"
                 " conversation = excluded.conversation, data = excluded.data",
                 (
-                    scope, key, len(data.encode()), time.time(),
+                    scope, key, size, time.time(),
                     None if scope == TEAM_SCOPE else conversation, data,
                 ),
             )  # fmt: skip
-            if self._cache_max_entries is not None:
-                conn.execute(
-                    "DELETE FROM agentrt.replies WHERE scope = %s AND key IN (SELECT key FROM"
-                    " agentrt.replies WHERE scope = %s ORDER BY used DESC OFFSET %s)",
-                    (self.owner, self.owner, self._cache_max_entries),
-                )
+            self._evict(conn)
+
+    def _evict(self, conn: psycopg.Connection) -> None:
+        """Drop the user's least recently used replies until within the cache's bounds."""
+        entries, size = self._cache_max_entries, self._cache_max_bytes
+        if entries is None and size is None:
+            return
+        conn.execute(
+            "DELETE FROM agentrt.replies WHERE scope = %(owner)s AND key IN ("
+            " SELECT key FROM (SELECT key,"
+            "  row_number() OVER (ORDER BY used DESC) AS n,"
+            "  sum(bytes) OVER (ORDER BY used DESC) AS total"
+            "  FROM agentrt.replies WHERE scope = %(owner)s) ranked"
+            " WHERE n > coalesce(%(entries)s, n) OR total > coalesce(%(size)s, total))",
+            {"owner": self.owner, "entries": entries, "size": size},
+        )
 
     def cache_stats(self) -> CacheStats:
         """The user's own cached replies (the team's are counted by whoever clears them)."""
