@@ -229,3 +229,21 @@ def test_on_one_shared_role_the_hub_user_names_the_owner(
     monkeypatch.setenv("JUPYTERHUB_USER", "dave")
     with PgStore(postgres_database) as dave:
         assert dave.conversations() == [] and dave.latest("nb", "notes") is None
+
+
+def test_the_store_url_and_cache_scope_are_checked_and_the_password_never_shown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from agentrt_jupyter import AgentConfig, InvalidConfig
+
+    with pytest.raises(InvalidConfig) as wrong:
+        RuntimeConfig(store_url="mysql://u:hunter2@h/db")
+    assert wrong.value.field == "store_url" and "hunter2" not in str(wrong.value)
+    shown = repr(RuntimeConfig(store_url="postgresql://u:hunter2@h/db", store_path=None))
+    assert "store_url='postgresql://u:***@h/db'" in shown and "hunter2" not in shown
+    monkeypatch.setenv("AGENTRT_STORE_URL", "postgresql://hub@db/agentrt")
+    assert RuntimeConfig().store_location == "postgresql://hub@db/agentrt"
+    for make in (RuntimeConfig, AgentConfig):
+        with pytest.raises(InvalidConfig) as scope:
+            make(cache_scope="class")  # type: ignore[arg-type]
+        assert scope.value.field == "cache_scope"
