@@ -89,6 +89,26 @@ def test_the_database_stopped_mid_turn_ends_it_typed_then_the_runtime_reconnects
     assert stored_counts(postgres_database) == {"ledger": 2, "message": 2}
 
 
+def test_a_restart_between_turns_goes_unnoticed_and_every_turn_is_stored(
+    cluster_restarted: PostgresCluster, postgres_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    echo = FakeBackend(lambda request: f"Echo: {request.messages[-1].text}")
+    config = RuntimeConfig(store_url=postgres_database, store_path=None)
+    with (
+        caplog.at_level(logging.WARNING, logger="agentrt_jupyter"),
+        AgentRuntime(config, backend_factory=lambda endpoint: echo) as runtime,
+    ):
+        agent = runtime.create_agent(name="worker")
+        agent.chat("before").text(timeout=10)
+        for mode in ("fast", "immediate"):
+            cluster_restarted.stop(mode)
+            cluster_restarted.start()
+            agent.chat(f"after a {mode} restart").text(timeout=10)
+        assert runtime.store_problem is None
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert stored_counts(postgres_database) == {"ledger": 3, "message": 3}
+
+
 def test_a_table_locked_past_the_statement_timeout_is_a_store_error_then_works(
     postgres_database: str,
 ) -> None:

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import secrets
+import select
 import socket
 import threading
 import time
@@ -56,6 +57,16 @@ log = logging.getLogger("agentrt_jupyter")
 
 MAX_BACKOFF = 30.0
 """The longest wait between two attempts to reconnect to a database that went away."""
+
+
+def _closed_by_server(conn: psycopg.Connection) -> bool:
+    """Whether the server has closed this idle connection: nothing else makes an idle
+    connection readable (a termination notice, or the end of the stream)."""
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 class PgStore:
@@ -389,12 +400,18 @@ class PgStore:
             yield conn
 
     def _connection(self, doing: str) -> psycopg.Connection:
-        """The live connection, made again after one was lost (not before the backoff)."""
+        """The live connection, made again after one was lost (not before the backoff).
+
+        One the server closed while it was idle (a restart between two writes) is made
+        again before use, so the write goes through instead of failing."""
         if self._closed:
             raise StoreError(f"cannot {doing}: the store was closed", path=self.location)
         conn = self._conn
         if conn is not None and not conn.closed and not conn.broken:
-            return conn
+            if not _closed_by_server(conn):
+                return conn
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
         now = time.monotonic()
         if now < self._next_attempt:
             raise StoreError(
