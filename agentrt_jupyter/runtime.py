@@ -116,8 +116,8 @@ class Agent:
     def clear_history(self) -> None:
         self.runtime.clear_history(self)
 
-    def reconfigure(self, config: AgentConfig | None = None, **settings: Any) -> None:
-        self.runtime.reconfigure(self, config, **settings)
+    def reconfigure(self, config: AgentConfig | None = None, **settings: Any) -> str | None:
+        return self.runtime.reconfigure(self, config, **settings)
 
     def compaction_indices(self) -> list[int]:
         return self.runtime.compaction_indices(self)
@@ -197,8 +197,8 @@ class AsyncAgent:
     async def clear_history(self) -> None:
         await self.runtime.clear_history(self)
 
-    async def reconfigure(self, config: AgentConfig | None = None, **settings: Any) -> None:
-        await self.runtime.reconfigure(self, config, **settings)
+    async def reconfigure(self, config: AgentConfig | None = None, **settings: Any) -> str | None:
+        return await self.runtime.reconfigure(self, config, **settings)
 
     async def compaction_indices(self) -> list[int]:
         return await self.runtime.compaction_indices(self)
@@ -321,8 +321,9 @@ class AsyncAgentRuntime:
 
     async def reconfigure(
         self, agent: AgentRef, config: AgentConfig | None = None, **settings: Any
-    ) -> None:
-        await self._portal.acall(self._core.reconfigure, agent, config, settings)
+    ) -> str | None:
+        note: str | None = await self._portal.acall(self._core.reconfigure, agent, config, settings)
+        return note
 
     async def compaction_indices(self, agent: AgentRef) -> list[int]:
         return await self._portal.acall(self._core.query, agent, _compactions)
@@ -396,6 +397,11 @@ class AsyncAgentRuntime:
     def try_shutdown(self) -> bool:
         """Start the shutdown and return at once (safe anywhere, even inside a tool)."""
         return self._runtime.try_shutdown()
+
+    async def record_calls(self, entries: Sequence[LedgerEntry]) -> None:
+        """Add calls made outside any agent to the runtime's ledger (a map's Batch API
+        job: one row per job, with its provider and usage)."""
+        await self._portal.acall(self._core.add_calls, list(entries))
 
     async def backend(self, config: AgentConfig | None = None) -> Backend:
         """The backend that answers agents with `config` (no config: the runtime's own),
@@ -703,11 +709,15 @@ class AgentRuntime:
 
     def reconfigure(
         self, agent: AgentRef, config: AgentConfig | None = None, **settings: Any
-    ) -> None:
+    ) -> str | None:
         """New settings for an idle agent from its next turn on: `config` whole, or
         `settings` (AgentConfig fields) over its own. It stays the same agent: its id,
-        conversation and stored record (`InvalidConfig` while a turn runs)."""
-        self._portal.call(self._core.reconfigure, agent, config, settings)
+        conversation and stored record (`InvalidConfig` while a turn runs). A switch of
+        provider keeps the conversation; what the new provider cannot take of it (another
+        provider's thinking, attachments it refuses) is left out, and the one-line note
+        saying so is returned (None when nothing is)."""
+        note: str | None = self._portal.call(self._core.reconfigure, agent, config, settings)
+        return note
 
     def compaction_indices(self, agent: AgentRef) -> list[int]:
         return self._portal.call(self._core.query, agent, _compactions)
@@ -810,6 +820,11 @@ class AgentRuntime:
             self._finalizer.detach()
             self._portal.stop(self._core.aclose, self._core.release, 10.0)
         return True
+
+    def record_calls(self, entries: Sequence[LedgerEntry]) -> None:
+        """Add calls made outside any agent to the runtime's ledger (a map's Batch API
+        job: one row per job, with its provider and usage)."""
+        self._portal.call(self._core.add_calls, list(entries))
 
     def backend(self, config: AgentConfig | None = None) -> Backend:
         """The backend that answers agents with `config` (no config: the runtime's own),

@@ -4,12 +4,13 @@ operators, against the local server, whose request log proves nothing was sent."
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterator
 
 import pandas as pd
 import pytest
 
-from agentrt_jupyter import AgentRuntime, InvalidConfig
-from agentrt_jupyter.batch import PRICES, ModelPrice
+from agentrt_jupyter import AgentRuntime, CostNotApproved, InvalidConfig
+from agentrt_jupyter.batch import PRICES, ModelPrice, explain
 from agentrt_jupyter.batch.explain import OperatorPlan, PlanStep
 from agentrt_jupyter.server.process import LocalServer
 
@@ -96,3 +97,67 @@ def test_a_step_scaled_to_a_share_keeps_its_model_and_price_per_call() -> None:
     assert escalated.usd == pytest.approx(0.5)
     plan = OperatorPlan("filter", (step, escalated), ("a note",))
     assert (plan.calls, plan.usd) == (125, pytest.approx(2.5))
+
+
+class AnsweringGate:
+    """A cost gate that answers `approve` and records each plan it was asked about."""
+
+    def __init__(self, threshold: float, approve: bool) -> None:
+        self.threshold = threshold
+        self.approve = approve
+        self.asked: list[tuple[str, OperatorPlan]] = []
+
+    def ask(self, plan: OperatorPlan) -> bool:
+        self.asked.append(("blocking", plan))
+        return self.approve
+
+    async def aask(self, plan: OperatorPlan) -> bool:
+        self.asked.append(("awaiting", plan))
+        return self.approve
+
+
+@pytest.fixture
+def gate_finder() -> Iterator[Callable[[AnsweringGate | None], None]]:
+    """Install a gate for the test (the notebook's is restored after)."""
+    saved = explain._gate_finder
+
+    def install(gate: AnsweringGate | None) -> None:
+        explain.set_cost_gate(lambda: gate)
+
+    yield install
+    explain.set_cost_gate(saved)
+
+
+def test_a_plan_over_the_threshold_is_asked_about_and_a_refusal_sends_nothing(
+    rt: AgentRuntime, server: LocalServer, tag: str, gate_finder: Callable[..., None]
+) -> None:
+    refusing = AnsweringGate(threshold=0.0, approve=False)
+    gate_finder(refusing)
+
+    with pytest.raises(CostNotApproved, match="map was not approved") as refused:
+        rt.map(texts(tag, 3), "{text}")
+    with pytest.raises(CostNotApproved, match="filter was not approved"):
+        asyncio.run(rt.aio.filter(texts(tag, 3), "{text}"))
+
+    assert [(how, plan.operator, plan.calls) for how, plan in refusing.asked] == [
+        ("blocking", "map", 3),
+        ("awaiting", "filter", 3),
+    ]
+    assert refused.value.threshold == 0.0 and refused.value.usd is not None
+    assert requests_with(server, tag) == []
+
+
+def test_an_approved_plan_runs_and_one_under_the_threshold_is_not_asked_about(
+    rt: AgentRuntime, server: LocalServer, tag: str, gate_finder: Callable[..., None]
+) -> None:
+    approving = AnsweringGate(threshold=0.0, approve=True)
+    gate_finder(approving)
+    assert (rt.map(texts(tag, 2), "{text}")["status"] == "ok").all()
+    assert len(approving.asked) == 1 and len(requests_with(server, tag)) == 2
+
+    generous = AnsweringGate(threshold=1_000.0, approve=False)
+    gate_finder(generous)
+    assert len(rt.map(texts(tag, 3), "{text}")) == 3
+    unknown = rt.map(texts(tag, 1), "{text}", model="no-such-model-priced", progress=False)
+    assert len(unknown) == 1  # no price known: nothing to compare, so nothing is asked
+    assert generous.asked == []

@@ -9,10 +9,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from IPython.core.error import UsageError
+from IPython.core.error import StdinNotImplementedError, UsageError
 
+from agentrt_jupyter.batch.explain import OperatorPlan, PlanStep
 from agentrt_jupyter.errors import CostNotApproved
-from agentrt_jupyter.notebook.costgate import kernel_cost_gate
+from agentrt_jupyter.notebook.costgate import CellCostGate, kernel_cost_gate
 from agentrt_jupyter.notebook.extension import loaded_magics
 from agentrt_jupyter.server.process import LocalServer
 from tests.conftest import requests_with
@@ -189,3 +190,61 @@ def test_the_cost_threshold_is_a_setting(ip: Any) -> None:
         assert magics.confirm_cost is None
     finally:
         ip.run_line_magic("config", "AgentMagics.confirm_cost = 1.0")
+
+
+@pytest.mark.kernel
+def test_the_cancel_button_of_a_filter_cell_keeps_the_finished_rows(
+    kernel: Kernel, server: LocalServer, tag: str
+) -> None:
+    made = kernel.run(
+        "%config AgentMagics.confirm_cost = None\n"
+        "slow = reviews.copy()\n"
+        "slow.loc['c', 'script'] = '@@fault hang'"
+    )
+    assert made.ok, made.error
+    try:
+        msg_id = kernel.submit(
+            f"%%agent --filter slow --out kept\n{tag} [row] {{text}}\n{{script}}"
+        )
+        for text in ("late parcel", "lovely"):
+            server.wait_for_request(server.wait_for_tagged(f"{tag} [row] {text}", 30)["id"], 30)
+        server.wait_for_tagged(f"{tag} [row] lost box", 30)
+        kernel.click(button(kernel, msg_id, "Cancel"))
+        reply = kernel.wait_idle(msg_id)
+    finally:
+        assert kernel.run("%config AgentMagics.confirm_cost = 1e-9").ok
+
+    assert reply["content"]["status"] == "ok"
+    assert kernel.value("list(kept.index)") == ["a"]
+    assert kernel.value("[(l, s) for l, s, _ in kept.attrs['agentrt'].unanswered]") == [
+        ("c", "cancelled")
+    ]
+
+
+@pytest.mark.parametrize(("typed", "approved"), [("y", True), (" YES ", True), ("", False)])
+def test_a_blocking_question_is_answered_on_stdin(
+    monkeypatch: pytest.MonkeyPatch, typed: str, approved: bool
+) -> None:
+    asked: list[str] = []
+    monkeypatch.setattr("builtins.input", lambda question: asked.append(question) or typed)
+    plan = OperatorPlan("filter", (PlanStep("ask", "m", 10, 0, 100, 10, 2.5),))
+
+    assert CellCostGate(1.0).ask(plan) is approved
+    (question,) = asked
+    assert question.startswith("filter plan: 10 calls")
+    assert "~$2.5000, passes AgentMagics.confirm_cost=$1" in question
+
+
+def test_a_kernel_without_stdin_counts_as_a_refusal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def no_stdin(_question: str) -> str:
+        raise StdinNotImplementedError(
+            "raw_input was called, but this frontend does not support input requests."
+        )
+
+    monkeypatch.setattr("builtins.input", no_stdin)
+    plan = OperatorPlan("map", (PlanStep("map", "m", 1, 0, 1, 1, 5.0),))
+
+    assert CellCostGate(1.0).ask(plan) is False
+    assert "takes no typed answer (StdinNotImplementedError)" in capsys.readouterr().err

@@ -331,3 +331,33 @@ def test_the_accessor_and_the_aio_twin_run_the_operators(rt: AgentRuntime, tag: 
     assert list(mask) == [True, False]
     labels = asyncio.run(frame.agentrt.aclassify("{review}", labels=["x"], runtime=rt))
     assert labels.isna().all()  # the replies are filter answers, not labels
+
+
+def test_filter_runs_on_the_batch_api_too(rt: AgentRuntime, server: LocalServer, tag: str) -> None:
+    frame = scripted(tag, [{"match": True}, {"match": False}])
+
+    kept = rt.filter(frame, "{review}", mode="batch", progress=False)
+
+    assert list(kept.index) == ["r0"]
+    assert kept.attrs["agentrt"].progress.mode == "batch"
+
+
+def test_an_extract_cascade_merges_the_strong_model_s_typed_values(
+    rt: AgentRuntime, tag: str
+) -> None:
+    frame = scripted(
+        tag,
+        [
+            {"product": "kettle", "quantity": 2, "urgent": True, "confidence": 0.9},
+            {"product": "lamp", "quantity": 1, "urgent": False},  # no confidence: escalated
+        ],
+    )
+
+    columns = rt.extract(
+        frame, "{review}", schema=Order, model="gemini-2.5-flash-lite", escalate_to="gemini-2.5-pro"
+    )
+
+    assert list(columns.columns) == ["product", "quantity", "urgent"]
+    assert columns.dtypes.astype(str).tolist() == ["string", "Int64", "boolean"]
+    assert columns.loc["r1"].tolist() == ["lamp", 1, False]
+    assert columns.attrs["agentrt"].escalation.rows == 1

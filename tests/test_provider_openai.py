@@ -30,6 +30,7 @@ from agentrt_jupyter.backends.openai import (
     retry_after,
 )
 from agentrt_jupyter.content import blob, image, pdf
+from agentrt_jupyter.notebook.display import short_message
 from agentrt_jupyter.server.process import LocalServer
 
 from .conftest import requests_with, runtime_config, wait_finished, wait_for_tagged
@@ -290,16 +291,22 @@ def test_a_429_with_retry_after_waits_then_succeeds_one_ledger_row_per_request(
     assert second["received"] - first["received"] >= 0.3
 
 
-def test_insufficient_quota_fails_at_once(
+def test_insufficient_quota_is_a_billing_refusal_that_fails_at_once_with_advice(
     runtime: AgentRuntime, server: LocalServer, tag: str
 ) -> None:
     agent = runtime.create_agent(model=MODEL)
     with pytest.raises(QuotaExceeded) as caught:
         agent.chat(f"@@fault 429 day\n{tag}").text(timeout=20)
 
-    assert (caught.value.scope, caught.value.quota_id) == ("day", "insufficient_quota")
+    assert (caught.value.scope, caught.value.quota_id) == ("billing", "insufficient_quota")
+    assert "add credit or check the billing settings at the provider" in str(caught.value)
+    assert "You exceeded your current quota" in str(caught.value)
+    assert short_message(caught.value) == (
+        "the provider refused for billing (insufficient_quota): add credit or check the "
+        "billing settings at the provider"
+    )
     assert len(requests_with(server, tag)) == 1
-    assert [e.status for e in agent.ledger()] == ["rate-limited"]
+    assert [e.status for e in agent.ledger()] == ["error"]
 
 
 def test_a_503_is_retried_then_succeeds(

@@ -4,7 +4,7 @@ The run holds what every way of answering rows shares: the rows' prompts, their 
 (`outcomes`), the results table (`records`), the rate controller (`controller`), the
 listeners and the run's state. How the rows are answered is a function given to it:
 `live.answer_live` (one request per row, here and now) or `remote.answer_in_batch` (the
-Gemini Batch API). Both use only the public interface below the "On the runtime loop" line.
+provider's Batch API). Both use only the public interface below the "On the runtime loop" line.
 
 Cancel (`run.cancel()`, the widget's button, `cancel_maps`, Ctrl-C / kernel interrupt in
 `result()` and `aresult()`) starts no more rows and calls the cancel callbacks (the live

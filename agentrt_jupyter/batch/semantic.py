@@ -18,8 +18,9 @@ the map run's final progress).
 
 Cascades: with `escalate_to="strong-model"`, the rows are asked of `model` (the cheap
 one) with a `confidence` field (0 to 1) added to the reply; rows answered below
-`threshold`, or not answered in the form asked, are asked again of the strong model, and
-its answers replace the cheap ones. The summary's `escalation` says how many rows went
+`threshold`, and rows the cheap model failed (a reply not in the form asked, an error),
+are asked again of the strong model, and its answers replace the cheap ones (a row the
+strong model fails keeps the cheap answer). The summary's `escalation` says how many rows went
 up and what the cascade saved against the strong model on every row. (Logprobs would be
 the better signal where a provider gives them; the runtime does not return them yet.)
 """
