@@ -19,7 +19,7 @@ import pytest
 
 from agentrt_jupyter import AgentRuntime, FakeBackend, OperatorStopped, RuntimeConfig
 from agentrt_jupyter.backends.base import ModelRequest
-from agentrt_jupyter.batch import cancel_maps, explain
+from agentrt_jupyter.batch import BatchProgress, cancel_maps, explain
 from agentrt_jupyter.batch.explain import OperatorPlan
 from agentrt_jupyter.batch.topk import FIELD, default_max_calls, topk_rounds
 from agentrt_jupyter.content import TextPart
@@ -278,3 +278,14 @@ def test_answers_that_contradict_each_other_still_give_k_distinct_rows() -> None
 
     assert len(positions) == len(set(positions)) == 5
     assert asked <= default_max_calls(13, 5)
+
+
+def test_a_progress_listener_hears_every_round_however_small(
+    judged: tuple[AgentRuntime, FakeBackend],
+) -> None:
+    runtime, _ = judged
+    heard: list[BatchProgress] = []
+
+    runtime.topk(shuffled_urgencies(16), "most urgent", k=2, by="{text}", progress=heard.append)
+
+    assert {8, 4, 2, 1} <= {snapshot.total for snapshot in heard}

@@ -34,13 +34,15 @@ from ..runtime import AgentRuntime
 from .engine import explain_map, start_map
 from .explain import OperatorPlan, PlanStep, aconfirm, confirm, cost_gate
 from .plan import plan_map
-from .progress import show
+from .progress import Listener, show
 
 PROMPT = "prompt"
 """The one column of a round's frame; the round's template is `{prompt}`."""
 T = TypeVar("T")
 
 
+SHOWN_ROUND_ROWS = 20
+"""Rounds smaller than this show no widget or bar of their own (see `Driver.progress_of`)."""
 YES_NO_TOKENS = 8
 """About the tokens of a one-field JSON reply (a yes/no), for plans."""
 
@@ -111,13 +113,21 @@ class Driver:
         self.runtime = runtime
         self.summary = RoundsSummary(name, details=dict(details or {}))
         self.embedding_model: str | None = options.pop("embedding_model", None)
-        self.progress = options.pop("progress", None)
+        self.progress: bool | Listener | None = options.pop("progress", None)
         self._budget_tokens = _budget(options.pop("budget_tokens", None), "budget_tokens")
         self._budget_usd = _budget(options.pop("budget_usd", None), "budget_usd")
         for name_ in ("schema", "explain", "dry_run"):
             if name_ in options:
                 raise InvalidConfig(f"{name} sets its own {name_}", field=name_)
         self.options = options
+
+    def progress_of(self, ask: Ask) -> bool | Listener | None:
+        """How a round shows its progress: a listener hears every round; a widget or bar
+        is shown for rounds of `SHOWN_ROUND_ROWS` rows or more (a topk makes dozens of
+        rounds of a few rows: Ctrl-C and `%agent cancel` still stop those)."""
+        if callable(self.progress) or self.progress is False:
+            return self.progress
+        return self.progress if len(ask.prompts) >= SHOWN_ROUND_ROWS else False
 
     def round_options(self, ask: Ask) -> dict[str, Any]:
         """The map options of one round: the caller's, with the budgets left."""
@@ -204,7 +214,7 @@ def drive(
                 run = start_map(
                     runtime, driver.frame(need), "{prompt}", **driver.round_options(need)
                 )
-                show(run, driver.progress)
+                show(run, driver.progress_of(need))
                 answer = driver.answered(need, run.result())
     except StopIteration as stop:
         value: T = stop.value
@@ -234,7 +244,7 @@ async def adrive(
                 run = start_map(
                     runtime, driver.frame(need), "{prompt}", **driver.round_options(need)
                 )
-                show(run, driver.progress)
+                show(run, driver.progress_of(need))
                 answer = driver.answered(need, await run.aresult())
     except StopIteration as stop:
         value: T = stop.value
