@@ -102,13 +102,13 @@ async def embed_texts(
     keys = {text: _key(label, chosen, text) for text in texts}
     found: dict[str, list[float]] = {}
     for text, key in keys.items():
-        cached = registry.recorder.cached(key)
-        if cached is not None:
-            found[text] = _unpacked(cast(TextPart, cached.parts[0]).text)
+        vector = _kept(registry, key)
+        if vector is not None:
+            found[text] = vector
     missing = [text for text in keys if text not in found]
     cached_count = len(keys) - len(missing)
     batches = [missing[i : i + TEXTS_PER_CALL] for i in range(0, len(missing), TEXTS_PER_CALL)]
-    tokens = 0
+    tokens = [0]
     if batches:
         backend = await registry.backend_for(config)
         if not callable(getattr(backend, "embed", None)):
@@ -116,22 +116,37 @@ async def embed_texts(
         caller = _Caller(registry, cast(EmbeddingBackend, backend), chosen)
         gate = asyncio.Semaphore(CALLS_AT_ONCE)
 
-        async def one(batch: list[str]) -> Embeddings:
+        async def one(batch: list[str]) -> None:
+            """One call; its vectors are kept at once (a cancel or a failed call elsewhere
+            loses none of them)."""
             async with gate:
-                return await caller.call(batch)
-
-        results = await asyncio.gather(*(one(batch) for batch in batches))
-        for batch, result in zip(batches, results, strict=True):
-            tokens += result.tokens or 0
-            usage = Usage(prompt_tokens=result.tokens or 0, total_tokens=result.tokens or 0)
+                result = await caller.call(batch)
+            tokens[0] += result.tokens or 0
             for text, vector in zip(batch, result.vectors, strict=True):
                 packed = _packed(vector)
                 found[text] = _unpacked(packed)
-                reply = CachedReply((TextPart(packed),), usage, None, chosen)
-                registry.recorder.cache(keys[text], reply, None)
-    return EmbeddedTexts(
-        [found[text] for text in texts], chosen, len(batches), cached_count, tokens
-    )
+                kept = CachedReply((TextPart(packed),), Usage(), None, chosen)
+                registry.recorder.cache(keys[text], kept, None)
+
+        calls = [asyncio.ensure_future(one(batch)) for batch in batches]
+        try:
+            await asyncio.gather(*calls)
+        finally:
+            for call in calls:  # the others stop when one fails
+                call.cancel()
+    vectors = [found[text] for text in texts]
+    return EmbeddedTexts(vectors, chosen, len(batches), cached_count, tokens[0])
+
+
+def _kept(registry: AgentRegistry, key: str) -> list[float] | None:
+    """The vector kept under `key`, if any (anything else there is not one)."""
+    cached = registry.recorder.cached(key)
+    if cached is None or not cached.parts or not isinstance(cached.parts[0], TextPart):
+        return None
+    try:
+        return _unpacked(cached.parts[0].text)
+    except (ValueError, struct.error):
+        return None
 
 
 def _packed(vector: list[float]) -> str:

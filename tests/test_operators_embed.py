@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from agentrt_jupyter import AgentRuntime, InvalidConfig, RuntimeConfig
+from agentrt_jupyter import AgentRuntime, BackendError, FakeBackend, InvalidConfig, RuntimeConfig
 from agentrt_jupyter.backends.openai import OpenAIBackend
 from agentrt_jupyter.server.engines.vectors import hashed_vector
 from agentrt_jupyter.server.process import LocalServer
@@ -181,3 +181,23 @@ def test_the_offline_default_embeds_with_the_embedded_model() -> None:
 
     assert list(found.index) == [0]
     assert found.attrs["agentrt"].embed_calls == 1
+
+
+def test_a_failed_embedding_call_keeps_the_vectors_of_the_calls_that_succeeded() -> None:
+    def embedder(texts: list[str]) -> list[list[float]]:
+        if "refused" in texts:
+            raise BackendError("400 INVALID_ARGUMENT: refused", code=400)
+        return [hashed_vector(text) for text in texts]
+
+    fake = FakeBackend(lambda request: "unused", embedder=embedder)
+    texts = [f"text {n}" for n in range(100)] + ["refused"]
+    with AgentRuntime(
+        RuntimeConfig(store_path=None, api_key="k"), backend_factory=lambda e: fake
+    ) as runtime:
+        with pytest.raises(BackendError, match="refused"):
+            runtime.embed_texts(texts)
+        again = runtime.embed_texts(texts[:100])
+        rows = [entry.status for entry in runtime.ledger() if entry.agent == "embed"]
+
+    assert (again.calls, again.cached) == (0, 100)
+    assert sorted(rows) == ["error", "ok"]
