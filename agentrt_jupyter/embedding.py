@@ -205,9 +205,11 @@ class _Caller:
                     ) from None
                 continue
             except BackendError as exc:
-                self._row(wall, started, "error", Usage(), waited, str(exc))
                 failures += 1
-                if exc.code not in RETRIED_STATUS_CODES or failures >= config.http_retry_attempts:
+                retried = exc.code in RETRIED_STATUS_CODES or exc.status == "UNAVAILABLE"
+                last = not retried or failures >= config.http_retry_attempts
+                self._row(wall, started, "error" if last else "retried", Usage(), waited, str(exc))
+                if last:
                     raise
                 await asyncio.sleep(
                     min(MAX_RETRY_PAUSE, 0.5 * 2**failures) * random.uniform(1, 1.2)

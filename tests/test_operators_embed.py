@@ -12,7 +12,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from agentrt_jupyter import AgentRuntime, BackendError, FakeBackend, InvalidConfig, RuntimeConfig
+from agentrt_jupyter import (
+    AgentRuntime,
+    BackendError,
+    FakeBackend,
+    InvalidConfig,
+    QuotaExceeded,
+    RuntimeConfig,
+)
 from agentrt_jupyter.backends.openai import OpenAIBackend
 from agentrt_jupyter.server.engines.vectors import hashed_vector
 from agentrt_jupyter.server.process import LocalServer
@@ -201,3 +208,30 @@ def test_a_failed_embedding_call_keeps_the_vectors_of_the_calls_that_succeeded()
 
     assert (again.calls, again.cached) == (0, 100)
     assert sorted(rows) == ["error", "ok"]
+
+
+@pytest.mark.parametrize(
+    ("fault", "statuses"),
+    [("429 minute 0.2s", ["rate-limited", "ok"]), ("503", ["retried", "ok"])],
+)
+def test_embedding_calls_wait_out_a_rate_limit_and_retry_a_5xx(
+    rt: AgentRuntime, server: LocalServer, tag: str, fault: str, statuses: list[str]
+) -> None:
+    server.push_faults(fault, match=tag)
+
+    found = rt.embed_texts([f"{tag} once"])
+
+    assert found.calls == 1 and len(found.vectors[0]) == 256
+    assert [e.status for e in rt.ledger() if e.agent == "embed"] == statuses
+    assert [r["status"] for r in requests_with(server, tag)] == [int(fault[:3]), 200]
+
+
+def test_a_per_day_quota_on_embeddings_fails_at_once(
+    rt: AgentRuntime, server: LocalServer, tag: str
+) -> None:
+    server.push_faults("429 day", match=tag)
+
+    with pytest.raises(QuotaExceeded) as caught:
+        rt.embed_texts([f"{tag} once"])
+
+    assert caught.value.scope == "day" and len(requests_with(server, tag)) == 1

@@ -3,8 +3,9 @@ control API.
 
 Model routes speak Gemini's REST API (`/v1/...` and `/v1beta/...`), OpenAI's Chat
 Completions (`/v1/chat/completions`) and Anthropic's Messages (`/v1/messages`), and
-embeddings (Gemini's `:embedContent` / `:batchEmbedContents`, OpenAI's `/v1/embeddings`,
-kind `embed` in the request log) from engines that embed; `GET
+embeddings (Gemini's `:embedContent` / `:batchEmbedContents`, where queued faults that
+act before the headers apply too; OpenAI's `/v1/embeddings`; kind `embed` in the request
+log) from engines that embed; `GET
 /v1/models` answers in the format of the SDK that asks. `wire/` holds the formats. All
 need the per-process token as the API key, each as its provider takes it; a request with
 a wrong key is refused before its body is read. Control
@@ -645,6 +646,12 @@ class ServerState:
             body = _parse_json(raw)
             self.log.keep_body(record, raw, body)
             asked = embeddings.gemini_single(body) if single else embeddings.gemini_batch(body)
+            fault = self.faults.take("\n".join(asked.texts))
+            plan = fault.plan(model, stream=False) if fault else NO_FAULT
+            if plan.before_headers is not None:  # a status, a drop, a hang; no stream to cut
+                record["fault"] = fault.spec if fault else None
+                target = GenerateRequest(model, [], stream=False)
+                return await self._before_headers(request, record, target, plan.before_headers)
             embedded = await self._embed(asked)
         except _Refusal as refusal:
             return await self._refuse(request, record, refusal)
