@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -172,3 +173,27 @@ def test_a_second_dedupe_sends_nothing(rt: AgentRuntime, server: LocalServer, ta
 
     assert list(first) == list(again) == [0, 1, 2, 3, 4]
     assert sent > 1 and len(requests_with(server, tag)) == sent
+
+
+EMPTY = pd.DataFrame({"text": pd.Series([], dtype=object)})
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda rt: rt.embed(EMPTY, "{text}"),
+        lambda rt: rt.topk(EMPTY, "best", k=3, by="{text}"),
+        lambda rt: rt.join(EMPTY, EMPTY, "{left.text} is {right.text}"),
+        lambda rt: rt.search(EMPTY, "query", on="{text}"),
+        lambda rt: rt.agg(EMPTY, "Summarise"),
+        lambda rt: rt.dedupe(EMPTY, "{text}"),
+    ],
+    ids=["embed", "topk", "join", "search", "agg", "dedupe"],
+)
+def test_an_empty_frame_gives_an_empty_result_and_asks_nothing(
+    judged: tuple[AgentRuntime, FakeBackend], call: Any
+) -> None:
+    runtime, fake = judged
+
+    assert len(call(runtime)) == 0
+    assert fake.requests == [] and fake.embedded == []

@@ -187,7 +187,7 @@ def _groups(
     template = on if on is not None else _every_column(frame, names)
     texts = row_texts(runtime, frame, template, "on")
     if not names:
-        return [_Group(0, texts)], []
+        return ([_Group(0, texts)] if texts else []), []
     positions = frame.reset_index(drop=True).groupby(names, sort=True, dropna=False).indices
     groups = []
     for key, rows in positions.items():

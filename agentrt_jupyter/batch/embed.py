@@ -51,7 +51,9 @@ async def aembed(
 
 def vectors(found: EmbeddedTexts) -> np.ndarray:
     """The vectors as one float32 matrix, a row per text."""
-    return np.asarray(found.vectors, dtype=np.float32).reshape(len(found.vectors), -1)
+    if not found.vectors:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.asarray(found.vectors, dtype=np.float32)
 
 
 def _prepare(

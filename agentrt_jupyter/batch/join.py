@@ -420,9 +420,9 @@ async def asim_join(
 def search_rounds(
     frame: pd.DataFrame, texts: list[str], query: str, k: int
 ) -> Rounds[pd.DataFrame]:
-    found = yield Embed([query, *texts])
     if not len(frame):
         return frame.assign(similarity=pd.array([], dtype="Float64"))
+    found = yield Embed([query, *texts])
     positions, scores = nearest(found[:1], found[1:], k)
     result = frame.iloc[positions[0]].copy()
     result.attrs = {}
