@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from agentrt_jupyter import AgentRuntime, FakeBackend, RuntimeConfig
+from agentrt_jupyter import AgentRuntime, BackendError, FakeBackend, RuntimeConfig
 from agentrt_jupyter.backends.base import ModelRequest
 from agentrt_jupyter.batch.dedupe import UnionFind
 from agentrt_jupyter.content import TextPart
@@ -197,3 +197,23 @@ def test_an_empty_frame_gives_an_empty_result_and_asks_nothing(
 
     assert len(call(runtime)) == 0
     assert fake.requests == [] and fake.embedded == []
+
+
+def test_a_part_that_fails_is_left_out_of_the_fold_and_said_in_error() -> None:
+    def judge(request: ModelRequest) -> str:
+        text = prompt_of(request)
+        if "late parcel number 7 " in text and "combine these" not in text:
+            raise BackendError("400 INVALID_ARGUMENT: this part is refused", code=400)
+        return counting_judge(request)
+
+    fake = FakeBackend(judge)
+    config = RuntimeConfig(store_path=None, api_key="k")
+    with AgentRuntime(config, backend_factory=lambda e: fake) as runtime:
+        result = runtime.agg(
+            reviews().head(20), "Count", on="{review}", context_chars=150, progress=False
+        )
+
+    (reply,) = result["reply"]
+    (error,) = result["error"]
+    assert reply.startswith("rows: ") and int(reply.split()[-1]) < 20
+    assert error.startswith("1 of ") and "failed at level 1: " in error and "refused" in error

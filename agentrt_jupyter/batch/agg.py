@@ -9,9 +9,10 @@ run over the parts of all groups at that level), so the cache, resume, budgets a
 of map apply to each part.
 
 The result has one row per group (index: the group's key) with `reply`, `rows` (the
-group's size), `levels` (1: no fold) and `calls`; `attrs["agentrt"].details["fold"]` has,
-per group, the number of parts at each level (e.g. `[12, 2, 1]`: 12 parts, their 12
-answers combined in 2 calls, those 2 in 1).
+group's size), `levels` (1: no fold), `calls` and `error` (why there is no reply, or which
+parts of a fold failed: their rows are missing from the answer).
+`attrs["agentrt"].details["fold"]` has, per group, the number of parts at each level (e.g.
+`[12, 2, 1]`: 12 parts, their 12 answers combined in 2 calls, those 2 in 1).
 """
 
 from __future__ import annotations
@@ -116,13 +117,18 @@ class _Group:
         ]
 
     def answered(self, replies: list[str | None], errors: list[str | None]) -> None:
+        """One level's replies: the last level's is the answer; a part that failed is left
+        out of the next level, and said in `error` (the answer then misses its rows)."""
         self.fold.append(len(replies))
         self.calls += len(replies)
         self.level += 1
         kept = [reply for reply in replies if reply is not None]
-        if len(replies) == 1 or not kept:
-            self.reply = replies[0] if len(replies) == 1 else None
-            self.error = next((e for e in errors if e), None) if self.reply is None else None
+        failed = len(replies) - len(kept)
+        if failed:
+            first = next((e for e in errors if e), "no reply")
+            self.error = f"{failed} of {len(replies)} parts failed at level {self.level}: {first}"
+        if len(kept) <= 1:
+            self.reply = kept[0] if kept else None
             self.pending = []
         else:
             self.pending = kept
