@@ -91,18 +91,21 @@ def embedding_model(registry: AgentRegistry, model: str | None) -> str:
 
 
 async def embed_texts(
-    registry: AgentRegistry, texts: Sequence[str], model: str | None = None
+    registry: AgentRegistry, texts: Sequence[str], model: str | None = None, refresh: bool = False
 ) -> EmbeddedTexts:
-    """Vectors for `texts` (on the runtime loop); see the module docstring."""
+    """Vectors for `texts` (on the runtime loop); see the module docstring. `refresh` asks
+    the model again for every text (and keeps the new vectors)."""
     if isinstance(texts, str) or not all(isinstance(text, str) for text in texts):
         raise InvalidConfig("must be a list of strings", field="texts")
+    if not isinstance(refresh, bool):
+        raise InvalidConfig("must be True or False", field="refresh")
     chosen = embedding_model(registry, model)
     config = AgentConfig(model=chosen)
     label = registry.endpoint_label(config)
     keys = {text: _key(label, chosen, text) for text in texts}
     found: dict[str, list[float]] = {}
     for text, key in keys.items():
-        vector = _kept(registry, key)
+        vector = None if refresh else _kept(registry, key)
         if vector is not None:
             found[text] = vector
     missing = [text for text in keys if text not in found]

@@ -409,9 +409,11 @@ class AsyncAgentRuntime:
         Batch mode). Its methods run on the runtime loop."""
         return await self._portal.acall(self._core.backend_for, config or AgentConfig())
 
-    async def embed_texts(self, texts: Sequence[str], *, model: str | None = None) -> EmbeddedTexts:
+    async def embed_texts(
+        self, texts: Sequence[str], *, model: str | None = None, refresh: bool = False
+    ) -> EmbeddedTexts:
         """`runtime.embed_texts` for an event loop."""
-        return await self._portal.acall(embed_texts, self._core, list(texts), model)
+        return await self._portal.acall(embed_texts, self._core, list(texts), model, refresh)
 
     async def map(self, frame: Any, template: str, **options: Any) -> Any:
         """`runtime.map` for an event loop; see `agentrt_jupyter.batch.engine.start_map`."""
@@ -838,10 +840,12 @@ class AgentRuntime:
         quota-aware, resumable, budgeted; see `agentrt_jupyter.batch.engine.start_map`."""
         return operator("map").run(self, frame, template, **options)
 
-    def embed_texts(self, texts: Sequence[str], *, model: str | None = None) -> EmbeddedTexts:
+    def embed_texts(
+        self, texts: Sequence[str], *, model: str | None = None, refresh: bool = False
+    ) -> EmbeddedTexts:
         """Embedding vectors for `texts` (cached per text, a ledger row per call); see
         `agentrt_jupyter.embedding`."""
-        return self._portal.call(embed_texts, self._core, list(texts), model)
+        return self._portal.call(embed_texts, self._core, list(texts), model, refresh)
 
     def embed(self, frame: Any, template: str, **options: Any) -> Any:
         """A Series of embedding vectors, one per row of `template` filled from `frame`;

@@ -66,6 +66,8 @@ def test_embedding_the_same_texts_again_makes_no_request(
     assert again.vectors == list(reversed(first.vectors))
     assert len(requests_with(server, tag)) == 1
     assert len([e for e in rt.ledger() if e.agent == "embed"]) == 1
+    fresh = rt.embed_texts(texts, refresh=True)
+    assert (fresh.calls, fresh.cached) == (1, 0) and len(requests_with(server, tag)) == 2
 
 
 def test_many_texts_go_a_hundred_a_call(rt: AgentRuntime, server: LocalServer, tag: str) -> None:

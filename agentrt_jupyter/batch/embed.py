@@ -30,12 +30,14 @@ NAME = "embedding"
 def embed(runtime: AgentRuntime, frame: pd.DataFrame, template: str, /, **options: Any) -> Any:
     """A Series of vectors, one per row of `frame` (`template` as map's); `model=` the
     embedding model (default: the provider's, see `agentrt_jupyter.embedding`);
-    `explain=True` returns the plan instead."""
+    `refresh=True` embeds again what the cache holds; `explain=True` returns the plan
+    instead."""
     checked, texts, model = _prepare(runtime, frame, template, options)
     if pop_explain(options):
         return _explain(texts, model)
+    refresh = options.pop("refresh", False)
     _no_more(options)
-    return _series(frame, checked.embed_texts(texts, model=model))
+    return _series(frame, checked.embed_texts(texts, model=model, refresh=refresh))
 
 
 async def aembed(
@@ -45,8 +47,9 @@ async def aembed(
     checked, texts, model = _prepare(runtime, frame, template, options)
     if pop_explain(options):
         return _explain(texts, model)
+    refresh = options.pop("refresh", False)
     _no_more(options)
-    return _series(frame, await checked.aio.embed_texts(texts, model=model))
+    return _series(frame, await checked.aio.embed_texts(texts, model=model, refresh=refresh))
 
 
 def vectors(found: EmbeddedTexts) -> np.ndarray:

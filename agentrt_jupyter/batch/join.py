@@ -320,14 +320,15 @@ def _explain(runtime: AgentRuntime, plan: _JoinPlan, options: dict[str, Any]) ->
 
 
 def embedding_only(options: dict[str, Any]) -> dict[str, Any]:
-    """The options of an operator by embeddings alone: `model=` is the embedding model;
-    `InvalidConfig` for any other but `progress`."""
+    """The options of an operator by embeddings alone: `model=` is the embedding model,
+    `refresh=True` embeds again; `InvalidConfig` for any other but `progress`."""
     model = options.pop("model", options.pop("embedding_model", None))
+    refresh = options.pop("refresh", False)
     options.pop("progress", None)
     if options:
         name = next(iter(options))
         raise InvalidConfig(f"takes model= (the embedding model), not {name}=", field=name)
-    return {"embedding_model": model}
+    return {"embedding_model": model, "refresh": refresh}
 
 
 def sim_join_rounds(

@@ -121,6 +121,11 @@ class Driver:
                 raise InvalidConfig(f"{name} sets its own {name_}", field=name_)
         self.options = options
 
+    @property
+    def embed_options(self) -> dict[str, Any]:
+        """`embed_texts`'s options: `embedding_model=`, and map's `refresh`."""
+        return {"model": self.embedding_model, "refresh": self.options.get("refresh", False)}
+
     def progress_of(self, ask: Ask) -> bool | Listener | None:
         """How a round shows its progress: a listener hears every round; a widget or bar
         is shown for rounds of `SHOWN_ROUND_ROWS` rows or more (a topk makes dozens of
@@ -208,7 +213,7 @@ def drive(
         while True:
             need = rounds.send(answer)
             if isinstance(need, Embed):
-                found = runtime.embed_texts(need.texts, model=driver.embedding_model)
+                found = runtime.embed_texts(need.texts, **driver.embed_options)
                 answer = driver.embedded(need.texts, found)
             else:
                 run = start_map(
@@ -238,7 +243,7 @@ async def adrive(
         while True:
             need = rounds.send(answer)
             if isinstance(need, Embed):
-                found = await runtime.aio.embed_texts(need.texts, model=driver.embedding_model)
+                found = await runtime.aio.embed_texts(need.texts, **driver.embed_options)
                 answer = driver.embedded(need.texts, found)
             else:
                 run = start_map(
