@@ -15,7 +15,7 @@ from agentrt_jupyter.backends.base import ModelRequest
 from agentrt_jupyter.content import TextPart
 from agentrt_jupyter.server.process import LocalServer
 
-from .conftest import requests_with
+from .conftest import requests_with, runtime_config
 
 pytestmark = pytest.mark.timeout(60)
 STATEMENT = re.compile(r"hold\? (.*) is the same item as (.*)\n")
@@ -145,3 +145,17 @@ def test_a_round_whose_every_row_fails_stops_the_operator(rt: AgentRuntime, tag:
 
     with pytest.raises(OperatorStopped, match="every row of its match round failed"):
         rt.join(left, right, not_json, candidates=1, progress=False)
+
+
+def test_a_join_in_batch_mode_sends_its_pairs_as_one_batch_job() -> None:
+    with LocalServer.start("scripted") as own:
+        own.set_batch_delay(0.1)
+        with AgentRuntime(runtime_config(own)) as runtime:
+            left = pd.DataFrame({"product": [f"apple {i}" for i in range(4)]})
+            right = pd.DataFrame({"name": [f"apple {i} item" for i in range(4)]})
+            template = TEMPLATE + '\n@@reply {{"match": true}}'
+            pairs = runtime.join(left, right, template, candidates=1, mode="batch", progress=False)
+        kinds = [r["kind"] for r in own.requests()]
+
+    assert len(pairs) == 4 and pairs.attrs["agentrt"].calls == 4
+    assert kinds.count("batch_create") == 1 and "generate" not in kinds and "stream" not in kinds
