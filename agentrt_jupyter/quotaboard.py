@@ -28,9 +28,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 log = logging.getLogger("agentrt_jupyter")
+T = TypeVar("T")
 
 SLOT_TTL = 60.0
 """Seconds a concurrency slot is held without a release: a killed kernel's slots free."""
@@ -166,7 +167,7 @@ class _Postgres:
         )
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        cursor = self._db.execute(sql.replace("?", "%s"), tuple(params))  # type: ignore[arg-type]
+        cursor = self._db.execute(sql.replace("?", "%s"), tuple(params))
         return list(cursor.fetchall()) if cursor.description is not None else []
 
     @contextlib.contextmanager
@@ -216,26 +217,25 @@ class QuotaBoard:
                     self._db.close()
                 self._db = None
 
-    @contextlib.contextmanager
-    def _using(self) -> Iterator[_Database | None]:
-        """The connection (None while the board is down); a fault inside is logged once,
-        closes the connection and leaves the board alone for `RETRY_AFTER` seconds."""
+    def _run(self, work: Callable[[_Database], T], default: T) -> T:
+        """`work` on the connection, or `default` while the board is down; a fault is
+        logged once, closes the connection and leaves the board alone `RETRY_AFTER` s."""
         with self._lock:
             if self._db is None and time.monotonic() < self._down_until:
-                yield None
-                return
+                return default
             try:
                 if self._db is None:
                     self._db = self._connect()
                     for statement in _SCHEMA:
                         self._db.execute(statement)
-                yield self._db
+                result = work(self._db)
             except Exception as exc:  # sqlite3, psycopg: any fault means "no board now"
                 self._fault(exc)
-            else:
-                if self._fault_logged:
-                    log.warning("quota board: reachable again; kernels share the key's quota")
-                    self._fault_logged = False
+                return default
+            if self._fault_logged:
+                log.warning("quota board: reachable again; kernels share the key's quota")
+                self._fault_logged = False
+            return result
 
     def _fault(self, exc: Exception) -> None:
         self.faults += 1
@@ -255,12 +255,12 @@ class QuotaBoard:
 
     def read(self, credential: str) -> SharedBlock | None:
         """The credential's episode as published (None: none, or the board is down)."""
-        with self._using() as db:
-            if db is None:
-                return None
+
+        def work(db: _Database) -> SharedBlock | None:
             rows = db.execute(_READ_BLOCK, (credential,))
             return _block(rows[0]) if rows else None
-        return None
+
+        return self._run(work, None)
 
     def publish_hit(
         self,
@@ -275,34 +275,22 @@ class QuotaBoard:
         """Publish a 429: the key's block lasts at least until `blocked_until`; joins the
         episode on the board if it is still on. The merged episode, or None."""
         now = self._clock()
-        with self._using() as db:
-            if db is None:
-                return None
+        values = (credential, blocked_until, episode_started, episodes, quota_id, scope, now, now)
+
+        def work(db: _Database) -> SharedBlock | None:
             with db.transaction(credential):
-                db.execute(
-                    _PUBLISH_HIT,
-                    (
-                        credential,
-                        blocked_until,
-                        episode_started,
-                        episodes,
-                        quota_id,
-                        scope,
-                        now,
-                        now,
-                    ),
-                )
+                db.execute(_PUBLISH_HIT, values)
                 rows = db.execute(_READ_BLOCK, (credential,))
             return _block(rows[0]) if rows else None
-        return None
+
+        return self._run(work, None)
 
     def take_start(self, credential: str, interval: float) -> float:
         """A start at the key's shared rate (one per `interval` s across kernels): 0.0 if
         this one may start now (it is counted), else the seconds until it may."""
         now = self._clock()
-        with self._using() as db:
-            if db is None:
-                return 0.0
+
+        def work(db: _Database) -> float:
             with db.transaction(credential):
                 db.execute(
                     "INSERT INTO quota_blocks (credential, blocked_until, episode_started, "
@@ -320,15 +308,15 @@ class QuotaBoard:
                     (max(now, next_start) + interval, credential),
                 )
             return 0.0
-        return 0.0
+
+        return self._run(work, 0.0)
 
     def acquire_slot(self, credential: str, holder: str, limit: int) -> bool | None:
         """Take one of the key's `limit` slots for `holder` (a row in flight), if fewer are
         held across kernels; None when the board is down (the caller decides alone)."""
         now = self._clock()
-        with self._using() as db:
-            if db is None:
-                return None
+
+        def work(db: _Database) -> bool:
             with db.transaction(credential):
                 db.execute(
                     "DELETE FROM quota_slots WHERE credential = ? AND expires <= ?",
@@ -345,70 +333,75 @@ class QuotaBoard:
                     (credential, holder, now + SLOT_TTL),
                 )
             return True
-        return None
+
+        return self._run(work, None)
 
     def release_slot(self, credential: str, holder: str) -> None:
-        with self._using() as db:
-            if db is not None:
-                db.execute(
-                    "DELETE FROM quota_slots WHERE credential = ? AND holder = ?",
-                    (credential, holder),
-                )
+        def work(db: _Database) -> None:
+            db.execute(
+                "DELETE FROM quota_slots WHERE credential = ? AND holder = ?", (credential, holder)
+            )
+
+        self._run(work, None)
 
     def slots_held(self, credential: str) -> int | None:
         """Slots held now across kernels (None when the board is down)."""
         now = self._clock()
-        with self._using() as db:
-            if db is None:
-                return None
+
+        def work(db: _Database) -> int:
             rows = db.execute(
                 "SELECT count(*) FROM quota_slots WHERE credential = ? AND expires > ?",
                 (credential, now),
             )
             return int(rows[0][0])
-        return None
+
+        return self._run(work, None)
 
     def add_tokens(self, credential: str, tokens: int) -> None:
         """Count tokens a call on the key used, for the shared `tpm` window."""
         now = self._clock()
-        with self._using() as db:
-            if db is not None:
-                db.execute(_ADD_TOKENS, (credential, int(now), tokens))
-                db.execute(
-                    "DELETE FROM quota_tokens WHERE credential = ? AND second < ?",
-                    (credential, int(now - MINUTE)),
-                )
+
+        def work(db: _Database) -> None:
+            db.execute(_ADD_TOKENS, (credential, int(now), tokens))
+            db.execute(
+                "DELETE FROM quota_tokens WHERE credential = ? AND second < ?",
+                (credential, int(now - MINUTE)),
+            )
+
+        self._run(work, None)
 
     def minute_tokens(self, credential: str) -> int | None:
         """Tokens used on the key in the last minute across kernels (None: board down)."""
         now = self._clock()
-        with self._using() as db:
-            if db is None:
-                return None
+
+        def work(db: _Database) -> int:
             rows = db.execute(
                 "SELECT coalesce(sum(tokens), 0) FROM quota_tokens "
                 "WHERE credential = ? AND second > ?",
                 (credential, int(now - MINUTE)),
             )
             return int(rows[0][0])
-        return None
+
+        return self._run(work, None)
 
     def add_usage(self, user: str, day: str, tokens: int, usd: float) -> None:
         """Count what a call of `user` cost on UTC `day` (YYYY-MM-DD)."""
-        with self._using() as db:
-            if db is not None:
-                db.execute(_ADD_USAGE, (user, day, tokens, usd))
+
+        def work(db: _Database) -> None:
+            db.execute(_ADD_USAGE, (user, day, tokens, usd))
+
+        self._run(work, None)
 
     def spent(self, user: str, day: str) -> Spent | None:
         """What `user` spent on `day` across kernels (None: the board is down)."""
-        with self._using() as db:
-            if db is None:
-                return None
+
+        def work(db: _Database) -> Spent:
             rows = db.execute(
                 "SELECT tokens, usd FROM quota_usage WHERE user_name = ? AND day = ?", (user, day)
             )
             return Spent(int(rows[0][0]), float(rows[0][1])) if rows else Spent(0, 0.0)
-        return None
+
+        return self._run(work, None)
 
 
 def _block(row: tuple[Any, ...]) -> SharedBlock:
