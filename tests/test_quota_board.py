@@ -1,0 +1,174 @@
+"""Kernels on one key share its quota through the quota board: each kernel is a real
+process with its own AgentRuntime, against the shared local server; what the kernels did
+is read from the server's request log (its timestamps), not from their insides."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from agentrt_jupyter import AgentRuntime, RuntimeConfig, Waiting
+from agentrt_jupyter.quotaboard import SLOT_TTL, QuotaBoard
+from agentrt_jupyter.server.process import LocalServer
+
+from .conftest import requests_with, runtime_config
+
+SPAWN = multiprocessing.get_context("spawn")
+RETRY_DELAY = 2.0
+PROCESS_TIMEOUT = 90.0
+
+
+def kernel_chat(
+    settings: dict[str, Any],
+    prompt: str,
+    go: Any,
+    heard_wait: Any,
+    results: Any,
+) -> None:
+    """One kernel: a runtime of its own; after `go`, one turn of `prompt`; sets
+    `heard_wait` when the turn waits out a 429; puts (prompt, text or error) in `results`."""
+    try:
+        with AgentRuntime(RuntimeConfig(**settings)) as runtime:
+            if go is not None and not go.wait(PROCESS_TIMEOUT):
+                raise TimeoutError("never told to go")
+            handle = runtime.create_agent().chat(prompt)
+            for event in handle:
+                if isinstance(event, Waiting) and heard_wait is not None:
+                    heard_wait.set()
+            results.put((prompt, handle.text()))
+    except Exception as exc:
+        results.put((prompt, f"failed: {exc!r}"))
+
+
+def kernel_map(settings: dict[str, Any], prompts: list[str], rpm: float, results: Any) -> None:
+    """One kernel mapping `prompts` at `rpm`; puts (first prompt, row statuses)."""
+    try:
+        with AgentRuntime(RuntimeConfig(**settings)) as runtime:
+            frame = pd.DataFrame({"text": prompts})
+            out = runtime.map(frame, "Echo {text}", rpm=rpm, concurrency=4)
+            results.put((prompts[0], sorted(set(out["status"]))))
+    except Exception as exc:
+        results.put((prompts[0], f"failed: {exc!r}"))
+
+
+def settings_for(server: LocalServer, store: Path | None) -> dict[str, Any]:
+    return {
+        "base_url": server.url,
+        "api_key": server.token,
+        "api_version": "v1beta",
+        "store_path": store,
+        "idle_chunk_timeout": 20.0,
+    }
+
+
+def start(target: Any, *args: Any) -> Any:
+    process = SPAWN.Process(target=target, args=args, daemon=True)
+    process.start()
+    return process
+
+
+def collect(results: Any, processes: list[Any]) -> dict[str, Any]:
+    answers = dict(results.get(timeout=PROCESS_TIMEOUT) for _ in processes)
+    for process in processes:
+        process.join(PROCESS_TIMEOUT)
+        assert process.exitcode == 0
+    return answers
+
+
+def two_kernels_one_429(server: LocalServer, store: Path | None, tag: str) -> tuple[float, float]:
+    """Kernel A meets a 429 (RetryInfo 2 s); kernel B sends once A waits. (When A's 429
+    was answered, when B's request arrived), from the server's log."""
+    settings = settings_for(server, store)
+    first, second = f"{tag} first", f"{tag} second"
+    server.push_faults(f"429 minute {RETRY_DELAY:g}s", match=first)
+    go, heard_wait, results = SPAWN.Event(), SPAWN.Event(), SPAWN.Queue()
+    kernel_a = start(kernel_chat, settings, first, None, heard_wait, results)
+    kernel_b = start(kernel_chat, settings, second, go, None, results)
+    assert heard_wait.wait(PROCESS_TIMEOUT), "kernel A never waited out its 429"
+    go.set()
+    answers = collect(results, [kernel_a, kernel_b])
+    assert all(not text.startswith("failed") for text in answers.values()), answers
+    limited = [r for r in requests_with(server, first) if r["status"] == 429]
+    sent = [r for r in requests_with(server, second)]
+    assert len(limited) == 1 and len(sent) == 1, (limited, sent)
+    return limited[0]["finished"], sent[0]["received"]
+
+
+def test_a_429_in_one_kernel_makes_another_on_the_key_wait_its_window(
+    server: LocalServer, store_path: Path, tag: str
+) -> None:
+    limited_at, other_sent_at = two_kernels_one_429(server, store_path, tag)
+    assert other_sent_at >= limited_at + RETRY_DELAY - 0.05
+
+
+def test_without_a_store_each_kernel_keeps_its_own_quota(server: LocalServer, tag: str) -> None:
+    limited_at, other_sent_at = two_kernels_one_429(server, None, tag)
+    assert other_sent_at < limited_at + RETRY_DELAY
+
+
+def test_a_maps_rpm_holds_for_the_key_across_kernels(
+    server: LocalServer, store_path: Path, tag: str
+) -> None:
+    rows, rpm = 6, 600.0  # 10 starts a second for the key, whoever starts them
+    results = SPAWN.Queue()
+    settings = settings_for(server, store_path)
+    kernels = [
+        start(kernel_map, settings, [f"{tag} k{k} row{i}" for i in range(rows)], rpm, results)
+        for k in range(2)
+    ]
+    answers = collect(results, kernels)
+    assert all(statuses == ["ok"] for statuses in answers.values()), answers
+    starts = sorted(r["received"] for r in requests_with(server, tag))
+    assert len(starts) == 2 * rows
+    alone = (rows - 1) * 60 / rpm  # how long each kernel's own pacing takes
+    shared = (2 * rows - 1) * 60 / rpm  # the key's pacing: the kernels take turns
+    assert starts[-1] - starts[0] >= alone + 0.8 * (shared - alone), starts
+
+
+def test_a_killed_kernels_slots_free_after_their_lease(store_path: Path) -> None:
+    now = [1_000.0]
+    board = QuotaBoard.sqlite(store_path, clock=lambda: now[0])
+    assert board.acquire_slot("cred", "dead-kernel-1", 2)
+    assert board.acquire_slot("cred", "dead-kernel-2", 2)
+    assert board.acquire_slot("cred", "live-kernel", 2) is False
+    now[0] += SLOT_TTL + 0.1
+    assert board.acquire_slot("cred", "live-kernel", 2)
+    assert board.slots_held("cred") == 1
+    board.close()
+
+
+def test_the_shared_rate_spaces_starts_across_boards_on_one_file(store_path: Path) -> None:
+    now = [1_000.0]
+    one, two = (QuotaBoard.sqlite(store_path, clock=lambda: now[0]) for _ in range(2))
+    assert one.take_start("cred", 0.5) == 0.0
+    assert two.take_start("cred", 0.5) == pytest.approx(0.5)
+    now[0] += 0.5
+    assert two.take_start("cred", 0.5) == 0.0
+    assert one.take_start("cred", 0.5) == pytest.approx(0.5)
+    one.close()
+    two.close()
+
+
+def test_a_broken_board_falls_back_to_the_kernels_own_quota_and_says_so_once(
+    server: LocalServer, store_path: Path, tag: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    AgentRuntime(runtime_config(server, store_path=store_path)).shutdown(10.0)
+    with sqlite3.connect(store_path) as db:  # a board table no query of ours fits
+        db.execute("DROP TABLE IF EXISTS quota_blocks")
+        db.execute("CREATE TABLE quota_blocks (unrelated TEXT)")
+    server.push_faults("429 minute 0.2s", "429 minute 0.2s", match=tag)
+    with caplog.at_level(logging.WARNING, "agentrt_jupyter"):
+        runtime = AgentRuntime(runtime_config(server, store_path=store_path))
+        try:
+            assert runtime.create_agent().chat(f"{tag} hello").text()
+        finally:
+            runtime.shutdown(10.0)
+    warnings = [r for r in caplog.records if "quota board unavailable" in r.getMessage()]
+    assert len(warnings) == 1
+    assert [r["status"] for r in requests_with(server, tag)] == [429, 429, 200]
