@@ -2,7 +2,8 @@
 
 tests/conftest.py imports the fixtures, so a test just names them: `postgres_cluster`
 (session) starts one cluster for the whole run and removes it at the end; `postgres_url` is
-its superuser URL; `postgres_database` is a fresh database per test (its superuser URL). `create_login_role` makes a password login role and returns its URL.
+its superuser URL; `postgres_database` is a fresh database per test (its superuser URL).
+`create_login_role` makes a password login role and returns its URL.
 Without the binaries or psycopg the tests skip with the reason, except in CI (`$CI` set),
 where they fail: a green CI run must not hide them.
 """
