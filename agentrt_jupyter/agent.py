@@ -54,7 +54,7 @@ from .events import TextDelta, ThoughtDelta, UsageUpdate, Waiting
 from .handle import Turn, TurnResult, cancelled_error
 from .quota import QuotaRegistry
 from .recorder import Recorder
-from .store import CachedReply
+from .store import TEAM_SCOPE, CachedReply
 from .toolcalls import answer_calls
 
 __all__ = ["BLOCKED_FINISH_REASONS", "AgentCore", "AgentHost"]
@@ -178,10 +178,11 @@ class _AgentReplies:
         self._agent = agent
 
     def get(self, key: str) -> CachedReply | None:
-        return self._agent.host.recorder.cached(key)
+        return self._agent.host.recorder.cached(key, self._agent.cache_scope)
 
     def put(self, key: str, reply: CachedReply) -> None:
-        self._agent.host.recorder.cache(key, reply, self._agent.conversation_id)
+        agent = self._agent
+        agent.host.recorder.cache(key, reply, agent.conversation_id, agent.cache_scope)
 
 
 class AgentCore:
@@ -230,6 +231,12 @@ class AgentCore:
     def caching(self) -> bool:
         own = self.config.reply_cache
         return self.host.config.reply_cache if own is None else own
+
+    @property
+    def cache_scope(self) -> str | None:
+        """The reply cache's scope: None for the user's own, `TEAM_SCOPE` for the team's."""
+        own = self.config.cache_scope
+        return TEAM_SCOPE if (own or self.host.config.cache_scope) == "team" else None
 
     def check_usable(self) -> None:
         if self.state in ("shutdown", "disconnected"):

@@ -33,7 +33,9 @@ from .quota import QuotaRegistry, QuotaScope
 from .quotaboard import QuotaBoard
 from .recorder import NullRecorder, Recorder, StoreRecorder
 from .salvage import open_store
-from .store import STORED_SETTINGS, Store, StoredConversation
+from .store import STORED_SETTINGS, StoredConversation
+from .stores.base import ConversationStore
+from .stores.opening import is_database_url, open_store_at
 
 log = logging.getLogger("agentrt_jupyter")
 T = TypeVar("T")
@@ -99,7 +101,7 @@ class AgentRegistry:
         self._watchers: list[asyncio.Future[None]] = []
 
     @property
-    def store(self) -> Store | None:
+    def store(self) -> ConversationStore | None:
         """The store while it works (None without one, or after a fault)."""
         return self.recorder.store
 
@@ -159,7 +161,9 @@ class AgentRegistry:
             await asyncio.sleep(HEARTBEAT_SECONDS)
             store = self.store
             if store is None:
-                return
+                if await asyncio.to_thread(self.recorder.reconnect):
+                    self.changed()
+                continue
             try:
                 lost = await asyncio.to_thread(store.heartbeat)
             except StoreError as exc:
@@ -189,6 +193,8 @@ class AgentRegistry:
         agent_id = f"agent-{secrets.token_hex(4)}"
         name = config.name or agent_id
         self.backends.check_endpoint(name, config)
+        if config.name is not None:
+            self.recorder.reconnect()
         self._claim_name(name)
         if config.name is not None and not fresh and self.stored(name):
             raise ConversationExists(name)
@@ -211,7 +217,7 @@ class AgentRegistry:
 
         Its settings are the stored ones, with `overrides` over them, or `config` whole.
         Without a store: `InvalidConfig` if none was set, else the store's `StoreError`."""
-        if self.config.store_path is None:
+        if self.config.store_location is None:
             raise InvalidConfig(
                 "resume needs a store: set RuntimeConfig(store_path=...)", field="store_path"
             )
@@ -453,8 +459,16 @@ def _holder() -> str:
 def _open_recorder(config: RuntimeConfig) -> Recorder:
     """The store's recorder, or one without a store (and why): a broken store file must
     not stop the runtime. One with corrupt pages is recovered into a fresh file first."""
-    if config.store_path is None:
+    location = config.store_location
+    if location is None:
         return NullRecorder()
+    if is_database_url(location):
+        try:
+            return StoreRecorder(open_store_at(location, holder=_holder()))
+        except StoreError as exc:
+            log.warning("conversations will not be stored: %s", exc)
+            return NullRecorder(exc)
+    assert config.store_path is not None
     try:
         store, recovery = open_store(config.store_path, holder=_holder(), busy_timeout=2.0)
     except StoreError as exc:

@@ -21,7 +21,7 @@ from agentrt_jupyter.conversation import ConversationMessage, LedgerEntry, Usage
 from agentrt_jupyter.errors import ConversationInUse, StoreError
 from agentrt_jupyter.store import INTERRUPTED, TEAM_SCOPE, CachedReply
 from agentrt_jupyter.stores.base import ConversationStore, ResultsStore
-from agentrt_jupyter.stores.opening import open_results, open_store
+from agentrt_jupyter.stores.opening import open_results, open_store_at
 
 USAGE = Usage(prompt_tokens=12, candidates_tokens=3, total_tokens=15)
 WHEN = datetime(2026, 2, 1, 12, 0, tzinfo=UTC)
@@ -73,7 +73,7 @@ def opener(location: str) -> Iterator[Opener]:
     opened: list[ConversationStore] = []
 
     def make(**options: Any) -> ConversationStore:
-        store = open_store(location, **options)
+        store = open_store_at(location, **options)
         opened.append(store)
         return store
 

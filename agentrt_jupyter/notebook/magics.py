@@ -77,7 +77,7 @@ COMMANDS = (
     "runtime",
     "help",
 )
-_RUNTIME_SETTINGS = ("backend", "default_model", "store_path", "base_url")
+_RUNTIME_SETTINGS = ("backend", "default_model", "store_path", "store_url", "base_url")
 APPROVAL_TIMEOUT = 120.0
 """The default of `AgentMagics.approval_timeout` (`approval.APPROVAL_TIMEOUT`)."""
 _DATACELL = f"{__package__}.datacell"
@@ -125,6 +125,12 @@ class AgentMagics(Magics):
         help="SQLite file keeping conversations, for %agent resume and the reply cache "
         "(default: $AGENTRT_HOME/conversations.sqlite3, else "
         "~/.local/share/agentrt-jupyter/conversations.sqlite3; empty string: keep nothing).",
+    ).tag(config=True)
+    store_url = Unicode(
+        None,
+        allow_none=True,
+        help="PostgreSQL store for a team (postgresql://user:password@host/db), used instead "
+        "of store_path (default: $AGENTRT_STORE_URL; empty string: none).",
     ).tag(config=True)
     cache = Bool(
         True,
@@ -225,15 +231,16 @@ class AgentMagics(Magics):
                 store: Path | None = default_store_path()
             else:
                 store = Path(self.store_path).expanduser() if self.store_path else None
-            return runtime_config(
-                {
-                    "backend": backend,
-                    "default_model": self.default_model or None,
-                    "base_url": self.base_url or None,
-                    "store_path": store,
-                    "namespace": self.namespace(),
-                }
-            )
+            settings: dict[str, Any] = {
+                "backend": backend,
+                "default_model": self.default_model or None,
+                "base_url": self.base_url or None,
+                "store_path": store,
+                "namespace": self.namespace(),
+            }
+            if self.store_url is not None:
+                settings["store_url"] = self.store_url or None
+            return runtime_config(settings)
         except UsageProblem as exc:
             field = exc.field if isinstance(exc, InvalidConfig) else None
             source = self._setting_source(field)

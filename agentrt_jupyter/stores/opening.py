@@ -15,7 +15,7 @@ def is_database_url(location: str | Path | None) -> bool:
     return isinstance(location, str) and location.startswith(URL_SCHEMES)
 
 
-def open_store(location: str | Path, **options: Any) -> ConversationStore:
+def open_store_at(location: str | Path, **options: Any) -> ConversationStore:
     """The conversation store at `location`: `PgStore` for a URL, else the SQLite `Store`
     (options are the chosen class's keyword arguments). `StoreError` if it cannot open."""
     if is_database_url(location):

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from ..batch.records import OPEN_JOB, StoredRow
 from ..errors import StoreError
-from .postgres import PgStore
+from .pgstore import PgStore
 
 if TYPE_CHECKING:
     import psycopg
