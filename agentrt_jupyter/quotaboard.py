@@ -10,8 +10,10 @@ the last minute (`add_tokens` / `minute_tokens`, for a shared `tpm`), and per (u
 day) the tokens and dollars spent (the user budgets of `budget.py`).
 
 On one machine it lives in the store's SQLite file (its own connection, WAL, short
-transactions); on a hub in PostgreSQL (`store_url`). Times on the board are Unix times:
-monotonic clocks are not shared between processes.
+transactions); on a hub in PostgreSQL (`store_url`; the tables go to the `agentrt` schema where it
+exists: `POSTGRES_SETUP` is the SQL an admin runs to make them and let the users' roles
+in). Times on the board are Unix times: monotonic clocks are not shared between
+processes.
 
 A fault of the board (a locked file, PostgreSQL gone) never breaks a call: every method
 answers as if the board were empty (the caller falls back to what its process knows),
@@ -59,6 +61,15 @@ _SCHEMA = (
       user_name TEXT NOT NULL, day TEXT NOT NULL, tokens BIGINT NOT NULL,
       usd DOUBLE PRECISION NOT NULL, PRIMARY KEY (user_name, day))""",
 )
+
+POSTGRES_SETUP = (
+    "\n".join(
+        f"{statement.replace('IF NOT EXISTS ', 'IF NOT EXISTS agentrt.')};" for statement in _SCHEMA
+    )
+    + "\nGRANT SELECT, INSERT, UPDATE, DELETE ON agentrt.quota_blocks, agentrt.quota_slots, "
+    "agentrt.quota_tokens, agentrt.quota_usage TO agentrt_users;\n"
+)
+"""The board's tables in the `agentrt` schema of `stores/pg_setup.sql`, for its roles."""
 
 _PUBLISH_HIT = """
 INSERT INTO quota_blocks (credential, blocked_until, episode_started, episodes, hits,
@@ -119,6 +130,9 @@ class _Database(Protocol):
 
     def transaction(self, lock: str) -> contextlib.AbstractContextManager[None]: ...
 
+    def prepare(self) -> None:
+        """Make the board's tables if they are missing."""
+
     def close(self) -> None: ...
 
 
@@ -135,6 +149,10 @@ class _SQLite:
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self._db.execute(sql, tuple(params)).fetchall()
+
+    def prepare(self) -> None:
+        for statement in _SCHEMA:
+            self._db.execute(statement)
 
     @contextlib.contextmanager
     def transaction(self, lock: str) -> Iterator[None]:
@@ -163,12 +181,19 @@ class _Postgres:
             url,
             autocommit=True,
             connect_timeout=max(1, PG_TIMEOUT_MS // 1000),
-            options=f"-c statement_timeout={PG_TIMEOUT_MS}",
+            options=f"-c statement_timeout={PG_TIMEOUT_MS} -c search_path=agentrt,public",
         )
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         cursor = self._db.execute(sql.replace("?", "%s"), tuple(params))
         return list(cursor.fetchall()) if cursor.description is not None else []
+
+    def prepare(self) -> None:
+        """Make the tables only where they are missing: a user's role on a hub may not
+        create tables (the admin made them with `POSTGRES_SETUP`)."""
+        if self.execute("SELECT to_regclass('quota_usage')")[0][0] is None:
+            for statement in _SCHEMA:
+                self.execute(statement)
 
     @contextlib.contextmanager
     def transaction(self, lock: str) -> Iterator[None]:
@@ -226,8 +251,7 @@ class QuotaBoard:
             try:
                 if self._db is None:
                     self._db = self._connect()
-                    for statement in _SCHEMA:
-                        self._db.execute(statement)
+                    self._db.prepare()
                 result = work(self._db)
             except Exception as exc:  # sqlite3, psycopg: any fault means "no board now"
                 self._fault(exc)

@@ -480,8 +480,12 @@ def _open_recorder(config: RuntimeConfig) -> Recorder:
 
 
 def _open_board(config: RuntimeConfig, recorder: Recorder) -> QuotaBoard | None:
-    """The quota board kernels on one key share: in the store's file, when the runtime
-    has a store that works (none without one: then quota is this process's alone)."""
+    """The quota board kernels on one key share: in the PostgreSQL database of
+    `store_url`, else in the store's SQLite file when that store works. None without a
+    store: quota is then this process's alone."""
+    location = config.store_location
+    if location is not None and is_database_url(location):
+        return QuotaBoard.postgres(str(location))
     if recorder.store is None or config.store_path is None:
         return None
     return QuotaBoard.sqlite(config.store_path)

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from agentrt_jupyter import AgentRuntime, RuntimeConfig, Waiting
-from agentrt_jupyter.quotaboard import SLOT_TTL, QuotaBoard
+from agentrt_jupyter.quotaboard import POSTGRES_SETUP, SLOT_TTL, QuotaBoard
 from agentrt_jupyter.server.process import LocalServer
 
 from .conftest import requests_with, runtime_config
@@ -57,12 +57,15 @@ def kernel_map(settings: dict[str, Any], prompts: list[str], rpm: float, results
         results.put((prompts[0], f"failed: {exc!r}"))
 
 
-def settings_for(server: LocalServer, store: Path | None) -> dict[str, Any]:
+def settings_for(server: LocalServer, store: Path | str | None) -> dict[str, Any]:
+    """A kernel's settings: its store an SQLite file, a PostgreSQL URL, or none."""
+    database = isinstance(store, str)
     return {
         "base_url": server.url,
         "api_key": server.token,
         "api_version": "v1beta",
-        "store_path": store,
+        "store_path": None if database else store,
+        "store_url": store if database else None,
         "idle_chunk_timeout": 20.0,
     }
 
@@ -81,7 +84,9 @@ def collect(results: Any, processes: list[Any]) -> dict[str, Any]:
     return answers
 
 
-def two_kernels_one_429(server: LocalServer, store: Path | None, tag: str) -> tuple[float, float]:
+def two_kernels_one_429(
+    server: LocalServer, store: Path | str | None, tag: str
+) -> tuple[float, float]:
     """Kernel A meets a 429 (RetryInfo 2 s); kernel B sends once A waits. (When A's 429
     was answered, when B's request arrived), from the server's log."""
     settings = settings_for(server, store)
@@ -105,6 +110,23 @@ def test_a_429_in_one_kernel_makes_another_on_the_key_wait_its_window(
 ) -> None:
     limited_at, other_sent_at = two_kernels_one_429(server, store_path, tag)
     assert other_sent_at >= limited_at + RETRY_DELAY - 0.05
+
+
+def test_a_429_in_one_kernel_makes_another_wait_through_postgresql(
+    server: LocalServer, postgres_database: str, tag: str
+) -> None:
+    import psycopg  # the fixture has checked it is there
+
+    from agentrt_jupyter.stores.postgres import setup
+
+    setup(postgres_database)
+    with psycopg.connect(postgres_database, autocommit=True) as admin:
+        admin.execute(POSTGRES_SETUP)
+    limited_at, other_sent_at = two_kernels_one_429(server, postgres_database, tag)
+    assert other_sent_at >= limited_at + RETRY_DELAY - 0.05
+    with psycopg.connect(postgres_database) as reader:
+        hits = reader.execute("SELECT hits FROM agentrt.quota_blocks").fetchall()
+    assert hits == [(1,)]
 
 
 def test_without_a_store_each_kernel_keeps_its_own_quota(server: LocalServer, tag: str) -> None:

@@ -75,12 +75,15 @@ def run_kernel(target: Any, *args: Any) -> Any:
     return answer
 
 
-def settings_for(server: LocalServer, store: Path) -> dict[str, Any]:
+def settings_for(server: LocalServer, store: Path | str) -> dict[str, Any]:
+    """A kernel's settings: its store an SQLite file or a PostgreSQL URL."""
+    database = isinstance(store, str)
     return {
         "base_url": server.url,
         "api_key": server.token,
         "api_version": "v1beta",
-        "store_path": store,
+        "store_path": None if database else store,
+        "store_url": store if database else None,
         "idle_chunk_timeout": 20.0,
     }
 
@@ -121,6 +124,22 @@ def test_a_users_daily_budget_stops_their_third_kernel(
     midnight = (int(time.time()) // 86400 + 1) * 86400
     assert retry_after == pytest.approx(midnight - time.time(), abs=60)
     assert requests_with(server, prompts[2]) == []  # failed at once: nothing was sent
+
+
+def test_a_users_spending_on_postgresql_stops_their_next_kernel(
+    server: LocalServer,
+    postgres_database: str,
+    tag: str,
+    hub_user: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(TOKENS_VARIABLE, "1")
+    settings = settings_for(server, postgres_database)
+    first = run_kernel(kernel_turns, settings, [f"{tag} one"], False)
+    second = run_kernel(kernel_turns, settings, [f"{tag} two"], False)
+    assert first[0][0] == "ok", first
+    assert second[0][:2] == ["QuotaExceeded", "budget"], second
+    assert len(requests_with(server, tag)) == 1
 
 
 def test_a_cell_cannot_lift_the_budget_its_kernel_started_with(
