@@ -3,7 +3,7 @@
 One process's `QuotaRegistry` knows its own 429s; the board lets every kernel on a key
 know them. Per credential fingerprint (never the key) it holds the current 429 episode
 (blocked until, when it began, its backoff level, the last quota id), the key's next
-start time for a shared request rate (`take_start`, a generic cell rate: every start
+start time for a shared request rate (`take_start` books the next free start and
 pushes it on by one interval), slot leases for a key-wide concurrency (`acquire_slot`,
 each lease expiring after `SLOT_TTL` so a killed kernel frees its slots), the tokens of
 the last minute (`add_tokens` / `minute_tokens`, for a shared `tpm`), and per (user, UTC
@@ -310,8 +310,9 @@ class QuotaBoard:
         return self._run(work, None)
 
     def take_start(self, credential: str, interval: float) -> float:
-        """A start at the key's shared rate (one per `interval` s across kernels): 0.0 if
-        this one may start now (it is counted), else the seconds until it may."""
+        """Book a start at the key's shared rate (one per `interval` s across kernels):
+        the seconds until the booked start (0.0: now). The booking is kept, so the caller
+        starts then without asking again; while the board is down, 0.0."""
         now = self._clock()
 
         def work(db: _Database) -> float:
@@ -324,14 +325,12 @@ class QuotaBoard:
                 rows = db.execute(
                     "SELECT next_start FROM quota_blocks WHERE credential = ?", (credential,)
                 )
-                next_start = float(rows[0][0]) if rows else 0.0
-                if next_start > now:
-                    return next_start - now
+                booked = max(now, float(rows[0][0]) if rows else 0.0)
                 db.execute(
                     "UPDATE quota_blocks SET next_start = ? WHERE credential = ?",
-                    (max(now, next_start) + interval, credential),
+                    (booked + interval, credential),
                 )
-            return 0.0
+            return booked - now
 
         return self._run(work, 0.0)
 

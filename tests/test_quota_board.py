@@ -165,14 +165,16 @@ def test_a_killed_kernels_slots_free_after_their_lease(store_path: Path) -> None
     board.close()
 
 
-def test_the_shared_rate_spaces_starts_across_boards_on_one_file(store_path: Path) -> None:
+def test_the_shared_rate_books_starts_one_interval_apart_across_kernels(
+    store_path: Path,
+) -> None:
     now = [1_000.0]
     one, two = (QuotaBoard.sqlite(store_path, clock=lambda: now[0]) for _ in range(2))
     assert one.take_start("cred", 0.5) == 0.0
-    assert two.take_start("cred", 0.5) == pytest.approx(0.5)
-    now[0] += 0.5
-    assert two.take_start("cred", 0.5) == 0.0
-    assert one.take_start("cred", 0.5) == pytest.approx(0.5)
+    assert two.take_start("cred", 0.5) == pytest.approx(0.5)  # booked behind it
+    assert one.take_start("cred", 0.5) == pytest.approx(1.0)
+    now[0] += 5.0
+    assert two.take_start("cred", 0.5) == 0.0  # an idle key saves no starts up
     one.close()
     two.close()
 

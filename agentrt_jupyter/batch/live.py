@@ -168,7 +168,7 @@ class LiveRows:
             if isinstance(admission, Stop):
                 return Stopped(SKIPPED, admission.reason)
             if isinstance(admission, Start):
-                admission = self._key_wide(admission)
+                admission = await self._key_wide(admission)
             if isinstance(admission, Start):
                 run.state = "running"
                 return admission
@@ -186,21 +186,21 @@ class LiveRows:
             return None
         return self._board.minute_tokens(key)
 
-    def _key_wide(self, start: Start) -> Start | Wait:
-        """`start` with a key-wide slot, at the key's shared rpm; or a wait (given back)."""
+    async def _key_wide(self, start: Start) -> Start | Wait:
+        """`start` at its booked start of the key's shared rpm, holding a key-wide slot;
+        or a wait for a slot (the start given back)."""
         key, board = self._shared_key(), self._board
         if key is None or board is None:
             return start
+        rpm = self.run.plan.rpm
+        booked = board.take_start(key, 60 / rpm) if rpm is not None else 0.0
+        if booked > 0 and await self.run.until_cancelled(asyncio.sleep(booked)):
+            self.controller.unreserve(start.estimate)
+            return Wait(0.0)
         slot = f"{self._slot_prefix}-{next(self._slots)}"
         if board.acquire_slot(key, slot, self.controller.concurrency) is False:
             self.controller.unreserve(start.estimate)
             return Wait(SLOT_POLL)
-        rpm = self.run.plan.rpm
-        wait = board.take_start(key, 60 / rpm) if rpm is not None else 0.0
-        if wait > 0:
-            board.release_slot(key, slot)
-            self.controller.unreserve(start.estimate)
-            return Wait(wait)
         return dataclasses.replace(start, slot=slot)
 
     def _free_slot(self, slot: str | None) -> None:
