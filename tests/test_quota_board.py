@@ -4,9 +4,12 @@ is read from the server's request log (its timestamps), not from their insides."
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import sqlite3
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,7 @@ import pandas as pd
 import pytest
 
 from agentrt_jupyter import AgentRuntime, RuntimeConfig, Waiting
+from agentrt_jupyter.quota import parse_quota_error
 from agentrt_jupyter.quotaboard import POSTGRES_SETUP, SLOT_TTL, QuotaBoard
 from agentrt_jupyter.server.process import LocalServer
 
@@ -196,3 +200,30 @@ def test_a_broken_board_falls_back_to_the_kernels_own_quota_and_says_so_once(
     warnings = [r for r in caplog.records if "quota board unavailable" in r.getMessage()]
     assert len(warnings) == 1
     assert [r["status"] for r in requests_with(server, tag)] == [429, 429, 200]
+
+
+def test_the_servers_rate_limit_answers_past_n_a_second_with_a_retryable_429(
+    server: LocalServer, tag: str
+) -> None:
+    def generate() -> tuple[int, dict[str, Any]]:
+        request = urllib.request.Request(
+            f"{server.url}/v1beta/models/gemini-2.5-flash:generateContent",
+            data=json.dumps({"contents": [{"parts": [{"text": tag}]}]}).encode(),
+            headers={"x-goog-api-key": server.token, "content-type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as refused:
+            return refused.code, json.loads(refused.read())
+
+    server.set_rate_limit(2)
+    try:
+        answers = [generate() for _ in range(3)]
+    finally:
+        server.set_rate_limit(None)
+    assert [status for status, _ in answers] == [200, 200, 429]
+    info = parse_quota_error(answers[2][1])
+    assert info.scope == "minute" and info.retry_after is not None
+    assert 0 < info.retry_after <= 0.5
+    assert generate()[0] == 200  # lifted
