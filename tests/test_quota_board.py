@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import socket
 import sqlite3
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -17,7 +19,8 @@ import pandas as pd
 import pytest
 
 from agentrt_jupyter import AgentRuntime, RuntimeConfig, Waiting
-from agentrt_jupyter.quota import parse_quota_error
+from agentrt_jupyter.batch.controller import RateController
+from agentrt_jupyter.quota import BOARD_CACHE, QuotaRegistry, parse_quota_error
 from agentrt_jupyter.quotaboard import POSTGRES_SETUP, SLOT_TTL, QuotaBoard
 from agentrt_jupyter.server.process import LocalServer
 
@@ -227,3 +230,39 @@ def test_the_servers_rate_limit_answers_past_n_a_second_with_a_retryable_429(
     assert info.scope == "minute" and info.retry_after is not None
     assert 0 < info.retry_after <= 0.5
     assert generate()[0] == 200  # lifted
+
+
+def test_a_block_published_by_one_registry_is_a_new_episode_for_another_on_the_file(
+    store_path: Path,
+) -> None:
+    first = QuotaRegistry(board=QuotaBoard.sqlite(store_path))
+    second = QuotaRegistry(board=QuotaBoard.sqlite(store_path))
+    controller = RateController(concurrency=8, max_concurrency=8)
+    controller.quota_baseline(0, 0.0)
+    first.record_hit("cred", 30.0, quota_id="PerMinute")
+    seen = second.refresh("cred")
+    assert seen.blocked and seen.seconds_left == pytest.approx(30.0, abs=0.5)
+    assert (seen.shared_episodes, seen.last_quota_id) == (1, "PerMinute")
+    assert controller.observe_quota(seen.total_hits, seen.blocked_at)  # the map halves once
+    assert controller.concurrency == 4
+    first.record_hit("cred", 30.0)  # the same episode, still on
+    time.sleep(BOARD_CACHE)  # the read cache's age, not a synchronisation
+    again = second.refresh("cred")
+    assert not controller.observe_quota(again.total_hits, again.blocked_at)
+    assert controller.concurrency == 4
+
+
+def test_a_postgresql_that_is_gone_leaves_each_kernel_its_own_quota(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    board = QuotaBoard.postgres(f"postgresql://nobody@127.0.0.1:{port}/agentrt")
+    registry = QuotaRegistry(board=board)
+    with caplog.at_level(logging.WARNING, "agentrt_jupyter"):
+        assert registry.record_hit("cred", 5.0) == pytest.approx(5.0)
+        assert registry.refresh("cred").blocked
+        assert board.take_start("cred", 1.0) == 0.0
+    assert board.faults == 1  # then left alone until RETRY_AFTER
+    assert len([r for r in caplog.records if "quota board unavailable" in r.getMessage()]) == 1
