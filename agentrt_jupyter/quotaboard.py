@@ -5,7 +5,8 @@ know them. Per credential fingerprint (never the key) it holds the current 429 e
 (blocked until, when it began, its backoff level, the last quota id), the key's next
 start time for a shared request rate (`take_start` books the next free start and
 pushes it on by one interval), slot leases for a key-wide concurrency (`acquire_slot`,
-each lease expiring after `SLOT_TTL` so a killed kernel frees its slots), the tokens of
+each lease renewed while its kernel lives and expiring `SLOT_TTL` after, so a killed
+kernel frees its slots), the tokens of
 the last minute (`add_tokens` / `minute_tokens`, for a shared `tpm`), and per (user, UTC
 day) the tokens and dollars spent (the user budgets of `budget.py`).
 
@@ -358,6 +359,19 @@ class QuotaBoard:
             return True
 
         return self._run(work, None)
+
+    def renew_slots(self, credential: str, prefix: str) -> None:
+        """Keep the slots of holders named `prefix-...` (one run's rows) for another
+        `SLOT_TTL`: a row longer than that keeps its slot while its kernel lives."""
+        expires = self._clock() + SLOT_TTL
+
+        def work(db: _Database) -> None:
+            db.execute(
+                "UPDATE quota_slots SET expires = ? WHERE credential = ? AND holder LIKE ?",
+                (expires, credential, f"{prefix}-%"),
+            )
+
+        self._run(work, None)
 
     def release_slot(self, credential: str, holder: str) -> None:
         def work(db: _Database) -> None:

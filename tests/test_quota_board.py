@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from agentrt_jupyter import AgentRuntime, RuntimeConfig, Waiting
-from agentrt_jupyter.batch.controller import RateController
+from agentrt_jupyter.batch.controller import RateController, Start, Wait
 from agentrt_jupyter.quota import BOARD_CACHE, QuotaRegistry, parse_quota_error
 from agentrt_jupyter.quotaboard import POSTGRES_SETUP, SLOT_TTL, QuotaBoard
 from agentrt_jupyter.server.process import LocalServer
@@ -170,6 +170,36 @@ def test_a_killed_kernels_slots_free_after_their_lease(store_path: Path) -> None
     assert board.acquire_slot("cred", "live-kernel", 2)
     assert board.slots_held("cred") == 1
     board.close()
+
+
+def test_a_live_kernel_keeps_its_slots_past_the_lease_by_renewing_them(
+    store_path: Path,
+) -> None:
+    now = [1_000.0]
+    board = QuotaBoard.sqlite(store_path, clock=lambda: now[0])
+    assert board.acquire_slot("cred", "run1-0", 1)
+    now[0] += SLOT_TTL * 0.9
+    board.renew_slots("cred", "run1")
+    now[0] += SLOT_TTL * 0.9
+    assert board.acquire_slot("cred", "run2-0", 1) is False
+    assert board.slots_held("cred") == 1
+    board.close()
+
+
+def test_the_keys_tokens_of_the_last_minute_add_up_across_kernels(store_path: Path) -> None:
+    now = [1_000.0]
+    one, two = (QuotaBoard.sqlite(store_path, clock=lambda: now[0]) for _ in range(2))
+    one.add_tokens("cred", 300)
+    now[0] += 30
+    two.add_tokens("cred", 200)
+    assert one.minute_tokens("cred") == 500
+    controller = RateController(concurrency=4, max_concurrency=4, tpm=600)
+    assert controller.admit("x" * 400, minute_tokens=500) == Wait(1.0)  # ~200 more: past 600
+    now[0] += 31  # the first kernel's tokens leave the minute
+    assert two.minute_tokens("cred") == 200
+    assert isinstance(controller.admit("x" * 400, minute_tokens=200), Start)
+    one.close()
+    two.close()
 
 
 def test_the_shared_rate_books_starts_one_interval_apart_across_kernels(

@@ -14,7 +14,8 @@ concurrency (see `controller`). A per-day (or limit 0) 429, or the user's daily 
 
 Kernels on one key (the runtime's quota board, `quotaboard.py`) share the run's ceilings:
 a row starts only while fewer rows than the run's concurrency are in flight on the key
-across kernels (a slot each, freed when the row ends or `SLOT_TTL` after a kernel died),
+across kernels (a slot each, renewed while the run lives, freed when the row ends or
+`SLOT_TTL` after its kernel died),
 `rpm` spaces the starts of every kernel's rows on the key, and `tpm` counts the key's
 tokens of the last minute.
 
@@ -49,6 +50,7 @@ from ..conversation import ConversationMessage, LedgerEntry, Usage
 from ..errors import AgentError, BackendError, QuotaExceeded, Timeout, TurnCancelled
 from ..handle import ChatHandle, TurnResult
 from ..quota import fingerprint
+from ..quotaboard import SLOT_TTL
 from .controller import Start, Stop, Wait
 from .outcomes import CANCELLED, ERROR, SKIPPED, error_kind
 from .run import Stopped
@@ -128,6 +130,7 @@ class LiveRows:
         run.on_cancel(self._cancel_turns)
 
     async def answer(self) -> None:
+        renewal = asyncio.create_task(self._renew_slots(), name="map-slots")
         try:
             await self._prepare_quota()
             self.run.state = "running"
@@ -136,7 +139,17 @@ class LiveRows:
             while self._tasks:
                 await asyncio.wait(list(self._tasks))
         finally:
+            renewal.cancel()
+            await asyncio.wait([renewal])
             await self._end_tasks()
+
+    async def _renew_slots(self) -> None:
+        """Renew the rows' key-wide slots while the run lives (a killed kernel's expire)."""
+        while True:
+            await asyncio.sleep(SLOT_TTL / 3)
+            key, board = self._shared_key(), self._board
+            if key is not None and board is not None:
+                board.renew_slots(key, self._slot_prefix)
 
     async def _dispatch(self, position: int, prompt: str, key: str) -> None:
         """Row `position`: started once admitted, or ended by the run's stop or a cancel."""
