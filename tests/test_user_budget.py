@@ -24,10 +24,13 @@ from agentrt_jupyter.budget import (
 )
 from agentrt_jupyter.config import runtime_config as checked_runtime_config
 from agentrt_jupyter.conversation import Usage
+from agentrt_jupyter.notebook.display import footer_line
+from agentrt_jupyter.notebook.extension import loaded_magics
 from agentrt_jupyter.notebook.magics import AgentMagics
 from agentrt_jupyter.server.process import LocalServer
 
 from .conftest import requests_with, runtime_config
+from .shell_helpers import agent_shell, run
 
 SPAWN = multiprocessing.get_context("spawn")
 PROCESS_TIMEOUT = 90.0
@@ -216,3 +219,20 @@ def test_the_budget_resets_at_utc_midnight() -> None:
     now[0] += 10.0
     budget.check()
     assert budget.status().tokens_left == 10
+
+
+def test_the_footer_and_agent_usage_show_what_is_left_of_the_budget(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with agent_shell(tmp_path) as ip:
+        assert run(ip, "%%agent budgeted --out reply\nhello") is None
+        runtime = loaded_magics(ip).runtime
+        budget = UserBudget(BudgetPolicy(1000, None, "test"), "bob", runtime.quota_registry.board)
+        runtime.quota_registry.budget = budget
+        budget.spend("scripted", Usage(prompt_tokens=100, candidates_tokens=50))
+        capsys.readouterr()
+        assert run(ip, "%agent usage budgeted") is None
+        left = "budget: 850 of 1,000 tokens left today (resets 00:00 UTC)"
+        assert left in capsys.readouterr().out
+        footer = footer_line(ip.user_ns["reply"], None, budget.status().line())
+    assert footer.endswith(left)
