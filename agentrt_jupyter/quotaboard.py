@@ -18,7 +18,8 @@ processes.
 
 A fault of the board (a locked file, PostgreSQL gone) never breaks a call: every method
 answers as if the board were empty (the caller falls back to what its process knows),
-the fault is logged once, and the board is tried again `RETRY_AFTER` seconds later.
+the fault is logged once, and the board is tried again `RETRY_AFTER` seconds later
+(longer after each fault in a row).
 """
 
 from __future__ import annotations
@@ -40,7 +41,10 @@ SLOT_TTL = 60.0
 """Seconds a concurrency slot is held without a release: a killed kernel's slots free."""
 MINUTE = 60.0
 RETRY_AFTER = 5.0
-"""After a fault, seconds the board is left alone before it is tried again."""
+"""After a fault, seconds the board is left alone before it is tried again; doubled for
+each fault in a row, up to `RETRY_AFTER_MAX` (a stalled database, which costs up to
+`PG_TIMEOUT_MS` per try on the runtime loop, is tried less and less often)."""
+RETRY_AFTER_MAX = 120.0
 BUSY_TIMEOUT = 0.5
 """Seconds an SQLite write waits for another process's transaction (then it is a fault)."""
 PG_TIMEOUT_MS = 2000
@@ -221,6 +225,7 @@ class QuotaBoard:
         self._lock = threading.Lock()
         self._down_until = 0.0
         self._fault_logged = False
+        self._faults_in_a_row = 0
         self.faults = 0
         """Faults so far (each one fell back to what this process knows)."""
 
@@ -257,6 +262,7 @@ class QuotaBoard:
             except Exception as exc:  # sqlite3, psycopg: any fault means "no board now"
                 self._fault(exc)
                 return default
+            self._faults_in_a_row = 0
             if self._fault_logged:
                 log.warning("quota board: reachable again; kernels share the key's quota")
                 self._fault_logged = False
@@ -268,7 +274,9 @@ class QuotaBoard:
             with contextlib.suppress(Exception):
                 self._db.close()
             self._db = None
-        self._down_until = time.monotonic() + RETRY_AFTER
+        self._faults_in_a_row += 1
+        pause = min(RETRY_AFTER_MAX, RETRY_AFTER * 2 ** min(self._faults_in_a_row - 1, 10))
+        self._down_until = time.monotonic() + pause
         if not self._fault_logged:
             self._fault_logged = True
             log.warning(
