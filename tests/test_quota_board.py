@@ -296,3 +296,39 @@ def test_a_postgresql_that_is_gone_leaves_each_kernel_its_own_quota(
         assert board.take_start("cred", 1.0) == 0.0
     assert board.faults == 1  # then left alone until RETRY_AFTER
     assert len([r for r in caplog.records if "quota board unavailable" in r.getMessage()]) == 1
+
+
+def test_hub_users_on_their_own_roles_share_the_board_the_admin_set_up(
+    postgres_database: str, tag: str
+) -> None:
+    import psycopg
+
+    from agentrt_jupyter.stores.postgres import setup
+
+    from .postgres import create_login_role
+
+    setup(postgres_database)
+    with psycopg.connect(postgres_database, autocommit=True) as admin:
+        admin.execute(POSTGRES_SETUP)
+    alice, bob = (
+        create_login_role(postgres_database, f"{name}_{tag}", "pw", ["agentrt_users"])
+        for name in ("alice", "bob")
+    )
+    boards = [QuotaBoard.postgres(url) for url in (alice, bob)]
+    alice_board, bob_board = boards
+    until = time.time() + 30
+    alice_board.publish_hit(
+        "cred",
+        blocked_until=until,
+        episode_started=time.time(),
+        episodes=1,
+        quota_id=None,
+        scope="minute",
+    )
+    seen = bob_board.read("cred")
+    assert seen is not None and seen.blocked_until == pytest.approx(until)
+    assert alice_board.take_start("cred", 1.0) == 0.0
+    assert bob_board.take_start("cred", 1.0) == pytest.approx(1.0, abs=0.1)
+    assert [board.faults for board in boards] == [0, 0]
+    for board in boards:
+        board.close()
