@@ -315,8 +315,6 @@ class StoreRecorder:
             away.heartbeat()
         except StoreError:
             return False
-        except ConversationInUse:
-            pass
         log.warning("conversations are stored again (those of the agents live meanwhile are not)")
         self._store, self._away, self._without = away, None, NullRecorder()
         return True

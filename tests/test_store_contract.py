@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
-from agentrt_jupyter.batch.records import StoredRow
+from agentrt_jupyter.batch.records import StoredRow, open_results
 from agentrt_jupyter.content import FunctionCallPart, FunctionResponsePart, TextPart
 from agentrt_jupyter.conversation import ConversationMessage, LedgerEntry, Usage
 from agentrt_jupyter.errors import ConversationInUse, StoreError
 from agentrt_jupyter.store import INTERRUPTED, TEAM_SCOPE, CachedReply
 from agentrt_jupyter.stores.base import ConversationStore, ResultsStore
-from agentrt_jupyter.stores.opening import open_results, open_store_at
+from agentrt_jupyter.stores.opening import open_store_at
 
 USAGE = Usage(prompt_tokens=12, candidates_tokens=3, total_tokens=15)
 WHEN = datetime(2026, 2, 1, 12, 0, tzinfo=UTC)
@@ -238,6 +238,24 @@ def test_the_cache_returns_what_was_put_counts_hits_and_clears(store: Conversati
     assert store.cache_get("k") == reply("replaced")
     store.cache_clear()
     assert store.cache_stats().entries == 0
+
+
+def test_the_cache_evicts_the_least_recently_used_past_its_bounds(opener: Opener) -> None:
+    store = opener(cache_max_entries=3, cache_max_bytes=None)
+    for key in "abc":
+        store.cache_put(key, reply(key))
+    store.cache_get("a")  # b is now the least recently used
+    store.cache_put("d", reply("d"))
+    assert [k for k in "abcd" if store.cache_get(k) is not None] == ["a", "c", "d"]
+    bounded = opener(cache_max_entries=None, cache_max_bytes=1000)
+    bounded.cache_clear()
+    for key in "pqrstuvwxyz":
+        bounded.cache_put(key, reply(key * 100))
+    stats = bounded.cache_stats()
+    assert 0 < stats.bytes <= 1000
+    assert bounded.cache_get("z") is not None and bounded.cache_get("p") is None
+    bounded.cache_put("huge", reply("x" * 2000))
+    assert bounded.cache_get("huge") is None and bounded.cache_stats().entries == stats.entries
 
 
 def test_a_team_cached_reply_is_apart_and_names_no_conversation(store: ConversationStore) -> None:

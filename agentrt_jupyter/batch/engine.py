@@ -25,10 +25,11 @@ from ..config import AgentConfig
 from ..errors import InvalidConfig, RuntimeClosed, StoreError, WrongThread
 from ..operators import Operator
 from ..runtime import AgentRuntime
+from ..stores.base import ResultsStore
 from .live import answer_live
 from .plan import DEFAULT_CONCURRENCY, plan_map
 from .progress import Listener, show
-from .records import RowStore, RunResults
+from .records import RowStore, RunResults, open_results
 from .remote import answer_in_batch
 from .run import BatchRun
 
@@ -163,17 +164,17 @@ def _check_runtime(runtime: object) -> None:
         )
 
 
-def _results_store(runtime: AgentRuntime, store: str | Path | None) -> tuple[RowStore, bool]:
-    """Where results go: `store`, else the runtime's store file, else memory; and whether
-    the run owns (closes) it."""
+def _results_store(runtime: AgentRuntime, store: str | Path | None) -> tuple[ResultsStore, bool]:
+    """Where results go: `store`, else the runtime's store (file or database), else memory;
+    and whether the run owns (closes) it."""
     if store is not None:
         if not isinstance(store, str | Path) or not str(store).strip():
             raise InvalidConfig("must be a file path or None", field="store")
         return RowStore(Path(store).expanduser()), True
-    path = runtime.config.store_path
-    if path is not None and runtime.store_problem is None:
+    location = runtime.config.store_location
+    if location is not None and runtime.store_problem is None:
         try:
-            return RowStore(Path(path)), True
+            return open_results(location), True
         except StoreError as exc:
             log.warning("map results are kept in memory only: %s", exc)
     memory = _memory_stores.get(runtime)

@@ -235,7 +235,7 @@ class NotebookAgents:
 
     def _stores(self) -> bool:
         runtime = self.runtime
-        return runtime.config.store_path is not None and runtime.store_problem is None
+        return runtime.config.store_location is not None and runtime.store_problem is None
 
     def _is_live(self, name: str) -> bool:
         return name in self.live_names()

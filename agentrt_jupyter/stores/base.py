@@ -10,9 +10,9 @@ results tables. Both raise only `StoreError` (and `ConversationInUse` for a leas
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..batch.records import StoredRow
 from ..conversation import ConversationMessage, LedgerEntry
 from ..store import (
     TEAM_SCOPE,
@@ -22,7 +22,10 @@ from ..store import (
     StoredConversation,
 )
 
-__all__ = ["TEAM_SCOPE", "ConversationStore", "ResultsStore"]
+__all__ = ["OPEN_JOB", "TEAM_SCOPE", "ConversationStore", "ResultsStore", "StoredRow"]
+
+OPEN_JOB = "open"
+"""The state of a Batch API job whose results were not collected yet."""
 
 
 class ConversationStore(Protocol):
@@ -92,8 +95,20 @@ class ConversationStore(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class StoredRow:
+    """What is kept of a finished row."""
+
+    text: str
+    tokens_in: int
+    tokens_out: int
+    latency: float
+    attempts: int
+    model: str
+
+
 class ResultsStore(Protocol):
-    """`map`'s results tables: finished rows by (run, row hash), and Batch API jobs."""
+    """The results tables: `RowStore` here, `stores.pgrows.PgRowStore` on PostgreSQL."""
 
     def get(self, run: str, row: str) -> StoredRow | None: ...
 

@@ -1,11 +1,15 @@
-"""Which store a location names: a `postgresql://` URL is PostgreSQL, anything else a file."""
+"""Which store a location names: a `postgresql://` URL is PostgreSQL, anything else a file.
+
+(`batch.records.open_results` chooses the same way for `map`'s results tables.)
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from .base import ConversationStore, ResultsStore
+from ..errors import StoreError
+from .base import ConversationStore
 
 URL_SCHEMES = ("postgresql://", "postgres://")
 
@@ -19,20 +23,13 @@ def open_store_at(location: str | Path, **options: Any) -> ConversationStore:
     """The conversation store at `location`: `PgStore` for a URL, else the SQLite `Store`
     (options are the chosen class's keyword arguments). `StoreError` if it cannot open."""
     if is_database_url(location):
-        from .postgres import PgStore
-
+        try:
+            from .pgstore import PgStore
+        except ImportError as exc:  # psycopg missing
+            raise StoreError(
+                f"a PostgreSQL store needs psycopg ({exc}): pip install 'agentrt-jupyter[postgres]'"
+            ) from exc
         return PgStore(str(location), **options)
     from ..store import Store
 
     return Store(location, **options)
-
-
-def open_results(location: str | Path, **options: Any) -> ResultsStore:
-    """`map`'s results tables at `location`: in the PostgreSQL database, or an SQLite file."""
-    if is_database_url(location):
-        from .pgrows import PgRowStore
-
-        return PgRowStore(str(location), **options)
-    from ..batch.records import RowStore
-
-    return RowStore(Path(location), **options)

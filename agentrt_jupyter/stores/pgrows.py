@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
-from ..batch.records import OPEN_JOB, StoredRow
 from ..errors import StoreError
+from .base import OPEN_JOB, StoredRow
 from .pgstore import PgStore
 
 if TYPE_CHECKING:

@@ -19,12 +19,15 @@ import json
 import logging
 import os
 import secrets
+import select
 import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import psycopg
+from psycopg import errors
 
 from ..config import redacted_url
 from ..conversation import ConversationMessage, LedgerEntry
@@ -48,70 +51,22 @@ from ..store import (
     assemble,
 )
 from .base import TEAM_SCOPE
-
-if TYPE_CHECKING:
-    import psycopg
+from .pgschema import LISTING, MIGRATIONS, SCHEMA_VERSION, connect, fill_prices
 
 log = logging.getLogger("agentrt_jupyter")
 
-SCHEMA_VERSION = 1
-"""`agentrt.meta.schema_version` of the databases this module writes."""
 MAX_BACKOFF = 30.0
 """The longest wait between two attempts to reconnect to a database that went away."""
 
-_LISTING = """
-WITH cleared AS (
-  SELECT conversation, max(seq) AS seq FROM agentrt.records
-  WHERE kind = 'cleared' AND owner = %(owner)s GROUP BY conversation),
-shown AS (
-  SELECT r.conversation, count(*) AS messages,
-         count(DISTINCT CASE WHEN r.role != 'summary' THEN r.turn END) AS turns
-  FROM agentrt.records r LEFT JOIN cleared k ON k.conversation = r.conversation
-  WHERE r.owner = %(owner)s AND r.kind = 'message' AND r.seq > coalesce(k.seq, 0)
-  GROUP BY r.conversation),
-totals AS (
-  SELECT conversation, sum(octet_length(data)) AS size, max(written) AS last
-  FROM agentrt.records WHERE owner = %(owner)s GROUP BY conversation)
-SELECT c.id, c.namespace, c.name, c.created,
-       coalesce(s.messages, 0) + (d.conversation IS NOT NULL)::int, coalesce(s.turns, 0),
-       coalesce(t.size, 0) + coalesce(octet_length(d.data), 0),
-       greatest(coalesce(t.last, c.created), coalesce(d.written, 0)),
-       l.token, l.holder, l.pid, l.host, l.heartbeat
-FROM agentrt.conversations c
-LEFT JOIN shown s ON s.conversation = c.id
-LEFT JOIN totals t ON t.conversation = c.id
-LEFT JOIN agentrt.drafts d ON d.conversation = c.id
-LEFT JOIN agentrt.leases l ON l.conversation = c.id
-WHERE c.owner = %(owner)s AND (%(namespace)s::text IS NULL OR c.namespace = %(namespace)s)
-ORDER BY c.seq
-"""
 
-
-def setup_sql() -> str:
-    """The SQL that makes schema 1: tables, roles, grants, row-level security, admin view."""
-    return resources.files(__package__).joinpath("pg_setup.sql").read_text()
-
-
-def _connect(url: str, connect_timeout: float, statement_timeout: float) -> psycopg.Connection:
-    import psycopg
-
-    return psycopg.connect(
-        url,
-        autocommit=True,
-        connect_timeout=max(1, round(connect_timeout)),
-        options=f"-c statement_timeout={int(statement_timeout * 1000)}",
-    )
-
-
-def _fill_prices(conn: psycopg.Connection) -> None:
-    from ..batch.prices import PRICES
-
-    for model, price in PRICES.items():
-        conn.execute(
-            "INSERT INTO agentrt.prices (model, input, output) VALUES (%s, %s, %s)"
-            " ON CONFLICT (model) DO UPDATE SET input = excluded.input, output = excluded.output",
-            (model, price.input, price.output),
-        )
+def _closed_by_server(conn: psycopg.Connection) -> bool:
+    """Whether the server has closed this idle connection: nothing else makes an idle
+    connection readable (a termination notice, or the end of the stream)."""
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 class PgStore:
@@ -131,12 +86,14 @@ class PgStore:
         connect_timeout: float = 5.0,
         statement_timeout: float = 10.0,
         cache_max_entries: int | None = 10_000,
+        cache_max_bytes: int | None = 256 * 2**20,
     ) -> None:
         self._url = url
         self.location = redacted_url(url)
         self._options: dict[str, Any] = {
             "holder": holder, "lease_timeout": lease_timeout, "connect_timeout": connect_timeout,
             "statement_timeout": statement_timeout, "cache_max_entries": cache_max_entries,
+            "cache_max_bytes": cache_max_bytes,
         }  # fmt: skip
         self._lock = threading.Lock()
         self._token = secrets.token_hex(8)
@@ -146,6 +103,7 @@ class PgStore:
         self._connect_timeout = connect_timeout
         self._statement_timeout = statement_timeout
         self._cache_max_entries = cache_max_entries
+        self._cache_max_bytes = cache_max_bytes
         self._held: dict[str, str] = {}
         self._closed = False
         self._conn: psycopg.Connection | None = None
@@ -220,7 +178,7 @@ class PgStore:
     def conversations(self, namespace: str | None = None) -> list[StoredConversation]:
         now = time.time()
         with self._boundary("list the stored conversations") as conn:
-            rows = conn.execute(_LISTING, {"owner": self.owner, "namespace": namespace}).fetchall()
+            rows = conn.execute(LISTING, {"owner": self.owner, "namespace": namespace}).fetchall()
         listing = []
         for cid, ns, name, created, messages, turns, size, last, *lease in rows:
             token, holder, pid, host, heartbeat = lease
@@ -236,7 +194,9 @@ class PgStore:
         return listing
 
     def load(self, conversation_id: str) -> LoadedConversation | None:
+        """Read without taking it: one snapshot, while its writer may go on appending."""
         with self._write(f"load conversation {conversation_id}") as conn:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             return self._read(conn, conversation_id, persist=False)
 
     def open(self, conversation_id: str, *, take_over: bool = False) -> LoadedConversation | None:
@@ -359,26 +319,41 @@ class PgStore:
         conversation: str | None = None,
         scope: str | None = None,
     ) -> None:
-        """Record `reply`; a team-scoped one never names the conversation it came from."""
+        """Record `reply`, evicting the user's least recently used past the bounds (a reply
+        larger than `cache_max_bytes` alone is not kept); a team-scoped one never names the
+        conversation it came from."""
         scope = self._scope(scope)
         with self._write("store a reply in the cache") as conn:
             data = _reply_json(reply)
+            size = len(data.encode())
+            if self._cache_max_bytes is not None and size > self._cache_max_bytes:
+                return
             conn.execute(
                 "INSERT INTO agentrt.replies (scope, key, bytes, used, conversation, data)"
                 " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (scope, key) DO UPDATE SET"
                 " bytes = excluded.bytes, used = excluded.used,"
                 " conversation = excluded.conversation, data = excluded.data",
                 (
-                    scope, key, len(data.encode()), time.time(),
+                    scope, key, size, time.time(),
                     None if scope == TEAM_SCOPE else conversation, data,
                 ),
             )  # fmt: skip
-            if self._cache_max_entries is not None:
-                conn.execute(
-                    "DELETE FROM agentrt.replies WHERE scope = %s AND key IN (SELECT key FROM"
-                    " agentrt.replies WHERE scope = %s ORDER BY used DESC OFFSET %s)",
-                    (self.owner, self.owner, self._cache_max_entries),
-                )
+            self._evict(conn)
+
+    def _evict(self, conn: psycopg.Connection) -> None:
+        """Drop the user's least recently used replies until within the cache's bounds."""
+        entries, size = self._cache_max_entries, self._cache_max_bytes
+        if entries is None and size is None:
+            return
+        conn.execute(
+            "DELETE FROM agentrt.replies WHERE scope = %(owner)s AND key IN ("
+            " SELECT key FROM (SELECT key,"
+            "  row_number() OVER (ORDER BY used DESC) AS n,"
+            "  sum(bytes) OVER (ORDER BY used DESC) AS total"
+            "  FROM agentrt.replies WHERE scope = %(owner)s) ranked"
+            " WHERE n > coalesce(%(entries)s, n) OR total > coalesce(%(size)s, total))",
+            {"owner": self.owner, "entries": entries, "size": size},
+        )
 
     def cache_stats(self) -> CacheStats:
         """The user's own cached replies (the team's are counted by whoever clears them)."""
@@ -401,8 +376,6 @@ class PgStore:
     @contextlib.contextmanager
     def _boundary(self, doing: str) -> Iterator[psycopg.Connection]:
         """The one place where psycopg, JSON and decoding errors become `StoreError`."""
-        import psycopg
-
         with self._lock:
             conn = self._connection(doing)
             try:
@@ -427,14 +400,18 @@ class PgStore:
             yield conn
 
     def _connection(self, doing: str) -> psycopg.Connection:
-        """The live connection, made again after one was lost (not before the backoff)."""
-        import psycopg
+        """The live connection, made again after one was lost (not before the backoff).
 
+        One the server closed while it was idle (a restart between two writes) is made
+        again before use, so the write goes through instead of failing."""
         if self._closed:
             raise StoreError(f"cannot {doing}: the store was closed", path=self.location)
         conn = self._conn
         if conn is not None and not conn.closed and not conn.broken:
-            return conn
+            if not _closed_by_server(conn):
+                return conn
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
         now = time.monotonic()
         if now < self._next_attempt:
             raise StoreError(
@@ -443,7 +420,7 @@ class PgStore:
                 path=self.location,
             )
         try:
-            self._conn = _connect(self._url, self._connect_timeout, self._statement_timeout)
+            self._conn = connect(self._url, self._connect_timeout, self._statement_timeout)
         except psycopg.Error as exc:
             self._backoff = min(MAX_BACKOFF, max(0.5, self._backoff * 2))
             self._next_attempt = time.monotonic() + self._backoff
@@ -452,8 +429,6 @@ class PgStore:
         return self._conn
 
     def _fault(self, exc: psycopg.Error, doing: str) -> StoreError:
-        from psycopg import errors
-
         if isinstance(exc, errors.InsufficientPrivilege):
             why = f"not permitted for this database role ({exc.diag.message_primary or exc})"
         elif isinstance(exc, errors.QueryCanceled):
@@ -475,17 +450,32 @@ class PgStore:
                 path=self.location,
             )
         if version < SCHEMA_VERSION:
+            self._migrate(conn)
+
+    def _migrate(self, conn: psycopg.Connection) -> None:
+        """Bring the schema to `SCHEMA_VERSION`, one process at a time.
+
+        The version is read again after the lock, in a transaction of its own: one begun
+        before the wait would still see the catalog as it was (no schema), and run the
+        DDL again while the winner's writers use the tables (a deadlock).
+        """
+        conn.execute("SELECT pg_advisory_lock(hashtext('agentrt setup'))")
+        try:
+            version = self._version(conn)
+            if version >= SCHEMA_VERSION:
+                return
             with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(hashtext('agentrt setup'))")
-                if self._version(conn) < SCHEMA_VERSION:
-                    for step in range(self._version(conn), SCHEMA_VERSION):
-                        conn.execute(MIGRATIONS[step]().encode())
-                    _fill_prices(conn)
-                    conn.execute(
-                        "UPDATE agentrt.meta SET value = %s WHERE key = 'schema_version'",
-                        (str(SCHEMA_VERSION),),
-                    )
+                for step in range(version, SCHEMA_VERSION):
+                    conn.execute(MIGRATIONS[step]().encode())
+                fill_prices(conn)
+                conn.execute(
+                    "UPDATE agentrt.meta SET value = %s WHERE key = 'schema_version'",
+                    (str(SCHEMA_VERSION),),
+                )
             log.info("set up %s at store schema %d", self.location, SCHEMA_VERSION)
+        finally:
+            if not conn.broken:
+                conn.execute("SELECT pg_advisory_unlock(hashtext('agentrt setup'))")
 
     @staticmethod
     def _version(conn: psycopg.Connection) -> int:
@@ -626,7 +616,3 @@ class PgStore:
                 )  # fmt: skip
             conn.execute("DELETE FROM agentrt.drafts WHERE conversation = %s", (conversation_id,))
         return loaded
-
-
-MIGRATIONS = {0: setup_sql}
-"""Step `n` takes a database from schema n to n + 1 (its SQL), in one transaction."""

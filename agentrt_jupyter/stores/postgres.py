@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import redacted_url
 from ..errors import StoreError
-from .pgstore import SCHEMA_VERSION, PgStore, _connect, _fill_prices, setup_sql
+from .pgschema import SCHEMA_VERSION, connect, fill_prices, setup_sql
+from .pgstore import PgStore
 
 if TYPE_CHECKING:
     import psycopg
@@ -32,7 +33,7 @@ def setup(url: str) -> None:
     with _admin_connection(url, "set up the store") as conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('agentrt setup'))")
         conn.execute(setup_sql().encode())
-        _fill_prices(conn)
+        fill_prices(conn)
 
 
 def create_user_role(url: str, name: str, password: str, *, admin: bool = False) -> None:
@@ -57,7 +58,7 @@ def _admin_connection(url: str, doing: str) -> Iterator[psycopg.Connection]:
     import psycopg
 
     try:
-        with _connect(url, 10.0, 60.0) as conn:
+        with connect(url, 10.0, 60.0) as conn:
             yield conn
     except psycopg.Error as exc:
         raise StoreError(f"cannot {doing}: {exc}".strip(), path=redacted_url(url)) from exc
