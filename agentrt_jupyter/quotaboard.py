@@ -138,6 +138,9 @@ class _Database(Protocol):
     def prepare(self) -> None:
         """Make the board's tables if they are missing."""
 
+    def lost(self) -> bool:
+        """The server closed the connection (a new one may work)."""
+
     def close(self) -> None: ...
 
 
@@ -158,6 +161,9 @@ class _SQLite:
     def prepare(self) -> None:
         for statement in _SCHEMA:
             self._db.execute(statement)
+
+    def lost(self) -> bool:
+        return False  # a file is not closed under us
 
     @contextlib.contextmanager
     def transaction(self, lock: str) -> Iterator[None]:
@@ -199,6 +205,9 @@ class _Postgres:
         if self.execute("SELECT to_regclass('quota_usage')")[0][0] is None:
             for statement in _SCHEMA:
                 self.execute(statement)
+
+    def lost(self) -> bool:
+        return bool(self._db.broken or self._db.closed)
 
     @contextlib.contextmanager
     def transaction(self, lock: str) -> Iterator[None]:
@@ -255,10 +264,7 @@ class QuotaBoard:
             if self._db is None and time.monotonic() < self._down_until:
                 return default
             try:
-                if self._db is None:
-                    self._db = self._connect()
-                    self._db.prepare()
-                result = work(self._db)
+                result = self._attempt(work)
             except Exception as exc:  # sqlite3, psycopg: any fault means "no board now"
                 self._fault(exc)
                 return default
@@ -267,6 +273,23 @@ class QuotaBoard:
                 log.warning("quota board: reachable again; kernels share the key's quota")
                 self._fault_logged = False
             return result
+
+    def _attempt(self, work: Callable[[_Database], T]) -> T:
+        """`work` on the open connection, or on a new one when the server closed it while
+        it was idle (a database restart between two calls goes unnoticed)."""
+        db = self._db
+        if db is not None:
+            try:
+                return work(db)
+            except Exception:
+                if not db.lost():
+                    raise
+                self._db = None
+                with contextlib.suppress(Exception):
+                    db.close()
+        self._db = self._connect()
+        self._db.prepare()
+        return work(self._db)
 
     def _fault(self, exc: Exception) -> None:
         self.faults += 1

@@ -332,3 +332,19 @@ def test_hub_users_on_their_own_roles_share_the_board_the_admin_set_up(
     assert [board.faults for board in boards] == [0, 0]
     for board in boards:
         board.close()
+
+
+def test_a_database_restart_between_two_calls_goes_unnoticed_by_the_board(
+    postgres_cluster: Any, postgres_database: str
+) -> None:
+    board = QuotaBoard.postgres(postgres_database)
+    assert board.take_start("cred", 1.0) == 0.0
+    try:
+        postgres_cluster.stop("fast")
+        postgres_cluster.start()
+    finally:
+        if not postgres_cluster.running():
+            postgres_cluster.start()
+    assert 0 < board.take_start("cred", 1.0) <= 1.0  # booked behind the first: a new connection
+    assert board.faults == 0
+    board.close()
