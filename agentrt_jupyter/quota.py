@@ -7,6 +7,12 @@ every request that was already in flight when the credential got blocked belongs
 episode, so ten agents hitting one 429 each wait once, not 2**10 times as long. Each waiter
 adds its own jitter so they do not all retry in the same millisecond. Per-day limits and
 limit 0 fail with `QuotaExceeded` because waiting here will not fix them.
+
+With a `QuotaBoard` (the runtime has a store) the episodes are the key's, not the
+process's: each 429 is published, and before a call the board is read (at most every
+`BOARD_CACHE` s per key), so one kernel's 429 makes every kernel on the key wait the same
+window. The registry stays the fast path: without a board, or while it is down, it is
+exactly the per-process registry.
 """
 
 from __future__ import annotations
@@ -17,13 +23,22 @@ import random
 import re
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from .budget import UserBudget
+    from .quotaboard import QuotaBoard, SharedBlock
 
 QuotaScope = Literal["minute", "day", "zero", "billing", "unknown"]
 """`billing`: the provider refused for credit or billing (no wait helps; fails at once)."""
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)s\s*$")
 MAX_BACKOFF = 300.0
 """The backoff without RetryInfo never grows past this (the cap the caller sets may be lower)."""
+_SCOPES: dict[str, QuotaScope] = {"minute": "minute", "day": "day", "zero": "zero"}
+BOARD_CACHE = 0.25
+"""Seconds a read of the quota board is reused for a key (a call costs at most one read)."""
+SAME_TIME = 1e-3
+"""Seconds within which two times read back from the board are the same time."""
 
 
 def fingerprint(api_key: str | None, base_url: str | None) -> str:
@@ -108,6 +123,8 @@ class QuotaState:
     successes: int = 0
     last_scope: QuotaScope | None = None
     last_quota_id: str | None = None
+    shared_episodes: int = 0
+    """Episodes other kernels on the key began (read from the quota board)."""
 
     @property
     def seconds_left(self) -> float:
@@ -119,15 +136,65 @@ class QuotaState:
 
 
 class QuotaRegistry:
-    """One `QuotaState` per credential; owned by the runtime loop."""
+    """One `QuotaState` per credential; owned by the runtime loop.
 
-    def __init__(self, *, base_backoff: float = 1.0, jitter: float = 0.1) -> None:
+    `board` shares the episodes with other kernels; `budget` is the user's daily budget
+    (`budget.UserBudget`), checked before and counted after every HTTP attempt."""
+
+    def __init__(
+        self,
+        *,
+        base_backoff: float = 1.0,
+        jitter: float = 0.1,
+        board: QuotaBoard | None = None,
+        budget: UserBudget | None = None,
+    ) -> None:
         self._states: dict[str, QuotaState] = {}
         self._base_backoff = base_backoff
         self._jitter = jitter
+        self.board = board
+        self.budget = budget
+        self._read_at: dict[str, float] = {}
+        self._wall_offset = (board.now() if board is not None else time.time()) - time.monotonic()
 
     def state(self, key: str) -> QuotaState:
         return self._states.get(key) or QuotaState(key)
+
+    def refresh(self, key: str) -> QuotaState:
+        """The key's state with what other kernels published on the board (read at most
+        every `BOARD_CACHE` s); `state` without a board."""
+        board = self.board
+        if board is not None:
+            now = time.monotonic()
+            if now - self._read_at.get(key, -BOARD_CACHE) >= BOARD_CACHE:
+                self._read_at[key] = now
+                shared = board.read(key)
+                if shared is not None:
+                    self._merge(key, shared)
+        return self.state(key)
+
+    def _merge(self, key: str, shared: SharedBlock) -> None:
+        """Take a block another kernel published, if it lasts longer than ours: it joins our
+        episode while we are blocked, else it is a new one (the map halves its concurrency)."""
+        until = shared.blocked_until - self._wall_offset
+        state = self.state(key)
+        if until <= max(state.blocked_until, time.monotonic()) + SAME_TIME:
+            return
+        scope = _SCOPES.get(shared.scope or "", "minute")
+        quota_id = shared.quota_id or state.last_quota_id
+        if state.blocked:
+            self._states[key] = replace(state, blocked_until=until, last_quota_id=quota_id)
+            return
+        self._states[key] = replace(
+            state,
+            blocked_until=until,
+            blocked_at=shared.episode_started - self._wall_offset,
+            episodes=max(state.episodes, shared.episodes, 1),
+            total_hits=state.total_hits + 1,
+            shared_episodes=state.shared_episodes + 1,
+            last_scope=scope,
+            last_quota_id=quota_id,
+        )
 
     def states(self) -> list[QuotaState]:
         return list(self._states.values())
@@ -172,7 +239,25 @@ class QuotaRegistry:
             last_scope=scope,
             last_quota_id=quota_id,
         )
+        self._publish(key)
         return left
+
+    def _publish(self, key: str) -> None:
+        """Tell the other kernels on the key about our block (and take theirs, if longer)."""
+        if self.board is None:
+            return
+        state = self.state(key)
+        shared = self.board.publish_hit(
+            key,
+            blocked_until=state.blocked_until + self._wall_offset,
+            episode_started=state.blocked_at + self._wall_offset,
+            episodes=state.episodes,
+            quota_id=state.last_quota_id,
+            scope=state.last_scope,
+        )
+        if shared is not None:
+            self._read_at[key] = time.monotonic()
+            self._merge(key, shared)
 
     def record_success(self, key: str) -> None:
         state = self._states.get(key)
@@ -198,6 +283,6 @@ class QuotaRegistry:
     async def wait(self, key: str) -> float:
         """Sleep until the credential is unblocked; returns the seconds waited."""
         waited = 0.0
-        while self.state(key).blocked:
+        while self.refresh(key).blocked:
             waited += await self.wait_once(key)
         return waited

@@ -23,13 +23,16 @@ from .backends import check_parts
 from .backends.base import Backend, BackendFactory
 from .backends.pump import StreamPacer
 from .backends.switch import switch_note
+from .budget import UserBudget, load_policy
 from .config import AgentConfig, RuntimeConfig, agent_config
 from .conversation import LedgerEntry, Usage
 from .endpoints import Backends
 from .errors import AgentNotFound, ConversationExists, InvalidConfig, StoreError, Timeout
 from .handle import Turn
+from .identity import current_user
 from .portal import Inbox
 from .quota import QuotaRegistry, QuotaScope
+from .quotaboard import QuotaBoard
 from .recorder import NullRecorder, Recorder, StoreRecorder
 from .salvage import open_store
 from .store import STORED_SETTINGS, StoredConversation
@@ -81,7 +84,7 @@ class AgentRegistry:
     ) -> None:
         self.config = config
         self.backends = Backends(config, backend_factory)
-        self.quota = QuotaRegistry()
+        policy = load_policy(current_user())  # before the store: a bad policy leaks nothing
         self.agents: dict[str, AgentCore] = {}
         self.retired_ledger: dict[LedgerEntry, None] = {}
         """The calls of agents no longer here (deleted, replaced, a map's rows): paid for.
@@ -89,6 +92,9 @@ class AgentRegistry:
         (reconfigured, resumed) carries its rows, and each call is kept once."""
         self.by_name: dict[str, str] = {}
         self.recorder: Recorder = _open_recorder(config)
+        board = _open_board(config, self.recorder)
+        budget = UserBudget(policy, current_user(), board) if policy.limited else None
+        self.quota = QuotaRegistry(board=board, budget=budget)
         self.heartbeat_task: asyncio.Task[None] | None = None
         self.inbox = Inbox()
         self.pacer = StreamPacer()
@@ -451,6 +457,8 @@ class AgentRegistry:
         even when a shutdown's timeout cut `aclose` short."""
         await self.backends.aclose()
         self.recorder.close()
+        if self.quota.board is not None:
+            self.quota.board.close()
 
 
 def _holder() -> str:
@@ -483,3 +491,15 @@ def _open_recorder(config: RuntimeConfig) -> Recorder:
     if recovery is not None:
         log.warning("%s", recovery)
     return StoreRecorder(store, recovery)
+
+
+def _open_board(config: RuntimeConfig, recorder: Recorder) -> QuotaBoard | None:
+    """The quota board kernels on one key share: in the PostgreSQL database of
+    `store_url`, else in the store's SQLite file when that store works. None without a
+    store: quota is then this process's alone."""
+    location = config.store_location
+    if location is not None and is_database_url(location):
+        return QuotaBoard.postgres(str(location))
+    if recorder.store is None or config.store_path is None:
+        return None
+    return QuotaBoard.sqlite(config.store_path)

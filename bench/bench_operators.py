@@ -1,4 +1,4 @@
-"""Figure 12: semantic operators — calls, recall, throughput.
+"""Figure 13: semantic operators — calls, recall, throughput.
 
 (a) `topk` of k = 10 among n = 1,000 rows in random order, judged by an exact comparison
     oracle (the larger number wins): the model calls the tournament makes, against the
@@ -38,7 +38,7 @@ from agentrt_jupyter.backends.base import ModelRequest
 from agentrt_jupyter.content import TextPart
 from agentrt_jupyter.server.process import LocalServer
 
-FIGURE = "12. Operators"
+FIGURE = "13. Operators"
 ITEMS = re.compile(r"First item:\n(.*)\n\nSecond item:\n(.*)$", re.S)
 STATEMENT = re.compile(r"hold\? (.*) is the same item as (.*)\n")
 ADJECTIVES = ["blue", "red", "green", "steel", "compact", "large", "small", "pro", "lite", "dual"]

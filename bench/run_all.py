@@ -37,7 +37,8 @@ SCRIPTS = {
     "conversations": ("9. Conversations", "bench_conversations.py"),
     "store": ("10. Store", "bench_store.py"),
     "fairness": ("11. Fairness", "bench_fairness.py"),
-    "operators": ("12. Operators", "bench_operators.py"),
+    "shared_quota": ("12. One quota per key", "bench_shared_quota.py"),
+    "operators": ("13. Operators", "bench_operators.py"),
 }
 TIMEOUT = 900
 COLUMNS = ("Figure", "Metric", "Measured", "Baseline (same run)", "Ratio", "Target", "Result")

@@ -17,6 +17,9 @@ SDK's own retries are off, so every attempt is visible here and its pauses are p
   waits during which another agent's *retry* was limited again while no call on the key
   got through. Waiting behind others' first 429s costs nothing; a request's first 429
   joins the current episode (`QuotaRegistry.record_hit(retry=False)`).
+- The user's daily budget (`QuotaRegistry.budget`), when the admin set one, is checked
+  before every attempt (`QuotaExceeded(scope="budget")` once spent) and counts the
+  tokens each attempt used.
 """
 
 from __future__ import annotations
@@ -89,8 +92,11 @@ class RetryingCaller:
         backend = await self._backend()
         gate = _QuotaGate(self._quota, backend.credential, self._policy)
         failures = 0
+        budget = self._quota.budget
         while True:
             waited = await gate.wait(listener)
+            if budget is not None:
+                budget.check()
             pause = await self._attempt(backend, request, reply, listener, gate, waited, failures)
             if pause is None:
                 return
@@ -140,6 +146,8 @@ class RetryingCaller:
             status = "retried"
             return _Pause(seconds, error_text, retried=True)
         finally:
+            if self._quota.budget is not None:
+                self._quota.budget.spend(request.model, reply.usage)
             listener.on_attempt(
                 Attempt(
                     model=request.model,
@@ -227,7 +235,7 @@ class _QuotaGate:
     async def wait(self, listener: CallListener) -> float:
         """Wait while the credential is blocked; the seconds waited."""
         waited = 0.0
-        while (blocked := self._registry.state(self._credential)).blocked:
+        while (blocked := self._registry.refresh(self._credential)).blocked:
             stuck = (
                 blocked.successes == self._seen_successes
                 and blocked.retry_hits > self._seen_retry_hits

@@ -27,6 +27,10 @@ tells it what happened (`release` and `spend` when the row ends, `row_succeeded`
   in flight, the answer is `Stop`.
 - A credential blocked (429) for longer than `quota_max_wait` is a `Stop` too; a shorter
   block is a `Wait` for it.
+- Kernels sharing a key (the quota board): the run passes `minute_tokens`, the key's
+  tokens of the last minute across kernels, in place of its own; the run's own rpm
+  spacing stays (what a kernel does alone when the board is down), and a `Start` the
+  board's key-wide rpm or slots then refuse is given back with `unreserve`.
 """
 
 from __future__ import annotations
@@ -63,9 +67,11 @@ class Estimate:
 @dataclass(frozen=True)
 class Start:
     """The row may start now: its `estimate` is reserved (release it when the row ends)
-    and the rpm pacing has counted it."""
+    and the rpm pacing has counted it; `slot` names the key-wide slot it holds on the
+    quota board, if any (free it when the row ends)."""
 
     estimate: Estimate
+    slot: str | None = None
 
 
 @dataclass(frozen=True)
@@ -192,8 +198,11 @@ class RateController:
             )
         return None
 
-    def admit(self, prompt: str, *, blocked: float = 0.0) -> Admission:
-        """May the row of `prompt` start, with the credential blocked `blocked` s more?"""
+    def admit(
+        self, prompt: str, *, blocked: float = 0.0, minute_tokens: int | None = None
+    ) -> Admission:
+        """May the row of `prompt` start, with the credential blocked `blocked` s more?
+        `minute_tokens`: the key's tokens of the last minute across kernels, if shared."""
         estimate = self.estimate(prompt)
         if blocked > self.quota_max_wait:
             return Stop(
@@ -211,17 +220,21 @@ class RateController:
             return Wait(None)
         if blocked > 0:
             return Wait(blocked, rate_limited=True)
-        return self._paced(estimate)
+        return self._paced(estimate, minute_tokens)
 
     def _budget_ramp(self) -> bool:
         """A budget to keep, and as many rows in flight as have ended to size them by."""
         budgeted = self.budget_tokens is not None or self.budget_usd is not None
         return budgeted and self.in_flight >= self.ended
 
-    def _paced(self, estimate: Estimate) -> Start | Wait:
+    def _paced(self, estimate: Estimate, minute_tokens: int | None) -> Start | Wait:
         """The rpm and tpm ceilings: start now (reserving, counting the start) or wait."""
         now = self._clock()
-        tokens = self._tokens_wait(estimate, now)
+        tokens = (
+            self._tokens_wait(estimate, now)
+            if minute_tokens is None
+            else self._key_tokens_wait(estimate, minute_tokens)
+        )
         pace = self._next_start - now
         if pace <= 0 and tokens == 0:
             if self.rpm is not None:
@@ -241,6 +254,13 @@ class RateController:
             return 0.0
         return self._minute[0][0] + TPM_WINDOW - now if self._minute else None
 
+    def _key_tokens_wait(self, estimate: Estimate, minute_tokens: int) -> float:
+        """`tpm` for the whole key: 0 if the row fits the last minute's tokens across
+        kernels, else a second (the board keeps no per-row times to say when it will)."""
+        if self.tpm is None or minute_tokens + self.reserved_tokens + estimate.tokens <= self.tpm:
+            return 0.0
+        return 0.0 if not minute_tokens and not self.in_flight else 1.0
+
     def reserve(self, estimate: Estimate) -> None:
         """A request of `estimate` is in flight: its estimate counts against the limits."""
         self.in_flight += 1
@@ -250,6 +270,12 @@ class RateController:
     def release(self, estimate: Estimate) -> None:
         """The request of `estimate` ended (what it cost goes to `spend`)."""
         self.ended += 1
+        self.in_flight -= 1
+        self.reserved_tokens -= estimate.tokens
+        self.reserved_usd -= estimate.usd
+
+    def unreserve(self, estimate: Estimate) -> None:
+        """A `Start` that did not start after all (the key's shared ceilings said wait)."""
         self.in_flight -= 1
         self.reserved_tokens -= estimate.tokens
         self.reserved_usd -= estimate.usd

@@ -9,9 +9,18 @@ never holds more than `max_concurrency` requests.
 
 Rate limits are the credential's: every agent on the key waits out a 429's RetryInfo in
 the quota registry, no new row starts while it does, and each new episode halves the
-concurrency (see `controller`). A per-day (or limit 0) 429 stops the run; rows in flight
-finish. A per-minute 429 that the agent's own retries did not get past is retried here,
-after the shared wait, up to `ROW_QUOTA_RETRIES` more times.
+concurrency (see `controller`). A per-day (or limit 0) 429, or the user's daily budget
+(`QuotaExceeded(scope="budget")`), stops the run; rows in flight finish.
+
+Kernels on one key (the runtime's quota board, `quotaboard.py`) share the run's ceilings:
+a row starts only while fewer rows than the run's concurrency are in flight on the key
+across kernels (a slot each, renewed while the run lives, freed when the row ends or
+`SLOT_TTL` after its kernel died),
+`rpm` spaces the starts of every kernel's rows on the key, and `tpm` counts the key's
+tokens of the last minute.
+
+A per-minute 429 that the agent's own retries did not get past is retried here, after the
+shared wait, up to `ROW_QUOTA_RETRIES` more times.
 
 A cancel cuts the rows in flight `CANCEL_GRACE` s later, and a row whose whole reply had
 arrived by then is done, not cancelled (`kept_if_arrived`): a reply the server sent in
@@ -29,6 +38,8 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import os
+import secrets
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -39,7 +50,8 @@ from ..conversation import ConversationMessage, LedgerEntry, Usage
 from ..errors import AgentError, BackendError, QuotaExceeded, Timeout, TurnCancelled
 from ..handle import ChatHandle, TurnResult
 from ..quota import fingerprint
-from .controller import Estimate, Start, Stop
+from ..quotaboard import SLOT_TTL
+from .controller import Start, Stop, Wait
 from .outcomes import CANCELLED, ERROR, SKIPPED, error_kind
 from .run import Stopped
 from .schema import SchemaMismatch
@@ -50,6 +62,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentrt_jupyter")
 
 ROW_QUOTA_RETRIES = 2
+SLOT_POLL = 0.05
+"""Seconds between looks for a free key-wide slot (other kernels' rows end unseen)."""
 CANCEL_GRACE = 0.1
 """Seconds between a cancel and the cut of the rows in flight (see `_cancel_turns`)."""
 
@@ -112,9 +126,13 @@ class LiveRows:
         self._credential: str | None = None
         self._handles: dict[int, ChatHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._board = run.runtime.quota_registry.board
+        self._slots = itertools.count()
+        self._slot_prefix = f"{os.getpid()}-{secrets.token_hex(4)}"
         run.on_cancel(self._cancel_turns)
 
     async def answer(self) -> None:
+        renewal = asyncio.create_task(self._renew_slots(), name="map-slots")
         try:
             await self._prepare_quota()
             self.run.state = "running"
@@ -123,7 +141,17 @@ class LiveRows:
             while self._tasks:
                 await asyncio.wait(list(self._tasks))
         finally:
+            renewal.cancel()
+            await asyncio.wait([renewal])
             await self._end_tasks()
+
+    async def _renew_slots(self) -> None:
+        """Renew the rows' key-wide slots while the run lives (a killed kernel's expire)."""
+        while True:
+            await asyncio.sleep(SLOT_TTL / 3)
+            key, board = self._shared_key(), self._board
+            if key is not None and board is not None:
+                board.renew_slots(key, self._slot_prefix)
 
     async def _dispatch(self, position: int, prompt: str, key: str) -> None:
         """Row `position`: started once admitted, or ended by the run's stop or a cancel."""
@@ -131,7 +159,7 @@ class LiveRows:
         if run.stopped is None and not run.cancel_requested:
             admitted = await self._admit(prompt)
             if isinstance(admitted, Start):
-                self._launch(position, prompt, key, admitted.estimate)
+                self._launch(position, prompt, key, admitted)
                 return
             run.stop(admitted.reason, admitted.status)
         stopped = run.stopped
@@ -149,15 +177,51 @@ class LiveRows:
                 return Stopped(CANCELLED, "cancelled")
             if run.stopped is not None:
                 return run.stopped
-            admission = self.controller.admit(prompt, blocked=self._observe_quota())
+            admission = self.controller.admit(
+                prompt, blocked=self._observe_quota(), minute_tokens=self._key_minute_tokens()
+            )
             if isinstance(admission, Stop):
                 return Stopped(SKIPPED, admission.reason)
+            if isinstance(admission, Start):
+                admission = await self._key_wide(admission)
             if isinstance(admission, Start):
                 run.state = "running"
                 return admission
             if admission.rate_limited:
                 run.state = "waiting"
             await run.wait_for_change(admission.seconds)
+
+    def _shared_key(self) -> str | None:
+        """The run's credential when kernels share its ceilings on the quota board."""
+        return self._credential if self._board is not None else None
+
+    def _key_minute_tokens(self) -> int | None:
+        key = self._shared_key()
+        if key is None or self.controller.tpm is None or self._board is None:
+            return None
+        return self._board.minute_tokens(key)
+
+    async def _key_wide(self, start: Start) -> Start | Wait:
+        """`start` at its booked start of the key's shared rpm, holding a key-wide slot;
+        or a wait for a slot (the start given back)."""
+        key, board = self._shared_key(), self._board
+        if key is None or board is None:
+            return start
+        rpm = self.run.plan.rpm
+        booked = board.take_start(key, 60 / rpm) if rpm is not None else 0.0
+        if booked > 0 and await self.run.until_cancelled(asyncio.sleep(booked)):
+            self.controller.unreserve(start.estimate)
+            return Wait(0.0)
+        slot = f"{self._slot_prefix}-{next(self._slots)}"
+        if board.acquire_slot(key, slot, self.controller.concurrency) is False:
+            self.controller.unreserve(start.estimate)
+            return Wait(SLOT_POLL)
+        return dataclasses.replace(start, slot=slot)
+
+    def _free_slot(self, slot: str | None) -> None:
+        key, board = self._shared_key(), self._board
+        if slot is not None and key is not None and board is not None:
+            board.release_slot(key, slot)
 
     async def _end_tasks(self) -> None:
         tasks = list(self._tasks)
@@ -188,7 +252,7 @@ class LiveRows:
             state = runtime.quota_state
             self._credential = state.fingerprint if state is not None else None
         if self._credential is not None:
-            state = runtime.quota_registry.state(self._credential)
+            state = runtime.quota_registry.refresh(self._credential)
             self.controller.quota_baseline(state.total_hits, state.blocked_at)
 
     async def _wait_for_quota(self) -> bool:
@@ -211,27 +275,31 @@ class LiveRows:
         """Count new 429s (halving the concurrency once per episode); seconds still blocked."""
         if self._credential is None:
             return 0.0
-        state = self.run.runtime.quota_registry.state(self._credential)
+        state = self.run.runtime.quota_registry.refresh(self._credential)
         if self.controller.observe_quota(state.total_hits, state.blocked_at):
             self.run.changed()
         return state.seconds_left
 
-    def _launch(self, position: int, prompt: str, key: str, estimate: Estimate) -> None:
-        """Start the admitted row (its `estimate` is reserved until it ends)."""
-        task = asyncio.create_task(self._row(position, prompt, key, estimate), name="map-row")
+    def _launch(self, position: int, prompt: str, key: str, start: Start) -> None:
+        """Start the admitted row (its estimate is reserved, its slot held, until it ends)."""
+        task = asyncio.create_task(self._row(position, prompt, key, start), name="map-row")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         self.run.changed()
 
-    async def _row(self, position: int, prompt: str, key: str, estimate: Estimate) -> None:
+    async def _row(self, position: int, prompt: str, key: str, start: Start) -> None:
         started = time.monotonic()
         try:
             tries = await self._tries(position, prompt)
-            tries.estimate = (estimate.tokens_in, estimate.tokens_out)
+            tries.estimate = (start.estimate.tokens_in, start.estimate.tokens_out)
         finally:
-            self.controller.release(estimate)
+            self.controller.release(start.estimate)
+            self._free_slot(start.slot)
             self.run.changed()
         self.controller.spend(*tries.tokens)
+        shared_key = self._shared_key()
+        if shared_key is not None and self.controller.tpm is not None and self._board is not None:
+            self._board.add_tokens(shared_key, sum(tries.tokens))
         self._conclude(position, key, prompt, tries, time.monotonic() - started)
 
     async def _tries(self, position: int, prompt: str) -> _Tries:
@@ -279,7 +347,7 @@ class LiveRows:
                 return
         assert error is not None
         status = CANCELLED if isinstance(error, TurnCancelled) else ERROR
-        if isinstance(error, QuotaExceeded) and error.scope in ("day", "zero", "billing"):
+        if isinstance(error, QuotaExceeded) and error.scope in ("day", "zero", "billing", "budget"):
             run.stop(f"stopped: {error}")
         run.finish(
             position,

@@ -116,9 +116,13 @@ class AgentCommands:
         print(f"{name}: resumed, {turns}, {messages}{cut}")
 
     def usage(self, command: CommandLine) -> Any:
-        """One row per turn: the full typed frame, shown compactly (`frames.compact`)."""
+        """One row per turn: the full typed frame, shown compactly (`frames.compact`); first
+        what is left of the user's daily budget, when the admin set one."""
         from ..frames import compact, usage_frame
 
+        budget = self.session.ensure_runtime().quota_registry.budget
+        if budget is not None:
+            print(budget.status().line())
         return compact(usage_frame(self._named(command.name)), "usage")
 
     def history(self, command: CommandLine) -> Any:

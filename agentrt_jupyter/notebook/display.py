@@ -96,9 +96,12 @@ def _fenced(text: str) -> str:
     return f"{fence}\n{text}\n{fence}"
 
 
-def footer_line(result: TurnResult, answered_by: str | None = None) -> str:
+def footer_line(
+    result: TurnResult, answered_by: str | None = None, budget: str | None = None
+) -> str:
     """Who answered (`answered_by`, e.g. "scripted", beside the model), tokens
-    in/out/thoughts, time to first token, duration, and how it ended."""
+    in/out/thoughts, time to first token, duration, how it ended, and what is left of the
+    user's daily budget (`budget`, when the admin set one)."""
     usage = result.usage
     parts = [
         f"{answered_by} · {result.model}" if answered_by else result.model,
@@ -114,6 +117,8 @@ def footer_line(result: TurnResult, answered_by: str | None = None) -> str:
     if result.replayed:
         saved = f", {result.saved_tokens} tokens saved" if result.saved_tokens else ""
         parts.append(f"replayed from the reply cache{saved}")
+    if budget is not None:
+        parts.append(budget)
     if result.status != "complete":
         parts.insert(0, result.status.upper())
     return " · ".join(parts)
@@ -147,6 +152,8 @@ def short_message(error: BaseException) -> str:
             f"the provider refused for billing{said}: add credit or check the billing "
             "settings at the provider"
         )
+    if isinstance(error, QuotaExceeded) and error.scope == "budget":
+        return f"{error} (ask your admin for more)"
     if isinstance(error, QuotaExceeded):
         scope = {"day": "per-day", "minute": "per-minute", "zero": "limit 0"}.get(
             error.scope, error.scope
@@ -242,6 +249,7 @@ class TurnView:
         show_thoughts: bool = False,
         background: bool = False,
         answered_by: str | None = None,
+        budget: Callable[[], str] | None = None,
         hint: OnceHint | None = None,
         open_delay: float = OPEN_DELAY,
         starting: StartingNote | None = None,
@@ -251,6 +259,8 @@ class TurnView:
         self.interval = 1.0 / rate
         self.background = background
         self.answered_by = answered_by
+        self.budget = budget
+        """What is left of the user's daily budget, read when the turn ends."""
         self.hint = hint
         self.open_delay = open_delay
         self.live = getattr(shell, "kernel", None) is not None
@@ -400,7 +410,8 @@ class TurnView:
         its error is the line the cell raises, or, in the background, the footer."""
         error = None if isinstance(result.error, TurnCancelled) else result.error
         if error is None:
-            footer = footer_line(result, self.answered_by)
+            budget = self.budget() if self.budget is not None else None
+            footer = footer_line(result, self.answered_by, budget)
             final = reply_bundle(result.text, self.fmt, final=result.status == "complete")
             footer_bundle = {"text/html": f"<sub>{_escape(footer)}</sub>", "text/plain": footer}
             return (final if result.text else None), footer_bundle

@@ -388,6 +388,7 @@ class AgentMagics(Magics):
         except BaseException:
             starting.withdraw()
             raise
+        user_budget = agents.runtime.quota_registry.budget
         view = TurnView(
             self.shell,
             fmt=options.fmt or (data.fmt if data is not None else None) or self.default_format,
@@ -395,6 +396,7 @@ class AgentMagics(Magics):
             show_thoughts=self.show_thoughts,
             background=options.background,
             answered_by=answered_by(agents.runtime.config),
+            budget=None if user_budget is None else lambda: user_budget.status().line(),
             hint=None if options.background else self.await_hint,
             open_delay=self.live_after,
             starting=starting,

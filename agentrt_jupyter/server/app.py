@@ -54,6 +54,7 @@ from .faults import (
     FaultPlan,
     FaultQueue,
     Hang,
+    RateLimit,
     Redirect,
     Reply,
     Truncate,
@@ -192,6 +193,7 @@ class ServerState:
         self.limits = limits
         self.log = RequestLog(limits)
         self.faults = FaultQueue()
+        self.rate_limit: RateLimit | None = None
         self.batches = BatchService(self.batch_item)
         self.openai_batches_service = OpenAIBatchService(
             self.openai_batch_item, lambda: self.batches.delay
@@ -320,7 +322,10 @@ class ServerState:
                 return parse_fault(spec)
             except ValueError as exc:
                 raise EngineError(400, str(exc)) from exc
-        return self.faults.take(prompt_message(greq.contents)[0])
+        queued = self.faults.take(prompt_message(greq.contents)[0])
+        if queued is None and self.rate_limit is not None:
+            return self.rate_limit.take()
+        return queued
 
     def _model_info(self, model: str) -> dict[str, Any]:
         return {
@@ -1047,6 +1052,18 @@ class ServerState:
         self.faults.clear()
         return _json({"ok": True})
 
+    async def rate_limit_settings(self, request: web.Request) -> web.Response:
+        """`{"per_second": N}` limits the generate requests to N a second; null: no limit."""
+        try:
+            body = json.loads(await self.read_body(request))
+            per_second = body["per_second"] if isinstance(body, dict) else "?"
+            self.rate_limit = None if per_second is None else RateLimit(float(per_second))
+        except _Refusal as refusal:
+            return _json({"error": refusal.message}, refusal.code)
+        except (ValueError, KeyError, TypeError):
+            return _json({"error": 'expected {"per_second": N or null}, N > 0'}, 400)
+        return _json({"ok": True, "per_second": per_second})
+
     async def batch_settings(self, request: web.Request) -> web.Response:
         """`{"delay": SECONDS}`: how long the batch jobs created from now on take."""
         try:
@@ -1099,6 +1116,7 @@ def create_app(engine: Engine, token: str, limits: ServerLimits | None = None) -
     app.router.add_post("/_agentrt/faults", state.push_faults)
     app.router.add_delete("/_agentrt/faults", state.clear_faults)
     app.router.add_post("/_agentrt/batches", state.batch_settings)
+    app.router.add_post("/_agentrt/rate_limit", state.rate_limit_settings)
 
     async def close_batches(app: web.Application) -> None:
         await state.batches.aclose()

@@ -43,6 +43,10 @@ Garbage, for testing how a client copes with replies that are not Gemini's:
 - `truncated_json`: a non-stream call answers its reply's JSON cut in half (200, with a
   Content-Length that matches the cut body); a stream sends its first event's JSON cut
   in half, then ends.
+
+A rate limit (`POST /_agentrt/rate_limit {"per_second": N}`, `RateLimit`) answers the
+generate requests past N a second (a token bucket holding one second's worth) with the
+per-minute `429` above, its RetryInfo the time until the next request would pass.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from __future__ import annotations
 import http
 import json
 import re
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -512,3 +517,28 @@ class FaultQueue:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+class RateLimit:
+    """A token bucket of `per_second` requests a second, holding one second's worth: the
+    requests past it are limited (`take` gives the 429 fault, else None)."""
+
+    def __init__(self, per_second: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if not per_second > 0:
+            raise ValueError(f"per_second must be a positive number, got {per_second!r}")
+        self.per_second = per_second
+        self._clock = clock
+        self._tokens = per_second
+        self._at = clock()
+
+    def take(self) -> Fault | None:
+        """Let one request through (None), or the 429 that limits it."""
+        now = self._clock()
+        self._tokens = min(self.per_second, self._tokens + (now - self._at) * self.per_second)
+        self._at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return None
+        delay = (1 - self._tokens) / self.per_second
+        spec = f"429 minute {format_duration(delay)}"
+        return Fault(spec, "http_error", code=429, delay=delay, quota="minute")

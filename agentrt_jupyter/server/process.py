@@ -284,6 +284,11 @@ class LocalServer:
     def clear_faults(self) -> None:
         self._control("DELETE", "/_agentrt/faults")
 
+    def set_rate_limit(self, per_second: float | None) -> None:
+        """Answer the generate requests past `per_second` a second with a per-minute 429
+        (RetryInfo: when the next would pass); None lifts the limit."""
+        self._control("POST", "/_agentrt/rate_limit", {"per_second": per_second})
+
     def set_batch_delay(self, seconds: float) -> None:
         """How long the Batch API jobs created from now on take to succeed (see batches.py)."""
         self._control("POST", "/_agentrt/batches", {"delay": seconds})

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import redacted_url
 from ..errors import StoreError
+from ..quotaboard import POSTGRES_SETUP as QUOTA_BOARD_SETUP
 from .pgschema import SCHEMA_VERSION, connect, fill_prices, setup_sql
 from .pgstore import PgStore
 
@@ -28,11 +29,12 @@ __all__ = ["PgStore", "create_user_role", "setup", "usage_report"]
 
 
 def setup(url: str) -> None:
-    """Create or update the schema, roles, grants and policies (as a role allowed to) and
-    fill the price table; idempotent. `StoreError` if it cannot."""
+    """Create or update the schema, roles, grants and policies (as a role allowed to), the
+    quota board's tables, and fill the price table; idempotent. `StoreError` if it cannot."""
     with _admin_connection(url, "set up the store") as conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('agentrt setup'))")
         conn.execute(setup_sql().encode())
+        conn.execute(QUOTA_BOARD_SETUP.encode())
         fill_prices(conn)
 
 
