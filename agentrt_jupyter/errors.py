@@ -158,7 +158,9 @@ class ToolStepLimit(TurnError):
 
 
 class QuotaExceeded(TurnError):
-    """A rate limit that waiting will not fix here (per-day, limit 0, or retries used up)."""
+    """A limit that waiting will not fix here: `scope` is "day", "zero" (no quota for the
+    model), "minute" (retries used up), "billing" (the provider wants credit) or "budget"
+    (the user's daily budget, set by an admin)."""
 
     def __init__(
         self,

@@ -299,7 +299,6 @@ def test_a_postgresql_that_is_gone_leaves_each_kernel_its_own_quota(
 def test_hub_users_on_their_own_roles_share_the_board_the_admin_set_up(
     postgres_database: str, tag: str
 ) -> None:
-    import psycopg
 
     from agentrt_jupyter.stores.postgres import setup
 
