@@ -67,14 +67,35 @@ _SCHEMA = (
       usd DOUBLE PRECISION NOT NULL, PRIMARY KEY (user_name, day))""",
 )
 
+_USAGE_GUARD = """
+GRANT SELECT, INSERT, UPDATE ON agentrt.quota_usage TO agentrt_users;
+ALTER TABLE agentrt.quota_usage ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS own_usage ON agentrt.quota_usage;
+CREATE POLICY own_usage ON agentrt.quota_usage TO agentrt_users
+  USING (user_name = current_user) WITH CHECK (user_name = current_user);
+CREATE OR REPLACE FUNCTION agentrt.quota_usage_only_grows() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.tokens < 0 OR NEW.usd < 0 OR (TG_OP = 'UPDATE' AND (NEW.tokens < OLD.tokens
+      OR NEW.usd < OLD.usd OR NEW.user_name <> OLD.user_name OR NEW.day <> OLD.day)) THEN
+    RAISE EXCEPTION 'what a user spent only grows';
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE OR REPLACE TRIGGER quota_usage_only_grows BEFORE INSERT OR UPDATE ON agentrt.quota_usage
+  FOR EACH ROW EXECUTE FUNCTION agentrt.quota_usage_only_grows();
+"""
+
 POSTGRES_SETUP = (
     "\n".join(
         f"{statement.replace('IF NOT EXISTS ', 'IF NOT EXISTS agentrt.')};" for statement in _SCHEMA
     )
     + "\nGRANT SELECT, INSERT, UPDATE, DELETE ON agentrt.quota_blocks, agentrt.quota_slots, "
-    "agentrt.quota_tokens, agentrt.quota_usage TO agentrt_users;\n"
+    "agentrt.quota_tokens TO agentrt_users;\n" + _USAGE_GUARD
 )
-"""The board's tables in the `agentrt` schema of `stores/pg_setup.sql`, for its roles."""
+"""The board's tables in the `agentrt` schema of `stores/pg_setup.sql`, for its roles. A
+user's role counts its own spending only, under its own name, and cannot lower it (row
+security and a trigger), so a budget holds against raw SQL from the user's kernel."""
 
 _PUBLISH_HIT = """
 INSERT INTO quota_blocks (credential, blocked_until, episode_started, episodes, hits,
@@ -130,6 +151,8 @@ class _Database(Protocol):
     """The little the board asks of a connection, the same on SQLite and PostgreSQL."""
 
     where: str
+    role: str | None
+    """The database role spending is counted under (a hub user's own role), if any."""
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
 
@@ -149,6 +172,7 @@ class _SQLite:
 
     def __init__(self, path: Path) -> None:
         self.where = str(path)
+        self.role: str | None = None
         self._db = sqlite3.connect(
             str(path), timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
         )
@@ -194,6 +218,12 @@ class _Postgres:
             connect_timeout=max(1, PG_TIMEOUT_MS // 1000),
             options=f"-c statement_timeout={PG_TIMEOUT_MS} -c search_path=agentrt,public",
         )
+        row = self._db.execute(  # a direct member (pg_has_role is true for a superuser)
+            "SELECT current_user, EXISTS (SELECT 1 FROM pg_auth_members m"
+            " JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles u ON u.oid = m.member"
+            " WHERE g.rolname = 'agentrt_users' AND u.rolname = current_user)"
+        ).fetchone()
+        self.role = str(row[0]) if row is not None and row[1] else None
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         cursor = self._db.execute(sql.replace("?", "%s"), tuple(params))
@@ -453,10 +483,11 @@ class QuotaBoard:
         return self._run(work, None)
 
     def add_usage(self, user: str, day: str, tokens: int, usd: float) -> None:
-        """Count what a call of `user` cost on UTC `day` (YYYY-MM-DD)."""
+        """Count what a call of `user` (or of the hub user's own database role) cost on UTC
+        `day` (YYYY-MM-DD)."""
 
         def work(db: _Database) -> None:
-            db.execute(_ADD_USAGE, (user, day, tokens, usd))
+            db.execute(_ADD_USAGE, (db.role or user, day, tokens, usd))
 
         self._run(work, None)
 
@@ -465,7 +496,8 @@ class QuotaBoard:
 
         def work(db: _Database) -> Spent:
             rows = db.execute(
-                "SELECT tokens, usd FROM quota_usage WHERE user_name = ? AND day = ?", (user, day)
+                "SELECT tokens, usd FROM quota_usage WHERE user_name = ? AND day = ?",
+                (db.role or user, day),
             )
             return Spent(int(rows[0][0]), float(rows[0][1])) if rows else Spent(0, 0.0)
 

@@ -21,7 +21,7 @@ import pytest
 from agentrt_jupyter import AgentRuntime, RuntimeConfig, Waiting
 from agentrt_jupyter.batch.controller import RateController, Start, Wait
 from agentrt_jupyter.quota import BOARD_CACHE, QuotaRegistry, parse_quota_error
-from agentrt_jupyter.quotaboard import SLOT_TTL, QuotaBoard
+from agentrt_jupyter.quotaboard import SLOT_TTL, QuotaBoard, Spent
 from agentrt_jupyter.server.process import LocalServer
 
 from .conftest import requests_with, runtime_config
@@ -343,3 +343,37 @@ def test_a_database_restart_between_two_calls_goes_unnoticed_by_the_board(
     assert 0 < board.take_start("cred", 1.0) <= 1.0  # booked behind the first: a new connection
     assert board.faults == 0
     board.close()
+
+
+def test_a_hub_user_cannot_lower_or_forge_what_the_board_counts_against_budgets(
+    postgres_database: str, tag: str
+) -> None:
+    import psycopg
+
+    from agentrt_jupyter.stores.postgres import setup
+
+    from .postgres import create_login_role
+
+    setup(postgres_database)
+    alice, bob = (
+        create_login_role(postgres_database, f"{name}_{tag}", "pw", ["agentrt_users"])
+        for name in ("alice", "bob")
+    )
+    board = QuotaBoard.postgres(bob)
+    board.add_usage("whoever-the-hub-says", "2026-12-06", 500, 0.5)
+    assert board.spent("anyone", "2026-12-06") == Spent(500, 0.5)  # under bob's role
+    board.close()
+    refused = (
+        "UPDATE agentrt.quota_usage SET tokens = 0",
+        "DELETE FROM agentrt.quota_usage",
+        f"INSERT INTO agentrt.quota_usage VALUES ('alice_{tag}', '2026-12-06', 10**9, 0)",
+        f"INSERT INTO agentrt.quota_usage VALUES ('bob_{tag}', '2026-12-07', -5, 0)",
+    )
+    for statement in refused:
+        with psycopg.connect(bob, autocommit=True) as conn, pytest.raises(psycopg.Error):
+            conn.execute(statement.replace("10**9", "1000000000"))
+    with psycopg.connect(alice, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM agentrt.quota_usage").fetchone() == (0,)
+    with psycopg.connect(postgres_database, autocommit=True) as admin:
+        rows = admin.execute("SELECT user_name, tokens FROM agentrt.quota_usage").fetchall()
+    assert rows == [(f"bob_{tag}", 500)]
