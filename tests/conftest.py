@@ -14,12 +14,15 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from agentrt_jupyter import AgentRuntime, RuntimeConfig
 from agentrt_jupyter.server.process import LocalServer
+
+if TYPE_CHECKING:
+    from .reliability_helpers import Provider
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +48,21 @@ def rt(server: LocalServer) -> Iterator[AgentRuntime]:
     runtime = AgentRuntime(runtime_config(server))
     yield runtime
     runtime.shutdown(10.0)
+
+
+@pytest.fixture(params=("gemini", "openai", "anthropic"))
+def provider(
+    request: pytest.FixtureRequest, server: LocalServer, monkeypatch: pytest.MonkeyPatch
+) -> Provider:
+    """The provider this test's agents talk to through its own SDK, on the local server:
+    its SDK's environment points there (reliability_helpers.Provider). Parametrize with
+    `indirect=["provider"]` to choose the providers."""
+    from .reliability_helpers import Provider  # it imports this module
+
+    chosen = Provider(request.param, server)
+    for variable, value in chosen.environment.items():
+        monkeypatch.setenv(variable, value)
+    return chosen
 
 
 @pytest.fixture
