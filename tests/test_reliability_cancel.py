@@ -3,7 +3,8 @@
 Targeted tests cancel at each named moment, synchronised exactly (the server saw the
 request, the tool started, the 429 wait began); the fuzz cancels 1,000+ times at random
 moments across 50+ agents and then reconciles the server's log, the ledger and history,
-and checks that shutdown leaves no task, thread or socket behind.
+and checks that shutdown leaves no task, thread or socket behind. All of it runs on
+each provider (Gemini, OpenAI, Anthropic), through its own SDK, on the local server.
 """
 
 from __future__ import annotations
