@@ -279,6 +279,9 @@ class _CallIds:
 
 
 def _assistant_message(parts: Sequence[Part], ids: _CallIds) -> dict[str, Any] | None:
+    """An assistant message; one of only tool calls has an empty `content`: OpenAI takes
+    it, llama-cpp-python's server refuses a null one and chat templates that read
+    `message['content']` (SmolLM2's, many others) fail on a missing one."""
     text = "".join(p.text for p in parts if isinstance(p, TextPart) and not p.thought)
     calls = [
         {
@@ -291,7 +294,7 @@ def _assistant_message(parts: Sequence[Part], ids: _CallIds) -> dict[str, Any] |
     ]
     if not text and not calls:
         return None
-    message: dict[str, Any] = {"role": "assistant", "content": text or None}
+    message: dict[str, Any] = {"role": "assistant", "content": text}
     if calls:
         message["tool_calls"] = calls
     return message
