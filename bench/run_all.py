@@ -37,6 +37,7 @@ SCRIPTS = {
     "conversations": ("9. Conversations", "bench_conversations.py"),
     "store": ("10. Store", "bench_store.py"),
     "fairness": ("11. Fairness", "bench_fairness.py"),
+    "providers": ("12. Providers' streaming", "bench_providers.py"),
 }
 TIMEOUT = 900
 COLUMNS = ("Figure", "Metric", "Measured", "Baseline (same run)", "Ratio", "Target", "Result")
