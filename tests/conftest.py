@@ -50,19 +50,24 @@ def rt(server: LocalServer) -> Iterator[AgentRuntime]:
     runtime.shutdown(10.0)
 
 
+def use_provider(name: str, server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> Provider:
+    """Agents of a runtime from `Provider.config()` talk to `name` through its own SDK,
+    on the local server: that SDK's environment variables point there for this test."""
+    from .reliability_helpers import Provider  # it imports this module
+
+    chosen = Provider(name, server)
+    for variable, value in chosen.environment.items():
+        monkeypatch.setenv(variable, value)
+    return chosen
+
+
 @pytest.fixture(params=("gemini", "openai", "anthropic"))
 def provider(
     request: pytest.FixtureRequest, server: LocalServer, monkeypatch: pytest.MonkeyPatch
 ) -> Provider:
-    """The provider this test's agents talk to through its own SDK, on the local server:
-    its SDK's environment points there (reliability_helpers.Provider). Parametrize with
+    """The provider this test's agents talk to (`use_provider`); parametrize with
     `indirect=["provider"]` to choose the providers."""
-    from .reliability_helpers import Provider  # it imports this module
-
-    chosen = Provider(request.param, server)
-    for variable, value in chosen.environment.items():
-        monkeypatch.setenv(variable, value)
-    return chosen
+    return use_provider(request.param, server, monkeypatch)
 
 
 @pytest.fixture

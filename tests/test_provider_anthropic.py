@@ -33,7 +33,7 @@ from agentrt_jupyter.quota import fingerprint
 from agentrt_jupyter.server.process import LocalServer
 from agentrt_jupyter.server.wire.base import signature
 
-from .conftest import requests_with, runtime_config, wait_finished
+from .conftest import requests_with, runtime_config, use_provider, wait_finished
 
 anthropic = pytest.importorskip("anthropic")
 
@@ -46,18 +46,15 @@ from agentrt_jupyter.backends.anthropic import (  # noqa: E402 - needs the SDK
     wire_messages,
 )
 
-MODEL = "claude-sonnet-4-5"
+NAME = "claude-sonnet-4-5"
+MODEL = f"anthropic:{NAME}"
 
 
 @pytest.fixture
-def rt(server: LocalServer) -> Iterator[AgentRuntime]:
-    """A runtime whose agents talk to the local server's Messages API."""
-    runtime = AgentRuntime(
-        runtime_config(server),
-        backend_factory=lambda endpoint: AnthropicBackend(
-            api_key=server.token, base_url=server.anthropic_base_url
-        ),
-    )
+def rt(server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[AgentRuntime]:
+    """A runtime whose `anthropic:` agents talk to the local server's Messages API (the
+    reliability suites' provider set-up: the SDK's environment points there)."""
+    runtime = AgentRuntime(use_provider("anthropic", server, monkeypatch).config())
     yield runtime
     runtime.shutdown(10.0)
 
@@ -93,7 +90,7 @@ def test_a_turn_streams_text_with_the_agents_settings_and_its_usage_in_the_ledge
     assert (request["path"], request["outcome"], request["model"]) == (
         "/v1/messages",
         "complete",
-        MODEL,
+        NAME,
     )
     body = request["body"]
     assert body["stream"] is True
@@ -102,7 +99,7 @@ def test_a_turn_streams_text_with_the_agents_settings_and_its_usage_in_the_ledge
     assert body["stop_sequences"] == ["END"]
     assert "thinking" not in body and "tools" not in body
     (row,) = agent.ledger()
-    assert (row.status, row.finish_reason, row.model) == ("ok", "STOP", MODEL)
+    assert (row.status, row.finish_reason, row.model) == ("ok", "STOP", NAME)
     # the server counts words, the system instruction's and the directive's included
     assert row.usage == Usage(prompt_tokens=7, candidates_tokens=3, total_tokens=10)
     assert handle.result().usage == row.usage
@@ -318,7 +315,7 @@ def test_a_wrong_key_is_a_401_that_never_shows_the_key(server: LocalServer, tag:
     key = "sk-ant-wrong-key-0123456789"
     backend = AnthropicBackend(api_key=key, base_url=server.anthropic_base_url)
     with AgentRuntime(runtime_config(server), backend_factory=lambda e: backend) as runtime:
-        agent = runtime.create_agent(model=MODEL)
+        agent = runtime.create_agent(model=NAME)  # the backend is given
         with pytest.raises(BackendError) as caught:
             agent.chat(f"hi {tag}").text(timeout=10)
         rows = agent.ledger()
@@ -368,7 +365,7 @@ def test_usage_counts_cache_reads_and_writes_as_prompt_and_thinking_apart() -> N
         "id": "msg_1",
         "type": "message",
         "role": "assistant",
-        "model": MODEL,
+        "model": NAME,
         "content": [],
         "stop_reason": None,
         "stop_sequence": None,

@@ -32,22 +32,25 @@ from agentrt_jupyter.backends.openai import (
 from agentrt_jupyter.content import blob, image, pdf
 from agentrt_jupyter.server.process import LocalServer
 
-from .conftest import requests_with, runtime_config, wait_finished, wait_for_tagged
+from .conftest import (
+    requests_with,
+    runtime_config,
+    use_provider,
+    wait_finished,
+    wait_for_tagged,
+)
 
 openai = pytest.importorskip("openai")
 
-MODEL = "gpt-4.1-mini"
+NAME = "gpt-4.1-mini"
+MODEL = f"openai:{NAME}"
 
 
 @pytest.fixture
-def runtime(server: LocalServer) -> Iterator[AgentRuntime]:
-    """A runtime whose every agent talks Chat Completions to the local server."""
-    made = AgentRuntime(
-        runtime_config(server),
-        backend_factory=lambda endpoint: OpenAIBackend(
-            api_key=server.token, base_url=server.openai_base_url
-        ),
-    )
+def runtime(server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[AgentRuntime]:
+    """A runtime whose `openai:` agents talk Chat Completions to the local server (the
+    reliability suites' provider set-up: the SDK's environment points there)."""
+    made = AgentRuntime(use_provider("openai", server, monkeypatch).config())
     yield made
     made.shutdown(10.0)
 
@@ -69,7 +72,7 @@ def test_text_streams_into_chat_in_several_deltas(
     (record,) = requests_with(server, tag)
     assert record["path"] == "/v1/chat/completions"
     body = record["body"]
-    assert body["model"] == MODEL
+    assert body["model"] == NAME
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
     assert body["messages"] == [
         {"role": "system", "content": "be brief"},
@@ -84,7 +87,7 @@ def test_usage_of_the_stream_reaches_the_ledger_and_the_result(
     result = agent.chat(f"@@reply one two three\n{tag}").result(timeout=10)
 
     (entry,) = agent.ledger()
-    assert (entry.status, entry.finish_reason, entry.model) == ("ok", "STOP", MODEL)
+    assert (entry.status, entry.finish_reason, entry.model) == ("ok", "STOP", NAME)
     # Prompt tokens are the prompt's words, the directive and the tag included.
     assert (entry.usage.prompt_tokens, entry.usage.candidates_tokens) == (5, 3)
     assert entry.usage.total_tokens == 8
@@ -114,7 +117,7 @@ def test_a_server_that_sends_no_usage_gives_chunks_without_usage() -> None:
             "id": "c",
             "object": "chat.completion.chunk",
             "created": 0,
-            "model": MODEL,
+            "model": NAME,
             "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}],
         }
     )
@@ -377,7 +380,7 @@ def test_a_wrong_key_is_refused_and_never_shown(server: LocalServer, tag: str) -
     secret = "sk-wrong-key-0123456789"
     backend = OpenAIBackend(api_key=secret, base_url=server.openai_base_url)
     with AgentRuntime(runtime_config(server), backend_factory=lambda e: backend) as runtime:
-        agent = runtime.create_agent(model=MODEL)
+        agent = runtime.create_agent(model=NAME)  # the backend is given
         with pytest.raises(BackendError) as caught:
             agent.chat(f"hi {tag}").text(timeout=10)
 
