@@ -115,7 +115,6 @@ def _texts(content: Any) -> list[str]:
     return [str(p["text"]) for p in blocks if isinstance(p.get("text"), str)]
 
 
-PROVIDERS = ("gemini", "openai", "anthropic")
 PROVIDER_MODELS = {"openai": "openai:gpt-4.1-mini", "anthropic": "anthropic:claude-sonnet-4-5"}
 _ENVIRONMENT = {"openai": "OPENAI", "anthropic": "ANTHROPIC"}
 
@@ -126,9 +125,8 @@ class Provider:
 
     Gemini is the runtime's own endpoint. For the others the runtime's default model
     names the provider (`openai:gpt-4.1-mini`) and that SDK's environment variables
-    point at the server's route for it (`environment`, set by the `provider` fixture),
+    point at the server's route for it (`environment`, set by conftest's `use_provider`),
     so a plain `create_agent()` and a `resume()` both reach it as a user's would.
-    `settings` says the same per agent, for code that passes them explicitly.
     """
 
     name: str
@@ -154,30 +152,16 @@ class Provider:
             return {}
         return {f"{prefix}_API_KEY": self.server.token, f"{prefix}_BASE_URL": self.base_url}
 
-    @property
-    def settings(self) -> dict[str, Any]:
-        """`create_agent` keywords for an agent on this provider (none for Gemini)."""
-        if self.model is None:
-            return {}
-        return {"model": self.model, "base_url": self.base_url, "api_key": self.server.token}
-
     def config(self, **overrides: Any) -> RuntimeConfig:
         """The conftest's runtime config, its default model on this provider."""
         if self.model is not None:
             overrides.setdefault("default_model", self.model)
         return runtime_config(self.server, **overrides)
 
-    @property
-    def route(self) -> str:
-        """The server path this provider's model calls take."""
-        return {"openai": "/v1/chat/completions", "anthropic": "/v1/messages"}.get(
-            self.name, ":streamGenerateContent"
-        )
-
 
 def assert_valid_request(record: dict[str, Any]) -> None:
-    """The conversation a logged request sent is one its provider accepts: roles
-    alternate (user first and last), and every tool call is answered next."""
+    """The conversation a logged request sent is one its provider accepts (Gemini's,
+    Chat Completions' or Messages' rules, by what the request is)."""
     body = record["body"]
     if "contents" in body:
         assert_valid_conversation(body["contents"])

@@ -4,7 +4,6 @@ server's Messages API, through the runtime's retry, quota and ledger wrappers.""
 from __future__ import annotations
 
 import importlib
-import itertools
 import json
 import sys
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from agentrt_jupyter.server.process import LocalServer
 from agentrt_jupyter.server.wire.base import signature
 
 from .conftest import requests_with, runtime_config, use_provider, wait_finished
+from .reliability_helpers import assert_valid_messages
 
 anthropic = pytest.importorskip("anthropic")
 
@@ -57,19 +57,6 @@ def rt(server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[AgentRu
     runtime = AgentRuntime(use_provider("anthropic", server, monkeypatch).config())
     yield runtime
     runtime.shutdown(10.0)
-
-
-def assert_alternating(messages: list[dict[str, Any]]) -> None:
-    """What Messages requires: user first and last, roles alternating, and every tool_use
-    answered by a tool_result in the next message."""
-    roles = [m["role"] for m in messages]
-    assert roles[0] == roles[-1] == "user", roles
-    assert all(a != b for a, b in itertools.pairwise(roles)), roles
-    for index, message in enumerate(messages):
-        used = {b["id"] for b in message["content"] if b["type"] == "tool_use"}
-        if used:
-            answers = messages[index + 1]["content"]
-            assert used <= {b["tool_use_id"] for b in answers if b["type"] == "tool_result"}
 
 
 def test_a_turn_streams_text_with_the_agents_settings_and_its_usage_in_the_ledger(
@@ -131,7 +118,7 @@ def test_a_tool_call_round_trip_sends_the_thinking_block_back_with_its_signature
     assert (declared["name"], declared["description"]) == ("lookup", "Look a word up.")
     assert declared["input_schema"]["properties"] == {"word": {"type": "string"}}
     messages = second["body"]["messages"]
-    assert_alternating(messages)
+    assert_valid_messages(messages)
     think, call = messages[1]["content"]
     assert think == {
         "type": "thinking",
@@ -187,7 +174,7 @@ def test_parallel_tool_calls_are_each_assembled_from_their_json_fragments(
     model_message = agent.history()[1]
     ids = [p.id for p in model_message.parts if isinstance(p, FunctionCallPart)]
     assert len(set(ids)) == 2 and all(ids)
-    assert_alternating(requests_with(server, tag)[-1]["body"]["messages"])
+    assert_valid_messages(requests_with(server, tag)[-1]["body"]["messages"])
 
 
 def test_cancel_mid_stream_closes_the_request_and_the_next_turn_goes_on(
@@ -207,7 +194,7 @@ def test_cancel_mid_stream_closes_the_request_and_the_next_turn_goes_on(
     assert (request["outcome"], request["chunks_sent"]) == ("client_closed", 1)
     assert agent.ledger()[-1].status == "cancelled"
     assert agent.chat(f"next {tag}").text(timeout=10) == f"Echo: next {tag}"
-    assert_alternating(requests_with(server, f"next {tag}")[-1]["body"]["messages"])
+    assert_valid_messages(requests_with(server, f"next {tag}")[-1]["body"]["messages"])
 
 
 def test_a_429_with_retry_after_waits_then_succeeds_one_ledger_row_per_request(
