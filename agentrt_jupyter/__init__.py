@@ -56,6 +56,7 @@ _EXPORTS: dict[str, str] = {
     "ConversationInUse": "errors",
     "StoreError": "errors",
     "WrongThread": "errors",
+    "CostNotApproved": "errors",
     "ReplyBlocked": "errors",
     "TurnStoreError": "errors",
     "AgentShutDown": "errors",
@@ -142,6 +143,9 @@ if TYPE_CHECKING:
     )
     from .errors import (
         ConversationInUse as ConversationInUse,
+    )
+    from .errors import (
+        CostNotApproved as CostNotApproved,
     )
     from .errors import (
         InvalidConfig as InvalidConfig,
@@ -300,16 +304,37 @@ def _jupyter_labextension_paths() -> list[dict[str, str]]:
     return [{"src": "labextension", "dest": "agentrt-jupyter"}]
 
 
-def _batch_operator(name: str) -> Any:
-    from .batch.engine import OPERATORS
+_BATCH_OPERATORS = {
+    "map": "engine",
+    "filter": "semantic",
+    "classify": "semantic",
+    "extract": "semantic",
+}
+"""Each operator the runtime offers as a method, and the `batch` module whose `OPERATORS`
+holds it."""
 
-    return OPERATORS[name]
+
+def _batch_operator(name: str) -> Any:
+    import importlib
+
+    module = importlib.import_module(f".batch.{_BATCH_OPERATORS[name]}", __name__)
+    return module.OPERATORS[name]
 
 
 def _show_map_progress(run: Any, *, always: bool) -> object:
     from .notebook.batchview import show_progress
 
     return show_progress(run, always=always)
+
+
+def _notebook_cost_gate() -> Any:
+    import sys
+
+    if "ipykernel" not in sys.modules:  # no kernel: nothing asks (and nothing is imported)
+        return None
+    from .notebook.costgate import kernel_cost_gate
+
+    return kernel_cost_gate()
 
 
 def _notebook_runtime() -> AgentRuntime:
@@ -322,21 +347,25 @@ def _compose() -> None:
     """Wire the features above the runtime (cheap: nothing here imports pandas, an SDK or
     widgets; each part loads on first use).
 
-    - `runtime.map` / `runtime.aio.map` are the batch engine's `map` operator;
+    - `runtime.map` / `runtime.aio.map` are the batch engine's `map` operator, and so
+      on for every operator in `_BATCH_OPERATORS` (filter, classify, extract, ...);
     - a map's `progress=None/True` shows the notebook layer's view (a widget in a kernel,
       else a tqdm bar on a terminal);
     - `df.agentrt` is registered as soon as pandas is imported, and uses the notebook's
-      runtime when given none.
+      runtime when given none;
+    - in a kernel, a run estimated above `AgentMagics.confirm_cost` asks in its cell first.
     """
     import functools
 
+    from .batch.explain import set_cost_gate
     from .batch.hook import register_when_pandas_loads
     from .batch.progress import set_progress_view
     from .operators import provide, set_default_runtime
 
-    for name in ("map",):
+    for name in _BATCH_OPERATORS:
         provide(name, functools.partial(_batch_operator, name))
     set_progress_view(_show_map_progress)
+    set_cost_gate(_notebook_cost_gate)
     set_default_runtime(_notebook_runtime)
     register_when_pandas_loads()
 

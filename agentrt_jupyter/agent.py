@@ -29,7 +29,8 @@ from .backends.base import (
 from .backends.cache import ReplayingCaller
 from .backends.pump import StreamPacer
 from .backends.retry import RetryingCaller, RetryPolicy
-from .config import AgentConfig, RuntimeConfig
+from .backends.switch import sendable
+from .config import AgentConfig, RuntimeConfig, provider_of
 from .content import FunctionCallPart, FunctionResponsePart, TextPart
 from .conversation import (
     Conversation,
@@ -54,7 +55,7 @@ from .events import TextDelta, ThoughtDelta, UsageUpdate, Waiting
 from .handle import Turn, TurnResult, cancelled_error
 from .quota import QuotaRegistry
 from .recorder import Recorder
-from .store import CachedReply
+from .store import TEAM_SCOPE, CachedReply
 from .toolcalls import answer_calls
 
 __all__ = ["BLOCKED_FINISH_REASONS", "AgentCore", "AgentHost"]
@@ -65,6 +66,8 @@ AgentState = Literal["idle", "running", "shutdown", "disconnected"]
 CHECKPOINT_EVERY = 1.0
 """A streaming reply is written to the store at least this often (seconds): a crash loses
 at most this much text."""
+CHARS_PER_TOKEN = 4
+"""A context's size in tokens estimated from its characters, where no usage is reported."""
 SUMMARY_PROMPT = (
     "Summarise the conversation so far for your own later use: the facts, decisions, "
     "open questions and anything the user asked you to remember. Be concise."
@@ -142,12 +145,12 @@ class _CallFollower:
         if turn.first_chunk_at is None:
             turn.first_chunk_at = reply.first_chunk_at
         for part in chunk.parts:
-            if not isinstance(part, TextPart):
+            if not isinstance(part, TextPart) or not part.text:
                 continue
             if part.thought:
                 turn.thought_parts.append(part.text)
                 turn.publish(ThoughtDelta(part.text))
-            elif part.text:
+            else:
                 turn.text_parts.append(part.text)
                 turn.publish(TextDelta(part.text))
         host = self._agent.host
@@ -165,6 +168,7 @@ class _CallFollower:
         turn = self._turn
         turn.usage = turn.usage + attempt.usage
         turn.saved_tokens += attempt.saved_tokens
+        turn.replayed_calls += attempt.status == "replayed"
         self._agent.ledger(attempt.entry(self._agent.name, turn.number, self._index))
         turn.publish(UsageUpdate(turn.usage))
 
@@ -178,10 +182,11 @@ class _AgentReplies:
         self._agent = agent
 
     def get(self, key: str) -> CachedReply | None:
-        return self._agent.host.recorder.cached(key)
+        return self._agent.host.recorder.cached(key, self._agent.cache_scope)
 
     def put(self, key: str, reply: CachedReply) -> None:
-        self._agent.host.recorder.cache(key, reply, self._agent.conversation_id)
+        agent = self._agent
+        agent.host.recorder.cache(key, reply, agent.conversation_id, agent.cache_scope)
 
 
 class AgentCore:
@@ -231,6 +236,12 @@ class AgentCore:
         own = self.config.reply_cache
         return self.host.config.reply_cache if own is None else own
 
+    @property
+    def cache_scope(self) -> str | None:
+        """The reply cache's scope: None for the user's own, `TEAM_SCOPE` for the team's."""
+        own = self.config.cache_scope
+        return TEAM_SCOPE if (own or self.host.config.cache_scope) == "team" else None
+
     def check_usable(self) -> None:
         if self.state in ("shutdown", "disconnected"):
             raise AgentShutDown(self.name)
@@ -252,7 +263,8 @@ class AgentCore:
     def streaming_usage(self) -> Usage:
         """The running usage of the call streaming now (not yet in the ledger)."""
         call = self._live_call
-        return call.usage if call is not None else Usage()
+        reported = call.reported if call is not None else None
+        return reported if reported is not None else Usage()
 
     async def _work(self) -> None:
         try:
@@ -396,6 +408,7 @@ class AgentCore:
                 tool_calls=turn.tool_calls,
                 error=error,
                 saved_tokens=turn.saved_tokens,
+                replayed_calls=turn.replayed_calls,
             )
         )
 
@@ -500,10 +513,11 @@ class AgentCore:
         if summary:
             note = f"Summary of the earlier conversation:\n{summary}"
             system = f"{system}\n\n{note}" if system else note
-        messages = self.conversation.context()
+        # After a switch of provider, what another provider left in history is converted.
+        messages, _ = sendable(self.conversation.context(), provider_of(self.model))
         return ModelRequest(
             model=self.model,
-            messages=[*messages, extra] if extra else list(messages),
+            messages=[*messages, extra] if extra else messages,
             system_instruction=system or None,
             config=self.config,
             with_tools=with_tools,
@@ -543,7 +557,7 @@ class AgentCore:
         if threshold is None or len(context) < 2:
             return
         last = next((e for e in reversed(self.conversation.ledger) if e.status == "ok"), None)
-        if last is None or last.usage.prompt_tokens + last.usage.candidates_tokens < threshold:
+        if last is None or _context_tokens(last.usage, context) < threshold:
             return
         reply = Reply()
         request = self._request(
@@ -565,6 +579,15 @@ class AgentCore:
             if (conversation := self._stored()) is not None:
                 self.host.recorder.message(conversation, self.conversation.messages[index])
                 self.host.recorder.settings(conversation, self.config)
+
+
+def _context_tokens(usage: Usage, context: list[ConversationMessage]) -> int:
+    """The context's size in tokens: the last call's prompt and reply, or (a service
+    that reports no usage) its characters over `CHARS_PER_TOKEN`."""
+    if usage.prompt_tokens is not None and usage.candidates_tokens is not None:
+        return usage.prompt_tokens + usage.candidates_tokens
+    chars = sum(len(part.text) for m in context for part in m.parts if isinstance(part, TextPart))
+    return chars // CHARS_PER_TOKEN
 
 
 def _reply_status(finish_reason: str | None) -> MessageStatus:

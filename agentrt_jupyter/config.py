@@ -59,6 +59,34 @@ def default_store_path() -> Path:
     return base / "conversations.sqlite3"
 
 
+def default_store_url() -> str | None:
+    """A PostgreSQL store for a team, if the hub's spawner set one ($AGENTRT_STORE_URL)."""
+    return os.environ.get("AGENTRT_STORE_URL", "").strip() or None
+
+
+CACHE_SCOPES = ("user", "team")
+"""Whose recorded replies a request may replay: the user's own, or the team's (shared)."""
+
+
+def _check_store_url(value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not value.startswith(("postgresql://", "postgres://")):
+        shown = "a URL of another kind" if isinstance(value, str) else type(value).__name__
+        raise InvalidConfig(
+            f"must be a postgresql://user:password@host/database URL or None, got {shown}",
+            field="store_url",
+        )
+
+
+def _check_cache_scope(value: object, *, optional: bool) -> None:
+    if value is None and optional:
+        return
+    if value not in CACHE_SCOPES:
+        allowed = "'user', 'team' or None" if optional else "'user' or 'team'"
+        raise InvalidConfig(f"must be {allowed}, got {value!r:.60}", field="cache_scope")
+
+
 def _env_key() -> tuple[str, str] | None:
     """The variable google-genai would read the key from, and its value."""
     for variable in API_KEY_VARIABLES:
@@ -341,6 +369,15 @@ def _check_tools(value: object) -> tuple[Tool, ...]:
     return tools
 
 
+def redacted_url(url: str) -> str:
+    """A store URL as shown: its password replaced by ***."""
+    scheme, _, rest = url.partition("://")
+    credentials, at, place = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{place}"
+
+
 def _masked(key: str | None) -> str:
     return "None" if key is None else "'***'"
 
@@ -360,6 +397,9 @@ class RuntimeConfig:
     api_version: str | None = None
     default_model: str | None = None
     store_path: Path | None = field(default_factory=default_store_path)
+    store_url: str | None = field(default_factory=default_store_url)
+    """A PostgreSQL store (`postgresql://...`; else $AGENTRT_STORE_URL): used instead of
+    the SQLite file at `store_path` when set."""
     idle_chunk_timeout: float = 120.0
     http_retry_attempts: int = 3
     quota_max_retries: int = 3
@@ -370,6 +410,9 @@ class RuntimeConfig:
     """Where named agents' conversations live in the store (a notebook sets its own)."""
     reply_cache: bool = False
     """Replay a recorded reply for an identical request instead of calling the model."""
+    cache_scope: Literal["user", "team"] = "user"
+    """Whose recorded replies replay: the user's own, or the team's ("team": identical
+    requests of every user of the store replay one reply; only replies are shared)."""
     max_tool_result_chars: int = 100_000
     """A tool result longer than this (as JSON) reaches the model truncated, with a note."""
 
@@ -392,6 +435,8 @@ class RuntimeConfig:
             )
         if isinstance(store_path, str):
             object.__setattr__(self, "store_path", Path(store_path))
+        _check_store_url(self.store_url)
+        _check_cache_scope(self.cache_scope, optional=False)
         for name, low, high, integer in (
             ("idle_chunk_timeout", 0.01, _LONGEST_WAIT, False),
             ("http_retry_attempts", 1, 20, True),
@@ -443,8 +488,14 @@ class RuntimeConfig:
     def __repr__(self) -> str:
         values = {f.name: repr(getattr(self, f.name)) for f in fields(self)}
         values["api_key"] = _masked(self.api_key)
+        values["store_url"] = repr(self.store_url and redacted_url(self.store_url))
         shown = ", ".join(f"{name}={value}" for name, value in values.items())
         return f"RuntimeConfig({shown})"
+
+    @property
+    def store_location(self) -> str | Path | None:
+        """Where conversations are kept: the PostgreSQL URL, else the SQLite file, else None."""
+        return self.store_url if self.store_url is not None else self.store_path
 
 
 @dataclass(frozen=True, repr=False)
@@ -484,6 +535,8 @@ class AgentConfig:
     """Vertex AI only: the region, like 'us-central1' (else $GOOGLE_CLOUD_LOCATION)."""
     reply_cache: bool | None = None
     """Replay recorded replies for identical requests; None follows the runtime's setting."""
+    cache_scope: Literal["user", "team"] | None = None
+    """Whose recorded replies replay ("user" or "team"); None follows the runtime's setting."""
     tool_timeout: float | None = 300.0
     """Seconds one tool call may take; past it the call is abandoned and reported as an
     error to the model (None: no limit)."""
@@ -520,6 +573,7 @@ class AgentConfig:
             raise InvalidConfig("must be a callable (name, args) -> bool", field="confirm_tool")
         if self.reply_cache is not None and not isinstance(self.reply_cache, bool):
             raise InvalidConfig("must be True, False or None", field="reply_cache")
+        _check_cache_scope(self.cache_scope, optional=True)
         _check_number("tool_timeout", self.tool_timeout, low=0.001, high=_LONGEST_WAIT)
         _check_api_key(self.api_key)
         _check_base_url(self.base_url)

@@ -22,6 +22,10 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _sum(left: int | None, right: int | None) -> int | None:
+    return None if left is None or right is None else left + right
+
+
 _METADATA_COUNTS = (
     "prompt_token_count",
     "cached_content_token_count",
@@ -35,17 +39,35 @@ _METADATA_COUNTS = (
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token counts; adding two gives their sum."""
+    """Token counts; adding two gives their sum.
 
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    candidates_tokens: int = 0
-    thoughts_tokens: int = 0
-    tool_use_prompt_tokens: int = 0
-    total_tokens: int = 0
+    A count is None where the service reported none (an OpenAI-compatible server that
+    sends no usage in its stream): missing, never 0. A sum with a missing count is
+    missing, so a turn or a total that includes such a call shows no number rather
+    than too small a one."""
+
+    prompt_tokens: int | None = 0
+    cached_tokens: int | None = 0
+    candidates_tokens: int | None = 0
+    thoughts_tokens: int | None = 0
+    tool_use_prompt_tokens: int | None = 0
+    total_tokens: int | None = 0
 
     def __add__(self, other: Usage) -> Usage:
-        return Usage(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+        return Usage(*(_sum(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)))
+
+    @property
+    def missing(self) -> bool:
+        """Some count was not reported."""
+        return any(getattr(self, f.name) is None for f in fields(self))
+
+    def split(self) -> tuple[int | None, int | None]:
+        """Input (prompt and tool-use prompt) and output (candidates and thoughts) tokens,
+        each None if a count of it is missing."""
+        return (
+            _sum(self.prompt_tokens, self.tool_use_prompt_tokens),
+            _sum(self.candidates_tokens, self.thoughts_tokens),
+        )
 
     @classmethod
     def from_metadata(cls, meta: Any) -> Usage:
@@ -65,6 +87,10 @@ class Usage:
             int(get("tool_use_prompt_token_count") or 0),
             int(get("total_token_count") or 0),
         )
+
+
+UNREPORTED = Usage(None, None, None, None, None, None)
+"""The usage of a call whose reply came without any: every count missing."""
 
 
 @dataclass(frozen=True, slots=True)

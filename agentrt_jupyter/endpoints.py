@@ -17,7 +17,7 @@ import importlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from .backends import check_extra, default_backend
+from .backends import check_extra, check_settings, default_backend
 from .backends.base import Backend, BackendFactory, Endpoint
 from .config import (
     OLLAMA_BASE_URL,
@@ -128,6 +128,7 @@ class Backends:
             )
         if self._default_factory:
             check_extra(provider)
+        check_settings(provider, config)  # names the setting and the provider
         endpoint = provider_endpoint(provider, config)  # checks the environment's values
         if provider in PROVIDER_KEYS and endpoint.api_key is None and endpoint.base_url is None:
             raise InvalidConfig(

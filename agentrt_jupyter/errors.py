@@ -9,7 +9,8 @@ AgentError
 │   ├── ConversationInUse (RuntimeError)    another live kernel writes that conversation
 │   ├── AgentShutDown (RuntimeError)        the agent was shut down
 │   ├── RuntimeClosed (RuntimeError)        the runtime was shut down
-│   └── WrongThread (RuntimeError)          a blocking call where it would deadlock
+│   ├── WrongThread (RuntimeError)          a blocking call where it would deadlock
+│   └── CostNotApproved (RuntimeError)      an operator's estimated cost was not approved
 ├── Timeout (TimeoutError)                  a bounded wait ran out
 ├── StoreError (OSError)                    the conversation store cannot be used
 ├── ToolError                               a tool could not do what the model asked
@@ -96,6 +97,15 @@ class RuntimeClosed(UsageProblem, RuntimeError):
 
 class WrongThread(UsageProblem, RuntimeError):
     """A blocking call made on a thread where waiting would deadlock (the loop, a tool)."""
+
+
+class CostNotApproved(UsageProblem, RuntimeError):
+    """An operator's estimated cost passed `confirm_cost` and was not approved: nothing sent."""
+
+    def __init__(self, message: str, *, usd: float | None, threshold: float) -> None:
+        super().__init__(message)
+        self.usd = usd
+        self.threshold = threshold
 
 
 class Timeout(AgentError, TimeoutError):

@@ -12,8 +12,10 @@ Dtypes: timestamps are `datetime64[us, UTC]` (microseconds: exactly what Python'
 (`""` when there is none) and every other text column is `<NA>` rather than `""` when
 absent, which is what keeps CSV (where both are an empty field) lossless. Statuses are
 `category` with fixed categories, so an unused status is still a category.
-Token counts are `int64`; only history has nullable `Int64` counts (user messages carry
-no usage). Durations are `float64` seconds, `NaN` where unknown.
+Token counts are nullable `Int64`: `<NA>` where a service reported none (an
+OpenAI-compatible server that sends no usage: missing, never 0; a turn's sum with a
+missing count is missing) and, in history, on user messages. Durations are `float64`
+seconds, `NaN` where unknown.
 
 `history_frame` — one row per message, in history order:
 
@@ -31,9 +33,9 @@ no usage). Durations are `float64` seconds, `NaN` where unknown.
     agent string, turn int64, calls int64, rate_limited int64 (calls answered by a 429),
     started datetime64[us, UTC] (first call), model string (last call),
     status category[ok, retried, replayed, cancelled, error, rate-limited] (last call),
-    finish_reason string (last call), prompt_tokens int64, cached_tokens int64,
-    candidates_tokens int64, thoughts_tokens int64, tool_use_prompt_tokens int64,
-    total_tokens int64, time_to_first_chunk float64 (from the first call's start),
+    finish_reason string (last call), prompt_tokens Int64, cached_tokens Int64,
+    candidates_tokens Int64, thoughts_tokens Int64, tool_use_prompt_tokens Int64,
+    total_tokens Int64, time_to_first_chunk float64 (from the first call's start),
     duration float64 (sum over calls), retry_wait float64 (sum over calls)
 
 `ledger_frame` — one row per API call (tool hops and retries included):
@@ -41,8 +43,8 @@ no usage). Durations are `float64` seconds, `NaN` where unknown.
     agent string, turn int64, call int64, model string, provider string (gemini, vertex,
     openai, anthropic, ollama), started datetime64[us, UTC],
     status category[ok, retried, replayed, cancelled, error, rate-limited], finish_reason string,
-    prompt_tokens int64, cached_tokens int64, candidates_tokens int64,
-    thoughts_tokens int64, tool_use_prompt_tokens int64, total_tokens int64,
+    prompt_tokens Int64, cached_tokens Int64, candidates_tokens Int64,
+    thoughts_tokens Int64, tool_use_prompt_tokens Int64, total_tokens Int64,
     time_to_first_chunk float64, duration float64, retry_wait float64, error string,
     saved_tokens int64 (a reply replayed from the cache: what it cost when recorded)
 
@@ -109,7 +111,7 @@ USAGE_SCHEMA: dict[str, Any] = {
     "model": "string",
     "status": CALL_STATUSES,
     "finish_reason": "string",
-    **dict.fromkeys(TOKEN_FIELDS, "int64"),
+    **dict.fromkeys(TOKEN_FIELDS, "Int64"),
     "time_to_first_chunk": "float64",
     "duration": "float64",
     "retry_wait": "float64",
@@ -123,7 +125,7 @@ LEDGER_SCHEMA: dict[str, Any] = {
     "started": TIMESTAMP,
     "status": CALL_STATUSES,
     "finish_reason": "string",
-    **dict.fromkeys(TOKEN_FIELDS, "int64"),
+    **dict.fromkeys(TOKEN_FIELDS, "Int64"),
     "time_to_first_chunk": "float64",
     "duration": "float64",
     "retry_wait": "float64",
@@ -221,6 +223,13 @@ def usage_frame(source: Agent | Sequence[LedgerEntry]) -> pd.DataFrame:
     def total(name: str) -> Any:
         return np.add.reduceat(ledger[name].to_numpy(), starts)
 
+    def total_count(name: str) -> Any:
+        """A turn's sum of one count: missing if a call of it has it missing."""
+        column = ledger[name]
+        sums = np.add.reduceat(column.to_numpy(dtype=np.int64, na_value=0), starts)
+        gaps = np.logical_or.reduceat(column.isna().to_numpy(), starts)
+        return pd.arrays.IntegerArray(sums, gaps)
+
     columns: dict[str, Any] = {
         "agent": agents[starts],
         "turn": turns[starts],
@@ -232,7 +241,7 @@ def usage_frame(source: Agent | Sequence[LedgerEntry]) -> pd.DataFrame:
         "model": ledger["model"].to_numpy(dtype=object)[ends],
         "status": ledger["status"].to_numpy(dtype=object)[ends],
         "finish_reason": ledger["finish_reason"].to_numpy(dtype=object)[ends],
-        **{name: total(name) for name in TOKEN_FIELDS},
+        **{name: total_count(name) for name in TOKEN_FIELDS},
         "time_to_first_chunk": turn_first_chunk,
         "duration": total("duration"),
         "retry_wait": total("retry_wait"),
@@ -385,6 +394,8 @@ COMPACT_COLUMNS: dict[str, tuple[str, ...]] = {
     ),
 }  # fmt: skip
 """What a person reads first in each frame; the rest stays in the frame, not on screen."""
+MISSING_COUNT = "—"
+"""A token count the service did not report, as a compact view shows it."""
 COMPACT_TEXT = 60
 """Characters of a text cell shown in a compact view (the frame keeps all of it)."""
 
@@ -417,6 +428,8 @@ class CompactFrame(pd.DataFrame):  # type: ignore[misc]  # pandas ships no type 
                 # to_html / to_string ignore na_rep for pandas' NA: show a blank instead.
                 values = shown[name]
                 shown[name] = values.astype(object).where(values.notna(), "")
+                if name in TOKEN_FIELDS:
+                    shown.loc[_unreported(frame, values), name] = MISSING_COUNT
         return shown
 
     def _repr_html_(self) -> str:
@@ -444,6 +457,13 @@ def as_shown(frame: pd.DataFrame) -> CompactFrame:
     shown = CompactFrame(frame)
     shown.compact_columns = tuple(frame.columns)
     return shown
+
+
+def _unreported(frame: pd.DataFrame, counts: pd.Series) -> pd.Series:
+    """Calls whose count the service did not report (in history: model messages only;
+    a user message has no usage at all)."""
+    missing = counts.isna()
+    return missing & (frame["role"] == "model") if "role" in frame.columns else missing
 
 
 def _short(text: str) -> str:

@@ -45,10 +45,12 @@ class TurnResult:
     error: TurnError | None = None
     saved_tokens: int = 0
     """Tokens of the replies replayed from the reply cache (recorded, not billed again)."""
+    replayed_calls: int = 0
+    """Calls answered from the reply cache (a reply recorded without usage saves 0 tokens)."""
 
     @property
     def replayed(self) -> bool:
-        return self.saved_tokens > 0
+        return self.replayed_calls > 0
 
     def __str__(self) -> str:
         return self.text
@@ -74,6 +76,7 @@ class Turn:
         self.refresh = False
         """Call the model even when the reply cache holds this request's reply."""
         self.saved_tokens = 0
+        self.replayed_calls = 0
         self.task: asyncio.Task[None] | None = None
         self.result: TurnResult | None = None
         self._waiters: list[Callable[[], None]] = []

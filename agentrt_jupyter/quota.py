@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-QuotaScope = Literal["minute", "day", "zero", "unknown"]
+QuotaScope = Literal["minute", "day", "zero", "billing", "unknown"]
+"""`billing`: the provider refused for credit or billing (no wait helps; fails at once)."""
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)s\s*$")
 MAX_BACKOFF = 300.0
 """The backoff without RetryInfo never grows past this (the cap the caller sets may be lower)."""

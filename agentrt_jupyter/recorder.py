@@ -5,6 +5,9 @@ The agent writes through a `Recorder` and never sees the store. Store faults are
 that turn's `TurnStoreError`, and a store fault means "carry on without the store, say
 so once". A second store implementation (PostgreSQL) plugs in behind this interface.
 The reply cache lives here too: in the store, or in memory (bounded) without one.
+A database store (PostgreSQL) that went away is tried again, no sooner than its backoff,
+when an agent is created or the leases are renewed; the conversations that were live
+during the outage stay unstored (a gap would corrupt them), new ones are stored again.
 A store whose pages turn out corrupt mid-session (a file too big to check whole when it
 opened is checked in the background) is recovered into a fresh file (see `salvage`), and
 the write that found it is done again there.
@@ -25,6 +28,7 @@ from .conversation import ConversationMessage, LedgerEntry
 from .errors import ConversationInUse, StoreError, TurnStoreError
 from .salvage import StoreRecovery, recover
 from .store import STORED_SETTINGS, CachedReply, Store, damaged
+from .stores.base import ConversationStore
 
 log = logging.getLogger("agentrt_jupyter")
 T = TypeVar("T")
@@ -47,7 +51,7 @@ class Recorder(Protocol):
     """Where conversations and recorded replies go; writes take a conversation id."""
 
     @property
-    def store(self) -> Store | None:
+    def store(self) -> ConversationStore | None:
         """The store while it works (None without one, or after a fault)."""
         ...
 
@@ -85,9 +89,18 @@ class Recorder(Protocol):
         another kernel) also means carrying on without the store, said once."""
         ...
 
-    def cached(self, key: str) -> CachedReply | None: ...
+    def cached(self, key: str, scope: str | None = None) -> CachedReply | None:
+        """The reply recorded under `key`: the user's own, or the team's (`TEAM_SCOPE`)."""
+        ...
 
-    def cache(self, key: str, reply: CachedReply, conversation: str | None) -> None: ...
+    def cache(
+        self, key: str, reply: CachedReply, conversation: str | None, scope: str | None = None
+    ) -> None: ...
+
+    def reconnect(self) -> bool:
+        """After a database store went away: whether it is back (tried no sooner than its
+        backoff). Conversations written before stay unstored; new ones are stored."""
+        ...
 
     def cache_stats(self) -> dict[str, int]: ...
 
@@ -106,7 +119,7 @@ class NullRecorder:
         self._hits = 0
 
     @property
-    def store(self) -> Store | None:
+    def store(self) -> ConversationStore | None:
         return None
 
     @property
@@ -138,15 +151,18 @@ class NullRecorder:
     def turn_failed(self, problem: StoreError | ConversationInUse) -> TurnStoreError:
         return _turn_error(problem)
 
-    def cached(self, key: str) -> CachedReply | None:
+    def cached(self, key: str, scope: str | None = None) -> CachedReply | None:
+        key = f"{scope}/{key}" if scope else key
         reply = self._replies.get(key)
         if reply is not None:
             self._replies.move_to_end(key)
             self._hits += 1
         return reply
 
-    def cache(self, key: str, reply: CachedReply, conversation: str | None) -> None:
-        self._replies[key] = reply
+    def cache(
+        self, key: str, reply: CachedReply, conversation: str | None, scope: str | None = None
+    ) -> None:
+        self._replies[f"{scope}/{key}" if scope else key] = reply
         while len(self._replies) > MEMORY_CACHE_ENTRIES:
             self._replies.popitem(last=False)
 
@@ -156,6 +172,9 @@ class NullRecorder:
 
     def cache_clear(self) -> None:
         self._replies.clear()
+
+    def reconnect(self) -> bool:
+        return False
 
     def close(self) -> None:
         pass
@@ -168,8 +187,12 @@ class StoreRecorder:
     big to check whole when it opened is checked on a thread (`page_check`, its damage
     or None); damage found there is recovered at the next write."""
 
-    def __init__(self, store: Store, recovery: StoreRecovery | None = None) -> None:
-        self._store: Store | None = store
+    def __init__(self, store: ConversationStore, recovery: StoreRecovery | None = None) -> None:
+        self._store: ConversationStore | None = store
+        self._away: ConversationStore | None = None
+        """A database store that went away, to reconnect to."""
+        self._unstored: set[str] = set()
+        """Conversations live when the store went away: not written after it is back."""
         self._without = NullRecorder()
         self._recovery = recovery
         self.page_check: concurrent.futures.Future[StoreError | None] = concurrent.futures.Future()
@@ -181,7 +204,7 @@ class StoreRecorder:
         else:
             self.page_check.set_result(None)
 
-    def _check_pages(self, store: Store) -> None:
+    def _check_pages(self, store: ConversationStore) -> None:
         try:
             store.check_pages()
         except StoreError as problem:
@@ -190,7 +213,7 @@ class StoreRecorder:
             self.page_check.set_result(None)
 
     @property
-    def store(self) -> Store | None:
+    def store(self) -> ConversationStore | None:
         return self._store
 
     @property
@@ -203,7 +226,7 @@ class StoreRecorder:
 
     def repair(self, problem: StoreError) -> bool:
         store = self._store
-        if store is None or not damaged(problem):
+        if not isinstance(store, Store) or not damaged(problem):
             return False
         held = store.held
         with contextlib.suppress(StoreError):
@@ -224,7 +247,7 @@ class StoreRecorder:
         self._store = fresh
         return True
 
-    def _do(self, write: Callable[[Store], T]) -> T | None:
+    def _do(self, write: Callable[[ConversationStore], T]) -> T | None:
         """`write` on the store (None without one), again on the recovered file if it
         found corrupt pages."""
         found = self.page_check.result() if self.page_check.done() else None
@@ -242,6 +265,7 @@ class StoreRecorder:
 
     def create(self, namespace: str, name: str, config: AgentConfig) -> str | None:
         """The new conversation's id; None (unstored) if the store broke irreparably here."""
+        self.reconnect()
         try:
             return self._do(lambda store: store.create(namespace, name, stored_settings(config)))
         except StoreError as problem:
@@ -250,16 +274,20 @@ class StoreRecorder:
             return None
 
     def message(self, conversation: str, message: ConversationMessage) -> None:
-        self._do(lambda store: store.append_message(conversation, message))
+        if conversation not in self._unstored:
+            self._do(lambda store: store.append_message(conversation, message))
 
     def ledger(self, conversation: str, entry: LedgerEntry) -> None:
-        self._do(lambda store: store.append_ledger(conversation, entry))
+        if conversation not in self._unstored:
+            self._do(lambda store: store.append_ledger(conversation, entry))
 
     def checkpoint(self, conversation: str, message: ConversationMessage) -> None:
-        self._do(lambda store: store.checkpoint(conversation, message))
+        if conversation not in self._unstored:
+            self._do(lambda store: store.checkpoint(conversation, message))
 
     def settings(self, conversation: str, config: AgentConfig) -> None:
-        self._do(lambda store: store.save_settings(conversation, stored_settings(config)))
+        if conversation not in self._unstored:
+            self._do(lambda store: store.save_settings(conversation, stored_settings(config)))
 
     def turn_failed(self, problem: StoreError | ConversationInUse) -> TurnStoreError:
         if isinstance(problem, StoreError):
@@ -272,19 +300,39 @@ class StoreRecorder:
             return
         log.warning("conversations are no longer stored: %s", problem)
         store, self._store, self._without = self._store, None, NullRecorder(problem)
-        with contextlib.suppress(StoreError):
-            store.close()
-
-    def cached(self, key: str) -> CachedReply | None:
-        if self._store is None:
-            return self._without.cached(key)
-        return self._do(lambda store: store.cache_get(key))
-
-    def cache(self, key: str, reply: CachedReply, conversation: str | None) -> None:
-        if self._store is None:
-            self._without.cache(key, reply, conversation)
+        self._unstored.update(store.held)
+        if isinstance(store, Store):
+            with contextlib.suppress(StoreError):
+                store.close()
         else:
-            self._do(lambda store: store.cache_put(key, reply, conversation=conversation))
+            self._away = store
+
+    def reconnect(self) -> bool:
+        away = self._away
+        if away is None:
+            return self._store is not None
+        try:
+            away.heartbeat()
+        except StoreError:
+            return False
+        log.warning("conversations are stored again (those of the agents live meanwhile are not)")
+        self._store, self._away, self._without = away, None, NullRecorder()
+        return True
+
+    def cached(self, key: str, scope: str | None = None) -> CachedReply | None:
+        if self._store is None:
+            return self._without.cached(key, scope)
+        return self._do(lambda store: store.cache_get(key, scope=scope))
+
+    def cache(
+        self, key: str, reply: CachedReply, conversation: str | None, scope: str | None = None
+    ) -> None:
+        if self._store is None:
+            self._without.cache(key, reply, conversation, scope)
+        else:
+            self._do(
+                lambda store: store.cache_put(key, reply, conversation=conversation, scope=scope)
+            )
 
     def cache_stats(self) -> dict[str, int]:
         if self._store is None:
@@ -298,6 +346,7 @@ class StoreRecorder:
             self._store.cache_clear()
 
     def close(self) -> None:
-        if self._store is not None:
-            store, self._store = self._store, None
-            store.close()
+        for store in (self._store, self._away):
+            if store is not None:
+                store.close()
+        self._store = self._away = None

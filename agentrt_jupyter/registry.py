@@ -14,13 +14,15 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias, TypeVar
 
 from .agent import AgentCore
+from .backends import check_parts
 from .backends.base import Backend, BackendFactory
 from .backends.pump import StreamPacer
+from .backends.switch import switch_note
 from .config import AgentConfig, RuntimeConfig, agent_config
 from .conversation import LedgerEntry, Usage
 from .endpoints import Backends
@@ -30,7 +32,9 @@ from .portal import Inbox
 from .quota import QuotaRegistry, QuotaScope
 from .recorder import NullRecorder, Recorder, StoreRecorder
 from .salvage import open_store
-from .store import STORED_SETTINGS, Store, StoredConversation
+from .store import STORED_SETTINGS, StoredConversation
+from .stores.base import ConversationStore
+from .stores.opening import is_database_url, open_store_at
 
 log = logging.getLogger("agentrt_jupyter")
 T = TypeVar("T")
@@ -93,7 +97,7 @@ class AgentRegistry:
         self._watchers: list[asyncio.Future[None]] = []
 
     @property
-    def store(self) -> Store | None:
+    def store(self) -> ConversationStore | None:
         """The store while it works (None without one, or after a fault)."""
         return self.recorder.store
 
@@ -153,7 +157,9 @@ class AgentRegistry:
             await asyncio.sleep(HEARTBEAT_SECONDS)
             store = self.store
             if store is None:
-                return
+                if await asyncio.to_thread(self.recorder.reconnect):
+                    self.changed()
+                continue
             try:
                 lost = await asyncio.to_thread(store.heartbeat)
             except StoreError as exc:
@@ -183,6 +189,8 @@ class AgentRegistry:
         agent_id = f"agent-{secrets.token_hex(4)}"
         name = config.name or agent_id
         self.backends.check_endpoint(name, config)
+        if config.name is not None:
+            self.recorder.reconnect()
         self._claim_name(name)
         if config.name is not None and not fresh and self.stored(name):
             raise ConversationExists(name)
@@ -205,7 +213,7 @@ class AgentRegistry:
 
         Its settings are the stored ones, with `overrides` over them, or `config` whole.
         Without a store: `InvalidConfig` if none was set, else the store's `StoreError`."""
-        if self.config.store_path is None:
+        if self.config.store_location is None:
             raise InvalidConfig(
                 "resume needs a store: set RuntimeConfig(store_path=...)", field="store_path"
             )
@@ -247,9 +255,10 @@ class AgentRegistry:
 
     def reconfigure(
         self, ref: AgentRef, config: AgentConfig | None, settings: dict[str, Any]
-    ) -> AgentCore:
+    ) -> str | None:
         """New settings for an idle agent: `config` whole, or `settings` over its own. Its
-        id, conversation and stored record stay (the store gets the new settings)."""
+        id, conversation and stored record stay (the store gets the new settings). On a
+        switch of provider, the one-line note of what its history leaves behind (logged)."""
         agent = self.lookup(ref)
         agent.check_usable()
         active = agent.active  # a turn that has finished uses its settings no more
@@ -262,15 +271,21 @@ class AgentRegistry:
         if config.name != agent.config.name:
             config = config.with_changes(name=agent.config.name)
         self.backends.check_endpoint(agent.name, config)
+        provider = self.backends.provider(config)
+        switched = provider != self.backends.provider(agent.config)
         agent.reconfigure(config)
         if agent.conversation_id is not None:
             self.recorder.settings(agent.conversation_id, config)
         self.changed()
-        return agent
+        note = switch_note(agent.conversation.context(), provider) if switched else None
+        if note is not None:
+            log.info("agent %r %s", agent.name, note)
+        return note
 
     def chat(self, ref: AgentRef, parts: Any, refresh: bool = False) -> Turn:
         agent = self.lookup(ref)
         agent.check_usable()
+        check_parts(self.backends.provider(agent.config), parts)  # before anything is sent
         turn = Turn(agent.name, parts, agent.model)
         turn.refresh = refresh
         agent.submit(turn)
@@ -392,8 +407,13 @@ class AgentRegistry:
     def _retire(self, agent: AgentCore) -> None:
         """The agent leaves the runtime; its calls stay in the runtime's ledger."""
         del self.agents[agent.id]
+        self.add_calls(agent.conversation.ledger)
+
+    def add_calls(self, entries: Iterable[LedgerEntry]) -> None:
+        """Calls no live agent holds join the runtime's ledger (a retired agent's, a map's
+        Batch API jobs); the oldest go past `RETIRED_LEDGER_ROWS`."""
         retired = self.retired_ledger
-        for entry in agent.conversation.ledger:
+        for entry in entries:
             if entry not in retired:
                 retired[entry] = None
         while len(retired) > RETIRED_LEDGER_ROWS:
@@ -445,8 +465,16 @@ def _holder() -> str:
 def _open_recorder(config: RuntimeConfig) -> Recorder:
     """The store's recorder, or one without a store (and why): a broken store file must
     not stop the runtime. One with corrupt pages is recovered into a fresh file first."""
-    if config.store_path is None:
+    location = config.store_location
+    if location is None:
         return NullRecorder()
+    if is_database_url(location):
+        try:
+            return StoreRecorder(open_store_at(location, holder=_holder()))
+        except StoreError as exc:
+            log.warning("conversations will not be stored: %s", exc)
+            return NullRecorder(exc)
+    assert config.store_path is not None
     try:
         store, recovery = open_store(config.store_path, holder=_holder(), busy_timeout=2.0)
     except StoreError as exc:

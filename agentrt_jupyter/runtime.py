@@ -15,7 +15,7 @@ import itertools
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from .agent import AgentCore
@@ -115,8 +115,8 @@ class Agent:
     def clear_history(self) -> None:
         self.runtime.clear_history(self)
 
-    def reconfigure(self, config: AgentConfig | None = None, **settings: Any) -> None:
-        self.runtime.reconfigure(self, config, **settings)
+    def reconfigure(self, config: AgentConfig | None = None, **settings: Any) -> str | None:
+        return self.runtime.reconfigure(self, config, **settings)
 
     def compaction_indices(self) -> list[int]:
         return self.runtime.compaction_indices(self)
@@ -196,8 +196,8 @@ class AsyncAgent:
     async def clear_history(self) -> None:
         await self.runtime.clear_history(self)
 
-    async def reconfigure(self, config: AgentConfig | None = None, **settings: Any) -> None:
-        await self.runtime.reconfigure(self, config, **settings)
+    async def reconfigure(self, config: AgentConfig | None = None, **settings: Any) -> str | None:
+        return await self.runtime.reconfigure(self, config, **settings)
 
     async def compaction_indices(self) -> list[int]:
         return await self.runtime.compaction_indices(self)
@@ -320,8 +320,9 @@ class AsyncAgentRuntime:
 
     async def reconfigure(
         self, agent: AgentRef, config: AgentConfig | None = None, **settings: Any
-    ) -> None:
-        await self._portal.acall(self._core.reconfigure, agent, config, settings)
+    ) -> str | None:
+        note: str | None = await self._portal.acall(self._core.reconfigure, agent, config, settings)
+        return note
 
     async def compaction_indices(self, agent: AgentRef) -> list[int]:
         return await self._portal.acall(self._core.query, agent, _compactions)
@@ -396,6 +397,11 @@ class AsyncAgentRuntime:
         """Start the shutdown and return at once (safe anywhere, even inside a tool)."""
         return self._runtime.try_shutdown()
 
+    async def record_calls(self, entries: Sequence[LedgerEntry]) -> None:
+        """Add calls made outside any agent to the runtime's ledger (a map's Batch API
+        job: one row per job, with its provider and usage)."""
+        await self._portal.acall(self._core.add_calls, list(entries))
+
     async def backend(self, config: AgentConfig | None = None) -> Backend:
         """The backend that answers agents with `config` (no config: the runtime's own),
         made on first use; for features that talk to the provider beyond a chat (map's
@@ -405,6 +411,18 @@ class AsyncAgentRuntime:
     async def map(self, frame: Any, template: str, **options: Any) -> Any:
         """`runtime.map` for an event loop; see `agentrt_jupyter.batch.engine.start_map`."""
         return await operator("map").arun(self._runtime, frame, template, **options)
+
+    async def filter(self, frame: Any, template: str, **options: Any) -> Any:
+        """`runtime.filter` for an event loop."""
+        return await operator("filter").arun(self._runtime, frame, template, **options)
+
+    async def classify(self, frame: Any, template: str, **options: Any) -> Any:
+        """`runtime.classify` for an event loop."""
+        return await operator("classify").arun(self._runtime, frame, template, **options)
+
+    async def extract(self, frame: Any, template: str, **options: Any) -> Any:
+        """`runtime.extract` for an event loop."""
+        return await operator("extract").arun(self._runtime, frame, template, **options)
 
 
 def _history(agent: AgentCore) -> list[ConversationMessage]:
@@ -658,11 +676,15 @@ class AgentRuntime:
 
     def reconfigure(
         self, agent: AgentRef, config: AgentConfig | None = None, **settings: Any
-    ) -> None:
+    ) -> str | None:
         """New settings for an idle agent from its next turn on: `config` whole, or
         `settings` (AgentConfig fields) over its own. It stays the same agent: its id,
-        conversation and stored record (`InvalidConfig` while a turn runs)."""
-        self._portal.call(self._core.reconfigure, agent, config, settings)
+        conversation and stored record (`InvalidConfig` while a turn runs). A switch of
+        provider keeps the conversation; what the new provider cannot take of it (another
+        provider's thinking, attachments it refuses) is left out, and the one-line note
+        saying so is returned (None when nothing is)."""
+        note: str | None = self._portal.call(self._core.reconfigure, agent, config, settings)
+        return note
 
     def compaction_indices(self, agent: AgentRef) -> list[int]:
         return self._portal.call(self._core.query, agent, _compactions)
@@ -766,6 +788,11 @@ class AgentRuntime:
             self._portal.stop(self._core.aclose, self._core.release, 10.0)
         return True
 
+    def record_calls(self, entries: Sequence[LedgerEntry]) -> None:
+        """Add calls made outside any agent to the runtime's ledger (a map's Batch API
+        job: one row per job, with its provider and usage)."""
+        self._portal.call(self._core.add_calls, list(entries))
+
     def backend(self, config: AgentConfig | None = None) -> Backend:
         """The backend that answers agents with `config` (no config: the runtime's own),
         made on first use; for features that talk to the provider beyond a chat (map's
@@ -777,3 +804,19 @@ class AgentRuntime:
         and return a frame aligned with its index: one independent request per row,
         quota-aware, resumable, budgeted; see `agentrt_jupyter.batch.engine.start_map`."""
         return operator("map").run(self, frame, template, **options)
+
+    def filter(self, frame: Any, template: str, **options: Any) -> Any:
+        """The rows of `frame` for which the model judges `template` true (`mask=True`: the
+        boolean Series); map's options, plus a cascade (`escalate_to=`, `threshold=`) and
+        `explain=True`; see `agentrt_jupyter.batch.semantic`."""
+        return operator("filter").run(self, frame, template, **options)
+
+    def classify(self, frame: Any, template: str, **options: Any) -> Any:
+        """A categorical Series: each row of `frame` put in one of `labels=[...]` (or an
+        Enum) by the model; see `agentrt_jupyter.batch.semantic`."""
+        return operator("classify").run(self, frame, template, **options)
+
+    def extract(self, frame: Any, template: str, **options: Any) -> Any:
+        """One typed column per field of `schema=Model`, read by the model from each row of
+        `frame`; see `agentrt_jupyter.batch.semantic`."""
+        return operator("extract").run(self, frame, template, **options)

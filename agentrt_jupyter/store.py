@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 """`PRAGMA user_version` of the files this module writes; 0 is the unversioned first store."""
 
+TEAM_SCOPE = "team"
+"""The reply cache's shared scope (`cache_scope="team"`); the default scope is the user's."""
+
 DEFAULT_NAMESPACE = "default"
 """The namespace of conversations made outside a notebook, and of those migrated from v0."""
 
@@ -210,6 +213,10 @@ def _dumps(value: object) -> str:
         return json.dumps(value, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise _Unstorable(str(exc)) from exc
+
+
+def _scoped(key: str, scope: str | None) -> str:
+    return f"{TEAM_SCOPE}/{key}" if scope == TEAM_SCOPE else key
 
 
 def _timestamp(value: float) -> datetime:
@@ -639,8 +646,11 @@ class Store:
 
     # -- the reply cache -----------------------------------------------------------------
 
-    def cache_get(self, key: str) -> CachedReply | None:
-        """The reply recorded under `key`, counting the hit; None if there is none."""
+    def cache_get(self, key: str, *, scope: str | None = None) -> CachedReply | None:
+        """The reply recorded under `key`, counting the hit; None if there is none.
+
+        `scope="team"` reads the shared entries (in a file of one user's, apart by key)."""
+        key = _scoped(key, scope)
         with self._boundary("read the reply cache") as db:
             row = db.execute("SELECT data FROM replies WHERE key = ?", (key,)).fetchone()
             if row is None:
@@ -650,12 +660,23 @@ class Store:
             )
             return _reply(row[0])
 
-    def cache_put(self, key: str, reply: CachedReply, *, conversation: str | None = None) -> None:
+    def cache_put(
+        self,
+        key: str,
+        reply: CachedReply,
+        *,
+        conversation: str | None = None,
+        scope: str | None = None,
+    ) -> None:
         """Record `reply` under `key`, evicting the least recently used past the bounds.
 
-        `conversation` (the id it was recorded for) makes `delete` take the entry along.
-        A reply larger than `cache_max_bytes` on its own is not kept.
+        `conversation` (the id it was recorded for) makes `delete` take the entry along; a
+        team-scoped entry never names one. A reply larger than `cache_max_bytes` on its own
+        is not kept.
         """
+        if scope == TEAM_SCOPE:
+            conversation = None
+        key = _scoped(key, scope)
         with self._write("store a reply in the cache") as db:
             data = _reply_json(reply)
             size = len(data.encode())
@@ -919,8 +940,7 @@ class Store:
             "SELECT coalesce(max(turn), 0) FROM records WHERE conversation = ?",
             (conversation_id,),
         ).fetchone()
-        conversation = Conversation()
-        conversation.messages = [
+        messages = [
             _message(data)
             for (data,) in db.execute(
                 "SELECT data FROM records WHERE conversation = ? AND kind = 'message'"
@@ -928,34 +948,21 @@ class Store:
                 (conversation_id, cleared),
             )
         ]
-        conversation.ledger = [
+        ledger = [
             _ledger_entry(data)
             for (data,) in db.execute(
                 "SELECT data FROM records WHERE conversation = ? AND kind = 'ledger' ORDER BY seq",
                 (conversation_id,),
             )
         ]
-        added: list[ConversationMessage] = []
         draft = db.execute(
             "SELECT data FROM drafts WHERE conversation = ?", (conversation_id,)
         ).fetchone()
-        if draft is not None:
-            partial = _message(draft[0])
-            added.append(
-                ConversationMessage(
-                    partial.role, partial.parts, partial.turn, partial.time, "incomplete",
-                    partial.usage, partial.model, partial.finish_reason,
-                )
-            )  # fmt: skip
-        messages = conversation.messages
-        shown = [*messages, *added]
-        repairs = unanswered_calls(shown)
-        for index, calls in reversed(repairs):
-            answer = _interrupted(shown[index - 1].turn, calls)
-            if index >= len(messages):
-                added.append(answer)  # the usual case: the reply the crash cut off
-            else:  # only an unversioned store's damage: repaired in memory at every load
-                messages.insert(index, answer)
+        settings = json.loads(self._settings_text(db, conversation_id) or "{}")
+        loaded, added = assemble(
+            conversation_id, row[0], row[1], settings, messages, ledger,
+            None if draft is None else _message(draft[0]), turn_seq,
+        )  # fmt: skip
         if persist:
             for message in added:
                 self._append(
@@ -963,19 +970,51 @@ class Store:
                     message.turn,
                 )  # fmt: skip
             db.execute("DELETE FROM drafts WHERE conversation = ?", (conversation_id,))
-        messages.extend(added)
-        conversation.compactions = [i for i, m in enumerate(messages) if m.role == "summary"]
-        conversation.turn_count = len({m.turn for m in messages if m.role != "summary"})
-        conversation.turn_seq = max(turn_seq, max((m.turn for m in messages), default=0))
-        settings = json.loads(self._settings_text(db, conversation_id) or "{}")
-        return LoadedConversation(
-            conversation_id,
-            row[0],
-            row[1],
-            settings,
-            conversation,
-            tuple(call for _, calls in repairs for call in calls),
-        )
+        return loaded
+
+
+def assemble(
+    conversation_id: str,
+    namespace: str,
+    name: str,
+    settings: dict[str, Any],
+    messages: list[ConversationMessage],
+    ledger: list[LedgerEntry],
+    draft: ConversationMessage | None,
+    turn_seq: int,
+) -> tuple[LoadedConversation, list[ConversationMessage]]:
+    """A conversation from its stored rows (messages since the last clear), ready to go
+    on; and the messages loading added (the draft as `incomplete`, "interrupted" answers),
+    which `open` appends. Every store builds it here, so all load the same."""
+    conversation = Conversation()
+    conversation.messages = messages
+    conversation.ledger = ledger
+    added: list[ConversationMessage] = []
+    if draft is not None:
+        added.append(
+            ConversationMessage(
+                draft.role, draft.parts, draft.turn, draft.time, "incomplete", draft.usage,
+                draft.model, draft.finish_reason,
+            )
+        )  # fmt: skip
+    shown = [*messages, *added]
+    repairs = unanswered_calls(shown)
+    for index, calls in reversed(repairs):
+        answer = _interrupted(shown[index - 1].turn, calls)
+        if index >= len(messages):
+            added.append(answer)  # the usual case: the reply the crash cut off
+        else:  # only an unversioned store's damage: repaired in memory at every load
+            messages.insert(index, answer)
+    persisted = list(added)
+    messages.extend(added)
+    conversation.compactions = [i for i, m in enumerate(messages) if m.role == "summary"]
+    conversation.turn_count = len({m.turn for m in messages if m.role != "summary"})
+    conversation.turn_seq = max(turn_seq, max((m.turn for m in messages), default=0))
+    interrupted = tuple(call for _, calls in repairs for call in calls)
+    loaded = LoadedConversation(
+        conversation_id, namespace, name, settings, conversation, interrupted
+    )
+    return loaded, persisted
 
 
 def _create_v1(db: sqlite3.Connection) -> None:

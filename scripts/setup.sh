@@ -2,12 +2,13 @@
 # Create .venv and install agentrt-jupyter (editable) with its extras and the `dev`
 # dependency group (test and lint tools), from nothing. The editable install builds the
 # JupyterLab extension with npm (pyproject's jupyter-builder hook) when its sources changed.
-# Usage: scripts/setup.sh [EXTRAS]   (default: notebook,local,local-server,mcp,openai,anthropic)
+# Usage: scripts/setup.sh [EXTRAS]
+#   (default: notebook,local,mcp,openai,anthropic,postgres,local-server)
 # The [local] extra compiles llama-cpp-python once (5-10 minutes on 2 cores); the build is
 # portable (no -march=native) so a cached wheel runs on any x86-64 CPU with AVX2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="${1:-notebook,local,local-server,mcp,openai,anthropic}"
+extras="${1:-notebook,local,mcp,openai,anthropic,postgres,local-server}"
 python="${PYTHON:-python3}"
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
@@ -55,6 +56,15 @@ if [ ! -x /usr/bin/chromium ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
   else
     echo "note: /usr/bin/chromium is missing (sudo apt-get install chromium); the browser test will skip"
+  fi
+fi
+# The PostgreSQL tests start a throwaway cluster with Debian's initdb/pg_ctl (no server runs).
+if ! compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null && ! command -v pg_ctl >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    step "installing Debian's postgresql for the PostgreSQL store tests"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  else
+    echo "note: PostgreSQL is missing (sudo apt-get install postgresql); its tests will skip (CI: fail)"
   fi
 fi
 step "ready: .venv ($(.venv/bin/python -c 'import agentrt_jupyter; print(agentrt_jupyter.__version__)'))"

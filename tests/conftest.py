@@ -21,6 +21,8 @@ import pytest
 from agentrt_jupyter import AgentRuntime, RuntimeConfig
 from agentrt_jupyter.server.process import LocalServer
 
+from .postgres import postgres_cluster, postgres_database, postgres_url  # noqa: F401
+
 if TYPE_CHECKING:
     from .reliability_helpers import Provider
 

@@ -84,8 +84,10 @@ def test_a_column_nested_in_a_format_spec_is_read_from_each_row(rt: AgentRuntime
     assert list(result["reply"]) == [f"Echo: {tag} 3.14", f"Echo: {tag} 2"]
 
 
-def test_batch_mode_on_another_provider_is_refused_before_anything_runs(rt: AgentRuntime) -> None:
+def test_batch_mode_on_a_provider_without_a_batch_api_is_refused_before_anything_runs(
+    rt: AgentRuntime,
+) -> None:
     frame = pd.DataFrame({"a": ["x", "y"]})
-    with pytest.raises(InvalidConfig, match="openai provider") as caught:
-        rt.map(frame, "{a}", mode="batch", model="openai:gpt-4.1-mini", progress=False)
+    with pytest.raises(InvalidConfig, match="ollama provider has no Batch API") as caught:
+        rt.map(frame, "{a}", mode="batch", model="ollama:qwen3:4b", progress=False)
     assert caught.value.field == "mode"

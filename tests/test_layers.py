@@ -120,9 +120,13 @@ def test_importing_the_runtime_loads_no_feature_above_it() -> None:
         " and m.split('.')[1] in ('batch', 'notebook')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    # the root registers the pandas hook and the progress view: two light batch modules
+    # the root registers the pandas hook, the progress view and the cost gate: light batch
+    # modules (the plan's estimate is the controller's, priced from the price table)
     assert out.stdout.split() == [
         "['agentrt_jupyter.batch',",
+        "'agentrt_jupyter.batch.controller',",
+        "'agentrt_jupyter.batch.explain',",
         "'agentrt_jupyter.batch.hook',",
+        "'agentrt_jupyter.batch.prices',",
         "'agentrt_jupyter.batch.progress']",
     ]

@@ -11,9 +11,19 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from agentrt_jupyter.notebook.cellline import mentions_frame_operator
+
 READ: Any = nbformat.read
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(180)]
+SHOWN = {
+    "operators.ipynb": (
+        "filter plan: 8 calls",  # explain, before anything ran
+        "['R000', 'R004', 'R006']",  # the --filter cell's rows
+        "rows escalated",
+    ),
+}
+"""Texts a notebook's outputs show on the scripted backend."""
 
 
 def execute(path: Path, monkeypatch: pytest.MonkeyPatch, home: Path) -> Any:
@@ -32,7 +42,14 @@ def execute(path: Path, monkeypatch: pytest.MonkeyPatch, home: Path) -> Any:
 
 
 def agent_cells(notebook: Any) -> list[Any]:
-    return [c for c in notebook.cells if c.cell_type == "code" and c.source.startswith("%%agent")]
+    """The `%%agent` chat cells (not those running over a DataFrame: --map, --filter, ...)."""
+    return [
+        c
+        for c in notebook.cells
+        if c.cell_type == "code"
+        and c.source.startswith("%%agent")
+        and not mentions_frame_operator(c.source.splitlines()[0])
+    ]
 
 
 def plain_texts(cell: Any) -> list[str]:
@@ -41,7 +58,13 @@ def plain_texts(cell: Any) -> list[str]:
 
 def test_notebooks_are_found() -> None:
     names = {path.name for path in NOTEBOOKS}
-    assert {"quickstart.ipynb", "tools.ipynb", "agents_on_data.ipynb", "batch.ipynb"} <= names
+    assert {
+        "quickstart.ipynb",
+        "tools.ipynb",
+        "agents_on_data.ipynb",
+        "batch.ipynb",
+        "operators.ipynb",
+    } <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -57,6 +80,14 @@ def test_notebook_runs_headless_and_keeps_every_output(
         texts = plain_texts(cell)
         assert any(" in / " in t and "first token" in t for t in texts), (cell.source, texts)
         assert any(t.strip() and " in / " not in t for t in texts), (cell.source, texts)
+    shown = "\n".join(
+        str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
+        for c in notebook.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+    )
+    for text in SHOWN.get(path.name, ()):
+        assert text in shown, text
 
 
 @pytest.mark.local_model

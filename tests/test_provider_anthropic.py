@@ -18,6 +18,7 @@ from agentrt_jupyter import (
     AgentRuntime,
     BackendError,
     InvalidConfig,
+    QuotaExceeded,
     StreamBroken,
     TextDelta,
     ThoughtDelta,
@@ -42,12 +43,27 @@ from agentrt_jupyter.backends.anthropic import (  # noqa: E402 - needs the SDK
     DEFAULT_THINKING_BUDGET,
     AnthropicBackend,
     MessageStream,
+    billing_refusal,
     rate_limit_wait,
     wire_messages,
 )
 
 NAME = "claude-sonnet-4-5"
 MODEL = f"anthropic:{NAME}"
+
+
+@pytest.fixture
+def backend_only(server: LocalServer) -> Iterator[AgentRuntime]:
+    """A runtime whose every agent gets `AnthropicBackend`, whatever its model: for what
+    the backend itself refuses (an `anthropic:` agent is refused earlier, by the runtime)."""
+    runtime = AgentRuntime(
+        runtime_config(server),
+        backend_factory=lambda endpoint: AnthropicBackend(
+            api_key=server.token, base_url=server.anthropic_base_url
+        ),
+    )
+    yield runtime
+    runtime.shutdown(10.0)
 
 
 @pytest.fixture
@@ -141,6 +157,70 @@ def test_a_tool_call_round_trip_sends_the_thinking_block_back_with_its_signature
     assert answer.status == "ok"
 
 
+def test_thinking_streams_per_delta_before_its_block_ends(
+    rt: AgentRuntime, server: LocalServer, tag: str
+) -> None:
+    agent = rt.create_agent(model=MODEL, include_thoughts=True)
+    # The server sends the thinking deltas, then stalls before the block's signature.
+    handle = agent.chat(f"@@thought first half\n@@thought second half\n@@fault hang_after 1\n{tag}")
+    events = iter(handle)
+    first, second = next(events), next(events)
+
+    assert (first, second) == (ThoughtDelta("first half"), ThoughtDelta("second half"))
+    (request,) = requests_with(server, tag)
+    assert request["outcome"] is None  # still streaming: the block has not ended
+    handle.cancel()
+    with pytest.raises(TurnCancelled):
+        handle.text(timeout=10)
+    [cut] = [m for m in agent.history() if m.role == "model"]
+    assert cut.thoughts == "first halfsecond half" and cut.status == "cancelled"
+
+
+def test_a_thinking_block_streamed_in_deltas_goes_back_whole_with_its_signature(
+    rt: AgentRuntime, server: LocalServer, tag: str
+) -> None:
+    def lookup(word: str) -> str:
+        """Look a word up."""
+        return f"a small {word}"
+
+    agent = rt.create_agent(model=MODEL, tools=[lookup], include_thoughts=True)
+    handle = agent.chat(f'@@thought one\n@@thought two\n@@call lookup {{"word": "cat"}}\n{tag}')
+
+    assert handle.text(timeout=10) == 'Tool results: {"lookup":{"result":"a small cat"}}'
+    thoughts = [e.text for e in handle if isinstance(e, ThoughtDelta)]
+    assert thoughts == ["one", "two", "one", "two"]  # two blocks, each in two deltas
+    _, second = wait_finished(server, tag, count=2)
+    think, call = second["body"]["messages"][1]["content"]
+    assert think == {"type": "thinking", "thinking": "onetwo", "signature": signature("onetwo")}
+    assert call["type"] == "tool_use"
+    [first_reply, _] = [m for m in agent.history() if m.role == "model"]
+    [thought] = [p for p in first_reply.parts if isinstance(p, TextPart) and p.thought]
+    assert thought.text == "onetwo" and thought.thought_signature is not None
+
+
+def test_a_thinking_block_that_comes_whole_at_its_start_is_one_delta() -> None:
+    stream = MessageStream()
+    block = {"type": "thinking", "thinking": "all at once", "signature": ""}
+    chunks = [
+        stream.chunk(e)
+        for e in events(
+            {"type": "content_block_start", "index": 0, "content_block": block},
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "signature_delta", "signature": "sig"},
+            },
+            {"type": "content_block_stop", "index": 0},
+        )
+    ]
+
+    assert [c.parts if c else None for c in chunks] == [
+        (TextPart("all at once", True),),
+        None,
+        (TextPart("", True, b"anthropic:sig"),),
+    ]
+
+
 def test_a_response_schema_is_sent_as_messages_structured_output(
     rt: AgentRuntime, server: LocalServer, tag: str
 ) -> None:
@@ -230,6 +310,32 @@ def test_a_529_overloaded_is_retried_like_a_503(
     assert [e.status for e in agent.ledger()] == ["retried", "ok"]
 
 
+@pytest.mark.parametrize(
+    ("spec", "code", "kind"),
+    [("429 day", 400, "invalid_request_error"), ("402", 402, "billing_error")],
+)
+def test_a_billing_refusal_fails_at_once_with_advice_and_is_not_retried(
+    rt: AgentRuntime, server: LocalServer, tag: str, spec: str, code: int, kind: str
+) -> None:
+    agent = rt.create_agent(model=MODEL)
+
+    with pytest.raises(QuotaExceeded) as caught:
+        agent.chat(f"@@fault {spec}\n{tag}").text(timeout=20)
+
+    assert (caught.value.scope, caught.value.quota_id) == ("billing", kind)
+    assert "add credit or check the billing settings at the provider" in str(caught.value)
+    assert [r["status"] for r in wait_finished(server, tag, count=1)] == [code]
+    assert [e.status for e in agent.ledger()] == ["error"]
+
+
+def test_only_a_400_or_403_about_credit_or_billing_is_a_billing_refusal() -> None:
+    assert billing_refusal(400, "invalid_request_error", "Your credit balance is too low")
+    assert billing_refusal(403, "permission_error", "Billing is not set up for this workspace")
+    assert billing_refusal(402, "billing_error", "There is an issue with your payment")
+    assert not billing_refusal(400, "invalid_request_error", "max_tokens: field required")
+    assert not billing_refusal(403, "permission_error", "no access to this model")
+
+
 def test_a_lasting_529_fails_with_its_code_after_the_retry_attempts(
     rt: AgentRuntime, server: LocalServer, tag: str
 ) -> None:
@@ -274,9 +380,9 @@ def test_a_drop_mid_stream_is_stream_broken_keeping_the_text(
 
 
 def test_images_and_pdfs_are_sent_as_blocks_and_audio_is_refused_before_sending(
-    rt: AgentRuntime, server: LocalServer, tag: str
+    backend_only: AgentRuntime, server: LocalServer, tag: str
 ) -> None:
-    agent = rt.create_agent(model=MODEL)
+    agent = backend_only.create_agent(model=NAME)
     image, pdf = blob(b"\x89PNG\r\n\x1a\n", "image/png"), blob(b"%PDF-1.4", "application/pdf")
 
     text = agent.chat([f"look {tag}", image, pdf]).text(timeout=10)
@@ -289,9 +395,9 @@ def test_images_and_pdfs_are_sent_as_blocks_and_audio_is_refused_before_sending(
 
 
 def test_a_setting_messages_cannot_honour_names_setting_and_provider(
-    rt: AgentRuntime, server: LocalServer, tag: str
+    backend_only: AgentRuntime, server: LocalServer, tag: str
 ) -> None:
-    agent = rt.create_agent(model=MODEL, seed=7)
+    agent = backend_only.create_agent(model=NAME, seed=7)
 
     with pytest.raises(BackendError, match="seed: the anthropic provider has no seed"):
         agent.chat(f"hi {tag}").text(timeout=10)

@@ -30,6 +30,7 @@ from agentrt_jupyter.backends.openai import (
     retry_after,
 )
 from agentrt_jupyter.content import blob, image, pdf
+from agentrt_jupyter.notebook.display import short_message
 from agentrt_jupyter.server.process import LocalServer
 
 from .conftest import (
@@ -51,6 +52,20 @@ def runtime(server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ag
     """A runtime whose `openai:` agents talk Chat Completions to the local server (the
     reliability suites' provider set-up: the SDK's environment points there)."""
     made = AgentRuntime(use_provider("openai", server, monkeypatch).config())
+    yield made
+    made.shutdown(10.0)
+
+
+@pytest.fixture
+def backend_only(server: LocalServer) -> Iterator[AgentRuntime]:
+    """A runtime whose every agent gets `OpenAIBackend`, whatever its model: for what the
+    backend itself refuses (an `openai:` agent is refused earlier, by the runtime)."""
+    made = AgentRuntime(
+        runtime_config(server),
+        backend_factory=lambda endpoint: OpenAIBackend(
+            api_key=server.token, base_url=server.openai_base_url
+        ),
+    )
     yield made
     made.shutdown(10.0)
 
@@ -208,9 +223,9 @@ def test_images_and_pdfs_reach_the_model_as_content_parts(
 
 
 def test_a_part_the_provider_cannot_take_fails_before_anything_is_sent(
-    runtime: AgentRuntime, server: LocalServer, tag: str
+    backend_only: AgentRuntime, server: LocalServer, tag: str
 ) -> None:
-    agent = runtime.create_agent(model=MODEL)
+    agent = backend_only.create_agent(model=NAME)
     with pytest.raises(BackendError, match=r"openai provider .* video/mp4") as caught:
         agent.chat([f"watch {tag}", blob(b"\0\0\0\x18ftyp", "video/mp4")]).text(timeout=10)
 
@@ -219,9 +234,9 @@ def test_a_part_the_provider_cannot_take_fails_before_anything_is_sent(
 
 
 def test_top_k_is_refused_naming_the_setting_and_the_provider(
-    runtime: AgentRuntime, server: LocalServer, tag: str
+    backend_only: AgentRuntime, server: LocalServer, tag: str
 ) -> None:
-    agent = runtime.create_agent(model=MODEL, top_k=5)
+    agent = backend_only.create_agent(model=NAME, top_k=5)
     with pytest.raises(BackendError, match="top_k: the openai provider"):
         agent.chat(f"hi {tag}").text(timeout=10)
 
@@ -293,16 +308,22 @@ def test_a_429_with_retry_after_waits_then_succeeds_one_ledger_row_per_request(
     assert second["received"] - first["received"] >= 0.3
 
 
-def test_insufficient_quota_fails_at_once(
+def test_insufficient_quota_is_a_billing_refusal_that_fails_at_once_with_advice(
     runtime: AgentRuntime, server: LocalServer, tag: str
 ) -> None:
     agent = runtime.create_agent(model=MODEL)
     with pytest.raises(QuotaExceeded) as caught:
         agent.chat(f"@@fault 429 day\n{tag}").text(timeout=20)
 
-    assert (caught.value.scope, caught.value.quota_id) == ("day", "insufficient_quota")
+    assert (caught.value.scope, caught.value.quota_id) == ("billing", "insufficient_quota")
+    assert "add credit or check the billing settings at the provider" in str(caught.value)
+    assert "You exceeded your current quota" in str(caught.value)
+    assert short_message(caught.value) == (
+        "the provider refused for billing (insufficient_quota): add credit or check the "
+        "billing settings at the provider"
+    )
     assert len(requests_with(server, tag)) == 1
-    assert [e.status for e in agent.ledger()] == ["rate-limited"]
+    assert [e.status for e in agent.ledger()] == ["error"]
 
 
 def test_a_503_is_retried_then_succeeds(

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Sequence
 from typing import Any
 
+from ..config import AgentConfig
+from ..content import Part
 from ..errors import InvalidConfig
 from .base import Backend, Endpoint
 
@@ -69,6 +72,40 @@ def check_extra(provider: str) -> None:
     extra = _EXTRAS.get(provider)
     if extra is not None and importlib.util.find_spec(extra) is None:
         raise _missing_extra(provider, extra)
+
+
+def check_settings(provider: str, config: AgentConfig) -> None:
+    """`InvalidConfig` naming a setting the provider cannot honour and the provider, when
+    an agent is created or reconfigured rather than at its first turn (nothing to check
+    without the provider's SDK: its backend cannot be made either)."""
+    module = _checks(provider)
+    if module is None:
+        return
+    if provider == "anthropic":
+        module.check_config(config)
+    else:
+        module.check_config(config, provider)
+
+
+def check_parts(provider: str, parts: Sequence[Part]) -> None:
+    """`InvalidContent` naming the provider and a part it cannot take, when a turn's
+    content is given, before it is recorded or anything is sent."""
+    module = _checks(provider)
+    if module is None:
+        return
+    if provider == "anthropic":
+        module.check_content(parts)
+    else:
+        module.check_parts(parts, provider)
+
+
+def _checks(provider: str) -> Any:
+    """The backend module whose checks apply to `provider` (None for Gemini's and Vertex's,
+    which take what google-genai takes, or a provider whose SDK is not installed)."""
+    extra = _EXTRAS.get(provider)
+    if extra is None or importlib.util.find_spec(extra) is None:
+        return None
+    return _provider_module(provider)
 
 
 def _missing_extra(provider: str, extra: str) -> InvalidConfig:

@@ -5,9 +5,10 @@ Every SDK and transport error is translated in `translate_errors`, the one bound
 errors raised there never chain the SDK's exception (its request holds the key header).
 The SDK's own retries are off (`max_retries=0`): `retry.py` retries, one ledger row each.
 
-Thinking comes back as one `TextPart(thought=True)` per thinking block, sent when the
-block ends: its signature arrives last and must stay with its text, since the block goes
-back unchanged in the next request of a tool loop. The signature is kept tagged
+Thinking streams as it comes, one `TextPart(thought=True)` per `thinking_delta` (shown
+like Gemini's thoughts); its signature arrives last, at the block's end, as an empty
+signed thought that `Reply` joins to the thinking before it, since the block goes back
+unchanged in the next request of a tool loop. The signature is kept tagged
 (`SIGNATURE_TAG`), so another provider's signatures in a switched history are never
 sent here, and ours never there.
 """
@@ -75,6 +76,8 @@ ERROR_CODES = {
     "overloaded_error": 529,
 }
 """The HTTP code of an error type, for an `event: error` that arrives in a 200 stream."""
+BILLING_WORDS = ("credit balance", "billing", "purchase credits")
+"""What a 400 or 403 says when it is a billing refusal (no credit), not a bad request."""
 
 
 def check_config(config: AgentConfig) -> None:
@@ -321,8 +324,9 @@ class _Block:
 
 
 class MessageStream:
-    """Turns one message's stream events into chunks: text as it comes, a thinking block
-    or a tool call once it is complete, the finish reason at `message_stop`."""
+    """Turns one message's stream events into chunks: text and thinking as they come, a
+    thinking block's signature and a tool call once complete, the finish reason at
+    `message_stop`."""
 
     def __init__(self) -> None:
         self.answered = False
@@ -371,7 +375,7 @@ class MessageStream:
             if kind == "text" and block.text:
                 return self._content(TextPart(block.text))
             if kind == "thinking" and block.thinking:
-                self._blocks[index].pieces.append(block.thinking)
+                return self._content(TextPart(block.thinking, True))
         return None
 
     def _delta(self, index: int, delta: Any) -> ModelChunk | None:
@@ -384,7 +388,7 @@ class MessageStream:
         if kind == "input_json_delta":
             block.pieces.append(delta.partial_json)
         elif kind == "thinking_delta":
-            block.pieces.append(delta.thinking)
+            return self._content(TextPart(delta.thinking, True)) if delta.thinking else None
         elif kind == "signature_delta":
             block.signature = SIGNATURE_TAG + delta.signature.encode()
         return None
@@ -399,9 +403,9 @@ class MessageStream:
             if not isinstance(args, dict):
                 raise ValueError(f"tool input is not a JSON object: {text}")
             return self._content(FunctionCallPart(block.name, args, block.call_id))
-        if block.kind in ("thinking", "redacted_thinking"):
-            thought = TextPart("".join(block.pieces), True, block.signature or None)
-            return self._content(thought)
+        if block.kind in ("thinking", "redacted_thinking") and block.signature:
+            # The signature of the thinking just streamed (or a redacted block whole).
+            return self._content(TextPart("", True, block.signature))
         return None
 
 
@@ -428,11 +432,23 @@ def _status_error(exc: anthropic.APIStatusError) -> BackendError | QuotaHit:
         return _redirect_error(f"a {first.status_code} redirect", first.status_code)
     kind, message = _error_body(exc.body)
     code = exc.status_code if exc.status_code >= 400 else ERROR_CODES.get(kind, 500)
+    if billing_refusal(code, kind, message):
+        return QuotaHit(QuotaInfo("billing", None, kind, f"{code} {kind}: {message}"))
     if code == 429:
         retry_after, quota_id = rate_limit_wait(exc.response.headers)
         scope: QuotaScope = "minute" if retry_after is not None else "unknown"
         return QuotaHit(QuotaInfo(scope, retry_after, quota_id, f"429 {kind}: {message}"))
     return BackendError(f"{code} {kind}: {message}", code=code, status=kind)
+
+
+def billing_refusal(code: int, kind: str, message: str) -> bool:
+    """No credit: a `billing_error` (402), or a 400 `invalid_request_error` / 403
+    `permission_error` that speaks of the credit balance or billing. Other 400s and 403s
+    (a bad request, a key without access to a model) stay errors of their own."""
+    if kind == "billing_error" or code == 402:
+        return True
+    said = message.lower()
+    return code in (400, 403) and any(word in said for word in BILLING_WORDS)
 
 
 def rate_limit_wait(headers: Mapping[str, str]) -> tuple[float | None, str | None]:
@@ -573,6 +589,11 @@ class AnthropicBackend:
 
     async def aclose(self) -> None:
         await self._client.close()
+
+    @property
+    def client(self) -> anthropic.AsyncAnthropic:
+        """The SDK client, for calls beyond a chat (map's Batch mode); runtime loop only."""
+        return self._client
 
     def __repr__(self) -> str:
         return f"AnthropicBackend(base_url={self._base_url!r}, credential={self.credential!r})"

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from ..config import AgentConfig, split_model
 from ..content import FunctionCallPart, Part, TextPart
-from ..conversation import CallStatus, ConversationMessage, LedgerEntry, Usage
+from ..conversation import UNREPORTED, CallStatus, ConversationMessage, LedgerEntry, Usage
 from ..quota import QuotaInfo
 
 EXCERPT_CHARS = 200
@@ -103,34 +103,60 @@ BackendFactory = Callable[[Endpoint], Backend]
 class Reply:
     """What one model call has produced so far (kept for a partial record on cancel)."""
 
-    __slots__ = ("calls", "finish_reason", "first_chunk_at", "segments", "usage")
+    __slots__ = ("_sealed", "calls", "finish_reason", "first_chunk_at", "reported", "segments")
 
     def __init__(self) -> None:
         self.segments: list[tuple[str, list[str], bytes | None]] = []
         self.calls: list[FunctionCallPart] = []
-        self.usage = Usage()
+        self.reported: Usage | None = None
+        """The latest running usage the service sent (None: none yet)."""
         self.finish_reason: str | None = None
         self.first_chunk_at: float | None = None
+        self._sealed = False
 
     def add(self, chunk: ModelChunk) -> None:
         for part in chunk.parts:
             if isinstance(part, FunctionCallPart):
                 self.calls.append(part)
             elif isinstance(part, TextPart):
-                kind = "thought" if part.thought else "text"
-                if self.segments and self.segments[-1][0] == kind and not part.thought_signature:
-                    self.segments[-1][1].append(part.text)
-                else:
-                    self.segments.append((kind, [part.text], part.thought_signature))
+                self._add_text(part)
         if chunk.usage is not None:
-            self.usage = chunk.usage
+            self.reported = chunk.usage
         if chunk.finish_reason is not None:
             self.finish_reason = chunk.finish_reason
+
+    def _add_text(self, part: TextPart) -> None:
+        """A piece continues its segment of the same kind unless it is signed (a signed
+        piece opens one); an empty signed thought after unsigned thought pieces is their
+        signature, sent when the block ended (Anthropic's), and closes that segment."""
+        kind = "thought" if part.thought else "text"
+        last = self.segments[-1] if self.segments else None
+        signature = part.thought_signature
+        if last is not None and last[0] == kind and not self._sealed:
+            if not signature:
+                last[1].append(part.text)
+                return
+            if part.thought and not part.text and last[2] is None:
+                self.segments[-1] = (kind, last[1], signature)
+                self._sealed = True
+                return
+        self.segments.append((kind, [part.text], signature))
+        self._sealed = False
+
+    @property
+    def usage(self) -> Usage:
+        """The call's usage: what the service reported; missing counts if it answered
+        without any (never zeros); zeros if nothing came (nothing to bill)."""
+        if self.reported is not None:
+            return self.reported
+        answered = self.produced or self.finish_reason is not None
+        return UNREPORTED if answered else Usage()
 
     def reset(self) -> None:
         """Forget a failed attempt that produced nothing, before the next one."""
         self.segments, self.calls = [], []
-        self.usage, self.finish_reason, self.first_chunk_at = Usage(), None, None
+        self.reported, self.finish_reason, self.first_chunk_at = None, None, None
+        self._sealed = False
 
     @property
     def produced(self) -> bool:

@@ -125,7 +125,7 @@ async def _replay(recorded: CachedReply, reply: Reply, listener: CallListener) -
             duration=time.monotonic() - started,
             finish_reason=recorded.finish_reason,
             status="replayed",
-            saved_tokens=recorded.usage.total_tokens,
+            saved_tokens=recorded.usage.total_tokens or 0,  # unknown if none was reported
         )
     )
 

@@ -57,6 +57,8 @@ AUDIO_FORMATS = {"audio/wav": "wav", "audio/x-wav": "wav", "audio/mpeg": "mp3", 
 TEXT_TYPES = frozenset({"application/json", "application/xml", "application/x-python"})
 """Blobs sent as text: Chat Completions has no part for them, their words are what counts."""
 OPENAI_MAX_STOP = 4
+BILLING_CODES = frozenset({"insufficient_quota", "billing_not_active"})
+"""429 codes that mean no credit: waiting will not help, adding credit will."""
 _KEY_ECHO = re.compile(r"(API key provided: )\S+")
 _GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _LONGEST_WAIT = 1e9
@@ -148,6 +150,15 @@ class OpenAIBackend:
 
     async def aclose(self) -> None:
         await self._client.close()
+
+    @property
+    def client(self) -> openai.AsyncOpenAI:
+        """The SDK client, for calls beyond a chat (map's Batch mode); runtime loop only."""
+        return self._client  # type: ignore[no-any-return]
+
+    def errors(self) -> contextlib.AbstractContextManager[None]:
+        """This module's error boundary for a call that streams nothing (key scrubbed)."""
+        return translate_errors(self._sdk, [0], self._scrub)
 
 
 def chat_body(request: ModelRequest, provider: str) -> dict[str, Any]:
@@ -483,11 +494,11 @@ def _string(value: object) -> str:
 def translate_errors(sdk: ModuleType, yielded: list[int], scrub: _Scrubber) -> Iterator[None]:
     """Map the SDK's errors to ours; `yielded[0]` counts the chunks passed on so far.
 
-    Most specific first: a 429 is a `QuotaHit` (`insufficient_quota` is per-day: it fails
-    at once); another status is a `BackendError` with its code (retry.py retries 408 and
-    5xx); a connection that fails is retried before the first chunk and `StreamBroken`
-    after it; an error event in the stream and a reply the SDK cannot parse are
-    `BackendError`s."""
+    Most specific first: a 429 is a `QuotaHit` (`insufficient_quota` is a billing
+    refusal: it fails at once); another status is a `BackendError` with its code
+    (retry.py retries 408 and 5xx); a connection that fails is retried before the first
+    chunk and `StreamBroken` after it; an error event in the stream and a reply the SDK
+    cannot parse are `BackendError`s."""
     error: BaseException | None = None
     try:
         yield
@@ -562,14 +573,15 @@ def _connection_error(exc: openai.APIConnectionError, yielded: int) -> BackendEr
 
 
 def quota_info(exc: openai.RateLimitError, scrub: _Scrubber) -> QuotaInfo:
-    """What a 429 said: a billing refusal (`insufficient_quota`, waiting won't help) or a
-    rate limit with its wait from `retry-after-ms` / `retry-after` / `x-ratelimit-reset-*`."""
+    """What a 429 said: a billing refusal (`insufficient_quota`, scope "billing": waiting
+    won't help) or a rate limit with its wait from `retry-after-ms` / `retry-after` /
+    `x-ratelimit-reset-*`."""
     body = exc.body
     message = body.get("message") if isinstance(body, dict) else None
     text = scrub(message if isinstance(message, str) and message else exc.message)
     code = exc.code if isinstance(exc.code, str) else None
-    if code == "insufficient_quota":
-        return QuotaInfo("day", None, code, text[:500])
+    if code in BILLING_CODES:
+        return QuotaInfo("billing", None, code, text[:500])
     return QuotaInfo("minute", retry_after(exc.response.headers), code, text[:500])
 
 

@@ -10,7 +10,9 @@ SDK's own retries are off, so every attempt is visible here and its pauses are p
 - A 408/5xx or a failed connection is retried up to `http_retry_attempts` attempts, with
   exponential backoff and jitter.
 - A per-minute 429 blocks the credential for every agent on it (`QuotaRegistry`); a
-  per-day or limit-0 429 fails at once, and so does a wait past `quota_max_wait`.
+  per-day or limit-0 429 fails at once, and so does a wait past `quota_max_wait`; so
+  does a billing refusal (no credit: OpenAI's `insufficient_quota`, Anthropic's credit
+  balance), with advice, its ledger row an error rather than rate-limited.
 - A turn gives up after `quota_max_retries` waits that did not help: its own 429s, and
   waits during which another agent's *retry* was limited again while no call on the key
   got through. Waiting behind others' first 429s costs nothing; a request's first 429
@@ -125,7 +127,8 @@ class RetryingCaller:
             status, error_text = _ended(reply)
             return None
         except QuotaHit as hit:
-            status, error_text = "rate-limited", hit.info.message
+            billing = hit.info.scope == "billing"
+            status, error_text = ("error" if billing else "rate-limited"), hit.info.message
             gate.after_hit(hit, reply, sent)
             return _Pause(0.0, error_text, retried=False)
         except asyncio.CancelledError:
@@ -271,7 +274,7 @@ class _QuotaGate:
             or self.counted >= self._policy.quota_max_retries
         ):
             raise QuotaExceeded(
-                _quota_advice(info.scope, self.counted, info.retry_after),
+                _quota_advice(info.scope, self.counted, info.retry_after, info.message),
                 retry_after=info.retry_after,
                 quota_id=info.quota_id,
                 scope=scope,
@@ -302,7 +305,14 @@ def _past_max_wait(wait: float, max_wait: float, quota_id: str | None) -> QuotaE
     )
 
 
-def _quota_advice(scope: str, retries: int, retry_after: float | None) -> str:
+def _quota_advice(
+    scope: str, retries: int, retry_after: float | None, said: str | None = None
+) -> str:
+    if scope == "billing":
+        return (
+            f"the provider refused the request for billing ({said or 'no credit'}): add credit "
+            "or check the billing settings at the provider; retrying will not help"
+        )
     if scope == "day":
         return (
             "daily quota used up for this key and model: try tomorrow, another model, or a paid key"

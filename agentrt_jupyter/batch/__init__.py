@@ -3,16 +3,18 @@
 Each row is one independent single-turn request on a fresh agent; the run adapts its
 concurrency to the service's rate limits, writes every finished row as it completes (so
 a re-run redoes only the missing rows), keeps to a token or cost budget, and returns a
-frame aligned with the input's index. `mode="batch"` sends the rows through the Gemini
-Batch API instead (half price, hours of latency).
+frame aligned with the input's index. `mode="batch"` sends the rows through the provider's
+Batch API instead (Gemini, OpenAI, Anthropic: half price, hours of latency).
 
 Importing this package is light (pandas loads with `engine`); the names below load on
 first use. Modules: `engine` (the entry points), `plan` (options, templates, keys),
 `controller` (concurrency, rpm/tpm, budgets: pure), `run` (`BatchRun`), `live` (rows
-answered one request each), `remote` (the Batch API), `outcomes` (the rows' outcomes and
-the result frame), `progress` (snapshots, listeners, the view), `records` (the results
-table), `schema` (typed result columns), `prices` (the cost estimate), `accessor`
-(`DataFrame.agentrt`), `hook` (registering it when pandas is imported).
+answered one request each), `remote` (the Batch API driver; `batchapi` its interface,
+`remote_gemini`, `remote_openai`, `remote_anthropic` one provider each), `outcomes` (the
+rows' outcomes and the result frame), `progress` (snapshots, listeners, the view),
+`records` (the results table), `schema` (typed result columns), `prices` (the cost
+estimate), `accessor` (`DataFrame.agentrt`), `hook` (registering it when pandas is
+imported).
 """
 
 from __future__ import annotations

@@ -24,7 +24,8 @@ _lock = threading.Lock()
 
 class AgentrtAccessor:
     """`frame.agentrt`: `map(template, **options)` and `await amap(template, **options)`,
-    with the options of `runtime.map` (see `agentrt_jupyter.batch.engine.start_map`)."""
+    with the options of `runtime.map` (see `agentrt_jupyter.batch.engine.start_map`); the
+    same for `filter`, `classify` and `extract` (see `agentrt_jupyter.batch.semantic`)."""
 
     def __init__(self, frame: pd.DataFrame) -> None:
         self._frame = frame
@@ -36,6 +37,32 @@ class AgentrtAccessor:
         self, template: str, *, runtime: AgentRuntime | None = None, **options: Any
     ) -> Any:
         return await operator("map").arun(_runtime(runtime), self._frame, template, **options)
+
+    def filter(self, template: str, *, runtime: AgentRuntime | None = None, **options: Any) -> Any:
+        return operator("filter").run(_runtime(runtime), self._frame, template, **options)
+
+    async def afilter(
+        self, template: str, *, runtime: AgentRuntime | None = None, **options: Any
+    ) -> Any:
+        return await operator("filter").arun(_runtime(runtime), self._frame, template, **options)
+
+    def classify(
+        self, template: str, *, runtime: AgentRuntime | None = None, **options: Any
+    ) -> Any:
+        return operator("classify").run(_runtime(runtime), self._frame, template, **options)
+
+    async def aclassify(
+        self, template: str, *, runtime: AgentRuntime | None = None, **options: Any
+    ) -> Any:
+        return await operator("classify").arun(_runtime(runtime), self._frame, template, **options)
+
+    def extract(self, template: str, *, runtime: AgentRuntime | None = None, **options: Any) -> Any:
+        return operator("extract").run(_runtime(runtime), self._frame, template, **options)
+
+    async def aextract(
+        self, template: str, *, runtime: AgentRuntime | None = None, **options: Any
+    ) -> Any:
+        return await operator("extract").arun(_runtime(runtime), self._frame, template, **options)
 
 
 def _runtime(runtime: AgentRuntime | None) -> object:

@@ -13,6 +13,7 @@ package root registers them with `agentrt_jupyter.operators`, so the runtime imp
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import weakref
@@ -21,14 +22,15 @@ from typing import Any
 
 import pandas as pd
 
-from ..config import AgentConfig
 from ..errors import InvalidConfig, RuntimeClosed, StoreError, WrongThread
 from ..operators import Operator
 from ..runtime import AgentRuntime
+from ..stores.base import ResultsStore
+from .explain import OperatorPlan, aconfirm, confirm, cost_gate, plan_frame, pop_explain
 from .live import answer_live
-from .plan import DEFAULT_CONCURRENCY, plan_map
+from .plan import MapPlan, plan_map
 from .progress import Listener, show
-from .records import RowStore, RunResults
+from .records import RowStore, RunResults, open_results
 from .remote import answer_in_batch
 from .run import BatchRun
 
@@ -44,51 +46,18 @@ def start_map(
     template: str,
     /,
     *,
-    config: AgentConfig | None = None,
-    concurrency: int = DEFAULT_CONCURRENCY,
-    max_concurrency: int | None = None,
-    schema: object = None,
-    budget_tokens: int | None = None,
-    budget_usd: float | None = None,
-    key: str | None = None,
-    refresh: bool = False,
-    mode: str = "live",
-    rpm: float | None = None,
-    tpm: float | None = None,
     store: str | Path | None = None,
-    **settings: Any,
+    **options: Any,
 ) -> BatchRun:
     """Check the options and start the run on the runtime loop; returns at once.
 
-    `settings` are AgentConfig fields for every row's agent (model, system_instruction,
-    tools, temperature, ...). `store` keeps the results in that SQLite file instead of
-    the runtime's store (or memory, for a runtime without one).
+    The options are `plan_map`'s (config, concurrency, max_concurrency, schema,
+    budget_tokens, budget_usd, key, refresh, mode, rpm, tpm) and AgentConfig fields for
+    every row's agent (model, system_instruction, tools, temperature, ...). `store` keeps
+    the results in that SQLite file instead of the runtime's store (or memory, for a
+    runtime without one).
     """
-    _check_runtime(runtime)
-    if "runtime" in settings:
-        raise InvalidConfig(
-            "the map already runs on the runtime it was called on: leave out runtime=",
-            field="runtime",
-        )
-    if runtime.closed:
-        raise RuntimeClosed("the runtime was shut down; create a new AgentRuntime")
-    plan = plan_map(
-        runtime.config,
-        frame,
-        template,
-        config=config,
-        settings=settings,
-        concurrency=concurrency,
-        max_concurrency=max_concurrency,
-        schema=schema,
-        budget_tokens=budget_tokens,
-        budget_usd=budget_usd,
-        key=key,
-        refresh=refresh,
-        mode=mode,
-        rpm=rpm,
-        tpm=tpm,
-    )
+    plan = checked_plan(runtime, frame, template, options)
     results, owned = _results_store(runtime, store)
     records = RunResults(results, plan.run_key, owned=owned)
     answer = answer_in_batch if plan.mode == "batch" else answer_live
@@ -96,6 +65,54 @@ def start_map(
     _running.add(run)
     run.start()
     return run
+
+
+def checked_plan(
+    runtime: AgentRuntime, frame: object, template: object, options: dict[str, Any]
+) -> MapPlan:
+    """The plan of a map run of `template` over `frame` with `options` (see `start_map`),
+    every option checked (`InvalidConfig`); nothing starts."""
+    _check_runtime(runtime)
+    if "runtime" in options:
+        raise InvalidConfig(
+            "the map already runs on the runtime it was called on: leave out runtime=",
+            field="runtime",
+        )
+    if runtime.closed:
+        raise RuntimeClosed("the runtime was shut down; create a new AgentRuntime")
+    planned = {name: options.pop(name) for name in _PLAN_OPTIONS if name in options}
+    return plan_map(runtime.config, frame, template, settings=options, **planned)
+
+
+_PLAN_OPTIONS = (
+    "config", "concurrency", "max_concurrency", "schema", "budget_tokens", "budget_usd",
+    "key", "refresh", "mode", "rpm", "tpm",
+)  # fmt: skip
+
+
+def explain_map(
+    runtime: AgentRuntime,
+    frame: pd.DataFrame,
+    template: str,
+    /,
+    *,
+    store: str | Path | None = None,
+    step: str = "map",
+    reply_tokens: int | None = None,
+    **options: Any,
+) -> OperatorPlan:
+    """The plan of `map_frame(runtime, frame, template, **options)` without running it:
+    one step named `step`, rows already kept under the run's key counted as cached; no
+    request is sent (see `explain`)."""
+    options.pop("progress", None)
+    plan = checked_plan(runtime, frame, template, options)
+    results, owned = _results_store(runtime, store)
+    records = RunResults(results, plan.run_key, owned=owned)
+    try:
+        priced, notes = plan_frame(plan, frame, records, name=step, reply_tokens=reply_tokens)
+    finally:
+        records.close()
+    return OperatorPlan("map", (priced,), notes)
 
 
 def map_frame(
@@ -106,16 +123,23 @@ def map_frame(
     *,
     progress: bool | Listener | None = None,
     **options: Any,
-) -> pd.DataFrame:
+) -> Any:
     """Run `template` over every row of `frame` and wait; see `start_map` for the options.
+    With `explain=True` (or `dry_run=True`), the `OperatorPlan` instead: nothing runs.
 
     `progress`: None shows a widget in a notebook and a tqdm bar on a terminal; True
     shows one even elsewhere; False nothing; a callable gets every `BatchProgress`.
     Ctrl-C (kernel interrupt) cancels the run, keeps the finished rows and re-raises.
+    In a notebook, a run estimated above `AgentMagics.confirm_cost` asks first (see
+    `explain`); `CostNotApproved` if it is not approved.
     """
     _check_runtime(runtime)
+    if pop_explain(options):
+        return explain_map(runtime, frame, template, **options)
     if threading.current_thread() is runtime.thread:
         raise WrongThread("map() would deadlock on the runtime thread: await runtime.aio.map()")
+    if (gate := cost_gate()) is not None:
+        confirm(gate, explain_map(runtime, frame, template, **options))
     run = start_map(runtime, frame, template, **options)
     show(run, progress)
     return run.result()
@@ -129,9 +153,14 @@ async def amap_frame(
     *,
     progress: bool | Listener | None = None,
     **options: Any,
-) -> pd.DataFrame:
+) -> Any:
     """`map_frame` for an event loop (a notebook cell's top-level await, so the widget's
     Cancel button works while the rows run); cancelling the awaiting task cancels the run."""
+    if pop_explain(options):
+        return await asyncio.to_thread(explain_map, runtime, frame, template, **options)
+    if (gate := cost_gate()) is not None:
+        plan = await asyncio.to_thread(explain_map, runtime, frame, template, **options)
+        await aconfirm(gate, plan)
     run = start_map(runtime, frame, template, **options)
     show(run, progress)
     return await run.aresult()
@@ -163,17 +192,17 @@ def _check_runtime(runtime: object) -> None:
         )
 
 
-def _results_store(runtime: AgentRuntime, store: str | Path | None) -> tuple[RowStore, bool]:
-    """Where results go: `store`, else the runtime's store file, else memory; and whether
-    the run owns (closes) it."""
+def _results_store(runtime: AgentRuntime, store: str | Path | None) -> tuple[ResultsStore, bool]:
+    """Where results go: `store`, else the runtime's store (file or database), else memory;
+    and whether the run owns (closes) it."""
     if store is not None:
         if not isinstance(store, str | Path) or not str(store).strip():
             raise InvalidConfig("must be a file path or None", field="store")
         return RowStore(Path(store).expanduser()), True
-    path = runtime.config.store_path
-    if path is not None and runtime.store_problem is None:
+    location = runtime.config.store_location
+    if location is not None and runtime.store_problem is None:
         try:
-            return RowStore(Path(path)), True
+            return open_results(location), True
         except StoreError as exc:
             log.warning("map results are kept in memory only: %s", exc)
     memory = _memory_stores.get(runtime)

@@ -68,6 +68,8 @@ class _Tries:
     limited: int = 0
     text: str | None = None
     error: BaseException | None = None
+    estimate: tuple[int, int] = (0, 0)
+    """The row's estimate (input, output), counted where the service reported no usage."""
 
     def add(self, result: TurnResult, calls: list[LedgerEntry]) -> None:
         self.attempts += sum(1 for call in calls if call.status != "replayed")
@@ -79,10 +81,10 @@ class _Tries:
 
     @property
     def tokens(self) -> tuple[int, int]:
-        usage = self.usage
+        tokens_in, tokens_out = self.usage.split()
         return (
-            usage.prompt_tokens + usage.tool_use_prompt_tokens,
-            usage.candidates_tokens + usage.thoughts_tokens,
+            self.estimate[0] if tokens_in is None else tokens_in,
+            self.estimate[1] if tokens_out is None else tokens_out,
         )
 
 
@@ -225,6 +227,7 @@ class LiveRows:
         started = time.monotonic()
         try:
             tries = await self._tries(position, prompt)
+            tries.estimate = (estimate.tokens_in, estimate.tokens_out)
         finally:
             self.controller.release(estimate)
             self.run.changed()
@@ -276,7 +279,7 @@ class LiveRows:
                 return
         assert error is not None
         status = CANCELLED if isinstance(error, TurnCancelled) else ERROR
-        if isinstance(error, QuotaExceeded) and error.scope in ("day", "zero"):
+        if isinstance(error, QuotaExceeded) and error.scope in ("day", "zero", "billing"):
             run.stop(f"stopped: {error}")
         run.finish(
             position,

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import itertools
 import json
 import math
 import string
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -37,9 +38,12 @@ from .prices import ModelPrice, price_for
 from .schema import ResultSchema, result_schema
 
 Mode = Literal["live", "batch"]
+BATCH_PROVIDERS = ("gemini", "openai", "anthropic")
+"""The providers whose Batch API `mode="batch"` drives (`remote.py`)."""
 DEFAULT_CONCURRENCY = 8
 MOST_CONCURRENCY = 1000
 """No run keeps more requests than this in flight."""
+ROWS_PER_READ = 1000
 _FORMATTER = string.Formatter()
 CONVERSIONS = (None, "r", "s", "a")
 
@@ -70,6 +74,23 @@ class MapPlan:
 
     def row_key(self, prompt: str) -> str:
         return _digest(f"{self.run_key}\0{prompt}")
+
+    def prompts(self, frame: pd.DataFrame) -> Iterator[tuple[int, str | None, str | None]]:
+        """(position, prompt, None) per row of `frame`, or (position, None, why it has no
+        prompt), reading the template's columns a block of `ROWS_PER_READ` rows at a time."""
+        columns = self.columns
+        data = frame if tuple(frame.columns) == columns else frame[list(columns)]
+        for start in range(0, len(data), ROWS_PER_READ):
+            block = data.iloc[start : start + ROWS_PER_READ]
+            arrays = [block[column].tolist() for column in columns]
+            rows = zip(*arrays, strict=True) if arrays else itertools.repeat((), len(block))
+            for offset, values in enumerate(rows):
+                try:
+                    prompt = self.render(dict(zip(columns, values, strict=True)))
+                except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+                    yield start + offset, None, f"cannot fill the template: {exc}"
+                    continue
+                yield start + offset, prompt, None
 
 
 def plan_map(
@@ -157,19 +178,35 @@ def _row_config(
 def _check_mode(mode: str, row_config: AgentConfig) -> None:
     if mode not in ("live", "batch"):
         raise InvalidConfig(f"must be 'live' or 'batch', got {mode!r:.40}", field="mode")
+    if mode != "batch":
+        return
     provider = provider_of(row_config.model)
-    if mode == "batch" and provider != "gemini":
+    if provider not in BATCH_PROVIDERS:
         raise InvalidConfig(
-            f"mode='batch' runs on Gemini's Batch API; the {provider} provider's batch API is "
-            "not supported yet: use mode='live'",
+            f"the {provider} provider has no Batch API here (mode='batch' runs on Gemini's, "
+            "OpenAI's and Anthropic's): use mode='live'",
             field="mode",
         )
-    if mode == "batch" and (row_config.tools or row_config.confirm_tool is not None):
+    if row_config.tools or row_config.confirm_tool is not None:
         raise InvalidConfig(
             "the Batch API answers each row in one call, so tools cannot run: use "
             "mode='live' for rows that call tools",
             field="tools",
         )
+    _check_provider_settings(provider, row_config)
+
+
+def _check_provider_settings(provider: str, row_config: AgentConfig) -> None:
+    """`InvalidConfig` now for a setting the provider cannot honour (the live path finds
+    out at each row's call; a batch would take it to the service)."""
+    if provider == "openai":
+        from ..backends.openai import check_config
+
+        check_config(row_config, provider)
+    elif provider == "anthropic":
+        from ..backends.anthropic import check_config as check_anthropic
+
+        check_anthropic(row_config)
 
 
 def _check_run_options(refresh: object, key: object) -> None:

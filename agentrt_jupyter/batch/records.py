@@ -23,10 +23,15 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from ..errors import StoreError
+from ..stores.base import OPEN_JOB, ResultsStore, StoredRow
+from ..stores.opening import is_database_url
+
+__all__ = ["OPEN_JOB", "ResultsStore", "RowStore", "RunResults", "StoredRow", "open_results"]
 
 log = logging.getLogger("agentrt_jupyter")
 
@@ -38,19 +43,6 @@ _SCHEMA = (
       run TEXT NOT NULL, job TEXT NOT NULL PRIMARY KEY, created REAL NOT NULL,
       state TEXT NOT NULL)""",
 )
-OPEN_JOB = "open"
-
-
-@dataclass(frozen=True)
-class StoredRow:
-    """What is kept of a finished row."""
-
-    text: str
-    tokens_in: int
-    tokens_out: int
-    latency: float
-    attempts: int
-    model: str
 
 
 class RowStore:
@@ -147,6 +139,16 @@ class RowStore:
             db.close()
 
 
+def open_results(location: str | Path, **options: Any) -> ResultsStore:
+    """The results tables at `location`: in the PostgreSQL database for a URL (`PgRowStore`),
+    else in the SQLite file."""
+    if is_database_url(location):
+        from ..stores.pgrows import PgRowStore
+
+        return PgRowStore(str(location), **options)
+    return RowStore(Path(location), **options)
+
+
 class RunResults:
     """One run's side of the results table: its rows by key and its Batch API jobs.
 
@@ -154,8 +156,8 @@ class RunResults:
     the rows not kept): lookups then find nothing and writes are dropped. The run closes
     the store at its end if it owns it."""
 
-    def __init__(self, store: RowStore, run: str, *, owned: bool) -> None:
-        self._store: RowStore | None = store
+    def __init__(self, store: ResultsStore, run: str, *, owned: bool) -> None:
+        self._store: ResultsStore | None = store
         self.run = run
         self._owned = owned
 

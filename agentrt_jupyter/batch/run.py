@@ -4,7 +4,7 @@ The run holds what every way of answering rows shares: the rows' prompts, their 
 (`outcomes`), the results table (`records`), the rate controller (`controller`), the
 listeners and the run's state. How the rows are answered is a function given to it:
 `live.answer_live` (one request per row, here and now) or `remote.answer_in_batch` (the
-Gemini Batch API). Both use only the public interface below the "On the runtime loop" line.
+provider's Batch API). Both use only the public interface below the "On the runtime loop" line.
 
 Cancel (`run.cancel()`, the widget's button, `cancel_maps`, Ctrl-C / kernel interrupt in
 `result()` and `aresult()`) starts no more rows and calls the cancel callbacks (the live
@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import itertools
 import sys
 import threading
 import time
@@ -44,7 +43,6 @@ QUIET_TICK = 1.0
 """...and at least this often while the run goes on (elapsed time and ETA move)."""
 SETTLE_TIMEOUT = 10.0
 """After a cancel or an interrupt, how long to wait for the rows in flight to end."""
-ROWS_PER_READ = 1000
 YIELD_EVERY = 256
 """Rows an answering loop handles (cached ones, say) before it lets the loop run others."""
 
@@ -341,18 +339,7 @@ class BatchRun:
 
     def _prompts(self) -> Iterator[tuple[int, str | None, str | None]]:
         """(position, prompt, None) per row, or (position, None, why it has no prompt)."""
-        columns = self.plan.columns
-        for start in range(0, self.total, ROWS_PER_READ):
-            block = self._data.iloc[start : start + ROWS_PER_READ]
-            arrays = [block[column].tolist() for column in columns]
-            rows = zip(*arrays, strict=True) if arrays else itertools.repeat((), len(block))
-            for offset, values in enumerate(rows):
-                try:
-                    prompt = self.plan.render(dict(zip(columns, values, strict=True)))
-                except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
-                    yield start + offset, None, f"cannot fill the template: {exc}"
-                    continue
-                yield start + offset, prompt, None
+        return self.plan.prompts(self._data)
 
     def _lookup(self, key: str) -> tuple[StoredRow, dict[str, Any] | None] | None:
         """The kept result of row `key` (and its schema values), if any fits."""

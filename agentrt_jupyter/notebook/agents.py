@@ -196,7 +196,9 @@ class NotebookAgents:
         """New settings for a live agent: the same agent (id, conversation, stored record)
         takes them from its next turn, so nothing that follows it sees it go (refused
         while a turn of it runs)."""
-        self.runtime.reconfigure(name, config)
+        note = self.runtime.reconfigure(name, config)
+        if note is not None:
+            print(f"agentrt: {name}: {note}")
         return self.runtime.agent(name)
 
     def _continue(self, name: str, config: AgentConfig | None, cache: bool) -> Agent:
@@ -235,7 +237,7 @@ class NotebookAgents:
 
     def _stores(self) -> bool:
         runtime = self.runtime
-        return runtime.config.store_path is not None and runtime.store_problem is None
+        return runtime.config.store_location is not None and runtime.store_problem is None
 
     def _is_live(self, name: str) -> bool:
         return name in self.live_names()

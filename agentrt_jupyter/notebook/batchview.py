@@ -12,11 +12,12 @@ the `%%agent --map` magic), but under a blocking `rt.map(...)` only when the cel
 (use Kernel -> Interrupt there).
 
 `map_cell` is what `%%agent --map DF [--out RESULT]` awaits, with the cell body as the
-template.
+template; `operator_cell` the same for `--filter DF` and `--classify DF`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import html
 import sys
 import threading
@@ -25,10 +26,12 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import ipywidgets as widgets
 
-from ..batch.engine import start_map
+from ..batch.engine import explain_map, start_map
+from ..batch.explain import aconfirm, cost_gate
 from ..batch.progress import BatchProgress
 from ..batch.run import BatchRun
 from ..errors import InvalidConfig
+from ..operators import operator
 from .display import LIVE_CLASS
 from .widgets import StaticCopy, view_bundle
 
@@ -37,7 +40,14 @@ if TYPE_CHECKING:
 
     from ..runtime import AgentRuntime
 
-__all__ = ["BatchProgressView", "TqdmProgress", "error_lines", "map_cell", "show_progress"]
+__all__ = [
+    "BatchProgressView",
+    "TqdmProgress",
+    "error_lines",
+    "map_cell",
+    "operator_cell",
+    "show_progress",
+]
 
 _MODE_NOTE = "Batch API: half price, results when the whole job has ended (up to 24 h)"
 
@@ -264,7 +274,11 @@ async def map_cell(
 
     `options` are those of `runtime.map` (concurrency, schema, budget_tokens, mode, ...).
     An interrupt cancels the run; the partial frame is still stored in `out`, then the
-    interrupt goes on (CancelledError) so Run All stops."""
+    interrupt goes on (CancelledError) so Run All stops. A run estimated above
+    `AgentMagics.confirm_cost` asks first (`CostNotApproved` if not approved)."""
+    if (gate := cost_gate()) is not None:
+        plan = await asyncio.to_thread(explain_map, runtime, frame, template, **options)
+        await aconfirm(gate, plan)
     run = start_map(runtime, frame, template, **options)
     if progress:
         show_progress(run, always=True)
@@ -275,6 +289,25 @@ async def map_cell(
         if out is not None and settled and run.future.exception() is None:
             _namespace(namespace)[out] = run.future.result()
         raise
+    if out is not None:
+        _namespace(namespace)[out] = result
+    return result
+
+
+async def operator_cell(
+    runtime: AgentRuntime,
+    name: str,
+    frame: pd.DataFrame,
+    template: str,
+    *,
+    out: str | None = None,
+    namespace: MutableMapping[str, Any] | None = None,
+    **options: Any,
+) -> Any:
+    """What `%%agent --filter DF` / `--classify DF` awaits: operator `name` over `frame`
+    with the cell body as `template`, its runs shown as widgets, its result returned (and
+    stored in `namespace[out]`)."""
+    result = await operator(name).arun(runtime, frame, template, progress=True, **options)
     if out is not None:
         _namespace(namespace)[out] = result
     return result

@@ -18,7 +18,10 @@ from IPython.core.error import UsageError
 from ..config import agent_config, check_agent_name
 from ..errors import UsageProblem
 
-DATA_FLAGS = ("tools", "confirm", "schema", "out_frame", "map", "tool_timeout")
+DATA_FLAGS = (
+    "tools", "confirm", "schema", "out_frame", "map", "filter", "classify", "labels",
+    "tool_timeout",
+)  # fmt: skip
 """The `%%agent` options `datacell` resolves (`DataOptions` fields)."""
 DATA_COMMANDS = ("tools", "approve", "deny", "mcp")
 """The `%agent` commands `datacell` runs."""
@@ -43,6 +46,17 @@ MAP_HELP = (
     "Run the cell, a template with {column} placeholders, over every row of DataFrame DF "
     "(--out RESULT: the result frame)."
 )
+FILTER_HELP = (
+    "Keep the rows of DataFrame DF for which the model judges the cell, a template with "
+    "{column} placeholders, true (--out RESULT: the rows kept)."
+)
+CLASSIFY_HELP = (
+    "Put each row of DataFrame DF in one of --labels by the model, the cell a template "
+    "with {column} placeholders (--out RESULT: the categorical Series)."
+)
+LABELS_HELP = "With --classify: the labels, a,b,c."
+FRAME_OPERATORS = ("map", "filter", "classify")
+"""The `%%agent` flags that run the cell over a DataFrame on the batch engine."""
 IPYTHON_NAMES = {
     "In": "IPython's input history",
     "Out": "IPython's output history",
@@ -131,7 +145,24 @@ class DataOptions:
     schema: str | None = None
     out_frame: str | None = None
     map: str | None = None
+    filter: str | None = None
+    classify: str | None = None
+    labels: str | None = None
     tool_timeout: float | None = None
+
+    @property
+    def frame_operator(self) -> tuple[str, str] | None:
+        """(operator, DF) of a `--map DF` / `--filter DF` / `--classify DF` cell, else None."""
+        for name in FRAME_OPERATORS:
+            frame = getattr(self, name)
+            if frame:
+                return name, frame
+        return None
+
+    @property
+    def label_list(self) -> list[str]:
+        """`--labels a,b,c` as a list."""
+        return [label.strip() for label in (self.labels or "").split(",")]
 
 
 NO_DATA = DataOptions()
@@ -160,8 +191,9 @@ class CellOptions:
 
     @property
     def maps(self) -> bool:
-        """A `--map DF` cell (run by the batch engine, not as one turn)."""
-        return self.data_flags is not None and bool(self.data_flags.map)
+        """A `--map DF` (`--filter DF`, `--classify DF`) cell: run by the batch engine, not
+        as one turn."""
+        return self.data_flags is not None and self.data_flags.frame_operator is not None
 
 
 @dataclass(frozen=True)
@@ -247,6 +279,9 @@ def data_options(args: Any) -> DataOptions:
         schema=args.schema,
         out_frame=args.out_frame,
         map=args.map,
+        filter=args.filter,
+        classify=args.classify,
+        labels=args.labels,
         tool_timeout=args.tool_timeout,
     )
     if options.out_frame is not None:
@@ -255,12 +290,28 @@ def data_options(args: Any) -> DataOptions:
         raise UsageError("--out-frame holds the rows of a --schema reply: give --schema too")
     if options.tool_timeout is not None:
         check_seconds("--tool-timeout", options.tool_timeout)
-    if options.map is not None:
-        _check_map(args, options)
+    _check_frame_operator(args, options)
     return options
 
 
-def _check_map(args: Any, options: DataOptions) -> None:
+def mentions_frame_operator(line: str) -> bool:
+    """Whether a `%%agent` line may run over a DataFrame (cheap, before parsing it)."""
+    return any(f"--{name}" in line for name in FRAME_OPERATORS)
+
+
+def _check_frame_operator(args: Any, options: DataOptions) -> None:
+    given = [f"--{name}" for name in FRAME_OPERATORS if getattr(options, name) is not None]
+    if len(given) > 1:
+        raise UsageError(f"{' and '.join(given)}: a cell runs one of them")
+    if options.labels is not None and options.classify is None:
+        raise UsageError("--labels go with --classify DF")
+    if options.classify is not None and (options.labels is None or not all(options.label_list)):
+        raise UsageError("--classify DF needs its labels: --labels a,b,c")
+    if given:
+        _check_map(args, options, given[0])
+
+
+def _check_map(args: Any, options: DataOptions, operator: str) -> None:
     for flag, given in (
         ("NAME", args.name),
         ("--background", args.background),
@@ -270,4 +321,6 @@ def _check_map(args: Any, options: DataOptions) -> None:
         ("--confirm", options.confirm),
     ):
         if given:
-            raise UsageError(f"--map runs a fresh agent on every row, unattended: leave out {flag}")
+            raise UsageError(
+                f"{operator} runs a fresh agent on every row, unattended: leave out {flag}"
+            )

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from IPython.core.error import UsageError
 
-from ..config import RuntimeConfig
+from ..config import RuntimeConfig, redacted_url
 from ..runtime import Agent, AgentRuntime
 from . import cellrun
 from .cellline import CommandLine
@@ -88,7 +88,7 @@ class AgentCommands:
         runtime = self.session.ensure_runtime()
         if not (command.stored or command.everywhere):
             return as_shown(agents_frame(runtime.agents()))
-        if runtime.store_problem is not None or runtime.config.store_path is None:
+        if runtime.store_problem is not None or runtime.config.store_location is None:
             print("agentrt: conversations are not stored in this kernel (see %agent config)")
         conversations = runtime.conversations(everywhere=command.everywhere)
         return as_shown(stored_frame(conversations, everywhere=command.everywhere))
@@ -201,10 +201,11 @@ class AgentCommands:
         ipykernel = sys.modules.get("ipykernel")
         live = self.session.runtime
         problem = live.store_problem if live is not None else None
-        store = str(config.store_path) if config.store_path else "none"
+        location = config.store_location
+        store = "none" if location is None else redacted_url(str(location))
         if problem is not None:
             store += f" (not used: {problem})"
-        elif config.store_path is None:
+        elif location is None:
             store += " (conversations are not kept)"
         awaiting = settings.await_cells and bool(getattr(settings.shell, "autoawait", False))
         return [

@@ -281,16 +281,20 @@ def _schema(namespace: Mapping[str, Any], dotted: str) -> Any:
 
 
 def map_options(session: KernelSession, options: CellOptions) -> tuple[Any, dict[str, Any]]:
-    """The frame and the options of `%%agent --map DF`; a mistake is a UsageError."""
+    """The frame and the options of `%%agent --map DF` (`--filter`, `--classify`); a
+    mistake is a UsageError."""
     data = options.data
-    assert data.map is not None
-    frame = lookup(session.user_ns, data.map, "--map")
+    assert data.frame_operator is not None
+    operator, name = data.frame_operator
+    frame = lookup(session.user_ns, name, f"--{operator}")
     if type(frame).__name__ != "DataFrame":
-        raise UsageError(f"--map needs a pandas DataFrame, {data.map} is {type(frame).__name__}")
+        raise UsageError(f"--{operator} needs a pandas DataFrame, {name} is {type(frame).__name__}")
     settings: dict[str, Any] = dict(options.settings)
     if data.tools is not None:
         if PYTHON in [item.strip() for item in data.tools.split(",")]:
-            raise UsageError("--map rows run unattended: @python, which asks every time, cannot")
+            raise UsageError(
+                f"--{operator} rows run unattended: @python, which asks every time, cannot"
+            )
         tools = session.kernel_tools().resolve(data.tools, None, session.ensure_runtime())
         _check_tools(tools)
         settings["tools"] = tools
@@ -298,40 +302,49 @@ def map_options(session: KernelSession, options: CellOptions) -> tuple[Any, dict
         settings["tool_timeout"] = data.tool_timeout
     if data.schema is not None:
         settings["schema"] = _schema(session.user_ns, data.schema)
+    if data.classify is not None:
+        settings["labels"] = data.label_list
     if options.refresh:
         settings["refresh"] = True
     return frame, settings
 
 
 async def amap(session: KernelSession, options: CellOptions, template: str) -> None:
-    """`%%agent --map DF [--out RESULT]` in an awaiting cell (its Cancel button works)."""
-    from .batchview import map_cell
+    """`%%agent --map DF [--out RESULT]` (`--filter`, `--classify`) in an awaiting cell
+    (its Cancel button works)."""
+    from .batchview import map_cell, operator_cell
 
     frame, settings = map_options(session, options)
+    assert options.data.frame_operator is not None
+    operator, name = options.data.frame_operator
+    runtime = session.ensure_runtime()
+    out, namespace = options.out, session.user_ns
     try:
-        await map_cell(
-            session.ensure_runtime(),
-            frame,
-            template,
-            out=options.out,
-            namespace=session.user_ns,
-            **settings,
-        )
+        if operator == "map":
+            await map_cell(runtime, frame, template, out=out, namespace=namespace, **settings)
+        else:
+            await operator_cell(
+                runtime, operator, frame, template, out=out, namespace=namespace, **settings
+            )
     except asyncio.CancelledError:
-        kept = f"; the finished rows are in {options.out}" if options.out else ""
-        message = f"interrupted: the map over {options.data.map} was cancelled{kept}"
+        kept = f"; the finished rows are in {out}" if out and operator == "map" else ""
+        message = f"interrupted: the {operator} over {name} was cancelled{kept}"
         raise _short(TurnCancelled(message)) from None
     except UsageProblem as exc:
         raise UsageError(str(exc)) from None
 
 
 def bmap(session: KernelSession, options: CellOptions, template: str) -> None:
-    """`%%agent --map` as a blocking cell (the Cancel button answers after it ends)."""
-    from ..batch.engine import map_frame
+    """`%%agent --map` (`--filter`, `--classify`) as a blocking cell (the Cancel button
+    answers after it ends)."""
+    from ..operators import operator as find_operator
 
     frame, settings = map_options(session, options)
+    assert options.data.frame_operator is not None
+    operator, _ = options.data.frame_operator
+    runtime = session.ensure_runtime()
     try:
-        result = map_frame(session.ensure_runtime(), frame, template, progress=True, **settings)
+        result = find_operator(operator).run(runtime, frame, template, progress=True, **settings)
     except UsageProblem as exc:
         raise UsageError(str(exc)) from None
     if options.out is not None:

@@ -42,7 +42,7 @@ from ..errors import (
 )
 from ..events import TurnEnd
 from ..handle import ChatHandle, TurnResult
-from .transcript import Transcript, plural
+from .transcript import Transcript, plural, token_count
 
 FORMATS = ("markdown", "text", "code", "json")
 OPEN_DELAY = 0.15
@@ -102,8 +102,9 @@ def footer_line(result: TurnResult, answered_by: str | None = None) -> str:
     usage = result.usage
     parts = [
         f"{answered_by} · {result.model}" if answered_by else result.model,
-        f"{usage.prompt_tokens} in / {usage.candidates_tokens} out / "
-        f"{usage.thoughts_tokens} thoughts",
+        f"{token_count(usage.prompt_tokens, '')} in / "
+        f"{token_count(usage.candidates_tokens, '')} out / "
+        f"{token_count(usage.thoughts_tokens, '')} thoughts",
     ]
     if result.time_to_first_chunk is not None:
         parts.append(f"first token {result.time_to_first_chunk:.2f} s")
@@ -111,7 +112,8 @@ def footer_line(result: TurnResult, answered_by: str | None = None) -> str:
     if result.tool_calls:
         parts.append(plural(result.tool_calls, "tool call"))
     if result.replayed:
-        parts.append(f"replayed from the reply cache, {result.saved_tokens} tokens saved")
+        saved = f", {result.saved_tokens} tokens saved" if result.saved_tokens else ""
+        parts.append(f"replayed from the reply cache{saved}")
     if result.status != "complete":
         parts.insert(0, result.status.upper())
     return " · ".join(parts)
@@ -139,6 +141,12 @@ def answered_by(config: RuntimeConfig) -> str | None:
 
 def short_message(error: BaseException) -> str:
     """One actionable line for a failed turn."""
+    if isinstance(error, QuotaExceeded) and error.scope == "billing":
+        said = f" ({error.quota_id})" if error.quota_id else ""
+        return (
+            f"the provider refused for billing{said}: add credit or check the billing "
+            "settings at the provider"
+        )
     if isinstance(error, QuotaExceeded):
         scope = {"day": "per-day", "minute": "per-minute", "zero": "limit 0"}.get(
             error.scope, error.scope

@@ -46,7 +46,8 @@ def agent_row(info: AgentInfo) -> AgentRow:
         queued=info.queued,
         current_turn=info.current_turn,
         running_for=info.running_for,
-        usage={k: int(v) for k, v in dataclasses.asdict(info.total_usage).items()},
+        # A count the service did not report is left out (missing, never 0).
+        usage={k: int(v) for k, v in dataclasses.asdict(info.total_usage).items() if v is not None},
     )
 
 
@@ -71,7 +72,7 @@ def agents_frame(infos: Sequence[AgentInfo]) -> Any:
             "turns": pd.array([r["turn_count"] for r in rows], dtype="Int64"),
             "queued": pd.array([r["queued"] for r in rows], dtype="Int64"),
             "running_for": pd.Series(running, dtype="float64"),
-            "total_tokens": pd.array([r["usage"]["total_tokens"] for r in rows], dtype="Int64"),
+            "total_tokens": pd.array([r["usage"].get("total_tokens") for r in rows], dtype="Int64"),
         }
     )
 

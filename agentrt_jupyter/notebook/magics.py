@@ -36,8 +36,11 @@ from ..runtime import Agent, AgentRuntime
 from . import cellrun
 from .agents import NotebookAgents, connection_file, in_use_message, notebook_namespace
 from .cellline import (
+    CLASSIFY_HELP,
     CONFIRM_HELP,
     EVERY_TOOL,
+    FILTER_HELP,
+    LABELS_HELP,
     MAP_HELP,
     SCHEMA_HELP,
     TOOLS_HELP,
@@ -47,10 +50,12 @@ from .cellline import (
     command_line,
     is_data_command,
     is_seconds,
+    mentions_frame_operator,
     parse_line,
 )
 from .cellline import DATA_FLAGS as DATA_FLAGS
 from .commands import ENV_BACKEND, AgentCommands
+from .costgate import DEFAULT_CONFIRM_COST
 from .display import FORMATS, OPEN_DELAY, OnceHint, StartingNote, TurnView, answered_by
 from .interpolate import interpolate as expand
 from .interpolate import note_missing
@@ -77,7 +82,7 @@ COMMANDS = (
     "runtime",
     "help",
 )
-_RUNTIME_SETTINGS = ("backend", "default_model", "store_path", "base_url")
+_RUNTIME_SETTINGS = ("backend", "default_model", "store_path", "store_url", "base_url")
 APPROVAL_TIMEOUT = 120.0
 """The default of `AgentMagics.approval_timeout` (`approval.APPROVAL_TIMEOUT`)."""
 _DATACELL = f"{__package__}.datacell"
@@ -126,6 +131,12 @@ class AgentMagics(Magics):
         "(default: $AGENTRT_HOME/conversations.sqlite3, else "
         "~/.local/share/agentrt-jupyter/conversations.sqlite3; empty string: keep nothing).",
     ).tag(config=True)
+    store_url = Unicode(
+        None,
+        allow_none=True,
+        help="PostgreSQL store for a team (postgresql://user:password@host/db), used instead "
+        "of store_path (default: $AGENTRT_STORE_URL; empty string: none).",
+    ).tag(config=True)
     cache = Bool(
         True,
         help="Replay the recorded reply when a %%agent cell sends exactly what was sent "
@@ -165,6 +176,12 @@ class AgentMagics(Magics):
         APPROVAL_TIMEOUT,
         help="Seconds a tool call waits for Approve / Deny before it counts as denied.",
     ).tag(config=True)
+    confirm_cost = Float(
+        DEFAULT_CONFIRM_COST,
+        allow_none=True,
+        help="US dollars: a map or operator whose estimated cost passes this asks for "
+        "Approve / Cancel in the cell before it sends anything (None: never ask).",
+    ).tag(config=True)
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         self.session = KernelSession.of(shell)
@@ -190,6 +207,13 @@ class AgentMagics(Magics):
         if not 0 < rate <= 20:
             raise TraitError(f"updates_per_second must be in (0, 20], got {rate}")
         return rate
+
+    @validate("confirm_cost")
+    def _check_confirm_cost(self, proposal: Any) -> float | None:
+        value = proposal["value"]
+        if value is not None and not 0 <= float(value) < float("inf"):
+            raise TraitError(f"confirm_cost must be a number of US dollars >= 0, got {value}")
+        return value if value is None else float(value)
 
     @validate("live_after")
     def _check_live_after(self, proposal: Any) -> float:
@@ -225,15 +249,16 @@ class AgentMagics(Magics):
                 store: Path | None = default_store_path()
             else:
                 store = Path(self.store_path).expanduser() if self.store_path else None
-            return runtime_config(
-                {
-                    "backend": backend,
-                    "default_model": self.default_model or None,
-                    "base_url": self.base_url or None,
-                    "store_path": store,
-                    "namespace": self.namespace(),
-                }
-            )
+            settings: dict[str, Any] = {
+                "backend": backend,
+                "default_model": self.default_model or None,
+                "base_url": self.base_url or None,
+                "store_path": store,
+                "namespace": self.namespace(),
+            }
+            if self.store_url is not None:
+                settings["store_url"] = self.store_url or None
+            return runtime_config(settings)
         except UsageProblem as exc:
             field = exc.field if isinstance(exc, InvalidConfig) else None
             source = self._setting_source(field)
@@ -303,6 +328,9 @@ class AgentMagics(Magics):
     @argument("--out-frame", metavar="VAR", help="With --schema: the reply's rows as a DataFrame.")
     @argument("--tool-timeout", type=float, metavar="S", help="Seconds one tool call may take.")
     @argument("--map", metavar="DF", help=MAP_HELP)
+    @argument("--filter", metavar="DF", help=FILTER_HELP)
+    @argument("--classify", metavar="DF", help=CLASSIFY_HELP)
+    @argument("--labels", metavar="LABELS", help=LABELS_HELP)
     @no_var_expand
     @cell_magic("agent")
     def agent_cell(self, line: str, cell: str) -> None:
@@ -312,7 +340,7 @@ class AgentMagics(Magics):
         literal `{x}`). Interrupt or the Cancel button stop the turn; the partial reply
         is kept in history, marked cancelled. Errors stop Run All.
         """
-        if "--map" in line and (options := self.parse_cell_line(line)).maps:
+        if mentions_frame_operator(line) and (options := self.parse_cell_line(line)).maps:
             from . import datacell
 
             datacell.bmap(self.session, options, cell)
@@ -323,7 +351,7 @@ class AgentMagics(Magics):
 
     async def acell(self, line: str, cell: str) -> None:
         """`%%agent` as an awaiting cell: the kernel handles clicks while the reply streams."""
-        if "--map" in line and (options := self.parse_cell_line(line)).maps:
+        if mentions_frame_operator(line) and (options := self.parse_cell_line(line)).maps:
             from . import datacell
 
             await datacell.amap(self.session, options, cell)

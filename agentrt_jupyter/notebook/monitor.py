@@ -16,7 +16,7 @@ from ..runtime import AgentInfo, AgentRuntime
 from .display import LIVE_CLASS
 from .listing import GONE, agent_row
 from .livewidget import StaticCopy, Writer, view_bundle
-from .transcript import plural
+from .transcript import plural, token_count
 
 __all__ = ["RuntimeMonitor"]
 
@@ -152,7 +152,7 @@ def cells_of(info: AgentInfo) -> tuple[str, ...]:
         _turn_cell(turn),
         "" if running_for is None else f"{running_for:.1f} s",
         str(row["queued"]),
-        f"{row['usage']['total_tokens']:,}",
+        token_count(row["usage"].get("total_tokens")),
     )
 
 

@@ -26,6 +26,15 @@ def plural(count: int, noun: str, nouns: str | None = None) -> str:
     return f"{count:,} {noun if count == 1 else nouns or noun + 's'}"
 
 
+MISSING_COUNT = "—"
+"""A token count the service did not report (missing, never shown as 0)."""
+
+
+def token_count(count: int | None, spec: str = ",") -> str:
+    """A token count as text (`spec` as in `format`), or a dash where none was reported."""
+    return MISSING_COUNT if count is None else format(count, spec)
+
+
 def call_note(name: str, args: Any) -> str:
     """A tool call as a note: tool call `name(args)` (arguments cut at `ARGS_SHOWN`).
 

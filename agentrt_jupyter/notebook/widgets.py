@@ -40,7 +40,7 @@ from .livewidget import StaticCopy as StaticCopy
 from .livewidget import Writer
 from .livewidget import view_bundle as view_bundle
 from .monitor import RuntimeMonitor as RuntimeMonitor
-from .transcript import Transcript, plural
+from .transcript import Transcript, plural, token_count
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -474,9 +474,10 @@ def _gone_note(info: AgentInfo) -> str:
 
 def _usage_line(usage: Usage, turns: int) -> str:
     return (
-        f"{plural(turns, 'turn')} · {usage.total_tokens:,} tokens "
-        f"({usage.prompt_tokens:,} prompt, {usage.candidates_tokens:,} output, "
-        f"{usage.thoughts_tokens:,} thoughts, {usage.cached_tokens:,} cached)"
+        f"{plural(turns, 'turn')} · {token_count(usage.total_tokens)} tokens "
+        f"({token_count(usage.prompt_tokens)} prompt, "
+        f"{token_count(usage.candidates_tokens)} output, "
+        f"{token_count(usage.thoughts_tokens)} thoughts, {token_count(usage.cached_tokens)} cached)"
     )
 
 

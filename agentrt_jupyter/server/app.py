@@ -543,6 +543,8 @@ class ServerState:
         plan = fault.plan(greq.model, stream=greq.stream) if fault else NO_FAULT
         if fault is not None and fault.kind == "http_error":
             return self._reply(record, wire.fault_reply(fault, greq.model))
+        if fault is not None and fault.kind == "no_usage":
+            options = {**options, "include_usage": False}
         if plan.before_headers is not None:
             return await self._before_headers(request, record, greq, plan.before_headers)
         chunks = self._chunks(greq, plan)

@@ -22,6 +22,8 @@ SPECs (K counts the good chunks sent, or generated for a non-stream call, first)
   (default 500); a non-stream call answers that error with its status instead.
 - `slow MS`: wait MS milliseconds before each chunk.
 - `tiny N`: N one-token chunks of `x`, whatever the engine would have said.
+- `no_usage`: on the OpenAI route, no usage chunk even when the client asks for one
+  (as llama.cpp's server and some other compatible servers do); elsewhere nothing.
 
 Garbage, for testing how a client copes with replies that are not Gemini's:
 
@@ -71,6 +73,7 @@ FaultKind = Literal[
     "quota_garbage",
     "sse_garbage",
     "truncated_json",
+    "no_usage",
 ]
 QuotaScope = Literal["minute", "day", "zero"]
 
@@ -277,6 +280,7 @@ _POLICIES: dict[FaultKind, _Policy] = {
     "quota_garbage": _quota_garbage,
     "sse_garbage": _sse_garbage,
     "truncated_json": _truncated_json,
+    "no_usage": lambda fault, model, stream: NO_FAULT,  # the wire leaves the usage out
 }
 
 _NO_ARG_KINDS: tuple[FaultKind, ...] = (
@@ -285,6 +289,7 @@ _NO_ARG_KINDS: tuple[FaultKind, ...] = (
     "hang_headers",
     "quota_garbage",
     "truncated_json",
+    "no_usage",
 )
 _COUNT_KINDS: tuple[FaultKind, ...] = ("drop_after", "hang_after", "tiny")
 

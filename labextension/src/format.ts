@@ -1,7 +1,7 @@
 import { IAgentSnapshot } from './protocol';
 
-export function formatTokens(count: number): string {
-  return count.toLocaleString('en-US');
+export function formatTokens(count: number | null | undefined): string {
+  return count === null || count === undefined ? '—' : count.toLocaleString('en-US');
 }
 
 /** "12 s", "3 min 04 s", "1 h 02 min". */

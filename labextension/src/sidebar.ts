@@ -208,7 +208,7 @@ export class AgentsPanel extends Widget {
       state,
       ...(agent.queued > 0 ? [`${agent.queued} queued`] : []),
       plural(agent.turn_count, 'turn', 'turns'),
-      `${formatTokens(agent.usage.total_tokens ?? 0)} tokens`
+      `${formatTokens(agent.usage.total_tokens)} tokens`
     ];
     setText(card.stats, facts.join(' · '));
   }

@@ -11,8 +11,10 @@ client must send back unchanged. `output_config.format` (a JSON schema) reaches 
 as Gemini's `responseJsonSchema`.
 
 Faults: a `429` is a `rate_limit_error` with `retry-after` (and the
-`anthropic-ratelimit-requests-*` headers), `529` is `overloaded_error`, a mid-stream
-error is an `event: error`.
+`anthropic-ratelimit-requests-*` headers); `429 day` and `429 zero` are what a quota
+used up looks like here, the 400 `invalid_request_error` of a credit balance too low;
+`402` is `billing_error`; `529` is `overloaded_error`; a mid-stream error is an
+`event: error`.
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ _MESSAGES = {
     500: "Internal server error",
     529: "Overloaded",
 }
+CREDIT_MESSAGE = (
+    "Your credit balance is too low to access the Anthropic API. Please go to Plans & "
+    "Billing to upgrade or purchase credits."
+)
 _STOP_REASONS = {"MAX_TOKENS": "max_tokens", "SAFETY": "refusal"}
 
 
@@ -370,6 +376,8 @@ class AnthropicWire:
     def fault_reply(self, fault: Fault, model: str) -> Reply:
         if fault.code != 429:
             return self.error_reply(fault.code)
+        if fault.quota in ("day", "zero"):
+            return self.error_reply(400, CREDIT_MESSAGE)
         reset = datetime.now(UTC) + timedelta(seconds=fault.delay)
         headers = (
             ("retry-after", f"{fault.delay:g}"),

@@ -9,7 +9,8 @@ tokens count as `completion_tokens_details.reasoning_tokens`.
 
 Faults: a `429 minute` is a `rate_limit_error` with `retry-after`, `retry-after-ms` and
 `x-ratelimit-reset-requests`/`-tokens`; `429 day|zero` is the billing refusal
-(`insufficient_quota`, no retry headers); a mid-stream error is `data: {"error": ...}`.
+(`insufficient_quota`, no retry headers); a mid-stream error is `data: {"error": ...}`;
+`no_usage` sends no usage chunk though one is asked for (llama.cpp's server does so).
 """
 
 from __future__ import annotations

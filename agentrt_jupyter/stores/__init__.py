@@ -1,0 +1,3 @@
+"""The conversation store's interface (`base`) and which one a location names (`opening`);
+PostgreSQL's store (`pgstore`, `pgrows` for map results, `pgschema`) and its setup, user
+roles and usage report (`postgres`). The SQLite store is `agentrt_jupyter.store`."""
