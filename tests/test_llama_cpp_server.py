@@ -6,7 +6,8 @@ One server for the module, started on a free port; tests read its output for wha
 (`Disconnected from client` when a cancel closes the socket).
 
 What this server can and cannot do, checked against llama-cpp-python 0.3.36:
-- it streams Chat Completions but sends no usage, even with `stream_options`;
+- it streams Chat Completions but sends no usage, even with `stream_options` (the
+  ledger's counts are then missing, never zeros);
 - with the GGUF's own chat template it takes `tools` and ignores them; with
   `--chat_format chatml-function-calling` it refuses to stream a tool choice it makes
   itself ("Automatic streaming tool choice is not supported"), and our API has no
@@ -34,7 +35,7 @@ from agentrt_jupyter import AgentRuntime, TextDelta, TurnCancelled, TurnResult
 from agentrt_jupyter.backends.base import ModelRequest
 from agentrt_jupyter.config import AgentConfig
 from agentrt_jupyter.content import TextPart
-from agentrt_jupyter.conversation import ConversationMessage
+from agentrt_jupyter.conversation import UNREPORTED, ConversationMessage
 from agentrt_jupyter.server.process import LocalServer
 
 from .conftest import runtime_config
@@ -160,6 +161,8 @@ def test_a_reply_streams_in_several_deltas_and_one_ledger_row(
     (row,) = agent.ledger()
     assert (row.provider, row.model, row.status) == ("openai", "smollm2", "ok")
     assert row.finish_reason in ("STOP", "MAX_TOKENS")
+    # llama.cpp's server sends no usage in a stream: the counts are missing, never zeros
+    assert row.usage == UNREPORTED and result.usage.total_tokens is None
 
 
 def test_the_stream_carries_no_usage_and_the_backend_reports_none(llama: LlamaServer) -> None:

@@ -203,21 +203,22 @@ def provider_case(provider: str, case: FaultCase) -> FaultCase | None:
     """What `case` promises on `provider`, where its wire says it otherwise (None: the
     fault has no meaning there).
 
-    OpenAI: a 429 with limit 0 is the billing refusal `insufficient_quota`, per day like
-    `429 day`; an error event names a type, no HTTP status. Anthropic: a 429 is always a
-    wait of `retry-after` seconds (no per-day or zero limit: a long wait is
-    `test_a_wait_past_quota_max_wait_fails_at_once`); an error event's 5xx type is
-    `api_error`, 500. Both: the SDK's transport follows a redirect (a 302 turns the POST
-    into a GET) and the error names the redirect; a redirect loop gives up without the
-    last reply, so without its status.
+    OpenAI: a 429 per day or with limit 0 is the billing refusal `insufficient_quota`
+    (scope "billing", at once, its ledger row an error); an error event names a type,
+    no HTTP status.
+    Anthropic: a 429 is always a wait of `retry-after` seconds (no per-day or zero limit:
+    a long wait is `test_a_wait_past_quota_max_wait_fails_at_once`); an error event's
+    5xx type is `api_error`, 500. Both: the SDK's transport follows a redirect (a 302
+    turns the POST into a GET) and the error names the redirect; a redirect loop gives
+    up without the last reply, so without its status.
     """
     if provider == "gemini":
         return case
     if case.spec == "redirect 307":
         return replace(case, code=None)
     if provider == "openai":
-        if case.spec == "429 zero":
-            return replace(case, scope="day")
+        if case.spec in ("429 day", "429 zero"):
+            return replace(case, outcome="refused", scope="billing")
         if case.spec.startswith("sse_error"):
             return replace(case, code=None)
         return case
