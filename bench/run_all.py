@@ -39,6 +39,7 @@ SCRIPTS = {
     "fairness": ("11. Fairness", "bench_fairness.py"),
     "shared_quota": ("12. One quota per key", "bench_shared_quota.py"),
     "operators": ("13. Operators", "bench_operators.py"),
+    "providers": ("14. Providers' streaming", "bench_providers.py"),
 }
 TIMEOUT = 900
 COLUMNS = ("Figure", "Metric", "Measured", "Baseline (same run)", "Ratio", "Target", "Result")

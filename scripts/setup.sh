@@ -2,12 +2,13 @@
 # Create .venv and install agentrt-jupyter (editable) with its extras and the `dev`
 # dependency group (test and lint tools), from nothing. The editable install builds the
 # JupyterLab extension with npm (pyproject's jupyter-builder hook) when its sources changed.
-# Usage: scripts/setup.sh [EXTRAS]   (default: notebook,local,mcp,openai,anthropic,postgres)
+# Usage: scripts/setup.sh [EXTRAS]
+#   (default: notebook,local,mcp,openai,anthropic,postgres,local-server)
 # The [local] extra compiles llama-cpp-python once (5-10 minutes on 2 cores); the build is
 # portable (no -march=native) so a cached wheel runs on any x86-64 CPU with AVX2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="${1:-notebook,local,mcp,openai,anthropic,postgres}"
+extras="${1:-notebook,local,mcp,openai,anthropic,postgres,local-server}"
 python="${PYTHON:-python3}"
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
@@ -20,7 +21,7 @@ pip() { .venv/bin/python -m pip "$@"; }
 # pip >= 25.1 installs PEP 735 dependency groups (`--group`).
 pip install --quiet --upgrade "pip>=25.1"
 
-if [[ ",$extras," == *",local,"* ]] && ! .venv/bin/python -c "import llama_cpp" 2>/dev/null; then
+if [[ ",$extras," == *",local,"* || ",$extras," == *",local-server,"* ]] && ! .venv/bin/python -c "import llama_cpp" 2>/dev/null; then
   step "building llama-cpp-python (one-time, 5-10 minutes on 2 cores; progress below)"
   export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
   export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"

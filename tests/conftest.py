@@ -14,7 +14,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -22,6 +22,9 @@ from agentrt_jupyter import AgentRuntime, RuntimeConfig
 from agentrt_jupyter.server.process import LocalServer
 
 from .postgres import postgres_cluster, postgres_database, postgres_url  # noqa: F401
+
+if TYPE_CHECKING:
+    from .reliability_helpers import Provider
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +50,26 @@ def rt(server: LocalServer) -> Iterator[AgentRuntime]:
     runtime = AgentRuntime(runtime_config(server))
     yield runtime
     runtime.shutdown(10.0)
+
+
+def use_provider(name: str, server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> Provider:
+    """Agents of a runtime from `Provider.config()` talk to `name` through its own SDK,
+    on the local server: that SDK's environment variables point there for this test."""
+    from .reliability_helpers import Provider  # it imports this module
+
+    chosen = Provider(name, server)
+    for variable, value in chosen.environment.items():
+        monkeypatch.setenv(variable, value)
+    return chosen
+
+
+@pytest.fixture(params=("gemini", "openai", "anthropic"))
+def provider(
+    request: pytest.FixtureRequest, server: LocalServer, monkeypatch: pytest.MonkeyPatch
+) -> Provider:
+    """The provider this test's agents talk to (`use_provider`); parametrize with
+    `indirect=["provider"]` to choose the providers."""
+    return use_provider(request.param, server, monkeypatch)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -29,6 +30,8 @@ from agentrt_jupyter import (
     TurnResult,
 )
 from agentrt_jupyter.server.process import LocalServer
+
+from .conftest import assert_valid_conversation, runtime_config
 
 T = TypeVar("T")
 REPORT_VARIABLE = "AGENTRT_RELIABILITY_REPORT"
@@ -87,16 +90,113 @@ def echo_prefix(user_text: str, chunks: int) -> str:
 
 
 def prompt_of(record: dict[str, Any]) -> str:
-    """The prompt a logged request answers: the last text part of its last user message
-    with text (what the scripted engine reads)."""
+    """The prompt a logged request answers: the last text of its last user message with
+    text (what the scripted engine reads), in any of the three wire formats."""
     body = record.get("body") or {}
-    for content in reversed(body.get("contents") or []):
-        if content.get("role", "user") != "user":
+    if "contents" in body:
+        messages = [(c.get("role", "user"), c.get("parts")) for c in body["contents"]]
+    else:
+        messages = [(m.get("role"), m.get("content")) for m in body.get("messages") or []]
+    for role, content in reversed(messages):
+        if role != "user":
             continue
-        texts = [p["text"] for p in content.get("parts") or [] if isinstance(p.get("text"), str)]
+        texts = _texts(content)
         if texts:
-            return str(texts[-1])
+            return texts[-1]
     return ""
+
+
+def _texts(content: Any) -> list[str]:
+    """The texts of a message's content: a string, or Gemini parts / OpenAI or Anthropic
+    blocks (a tool result has none)."""
+    if isinstance(content, str):
+        return [content]
+    blocks = [p for p in content or [] if isinstance(p, dict) and p.get("type", "text") == "text"]
+    return [str(p["text"]) for p in blocks if isinstance(p.get("text"), str)]
+
+
+PROVIDER_MODELS = {"openai": "openai:gpt-4.1-mini", "anthropic": "anthropic:claude-sonnet-4-5"}
+_ENVIRONMENT = {"openai": "OPENAI", "anthropic": "ANTHROPIC"}
+
+
+@dataclass(frozen=True)
+class Provider:
+    """The provider a test's agents talk to, through its own SDK, on the local server.
+
+    Gemini is the runtime's own endpoint. For the others the runtime's default model
+    names the provider (`openai:gpt-4.1-mini`) and that SDK's environment variables
+    point at the server's route for it (`environment`, set by conftest's `use_provider`),
+    so a plain `create_agent()` and a `resume()` both reach it as a user's would.
+    """
+
+    name: str
+    server: LocalServer
+
+    @property
+    def model(self) -> str | None:
+        return PROVIDER_MODELS.get(self.name)
+
+    @property
+    def base_url(self) -> str:
+        if self.name == "openai":
+            return self.server.openai_base_url
+        if self.name == "anthropic":
+            return self.server.anthropic_base_url
+        return self.server.url
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """The SDK's key and base URL variables, pointing at the local server."""
+        prefix = _ENVIRONMENT.get(self.name)
+        if prefix is None:
+            return {}
+        return {f"{prefix}_API_KEY": self.server.token, f"{prefix}_BASE_URL": self.base_url}
+
+    def config(self, **overrides: Any) -> RuntimeConfig:
+        """The conftest's runtime config, its default model on this provider."""
+        if self.model is not None:
+            overrides.setdefault("default_model", self.model)
+        return runtime_config(self.server, **overrides)
+
+
+def assert_valid_request(record: dict[str, Any]) -> None:
+    """The conversation a logged request sent is one its provider accepts (Gemini's,
+    Chat Completions' or Messages' rules, by what the request is)."""
+    body = record["body"]
+    if "contents" in body:
+        assert_valid_conversation(body["contents"])
+    elif str(record.get("path", "")).endswith("/chat/completions"):
+        _assert_valid_chat(body["messages"])
+    else:
+        assert_valid_messages(body["messages"])
+
+
+def _assert_valid_chat(messages: list[dict[str, Any]]) -> None:
+    """Chat Completions: an optional system message, then a user message first and a user
+    or tool message last (consecutive user messages are allowed), nothing empty, and every
+    assistant tool call answered by `tool` messages right after it."""
+    turns = [m for m in messages if m["role"] != "system"]
+    assert turns and turns[0]["role"] == "user" and turns[-1]["role"] in ("user", "tool"), turns
+    for index, message in enumerate(turns):
+        assert message.get("content") or message.get("tool_calls"), f"empty message {message}"
+        calls = {c["id"] for c in message.get("tool_calls") or []}
+        if calls:
+            answers = itertools.takewhile(lambda m: m["role"] == "tool", turns[index + 1 :])
+            assert calls <= {m["tool_call_id"] for m in answers}, turns
+
+
+def assert_valid_messages(messages: list[dict[str, Any]]) -> None:
+    """Anthropic Messages: user first and last, roles alternating, and every tool_use
+    answered by a tool_result in the next message."""
+    roles = [m["role"] for m in messages]
+    assert roles[0] == roles[-1] == "user", roles
+    assert all(a != b for a, b in itertools.pairwise(roles)), roles
+    for index, message in enumerate(messages):
+        blocks = message["content"] if isinstance(message["content"], list) else []
+        used = {b["id"] for b in blocks if b["type"] == "tool_use"}
+        if used:
+            answers = messages[index + 1]["content"]
+            assert used <= {b["tool_use_id"] for b in answers if b["type"] == "tool_result"}
 
 
 class ServerWitness:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +129,25 @@ def test_agents_on_data_answers_from_the_frame_approves_a_call_and_types_the_res
     assert "approved: analyst's call offer_discount(" in shown[approved]
     assert "[('South', 10)]" in shown[approved]
     assert "RegionRevenue(region='North', revenue=1140.0)" in shown[-1]
+
+
+def test_providers_notebook_streams_on_openai_and_anthropic_and_switches_provider(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The OpenAI and Anthropic SDKs talk to the kernel's local server; the ledger names
+    each call's provider, and the agent switched to Anthropic keeps its first answer."""
+    for provider in ("OPENAI", "ANTHROPIC"):
+        monkeypatch.delenv(f"{provider}_API_KEY", raising=False)
+        monkeypatch.delenv(f"{provider}_BASE_URL", raising=False)
+    monkeypatch.setenv("AGENTRT_BACKEND", "scripted")
+    path = NOTEBOOKS[[p.name for p in NOTEBOOKS].index("providers.ipynb")]
+    notebook = execute(path, monkeypatch, tmp_path)
+    cells = [c for c in notebook.cells if c.cell_type == "code"]
+    shown = ["\n".join(plain_texts(c) + [o.get("text", "") for o in c.outputs]) for c in cells]
+    ledger = shown[next(i for i, c in enumerate(cells) if "%agent ledger" in c.source)]
+    for row in ("writer", "openai", "gpt-4.1-mini"), ("critic", "anthropic", "claude-sonnet-4-5"):
+        assert any(all(word in line for word in row) for line in ledger.splitlines()), ledger
+    history = shown[-2]
+    replies = re.findall(r"^\d+\s+model\s+(\w+)", history, flags=re.MULTILINE)
+    assert replies == ["openai", "anthropic"], history
+    assert "Echo: Say that again" in history

@@ -52,7 +52,15 @@ def test_the_local_extra_asks_for_the_llama_cpp_python_that_setup_compiles() -> 
 
 def test_extras_carry_no_dev_tools_and_no_exact_pins() -> None:
     extras = PYPROJECT["project"]["optional-dependencies"]
-    assert set(extras) == {"notebook", "local", "mcp", "openai", "anthropic", "postgres"}
+    assert set(extras) == {
+        "notebook",
+        "local",
+        "local-server",
+        "mcp",
+        "openai",
+        "anthropic",
+        "postgres",
+    }
     requirements = [r for reqs in extras.values() for r in reqs]
     assert not [r for r in requirements if "==" in r]
     dev_tools = {"pytest", "ruff", "mypy", "hypothesis", "jupyterlab", "playwright"}

@@ -4,7 +4,6 @@ server's Messages API, through the runtime's retry, quota and ledger wrappers.""
 from __future__ import annotations
 
 import importlib
-import itertools
 import json
 import sys
 from collections.abc import Iterator
@@ -34,7 +33,8 @@ from agentrt_jupyter.quota import fingerprint
 from agentrt_jupyter.server.process import LocalServer
 from agentrt_jupyter.server.wire.base import signature
 
-from .conftest import requests_with, runtime_config, wait_finished
+from .conftest import requests_with, runtime_config, use_provider, wait_finished
+from .reliability_helpers import assert_valid_messages
 
 anthropic = pytest.importorskip("anthropic")
 
@@ -48,12 +48,14 @@ from agentrt_jupyter.backends.anthropic import (  # noqa: E402 - needs the SDK
     wire_messages,
 )
 
-MODEL = "claude-sonnet-4-5"
+NAME = "claude-sonnet-4-5"
+MODEL = f"anthropic:{NAME}"
 
 
 @pytest.fixture
-def rt(server: LocalServer) -> Iterator[AgentRuntime]:
-    """A runtime whose agents talk to the local server's Messages API."""
+def backend_only(server: LocalServer) -> Iterator[AgentRuntime]:
+    """A runtime whose every agent gets `AnthropicBackend`, whatever its model: for what
+    the backend itself refuses (an `anthropic:` agent is refused earlier, by the runtime)."""
     runtime = AgentRuntime(
         runtime_config(server),
         backend_factory=lambda endpoint: AnthropicBackend(
@@ -64,17 +66,13 @@ def rt(server: LocalServer) -> Iterator[AgentRuntime]:
     runtime.shutdown(10.0)
 
 
-def assert_alternating(messages: list[dict[str, Any]]) -> None:
-    """What Messages requires: user first and last, roles alternating, and every tool_use
-    answered by a tool_result in the next message."""
-    roles = [m["role"] for m in messages]
-    assert roles[0] == roles[-1] == "user", roles
-    assert all(a != b for a, b in itertools.pairwise(roles)), roles
-    for index, message in enumerate(messages):
-        used = {b["id"] for b in message["content"] if b["type"] == "tool_use"}
-        if used:
-            answers = messages[index + 1]["content"]
-            assert used <= {b["tool_use_id"] for b in answers if b["type"] == "tool_result"}
+@pytest.fixture
+def rt(server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[AgentRuntime]:
+    """A runtime whose `anthropic:` agents talk to the local server's Messages API (the
+    reliability suites' provider set-up: the SDK's environment points there)."""
+    runtime = AgentRuntime(use_provider("anthropic", server, monkeypatch).config())
+    yield runtime
+    runtime.shutdown(10.0)
 
 
 def test_a_turn_streams_text_with_the_agents_settings_and_its_usage_in_the_ledger(
@@ -95,7 +93,7 @@ def test_a_turn_streams_text_with_the_agents_settings_and_its_usage_in_the_ledge
     assert (request["path"], request["outcome"], request["model"]) == (
         "/v1/messages",
         "complete",
-        MODEL,
+        NAME,
     )
     body = request["body"]
     assert body["stream"] is True
@@ -104,7 +102,7 @@ def test_a_turn_streams_text_with_the_agents_settings_and_its_usage_in_the_ledge
     assert body["stop_sequences"] == ["END"]
     assert "thinking" not in body and "tools" not in body
     (row,) = agent.ledger()
-    assert (row.status, row.finish_reason, row.model) == ("ok", "STOP", MODEL)
+    assert (row.status, row.finish_reason, row.model) == ("ok", "STOP", NAME)
     # the server counts words, the system instruction's and the directive's included
     assert row.usage == Usage(prompt_tokens=7, candidates_tokens=3, total_tokens=10)
     assert handle.result().usage == row.usage
@@ -136,7 +134,7 @@ def test_a_tool_call_round_trip_sends_the_thinking_block_back_with_its_signature
     assert (declared["name"], declared["description"]) == ("lookup", "Look a word up.")
     assert declared["input_schema"]["properties"] == {"word": {"type": "string"}}
     messages = second["body"]["messages"]
-    assert_alternating(messages)
+    assert_valid_messages(messages)
     think, call = messages[1]["content"]
     assert think == {
         "type": "thinking",
@@ -256,7 +254,7 @@ def test_parallel_tool_calls_are_each_assembled_from_their_json_fragments(
     model_message = agent.history()[1]
     ids = [p.id for p in model_message.parts if isinstance(p, FunctionCallPart)]
     assert len(set(ids)) == 2 and all(ids)
-    assert_alternating(requests_with(server, tag)[-1]["body"]["messages"])
+    assert_valid_messages(requests_with(server, tag)[-1]["body"]["messages"])
 
 
 def test_cancel_mid_stream_closes_the_request_and_the_next_turn_goes_on(
@@ -276,7 +274,7 @@ def test_cancel_mid_stream_closes_the_request_and_the_next_turn_goes_on(
     assert (request["outcome"], request["chunks_sent"]) == ("client_closed", 1)
     assert agent.ledger()[-1].status == "cancelled"
     assert agent.chat(f"next {tag}").text(timeout=10) == f"Echo: next {tag}"
-    assert_alternating(requests_with(server, f"next {tag}")[-1]["body"]["messages"])
+    assert_valid_messages(requests_with(server, f"next {tag}")[-1]["body"]["messages"])
 
 
 def test_a_429_with_retry_after_waits_then_succeeds_one_ledger_row_per_request(
@@ -382,9 +380,9 @@ def test_a_drop_mid_stream_is_stream_broken_keeping_the_text(
 
 
 def test_images_and_pdfs_are_sent_as_blocks_and_audio_is_refused_before_sending(
-    rt: AgentRuntime, server: LocalServer, tag: str
+    backend_only: AgentRuntime, server: LocalServer, tag: str
 ) -> None:
-    agent = rt.create_agent(model=MODEL)
+    agent = backend_only.create_agent(model=NAME)
     image, pdf = blob(b"\x89PNG\r\n\x1a\n", "image/png"), blob(b"%PDF-1.4", "application/pdf")
 
     text = agent.chat([f"look {tag}", image, pdf]).text(timeout=10)
@@ -397,9 +395,9 @@ def test_images_and_pdfs_are_sent_as_blocks_and_audio_is_refused_before_sending(
 
 
 def test_a_setting_messages_cannot_honour_names_setting_and_provider(
-    rt: AgentRuntime, server: LocalServer, tag: str
+    backend_only: AgentRuntime, server: LocalServer, tag: str
 ) -> None:
-    agent = rt.create_agent(model=MODEL, seed=7)
+    agent = backend_only.create_agent(model=NAME, seed=7)
 
     with pytest.raises(BackendError, match="seed: the anthropic provider has no seed"):
         agent.chat(f"hi {tag}").text(timeout=10)
@@ -410,7 +408,7 @@ def test_a_wrong_key_is_a_401_that_never_shows_the_key(server: LocalServer, tag:
     key = "sk-ant-wrong-key-0123456789"
     backend = AnthropicBackend(api_key=key, base_url=server.anthropic_base_url)
     with AgentRuntime(runtime_config(server), backend_factory=lambda e: backend) as runtime:
-        agent = runtime.create_agent(model=MODEL)
+        agent = runtime.create_agent(model=NAME)  # the backend is given
         with pytest.raises(BackendError) as caught:
             agent.chat(f"hi {tag}").text(timeout=10)
         rows = agent.ledger()
@@ -460,7 +458,7 @@ def test_usage_counts_cache_reads_and_writes_as_prompt_and_thinking_apart() -> N
         "id": "msg_1",
         "type": "message",
         "role": "assistant",
-        "model": MODEL,
+        "model": NAME,
         "content": [],
         "stop_reason": None,
         "stop_sequence": None,

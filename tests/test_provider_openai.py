@@ -33,16 +33,33 @@ from agentrt_jupyter.content import blob, image, pdf
 from agentrt_jupyter.notebook.display import short_message
 from agentrt_jupyter.server.process import LocalServer
 
-from .conftest import requests_with, runtime_config, wait_finished, wait_for_tagged
+from .conftest import (
+    requests_with,
+    runtime_config,
+    use_provider,
+    wait_finished,
+    wait_for_tagged,
+)
 
 openai = pytest.importorskip("openai")
 
-MODEL = "gpt-4.1-mini"
+NAME = "gpt-4.1-mini"
+MODEL = f"openai:{NAME}"
 
 
 @pytest.fixture
-def runtime(server: LocalServer) -> Iterator[AgentRuntime]:
-    """A runtime whose every agent talks Chat Completions to the local server."""
+def runtime(server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[AgentRuntime]:
+    """A runtime whose `openai:` agents talk Chat Completions to the local server (the
+    reliability suites' provider set-up: the SDK's environment points there)."""
+    made = AgentRuntime(use_provider("openai", server, monkeypatch).config())
+    yield made
+    made.shutdown(10.0)
+
+
+@pytest.fixture
+def backend_only(server: LocalServer) -> Iterator[AgentRuntime]:
+    """A runtime whose every agent gets `OpenAIBackend`, whatever its model: for what the
+    backend itself refuses (an `openai:` agent is refused earlier, by the runtime)."""
     made = AgentRuntime(
         runtime_config(server),
         backend_factory=lambda endpoint: OpenAIBackend(
@@ -70,7 +87,7 @@ def test_text_streams_into_chat_in_several_deltas(
     (record,) = requests_with(server, tag)
     assert record["path"] == "/v1/chat/completions"
     body = record["body"]
-    assert body["model"] == MODEL
+    assert body["model"] == NAME
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
     assert body["messages"] == [
         {"role": "system", "content": "be brief"},
@@ -85,7 +102,7 @@ def test_usage_of_the_stream_reaches_the_ledger_and_the_result(
     result = agent.chat(f"@@reply one two three\n{tag}").result(timeout=10)
 
     (entry,) = agent.ledger()
-    assert (entry.status, entry.finish_reason, entry.model) == ("ok", "STOP", MODEL)
+    assert (entry.status, entry.finish_reason, entry.model) == ("ok", "STOP", NAME)
     # Prompt tokens are the prompt's words, the directive and the tag included.
     assert (entry.usage.prompt_tokens, entry.usage.candidates_tokens) == (5, 3)
     assert entry.usage.total_tokens == 8
@@ -115,7 +132,7 @@ def test_a_server_that_sends_no_usage_gives_chunks_without_usage() -> None:
             "id": "c",
             "object": "chat.completion.chunk",
             "created": 0,
-            "model": MODEL,
+            "model": NAME,
             "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}],
         }
     )
@@ -206,9 +223,9 @@ def test_images_and_pdfs_reach_the_model_as_content_parts(
 
 
 def test_a_part_the_provider_cannot_take_fails_before_anything_is_sent(
-    runtime: AgentRuntime, server: LocalServer, tag: str
+    backend_only: AgentRuntime, server: LocalServer, tag: str
 ) -> None:
-    agent = runtime.create_agent(model=MODEL)
+    agent = backend_only.create_agent(model=NAME)
     with pytest.raises(BackendError, match=r"openai provider .* video/mp4") as caught:
         agent.chat([f"watch {tag}", blob(b"\0\0\0\x18ftyp", "video/mp4")]).text(timeout=10)
 
@@ -217,9 +234,9 @@ def test_a_part_the_provider_cannot_take_fails_before_anything_is_sent(
 
 
 def test_top_k_is_refused_naming_the_setting_and_the_provider(
-    runtime: AgentRuntime, server: LocalServer, tag: str
+    backend_only: AgentRuntime, server: LocalServer, tag: str
 ) -> None:
-    agent = runtime.create_agent(model=MODEL, top_k=5)
+    agent = backend_only.create_agent(model=NAME, top_k=5)
     with pytest.raises(BackendError, match="top_k: the openai provider"):
         agent.chat(f"hi {tag}").text(timeout=10)
 
@@ -384,7 +401,7 @@ def test_a_wrong_key_is_refused_and_never_shown(server: LocalServer, tag: str) -
     secret = "sk-wrong-key-0123456789"
     backend = OpenAIBackend(api_key=secret, base_url=server.openai_base_url)
     with AgentRuntime(runtime_config(server), backend_factory=lambda e: backend) as runtime:
-        agent = runtime.create_agent(model=MODEL)
+        agent = runtime.create_agent(model=NAME)  # the backend is given
         with pytest.raises(BackendError) as caught:
             agent.chat(f"hi {tag}").text(timeout=10)
 

@@ -3,7 +3,8 @@
 Targeted tests cancel at each named moment, synchronised exactly (the server saw the
 request, the tool started, the 429 wait began); the fuzz cancels 1,000+ times at random
 moments across 50+ agents and then reconciles the server's log, the ledger and history,
-and checks that shutdown leaves no task, thread or socket behind.
+and checks that shutdown leaves no task, thread or socket behind. All of it runs on
+each provider (Gemini, OpenAI, Anthropic), through its own SDK, on the local server.
 """
 
 from __future__ import annotations
@@ -35,9 +36,11 @@ from agentrt_jupyter import (
 )
 from agentrt_jupyter.server.process import LocalServer
 
-from .conftest import assert_valid_conversation, runtime_config, wait_for_tagged
+from .conftest import wait_for_tagged
 from .reliability_helpers import (
+    Provider,
     ServerWitness,
+    assert_valid_request,
     connections_to,
     echo_prefix,
     loop_tasks,
@@ -151,12 +154,12 @@ MOMENTS = ["right after chat", "before headers", "mid-stream", "sync tool", "asy
 @pytest.mark.parametrize("via", ["runtime", "handle"])
 @pytest.mark.parametrize("moment", MOMENTS)
 def test_cancel_at_a_named_moment_ends_the_turn_and_the_agent_goes_on(
-    server: LocalServer, tag: str, moment: str, via: str
+    server: LocalServer, tag: str, provider: Provider, moment: str, via: str
 ) -> None:
     server.reset()  # a short log, so waiting for this test's request reads little
     witness = ServerWitness(server)
     gates = Gates()
-    with started_runtime(runtime_config(server)) as runtime:
+    with started_runtime(provider.config()) as runtime:
         agent = runtime.create_agent(tools=gates.tools())
         marker = f"{tag}c"
         partial = ""
@@ -197,15 +200,15 @@ def test_cancel_at_a_named_moment_ends_the_turn_and_the_agent_goes_on(
             assert [m.role for m in history] == ["user", "model", "user"]
             assert history[-1].status == "cancelled"
         next_turn_works(agent, marker)
-        assert_valid_conversation(witness.requests()[-1]["body"]["contents"])
+        assert_valid_request(witness.requests()[-1])
 
 
 @pytest.mark.parametrize("via", ["runtime", "handle"])
 def test_cancel_during_a_429_wait_ends_the_turn_before_the_retry(
-    server: LocalServer, tag: str, via: str
+    server: LocalServer, tag: str, provider: Provider, via: str
 ) -> None:
     witness = ServerWitness(server)
-    with started_runtime(runtime_config(server)) as runtime:
+    with started_runtime(provider.config()) as runtime:
         agent = runtime.create_agent()
         server.push_faults("429 minute 2s", match=f"{tag}c")
         handle = agent.chat(f"limited {tag}c")
@@ -218,10 +221,15 @@ def test_cancel_during_a_429_wait_ends_the_turn_before_the_retry(
 
 
 def test_cancelling_a_queued_turn_skips_it_and_the_running_one_goes_on(
-    rt: AgentRuntime, server: LocalServer, tag: str
+    server: LocalServer, tag: str, provider: Provider
 ) -> None:
     witness = ServerWitness(server)
-    agent = rt.create_agent()
+    with started_runtime(provider.config()) as runtime:
+        check_queued_cancel(runtime, witness, tag)
+
+
+def check_queued_cancel(runtime: AgentRuntime, witness: ServerWitness, tag: str) -> None:
+    agent = runtime.create_agent()
     running = agent.chat(f"@@delay 20\n@@chunks 10\n{WORDS} {tag}r")
     first_texts(running, 1)
     queued = agent.chat(f"queued {tag}q")
@@ -235,13 +243,15 @@ def test_cancelling_a_queued_turn_skips_it_and_the_running_one_goes_on(
     assert len(witness.requests()) == len(agent.ledger()) == 1
 
 
-def test_a_thousand_cancels_right_after_chat_are_never_lost(server: LocalServer, tag: str) -> None:
+def test_a_thousand_cancels_right_after_chat_are_never_lost(
+    server: LocalServer, tag: str, provider: Provider
+) -> None:
     """`cancel()` at once after `chat()` returns True and the turn never runs to its end."""
     agents_count, rounds = 50, 20
     witness = ServerWitness(server)
     with (
-        suite_figures("cancel right after chat") as figures,
-        started_runtime(runtime_config(server)) as runtime,
+        suite_figures("cancel right after chat", provider.name) as figures,
+        started_runtime(provider.config()) as runtime,
     ):
         crowd = [runtime.create_agent() for _ in range(agents_count)]
 
@@ -339,7 +349,7 @@ def check_fuzz_agent(
     where = f"agent {agent.id}"
     by_prompt: dict[str, int] = {}
     for record in requests:
-        assert_valid_conversation(record["body"]["contents"])
+        assert_valid_request(record)
         key = prompt_of(record).split()[-1]
         by_prompt[key] = by_prompt.get(key, 0) + 1
     history = runtime.history(agent)
@@ -370,7 +380,7 @@ def check_fuzz_agent(
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_cancel_fuzz_at_random_moments_loses_no_cancel_and_leaks_nothing(
-    server: LocalServer, tag: str, caplog: pytest.LogCaptureFixture
+    server: LocalServer, tag: str, provider: Provider, caplog: pytest.LogCaptureFixture
 ) -> None:
     agents_count, per_agent, quota_agents, quota_rounds = 50, 20, 10, 3
     gc.collect()
@@ -380,8 +390,8 @@ def test_cancel_fuzz_at_random_moments_loses_no_cancel_and_leaks_nothing(
     sockets_before = connections_to(port)
     witness = ServerWitness(server)
     gates = Gates()
-    with suite_figures("cancel fuzz") as figures:
-        config = runtime_config(server)
+    with suite_figures("cancel fuzz", provider.name) as figures:
+        config = provider.config()
         runtime = AgentRuntime(config)
         quota_runtime = AgentRuntime(config)
         try:
@@ -473,14 +483,14 @@ def test_cancel_fuzz_at_random_moments_loses_no_cancel_and_leaks_nothing(
 
 @pytest.mark.parametrize("seed", range(3))
 def test_cancel_storm_logs_no_unretrieved_task_exception(
-    server: LocalServer, tag: str, seed: int, caplog: pytest.LogCaptureFixture
+    server: LocalServer, tag: str, provider: Provider, seed: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Cancel every turn of 100 agents at once, mid-flight, and collect the garbage."""
     caplog.set_level(logging.ERROR, logger="asyncio")
     gc.collect()
     logged_before = len(caplog.records)
     rng = random.Random(SEED + seed)
-    with started_runtime(runtime_config(server)) as runtime:
+    with started_runtime(provider.config()) as runtime:
         crowd = [runtime.create_agent() for _ in range(100)]
         prompts = ["@@fault hang", "@@fault hang_headers", "@@delay 10\n@@chunks 50", ""]
         handles = [a.chat(f"{rng.choice(prompts)}\nstorm {tag}a{i}z") for i, a in enumerate(crowd)]

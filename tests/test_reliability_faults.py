@@ -4,6 +4,11 @@ Each case states the outcome a user is promised: success, or a typed TurnError w
 text that streamed kept exactly once; the next turn works and its request is a valid
 conversation; and the server saw exactly one request per ledger row (retries happen in
 our layer, one row each). The server's log is the witness.
+
+Every provider runs it through its own SDK on the local server's route for it (the
+`provider` fixture): Gemini every case on 1 and on 100 agents; OpenAI and Anthropic every
+case on 1 agent and `CROWD_SUBSET` on 100 as well (about a minute and a half of CI for
+both), with the faults their wire says differently (`provider_case`) and Anthropic's 529.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import itertools
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -33,8 +38,10 @@ from agentrt_jupyter.server.process import LocalServer
 
 from .conftest import assert_valid_conversation, runtime_config
 from .reliability_helpers import (
+    Provider,
     ServerWitness,
     agent_tag,
+    assert_valid_request,
     bounded,
     echo_prefix,
     prompt_of,
@@ -178,6 +185,60 @@ transport follows each redirect (the follow-ups carry the server's redirect mark
 the prompt), and the error names the status and where it pointed."""
 
 
+CROWD_SUBSET = frozenset({"503", "429 minute 0.2s", "drop_after 3", "once 429 minute 0.2s"})
+"""The cases the OpenAI and Anthropic providers also run on 100 agents (every case runs
+on 1 agent): a retried 5xx, a shared quota wait, a cut mid-stream and a quota wait that
+ends well, the paths where many agents on one credential meet."""
+
+
+OVERLOADED_FAULTS: list[FaultCase] = [
+    FaultCase("529", "retries_exhausted", error=BackendError, code=529),
+    FaultCase("529", "retried_ok", once=True),
+    FaultCase("sse_error 2 529", "cut_mid_stream", error=BackendError, chunks_before=2, code=529),
+]
+"""Anthropic's 529 overloaded_error: retried like a 503 before any text, never after."""
+
+
+def provider_case(provider: str, case: FaultCase) -> FaultCase | None:
+    """What `case` promises on `provider`, where its wire says it otherwise (None: the
+    fault has no meaning there).
+
+    OpenAI: a 429 per day or with limit 0 is the billing refusal `insufficient_quota`
+    (scope "billing", at once, its ledger row an error); an error event names a type,
+    no HTTP status.
+    Anthropic: a 429 is always a wait of `retry-after` seconds (no per-day or zero limit:
+    a long wait is `test_a_wait_past_quota_max_wait_fails_at_once`); an error event's
+    5xx type is `api_error`, 500. Both: the SDK's transport follows a redirect (a 302
+    turns the POST into a GET) and the error names the redirect; a redirect loop gives
+    up without the last reply, so without its status.
+    """
+    if provider == "gemini":
+        return case
+    if case.spec == "redirect 307":
+        return replace(case, code=None)
+    if provider == "openai":
+        if case.spec in ("429 day", "429 zero"):
+            return replace(case, outcome="refused", scope="billing")
+        if case.spec.startswith("sse_error"):
+            return replace(case, code=None)
+        return case
+    if case.spec in ("429 day", "429 zero"):
+        return None
+    if case.spec.startswith("sse_error") and case.code is not None and 500 <= case.code < 529:
+        return replace(case, code=500)
+    return case
+
+
+PROVIDER_CASES = [
+    pytest.param(
+        name, adjusted, name == "gemini" or adjusted.id in CROWD_SUBSET, id=f"{name}-{case.id}"
+    )
+    for name in ("gemini", "openai", "anthropic")
+    for case in MATRIX + GARBAGE_REPLY_FAULTS + (OVERLOADED_FAULTS if name == "anthropic" else [])
+    if (adjusted := provider_case(name, case)) is not None
+]
+
+
 def check_agent(
     where: str,
     case: FaultCase,
@@ -219,7 +280,7 @@ def check_agent(
     )
     assert len(later) == 1, f"{where}: {len(later)} requests for the next turn"
     for record in requests:
-        assert_valid_conversation(record["body"]["contents"])
+        assert_valid_request(record)
 
     history = runtime.history(agent_id)
     users = [m.text for m in history if m.role == "user" and m.text]
@@ -236,18 +297,19 @@ def check_agent(
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("case", MATRIX + GARBAGE_REPLY_FAULTS, ids=lambda c: c.id)
+@pytest.mark.parametrize(("provider", "case", "crowd"), PROVIDER_CASES, indirect=["provider"])
 def test_fault_ends_the_turn_as_promised_and_every_attempt_is_one_ledger_row(
-    server: LocalServer, tag: str, case: FaultCase
+    server: LocalServer, tag: str, provider: Provider, case: FaultCase, crowd: bool
 ) -> None:
-    """The fault on 1 agent alone and on 100 agents at once, side by side: each group has
-    its own runtime, so the lone agent shares neither a loop nor a credential's quota."""
-    config = runtime_config(server, idle_chunk_timeout=STALL_TIMEOUT if case.stalls else 20.0)
+    """The fault on 1 agent alone and, with `crowd`, on 100 agents at once, side by side:
+    each group has its own runtime, so the lone agent shares neither a loop nor a
+    credential's quota."""
+    config = provider.config(idle_chunk_timeout=STALL_TIMEOUT if case.stalls else 20.0)
     witness = ServerWitness(server)
     groups = {"1 agent": [agent_tag(f"{tag}s", 0)]}
-    groups["100 agents"] = [agent_tag(f"{tag}m", i) for i in range(100)]
+    groups["100 agents"] = [agent_tag(f"{tag}m", i) for i in range(100 if crowd else 0)]
     with (
-        suite_figures("fault matrix", case.id) as figures,
+        suite_figures("fault matrix", f"{provider.name} {case.id}") as figures,
         started_runtime(config) as alone,
         started_runtime(config) as together,
     ):
@@ -288,9 +350,11 @@ def test_fault_ends_the_turn_as_promised_and_every_attempt_is_one_ledger_row(
             assert all(gap >= 0.2 for gap in gaps), f"retried before retryDelay: {gaps}"
 
 
-def test_a_wait_past_quota_max_wait_fails_at_once(server: LocalServer, tag: str) -> None:
+def test_a_wait_past_quota_max_wait_fails_at_once(
+    server: LocalServer, tag: str, provider: Provider
+) -> None:
     witness = ServerWitness(server)
-    with started_runtime(runtime_config(server, quota_max_wait=1.0)) as runtime:
+    with started_runtime(provider.config(quota_max_wait=1.0)) as runtime:
         agent = runtime.create_agent()
         outcome = settle(agent.chat(f"@@fault 429 minute 60s\n{tag}"), 15.0)
         assert isinstance(outcome, QuotaExceeded), outcome
@@ -301,18 +365,28 @@ def test_a_wait_past_quota_max_wait_fails_at_once(server: LocalServer, tag: str)
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("spec", ["429 minute 0.2s", "quota_garbage"])
+@pytest.mark.parametrize(
+    ("provider", "spec"),
+    [
+        ("gemini", "429 minute 0.2s"),
+        ("gemini", "quota_garbage"),
+        ("openai", "429 minute 0.2s"),
+        ("anthropic", "429 minute 0.2s"),
+    ],
+    indirect=["provider"],
+)
 def test_a_hundred_agents_hitting_one_429_each_wait_one_episode_and_all_complete(
-    server: LocalServer, tag: str, spec: str
+    server: LocalServer, tag: str, provider: Provider, spec: str
 ) -> None:
     """N hits are one episode: the credential's wait does not grow with N, and waiting
     behind other agents' first 429s never uses up a turn's retries, however the herd's
-    requests spread out in time. `quota_garbage` has no usable RetryInfo (the backoff)."""
+    requests spread out in time. `quota_garbage` has no usable RetryInfo (the backoff);
+    OpenAI and Anthropic agents meet their own 429s (retry-after headers)."""
     witness = ServerWitness(server)
     markers = [agent_tag(tag, i) for i in range(100)]
     with (
-        suite_figures("quota episode", f"100 agents x one {spec}") as figures,
-        started_runtime(runtime_config(server)) as runtime,
+        suite_figures("quota episode", f"{provider.name} 100 agents x one {spec}") as figures,
+        started_runtime(provider.config()) as runtime,
     ):
         crowd = [runtime.create_agent() for _ in markers]
         for marker in markers:

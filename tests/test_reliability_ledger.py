@@ -12,8 +12,7 @@ from pathlib import Path
 from agentrt_jupyter import AgentRuntime, TurnError
 from agentrt_jupyter.server.process import LocalServer
 
-from .conftest import runtime_config
-from .reliability_helpers import ServerWitness, settle
+from .reliability_helpers import Provider, ServerWitness, settle
 
 
 def reconcile(runtime: AgentRuntime, witness: ServerWitness, tag: str, step: str) -> int:
@@ -25,10 +24,10 @@ def reconcile(runtime: AgentRuntime, witness: ServerWitness, tag: str, step: str
 
 
 def test_every_call_is_in_the_ledger_once_across_delete_shutdown_and_recreation(
-    server: LocalServer, tag: str, store_path: Path
+    server: LocalServer, tag: str, provider: Provider, store_path: Path
 ) -> None:
     witness = ServerWitness(server)
-    runtime = AgentRuntime(runtime_config(server, store_path=store_path))
+    runtime = AgentRuntime(provider.config(store_path=store_path))
     try:
         agent = runtime.create_agent(name="default")
         agent.chat(f"one {tag}").result(timeout=20)

@@ -3,7 +3,8 @@
 Every turn must end; the counts must reconcile: turns started = turns ended (and = turn
 count), one user message per started turn, in order, and the server saw one request per
 ledger row (a cancel may cut an attempt before its request reached the server: then the
-row is "cancelled" and the server has none).
+row is "cancelled" and the server has none). It runs on each provider, through its
+own SDK, on the local server.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import pytest
 from agentrt_jupyter import AgentRuntime, ChatHandle
 from agentrt_jupyter.server.process import LocalServer
 
-from .conftest import assert_valid_conversation, runtime_config
 from .reliability_helpers import (
+    Provider,
     ServerWitness,
+    assert_valid_request,
     connections_to,
     prompt_of,
     server_port,
@@ -84,15 +86,15 @@ def plan(tag: str, rng: random.Random) -> list[PlannedTurn]:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_hundred_agents_five_turns_with_faults_and_cancels_reconcile(
-    server: LocalServer, tag: str
+    server: LocalServer, tag: str, provider: Provider
 ) -> None:
     rng = random.Random(SEED)
     turns = plan(tag, rng)
     witness = ServerWitness(server)
     port = server_port(server)
     sockets_before = connections_to(port)
-    with suite_figures("load with faults") as figures:
-        runtime = AgentRuntime(runtime_config(server))
+    with suite_figures("load with faults", provider.name) as figures:
+        runtime = AgentRuntime(provider.config())
         try:
             crowd = [runtime.create_agent() for _ in range(AGENTS)]
             for turn in turns:
@@ -156,7 +158,7 @@ def test_two_hundred_agents_five_turns_with_faults_and_cancels_reconcile(
                 sent: Counter[str] = Counter()
                 requests = grouped.get(f"a{index}", [])
                 for record in requests:
-                    assert_valid_conversation(record["body"]["contents"])
+                    assert_valid_request(record)
                     sent[prompt_of(record).split()[-1]] += 1
                 for turn in mine:
                     statuses_of = rows.get(turn.marker, [])

@@ -427,6 +427,9 @@ def _error_body(body: object) -> tuple[str, str]:
 
 
 def _status_error(exc: anthropic.APIStatusError) -> BackendError | QuotaHit:
+    if exc.response.history:
+        first = exc.response.history[0]
+        return _redirect_error(f"a {first.status_code} redirect", first.status_code)
     kind, message = _error_body(exc.body)
     code = exc.status_code if exc.status_code >= 400 else ERROR_CODES.get(kind, 500)
     if billing_refusal(code, kind, message):
@@ -509,7 +512,9 @@ def translate_errors(stream: MessageStream) -> Iterator[None]:
         error = _status_error(exc)
     except anthropic.APIConnectionError as exc:
         reason = f"{exc.__class__.__name__}: {_shortened(str(exc))}"
-        if stream.chunks:
+        if exc.__cause__.__class__.__name__ == "TooManyRedirects":
+            error = _redirect_error("redirects again and again", None)
+        elif stream.chunks:
             error = StreamBroken(
                 f"the reply stream was cut after {stream.chunks} chunks ({reason})"
             )
@@ -538,6 +543,17 @@ def translate_errors(stream: MessageStream) -> Iterator[None]:
         error = BackendError(f"{exc.__class__.__name__}: {_shortened(str(exc))}")
     if error is not None:
         raise error from None
+
+
+def _redirect_error(what: str, code: int | None) -> BackendError:
+    """A redirect (a 302 even turns the POST into a GET) or a loop of them: a Messages
+    endpoint never redirects, so the error names the redirect, and it is not retried."""
+    return BackendError(
+        f"the service answered {what}; a Messages endpoint does not redirect: check "
+        "base_url, or a proxy or login page between you and the service",
+        code=code,
+        status="REDIRECT",
+    )
 
 
 NO_KEY = "no-key"

@@ -36,6 +36,7 @@ from ..quota import QuotaInfo, fingerprint
 from .base import Embeddings, ModelChunk, ModelRequest, QuotaHit, excerpt
 
 if TYPE_CHECKING:
+    import httpx2
     import openai
     from openai.types.chat import ChatCompletionChunk
     from openai.types.chat.chat_completion_chunk import ChoiceDeltaToolCall
@@ -305,6 +306,9 @@ class _CallIds:
 
 
 def _assistant_message(parts: Sequence[Part], ids: _CallIds) -> dict[str, Any] | None:
+    """An assistant message; one of only tool calls has an empty `content`: OpenAI takes
+    it, llama-cpp-python's server refuses a null one and chat templates that read
+    `message['content']` (SmolLM2's, many others) fail on a missing one."""
     text = "".join(p.text for p in parts if isinstance(p, TextPart) and not p.thought)
     calls = [
         {
@@ -317,7 +321,7 @@ def _assistant_message(parts: Sequence[Part], ids: _CallIds) -> dict[str, Any] |
     ]
     if not text and not calls:
         return None
-    message: dict[str, Any] = {"role": "assistant", "content": text or None}
+    message: dict[str, Any] = {"role": "assistant", "content": text}
     if calls:
         message["tool_calls"] = calls
     return message
@@ -540,6 +544,8 @@ def translate_errors(sdk: ModuleType, yielded: list[int], scrub: _Scrubber) -> I
 
 
 def _status_error(exc: openai.APIStatusError, scrub: _Scrubber) -> BackendError:
+    if exc.response.history:
+        return _redirect_error(exc.response.history[0])
     body = exc.body
     message = body.get("message") if isinstance(body, dict) else None
     shown = message if isinstance(message, str) and message else (body or exc.message)
@@ -548,6 +554,20 @@ def _status_error(exc: openai.APIStatusError, scrub: _Scrubber) -> BackendError:
     code = exc.status_code
     text = excerpt(scrub(raw))
     return BackendError(f"{code} {kind or 'error'}: {text}", code=code, status=kind)
+
+
+def _redirect_error(first: httpx2.Response) -> BackendError:
+    """A reply reached through a redirect (a 302 even turns the POST into a GET): a Chat
+    Completions endpoint never redirects, so the error names the redirect and where it
+    pointed (no query: it may carry tokens), not the reply it led to."""
+    where = excerpt(first.headers.get("location", "").split("?", 1)[0]) or "the same place"
+    return BackendError(
+        f"the service answered a {first.status_code} redirect to {where}; a Chat Completions "
+        "endpoint does not redirect: check base_url, or a proxy or login page between you "
+        "and the service",
+        code=first.status_code,
+        status="REDIRECT",
+    )
 
 
 def _connection_error(exc: openai.APIConnectionError, yielded: int) -> BackendError | StreamBroken:

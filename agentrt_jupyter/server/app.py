@@ -515,6 +515,8 @@ class ServerState:
         return _json(wire.model(model) if model else wire.models())
 
     async def _wire_call(self, request: web.Request, wire: Wire) -> web.StreamResponse:
+        if REDIRECT_MARKER in request.query:
+            return self._redirect_again(request, "")
         record = self.log.start(request, "generate", "")
         request[_REQUEST_ID] = (wire.request_id_header, f"req_agentrt_{record['id']}")
         try:
