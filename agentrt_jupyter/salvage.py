@@ -23,7 +23,7 @@ from .errors import StoreError
 from .store import ADVICE, Store, damaged
 
 _COPIED = {  # table: its columns, in the order of the fresh file's INSERT
-    "conversations": ("seq", "id", "namespace", "name", "created"),
+    "conversations": ("seq", "id", "namespace", "name", "created", "owner"),
     "records": ("seq", "conversation", "kind", "role", "turn", "written", "data"),
     "drafts": ("conversation", "written", "data"),
     "replies": ("key", "bytes", "used", "hits", "conversation", "data"),
@@ -145,7 +145,9 @@ def _copy(source: sqlite3.Connection, fresh: sqlite3.Connection) -> tuple[int, i
     kept: set[str] = set()
     unnamed = 0
     counts = dict.fromkeys(_COPIED, 0)
-    for table, columns in _COPIED.items():
+    for table, wanted in _COPIED.items():
+        present = {row[1] for row in source.execute(f"PRAGMA table_info({table})")}
+        columns = tuple(column for column in wanted if column in present)  # older schemas
         insert = (
             f"INSERT OR IGNORE INTO {table} ({', '.join(columns)})"
             f" VALUES ({', '.join('?' * len(columns))})"

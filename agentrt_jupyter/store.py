@@ -48,11 +48,13 @@ from .conversation import (
     unanswered_calls,
 )
 from .errors import ConversationInUse, StoreError
+from .identity import current_user
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-"""`PRAGMA user_version` of the files this module writes; 0 is the unversioned first store."""
+SCHEMA_VERSION = 2
+"""`PRAGMA user_version` of the files this module writes; 0 is the unversioned first store,
+2 added the conversations' owner."""
 
 TEAM_SCOPE = "team"
 """The reply cache's shared scope (`cache_scope="team"`); the default scope is the user's."""
@@ -127,7 +129,7 @@ LEFT JOIN shown s ON s.conversation = c.id
 LEFT JOIN totals t ON t.conversation = c.id
 LEFT JOIN drafts d ON d.conversation = c.id
 LEFT JOIN leases l ON l.conversation = c.id
-WHERE ?1 IS NULL OR c.namespace = ?1
+WHERE (?1 IS NULL OR c.namespace = ?1) AND c.owner IN (?2, '')
 ORDER BY c.seq
 """
 
@@ -355,12 +357,16 @@ class Store:
         busy_timeout: float = 5.0,
         cache_max_entries: int | None = 10_000,
         cache_max_bytes: int | None = 256 * 2**20,
+        owner: str | None = None,
     ) -> None:
         self._db: sqlite3.Connection | None = None
+        self.owner = current_user() if owner is None else owner
+        """Whose conversations this store sees and makes (rows from before owners: anyone's)."""
         self._path = Path(path).expanduser().absolute()
         self._options: dict[str, Any] = {
             "holder": holder, "lease_timeout": lease_timeout, "busy_timeout": busy_timeout,
             "cache_max_entries": cache_max_entries, "cache_max_bytes": cache_max_bytes,
+            "owner": self.owner,
         }  # fmt: skip
         self._lock = threading.Lock()
         self._token = secrets.token_hex(8)
@@ -449,8 +455,9 @@ class Store:
             data = _dumps(dict(settings))
             now = time.time()
             db.execute(
-                "INSERT INTO conversations (id, namespace, name, created) VALUES (?, ?, ?, ?)",
-                (conversation_id, namespace, name, now),
+                "INSERT INTO conversations (id, namespace, name, created, owner)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (conversation_id, namespace, name, now, self.owner),
             )
             self._append(db, conversation_id, "settings", data)
             self._lease(db, conversation_id, now)
@@ -462,8 +469,8 @@ class Store:
         with self._boundary(f"look up conversation {name!r}") as db:
             row = db.execute(
                 "SELECT id FROM conversations WHERE namespace = ? AND name = ?"
-                " ORDER BY seq DESC LIMIT 1",
-                (namespace, name),
+                " AND owner IN (?, '') ORDER BY seq DESC LIMIT 1",
+                (namespace, name, self.owner),
             ).fetchone()
         return None if row is None else str(row[0])
 
@@ -471,7 +478,7 @@ class Store:
         """Every stored conversation (of one namespace, if given), oldest first."""
         now = time.time()
         with self._boundary("list the stored conversations") as db:
-            rows = db.execute(_LISTING, (namespace,)).fetchall()
+            rows = db.execute(_LISTING, (namespace, self.owner)).fetchall()
         listing = []
         for cid, ns, name, created, messages, turns, size, last, *lease in rows:
             token, holder, pid, host, heartbeat = lease
@@ -512,7 +519,8 @@ class Store:
         """
         with self._write(f"open conversation {conversation_id}") as db:
             row = db.execute(
-                "SELECT name FROM conversations WHERE id = ?", (conversation_id,)
+                "SELECT name FROM conversations WHERE id = ? AND owner IN (?, '')",
+                (conversation_id, self.owner),
             ).fetchone()
             if row is None:
                 return None
@@ -531,7 +539,8 @@ class Store:
         after its store was recovered into a fresh file. False if the file lacks it."""
         with self._write(f"claim conversation {conversation_id}") as db:
             row = db.execute(
-                "SELECT name FROM conversations WHERE id = ?", (conversation_id,)
+                "SELECT name FROM conversations WHERE id = ? AND owner IN (?, '')",
+                (conversation_id, self.owner),
             ).fetchone()
             if row is None:
                 return False
@@ -578,7 +587,8 @@ class Store:
         """
         with self._write(f"delete conversation {conversation_id}") as db:
             row = db.execute(
-                "SELECT name FROM conversations WHERE id = ?", (conversation_id,)
+                "SELECT name FROM conversations WHERE id = ? AND owner IN (?, '')",
+                (conversation_id, self.owner),
             ).fetchone()
             if row is None:
                 return False
@@ -928,7 +938,8 @@ class Store:
     ) -> LoadedConversation | None:
         """Build the conversation from its rows; with `persist`, append what loading adds."""
         row = db.execute(
-            "SELECT namespace, name FROM conversations WHERE id = ?", (conversation_id,)
+            "SELECT namespace, name FROM conversations WHERE id = ? AND owner IN (?, '')",
+            (conversation_id, self.owner),
         ).fetchone()
         if row is None:
             return None
@@ -1075,5 +1086,11 @@ def _migrate_v0(db: sqlite3.Connection) -> None:
         db.execute(f"DROP TABLE {table}")
 
 
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _migrate_v0}
+def _migrate_v1(db: sqlite3.Connection) -> None:
+    """1 to 2: conversations get their owner; those from before have none ('': shown to
+    whoever uses the file, as they were)."""
+    db.execute("ALTER TABLE conversations ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
+
+
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _migrate_v0, 1: _migrate_v1}
 """Step `n` takes a file from `user_version` n to n + 1, inside the opening transaction."""
