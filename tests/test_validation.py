@@ -103,7 +103,8 @@ def test_every_runtime_field_of_a_wrong_type_is_invalid_config_naming_it(
     + [
         (RuntimeConfig, name)
         for name in _fields(RuntimeConfig)
-        if name not in {"api_key", "base_url", "api_version", "default_model", "store_path"}
+        if name
+        not in {"api_key", "base_url", "api_version", "default_model", "store_path", "store_url"}
     ],
 )
 def test_none_for_a_required_field_is_invalid_config(kind: type, name: str) -> None:
