@@ -5,7 +5,6 @@ writing at once. Every one ends typed or is written; nothing is lost silently.""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -23,8 +22,10 @@ from agentrt_jupyter.backends.base import ModelRequest
 from agentrt_jupyter.content import TextPart
 from agentrt_jupyter.conversation import ConversationMessage
 from agentrt_jupyter.errors import ConversationInUse, StoreError, TurnStoreError
+from agentrt_jupyter.server.process import LocalServer
 from agentrt_jupyter.stores.pgstore import PgStore
 
+from .conftest import requests_with
 from .postgres import PostgresCluster, create_login_role
 
 pytestmark = pytest.mark.timeout(120)
@@ -180,32 +181,37 @@ def test_a_lost_lease_ends_the_old_writers_turn_typed_and_keeps_its_store(
 
 WRITER = textwrap.dedent(
     """
-    import json, sys
-    from agentrt_jupyter import AgentRuntime, FakeBackend, RuntimeConfig
-    url, name, turns = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    echo = FakeBackend(lambda request: "Echo: " + request.messages[-1].text)
-    config = RuntimeConfig(store_url=url, store_path=None)
-    with AgentRuntime(config, backend_factory=lambda endpoint: echo) as runtime:
+    import sys
+    from agentrt_jupyter import AgentRuntime, RuntimeConfig
+    url, name, turns, base_url, token, tag = sys.argv[1:7]
+    config = RuntimeConfig(
+        store_url=url, store_path=None, base_url=base_url, api_key=token, api_version="v1beta"
+    )
+    with AgentRuntime(config) as runtime:
         agent = runtime.create_agent(name=name)
-        for turn in range(turns):
-            agent.chat(f"{name} turn {turn}").text(timeout=30)
-    print(json.dumps({"requests": len(echo.requests)}))
+        for turn in range(int(turns)):
+            agent.chat(f"@@reply {name} {turn}\\n{tag}").text(timeout=30)
     """
 )
 
 
 def load_size() -> tuple[int, int]:
-    """Processes x turns: 5x5, or $AGENTRT_PG_LOAD (the issue's 20x20: "20x20")."""
-    processes, _, turns = os.environ.get("AGENTRT_PG_LOAD", "5x5").partition("x")
+    """Processes x turns: the issue's 20x20, or $AGENTRT_PG_LOAD (e.g. "5x5")."""
+    processes, _, turns = os.environ.get("AGENTRT_PG_LOAD", "20x20").partition("x")
     return int(processes), int(turns)
 
 
-def test_counts_reconcile_across_processes_writing_at_once(postgres_database: str) -> None:
+def test_counts_reconcile_across_processes_writing_at_once(
+    postgres_database: str, server: LocalServer, tag: str
+) -> None:
+    """Kernels (processes) on one PostgreSQL, through the real SDK to the local server:
+    requests the server saw = ledger rows = stored replies."""
     processes, turns = load_size()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    arguments = (str(turns), server.url, server.token, tag)
     writers = [
         subprocess.Popen(
-            [sys.executable, "-c", WRITER, postgres_database, f"w{n}", str(turns)],
+            [sys.executable, "-c", WRITER, postgres_database, f"w{n}", *arguments],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -213,11 +219,10 @@ def test_counts_reconcile_across_processes_writing_at_once(postgres_database: st
         )
         for n in range(processes)
     ]
-    requests = 0
     for writer in writers:
-        out, err = writer.communicate(timeout=100)
+        _, err = writer.communicate(timeout=300)
         assert writer.returncode == 0, err
-        requests += json.loads(out.strip().splitlines()[-1])["requests"]
+    requests = len(requests_with(server, tag))
     assert requests == processes * turns
     assert stored_counts(postgres_database) == {"ledger": requests, "message": requests}
 
