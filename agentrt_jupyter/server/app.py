@@ -1,7 +1,9 @@
 """The aiohttp app: model routes in three wire formats, SSE writing, faults and the
 control API.
 
-Model routes speak Gemini's REST API (`/v1/...` and `/v1beta/...`), OpenAI's Chat
+Model routes speak Gemini's REST API (`/v1/...` and `/v1beta/...`; Vertex AI's
+publisher-model paths under `/v1/` and `/v1beta1/`, with `projects/P/locations/L/` or
+without (express mode), take the same calls and a bearer token too), OpenAI's Chat
 Completions (`/v1/chat/completions`) and Anthropic's Messages (`/v1/messages`), and
 embeddings (Gemini's `:embedContent` / `:batchEmbedContents`, where queued faults that
 act before the headers apply too; OpenAI's `/v1/embeddings`; kind `embed` in the request
@@ -66,7 +68,7 @@ from .limits import ServerLimits
 from .request_log import Record, RequestLog
 from .wire import embeddings
 from .wire.anthropic import AnthropicWire
-from .wire.base import Wire
+from .wire.base import Wire, bearer_or_key_ok
 from .wire.gemini import KNOWN_MODELS, ChunkEncoder, merge_chunks, to_generate_request
 from .wire.message_batches import MessageBatchService
 from .wire.openai import OpenAIWire
@@ -154,6 +156,15 @@ class _Refusal(Exception):
         self.hang_up = hang_up
 
 
+_VERTEX_PATH = "/publishers/google/models/"
+"""What Vertex AI's model paths hold and Gemini's do not."""
+_GENERATE_KINDS = {
+    "generateContent": "generate",
+    "streamGenerateContent": "stream",
+    "countTokens": "count_tokens",
+}
+"""A model route's methods that generate (or count), with their kind in the request log."""
+
 _REQUEST_ID = "agentrt_request_id"
 """The request-id header (name, value) an OpenAI or Anthropic reply carries."""
 _OPENAI = OpenAIWire()
@@ -204,7 +215,11 @@ class ServerState:
         self._batch_items = 0
 
     def key_ok(self, request: web.Request) -> bool:
+        """The token as Gemini's API key; on Vertex AI's paths also as the OAuth bearer
+        token google-genai sends with credentials (project/location mode)."""
         key = request.headers.get("x-goog-api-key") or request.query.get("key") or ""
+        if not key and _VERTEX_PATH in request.path:
+            return bearer_or_key_ok(request, self.token)
         return secrets.compare_digest(key.encode(), self.token.encode())
 
     async def read_body(self, request: web.Request) -> bytes:
@@ -244,14 +259,20 @@ class ServerState:
             )
         if request.method == "POST" and method in ("embedContent", "batchEmbedContents"):
             return await self.gemini_embed(request, model, single=method == "embedContent")
-        kinds = {
-            "generateContent": "generate",
-            "streamGenerateContent": "stream",
-            "countTokens": "count_tokens",
-        }
-        if request.method != "POST" or method not in kinds:
+        return await self._generate_route(request, model, method)
+
+    async def vertex_model_route(self, request: web.Request) -> web.StreamResponse:
+        """Vertex AI's publisher-model paths: generate, stream and count tokens, as on
+        Gemini's routes (the request log records the path's project and location)."""
+        model, _, method = request.match_info["target"].partition(":")
+        return await self._generate_route(request, model, method)
+
+    async def _generate_route(
+        self, request: web.Request, model: str, method: str
+    ) -> web.StreamResponse:
+        if request.method != "POST" or method not in _GENERATE_KINDS:
             return _json(error_body(404, f"Method {method!r} is not found."), 404)
-        return await self._call(request, kinds[method], model)
+        return await self._call(request, _GENERATE_KINDS[method], model)
 
     async def list_models(self, request: web.Request) -> web.StreamResponse:
         wire = _wire_of(request)
@@ -261,6 +282,9 @@ class ServerState:
 
     async def _call(self, request: web.Request, kind: str, model: str) -> web.StreamResponse:
         record = self.log.start(request, kind, model)
+        if _VERTEX_PATH in request.path:
+            record["project"] = request.match_info.get("project")
+            record["location"] = request.match_info.get("location")
         try:
             if not self.key_ok(request):
                 raise _Refusal(400, API_KEY_ERROR)
@@ -1098,6 +1122,10 @@ def create_app(engine: Engine, token: str, limits: ServerLimits | None = None) -
         app.router.add_route("*", f"/{version}/batches/{{target}}", state.batch_route)
         app.router.add_route("*", f"/{version}/files/{{target}}", state.file_route)
         app.router.add_post(f"/upload/{version}/files", state.file_upload)
+    for version in ("v1", "v1beta1"):
+        for place in ("/projects/{project}/locations/{location}", ""):
+            path = f"/{version}{place}{_VERTEX_PATH}{{target}}"
+            app.router.add_route("*", path, state.vertex_model_route)
     app.router.add_post("/v1/chat/completions", state.openai_chat)
     app.router.add_post("/v1/messages", state.anthropic_messages)
     app.router.add_post("/v1/embeddings", state.openai_embeddings)
