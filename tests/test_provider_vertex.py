@@ -53,7 +53,7 @@ def adc_token(server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> str:
     from google.oauth2.credentials import Credentials
 
     def default(*args: Any, **kwargs: Any) -> tuple[Credentials, str]:
-        return Credentials(token=server.token), PROJECT
+        return Credentials(token=server.token), PROJECT  # type: ignore[no-untyped-call]
 
     monkeypatch.setattr(google.auth, "default", default)
     return server.token
@@ -205,3 +205,22 @@ def test_a_wrong_key_is_refused_and_never_shown(
     assert caught.value.code == 400
     shown = [str(caught.value), repr(caught.value), repr(agent), repr(agent.ledger())]
     assert not any(secret in text for text in shown)
+
+
+def test_count_tokens_and_generate_answer_on_the_v1_routes(server: LocalServer, tag: str) -> None:
+    from google import genai
+
+    with genai.Client(
+        vertexai=True,
+        api_key=server.token,
+        http_options={"base_url": server.url, "api_version": "v1"},
+    ) as client:
+        counted = client.models.count_tokens(model=NAME, contents=f"one two {tag}")
+        reply = client.models.generate_content(model=NAME, contents=f"one two {tag}")
+
+    assert counted.total_tokens == 3
+    assert reply.text == f"Echo: one two {tag}"
+    paths = [r["path"] for r in requests_with(server, tag)]
+    assert paths == [
+        f"/v1/publishers/google/models/{NAME}:{m}" for m in ("countTokens", "generateContent")
+    ]
