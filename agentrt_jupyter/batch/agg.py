@@ -26,8 +26,9 @@ import pandas as pd
 from ..errors import InvalidConfig
 from ..operators import Operator
 from ..runtime import AgentRuntime
+from .engine import check_runtime
 from .explain import OperatorPlan, pop_explain
-from .rounds import Ask, Rounds, adrive, check_runtime, drive, price_round, row_texts
+from .rounds import Ask, Rounds, adrive, drive, price_round, row_texts
 
 DEFAULT_CONTEXT_CHARS = 24_000
 """About 6,000 tokens of rows per call (at 4 characters a token): small models' contexts."""

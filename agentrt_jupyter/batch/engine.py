@@ -72,7 +72,7 @@ def checked_plan(
 ) -> MapPlan:
     """The plan of a map run of `template` over `frame` with `options` (see `start_map`),
     every option checked (`InvalidConfig`); nothing starts."""
-    _check_runtime(runtime)
+    check_runtime(runtime)
     if "runtime" in options:
         raise InvalidConfig(
             "the map already runs on the runtime it was called on: leave out runtime=",
@@ -133,7 +133,7 @@ def map_frame(
     In a notebook, a run estimated above `AgentMagics.confirm_cost` asks first (see
     `explain`); `CostNotApproved` if it is not approved.
     """
-    _check_runtime(runtime)
+    check_runtime(runtime)
     if pop_explain(options):
         return explain_map(runtime, frame, template, **options)
     if threading.current_thread() is runtime.thread:
@@ -182,14 +182,15 @@ def cancel_maps(runtime: AgentRuntime) -> int:
     return len(runs)
 
 
-def _check_runtime(runtime: object) -> None:
-    """`InvalidConfig` unless `runtime` is an `AgentRuntime` (a caller's `runtime=`)."""
+def check_runtime(runtime: object) -> AgentRuntime:
+    """`runtime` if it is an `AgentRuntime` (a caller's `runtime=`; `InvalidConfig` if not)."""
     if not isinstance(runtime, AgentRuntime):
         raise InvalidConfig(
             f"must be an AgentRuntime, got {type(runtime).__name__}: pass runtime=AgentRuntime"
             "(...), or leave it out in a notebook after %load_ext agentrt_jupyter",
             field="runtime",
         )
+    return runtime
 
 
 def _results_store(runtime: AgentRuntime, store: str | Path | None) -> tuple[ResultsStore, bool]:

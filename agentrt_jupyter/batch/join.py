@@ -29,15 +29,13 @@ import pandas as pd
 from ..errors import InvalidConfig
 from ..operators import Operator
 from ..runtime import AgentRuntime
+from .engine import check_runtime
 from .explain import OperatorPlan, pop_explain
-from .rounds import Ask, Embed, Rounds, adrive, check_runtime, drive, expected_step, row_texts
+from .rounds import Ask, Embed, Rounds, adrive, drive, expected_step, row_texts
+from .schema import yes_no_schema
 
 FIELD = "match"
-SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {FIELD: {"type": "boolean"}},
-    "required": [FIELD],
-}
+SCHEMA = yes_no_schema(FIELD)
 QUESTION = (
     "Does this statement hold? {statement}\n"
     'Answer with JSON {{"match": true}} if it does, else {{"match": false}}.'

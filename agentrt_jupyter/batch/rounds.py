@@ -272,17 +272,6 @@ def row_texts(runtime: AgentRuntime, frame: object, template: object, field: str
     return texts
 
 
-def check_runtime(runtime: object) -> AgentRuntime:
-    """`runtime` if it is an `AgentRuntime` (`InvalidConfig` if not)."""
-    if not isinstance(runtime, AgentRuntime):
-        raise InvalidConfig(
-            f"must be an AgentRuntime, got {type(runtime).__name__}: pass runtime=AgentRuntime"
-            "(...), or leave it out in a notebook after %load_ext agentrt_jupyter",
-            field="runtime",
-        )
-    return runtime
-
-
 def _with_summary(value: T, driver: Driver) -> T:
     attrs = getattr(value, "attrs", None)
     if isinstance(attrs, dict):

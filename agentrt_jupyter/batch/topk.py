@@ -33,15 +33,13 @@ import pandas as pd
 from ..errors import InvalidConfig, OperatorStopped
 from ..operators import Operator
 from ..runtime import AgentRuntime
+from .engine import check_runtime
 from .explain import OperatorPlan, pop_explain
-from .rounds import Ask, Rounds, adrive, check_runtime, drive, expected_step, row_texts
+from .rounds import Ask, Rounds, adrive, drive, expected_step, row_texts
+from .schema import yes_no_schema
 
 FIELD = "first_is_better"
-SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {FIELD: {"type": "boolean"}},
-    "required": [FIELD],
-}
+SCHEMA = yes_no_schema(FIELD)
 PROMPT = (
     "Compare two items by this criterion: {criterion}\n"
     'Answer with JSON {{"first_is_better": true}} if the first item fits the criterion '
