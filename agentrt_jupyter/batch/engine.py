@@ -14,6 +14,7 @@ package root registers them with `agentrt_jupyter.operators`, so the runtime imp
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import weakref
@@ -26,7 +27,7 @@ from ..errors import InvalidConfig, RuntimeClosed, StoreError, WrongThread
 from ..operators import Operator
 from ..runtime import AgentRuntime
 from ..stores.base import ResultsStore
-from .explain import OperatorPlan, aconfirm, confirm, cost_gate, plan_frame, pop_explain
+from .explain import OperatorPlan, aconfirm_plan, confirm_plan, plan_frame, pop_explain
 from .live import answer_live
 from .plan import MapPlan, plan_map
 from .progress import Listener, show
@@ -138,8 +139,7 @@ def map_frame(
         return explain_map(runtime, frame, template, **options)
     if threading.current_thread() is runtime.thread:
         raise WrongThread("map() would deadlock on the runtime thread: await runtime.aio.map()")
-    if (gate := cost_gate()) is not None:
-        confirm(gate, explain_map(runtime, frame, template, **options))
+    confirm_plan(functools.partial(explain_map, runtime, frame, template, **options))
     run = start_map(runtime, frame, template, **options)
     show(run, progress)
     return run.result()
@@ -158,9 +158,7 @@ async def amap_frame(
     Cancel button works while the rows run); cancelling the awaiting task cancels the run."""
     if pop_explain(options):
         return await asyncio.to_thread(explain_map, runtime, frame, template, **options)
-    if (gate := cost_gate()) is not None:
-        plan = await asyncio.to_thread(explain_map, runtime, frame, template, **options)
-        await aconfirm(gate, plan)
+    await aconfirm_plan(functools.partial(explain_map, runtime, frame, template, **options))
     run = start_map(runtime, frame, template, **options)
     show(run, progress)
     return await run.aresult()

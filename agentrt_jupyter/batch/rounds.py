@@ -5,9 +5,9 @@ as one map run over a frame of prompts, so the map engine's cache, quota-aware
 concurrency, resume, budgets, progress and cancel all apply) or `Embed` (texts to embed,
 `runtime.embed_texts`) — and gets the answer back. `drive` runs it with blocking calls
 (as `runtime.map`), `adrive` awaiting (as `runtime.aio.map`): one implementation, two
-drivers. (`operation.py` drives filter/classify/extract the same way with map runs only;
-these operators also embed, spend one budget over many rounds, and stop on a round left
-unanswered.)
+drivers. (`operation.py` drives filter/classify/extract on the same loop, `run_steps`,
+with map runs only; these operators also embed, spend one budget over many rounds, and
+stop on a round left unanswered.)
 
 Every round of one call shares the caller's map options; `budget_tokens` / `budget_usd`
 are the whole operator's, each round getting what is left. A round that leaves rows
@@ -19,7 +19,6 @@ comparison's error, counted in the summary (`RoundsSummary.failed`) and read as 
 
 from __future__ import annotations
 
-import asyncio
 import math
 import threading
 from collections.abc import Callable, Generator, Sequence
@@ -32,9 +31,11 @@ import pandas as pd
 from ..errors import InvalidConfig, OperatorStopped, WrongThread
 from ..runtime import AgentRuntime
 from .engine import explain_map, start_map
-from .explain import OperatorPlan, PlanStep, aconfirm, confirm, cost_gate
+from .explain import OperatorPlan, PlanStep, aconfirm_plan, confirm_plan
+from .operation import arun_steps, run_steps
 from .plan import plan_map
 from .progress import Listener, show
+from .run import BatchRun
 
 PROMPT = "prompt"
 """The one column of a round's frame; the round's template is `{prompt}`."""
@@ -188,8 +189,25 @@ class Driver:
             return np.zeros((0, 0), dtype=np.float32)
         return np.asarray(found.vectors, dtype=np.float32)
 
-    def frame(self, ask: Ask) -> pd.DataFrame:
-        return pd.DataFrame({PROMPT: pd.array(ask.prompts, dtype=object)})
+    def answer(self, need: Need) -> Any:
+        """A need's answer, waited for here (Ctrl-C cancels the round and re-raises)."""
+        if isinstance(need, Embed):
+            found = self.runtime.embed_texts(need.texts, **self.embed_options)
+            return self.embedded(need.texts, found)
+        return self.answered(need, self._start(need).result())
+
+    async def aanswer(self, need: Need) -> Any:
+        """`answer` for an event loop (cancelling the awaiting task cancels the round)."""
+        if isinstance(need, Embed):
+            found = await self.runtime.aio.embed_texts(need.texts, **self.embed_options)
+            return self.embedded(need.texts, found)
+        return self.answered(need, await self._start(need).aresult())
+
+    def _start(self, ask: Ask) -> BatchRun:
+        """The round's map run over its prompts, started, its progress shown."""
+        run = start_map(self.runtime, _prompts_frame(ask), "{prompt}", **self.round_options(ask))
+        show(run, self.progress_of(ask))
+        return run
 
 
 def drive(
@@ -205,25 +223,10 @@ def drive(
     operator whose `plan()` passes `confirm_cost` asks first, once (see `explain`)."""
     if threading.current_thread() is runtime.thread:
         raise WrongThread(f"{name} would deadlock on the runtime thread: await runtime.aio.{name}")
-    if plan is not None and (gate := cost_gate()) is not None:
-        confirm(gate, plan())
+    if plan is not None:
+        confirm_plan(plan)
     driver = Driver(runtime, name, options, details)
-    answer: Any = None
-    try:
-        while True:
-            need = rounds.send(answer)
-            if isinstance(need, Embed):
-                found = runtime.embed_texts(need.texts, **driver.embed_options)
-                answer = driver.embedded(need.texts, found)
-            else:
-                run = start_map(
-                    runtime, driver.frame(need), "{prompt}", **driver.round_options(need)
-                )
-                show(run, driver.progress_of(need))
-                answer = driver.answered(need, run.result())
-    except StopIteration as stop:
-        value: T = stop.value
-        return _with_summary(value, driver)
+    return _with_summary(run_steps(rounds, driver.answer), driver)
 
 
 async def adrive(
@@ -235,25 +238,10 @@ async def adrive(
     plan: Callable[[], OperatorPlan] | None = None,
 ) -> T:
     """`drive` for an event loop (cancelling the awaiting task cancels the round)."""
-    if plan is not None and (gate := cost_gate()) is not None:
-        await aconfirm(gate, await asyncio.to_thread(plan))
+    if plan is not None:
+        await aconfirm_plan(plan)
     driver = Driver(runtime, name, options, details)
-    answer: Any = None
-    try:
-        while True:
-            need = rounds.send(answer)
-            if isinstance(need, Embed):
-                found = await runtime.aio.embed_texts(need.texts, **driver.embed_options)
-                answer = driver.embedded(need.texts, found)
-            else:
-                run = start_map(
-                    runtime, driver.frame(need), "{prompt}", **driver.round_options(need)
-                )
-                show(run, driver.progress_of(need))
-                answer = driver.answered(need, await run.aresult())
-    except StopIteration as stop:
-        value: T = stop.value
-        return _with_summary(value, driver)
+    return _with_summary(await arun_steps(rounds, driver.aanswer), driver)
 
 
 def row_texts(runtime: AgentRuntime, frame: object, template: object, field: str) -> list[str]:
@@ -282,7 +270,7 @@ def _with_summary(value: T, driver: Driver) -> T:
 def price_round(runtime: AgentRuntime, ask: Ask, options: dict[str, Any]) -> PlanStep:
     """The plan step of one round (`explain=True`), rows answered before counted as cached;
     nothing is sent."""
-    frame = pd.DataFrame({PROMPT: pd.array(ask.prompts, dtype=object)})
+    frame = _prompts_frame(ask)
     round_options = {k: v for k, v in options.items() if k not in ("embedding_model", "progress")}
     plan = explain_map(
         runtime, frame, "{prompt}", step=ask.step, reply_tokens=ask.reply_tokens, schema=ask.schema,
@@ -306,6 +294,11 @@ def expected_step(
     step = full.scaled(share, name=f"{ask.step} (expected)")
     live = (expected - cached) / expected if expected else 0.0
     return replace(step.scaled(live), name=step.name, calls=expected - cached, cached_calls=cached)
+
+
+def _prompts_frame(ask: Ask) -> pd.DataFrame:
+    """A round's frame: its prompts in the one column `PROMPT`."""
+    return pd.DataFrame({PROMPT: pd.array(ask.prompts, dtype=object)})
 
 
 def _budget(value: object, name: str) -> float | None:
