@@ -19,6 +19,7 @@ comparison's error, counted in the summary (`RoundsSummary.failed`) and read as 
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections.abc import Callable, Generator, Sequence
@@ -31,7 +32,7 @@ import pandas as pd
 from ..errors import InvalidConfig, OperatorStopped, WrongThread
 from ..runtime import AgentRuntime
 from .engine import explain_map, start_map
-from .explain import OperatorPlan, PlanStep, aconfirm_plan, confirm_plan
+from .explain import OperatorPlan, PlanStep, aconfirm_plan, confirm_plan, pop_explain
 from .operation import arun_steps, run_steps
 from .plan import plan_map
 from .progress import Listener, show
@@ -242,6 +243,37 @@ async def adrive(
         await aconfirm_plan(plan)
     driver = Driver(runtime, name, options, details)
     return _with_summary(await arun_steps(rounds, driver.aanswer), driver)
+
+
+@dataclass(frozen=True)
+class RoundsCall:
+    """One call of an operator, its arguments checked: the `rounds` to drive, the
+    summary's `details`, `price(options)` (the plan `explain=True` returns and a notebook's
+    cost gate is shown) and `finish`, what the driven value becomes."""
+
+    runtime: AgentRuntime
+    name: str
+    rounds: Rounds[Any]
+    price: Callable[[dict[str, Any]], OperatorPlan]
+    details: dict[str, Any] | None = None
+    finish: Callable[[Any], Any] = lambda value: value
+
+
+def run_call(call: RoundsCall, options: dict[str, Any]) -> Any:
+    """`call` driven with blocking calls (`drive`), or its plan with `explain=True`."""
+    if pop_explain(options):
+        return call.price(options)
+    plan = functools.partial(call.price, dict(options))
+    return call.finish(drive(call.runtime, call.name, call.rounds, options, call.details, plan))
+
+
+async def arun_call(call: RoundsCall, options: dict[str, Any]) -> Any:
+    """`run_call` for an event loop."""
+    if pop_explain(options):
+        return call.price(options)
+    plan = functools.partial(call.price, dict(options))
+    value = await adrive(call.runtime, call.name, call.rounds, options, call.details, plan)
+    return call.finish(value)
 
 
 def row_texts(runtime: AgentRuntime, frame: object, template: object, field: str) -> list[str]:
