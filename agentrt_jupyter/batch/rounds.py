@@ -20,7 +20,6 @@ comparison's error, counted in the summary (`RoundsSummary.failed`) and read as 
 from __future__ import annotations
 
 import functools
-import math
 import threading
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field, replace
@@ -34,7 +33,7 @@ from ..runtime import AgentRuntime
 from .engine import explain_map, start_map
 from .explain import OperatorPlan, PlanStep, aconfirm_plan, confirm_plan, pop_explain
 from .operation import arun_steps, run_steps
-from .plan import plan_map
+from .plan import plan_map, positive_or_none
 from .progress import Listener, show
 from .run import BatchRun
 
@@ -116,8 +115,8 @@ class Driver:
         self.summary = RoundsSummary(name, details=dict(details or {}))
         self.embedding_model: str | None = options.pop("embedding_model", None)
         self.progress: bool | Listener | None = options.pop("progress", None)
-        self._budget_tokens = _budget(options.pop("budget_tokens", None), "budget_tokens")
-        self._budget_usd = _budget(options.pop("budget_usd", None), "budget_usd")
+        self._budget_tokens = positive_or_none("budget_tokens", options.pop("budget_tokens", None))
+        self._budget_usd = positive_or_none("budget_usd", options.pop("budget_usd", None))
         for name_ in ("schema", "explain", "dry_run"):
             if name_ in options:
                 raise InvalidConfig(f"{name} sets its own {name_}", field=name_)
@@ -331,11 +330,3 @@ def expected_step(
 def _prompts_frame(ask: Ask) -> pd.DataFrame:
     """A round's frame: its prompts in the one column `PROMPT`."""
     return pd.DataFrame({PROMPT: pd.array(ask.prompts, dtype=object)})
-
-
-def _budget(value: object, name: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
-        raise InvalidConfig(f"must be a positive number or None, got {value!r:.40}", field=name)
-    return float(value)
