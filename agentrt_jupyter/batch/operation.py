@@ -71,7 +71,7 @@ def run_operation(
     if threading.current_thread() is runtime.thread:
         raise WrongThread("an operator would deadlock on the runtime thread: await runtime.aio.*")
     confirm_plan(operation.plan)
-    return run_steps(operation.steps(), lambda call: _start(runtime, call, progress).result())
+    return run_steps(operation.steps(), lambda call: start_call(runtime, call, progress).result())
 
 
 async def arun_operation(
@@ -86,7 +86,7 @@ async def arun_operation(
         return await asyncio.to_thread(operation.plan)
     await aconfirm_plan(operation.plan)
     return await arun_steps(
-        operation.steps(), lambda call: _start(runtime, call, progress).aresult()
+        operation.steps(), lambda call: start_call(runtime, call, progress).aresult()
     )
 
 
@@ -113,8 +113,9 @@ async def arun_steps(steps: Generator[N, Any, T], answer: Callable[[N], Awaitabl
         return value
 
 
-def _start(runtime: AgentRuntime, call: MapCall, progress: bool | Listener | None) -> BatchRun:
-    """The map run `call` asks for, started, its progress shown."""
+def start_call(runtime: AgentRuntime, call: MapCall, progress: bool | Listener | None) -> BatchRun:
+    """The map run `call` asks for, started, its progress shown (every operator's map runs
+    start here)."""
     run = start_map(runtime, call.frame, call.template, **call.options)
     show(run, progress)
     return run

@@ -30,11 +30,11 @@ import pandas as pd
 
 from ..errors import InvalidConfig, OperatorStopped, WrongThread
 from ..runtime import AgentRuntime
-from .engine import explain_map, start_map
+from .engine import explain_map
 from .explain import OperatorPlan, PlanStep, aconfirm_plan, confirm_plan, pop_explain
-from .operation import arun_steps, run_steps
+from .operation import MapCall, arun_steps, run_steps, start_call
 from .plan import plan_map, positive_or_none
-from .progress import Listener, show
+from .progress import Listener
 from .run import BatchRun
 
 PROMPT = "prompt"
@@ -205,9 +205,8 @@ class Driver:
 
     def _start(self, ask: Ask) -> BatchRun:
         """The round's map run over its prompts, started, its progress shown."""
-        run = start_map(self.runtime, _prompts_frame(ask), "{prompt}", **self.round_options(ask))
-        show(run, self.progress_of(ask))
-        return run
+        call = MapCall(_prompts_frame(ask), "{prompt}", self.round_options(ask))
+        return start_call(self.runtime, call, self.progress_of(ask))
 
 
 def drive(
