@@ -26,8 +26,17 @@ import pandas as pd
 from ..errors import InvalidConfig
 from ..operators import Operator
 from ..runtime import AgentRuntime
-from .explain import OperatorPlan, pop_explain
-from .rounds import Ask, Rounds, adrive, check_runtime, drive, price_round, row_texts
+from .engine import check_runtime
+from .explain import OperatorPlan
+from .rounds import (
+    Ask,
+    Rounds,
+    RoundsCall,
+    arun_call,
+    price_round,
+    row_texts,
+    run_call,
+)
 
 DEFAULT_CONTEXT_CHARS = 24_000
 """About 6,000 tokens of rows per call (at 4 characters a token): small models' contexts."""
@@ -230,6 +239,15 @@ def _prepare(
     return checked, groups, names, instruction, _limit(context_chars)
 
 
+def _call(
+    runtime: object, frame: object, instruction: object, by: object, on: object, chars: object
+) -> RoundsCall:
+    checked, groups, names, text, limit = _prepare(runtime, frame, instruction, by, on, chars)
+    price = functools.partial(_explain, checked, groups, text, limit)
+    rounds = agg_rounds(groups, text, limit, names)
+    return RoundsCall(checked, "agg", rounds, price, finish=_with_fold)
+
+
 def _with_fold(result: pd.DataFrame) -> pd.DataFrame:
     result.attrs["agentrt"].details["fold"] = result.attrs.pop("fold", {})
     return result
@@ -248,14 +266,7 @@ def agg(
 ) -> Any:
     """One answer to `instruction` per group of `by`; see the module docstring.
     `options` are map's; `explain=True` returns the plan instead."""
-    checked, groups, names, text, limit = _prepare(
-        runtime, frame, instruction, by, on, context_chars
-    )
-    if pop_explain(options):
-        return _explain(checked, groups, text, limit, options)
-    plan = functools.partial(_explain, checked, groups, text, limit, dict(options))
-    rounds = agg_rounds(groups, text, limit, names)
-    return _with_fold(drive(checked, "agg", rounds, options, plan=plan))
+    return run_call(_call(runtime, frame, instruction, by, on, context_chars), options)
 
 
 async def aagg(
@@ -270,14 +281,7 @@ async def aagg(
     **options: Any,
 ) -> Any:
     """`agg` for an event loop."""
-    checked, groups, names, text, limit = _prepare(
-        runtime, frame, instruction, by, on, context_chars
-    )
-    if pop_explain(options):
-        return _explain(checked, groups, text, limit, options)
-    plan = functools.partial(_explain, checked, groups, text, limit, dict(options))
-    rounds = agg_rounds(groups, text, limit, names)
-    return _with_fold(await adrive(checked, "agg", rounds, options, plan=plan))
+    return await arun_call(_call(runtime, frame, instruction, by, on, context_chars), options)
 
 
 def _explain(

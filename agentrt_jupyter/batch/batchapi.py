@@ -10,13 +10,15 @@ its results `(row key, Outcome)` pairs.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from ..backends.base import BLOCKED_FINISH_REASONS
 from ..conversation import Usage
-from ..errors import QuotaExceeded
+from ..errors import BackendError, InvalidConfig, QuotaExceeded
 
 if TYPE_CHECKING:
     from .plan import MapPlan
@@ -91,6 +93,58 @@ def quota_as_error(boundary: AbstractContextManager[None]) -> Iterator[None]:
             quota_id=info.quota_id,
             scope=info.scope,
         ) from None
+
+
+@contextlib.contextmanager
+def missing_api_as_invalid(host: str, api: str, route: str | None) -> Iterator[None]:
+    """A 404 (or 405) on `route` means the server at `host` has no `api`: `InvalidConfig`
+    pointing to mode='live' (no `route`: every error stays as it is)."""
+    try:
+        yield
+    except BackendError as exc:
+        if route is None or exc.code not in (404, 405):
+            raise
+        raise InvalidConfig(
+            f"the server at {host} has no {api} ({route} answered {exc.code}): use mode='live'",
+            field="mode",
+        ) from None
+
+
+def check_job_size(prompts: dict[str, str], most: int, job: str) -> None:
+    """`InvalidConfig` for more rows than one `job` (as the message names it) takes."""
+    if len(prompts) > most:
+        raise InvalidConfig(
+            f"{job} takes at most {most:,} requests, this one has {len(prompts):,}: "
+            "map the frame in parts",
+            field="mode",
+        )
+
+
+def keyed_entry(line: str, key_field: str) -> tuple[str | None, dict[str, Any]] | None:
+    """One JSONL result line as its row key (from `key_field`) and its object (None: the
+    line is not a JSON object)."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(entry, dict):
+        return None
+    key = entry.get(key_field)
+    return (str(key) if key is not None else None), entry
+
+
+def reply_outcome(
+    text: str, finish: str | None, usage: Usage, reason_name: str, reason: object
+) -> Outcome:
+    """A reply's outcome from its finish reason (ours; None: the reply has none, it was
+    cut off): a problem where the service stopped it. `reason_name` and `reason`: the
+    provider's word for it ("stop reason") and its own value, for the message."""
+    if finish in BLOCKED_FINISH_REASONS:
+        why = f"the service stopped the reply ({reason_name} {reason})"
+        return Outcome(text, finish, usage, why)
+    if finish is None:
+        return Outcome(text, None, usage, f"the reply has no {reason_name} (truncated)")
+    return Outcome(text, finish, usage)
 
 
 def single_prompt_request(plan: MapPlan, prompt: str) -> Any:

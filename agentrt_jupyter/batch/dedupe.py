@@ -23,16 +23,23 @@ import pandas as pd
 from ..errors import InvalidConfig
 from ..operators import Operator
 from ..runtime import AgentRuntime
-from .explain import OperatorPlan, pop_explain
+from .engine import check_runtime
+from .explain import OperatorPlan
 from .join import nearest
-from .rounds import Ask, Embed, Rounds, adrive, check_runtime, drive, expected_step, row_texts
+from .rounds import (
+    Ask,
+    Embed,
+    Rounds,
+    RoundsCall,
+    arun_call,
+    expected_step,
+    row_texts,
+    run_call,
+)
+from .schema import yes_no_schema
 
 FIELD = "same"
-SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {FIELD: {"type": "boolean"}},
-    "required": [FIELD],
-}
+SCHEMA = yes_no_schema(FIELD)
 QUESTION = (
     "Do these two records describe the same real-world entity?\n"
     "First: {first}\nSecond: {second}\n"
@@ -122,6 +129,14 @@ def _prepare(
     return checked, frame, row_texts(checked, frame, template, "template"), candidates
 
 
+def _call(runtime: object, frame: object, template: object, candidates: object) -> RoundsCall:
+    checked, data, texts, count = _prepare(runtime, frame, template, candidates)
+    price = functools.partial(_explain, checked, texts, count)
+    finish = functools.partial(_aligned, frame=data)
+    rounds = dedupe_rounds(texts, count)
+    return RoundsCall(checked, "dedupe", rounds, price, {"candidates": count}, finish)
+
+
 def _aligned(series: pd.Series, frame: pd.DataFrame) -> pd.Series:
     series.index = frame.index
     details = series.attrs["agentrt"].details
@@ -141,12 +156,7 @@ def dedupe(
 ) -> Any:
     """A cluster id per row of `frame`; see the module docstring. `options` are map's;
     `embedding_model=` the model that embeds; `explain=True` returns the plan instead."""
-    checked, data, texts, count = _prepare(runtime, frame, template, candidates)
-    if pop_explain(options):
-        return _explain(checked, texts, count, options)
-    plan = functools.partial(_explain, checked, texts, count, dict(options))
-    rounds = dedupe_rounds(texts, count)
-    return _aligned(drive(checked, "dedupe", rounds, options, {"candidates": count}, plan), data)
+    return run_call(_call(runtime, frame, template, candidates), options)
 
 
 async def adedupe(
@@ -159,13 +169,7 @@ async def adedupe(
     **options: Any,
 ) -> Any:
     """`dedupe` for an event loop."""
-    checked, data, texts, count = _prepare(runtime, frame, template, candidates)
-    if pop_explain(options):
-        return _explain(checked, texts, count, options)
-    plan = functools.partial(_explain, checked, texts, count, dict(options))
-    rounds = dedupe_rounds(texts, count)
-    details = {"candidates": count}
-    return _aligned(await adrive(checked, "dedupe", rounds, options, details, plan), data)
+    return await arun_call(_call(runtime, frame, template, candidates), options)
 
 
 def _explain(

@@ -21,8 +21,9 @@ from ..embedding import TEXTS_PER_CALL, EmbeddedTexts
 from ..errors import InvalidConfig
 from ..operators import Operator
 from ..runtime import AgentRuntime
+from .engine import check_runtime
 from .explain import OperatorPlan, PlanStep, pop_explain
-from .rounds import check_runtime, row_texts
+from .rounds import row_texts
 
 NAME = "embedding"
 

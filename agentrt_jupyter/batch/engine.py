@@ -14,6 +14,7 @@ package root registers them with `agentrt_jupyter.operators`, so the runtime imp
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import weakref
@@ -26,7 +27,7 @@ from ..errors import InvalidConfig, RuntimeClosed, StoreError, WrongThread
 from ..operators import Operator
 from ..runtime import AgentRuntime
 from ..stores.base import ResultsStore
-from .explain import OperatorPlan, aconfirm, confirm, cost_gate, plan_frame, pop_explain
+from .explain import OperatorPlan, aconfirm_plan, confirm_plan, plan_frame, pop_explain
 from .live import answer_live
 from .plan import MapPlan, plan_map
 from .progress import Listener, show
@@ -72,7 +73,7 @@ def checked_plan(
 ) -> MapPlan:
     """The plan of a map run of `template` over `frame` with `options` (see `start_map`),
     every option checked (`InvalidConfig`); nothing starts."""
-    _check_runtime(runtime)
+    check_runtime(runtime)
     if "runtime" in options:
         raise InvalidConfig(
             "the map already runs on the runtime it was called on: leave out runtime=",
@@ -133,13 +134,12 @@ def map_frame(
     In a notebook, a run estimated above `AgentMagics.confirm_cost` asks first (see
     `explain`); `CostNotApproved` if it is not approved.
     """
-    _check_runtime(runtime)
+    check_runtime(runtime)
     if pop_explain(options):
         return explain_map(runtime, frame, template, **options)
     if threading.current_thread() is runtime.thread:
         raise WrongThread("map() would deadlock on the runtime thread: await runtime.aio.map()")
-    if (gate := cost_gate()) is not None:
-        confirm(gate, explain_map(runtime, frame, template, **options))
+    confirm_plan(functools.partial(explain_map, runtime, frame, template, **options))
     run = start_map(runtime, frame, template, **options)
     show(run, progress)
     return run.result()
@@ -158,9 +158,7 @@ async def amap_frame(
     Cancel button works while the rows run); cancelling the awaiting task cancels the run."""
     if pop_explain(options):
         return await asyncio.to_thread(explain_map, runtime, frame, template, **options)
-    if (gate := cost_gate()) is not None:
-        plan = await asyncio.to_thread(explain_map, runtime, frame, template, **options)
-        await aconfirm(gate, plan)
+    await aconfirm_plan(functools.partial(explain_map, runtime, frame, template, **options))
     run = start_map(runtime, frame, template, **options)
     show(run, progress)
     return await run.aresult()
@@ -182,14 +180,15 @@ def cancel_maps(runtime: AgentRuntime) -> int:
     return len(runs)
 
 
-def _check_runtime(runtime: object) -> None:
-    """`InvalidConfig` unless `runtime` is an `AgentRuntime` (a caller's `runtime=`)."""
+def check_runtime(runtime: object) -> AgentRuntime:
+    """`runtime` if it is an `AgentRuntime` (a caller's `runtime=`; `InvalidConfig` if not)."""
     if not isinstance(runtime, AgentRuntime):
         raise InvalidConfig(
             f"must be an AgentRuntime, got {type(runtime).__name__}: pass runtime=AgentRuntime"
             "(...), or leave it out in a notebook after %load_ext agentrt_jupyter",
             field="runtime",
         )
+    return runtime
 
 
 def _results_store(runtime: AgentRuntime, store: str | Path | None) -> tuple[ResultsStore, bool]:

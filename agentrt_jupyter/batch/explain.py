@@ -25,6 +25,7 @@ is none and nothing asks.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import math
 from collections.abc import Callable, Iterable, MutableMapping
@@ -295,6 +296,19 @@ async def aconfirm(gate: CostGate, plan: OperatorPlan) -> None:
     """`confirm` for an awaiting caller."""
     if _passes(gate, plan) and not await gate.aask(plan):
         raise _not_approved(gate, plan)
+
+
+def confirm_plan(make_plan: Callable[[], OperatorPlan]) -> None:
+    """Where a gate asks (a notebook), make the plan and `confirm` it; elsewhere no plan
+    is made."""
+    if (gate := cost_gate()) is not None:
+        confirm(gate, make_plan())
+
+
+async def aconfirm_plan(make_plan: Callable[[], OperatorPlan]) -> None:
+    """`confirm_plan` for an awaiting caller (the plan is made on a worker thread)."""
+    if (gate := cost_gate()) is not None:
+        await aconfirm(gate, await asyncio.to_thread(make_plan))
 
 
 def _passes(gate: CostGate, plan: OperatorPlan) -> bool:

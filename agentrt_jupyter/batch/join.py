@@ -29,15 +29,24 @@ import pandas as pd
 from ..errors import InvalidConfig
 from ..operators import Operator
 from ..runtime import AgentRuntime
-from .explain import OperatorPlan, pop_explain
-from .rounds import Ask, Embed, Rounds, adrive, check_runtime, drive, expected_step, row_texts
+from .engine import check_runtime
+from .explain import OperatorPlan
+from .rounds import (
+    Ask,
+    Embed,
+    Rounds,
+    RoundsCall,
+    adrive,
+    arun_call,
+    drive,
+    expected_step,
+    row_texts,
+    run_call,
+)
+from .schema import yes_no_schema
 
 FIELD = "match"
-SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {FIELD: {"type": "boolean"}},
-    "required": [FIELD],
-}
+SCHEMA = yes_no_schema(FIELD)
 QUESTION = (
     "Does this statement hold? {statement}\n"
     'Answer with JSON {{"match": true}} if it does, else {{"match": false}}.'
@@ -247,6 +256,20 @@ def _join_plan(
     return checked, _JoinPlan(checked, *frames, template, count, left_on, right_on)
 
 
+def _call(
+    runtime: object,
+    left: object,
+    right: object,
+    template: object,
+    candidates: object,
+    left_on: str | None,
+    right_on: str | None,
+) -> RoundsCall:
+    checked, plan = _join_plan(runtime, left, right, template, candidates, left_on, right_on)
+    price = functools.partial(_explain, checked, plan)
+    return RoundsCall(checked, "join", join_rounds(plan), price, _details(plan), _checked)
+
+
 def _details(plan: _JoinPlan) -> dict[str, Any]:
     n, m = len(plan.left), len(plan.right)
     return {"candidates": plan.candidates, "all_pairs": n * m}
@@ -266,11 +289,8 @@ def join(
 ) -> Any:
     """The pairs of rows for which the model says `template` holds; see the module
     docstring. `options` are map's; `embedding_model=` the model that embeds."""
-    checked, plan = _join_plan(runtime, left, right, template, candidates, left_on, right_on)
-    if pop_explain(options):
-        return _explain(checked, plan, options)
-    priced = functools.partial(_explain, checked, plan, dict(options))
-    return _checked(drive(checked, "join", join_rounds(plan), options, _details(plan), priced))
+    call = _call(runtime, left, right, template, candidates, left_on, right_on)
+    return run_call(call, options)
 
 
 async def ajoin(
@@ -286,12 +306,8 @@ async def ajoin(
     **options: Any,
 ) -> Any:
     """`join` for an event loop."""
-    checked, plan = _join_plan(runtime, left, right, template, candidates, left_on, right_on)
-    if pop_explain(options):
-        return _explain(checked, plan, options)
-    priced = functools.partial(_explain, checked, plan, dict(options))
-    result = await adrive(checked, "join", join_rounds(plan), options, _details(plan), priced)
-    return _checked(result)
+    call = _call(runtime, left, right, template, candidates, left_on, right_on)
+    return await arun_call(call, options)
 
 
 def _checked(result: pd.DataFrame) -> pd.DataFrame:

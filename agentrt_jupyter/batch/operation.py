@@ -17,19 +17,23 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Generator
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..errors import WrongThread
 from .engine import start_map
-from .explain import OperatorPlan, aconfirm, confirm, cost_gate
+from .explain import OperatorPlan, aconfirm_plan, confirm_plan
 from .progress import Listener, show
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from ..runtime import AgentRuntime
+    from .run import BatchRun
+
+N = TypeVar("N")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -66,17 +70,8 @@ def run_operation(
         return operation.plan()
     if threading.current_thread() is runtime.thread:
         raise WrongThread("an operator would deadlock on the runtime thread: await runtime.aio.*")
-    if (gate := cost_gate()) is not None:
-        confirm(gate, operation.plan())
-    steps = operation.steps()
-    try:
-        call = next(steps)
-        while True:
-            run = start_map(runtime, call.frame, call.template, **call.options)
-            show(run, progress)
-            call = steps.send(run.result())
-    except StopIteration as done:
-        return done.value
+    confirm_plan(operation.plan)
+    return run_steps(operation.steps(), lambda call: start_call(runtime, call, progress).result())
 
 
 async def arun_operation(
@@ -89,14 +84,38 @@ async def arun_operation(
     """`run_operation` for an event loop (a cell's top-level await)."""
     if explain:
         return await asyncio.to_thread(operation.plan)
-    if (gate := cost_gate()) is not None:
-        await aconfirm(gate, await asyncio.to_thread(operation.plan))
-    steps = operation.steps()
+    await aconfirm_plan(operation.plan)
+    return await arun_steps(
+        operation.steps(), lambda call: start_call(runtime, call, progress).aresult()
+    )
+
+
+def run_steps(steps: Generator[N, Any, T], answer: Callable[[N], Any]) -> T:
+    """Drive `steps` with blocking calls: each need it yields is sent `answer(need)`; what
+    it returns. (Operators written as generators, here and in `rounds`, run on this.)"""
+    answered: Any = None
     try:
-        call = next(steps)
         while True:
-            run = start_map(runtime, call.frame, call.template, **call.options)
-            show(run, progress)
-            call = steps.send(await run.aresult())
+            answered = answer(steps.send(answered))
     except StopIteration as done:
-        return done.value
+        value: T = done.value
+        return value
+
+
+async def arun_steps(steps: Generator[N, Any, T], answer: Callable[[N], Awaitable[Any]]) -> T:
+    """`run_steps` for an event loop: each answer is awaited."""
+    answered: Any = None
+    try:
+        while True:
+            answered = await answer(steps.send(answered))
+    except StopIteration as done:
+        value: T = done.value
+        return value
+
+
+def start_call(runtime: AgentRuntime, call: MapCall, progress: bool | Listener | None) -> BatchRun:
+    """The map run `call` asks for, started, its progress shown (every operator's map runs
+    start here)."""
+    run = start_map(runtime, call.frame, call.template, **call.options)
+    show(run, progress)
+    return run

@@ -134,8 +134,8 @@ def plan_map(
         schema=parsed,
         concurrency=concurrency,
         max_concurrency=most,
-        rpm=_positive("rpm", rpm),
-        tpm=_positive("tpm", tpm),
+        rpm=positive_or_none("rpm", rpm),
+        tpm=positive_or_none("tpm", tpm),
         budget_tokens=tokens,
         budget_usd=usd,
         price=price,
@@ -225,7 +225,7 @@ def _concurrency(concurrency: object, max_concurrency: object) -> tuple[int, int
 
 
 def _budget_usd(budget_usd: object, model: str, price: ModelPrice | None) -> float | None:
-    usd = _positive("budget_usd", budget_usd)
+    usd = positive_or_none("budget_usd", budget_usd)
     if usd is not None and price is None:
         raise InvalidConfig(
             f"no price is known for model {model!r}: add one with agentrt_jupyter.batch."
@@ -385,7 +385,9 @@ def _integer(name: str, value: object, low: int, high: int) -> int:
     return value
 
 
-def _positive(name: str, value: object) -> float | None:
+def positive_or_none(name: str, value: object) -> float | None:
+    """`value` as a float if it is a positive finite number; None stays None
+    (`InvalidConfig` naming option `name` otherwise)."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:

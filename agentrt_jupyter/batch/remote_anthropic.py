@@ -15,10 +15,18 @@ import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..backends.base import BLOCKED_FINISH_REASONS
 from ..conversation import Usage
-from ..errors import BackendError, InvalidConfig
-from .batchapi import JobStatus, Outcome, Phase, quota_as_error, single_prompt_request
+from ..errors import InvalidConfig
+from .batchapi import (
+    JobStatus,
+    Outcome,
+    Phase,
+    check_job_size,
+    missing_api_as_invalid,
+    quota_as_error,
+    reply_outcome,
+    single_prompt_request,
+)
 
 if TYPE_CHECKING:
     from .plan import MapPlan
@@ -52,25 +60,14 @@ class AnthropicBatchApi:
 
         call = MessageStream()
         call.answered = sent
-        try:
-            with quota_as_error(translate_errors(call)):
-                yield
-        except BackendError as exc:
-            if route is None or exc.code not in (404, 405):
-                raise
-            raise InvalidConfig(
-                f"the server at {self._host} has no Message Batches API ({route} answered "
-                f"{exc.code}): use mode='live'",
-                field="mode",
-            ) from None
+        with (
+            missing_api_as_invalid(self._host, "Message Batches API", route),
+            quota_as_error(translate_errors(call)),
+        ):
+            yield
 
     async def submit(self, plan: MapPlan, prompts: dict[str, str], label: str) -> JobStatus:
-        if len(prompts) > MAX_REQUESTS:
-            raise InvalidConfig(
-                f"an Anthropic message batch takes at most {MAX_REQUESTS:,} requests, this "
-                f"one has {len(prompts):,}: map the frame in parts",
-                field="mode",
-            )
+        check_job_size(prompts, MAX_REQUESTS, "an Anthropic message batch")
         requests = [
             {"custom_id": key, "params": _params(plan, prompt)} for key, prompt in prompts.items()
         ]
@@ -146,9 +143,4 @@ def _message(message: Any) -> Outcome:
     text = "".join(block.text for block in message.content if block.type == "text")
     reason = message.stop_reason
     finish = None if reason is None else FINISH_REASONS.get(str(reason), "OTHER")
-    if finish in BLOCKED_FINISH_REASONS:
-        why = f"the service stopped the reply (stop reason {reason})"
-        return Outcome(text, finish, usage, why)
-    if finish is None:
-        return Outcome(text, None, usage, "the reply has no stop reason (truncated)")
-    return Outcome(text, finish, usage)
+    return reply_outcome(text, finish, usage, "stop reason", reason)

@@ -16,9 +16,8 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..backends.base import BLOCKED_FINISH_REASONS
 from ..conversation import Usage
-from .batchapi import JobStatus, Outcome, Phase, quota_as_error
+from .batchapi import JobStatus, Outcome, Phase, keyed_entry, quota_as_error, reply_outcome
 
 if TYPE_CHECKING:
     from .plan import MapPlan
@@ -178,14 +177,10 @@ def _file_result(line: str) -> tuple[str | None, Outcome] | None:
     """One line of a result file (None: not a result)."""
     from google.genai import types
 
-    try:
-        entry = json.loads(line)
-    except ValueError:
+    keyed = keyed_entry(line, "key")
+    if keyed is None:
         return None
-    if not isinstance(entry, dict):
-        return None
-    key = entry.get("key")
-    key = str(key) if key is not None else None
+    key, entry = keyed
     if isinstance(entry.get("response"), dict):
         return key, _reply(types.GenerateContentResponse.model_validate(entry["response"]))
     problem = entry.get("error") or entry.get("status") or "no response"
@@ -215,12 +210,7 @@ def _reply(response: Any) -> Outcome:
     finish_name = str(getattr(finish, "value", finish)) if finish is not None else None
     parts = (candidate.content.parts if candidate.content else None) or []
     text = "".join(p.text for p in parts if p.text and not p.thought)
-    if finish_name in BLOCKED_FINISH_REASONS:
-        why = f"the service stopped the reply (finish reason {finish_name})"
-        return Outcome(text, finish_name, usage, why)
-    if finish_name is None:
-        return Outcome(text, None, usage, "the reply has no finish reason (truncated)")
-    return Outcome(text, finish_name, usage)
+    return reply_outcome(text, finish_name, usage, "finish reason", finish_name)
 
 
 def _error_text(error: Any) -> str:

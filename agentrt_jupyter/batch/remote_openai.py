@@ -16,10 +16,20 @@ import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
-from ..backends.base import BLOCKED_FINISH_REASONS, excerpt
+from ..backends.base import excerpt
 from ..conversation import Usage
-from ..errors import BackendError, InvalidConfig
-from .batchapi import JobStatus, Outcome, Phase, quota_as_error, single_prompt_request
+from ..errors import InvalidConfig
+from .batchapi import (
+    JobStatus,
+    Outcome,
+    Phase,
+    check_job_size,
+    keyed_entry,
+    missing_api_as_invalid,
+    quota_as_error,
+    reply_outcome,
+    single_prompt_request,
+)
 
 if TYPE_CHECKING:
     from ..backends.openai import OpenAIBackend
@@ -57,25 +67,14 @@ class OpenAIBatchApi:
     @contextlib.contextmanager
     def _errors(self, route: str | None = None) -> Iterator[None]:
         """Ours for the SDK's; a 404 (or 405) on `route` means the host has no Batch API."""
-        try:
-            with quota_as_error(self._backend.errors()):
-                yield
-        except BackendError as exc:
-            if route is None or exc.code not in (404, 405):
-                raise
-            raise InvalidConfig(
-                f"the server at {self._host} has no OpenAI Batch API ({route} answered "
-                f"{exc.code}): use mode='live'",
-                field="mode",
-            ) from None
+        with (
+            missing_api_as_invalid(self._host, "OpenAI Batch API", route),
+            quota_as_error(self._backend.errors()),
+        ):
+            yield
 
     async def submit(self, plan: MapPlan, prompts: dict[str, str], label: str) -> JobStatus:
-        if len(prompts) > MAX_REQUESTS:
-            raise InvalidConfig(
-                f"an OpenAI batch takes at most {MAX_REQUESTS:,} requests, this one has "
-                f"{len(prompts):,}: map the frame in parts",
-                field="mode",
-            )
+        check_job_size(prompts, MAX_REQUESTS, "an OpenAI batch")
         data = b"".join(_request_line(plan, key, prompt) for key, prompt in prompts.items())
         with self._errors("POST /files"):
             uploaded = await self._client.files.create(
@@ -137,14 +136,10 @@ def _status(batch: Any) -> JobStatus:
 
 def _result(line: str) -> tuple[str | None, Outcome] | None:
     """One line of an output or error file (None: not a result)."""
-    try:
-        entry = json.loads(line)
-    except ValueError:
+    keyed = keyed_entry(line, "custom_id")
+    if keyed is None:
         return None
-    if not isinstance(entry, dict):
-        return None
-    key = entry.get("custom_id")
-    key = str(key) if key is not None else None
+    key, entry = keyed
     response = entry.get("response")
     error = entry.get("error")
     if isinstance(error, dict):
@@ -184,7 +179,4 @@ def _completion(body: object) -> Outcome:
     text = choice.message.content or ""
     reason = choice.finish_reason  # always there: the SDK's model requires it
     finish = FINISH_REASONS.get(str(reason), "OTHER")
-    if finish in BLOCKED_FINISH_REASONS:
-        why = f"the service stopped the reply (finish reason {reason})"
-        return Outcome(text, finish, usage, why)
-    return Outcome(text, finish, usage)
+    return reply_outcome(text, finish, usage, "finish reason", reason)

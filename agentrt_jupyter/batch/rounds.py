@@ -5,9 +5,9 @@ as one map run over a frame of prompts, so the map engine's cache, quota-aware
 concurrency, resume, budgets, progress and cancel all apply) or `Embed` (texts to embed,
 `runtime.embed_texts`) — and gets the answer back. `drive` runs it with blocking calls
 (as `runtime.map`), `adrive` awaiting (as `runtime.aio.map`): one implementation, two
-drivers. (`operation.py` drives filter/classify/extract the same way with map runs only;
-these operators also embed, spend one budget over many rounds, and stop on a round left
-unanswered.)
+drivers. (`operation.py` drives filter/classify/extract on the same loop, `run_steps`,
+with map runs only; these operators also embed, spend one budget over many rounds, and
+stop on a round left unanswered.)
 
 Every round of one call shares the caller's map options; `budget_tokens` / `budget_usd`
 are the whole operator's, each round getting what is left. A round that leaves rows
@@ -19,8 +19,7 @@ comparison's error, counted in the summary (`RoundsSummary.failed`) and read as 
 
 from __future__ import annotations
 
-import asyncio
-import math
+import functools
 import threading
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field, replace
@@ -31,10 +30,12 @@ import pandas as pd
 
 from ..errors import InvalidConfig, OperatorStopped, WrongThread
 from ..runtime import AgentRuntime
-from .engine import explain_map, start_map
-from .explain import OperatorPlan, PlanStep, aconfirm, confirm, cost_gate
-from .plan import plan_map
-from .progress import Listener, show
+from .engine import explain_map
+from .explain import OperatorPlan, PlanStep, aconfirm_plan, confirm_plan, pop_explain
+from .operation import MapCall, arun_steps, run_steps, start_call
+from .plan import plan_map, positive_or_none
+from .progress import Listener
+from .run import BatchRun
 
 PROMPT = "prompt"
 """The one column of a round's frame; the round's template is `{prompt}`."""
@@ -114,8 +115,8 @@ class Driver:
         self.summary = RoundsSummary(name, details=dict(details or {}))
         self.embedding_model: str | None = options.pop("embedding_model", None)
         self.progress: bool | Listener | None = options.pop("progress", None)
-        self._budget_tokens = _budget(options.pop("budget_tokens", None), "budget_tokens")
-        self._budget_usd = _budget(options.pop("budget_usd", None), "budget_usd")
+        self._budget_tokens = positive_or_none("budget_tokens", options.pop("budget_tokens", None))
+        self._budget_usd = positive_or_none("budget_usd", options.pop("budget_usd", None))
         for name_ in ("schema", "explain", "dry_run"):
             if name_ in options:
                 raise InvalidConfig(f"{name} sets its own {name_}", field=name_)
@@ -188,8 +189,24 @@ class Driver:
             return np.zeros((0, 0), dtype=np.float32)
         return np.asarray(found.vectors, dtype=np.float32)
 
-    def frame(self, ask: Ask) -> pd.DataFrame:
-        return pd.DataFrame({PROMPT: pd.array(ask.prompts, dtype=object)})
+    def answer(self, need: Need) -> Any:
+        """A need's answer, waited for here (Ctrl-C cancels the round and re-raises)."""
+        if isinstance(need, Embed):
+            found = self.runtime.embed_texts(need.texts, **self.embed_options)
+            return self.embedded(need.texts, found)
+        return self.answered(need, self._start(need).result())
+
+    async def aanswer(self, need: Need) -> Any:
+        """`answer` for an event loop (cancelling the awaiting task cancels the round)."""
+        if isinstance(need, Embed):
+            found = await self.runtime.aio.embed_texts(need.texts, **self.embed_options)
+            return self.embedded(need.texts, found)
+        return self.answered(need, await self._start(need).aresult())
+
+    def _start(self, ask: Ask) -> BatchRun:
+        """The round's map run over its prompts, started, its progress shown."""
+        call = MapCall(_prompts_frame(ask), "{prompt}", self.round_options(ask))
+        return start_call(self.runtime, call, self.progress_of(ask))
 
 
 def drive(
@@ -205,25 +222,10 @@ def drive(
     operator whose `plan()` passes `confirm_cost` asks first, once (see `explain`)."""
     if threading.current_thread() is runtime.thread:
         raise WrongThread(f"{name} would deadlock on the runtime thread: await runtime.aio.{name}")
-    if plan is not None and (gate := cost_gate()) is not None:
-        confirm(gate, plan())
+    if plan is not None:
+        confirm_plan(plan)
     driver = Driver(runtime, name, options, details)
-    answer: Any = None
-    try:
-        while True:
-            need = rounds.send(answer)
-            if isinstance(need, Embed):
-                found = runtime.embed_texts(need.texts, **driver.embed_options)
-                answer = driver.embedded(need.texts, found)
-            else:
-                run = start_map(
-                    runtime, driver.frame(need), "{prompt}", **driver.round_options(need)
-                )
-                show(run, driver.progress_of(need))
-                answer = driver.answered(need, run.result())
-    except StopIteration as stop:
-        value: T = stop.value
-        return _with_summary(value, driver)
+    return _with_summary(run_steps(rounds, driver.answer), driver)
 
 
 async def adrive(
@@ -235,25 +237,41 @@ async def adrive(
     plan: Callable[[], OperatorPlan] | None = None,
 ) -> T:
     """`drive` for an event loop (cancelling the awaiting task cancels the round)."""
-    if plan is not None and (gate := cost_gate()) is not None:
-        await aconfirm(gate, await asyncio.to_thread(plan))
+    if plan is not None:
+        await aconfirm_plan(plan)
     driver = Driver(runtime, name, options, details)
-    answer: Any = None
-    try:
-        while True:
-            need = rounds.send(answer)
-            if isinstance(need, Embed):
-                found = await runtime.aio.embed_texts(need.texts, **driver.embed_options)
-                answer = driver.embedded(need.texts, found)
-            else:
-                run = start_map(
-                    runtime, driver.frame(need), "{prompt}", **driver.round_options(need)
-                )
-                show(run, driver.progress_of(need))
-                answer = driver.answered(need, await run.aresult())
-    except StopIteration as stop:
-        value: T = stop.value
-        return _with_summary(value, driver)
+    return _with_summary(await arun_steps(rounds, driver.aanswer), driver)
+
+
+@dataclass(frozen=True)
+class RoundsCall:
+    """One call of an operator, its arguments checked: the `rounds` to drive, the
+    summary's `details`, `price(options)` (the plan `explain=True` returns and a notebook's
+    cost gate is shown) and `finish`, what the driven value becomes."""
+
+    runtime: AgentRuntime
+    name: str
+    rounds: Rounds[Any]
+    price: Callable[[dict[str, Any]], OperatorPlan]
+    details: dict[str, Any] | None = None
+    finish: Callable[[Any], Any] = lambda value: value
+
+
+def run_call(call: RoundsCall, options: dict[str, Any]) -> Any:
+    """`call` driven with blocking calls (`drive`), or its plan with `explain=True`."""
+    if pop_explain(options):
+        return call.price(options)
+    plan = functools.partial(call.price, dict(options))
+    return call.finish(drive(call.runtime, call.name, call.rounds, options, call.details, plan))
+
+
+async def arun_call(call: RoundsCall, options: dict[str, Any]) -> Any:
+    """`run_call` for an event loop."""
+    if pop_explain(options):
+        return call.price(options)
+    plan = functools.partial(call.price, dict(options))
+    value = await adrive(call.runtime, call.name, call.rounds, options, call.details, plan)
+    return call.finish(value)
 
 
 def row_texts(runtime: AgentRuntime, frame: object, template: object, field: str) -> list[str]:
@@ -272,17 +290,6 @@ def row_texts(runtime: AgentRuntime, frame: object, template: object, field: str
     return texts
 
 
-def check_runtime(runtime: object) -> AgentRuntime:
-    """`runtime` if it is an `AgentRuntime` (`InvalidConfig` if not)."""
-    if not isinstance(runtime, AgentRuntime):
-        raise InvalidConfig(
-            f"must be an AgentRuntime, got {type(runtime).__name__}: pass runtime=AgentRuntime"
-            "(...), or leave it out in a notebook after %load_ext agentrt_jupyter",
-            field="runtime",
-        )
-    return runtime
-
-
 def _with_summary(value: T, driver: Driver) -> T:
     attrs = getattr(value, "attrs", None)
     if isinstance(attrs, dict):
@@ -293,7 +300,7 @@ def _with_summary(value: T, driver: Driver) -> T:
 def price_round(runtime: AgentRuntime, ask: Ask, options: dict[str, Any]) -> PlanStep:
     """The plan step of one round (`explain=True`), rows answered before counted as cached;
     nothing is sent."""
-    frame = pd.DataFrame({PROMPT: pd.array(ask.prompts, dtype=object)})
+    frame = _prompts_frame(ask)
     round_options = {k: v for k, v in options.items() if k not in ("embedding_model", "progress")}
     plan = explain_map(
         runtime, frame, "{prompt}", step=ask.step, reply_tokens=ask.reply_tokens, schema=ask.schema,
@@ -319,9 +326,6 @@ def expected_step(
     return replace(step.scaled(live), name=step.name, calls=expected - cached, cached_calls=cached)
 
 
-def _budget(value: object, name: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
-        raise InvalidConfig(f"must be a positive number or None, got {value!r:.40}", field=name)
-    return float(value)
+def _prompts_frame(ask: Ask) -> pd.DataFrame:
+    """A round's frame: its prompts in the one column `PROMPT`."""
+    return pd.DataFrame({PROMPT: pd.array(ask.prompts, dtype=object)})

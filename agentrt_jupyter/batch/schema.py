@@ -109,6 +109,11 @@ def result_schema(spec: object) -> ResultSchema:
     return ResultSchema(_fields(sent), sent, spec)
 
 
+def yes_no_schema(name: str) -> dict[str, Any]:
+    """The JSON schema of a yes/no reply: an object of one required boolean `name`."""
+    return {"type": "object", "properties": {name: {"type": "boolean"}}, "required": [name]}
+
+
 def _fields(json_schema: dict[str, Any]) -> tuple[Field, ...]:
     defs = {**json_schema.get("$defs", {}), **json_schema.get("definitions", {})}
     root = _resolve(json_schema, defs)

@@ -43,7 +43,7 @@ from .explain import OperatorPlan, pop_explain
 from .operation import MapCall, Operation, Steps, arun_operation, run_operation
 from .prices import price_for
 from .progress import BatchProgress, Listener
-from .schema import result_schema
+from .schema import result_schema, yes_no_schema
 
 if TYPE_CHECKING:
     from ..runtime import AgentRuntime
@@ -423,7 +423,7 @@ def _question(
 
 def _filter(runtime: AgentRuntime, frame: Any, template: str, options: dict[str, Any]) -> Filter:
     mask = options.pop("mask", False)
-    schema = {"type": "object", "properties": {"match": {"type": "boolean"}}, "required": ["match"]}
+    schema = yes_no_schema("match")
     question = _question(
         runtime, "filter", frame, template, _FILTER_ASK, schema, options, _REPLY_TOKENS
     )

@@ -33,15 +33,21 @@ import pandas as pd
 from ..errors import InvalidConfig, OperatorStopped
 from ..operators import Operator
 from ..runtime import AgentRuntime
-from .explain import OperatorPlan, pop_explain
-from .rounds import Ask, Rounds, adrive, check_runtime, drive, expected_step, row_texts
+from .engine import check_runtime
+from .explain import OperatorPlan
+from .rounds import (
+    Ask,
+    Rounds,
+    RoundsCall,
+    arun_call,
+    expected_step,
+    row_texts,
+    run_call,
+)
+from .schema import yes_no_schema
 
 FIELD = "first_is_better"
-SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {FIELD: {"type": "boolean"}},
-    "required": [FIELD],
-}
+SCHEMA = yes_no_schema(FIELD)
 PROMPT = (
     "Compare two items by this criterion: {criterion}\n"
     'Answer with JSON {{"first_is_better": true}} if the first item fits the criterion '
@@ -152,6 +158,20 @@ def _prepare(
     return checked, row_texts(checked, frame, by, "by"), text, count, bound
 
 
+def _call(
+    runtime: object,
+    frame: pd.DataFrame,
+    criterion: object,
+    k: object,
+    by: object,
+    max_calls: object,
+) -> RoundsCall:
+    checked, texts, text, count, bound = _prepare(runtime, frame, criterion, k, by, max_calls)
+    price = functools.partial(_explain, checked, texts, text, count, bound)
+    rounds = _as_frame(frame, texts, text, count, bound)
+    return RoundsCall(checked, "topk", rounds, price, {"k": count, "max_calls": bound})
+
+
 def topk(
     runtime: AgentRuntime,
     frame: pd.DataFrame,
@@ -166,13 +186,7 @@ def topk(
     """The k rows of `frame` that fit `criterion` best, best first (`by`: the template
     each row is shown as, `{column}` as map's); `options` are map's (model, concurrency,
     budgets, progress, key, ...). `explain=True` returns the plan instead."""
-    checked, texts, text, count, bound = _prepare(runtime, frame, criterion, k, by, max_calls)
-    if pop_explain(options):
-        return _explain(checked, texts, text, count, bound, options)
-    details = {"k": count, "max_calls": bound}
-    rounds = _as_frame(frame, texts, text, count, bound)
-    plan = functools.partial(_explain, checked, texts, text, count, bound, dict(options))
-    return drive(checked, "topk", rounds, options, details, plan)
+    return run_call(_call(runtime, frame, criterion, k, by, max_calls), options)
 
 
 async def atopk(
@@ -187,13 +201,7 @@ async def atopk(
     **options: Any,
 ) -> Any:
     """`topk` for an event loop."""
-    checked, texts, text, count, bound = _prepare(runtime, frame, criterion, k, by, max_calls)
-    if pop_explain(options):
-        return _explain(checked, texts, text, count, bound, options)
-    details = {"k": count, "max_calls": bound}
-    rounds = _as_frame(frame, texts, text, count, bound)
-    plan = functools.partial(_explain, checked, texts, text, count, bound, dict(options))
-    return await adrive(checked, "topk", rounds, options, details, plan)
+    return await arun_call(_call(runtime, frame, criterion, k, by, max_calls), options)
 
 
 def _as_frame(
