@@ -12,13 +12,15 @@ import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from agentrt_jupyter import AgentRuntime, RuntimeConfig
+from agentrt_jupyter.backends.base import Backend
 from agentrt_jupyter.server.process import LocalServer
 
 from .postgres import postgres_cluster, postgres_database, postgres_url  # noqa: F401
@@ -50,6 +52,15 @@ def rt(server: LocalServer) -> Iterator[AgentRuntime]:
     runtime = AgentRuntime(runtime_config(server))
     yield runtime
     runtime.shutdown(10.0)
+
+
+@contextmanager
+def every_agent_on(server: LocalServer, backend: Callable[[], Backend]) -> Iterator[AgentRuntime]:
+    """A runtime whose every agent gets `backend()`, whatever its model: for what a
+    backend itself refuses (an agent whose model names a provider is refused earlier, by
+    the runtime). Shut down after."""
+    with AgentRuntime(runtime_config(server), backend_factory=lambda endpoint: backend()) as made:
+        yield made
 
 
 def use_provider(name: str, server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> Provider:

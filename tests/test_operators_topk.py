@@ -17,25 +17,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from agentrt_jupyter import AgentRuntime, FakeBackend, OperatorStopped, RuntimeConfig
+from agentrt_jupyter import AgentRuntime, FakeBackend, OperatorStopped
 from agentrt_jupyter.backends.base import ModelRequest
 from agentrt_jupyter.batch import BatchProgress, cancel_maps, explain
 from agentrt_jupyter.batch.explain import OperatorPlan
 from agentrt_jupyter.batch.topk import FIELD, default_max_calls, topk_rounds
-from agentrt_jupyter.content import TextPart
 from agentrt_jupyter.errors import CostNotApproved
 from agentrt_jupyter.server.process import LocalServer
 
 from .conftest import requests_with, runtime_config, wait_for_tagged
+from .operator_helpers import fake_runtime, prompt_of
 
 pytestmark = pytest.mark.timeout(60)
 ITEMS = re.compile(r"First item:\n(.*)\n\nSecond item:\n(.*)$", re.S)
-
-
-def prompt_of(request: ModelRequest) -> str:
-    part = request.messages[-1].parts[-1]
-    assert isinstance(part, TextPart)
-    return part.text
 
 
 def larger_number_wins(request: ModelRequest) -> str:
@@ -46,12 +40,8 @@ def larger_number_wins(request: ModelRequest) -> str:
 
 @pytest.fixture
 def judged() -> Iterator[tuple[AgentRuntime, FakeBackend]]:
-    fake = FakeBackend(larger_number_wins)
-    runtime = AgentRuntime(
-        RuntimeConfig(store_path=None, api_key="k"), backend_factory=lambda e: fake
-    )
-    yield runtime, fake
-    runtime.shutdown(10.0)
+    with fake_runtime(larger_number_wins) as made:
+        yield made
 
 
 def shuffled_urgencies(n: int) -> pd.DataFrame:
