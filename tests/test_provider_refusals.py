@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from IPython.core.error import UsageError
 
 from agentrt_jupyter import AgentRuntime, InvalidConfig, InvalidContent, blob
 from agentrt_jupyter.server.process import LocalServer
 
 from .conftest import requests_with, runtime_config
-from .shell_helpers import agent_shell, run
+from .shell_helpers import agent_shell, usage_error
 
 pytest.importorskip("openai")
 pytest.importorskip("anthropic")
@@ -103,7 +102,6 @@ def test_a_part_the_provider_cannot_take_is_refused_by_chat_before_any_request(
 
 def test_the_cell_magic_refuses_a_setting_the_new_provider_cannot_honour(tmp_path: Path) -> None:
     with agent_shell(tmp_path) as ip:
-        error = run(ip, f"%%agent hot --model {ANTHROPIC} --temperature 1.5\nhello")
+        error = usage_error(ip, f"%%agent hot --model {ANTHROPIC} --temperature 1.5\nhello")
 
-    assert isinstance(error, UsageError)
-    assert "temperature" in str(error) and "anthropic provider" in str(error)
+    assert "temperature" in error and "anthropic provider" in error
