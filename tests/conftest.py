@@ -35,7 +35,9 @@ def server() -> Iterator[LocalServer]:
         yield running
 
 
-def runtime_config(server: LocalServer, **overrides: Any) -> RuntimeConfig:
+def runtime_settings(server: LocalServer, **overrides: Any) -> dict[str, Any]:
+    """A runtime's settings on the local server, no store unless `overrides` say: plain
+    values, so a spawned kernel process can be given them."""
     settings: dict[str, Any] = {
         "base_url": server.url,
         "api_key": server.token,
@@ -44,7 +46,20 @@ def runtime_config(server: LocalServer, **overrides: Any) -> RuntimeConfig:
         "idle_chunk_timeout": 20.0,
     }
     settings.update(overrides)
-    return RuntimeConfig(**settings)
+    return settings
+
+
+def runtime_config(server: LocalServer, **overrides: Any) -> RuntimeConfig:
+    return RuntimeConfig(**runtime_settings(server, **overrides))
+
+
+def kernel_settings(server: LocalServer, store: Path | str | None) -> dict[str, Any]:
+    """A kernel process's `runtime_settings`: its store an SQLite file, a PostgreSQL URL,
+    or none."""
+    database = isinstance(store, str)
+    return runtime_settings(
+        server, store_path=None if database else store, store_url=store if database else None
+    )
 
 
 @pytest.fixture
