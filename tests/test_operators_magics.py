@@ -17,7 +17,7 @@ from agentrt_jupyter.notebook.costgate import CellCostGate, kernel_cost_gate
 from agentrt_jupyter.notebook.extension import loaded_magics
 from agentrt_jupyter.server.process import LocalServer
 from tests.conftest import requests_with
-from tests.kernel_helpers import Kernel, Message, started_kernel
+from tests.kernel_helpers import Kernel, Message, extension_kernel
 from tests.shell_helpers import module_shell, run, usage_error
 
 pytestmark = pytest.mark.timeout(90)
@@ -84,12 +84,8 @@ def test_no_cost_gate_outside_a_kernel(ip: Any) -> None:
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory: pytest.TempPathFactory, server: LocalServer) -> Iterator[Kernel]:
     home = tmp_path_factory.mktemp("kernel-operators")
-    arguments = [f"--AgentMagics.base_url={server.url}", "--AgentMagics.confirm_cost=1e-9"]
-    env = {"AGENTRT_BACKEND": "", "GOOGLE_API_KEY": server.token}
-    with started_kernel(home, extra_arguments=arguments, **env) as running:
-        for code in ("%load_ext agentrt_jupyter", FRAME):
-            cell = running.run(code)
-            assert cell.ok, cell.error
+    arguments = ["--AgentMagics.confirm_cost=1e-9"]
+    with extension_kernel(home, server.url, server.token, FRAME, arguments=arguments) as running:
         yield running
 
 
