@@ -7,9 +7,6 @@ import hashlib
 import json
 import random
 import re
-import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +23,7 @@ from agentrt_jupyter.errors import CostNotApproved
 from agentrt_jupyter.server.process import LocalServer
 
 from .conftest import requests_with, runtime_config, wait_for_tagged
+from .killed_kernel import kill_9_midway
 from .operator_helpers import fake_runtime, prompt_of
 
 pytestmark = pytest.mark.timeout(60)
@@ -224,18 +222,15 @@ def test_after_kill_9_in_its_second_round_a_rerun_sends_only_that_round(
     final = f"First item:\n{tag} row 0\n\nSecond item:\n{tag} row 2"  # round 2's one pair
     server.push_faults("hang", match=final)
     criterion = constant_criterion(tag)
-    child = subprocess.Popen(
-        [sys.executable, "-c", KILLED_TOPK, server.url, server.token, str(store_path),
-         criterion, tag],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        server.wait_for_tagged(json.dumps(final)[1:-1], timeout=30)
-    finally:
-        child.send_signal(signal.SIGKILL)
-        out, err = child.communicate(timeout=30)
-    assert b"finished before the kill" not in out, err
+    kill_9_midway(
+        KILLED_TOPK,
+        server.url,
+        server.token,
+        str(store_path),
+        criterion,
+        tag,
+        until=lambda: server.wait_for_tagged(json.dumps(final)[1:-1], timeout=30),
+    )
     before = len(requests_with(server, tag))
 
     runtime = AgentRuntime(runtime_config(server, store_path=store_path))
