@@ -12,13 +12,15 @@ import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from agentrt_jupyter import AgentRuntime, RuntimeConfig
+from agentrt_jupyter.backends.base import Backend
 from agentrt_jupyter.server.process import LocalServer
 
 from .postgres import postgres_cluster, postgres_database, postgres_url  # noqa: F401
@@ -33,7 +35,9 @@ def server() -> Iterator[LocalServer]:
         yield running
 
 
-def runtime_config(server: LocalServer, **overrides: Any) -> RuntimeConfig:
+def runtime_settings(server: LocalServer, **overrides: Any) -> dict[str, Any]:
+    """A runtime's settings on the local server, no store unless `overrides` say: plain
+    values, so a spawned kernel process can be given them."""
     settings: dict[str, Any] = {
         "base_url": server.url,
         "api_key": server.token,
@@ -42,7 +46,20 @@ def runtime_config(server: LocalServer, **overrides: Any) -> RuntimeConfig:
         "idle_chunk_timeout": 20.0,
     }
     settings.update(overrides)
-    return RuntimeConfig(**settings)
+    return settings
+
+
+def runtime_config(server: LocalServer, **overrides: Any) -> RuntimeConfig:
+    return RuntimeConfig(**runtime_settings(server, **overrides))
+
+
+def kernel_settings(server: LocalServer, store: Path | str | None) -> dict[str, Any]:
+    """A kernel process's `runtime_settings`: its store an SQLite file, a PostgreSQL URL,
+    or none."""
+    database = isinstance(store, str)
+    return runtime_settings(
+        server, store_path=None if database else store, store_url=store if database else None
+    )
 
 
 @pytest.fixture
@@ -50,6 +67,15 @@ def rt(server: LocalServer) -> Iterator[AgentRuntime]:
     runtime = AgentRuntime(runtime_config(server))
     yield runtime
     runtime.shutdown(10.0)
+
+
+@contextmanager
+def every_agent_on(server: LocalServer, backend: Callable[[], Backend]) -> Iterator[AgentRuntime]:
+    """A runtime whose every agent gets `backend()`, whatever its model: for what a
+    backend itself refuses (an agent whose model names a provider is refused earlier, by
+    the runtime). Shut down after."""
+    with AgentRuntime(runtime_config(server), backend_factory=lambda endpoint: backend()) as made:
+        yield made
 
 
 def use_provider(name: str, server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> Provider:

@@ -13,7 +13,7 @@ import os
 import queue
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -267,13 +267,24 @@ def started_kernel(
 
 
 @contextmanager
+def extension_kernel(
+    home: Path, base_url: str, token: str, *cells: str, arguments: Sequence[str] = (), **env: str
+) -> Iterator[Kernel]:
+    """A kernel with the extension loaded and then `cells` run, its agents on the scripted
+    server at `base_url` (more traitlets `arguments`, more `env`) and its store under
+    `home`: kernels sharing `home` share the store, as kernels of one user do."""
+    extra_arguments = [f"--AgentMagics.base_url={base_url}", *arguments]
+    env = {"AGENTRT_BACKEND": "", "GOOGLE_API_KEY": token, **env}
+    with started_kernel(home, extra_arguments=extra_arguments, **env) as kernel:
+        for code in ("%load_ext agentrt_jupyter", *cells):
+            cell = kernel.run(code)
+            assert cell.ok, cell.error
+        yield kernel
+
+
+@contextmanager
 def notebook_kernel(home: Path, notebook: str, base_url: str, token: str) -> Iterator[Kernel]:
-    """A kernel running `notebook` (as jupyter_server says: $JPY_SESSION_NAME) with the
-    extension loaded, its agents on the scripted server at `base_url` and its store
-    under `home`: kernels sharing `home` share the store, as kernels of one user do."""
-    arguments = [f"--AgentMagics.base_url={base_url}"]
-    env = {"AGENTRT_BACKEND": "", "GOOGLE_API_KEY": token, "JPY_SESSION_NAME": notebook}
-    with started_kernel(home, extra_arguments=arguments, **env) as kernel:
-        cell = kernel.run("%load_ext agentrt_jupyter")
-        assert cell.ok, cell.error
+    """An `extension_kernel` running `notebook` (as jupyter_server says:
+    $JPY_SESSION_NAME)."""
+    with extension_kernel(home, base_url, token, JPY_SESSION_NAME=notebook) as kernel:
         yield kernel

@@ -15,7 +15,6 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -26,16 +25,9 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 
+from .machine import free_port, require
+
 SUPERUSER = "postgres"
-
-
-def require(condition: bool, what: str) -> None:
-    """Missing prerequisites fail in CI (a green run must not hide them) and skip locally."""
-    if condition:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(what)
-    pytest.skip(what)
 
 
 def postgres_bindir() -> Path | None:
@@ -48,12 +40,6 @@ def postgres_bindir() -> Path | None:
         key=lambda path: int(Path(path).parent.parent.name),
     )
     return Path(versions[-1]).parent if versions else None
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass

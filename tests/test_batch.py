@@ -32,6 +32,7 @@ from agentrt_jupyter.batch import PRICES, BatchProgress, cancel_maps, running_ma
 from agentrt_jupyter.server.process import LocalServer
 
 from .conftest import requests_with, runtime_config
+from .killed_kernel import kill_9_midway
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -202,17 +203,14 @@ def test_after_kill_9_mid_run_a_rerun_requests_only_the_missing_rows(
     server: LocalServer, store_path: Path, tag: str
 ) -> None:
     template = "@@delay 40\n" + tag + " [row {n}] one two three"
-    child = subprocess.Popen(
-        [sys.executable, "-c", KILLED_RUN, server.url, server.token, str(store_path), template],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    kill_9_midway(
+        KILLED_RUN,
+        server.url,
+        server.token,
+        str(store_path),
+        template,
+        until=lambda: wait_for_answers(server, tag, 9),
     )
-    try:
-        wait_for_answers(server, tag, 9)
-    finally:
-        child.send_signal(signal.SIGKILL)
-        out, err = child.communicate(timeout=30)
-    assert b"finished before the kill" not in out, err
     with sqlite3.connect(store_path) as db:
         kept = db.execute("SELECT count(*) FROM map_rows").fetchone()[0]
     assert 6 <= kept < 30  # at most the 3 in flight were answered but not yet written

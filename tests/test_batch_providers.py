@@ -9,10 +9,7 @@ counts must match the rows the frame says were sent, answered, failed or cancell
 from __future__ import annotations
 
 import json
-import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +25,7 @@ from agentrt_jupyter.server.batches import DEFAULT_DELAY
 from agentrt_jupyter.server.process import LocalServer
 
 from .conftest import runtime_config
+from .killed_kernel import kill_9_midway
 
 openai = pytest.importorskip("openai")
 anthropic = pytest.importorskip("anthropic")
@@ -217,26 +215,15 @@ def test_a_job_submitted_before_kill_9_is_collected_by_the_next_call_not_sent_ag
     settings = provider.settings(server)
     batch_delay(4.0)  # the job is still running when its kernel dies (killed at its first poll)
     since = last_id(server)
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            KILLED_RUN,
-            server.url,
-            server.token,
-            str(store_path),
-            template,
-            json.dumps(settings),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    kill_9_midway(
+        KILLED_RUN,
+        server.url,
+        server.token,
+        str(store_path),
+        template,
+        json.dumps(settings),
+        until=lambda: wait_for_kind(server, since, "batch_get"),  # recorded before the first poll
     )
-    try:
-        wait_for_kind(server, since, "batch_get")  # recorded before the first poll
-    finally:
-        child.send_signal(signal.SIGKILL)
-        out, err = child.communicate(timeout=30)
-    assert b"finished before the kill" not in out, err
     with sqlite3.connect(store_path) as db:
         ((job, state),) = db.execute("SELECT job, state FROM map_jobs").fetchall()
     assert state == "open"

@@ -27,6 +27,7 @@ from tests.kernel_helpers import (
     button_model,
     display_id,
     displays,
+    extension_kernel,
     kernel_env,
     kernelspec_dir,
     reply_display,
@@ -70,11 +71,7 @@ def kernel(tmp_path_factory: pytest.TempPathFactory, server: LocalServer) -> Ite
     the kernel's process group, reaches it too: see `test_interrupt_with_embedded_server`.)
     """
     home = tmp_path_factory.mktemp("kernel")
-    arguments = [f"--AgentMagics.base_url={server.url}"]
-    env = {"AGENTRT_BACKEND": "", "GOOGLE_API_KEY": server.token}
-    with started_kernel(home, extra_arguments=arguments, **env) as running:
-        cell = running.run("%load_ext agentrt_jupyter")
-        assert cell.ok, cell.error
+    with extension_kernel(home, server.url, server.token) as running:
         yield running
 
 

@@ -19,7 +19,13 @@ import pytest
 
 from agentrt_jupyter.server.process import LocalServer
 from tests.conftest import assert_valid_conversation, requests_with
-from tests.kernel_helpers import Kernel, Message, display_id, saved_outputs, started_kernel
+from tests.kernel_helpers import (
+    Kernel,
+    Message,
+    display_id,
+    extension_kernel,
+    saved_outputs,
+)
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
@@ -42,12 +48,7 @@ def wait_released() -> str:
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory: pytest.TempPathFactory, server: LocalServer) -> Iterator[Kernel]:
     home = tmp_path_factory.mktemp("kernel-tools")
-    arguments = [f"--AgentMagics.base_url={server.url}"]
-    env = {"AGENTRT_BACKEND": "", "GOOGLE_API_KEY": server.token}
-    with started_kernel(home, extra_arguments=arguments, **env) as running:
-        for code in ("%load_ext agentrt_jupyter", TOOLS_CELL):
-            cell = running.run(code)
-            assert cell.ok, cell.error
+    with extension_kernel(home, server.url, server.token, TOOLS_CELL) as running:
         yield running
 
 

@@ -21,7 +21,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,8 @@ from typing import Any
 import pytest
 
 from agentrt_jupyter.notebook.display import SAVED_MID_STREAM
+
+from .machine import free_port, require
 
 pytestmark = [pytest.mark.slow, pytest.mark.kernel, pytest.mark.browser, pytest.mark.timeout(150)]
 
@@ -104,22 +105,6 @@ def notebook_json() -> dict[str, Any]:
         "nbformat": 4,
         "nbformat_minor": 5,
     }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def require(condition: bool, what: str) -> None:
-    """Missing prerequisites fail in CI (a green run must not hide them) and skip locally."""
-    if condition:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(what)
-    pytest.skip(what)
 
 
 @dataclass

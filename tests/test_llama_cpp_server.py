@@ -20,7 +20,6 @@ What this server can and cannot do, checked against llama-cpp-python 0.3.36:
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
 import threading
@@ -39,6 +38,7 @@ from agentrt_jupyter.conversation import UNREPORTED, ConversationMessage
 from agentrt_jupyter.server.process import LocalServer
 
 from .conftest import runtime_config
+from .machine import free_port
 from .reliability_helpers import connections_to, settle
 
 pytest.importorskip("llama_cpp")
@@ -62,7 +62,7 @@ class LlamaServer:
     """`python -m llama_cpp.server` on a free port; its output lines kept as they come."""
 
     def __init__(self, model: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.lines: list[str] = []
         self._seen = threading.Condition()
@@ -109,13 +109,6 @@ class LlamaServer:
             self.process.kill()
             self.process.wait(10)
         self._reader.join(10)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")

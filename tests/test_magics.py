@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from agentrt_jupyter.notebook.extension import loaded_magics
 from agentrt_jupyter.notebook.interpolate import interpolate
 from agentrt_jupyter.notebook.magics import AgentMagics
 from agentrt_jupyter.notebook.transcript import plural
-from tests.shell_helpers import agent_shell, run
+from tests.shell_helpers import module_shell, run, usage_error
 
 NS = {"name": "Ann", "n": 3, "pi": 3.14159, "d": {"k": [1, 2]}, "Out": {1: "first"}}
 
@@ -73,10 +72,7 @@ def test_short_messages_say_what_to_do() -> None:
     assert "GOOGLE_API_KEY" in short_message(refused)
 
 
-@pytest.fixture(scope="module")
-def ip(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    with agent_shell(tmp_path_factory.mktemp("home")) as shell:
-        yield shell
+ip = module_shell()
 
 
 @pytest.mark.parametrize(
@@ -93,9 +89,7 @@ def ip(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     ],
 )
 def test_option_errors_are_usage_errors(ip: Any, line: str, message: str) -> None:
-    error = run(ip, f"%%agent {line}\nhello")
-    assert isinstance(error, UsageError)
-    assert message in str(error)
+    assert message in usage_error(ip, f"%%agent {line}\nhello")
 
 
 def test_empty_cell_and_bad_interpolation_are_usage_errors(ip: Any) -> None:

@@ -4,13 +4,11 @@ included) while `--tools a.b` is looked up, a `--schema` whose `$ref` names noth
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from IPython.core.error import UsageError
 
-from tests.shell_helpers import agent_shell, run
+from tests.shell_helpers import module_shell, run, usage_error
 
 DEFINITIONS = '''
 import sys
@@ -43,11 +41,7 @@ DANGLING = {
 '''
 
 
-@pytest.fixture(scope="module")
-def ip(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    with agent_shell(tmp_path_factory.mktemp("home")) as shell:
-        assert shell.run_cell(DEFINITIONS).success
-        yield shell
+ip = module_shell(DEFINITIONS)
 
 
 @pytest.mark.parametrize(
@@ -57,21 +51,17 @@ def ip(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 def test_a_property_raising_anything_during_the_tools_lookup_is_a_usage_error_naming_it(
     ip: Any, name: str, raised: str
 ) -> None:
-    error = run(ip, f"%%agent --tools box.{name}\nhello")
-    assert isinstance(error, UsageError), repr(error)
-    assert f"--tools: reading box.{name} raised {raised}" in str(error)
+    error = usage_error(ip, f"%%agent --tools box.{name}\nhello")
+    assert f"--tools: reading box.{name} raised {raised}" in error
     assert run(ip, "%%agent --tools box.weather\n@@reply fine\nhello") is None
 
 
 def test_a_missing_attribute_still_says_it_does_not_exist(ip: Any) -> None:
-    error = run(ip, "%%agent --tools box.nope\nhello")
-    assert isinstance(error, UsageError), repr(error)
-    assert "--tools: box.nope does not exist" in str(error)
+    assert "--tools: box.nope does not exist" in usage_error(ip, "%%agent --tools box.nope\nhello")
 
 
 def test_a_schema_whose_ref_names_nothing_is_refused_before_the_call(ip: Any) -> None:
-    error = run(ip, "%%agent --schema DANGLING --out never_set\n@@reply {}\nhello")
-    assert isinstance(error, UsageError), repr(error)
-    assert "$.properties.city.$ref: '#/$defs/City' names nothing" in str(error)
+    error = usage_error(ip, "%%agent --schema DANGLING --out never_set\n@@reply {}\nhello")
+    assert "$.properties.city.$ref: '#/$defs/City' names nothing" in error
     assert "defined: #/$defs/Town" in str(error)
     assert "never_set" not in ip.user_ns

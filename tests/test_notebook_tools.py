@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,7 +19,7 @@ from agentrt_jupyter.notebook.approval import Approver, Policy, Request
 from agentrt_jupyter.notebook.extension import loaded_magics
 from agentrt_jupyter.notebook.toolview import SHOWN_CHARS, CallBlock, ToolCallsView
 from agentrt_jupyter.server.process import LocalServer
-from tests.shell_helpers import agent_shell, run
+from tests.shell_helpers import module_shell, run, usage_error
 
 DEFINITIONS = '''
 import pandas as pd
@@ -61,11 +60,7 @@ frame = pd.DataFrame({"city": ["Oslo", "Lima"], "temp_c": [3, 19]})
 '''
 
 
-@pytest.fixture(scope="module")
-def ip(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    with agent_shell(tmp_path_factory.mktemp("home")) as shell:
-        assert shell.run_cell(DEFINITIONS).success
-        yield shell
+ip = module_shell(DEFINITIONS)
 
 
 def local_server(ip: Any) -> LocalServer:
@@ -103,9 +98,7 @@ def last_body(ip: Any, tag: str) -> dict[str, Any]:
     ],
 )
 def test_data_flag_mistakes_are_usage_errors(ip: Any, line: str, message: str) -> None:
-    error = run(ip, f"%%agent {line}\nhello {{city}}")
-    assert isinstance(error, UsageError), error
-    assert message in str(error)
+    assert message in usage_error(ip, f"%%agent {line}\nhello {{city}}")
 
 
 def test_tools_persist_until_changed_and_are_listed(ip: Any, tag: str) -> None:
@@ -183,9 +176,8 @@ def test_map_runs_the_template_over_the_rows(ip: Any) -> None:
 
 
 def test_confirm_outside_a_kernel_fails_before_the_call(ip: Any) -> None:
-    error = run(ip, "%%agent outside --tools weather --confirm\nhi")
-    assert isinstance(error, UsageError)
-    assert "not a Jupyter kernel" in str(error)
+    error = usage_error(ip, "%%agent outside --tools weather --confirm\nhi")
+    assert "not a Jupyter kernel" in error
     assert "outside" not in [i.name for i in loaded_magics(ip).runtime.agents()]
 
 

@@ -12,23 +12,17 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from agentrt_jupyter import AgentRuntime, BackendError, FakeBackend, RuntimeConfig
+from agentrt_jupyter import AgentRuntime, BackendError, FakeBackend
 from agentrt_jupyter.backends.base import ModelRequest
 from agentrt_jupyter.batch.dedupe import UnionFind
-from agentrt_jupyter.content import TextPart
 from agentrt_jupyter.server.process import LocalServer
 
 from .conftest import requests_with
+from .operator_helpers import fake_runtime, prompt_of
 
 pytestmark = pytest.mark.timeout(60)
 RECORDS = re.compile(r"First: (.*)\nSecond: (.*)\n")
 COUNTS = re.compile(r"rows: (\d+)")
-
-
-def prompt_of(request: ModelRequest) -> str:
-    part = request.messages[-1].parts[-1]
-    assert isinstance(part, TextPart)
-    return part.text
 
 
 def counting_judge(request: ModelRequest) -> str:
@@ -47,12 +41,8 @@ def counting_judge(request: ModelRequest) -> str:
 
 @pytest.fixture
 def judged() -> Iterator[tuple[AgentRuntime, FakeBackend]]:
-    fake = FakeBackend(counting_judge)
-    runtime = AgentRuntime(
-        RuntimeConfig(store_path=None, api_key="k"), backend_factory=lambda e: fake
-    )
-    yield runtime, fake
-    runtime.shutdown(10.0)
+    with fake_runtime(counting_judge) as made:
+        yield made
 
 
 def reviews() -> pd.DataFrame:
@@ -206,9 +196,7 @@ def test_a_part_that_fails_is_left_out_of_the_fold_and_said_in_error() -> None:
             raise BackendError("400 INVALID_ARGUMENT: this part is refused", code=400)
         return counting_judge(request)
 
-    fake = FakeBackend(judge)
-    config = RuntimeConfig(store_path=None, api_key="k")
-    with AgentRuntime(config, backend_factory=lambda e: fake) as runtime:
+    with fake_runtime(judge) as (runtime, _):
         result = runtime.agg(
             reviews().head(20), "Count", on="{review}", context_chars=150, progress=False
         )

@@ -3,13 +3,11 @@ one row per group, in IPython's in-process shell against the scripted server."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from IPython.core.error import UsageError
 
-from tests.shell_helpers import agent_shell, run
+from tests.shell_helpers import module_shell, run, usage_error
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -22,11 +20,7 @@ complaints = pd.DataFrame({
 """
 
 
-@pytest.fixture(scope="module")
-def ip(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    with agent_shell(tmp_path_factory.mktemp("home")) as shell:
-        assert shell.run_cell(FRAME).success
-        yield shell
+ip = module_shell(FRAME)
 
 
 def test_an_agg_cell_answers_once_per_group(ip: Any) -> None:
@@ -55,6 +49,4 @@ def test_a_blocking_agg_cell_runs_too(ip: Any) -> None:
     ],
 )
 def test_agg_flag_mistakes_are_usage_errors(ip: Any, line: str, message: str) -> None:
-    error = run(ip, f"%%agent {line}\nSummarise")
-
-    assert isinstance(error, UsageError) and message in str(error)
+    assert message in usage_error(ip, f"%%agent {line}\nSummarise")

@@ -15,7 +15,6 @@ import pytest
 from agentrt_jupyter import (
     AgentRuntime,
     BackendError,
-    FakeBackend,
     InvalidConfig,
     QuotaExceeded,
     RuntimeConfig,
@@ -24,7 +23,8 @@ from agentrt_jupyter.backends.openai import OpenAIBackend
 from agentrt_jupyter.server.engines.vectors import hashed_vector
 from agentrt_jupyter.server.process import LocalServer
 
-from .conftest import requests_with, runtime_config
+from .conftest import every_agent_on, requests_with
+from .operator_helpers import fake_runtime
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -93,15 +93,12 @@ def test_the_async_facade_embeds_without_blocking_the_callers_loop(
 
 @pytest.fixture
 def openai_runtime(server: LocalServer) -> Iterator[AgentRuntime]:
+    """Every agent on `OpenAIBackend`: its embeddings route."""
     pytest.importorskip("openai")
-    made = AgentRuntime(
-        runtime_config(server),
-        backend_factory=lambda endpoint: OpenAIBackend(
-            api_key=server.token, base_url=server.openai_base_url
-        ),
-    )
-    yield made
-    made.shutdown(10.0)
+    with every_agent_on(
+        server, lambda: OpenAIBackend(api_key=server.token, base_url=server.openai_base_url)
+    ) as made:
+        yield made
 
 
 def test_an_openai_model_embeds_through_v1_embeddings(
@@ -198,11 +195,8 @@ def test_a_failed_embedding_call_keeps_the_vectors_of_the_calls_that_succeeded()
             raise BackendError("400 INVALID_ARGUMENT: refused", code=400)
         return [hashed_vector(text) for text in texts]
 
-    fake = FakeBackend(lambda request: "unused", embedder=embedder)
     texts = [f"text {n}" for n in range(100)] + ["refused"]
-    with AgentRuntime(
-        RuntimeConfig(store_path=None, api_key="k"), backend_factory=lambda e: fake
-    ) as runtime:
+    with fake_runtime(lambda request: "unused", embedder) as (runtime, _):
         with pytest.raises(BackendError, match="refused"):
             runtime.embed_texts(texts)
         again = runtime.embed_texts(texts[:100])

@@ -10,12 +10,12 @@ from collections.abc import Iterator
 import pandas as pd
 import pytest
 
-from agentrt_jupyter import AgentRuntime, FakeBackend, InvalidConfig, OperatorStopped, RuntimeConfig
+from agentrt_jupyter import AgentRuntime, FakeBackend, InvalidConfig, OperatorStopped
 from agentrt_jupyter.backends.base import ModelRequest
-from agentrt_jupyter.content import TextPart
 from agentrt_jupyter.server.process import LocalServer
 
 from .conftest import requests_with, runtime_config
+from .operator_helpers import fake_runtime, prompt_of
 
 pytestmark = pytest.mark.timeout(60)
 STATEMENT = re.compile(r"hold\? (.*) is the same item as (.*)\n")
@@ -24,20 +24,14 @@ TEMPLATE = "{left.product} is the same item as {right.name}"
 
 def same_model_number(request: ModelRequest) -> str:
     """A judge: the same item when both end in the same model number."""
-    part = request.messages[-1].parts[-1]
-    assert isinstance(part, TextPart)
-    first, second = STATEMENT.search(part.text).groups()
+    first, second = STATEMENT.search(prompt_of(request)).groups()
     return json.dumps({"match": first.split()[-1] == second.split()[-1]})
 
 
 @pytest.fixture
 def judged() -> Iterator[tuple[AgentRuntime, FakeBackend]]:
-    fake = FakeBackend(same_model_number)
-    runtime = AgentRuntime(
-        RuntimeConfig(store_path=None, api_key="k"), backend_factory=lambda e: fake
-    )
-    yield runtime, fake
-    runtime.shutdown(10.0)
+    with fake_runtime(same_model_number) as made:
+        yield made
 
 
 def catalogues(n: int) -> tuple[pd.DataFrame, pd.DataFrame]:

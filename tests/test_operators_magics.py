@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from IPython.core.error import StdinNotImplementedError, UsageError
+from IPython.core.error import StdinNotImplementedError
 
 from agentrt_jupyter.batch.explain import OperatorPlan, PlanStep
 from agentrt_jupyter.errors import CostNotApproved
@@ -17,8 +17,8 @@ from agentrt_jupyter.notebook.costgate import CellCostGate, kernel_cost_gate
 from agentrt_jupyter.notebook.extension import loaded_magics
 from agentrt_jupyter.server.process import LocalServer
 from tests.conftest import requests_with
-from tests.kernel_helpers import Kernel, Message, started_kernel
-from tests.shell_helpers import agent_shell, run
+from tests.kernel_helpers import Kernel, Message, extension_kernel
+from tests.shell_helpers import module_shell, run, usage_error
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -33,11 +33,7 @@ reviews = pd.DataFrame({
 """
 
 
-@pytest.fixture(scope="module")
-def ip(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    with agent_shell(tmp_path_factory.mktemp("home")) as shell:
-        assert shell.run_cell(FRAME).success
-        yield shell
+ip = module_shell(FRAME)
 
 
 def test_a_filter_cell_keeps_the_matching_rows(ip: Any) -> None:
@@ -78,9 +74,7 @@ def test_a_blocking_filter_cell_runs_too(ip: Any) -> None:
     ],
 )
 def test_operator_flag_mistakes_are_usage_errors(ip: Any, line: str, message: str) -> None:
-    error = run(ip, f"%%agent {line}\n{{text}}")
-    assert isinstance(error, UsageError), error
-    assert message in str(error)
+    assert message in usage_error(ip, f"%%agent {line}\n{{text}}")
 
 
 def test_no_cost_gate_outside_a_kernel(ip: Any) -> None:
@@ -90,12 +84,8 @@ def test_no_cost_gate_outside_a_kernel(ip: Any) -> None:
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory: pytest.TempPathFactory, server: LocalServer) -> Iterator[Kernel]:
     home = tmp_path_factory.mktemp("kernel-operators")
-    arguments = [f"--AgentMagics.base_url={server.url}", "--AgentMagics.confirm_cost=1e-9"]
-    env = {"AGENTRT_BACKEND": "", "GOOGLE_API_KEY": server.token}
-    with started_kernel(home, extra_arguments=arguments, **env) as running:
-        for code in ("%load_ext agentrt_jupyter", FRAME):
-            cell = running.run(code)
-            assert cell.ok, cell.error
+    arguments = ["--AgentMagics.confirm_cost=1e-9"]
+    with extension_kernel(home, server.url, server.token, FRAME, arguments=arguments) as running:
         yield running
 
 

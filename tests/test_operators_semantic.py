@@ -9,10 +9,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
-import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -28,6 +25,7 @@ from agentrt_jupyter.batch.semantic import OperatorSummary
 from agentrt_jupyter.server.process import LocalServer
 
 from .conftest import requests_with, runtime_config
+from .killed_kernel import kill_9_midway
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -238,18 +236,13 @@ print("finished before the kill")
 def test_after_kill_9_a_filter_rerun_asks_only_the_missing_rows(
     server: LocalServer, store_path: Path, tag: str
 ) -> None:
-    child = subprocess.Popen(
-        [sys.executable, "-c", KILLED_FILTER, server.url, server.token, str(store_path), tag],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
+    def nine_answered() -> None:
         while len([r for r in requests_with(server, tag) if r["outcome"] == "complete"]) < 9:
             server.wait_for_request(last_id(server) + 1, timeout=30)
-    finally:
-        child.send_signal(signal.SIGKILL)
-        out, err = child.communicate(timeout=30)
-    assert b"finished before the kill" not in out, err
+
+    kill_9_midway(
+        KILLED_FILTER, server.url, server.token, str(store_path), tag, until=nine_answered
+    )
     with sqlite3.connect(store_path) as db:
         kept = db.execute("SELECT count(*) FROM map_rows").fetchone()[0]
     assert 6 <= kept < 30

@@ -7,9 +7,6 @@ import hashlib
 import json
 import random
 import re
-import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,25 +14,20 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from agentrt_jupyter import AgentRuntime, FakeBackend, OperatorStopped, RuntimeConfig
+from agentrt_jupyter import AgentRuntime, FakeBackend, OperatorStopped
 from agentrt_jupyter.backends.base import ModelRequest
 from agentrt_jupyter.batch import BatchProgress, cancel_maps, explain
 from agentrt_jupyter.batch.explain import OperatorPlan
 from agentrt_jupyter.batch.topk import FIELD, default_max_calls, topk_rounds
-from agentrt_jupyter.content import TextPart
 from agentrt_jupyter.errors import CostNotApproved
 from agentrt_jupyter.server.process import LocalServer
 
 from .conftest import requests_with, runtime_config, wait_for_tagged
+from .killed_kernel import kill_9_midway
+from .operator_helpers import fake_runtime, prompt_of
 
 pytestmark = pytest.mark.timeout(60)
 ITEMS = re.compile(r"First item:\n(.*)\n\nSecond item:\n(.*)$", re.S)
-
-
-def prompt_of(request: ModelRequest) -> str:
-    part = request.messages[-1].parts[-1]
-    assert isinstance(part, TextPart)
-    return part.text
 
 
 def larger_number_wins(request: ModelRequest) -> str:
@@ -46,12 +38,8 @@ def larger_number_wins(request: ModelRequest) -> str:
 
 @pytest.fixture
 def judged() -> Iterator[tuple[AgentRuntime, FakeBackend]]:
-    fake = FakeBackend(larger_number_wins)
-    runtime = AgentRuntime(
-        RuntimeConfig(store_path=None, api_key="k"), backend_factory=lambda e: fake
-    )
-    yield runtime, fake
-    runtime.shutdown(10.0)
+    with fake_runtime(larger_number_wins) as made:
+        yield made
 
 
 def shuffled_urgencies(n: int) -> pd.DataFrame:
@@ -234,18 +222,15 @@ def test_after_kill_9_in_its_second_round_a_rerun_sends_only_that_round(
     final = f"First item:\n{tag} row 0\n\nSecond item:\n{tag} row 2"  # round 2's one pair
     server.push_faults("hang", match=final)
     criterion = constant_criterion(tag)
-    child = subprocess.Popen(
-        [sys.executable, "-c", KILLED_TOPK, server.url, server.token, str(store_path),
-         criterion, tag],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        server.wait_for_tagged(json.dumps(final)[1:-1], timeout=30)
-    finally:
-        child.send_signal(signal.SIGKILL)
-        out, err = child.communicate(timeout=30)
-    assert b"finished before the kill" not in out, err
+    kill_9_midway(
+        KILLED_TOPK,
+        server.url,
+        server.token,
+        str(store_path),
+        criterion,
+        tag,
+        until=lambda: server.wait_for_tagged(json.dumps(final)[1:-1], timeout=30),
+    )
     before = len(requests_with(server, tag))
 
     runtime = AgentRuntime(runtime_config(server, store_path=store_path))

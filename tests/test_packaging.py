@@ -9,7 +9,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,8 @@ from pathlib import Path
 import pytest
 
 import agentrt_jupyter
+
+from .machine import free_port, require
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_JSON = ROOT / "labextension" / "package.json"
@@ -68,15 +69,6 @@ def test_extras_carry_no_dev_tools_and_no_exact_pins() -> None:
     assert {"test", "lint", "dev"} <= set(PYPROJECT["dependency-groups"])
 
 
-def require(condition: bool, what: str) -> None:
-    """Missing prerequisites fail in CI (a green run must not hide them) and skip locally."""
-    if condition:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(what)
-    pytest.skip(what)
-
-
 def clean_copy(destination: Path) -> Path:
     """The checkout as a fresh clone of it has it (tracked and new files, nothing ignored:
     no node_modules, no built extension), uncommitted edits included."""
@@ -108,12 +100,6 @@ def listed_extension(venv: Path, env: dict[str, str]) -> str:
     lines = [line for line in re.sub(r"\x1b\[[0-9;]*m", "", out).splitlines() if EXTENSION in line]
     assert len(lines) == 1, out
     return lines[0].strip()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def lab_serves(venv: Path, env: dict[str, str], asset: str) -> None:

@@ -33,7 +33,7 @@ from agentrt_jupyter.quota import fingerprint
 from agentrt_jupyter.server.process import LocalServer
 from agentrt_jupyter.server.wire.base import signature
 
-from .conftest import requests_with, runtime_config, use_provider, wait_finished
+from .conftest import every_agent_on, requests_with, runtime_config, use_provider, wait_finished
 from .reliability_helpers import assert_valid_messages
 
 anthropic = pytest.importorskip("anthropic")
@@ -52,18 +52,19 @@ NAME = "claude-sonnet-4-5"
 MODEL = f"anthropic:{NAME}"
 
 
+def lookup(word: str) -> str:
+    """Look a word up."""
+    return f"a small {word}"
+
+
 @pytest.fixture
 def backend_only(server: LocalServer) -> Iterator[AgentRuntime]:
-    """A runtime whose every agent gets `AnthropicBackend`, whatever its model: for what
-    the backend itself refuses (an `anthropic:` agent is refused earlier, by the runtime)."""
-    runtime = AgentRuntime(
-        runtime_config(server),
-        backend_factory=lambda endpoint: AnthropicBackend(
-            api_key=server.token, base_url=server.anthropic_base_url
-        ),
-    )
-    yield runtime
-    runtime.shutdown(10.0)
+    """Every agent on `AnthropicBackend`, whatever its model (an `anthropic:` agent is
+    refused earlier, by the runtime)."""
+    with every_agent_on(
+        server, lambda: AnthropicBackend(api_key=server.token, base_url=server.anthropic_base_url)
+    ) as made:
+        yield made
 
 
 @pytest.fixture
@@ -111,10 +112,6 @@ def test_a_turn_streams_text_with_the_agents_settings_and_its_usage_in_the_ledge
 def test_a_tool_call_round_trip_sends_the_thinking_block_back_with_its_signature(
     rt: AgentRuntime, server: LocalServer, tag: str
 ) -> None:
-    def lookup(word: str) -> str:
-        """Look a word up."""
-        return f"a small {word}"
-
     agent = rt.create_agent(model=MODEL, tools=[lookup], include_thoughts=True)
     handle = agent.chat(f'@@thought check the word\n@@call lookup {{"word": "cat"}}\n{tag}')
 
@@ -179,10 +176,6 @@ def test_thinking_streams_per_delta_before_its_block_ends(
 def test_a_thinking_block_streamed_in_deltas_goes_back_whole_with_its_signature(
     rt: AgentRuntime, server: LocalServer, tag: str
 ) -> None:
-    def lookup(word: str) -> str:
-        """Look a word up."""
-        return f"a small {word}"
-
     agent = rt.create_agent(model=MODEL, tools=[lookup], include_thoughts=True)
     handle = agent.chat(f'@@thought one\n@@thought two\n@@call lookup {{"word": "cat"}}\n{tag}')
 

@@ -34,6 +34,7 @@ from agentrt_jupyter.notebook.display import short_message
 from agentrt_jupyter.server.process import LocalServer
 
 from .conftest import (
+    every_agent_on,
     requests_with,
     runtime_config,
     use_provider,
@@ -58,16 +59,12 @@ def runtime(server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ag
 
 @pytest.fixture
 def backend_only(server: LocalServer) -> Iterator[AgentRuntime]:
-    """A runtime whose every agent gets `OpenAIBackend`, whatever its model: for what the
-    backend itself refuses (an `openai:` agent is refused earlier, by the runtime)."""
-    made = AgentRuntime(
-        runtime_config(server),
-        backend_factory=lambda endpoint: OpenAIBackend(
-            api_key=server.token, base_url=server.openai_base_url
-        ),
-    )
-    yield made
-    made.shutdown(10.0)
+    """Every agent on `OpenAIBackend`, whatever its model (an `openai:` agent is refused
+    earlier, by the runtime)."""
+    with every_agent_on(
+        server, lambda: OpenAIBackend(api_key=server.token, base_url=server.openai_base_url)
+    ) as made:
+        yield made
 
 
 def bodies(server: LocalServer, tag: str) -> list[dict[str, Any]]:

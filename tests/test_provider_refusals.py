@@ -5,31 +5,22 @@ server's request log showing no request."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from IPython.core.error import UsageError
 
 from agentrt_jupyter import AgentRuntime, InvalidConfig, InvalidContent, blob
 from agentrt_jupyter.server.process import LocalServer
 
-from .conftest import requests_with, runtime_config
-from .shell_helpers import agent_shell, run
+from .conftest import requests_with
+from .shell_helpers import agent_shell, usage_error
 
 pytest.importorskip("openai")
 pytest.importorskip("anthropic")
 
 OPENAI = "openai:gpt-4.1-mini"
 ANTHROPIC = "anthropic:claude-sonnet-4-5"
-
-
-@pytest.fixture
-def runtime(server: LocalServer) -> Iterator[AgentRuntime]:
-    made = AgentRuntime(runtime_config(server))
-    yield made
-    made.shutdown(10.0)
 
 
 def endpoint(server: LocalServer, model: str) -> dict[str, Any]:
@@ -50,21 +41,21 @@ def endpoint(server: LocalServer, model: str) -> dict[str, Any]:
     ],
 )
 def test_a_setting_the_provider_cannot_honour_is_refused_when_the_agent_is_created(
-    runtime: AgentRuntime, server: LocalServer, model: str, setting: str, value: Any, said: str
+    rt: AgentRuntime, server: LocalServer, model: str, setting: str, value: Any, said: str
 ) -> None:
     before = len(server.requests())
     with pytest.raises(InvalidConfig) as caught:
-        runtime.create_agent(**endpoint(server, model), **{setting: value})
+        rt.create_agent(**endpoint(server, model), **{setting: value})
 
     assert caught.value.field == setting and said in str(caught.value)
-    assert runtime.agents() == []
+    assert rt.agents() == []
     assert len(server.requests()) == before
 
 
 def test_reconfiguring_onto_a_provider_that_cannot_honour_a_setting_is_refused_and_changes_nothing(
-    runtime: AgentRuntime, server: LocalServer, tag: str
+    rt: AgentRuntime, server: LocalServer, tag: str
 ) -> None:
-    agent = runtime.create_agent(top_k=5)  # Gemini takes top_k
+    agent = rt.create_agent(top_k=5)  # Gemini takes top_k
     agent.chat(f"first {tag}").text(timeout=10)
 
     with pytest.raises(InvalidConfig, match="the openai provider") as caught:
@@ -73,8 +64,8 @@ def test_reconfiguring_onto_a_provider_that_cannot_honour_a_setting_is_refused_a
         agent.reconfigure(**endpoint(server, ANTHROPIC), top_k=None, seed=1)
 
     assert caught.value.field == "top_k"
-    [info] = runtime.agents()
-    assert info.model == runtime.config.model_for(None)
+    [info] = rt.agents()
+    assert info.model == rt.config.model_for(None)
     assert agent.chat(f"second {tag}").text(timeout=10) == f"Echo: second {tag}"
     assert all(r["path"].endswith(":streamGenerateContent") for r in requests_with(server, tag))
 
@@ -88,9 +79,9 @@ def test_reconfiguring_onto_a_provider_that_cannot_honour_a_setting_is_refused_a
     ],
 )
 def test_a_part_the_provider_cannot_take_is_refused_by_chat_before_any_request(
-    runtime: AgentRuntime, server: LocalServer, tag: str, model: str, part: Any, said: str
+    rt: AgentRuntime, server: LocalServer, tag: str, model: str, part: Any, said: str
 ) -> None:
-    agent = runtime.create_agent(**endpoint(server, model))
+    agent = rt.create_agent(**endpoint(server, model))
 
     with pytest.raises(InvalidContent) as caught:
         agent.chat([f"look {tag}", part])
@@ -103,7 +94,6 @@ def test_a_part_the_provider_cannot_take_is_refused_by_chat_before_any_request(
 
 def test_the_cell_magic_refuses_a_setting_the_new_provider_cannot_honour(tmp_path: Path) -> None:
     with agent_shell(tmp_path) as ip:
-        error = run(ip, f"%%agent hot --model {ANTHROPIC} --temperature 1.5\nhello")
+        error = usage_error(ip, f"%%agent hot --model {ANTHROPIC} --temperature 1.5\nhello")
 
-    assert isinstance(error, UsageError)
-    assert "temperature" in str(error) and "anthropic provider" in str(error)
+    assert "temperature" in error and "anthropic provider" in error

@@ -6,7 +6,6 @@ log shows the history converted into each wire format. What a provider cannot ta
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from agentrt_jupyter.conversation import ConversationMessage
 from agentrt_jupyter.notebook.extension import loaded_magics
 from agentrt_jupyter.server.process import LocalServer
 
-from .conftest import runtime_config, wait_finished
+from .conftest import wait_finished
 from .shell_helpers import agent_shell, run
 
 pytest.importorskip("openai")
@@ -27,13 +26,6 @@ pytest.importorskip("anthropic")
 
 VIDEO = blob(b"\0\0\0\x18ftypmp42", "video/mp4")
 """Gemini takes it, OpenAI and Anthropic do not."""
-
-
-@pytest.fixture
-def runtime(server: LocalServer) -> Iterator[AgentRuntime]:
-    made = AgentRuntime(runtime_config(server))
-    yield made
-    made.shutdown(10.0)
 
 
 def lookup(word: str) -> str:
@@ -48,9 +40,9 @@ def sent(server: LocalServer, text: str) -> dict[str, Any]:
 
 
 def test_a_conversation_crosses_three_providers_and_comes_back(
-    runtime: AgentRuntime, server: LocalServer, tag: str
+    rt: AgentRuntime, server: LocalServer, tag: str
 ) -> None:
-    agent = runtime.create_agent(tools=[lookup], include_thoughts=True)
+    agent = rt.create_agent(tools=[lookup], include_thoughts=True)
     first = agent.chat([f'@@thought plan it\n@@call lookup {{"word": "cat"}}\none {tag}', VIDEO])
     assert first.text(timeout=10) == 'Tool results: {"lookup":{"result":"cat is a pet"}}'
     gemini_thoughts = sum(len(m.thoughts.split()) > 0 for m in agent.history())
@@ -113,9 +105,9 @@ def test_a_conversation_crosses_three_providers_and_comes_back(
 
 
 def test_a_switch_with_nothing_to_leave_out_says_nothing(
-    runtime: AgentRuntime, server: LocalServer, tag: str
+    rt: AgentRuntime, server: LocalServer, tag: str
 ) -> None:
-    agent = runtime.create_agent()
+    agent = rt.create_agent()
     agent.chat(f"plain {tag}").text(timeout=10)
 
     note = agent.reconfigure(

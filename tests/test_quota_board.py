@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
-import socket
 import sqlite3
 import time
 import urllib.error
@@ -24,7 +23,8 @@ from agentrt_jupyter.quota import BOARD_CACHE, QuotaRegistry, parse_quota_error
 from agentrt_jupyter.quotaboard import SLOT_TTL, QuotaBoard, Spent
 from agentrt_jupyter.server.process import LocalServer
 
-from .conftest import requests_with, runtime_config
+from .conftest import kernel_settings, requests_with, runtime_config
+from .machine import free_port
 
 SPAWN = multiprocessing.get_context("spawn")
 RETRY_DELAY = 2.0
@@ -64,19 +64,6 @@ def kernel_map(settings: dict[str, Any], prompts: list[str], rpm: float, results
         results.put((prompts[0], f"failed: {exc!r}"))
 
 
-def settings_for(server: LocalServer, store: Path | str | None) -> dict[str, Any]:
-    """A kernel's settings: its store an SQLite file, a PostgreSQL URL, or none."""
-    database = isinstance(store, str)
-    return {
-        "base_url": server.url,
-        "api_key": server.token,
-        "api_version": "v1beta",
-        "store_path": None if database else store,
-        "store_url": store if database else None,
-        "idle_chunk_timeout": 20.0,
-    }
-
-
 def start(target: Any, *args: Any) -> Any:
     process = SPAWN.Process(target=target, args=args, daemon=True)
     process.start()
@@ -96,7 +83,7 @@ def two_kernels_one_429(
 ) -> tuple[float, float]:
     """Kernel A meets a 429 (RetryInfo 2 s); kernel B sends once A waits. (When A's 429
     was answered, when B's request arrived), from the server's log."""
-    settings = settings_for(server, store)
+    settings = kernel_settings(server, store)
     first, second = f"{tag} first", f"{tag} second"
     server.push_faults(f"429 minute {RETRY_DELAY:g}s", match=first)
     go, heard_wait, results = SPAWN.Event(), SPAWN.Event(), SPAWN.Queue()
@@ -144,7 +131,7 @@ def test_a_maps_rpm_holds_for_the_key_across_kernels(
 ) -> None:
     rows, rpm = 6, 600.0  # 10 starts a second for the key, whoever starts them
     results = SPAWN.Queue()
-    settings = settings_for(server, store_path)
+    settings = kernel_settings(server, store_path)
     kernels = [
         start(kernel_map, settings, [f"{tag} k{k} row{i}" for i in range(rows)], rpm, results)
         for k in range(2)
@@ -283,10 +270,7 @@ def test_a_block_published_by_one_registry_is_a_new_episode_for_another_on_the_f
 def test_a_postgresql_that_is_gone_leaves_each_kernel_its_own_quota(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    board = QuotaBoard.postgres(f"postgresql://nobody@127.0.0.1:{port}/agentrt")
+    board = QuotaBoard.postgres(f"postgresql://nobody@127.0.0.1:{free_port()}/agentrt")
     registry = QuotaRegistry(board=board)
     with caplog.at_level(logging.WARNING, "agentrt_jupyter"):
         assert registry.record_hit("cred", 5.0) == pytest.approx(5.0)

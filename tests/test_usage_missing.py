@@ -7,7 +7,6 @@ the counts missing."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -37,13 +36,6 @@ MODEL = "openai:gpt-4.1-mini"
 TOKEN_COLUMNS = ["prompt_tokens", "candidates_tokens", "thoughts_tokens", "total_tokens"]
 
 
-@pytest.fixture
-def runtime(server: LocalServer) -> Iterator[AgentRuntime]:
-    made = AgentRuntime(runtime_config(server))
-    yield made
-    made.shutdown(10.0)
-
-
 def openai_agent(runtime: AgentRuntime, server: LocalServer, **settings: object) -> Agent:
     return runtime.create_agent(
         model=MODEL, base_url=server.openai_base_url, api_key=server.token, **settings
@@ -51,9 +43,9 @@ def openai_agent(runtime: AgentRuntime, server: LocalServer, **settings: object)
 
 
 def test_a_stream_without_usage_gives_a_ledger_row_with_missing_counts(
-    runtime: AgentRuntime, server: LocalServer, tag: str
+    rt: AgentRuntime, server: LocalServer, tag: str
 ) -> None:
-    agent = openai_agent(runtime, server)
+    agent = openai_agent(rt, server)
     result = agent.chat(f"@@fault no_usage\n@@reply one two three\n{tag}").result(timeout=10)
 
     (request,) = requests_with(server, tag)
@@ -69,10 +61,10 @@ def test_a_stream_without_usage_gives_a_ledger_row_with_missing_counts(
 
 
 def test_a_turn_with_one_call_missing_its_usage_sums_to_missing_not_to_the_others(
-    runtime: AgentRuntime, server: LocalServer, tag: str
+    rt: AgentRuntime, server: LocalServer, tag: str
 ) -> None:
     server.push_faults("429 minute 0.1s", "no_usage", match=tag)
-    agent = openai_agent(runtime, server)
+    agent = openai_agent(rt, server)
     agent.chat(f"limited, then no usage {tag}").text(timeout=20)
     agent.chat(f"with usage {tag}").text(timeout=10)
 
@@ -86,9 +78,9 @@ def test_a_turn_with_one_call_missing_its_usage_sums_to_missing_not_to_the_other
 
 
 def test_frames_hold_missing_counts_as_na_and_the_compact_view_as_a_dash(
-    runtime: AgentRuntime, server: LocalServer, tag: str
+    rt: AgentRuntime, server: LocalServer, tag: str
 ) -> None:
-    agent = openai_agent(runtime, server)
+    agent = openai_agent(rt, server)
     agent.chat(f"@@fault no_usage\n{tag}").text(timeout=10)
 
     ledger = ledger_frame(agent.ledger())
@@ -103,9 +95,9 @@ def test_frames_hold_missing_counts_as_na_and_the_compact_view_as_a_dash(
 
 
 def test_missing_counts_survive_a_saved_frame(
-    runtime: AgentRuntime, server: LocalServer, tag: str, tmp_path: Path
+    rt: AgentRuntime, server: LocalServer, tag: str, tmp_path: Path
 ) -> None:
-    agent = openai_agent(runtime, server)
+    agent = openai_agent(rt, server)
     agent.chat(f"@@fault no_usage\n{tag}").text(timeout=10)
     agent.chat(f"counted {tag}").text(timeout=10)
 
@@ -158,9 +150,9 @@ def test_a_reply_is_unreported_once_something_came_without_usage_and_zero_before
 
 
 def test_the_ledger_frame_keeps_counts_exact_for_reported_rows(
-    runtime: AgentRuntime, server: LocalServer, tag: str
+    rt: AgentRuntime, server: LocalServer, tag: str
 ) -> None:
-    agent = openai_agent(runtime, server)
+    agent = openai_agent(rt, server)
     agent.chat(f"@@reply one two three\n{tag}").text(timeout=10)
 
     row = ledger_frame(agent.ledger()).iloc[0]
@@ -169,10 +161,10 @@ def test_the_ledger_frame_keeps_counts_exact_for_reported_rows(
 
 
 def test_a_map_row_without_usage_counts_as_its_estimate_against_the_budget(
-    runtime: AgentRuntime, server: LocalServer, tag: str
+    rt: AgentRuntime, server: LocalServer, tag: str
 ) -> None:
     rows = pd.DataFrame({"n": range(3)})
-    result = runtime.map(
+    result = rt.map(
         rows,
         f"@@fault no_usage\n{tag} row {{n}} " + "word " * 40,
         model=MODEL,
@@ -189,21 +181,21 @@ def test_a_map_row_without_usage_counts_as_its_estimate_against_the_budget(
 
 
 def test_the_agents_list_and_the_monitor_show_a_missing_total_as_missing(
-    runtime: AgentRuntime, server: LocalServer, tag: str
+    rt: AgentRuntime, server: LocalServer, tag: str
 ) -> None:
-    agent = openai_agent(runtime, server)
+    agent = openai_agent(rt, server)
     agent.chat(f"@@fault no_usage\n{tag}").text(timeout=10)
 
-    [info] = runtime.agents()
+    [info] = rt.agents()
     assert "total_tokens" not in agent_row(info)["usage"]  # left out, never 0
     assert cells_of(info)[-1] == "—"
     assert agents_frame([info])["total_tokens"].isna().all()
 
 
 def test_a_reply_recorded_without_usage_still_replays_as_replayed(
-    runtime: AgentRuntime, server: LocalServer, tag: str
+    rt: AgentRuntime, server: LocalServer, tag: str
 ) -> None:
-    agent = openai_agent(runtime, server, reply_cache=True)
+    agent = openai_agent(rt, server, reply_cache=True)
     prompt = f"@@fault no_usage\n@@reply cached words\n{tag}"
     first = agent.chat(prompt).result(timeout=10)
     agent.clear_history()

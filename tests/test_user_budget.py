@@ -29,7 +29,7 @@ from agentrt_jupyter.notebook.extension import loaded_magics
 from agentrt_jupyter.notebook.magics import AgentMagics
 from agentrt_jupyter.server.process import LocalServer
 
-from .conftest import requests_with, runtime_config
+from .conftest import kernel_settings, requests_with, runtime_config
 from .shell_helpers import agent_shell, run
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -78,19 +78,6 @@ def run_kernel(target: Any, *args: Any) -> Any:
     return answer
 
 
-def settings_for(server: LocalServer, store: Path | str) -> dict[str, Any]:
-    """A kernel's settings: its store an SQLite file or a PostgreSQL URL."""
-    database = isinstance(store, str)
-    return {
-        "base_url": server.url,
-        "api_key": server.token,
-        "api_version": "v1beta",
-        "store_path": None if database else store,
-        "store_url": store if database else None,
-        "idle_chunk_timeout": 20.0,
-    }
-
-
 def tokens_of_one_turn(server: LocalServer, prompt: str) -> int:
     with AgentRuntime(runtime_config(server)) as runtime:
         agent = runtime.create_agent()
@@ -115,7 +102,7 @@ def test_a_users_daily_budget_stops_their_third_kernel(
     prompts = [f"{tag} kernel{k} hi" for k in range(3)]  # the same length: the same tokens
     turn = tokens_of_one_turn(server, f"{tag} kernelX hi")
     monkeypatch.setenv(TOKENS_VARIABLE, str(2 * turn - 1))  # two turns pass it
-    settings = settings_for(server, store_path)
+    settings = kernel_settings(server, store_path)
     first = run_kernel(kernel_turns, settings, prompts[:1], False)
     second = run_kernel(kernel_turns, settings, prompts[1:2], False)
     third = run_kernel(kernel_turns, settings, prompts[2:], False)
@@ -137,7 +124,7 @@ def test_a_users_spending_on_postgresql_stops_their_next_kernel(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv(TOKENS_VARIABLE, "1")
-    settings = settings_for(server, postgres_database)
+    settings = kernel_settings(server, postgres_database)
     first = run_kernel(kernel_turns, settings, [f"{tag} one"], False)
     second = run_kernel(kernel_turns, settings, [f"{tag} two"], False)
     assert first[0][0] == "ok", first
@@ -150,7 +137,7 @@ def test_a_cell_cannot_lift_the_budget_its_kernel_started_with(
 ) -> None:
     monkeypatch.setenv(TOKENS_VARIABLE, "1")
     prompts = [f"{tag} one", f"{tag} two"]
-    outcomes = run_kernel(kernel_turns, settings_for(server, store_path), prompts, True)
+    outcomes = run_kernel(kernel_turns, kernel_settings(server, store_path), prompts, True)
     assert outcomes[0][0] == "ok"
     assert outcomes[1][:2] == ["QuotaExceeded", "budget"]
     assert len(requests_with(server, tag)) == 1
@@ -167,7 +154,7 @@ def test_a_map_past_the_budget_stops_with_the_budget_error(
 ) -> None:
     monkeypatch.setenv(TOKENS_VARIABLE, "1")
     prompts = [f"{tag} row{i}" for i in range(4)]
-    rows = run_kernel(kernel_map, settings_for(server, store_path), prompts)
+    rows = run_kernel(kernel_map, kernel_settings(server, store_path), prompts)
     assert rows[0][0] == "ok", rows
     # rows admitted beside the one that met the budget fail at once; the rest never start
     assert {status for status, _ in rows[1:]} <= {"error", "skipped"}, rows
