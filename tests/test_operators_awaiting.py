@@ -13,9 +13,11 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from agentrt_jupyter import AgentRuntime, FakeBackend, RuntimeConfig
+from agentrt_jupyter import AgentRuntime
 from agentrt_jupyter.backends.base import ModelRequest
 from agentrt_jupyter.batch.explain import OperatorPlan
+
+from .operator_helpers import fake_runtime, prompt_of
 
 ITEMS = re.compile(r"First item:\n(.*)\n\nSecond item:\n(.*)$", re.S)
 STATEMENT = re.compile(r"First: (.*)\nSecond: (.*)\n")
@@ -24,7 +26,7 @@ STATEMENT = re.compile(r"First: (.*)\nSecond: (.*)\n")
 def judge(request: ModelRequest) -> str:
     """An exact judge: the bigger number is more urgent; the same last word, the same thing;
     a pair naming one model twice, a match."""
-    text = request.messages[-1].parts[-1].text
+    text = prompt_of(request)
     if found := ITEMS.search(text):
         first, second = (int(item.split()[-1]) for item in found.groups())
         return json.dumps({"first_is_better": first > second})
@@ -39,12 +41,8 @@ def judge(request: ModelRequest) -> str:
 
 @pytest.fixture
 def runtime() -> Iterator[AgentRuntime]:
-    fake = FakeBackend(judge)
-    made = AgentRuntime(
-        RuntimeConfig(store_path=None, api_key="k"), backend_factory=lambda endpoint: fake
-    )
-    yield made
-    made.shutdown(10.0)
+    with fake_runtime(judge) as (made, _):
+        yield made
 
 
 def tickets() -> pd.DataFrame:
