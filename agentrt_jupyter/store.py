@@ -25,11 +25,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import secrets
-import socket
 import sqlite3
-import sys
 import threading
 import time
 import weakref
@@ -47,8 +44,9 @@ from .conversation import (
     Usage,
     unanswered_calls,
 )
-from .errors import ConversationInUse, StoreError
+from .errors import StoreError
 from .identity import current_user
+from .stores.leases import Leases
 
 log = logging.getLogger(__name__)
 
@@ -296,25 +294,6 @@ def _interrupted(turn: int, calls: list[FunctionCallPart]) -> ConversationMessag
     return ConversationMessage("user", responses, turn, status="incomplete")
 
 
-def _pid_alive(pid: int) -> bool:
-    """Whether process `pid` on this host still runs (a zombie does not)."""
-    if pid == os.getpid():
-        return True
-    if sys.platform == "win32":  # os.kill would terminate it; the heartbeat decides there
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
-
-
 def _quick_check(db: sqlite3.Connection) -> None:
     """SQLite's quick_check of every page; its findings raised as a corrupt-file error."""
     problems = [row[0] for row in db.execute("PRAGMA quick_check(3)")]
@@ -369,14 +348,11 @@ class Store:
             "owner": self.owner,
         }  # fmt: skip
         self._lock = threading.Lock()
-        self._token = secrets.token_hex(8)
-        self._pid, self._host = os.getpid(), socket.gethostname()
-        self.holder = f"{holder} (pid {self._pid} on host {self._host})"
-        self._lease_timeout = lease_timeout
+        self._leases = Leases(holder, lease_timeout)
+        self.holder = self._leases.holder
         self._busy_timeout = busy_timeout
         self._cache_max_entries = cache_max_entries
         self._cache_max_bytes = cache_max_bytes
-        self._held: dict[str, str] = {}  # conversation id -> name, leased to this store
         self._pages_checked = False
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -402,7 +378,7 @@ class Store:
             raise
         if migrated:
             log.info("migrated %s to store schema %d", self._path, SCHEMA_VERSION)
-        self._finalizer = weakref.finalize(self, _shut, db, self._token)
+        self._finalizer = weakref.finalize(self, _shut, db, self._leases.token)
 
     @property
     def path(self) -> Path:
@@ -426,7 +402,7 @@ class Store:
         with self._lock:
             if self._db is not None:
                 self._db = None
-                self._held.clear()
+                self._leases.held.clear()
                 self._finalizer()
 
     @property
@@ -461,7 +437,7 @@ class Store:
             )
             self._append(db, conversation_id, "settings", data)
             self._lease(db, conversation_id, now)
-        self._held[conversation_id] = name
+        self._leases.held[conversation_id] = name
         return conversation_id
 
     def latest(self, namespace: str, name: str) -> str | None:
@@ -481,10 +457,6 @@ class Store:
             rows = db.execute(_LISTING, (namespace, self.owner)).fetchall()
         listing = []
         for cid, ns, name, created, messages, turns, size, last, *lease in rows:
-            token, holder, pid, host, heartbeat = lease
-            live = token is not None and (
-                token == self._token or self._alive(pid, host, heartbeat, now)
-            )
             listing.append(
                 StoredConversation(
                     id=cid,
@@ -495,7 +467,7 @@ class Store:
                     size=size,
                     created=_timestamp(created),
                     last_activity=_timestamp(last),
-                    holder=holder if live else None,
+                    holder=self._leases.live_holder(lease, now),
                 )
             )
         return listing
@@ -526,13 +498,13 @@ class Store:
                 return None
             self._claim(db, conversation_id, row[0], take_over)
             loaded = self._read(db, conversation_id, persist=True)
-        self._held[conversation_id] = row[0]
+        self._leases.held[conversation_id] = row[0]
         return loaded
 
     @property
     def held(self) -> tuple[str, ...]:
         """The ids of the conversations this store holds the lease of."""
-        return tuple(self._held)
+        return tuple(self._leases.held)
 
     def claim(self, conversation_id: str) -> bool:
         """Take a conversation's lease without loading it: one this process goes on writing
@@ -545,36 +517,34 @@ class Store:
             if row is None:
                 return False
             self._lease(db, conversation_id, time.time())
-        self._held[conversation_id] = row[0]
+        self._leases.held[conversation_id] = row[0]
         return True
 
     def release(self, conversation_id: str) -> None:
         """Let go of the conversation's lease (disconnect); its rows stay."""
-        self._held.pop(conversation_id, None)
+        self._leases.held.pop(conversation_id, None)
         with self._boundary(f"release conversation {conversation_id}") as db:
             db.execute(
                 "DELETE FROM leases WHERE conversation = ? AND token = ?",
-                (conversation_id, self._token),
+                (conversation_id, self._leases.token),
             )
 
     def heartbeat(self) -> list[str]:
         """Renew every lease this store holds; return the ids of those it lost (taken over)."""
-        if not self._held:
+        if not self._leases.held:
             return []
         with self._write("renew the conversation leases") as db:
             db.execute(
-                "UPDATE leases SET heartbeat = ? WHERE token = ?", (time.time(), self._token)
+                "UPDATE leases SET heartbeat = ? WHERE token = ?",
+                (time.time(), self._leases.token),
             )
             kept = {
                 cid
                 for (cid,) in db.execute(
-                    "SELECT conversation FROM leases WHERE token = ?", (self._token,)
+                    "SELECT conversation FROM leases WHERE token = ?", (self._leases.token,)
                 )
             }
-        lost = [cid for cid in self._held if cid not in kept]
-        for cid in lost:
-            del self._held[cid]
-        return lost
+        return self._leases.keep(kept)
 
     def delete(self, conversation_id: str, *, take_over: bool = False) -> bool:
         """Erase a conversation and every trace of its text from the file (False: no such id).
@@ -598,7 +568,7 @@ class Store:
                 ("leases", "conversation"), ("replies", "conversation"), ("conversations", "id"),
             ):  # fmt: skip
                 db.execute(f"DELETE FROM {table} WHERE {column} = ?", (conversation_id,))
-        self._held.pop(conversation_id, None)
+        self._leases.held.pop(conversation_id, None)
         with self._boundary("checkpoint the write-ahead log") as db:
             busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         if busy:
@@ -855,14 +825,8 @@ class Store:
             " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (conversation) DO UPDATE SET"
             " token = excluded.token, holder = excluded.holder, pid = excluded.pid,"
             " host = excluded.host, heartbeat = excluded.heartbeat",
-            (conversation_id, self._token, self.holder, self._pid, self._host, now),
+            (conversation_id, *self._leases.row(now)),
         )
-
-    def _alive(self, pid: int, host: str, heartbeat: float, now: float) -> bool:
-        """A holder is dead once silent past the lease timeout, or at once if its pid is gone."""
-        if now - heartbeat > self._lease_timeout:
-            return False
-        return host != self._host or _pid_alive(pid)
 
     def _claim(
         self, db: sqlite3.Connection, conversation_id: str, name: str, take_over: bool
@@ -873,37 +837,23 @@ class Store:
             "SELECT token, holder, pid, host, heartbeat FROM leases WHERE conversation = ?",
             (conversation_id,),
         ).fetchone()
-        if (
-            lease is not None
-            and lease[0] != self._token
-            and not take_over
-            and self._alive(lease[2], lease[3], lease[4], now)
-        ):
-            raise ConversationInUse(name, lease[1])
+        self._leases.check_free(name, lease, take_over, now)
         self._lease(db, conversation_id, now)
 
     def _renew(self, db: sqlite3.Connection, conversation_id: str) -> None:
         """Check (and renew) that this store still holds the lease, before a write."""
         renewed = db.execute(
             "UPDATE leases SET heartbeat = ? WHERE conversation = ? AND token = ?",
-            (time.time(), conversation_id, self._token),
+            (time.time(), conversation_id, self._leases.token),
         ).rowcount
         if renewed:
             return
-        row = db.execute(
+        found = db.execute(
             "SELECT c.name, l.holder FROM conversations c"
             " LEFT JOIN leases l ON l.conversation = c.id WHERE c.id = ?",
             (conversation_id,),
         ).fetchone()
-        if row is None:
-            raise StoreError(
-                f"cannot write conversation {conversation_id}: it is no longer in the store "
-                "(deleted by another kernel)",
-                path=str(self._path),
-            )
-        self._held.pop(conversation_id, None)
-        holder = row[1] or "another kernel (it took the conversation over, then let it go)"
-        raise ConversationInUse(row[0], holder)
+        raise self._leases.lost(conversation_id, found, str(self._path))
 
     def _evict(self, db: sqlite3.Connection) -> None:
         """Drop the least recently used replies until the cache is within its bounds."""

@@ -17,10 +17,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import secrets
 import select
-import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -31,7 +29,7 @@ from psycopg import errors
 
 from ..config import redacted_url
 from ..conversation import ConversationMessage, LedgerEntry
-from ..errors import ConversationInUse, StoreError
+from ..errors import StoreError
 from ..identity import current_user
 from ..store import (
     CachedReply,
@@ -43,7 +41,6 @@ from ..store import (
     _ledger_json,
     _message,
     _message_json,
-    _pid_alive,
     _reply,
     _reply_json,
     _timestamp,
@@ -51,6 +48,7 @@ from ..store import (
     assemble,
 )
 from .base import TEAM_SCOPE
+from .leases import Leases
 from .pgschema import LISTING, MIGRATIONS, SCHEMA_VERSION, connect, fill_prices
 
 log = logging.getLogger("agentrt_jupyter")
@@ -96,15 +94,12 @@ class PgStore:
             "cache_max_bytes": cache_max_bytes,
         }  # fmt: skip
         self._lock = threading.Lock()
-        self._token = secrets.token_hex(8)
-        self._pid, self._host = os.getpid(), socket.gethostname()
-        self.holder = f"{holder} (pid {self._pid} on host {self._host})"
-        self._lease_timeout = lease_timeout
+        self._leases = Leases(holder, lease_timeout)
+        self.holder = self._leases.holder
         self._connect_timeout = connect_timeout
         self._statement_timeout = statement_timeout
         self._cache_max_entries = cache_max_entries
         self._cache_max_bytes = cache_max_bytes
-        self._held: dict[str, str] = {}
         self._closed = False
         self._conn: psycopg.Connection | None = None
         self._backoff = 0.0
@@ -132,18 +127,19 @@ class PgStore:
                 return
             self._closed = True
             conn, self._conn = self._conn, None
-            held, self._held = self._held, {}
+            held = bool(self._leases.held)
+            self._leases.held.clear()
         if conn is None:
             return
         with contextlib.suppress(Exception):
             if held:
-                conn.execute("DELETE FROM agentrt.leases WHERE token = %s", (self._token,))
+                conn.execute("DELETE FROM agentrt.leases WHERE token = %s", (self._leases.token,))
         with contextlib.suppress(Exception):
             conn.close()
 
     @property
     def held(self) -> tuple[str, ...]:
-        return tuple(self._held)
+        return tuple(self._leases.held)
 
     @property
     def pages_checked(self) -> bool:
@@ -163,7 +159,7 @@ class PgStore:
             )
             self._append(conn, conversation_id, "settings", data)
             self._lease(conn, conversation_id, now)
-        self._held[conversation_id] = name
+        self._leases.held[conversation_id] = name
         return conversation_id
 
     def latest(self, namespace: str, name: str) -> str | None:
@@ -181,14 +177,10 @@ class PgStore:
             rows = conn.execute(LISTING, {"owner": self.owner, "namespace": namespace}).fetchall()
         listing = []
         for cid, ns, name, created, messages, turns, size, last, *lease in rows:
-            token, holder, pid, host, heartbeat = lease
-            live = token is not None and (
-                token == self._token or self._alive(pid, host, heartbeat, now)
-            )
             listing.append(
                 StoredConversation(
                     cid, ns, name, int(turns), int(messages), int(size), _timestamp(created),
-                    _timestamp(float(last)), holder if live else None,
+                    _timestamp(float(last)), self._leases.live_holder(lease, now),
                 )
             )  # fmt: skip
         return listing
@@ -206,7 +198,7 @@ class PgStore:
                 return None
             self._claim(conn, conversation_id, name, take_over)
             loaded = self._read(conn, conversation_id, persist=True)
-        self._held[conversation_id] = name
+        self._leases.held[conversation_id] = name
         return loaded
 
     def claim(self, conversation_id: str) -> bool:
@@ -215,20 +207,20 @@ class PgStore:
             if name is None:
                 return False
             self._lease(conn, conversation_id, time.time())
-        self._held[conversation_id] = name
+        self._leases.held[conversation_id] = name
         return True
 
     def release(self, conversation_id: str) -> None:
-        self._held.pop(conversation_id, None)
+        self._leases.held.pop(conversation_id, None)
         with self._boundary(f"release conversation {conversation_id}") as conn:
             conn.execute(
                 "DELETE FROM agentrt.leases WHERE conversation = %s AND token = %s",
-                (conversation_id, self._token),
+                (conversation_id, self._leases.token),
             )
 
     def heartbeat(self) -> list[str]:
         """Renew the leases; without any, still reach the database (a reconnect's test)."""
-        if not self._held:
+        if not self._leases.held:
             with self._boundary("reach the database") as conn:
                 conn.execute("SELECT 1")
             return []
@@ -238,13 +230,10 @@ class PgStore:
                 for (cid,) in conn.execute(
                     "UPDATE agentrt.leases SET heartbeat = %s WHERE token = %s"
                     " RETURNING conversation",
-                    (time.time(), self._token),
+                    (time.time(), self._leases.token),
                 )
             }
-        lost = [cid for cid in self._held if cid not in kept]
-        for cid in lost:
-            del self._held[cid]
-        return lost
+        return self._leases.keep(kept)
 
     def delete(self, conversation_id: str, *, take_over: bool = False) -> bool:
         """Erase the conversation and its cached replies (autovacuum reclaims the space)."""
@@ -258,7 +247,7 @@ class PgStore:
                 ("leases", "conversation"), ("replies", "conversation"), ("conversations", "id"),
             ):  # fmt: skip
                 conn.execute(f"DELETE FROM agentrt.{table} WHERE {column} = %s", (conversation_id,))
-        self._held.pop(conversation_id, None)
+        self._leases.held.pop(conversation_id, None)
         return True
 
     def append_message(self, conversation_id: str, message: ConversationMessage) -> None:
@@ -516,7 +505,7 @@ class PgStore:
             " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (conversation) DO UPDATE SET"
             " token = excluded.token, holder = excluded.holder, pid = excluded.pid,"
             " host = excluded.host, heartbeat = excluded.heartbeat",
-            (conversation_id, self.owner, self._token, self.holder, self._pid, self._host, now),
+            (conversation_id, self.owner, *self._leases.row(now)),
         )
 
     def _locked_name(self, conn: psycopg.Connection, conversation_id: str) -> str | None:
@@ -527,11 +516,6 @@ class PgStore:
         ).fetchone()
         return None if row is None else str(row[0])
 
-    def _alive(self, pid: int, host: str, heartbeat: float, now: float) -> bool:
-        if now - heartbeat > self._lease_timeout:
-            return False
-        return host != self._host or _pid_alive(pid)
-
     def _claim(
         self, conn: psycopg.Connection, conversation_id: str, name: str, take_over: bool
     ) -> None:
@@ -541,36 +525,22 @@ class PgStore:
             " WHERE conversation = %s",
             (conversation_id,),
         ).fetchone()
-        if (
-            lease is not None
-            and lease[0] != self._token
-            and not take_over
-            and self._alive(lease[2], lease[3], lease[4], now)
-        ):
-            raise ConversationInUse(name, lease[1])
+        self._leases.check_free(name, lease, take_over, now)
         self._lease(conn, conversation_id, now)
 
     def _renew(self, conn: psycopg.Connection, conversation_id: str) -> None:
         renewed = conn.execute(
             "UPDATE agentrt.leases SET heartbeat = %s WHERE conversation = %s AND token = %s",
-            (time.time(), conversation_id, self._token),
+            (time.time(), conversation_id, self._leases.token),
         ).rowcount
         if renewed:
             return
-        row = conn.execute(
+        found = conn.execute(
             "SELECT c.name, l.holder FROM agentrt.conversations c"
             " LEFT JOIN agentrt.leases l ON l.conversation = c.id WHERE c.id = %s",
             (conversation_id,),
         ).fetchone()
-        if row is None:
-            raise StoreError(
-                f"cannot write conversation {conversation_id}: it is no longer in the store "
-                "(deleted by another kernel)",
-                path=self.location,
-            )
-        self._held.pop(conversation_id, None)
-        holder = row[1] or "another kernel (it took the conversation over, then let it go)"
-        raise ConversationInUse(row[0], holder)
+        raise self._leases.lost(conversation_id, found, self.location)
 
     def _settings_text(self, conn: psycopg.Connection, conversation_id: str) -> str | None:
         row = conn.execute(
