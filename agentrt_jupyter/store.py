@@ -30,11 +30,12 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from .content import FunctionCallPart, FunctionResponsePart, Part, part_from_json, part_to_json
 from .conversation import (
@@ -134,6 +135,9 @@ ORDER BY c.seq
 QUICK_CHECK_MAX_BYTES = 4 * 2**20
 """The largest file whose every page is checked when the store opens (~1 ms per MiB); the
 recorder checks a bigger one in the background."""
+
+Conn = TypeVar("Conn")
+"""A store's connection type (sqlite3's, psycopg's)."""
 
 _SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 3, 5, 6, 8
 _SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = (
@@ -317,7 +321,159 @@ def _shut(db: sqlite3.Connection, token: str) -> None:
     db.close()
 
 
-class Store:
+class LeasedWrites(ABC, Generic[Conn]):
+    """What every store does alike under its writer leases: `open`/`claim` and the writes
+    that need the lease, in terms of each store's SQL (the abstract methods, on its
+    connection type `Conn`), so that SQLite and PostgreSQL keep the same semantics."""
+
+    _leases: Leases
+
+    @property
+    def held(self) -> tuple[str, ...]:
+        """The ids of the conversations this store holds the lease of."""
+        return tuple(self._leases.held)
+
+    def open(self, conversation_id: str, *, take_over: bool = False) -> LoadedConversation | None:
+        """Take the conversation's lease and load it, to continue writing it.
+
+        A live holder elsewhere gives `ConversationInUse` unless `take_over`; a dead one is
+        taken over at once. An unfinished reply is appended as an `incomplete` model
+        message, and calls with no response are answered with an "interrupted" error
+        (appended too), so what is sent next is valid. None if there is no such id.
+        """
+        with self._write(f"open conversation {conversation_id}") as conn:
+            name = self._locked_name(conn, conversation_id)
+            if name is None:
+                return None
+            self._claim(conn, conversation_id, name, take_over)
+            loaded = self._read(conn, conversation_id, persist=True)
+        self._leases.held[conversation_id] = name
+        return loaded
+
+    def claim(self, conversation_id: str) -> bool:
+        """Take a conversation's lease without loading it: one this process goes on writing
+        after its store was recovered into a fresh file. False if the store lacks it."""
+        with self._write(f"claim conversation {conversation_id}") as conn:
+            name = self._locked_name(conn, conversation_id)
+            if name is None:
+                return False
+            self._lease(conn, conversation_id, time.time())
+        self._leases.held[conversation_id] = name
+        return True
+
+    def append_message(self, conversation_id: str, message: ConversationMessage) -> None:
+        """Append a finished message; it ends (drops) the conversation's draft."""
+        with self._write(f"record a message of conversation {conversation_id}") as conn:
+            data = _message_json(message)
+            self._renew(conn, conversation_id)
+            self._append(conn, conversation_id, "message", data, message.role, message.turn)
+            self._drop_draft(conn, conversation_id)
+
+    def checkpoint(self, conversation_id: str, message: ConversationMessage) -> None:
+        """Save the reply streamed so far (replacing the last checkpoint).
+
+        `message` is the partial model message (all its parts so far). A crash loses at
+        most what arrived since; the draft loads as an `incomplete` message. A message
+        without parts drops the checkpoint (a retry that starts the reply over).
+        """
+        with self._write(f"checkpoint the reply of conversation {conversation_id}") as conn:
+            self._renew(conn, conversation_id)
+            if not message.parts:
+                self._drop_draft(conn, conversation_id)
+                return
+            self._put_draft(conn, conversation_id, _message_json(message))
+
+    def append_ledger(self, conversation_id: str, entry: LedgerEntry) -> None:
+        """Append one API call's ledger row."""
+        with self._write(f"record a ledger row of conversation {conversation_id}") as conn:
+            data = _ledger_json(entry)
+            self._renew(conn, conversation_id)
+            self._append(conn, conversation_id, "ledger", data, turn=entry.turn)
+
+    def save_settings(self, conversation_id: str, settings: Mapping[str, Any]) -> None:
+        """Append the agent's settings if they differ from the stored ones (latest wins)."""
+        with self._write(f"store the settings of conversation {conversation_id}") as conn:
+            data = _dumps(dict(settings))
+            self._renew(conn, conversation_id)
+            if data != self._settings_text(conn, conversation_id):
+                self._append(conn, conversation_id, "settings", data)
+
+    def clear(self, conversation_id: str) -> None:
+        """Append a "cleared" marker: later loads start after it (the ledger stays whole)."""
+        with self._write(f"clear conversation {conversation_id}") as conn:
+            self._renew(conn, conversation_id)
+            self._append(conn, conversation_id, "cleared", "{}")
+            self._drop_draft(conn, conversation_id)
+
+    def _claim(self, conn: Conn, conversation_id: str, name: str, take_over: bool) -> None:
+        """Take the lease unless a live holder elsewhere has it (and this is no take-over)."""
+        now = time.time()
+        self._leases.check_free(name, self._lease_of(conn, conversation_id), take_over, now)
+        self._lease(conn, conversation_id, now)
+
+    def _append_added(
+        self, conn: Conn, conversation_id: str, added: list[ConversationMessage]
+    ) -> None:
+        """Append what `open` added on loading (see `assemble`); the draft is one of them."""
+        for message in added:
+            self._append(
+                conn, conversation_id, "message", _message_json(message), message.role,
+                message.turn,
+            )  # fmt: skip
+        self._drop_draft(conn, conversation_id)
+
+    @abstractmethod
+    def _write(self, doing: str) -> contextlib.AbstractContextManager[Conn]:
+        """A write transaction on the store's connection."""
+
+    @abstractmethod
+    def _locked_name(self, conn: Conn, conversation_id: str) -> str | None:
+        """The name of this owner's conversation (None: none), held until the write ends."""
+
+    @abstractmethod
+    def _read(
+        self, conn: Conn, conversation_id: str, *, persist: bool
+    ) -> LoadedConversation | None:
+        """The conversation from its rows; with `persist`, append what loading added."""
+
+    @abstractmethod
+    def _lease_of(self, conn: Conn, conversation_id: str) -> Sequence[Any] | None:
+        """The conversation's lease row (token, holder, pid, host, heartbeat), if any."""
+
+    @abstractmethod
+    def _lease(self, conn: Conn, conversation_id: str, now: float) -> None:
+        """Write this store's lease of the conversation, heartbeat `now`."""
+
+    @abstractmethod
+    def _renew(self, conn: Conn, conversation_id: str) -> None:
+        """Check (and renew) that this store still holds the lease, before a write."""
+
+    @abstractmethod
+    def _append(
+        self,
+        conn: Conn,
+        conversation_id: str,
+        kind: str,
+        data: str,
+        role: str | None = None,
+        turn: int | None = None,
+    ) -> None:
+        """Append one record."""
+
+    @abstractmethod
+    def _settings_text(self, conn: Conn, conversation_id: str) -> str | None:
+        """The latest stored settings, as stored."""
+
+    @abstractmethod
+    def _put_draft(self, conn: Conn, conversation_id: str, data: str) -> None:
+        """Replace the conversation's draft."""
+
+    @abstractmethod
+    def _drop_draft(self, conn: Conn, conversation_id: str) -> None:
+        """Drop the conversation's draft, if any."""
+
+
+class Store(LeasedWrites[sqlite3.Connection]):
     """One SQLite file of conversations and the reply cache; see the module docstring.
 
     `holder` says who writes, for other kernels' `ConversationInUse` (e.g. "kernel
@@ -481,45 +637,6 @@ class Store:
         with self._transaction(f"load conversation {conversation_id}", "BEGIN") as db:
             return self._read(db, conversation_id, persist=False)
 
-    def open(self, conversation_id: str, *, take_over: bool = False) -> LoadedConversation | None:
-        """Take the conversation's lease and load it, to continue writing it.
-
-        A live holder elsewhere gives `ConversationInUse` unless `take_over`; a dead one is
-        taken over at once. An unfinished reply is appended as an `incomplete` model
-        message, and calls with no response are answered with an "interrupted" error
-        (appended too), so what is sent next is valid. None if there is no such id.
-        """
-        with self._write(f"open conversation {conversation_id}") as db:
-            row = db.execute(
-                "SELECT name FROM conversations WHERE id = ? AND owner IN (?, '')",
-                (conversation_id, self.owner),
-            ).fetchone()
-            if row is None:
-                return None
-            self._claim(db, conversation_id, row[0], take_over)
-            loaded = self._read(db, conversation_id, persist=True)
-        self._leases.held[conversation_id] = row[0]
-        return loaded
-
-    @property
-    def held(self) -> tuple[str, ...]:
-        """The ids of the conversations this store holds the lease of."""
-        return tuple(self._leases.held)
-
-    def claim(self, conversation_id: str) -> bool:
-        """Take a conversation's lease without loading it: one this process goes on writing
-        after its store was recovered into a fresh file. False if the file lacks it."""
-        with self._write(f"claim conversation {conversation_id}") as db:
-            row = db.execute(
-                "SELECT name FROM conversations WHERE id = ? AND owner IN (?, '')",
-                (conversation_id, self.owner),
-            ).fetchone()
-            if row is None:
-                return False
-            self._lease(db, conversation_id, time.time())
-        self._leases.held[conversation_id] = row[0]
-        return True
-
     def release(self, conversation_id: str) -> None:
         """Let go of the conversation's lease (disconnect); its rows stay."""
         self._leases.held.pop(conversation_id, None)
@@ -556,13 +673,10 @@ class Store:
         for this conversation go with it.
         """
         with self._write(f"delete conversation {conversation_id}") as db:
-            row = db.execute(
-                "SELECT name FROM conversations WHERE id = ? AND owner IN (?, '')",
-                (conversation_id, self.owner),
-            ).fetchone()
-            if row is None:
+            name = self._locked_name(db, conversation_id)
+            if name is None:
                 return False
-            self._claim(db, conversation_id, row[0], take_over)
+            self._claim(db, conversation_id, name, take_over)
             for table, column in (
                 ("records", "conversation"), ("drafts", "conversation"),
                 ("leases", "conversation"), ("replies", "conversation"), ("conversations", "id"),
@@ -574,55 +688,6 @@ class Store:
         if busy:
             log.warning("%s: another connection kept the log; deleted text leaves it later", self)
         return True
-
-    # -- writing (needs the lease) -------------------------------------------------------
-
-    def append_message(self, conversation_id: str, message: ConversationMessage) -> None:
-        """Append a finished message; it ends (drops) the conversation's draft."""
-        with self._write(f"record a message of conversation {conversation_id}") as db:
-            data = _message_json(message)
-            self._renew(db, conversation_id)
-            self._append(db, conversation_id, "message", data, message.role, message.turn)
-            db.execute("DELETE FROM drafts WHERE conversation = ?", (conversation_id,))
-
-    def checkpoint(self, conversation_id: str, message: ConversationMessage) -> None:
-        """Save the reply streamed so far (replacing the last checkpoint).
-
-        `message` is the partial model message (all its parts so far). A crash loses at
-        most what arrived since; the draft loads as an `incomplete` message. A message
-        without parts drops the checkpoint (a retry that starts the reply over).
-        """
-        with self._write(f"checkpoint the reply of conversation {conversation_id}") as db:
-            self._renew(db, conversation_id)
-            if not message.parts:
-                db.execute("DELETE FROM drafts WHERE conversation = ?", (conversation_id,))
-                return
-            db.execute(
-                "INSERT OR REPLACE INTO drafts (conversation, written, data) VALUES (?, ?, ?)",
-                (conversation_id, time.time(), _message_json(message)),
-            )
-
-    def append_ledger(self, conversation_id: str, entry: LedgerEntry) -> None:
-        """Append one API call's ledger row."""
-        with self._write(f"record a ledger row of conversation {conversation_id}") as db:
-            data = _ledger_json(entry)
-            self._renew(db, conversation_id)
-            self._append(db, conversation_id, "ledger", data, turn=entry.turn)
-
-    def save_settings(self, conversation_id: str, settings: Mapping[str, Any]) -> None:
-        """Append the agent's settings if they differ from the stored ones (latest wins)."""
-        with self._write(f"store the settings of conversation {conversation_id}") as db:
-            data = _dumps(dict(settings))
-            self._renew(db, conversation_id)
-            if data != self._settings_text(db, conversation_id):
-                self._append(db, conversation_id, "settings", data)
-
-    def clear(self, conversation_id: str) -> None:
-        """Append a "cleared" marker: later loads start after it (the ledger stays whole)."""
-        with self._write(f"clear conversation {conversation_id}") as db:
-            self._renew(db, conversation_id)
-            self._append(db, conversation_id, "cleared", "{}")
-            db.execute("DELETE FROM drafts WHERE conversation = ?", (conversation_id,))
 
     # -- the reply cache -----------------------------------------------------------------
 
@@ -828,20 +893,21 @@ class Store:
             (conversation_id, *self._leases.row(now)),
         )
 
-    def _claim(
-        self, db: sqlite3.Connection, conversation_id: str, name: str, take_over: bool
-    ) -> None:
-        """Take the lease unless a live holder elsewhere has it (and this is no take-over)."""
-        now = time.time()
-        lease = db.execute(
+    def _locked_name(self, db: sqlite3.Connection, conversation_id: str) -> str | None:
+        row = db.execute(
+            "SELECT name FROM conversations WHERE id = ? AND owner IN (?, '')",
+            (conversation_id, self.owner),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def _lease_of(self, db: sqlite3.Connection, conversation_id: str) -> Sequence[Any] | None:
+        lease: Sequence[Any] | None = db.execute(
             "SELECT token, holder, pid, host, heartbeat FROM leases WHERE conversation = ?",
             (conversation_id,),
         ).fetchone()
-        self._leases.check_free(name, lease, take_over, now)
-        self._lease(db, conversation_id, now)
+        return lease
 
     def _renew(self, db: sqlite3.Connection, conversation_id: str) -> None:
-        """Check (and renew) that this store still holds the lease, before a write."""
         renewed = db.execute(
             "UPDATE leases SET heartbeat = ? WHERE conversation = ? AND token = ?",
             (time.time(), conversation_id, self._leases.token),
@@ -886,7 +952,6 @@ class Store:
     def _read(
         self, db: sqlite3.Connection, conversation_id: str, *, persist: bool
     ) -> LoadedConversation | None:
-        """Build the conversation from its rows; with `persist`, append what loading adds."""
         row = db.execute(
             "SELECT namespace, name FROM conversations WHERE id = ? AND owner IN (?, '')",
             (conversation_id, self.owner),
@@ -925,13 +990,17 @@ class Store:
             None if draft is None else _message(draft[0]), turn_seq,
         )  # fmt: skip
         if persist:
-            for message in added:
-                self._append(
-                    db, conversation_id, "message", _message_json(message), message.role,
-                    message.turn,
-                )  # fmt: skip
-            db.execute("DELETE FROM drafts WHERE conversation = ?", (conversation_id,))
+            self._append_added(db, conversation_id, added)
         return loaded
+
+    def _put_draft(self, db: sqlite3.Connection, conversation_id: str, data: str) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO drafts (conversation, written, data) VALUES (?, ?, ?)",
+            (conversation_id, time.time(), data),
+        )
+
+    def _drop_draft(self, db: sqlite3.Connection, conversation_id: str) -> None:
+        db.execute("DELETE FROM drafts WHERE conversation = ?", (conversation_id,))
 
 
 def assemble(

@@ -21,26 +21,24 @@ import secrets
 import select
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
 from psycopg import errors
 
 from ..config import redacted_url
-from ..conversation import ConversationMessage, LedgerEntry
 from ..errors import StoreError
 from ..identity import current_user
 from ..store import (
     CachedReply,
     CacheStats,
+    LeasedWrites,
     LoadedConversation,
     StoredConversation,
     _dumps,
     _ledger_entry,
-    _ledger_json,
     _message,
-    _message_json,
     _reply,
     _reply_json,
     _timestamp,
@@ -67,7 +65,7 @@ def _closed_by_server(conn: psycopg.Connection) -> bool:
     return bool(readable)
 
 
-class PgStore:
+class PgStore(LeasedWrites[psycopg.Connection]):
     """Conversations and the reply cache in a PostgreSQL database; see the module docstring.
 
     `owner` is whose rows these are: the connected role when it is in `agentrt_users` (the
@@ -138,10 +136,6 @@ class PgStore:
             conn.close()
 
     @property
-    def held(self) -> tuple[str, ...]:
-        return tuple(self._leases.held)
-
-    @property
     def pages_checked(self) -> bool:
         return True  # the server checks its own pages
 
@@ -191,25 +185,6 @@ class PgStore:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             return self._read(conn, conversation_id, persist=False)
 
-    def open(self, conversation_id: str, *, take_over: bool = False) -> LoadedConversation | None:
-        with self._write(f"open conversation {conversation_id}") as conn:
-            name = self._locked_name(conn, conversation_id)
-            if name is None:
-                return None
-            self._claim(conn, conversation_id, name, take_over)
-            loaded = self._read(conn, conversation_id, persist=True)
-        self._leases.held[conversation_id] = name
-        return loaded
-
-    def claim(self, conversation_id: str) -> bool:
-        with self._write(f"claim conversation {conversation_id}") as conn:
-            name = self._locked_name(conn, conversation_id)
-            if name is None:
-                return False
-            self._lease(conn, conversation_id, time.time())
-        self._leases.held[conversation_id] = name
-        return True
-
     def release(self, conversation_id: str) -> None:
         self._leases.held.pop(conversation_id, None)
         with self._boundary(f"release conversation {conversation_id}") as conn:
@@ -249,47 +224,6 @@ class PgStore:
                 conn.execute(f"DELETE FROM agentrt.{table} WHERE {column} = %s", (conversation_id,))
         self._leases.held.pop(conversation_id, None)
         return True
-
-    def append_message(self, conversation_id: str, message: ConversationMessage) -> None:
-        with self._write(f"record a message of conversation {conversation_id}") as conn:
-            data = _message_json(message)
-            self._renew(conn, conversation_id)
-            self._append(conn, conversation_id, "message", data, message.role, message.turn)
-            conn.execute("DELETE FROM agentrt.drafts WHERE conversation = %s", (conversation_id,))
-
-    def checkpoint(self, conversation_id: str, message: ConversationMessage) -> None:
-        with self._write(f"checkpoint the reply of conversation {conversation_id}") as conn:
-            self._renew(conn, conversation_id)
-            if not message.parts:
-                conn.execute(
-                    "DELETE FROM agentrt.drafts WHERE conversation = %s", (conversation_id,)
-                )
-                return
-            conn.execute(
-                "INSERT INTO agentrt.drafts (conversation, owner, written, data)"
-                " VALUES (%s, %s, %s, %s) ON CONFLICT (conversation) DO UPDATE SET"
-                " written = excluded.written, data = excluded.data",
-                (conversation_id, self.owner, time.time(), _message_json(message)),
-            )
-
-    def append_ledger(self, conversation_id: str, entry: LedgerEntry) -> None:
-        with self._write(f"record a ledger row of conversation {conversation_id}") as conn:
-            data = _ledger_json(entry)
-            self._renew(conn, conversation_id)
-            self._append(conn, conversation_id, "ledger", data, turn=entry.turn)
-
-    def save_settings(self, conversation_id: str, settings: Mapping[str, Any]) -> None:
-        with self._write(f"store the settings of conversation {conversation_id}") as conn:
-            data = _dumps(dict(settings))
-            self._renew(conn, conversation_id)
-            if data != self._settings_text(conn, conversation_id):
-                self._append(conn, conversation_id, "settings", data)
-
-    def clear(self, conversation_id: str) -> None:
-        with self._write(f"clear conversation {conversation_id}") as conn:
-            self._renew(conn, conversation_id)
-            self._append(conn, conversation_id, "cleared", "{}")
-            conn.execute("DELETE FROM agentrt.drafts WHERE conversation = %s", (conversation_id,))
 
     def cache_get(self, key: str, *, scope: str | None = None) -> CachedReply | None:
         with self._boundary("read the reply cache") as conn:
@@ -516,17 +450,12 @@ class PgStore:
         ).fetchone()
         return None if row is None else str(row[0])
 
-    def _claim(
-        self, conn: psycopg.Connection, conversation_id: str, name: str, take_over: bool
-    ) -> None:
-        now = time.time()
-        lease = conn.execute(
+    def _lease_of(self, conn: psycopg.Connection, conversation_id: str) -> Sequence[Any] | None:
+        return conn.execute(
             "SELECT token, holder, pid, host, heartbeat FROM agentrt.leases"
             " WHERE conversation = %s",
             (conversation_id,),
         ).fetchone()
-        self._leases.check_free(name, lease, take_over, now)
-        self._lease(conn, conversation_id, now)
 
     def _renew(self, conn: psycopg.Connection, conversation_id: str) -> None:
         renewed = conn.execute(
@@ -579,10 +508,16 @@ class PgStore:
             None if draft is None else _message(draft[0]), turn_seq,
         )  # fmt: skip
         if persist:
-            for message in added:
-                self._append(
-                    conn, conversation_id, "message", _message_json(message), message.role,
-                    message.turn,
-                )  # fmt: skip
-            conn.execute("DELETE FROM agentrt.drafts WHERE conversation = %s", (conversation_id,))
+            self._append_added(conn, conversation_id, added)
         return loaded
+
+    def _put_draft(self, conn: psycopg.Connection, conversation_id: str, data: str) -> None:
+        conn.execute(
+            "INSERT INTO agentrt.drafts (conversation, owner, written, data)"
+            " VALUES (%s, %s, %s, %s) ON CONFLICT (conversation) DO UPDATE SET"
+            " written = excluded.written, data = excluded.data",
+            (conversation_id, self.owner, time.time(), data),
+        )
+
+    def _drop_draft(self, conn: psycopg.Connection, conversation_id: str) -> None:
+        conn.execute("DELETE FROM agentrt.drafts WHERE conversation = %s", (conversation_id,))
