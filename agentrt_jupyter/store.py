@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from .content import FunctionCallPart, FunctionResponsePart, Part, part_from_json, part_to_json
 from .conversation import (
@@ -321,12 +321,57 @@ def _shut(db: sqlite3.Connection, token: str) -> None:
     db.close()
 
 
+class ConversationRows(NamedTuple):
+    """What a store reads of one conversation for `assemble` (the draft as stored)."""
+
+    namespace: str
+    name: str
+    messages: list[ConversationMessage]
+    ledger: list[LedgerEntry]
+    draft: str | None
+    turn_seq: int
+
+
 class LeasedWrites(ABC, Generic[Conn]):
-    """What every store does alike under its writer leases: `open`/`claim` and the writes
-    that need the lease, in terms of each store's SQL (the abstract methods, on its
-    connection type `Conn`), so that SQLite and PostgreSQL keep the same semantics."""
+    """What every store does alike: making, listing and loading conversations, `open`/`claim`
+    and the writes that need the lease, in terms of each store's SQL (the abstract methods,
+    on its connection type `Conn`), so that SQLite and PostgreSQL keep the same semantics."""
 
     _leases: Leases
+
+    def create(self, namespace: str, name: str, settings: Mapping[str, Any]) -> str:
+        """Start a new conversation (a new id, leased to this store) and return its id."""
+        conversation_id = secrets.token_hex(8)
+        with self._write(f"create conversation {name!r}") as conn:
+            data = _dumps(dict(settings))
+            now = time.time()
+            self._insert_conversation(conn, conversation_id, namespace, name, now)
+            self._append(conn, conversation_id, "settings", data)
+            self._lease(conn, conversation_id, now)
+        self._leases.held[conversation_id] = name
+        return conversation_id
+
+    def conversations(self, namespace: str | None = None) -> list[StoredConversation]:
+        """Every stored conversation (of one namespace, if given), oldest first."""
+        now = time.time()
+        with self._boundary("list the stored conversations") as conn:
+            rows = self._listing(conn, namespace)
+        listing = []
+        for cid, ns, name, created, messages, turns, size, last, *lease in rows:
+            listing.append(
+                StoredConversation(
+                    id=cid,
+                    namespace=ns,
+                    name=name,
+                    turns=int(turns),
+                    messages=int(messages),
+                    size=int(size),
+                    created=_timestamp(created),
+                    last_activity=_timestamp(float(last)),
+                    holder=self._leases.live_holder(lease, now),
+                )
+            )
+        return listing
 
     @property
     def held(self) -> tuple[str, ...]:
@@ -411,30 +456,54 @@ class LeasedWrites(ABC, Generic[Conn]):
         self._leases.check_free(name, self._lease_of(conn, conversation_id), take_over, now)
         self._lease(conn, conversation_id, now)
 
-    def _append_added(
-        self, conn: Conn, conversation_id: str, added: list[ConversationMessage]
-    ) -> None:
-        """Append what `open` added on loading (see `assemble`); the draft is one of them."""
-        for message in added:
-            self._append(
-                conn, conversation_id, "message", _message_json(message), message.role,
-                message.turn,
-            )  # fmt: skip
-        self._drop_draft(conn, conversation_id)
+    def _read(
+        self, conn: Conn, conversation_id: str, *, persist: bool
+    ) -> LoadedConversation | None:
+        """Build the conversation from its rows; with `persist`, append what loading adds
+        (the draft as `incomplete`, "interrupted" answers; the draft goes)."""
+        rows = self._rows(conn, conversation_id)
+        if rows is None:
+            return None
+        settings = json.loads(self._settings_text(conn, conversation_id) or "{}")
+        loaded, added = assemble(
+            conversation_id, rows.namespace, rows.name, settings, rows.messages, rows.ledger,
+            None if rows.draft is None else _message(rows.draft), rows.turn_seq,
+        )  # fmt: skip
+        if persist:
+            for message in added:
+                self._append(
+                    conn, conversation_id, "message", _message_json(message), message.role,
+                    message.turn,
+                )  # fmt: skip
+            self._drop_draft(conn, conversation_id)
+        return loaded
+
+    @abstractmethod
+    def _boundary(self, doing: str) -> contextlib.AbstractContextManager[Conn]:
+        """The store's connection, its errors made `StoreError`."""
 
     @abstractmethod
     def _write(self, doing: str) -> contextlib.AbstractContextManager[Conn]:
         """A write transaction on the store's connection."""
 
     @abstractmethod
-    def _locked_name(self, conn: Conn, conversation_id: str) -> str | None:
-        """The name of this owner's conversation (None: none), held until the write ends."""
+    def _insert_conversation(
+        self, conn: Conn, conversation_id: str, namespace: str, name: str, now: float
+    ) -> None:
+        """Add the conversation's row, this store's owner's."""
 
     @abstractmethod
-    def _read(
-        self, conn: Conn, conversation_id: str, *, persist: bool
-    ) -> LoadedConversation | None:
-        """The conversation from its rows; with `persist`, append what loading added."""
+    def _listing(self, conn: Conn, namespace: str | None) -> list[Sequence[Any]]:
+        """The listing's rows: id, namespace, name, created, messages, turns, size, last
+        activity, then the lease row (all None without a lease)."""
+
+    @abstractmethod
+    def _rows(self, conn: Conn, conversation_id: str) -> ConversationRows | None:
+        """This owner's conversation's rows since the last clear (None: no such id)."""
+
+    @abstractmethod
+    def _locked_name(self, conn: Conn, conversation_id: str) -> str | None:
+        """The name of this owner's conversation (None: none), held until the write ends."""
 
     @abstractmethod
     def _lease_of(self, conn: Conn, conversation_id: str) -> Sequence[Any] | None:
@@ -580,22 +649,6 @@ class Store(LeasedWrites[sqlite3.Connection]):
 
     # -- conversations -------------------------------------------------------------------
 
-    def create(self, namespace: str, name: str, settings: Mapping[str, Any]) -> str:
-        """Start a new conversation (a new id, leased to this store) and return its id."""
-        conversation_id = secrets.token_hex(8)
-        with self._write(f"create conversation {name!r}") as db:
-            data = _dumps(dict(settings))
-            now = time.time()
-            db.execute(
-                "INSERT INTO conversations (id, namespace, name, created, owner)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (conversation_id, namespace, name, now, self.owner),
-            )
-            self._append(db, conversation_id, "settings", data)
-            self._lease(db, conversation_id, now)
-        self._leases.held[conversation_id] = name
-        return conversation_id
-
     def latest(self, namespace: str, name: str) -> str | None:
         """The id of the most recently created conversation with this name, if any."""
         with self._boundary(f"look up conversation {name!r}") as db:
@@ -605,28 +658,6 @@ class Store(LeasedWrites[sqlite3.Connection]):
                 (namespace, name, self.owner),
             ).fetchone()
         return None if row is None else str(row[0])
-
-    def conversations(self, namespace: str | None = None) -> list[StoredConversation]:
-        """Every stored conversation (of one namespace, if given), oldest first."""
-        now = time.time()
-        with self._boundary("list the stored conversations") as db:
-            rows = db.execute(_LISTING, (namespace, self.owner)).fetchall()
-        listing = []
-        for cid, ns, name, created, messages, turns, size, last, *lease in rows:
-            listing.append(
-                StoredConversation(
-                    id=cid,
-                    namespace=ns,
-                    name=name,
-                    turns=turns,
-                    messages=messages,
-                    size=size,
-                    created=_timestamp(created),
-                    last_activity=_timestamp(last),
-                    holder=self._leases.live_holder(lease, now),
-                )
-            )
-        return listing
 
     def load(self, conversation_id: str) -> LoadedConversation | None:
         """Read a conversation without taking it (None if there is no such id).
@@ -949,9 +980,7 @@ class Store(LeasedWrites[sqlite3.Connection]):
         ).fetchone()
         return None if row is None else str(row[0])
 
-    def _read(
-        self, db: sqlite3.Connection, conversation_id: str, *, persist: bool
-    ) -> LoadedConversation | None:
+    def _rows(self, db: sqlite3.Connection, conversation_id: str) -> ConversationRows | None:
         row = db.execute(
             "SELECT namespace, name FROM conversations WHERE id = ? AND owner IN (?, '')",
             (conversation_id, self.owner),
@@ -984,14 +1013,21 @@ class Store(LeasedWrites[sqlite3.Connection]):
         draft = db.execute(
             "SELECT data FROM drafts WHERE conversation = ?", (conversation_id,)
         ).fetchone()
-        settings = json.loads(self._settings_text(db, conversation_id) or "{}")
-        loaded, added = assemble(
-            conversation_id, row[0], row[1], settings, messages, ledger,
-            None if draft is None else _message(draft[0]), turn_seq,
-        )  # fmt: skip
-        if persist:
-            self._append_added(db, conversation_id, added)
-        return loaded
+        return ConversationRows(
+            row[0], row[1], messages, ledger, None if draft is None else draft[0], turn_seq
+        )
+
+    def _insert_conversation(
+        self, db: sqlite3.Connection, conversation_id: str, namespace: str, name: str, now: float
+    ) -> None:
+        db.execute(
+            "INSERT INTO conversations (id, namespace, name, created, owner)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (conversation_id, namespace, name, now, self.owner),
+        )
+
+    def _listing(self, db: sqlite3.Connection, namespace: str | None) -> list[Sequence[Any]]:
+        return list(db.execute(_LISTING, (namespace, self.owner)).fetchall())
 
     def _put_draft(self, db: sqlite3.Connection, conversation_id: str, data: str) -> None:
         db.execute(

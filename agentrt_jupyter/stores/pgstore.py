@@ -15,13 +15,11 @@ made again at the next use, no sooner than a backoff that doubles up to `MAX_BAC
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import secrets
 import select
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -33,17 +31,14 @@ from ..identity import current_user
 from ..store import (
     CachedReply,
     CacheStats,
+    ConversationRows,
     LeasedWrites,
     LoadedConversation,
-    StoredConversation,
-    _dumps,
     _ledger_entry,
     _message,
     _reply,
     _reply_json,
-    _timestamp,
     _Unstorable,
-    assemble,
 )
 from .base import TEAM_SCOPE
 from .leases import Leases
@@ -142,20 +137,6 @@ class PgStore(LeasedWrites[psycopg.Connection]):
     def check_pages(self) -> None:
         pass
 
-    def create(self, namespace: str, name: str, settings: Mapping[str, Any]) -> str:
-        conversation_id = secrets.token_hex(8)
-        with self._write(f"create conversation {name!r}") as conn:
-            data, now = _dumps(dict(settings)), time.time()
-            conn.execute(
-                "INSERT INTO agentrt.conversations (id, owner, namespace, name, created)"
-                " VALUES (%s, %s, %s, %s, %s)",
-                (conversation_id, self.owner, namespace, name, now),
-            )
-            self._append(conn, conversation_id, "settings", data)
-            self._lease(conn, conversation_id, now)
-        self._leases.held[conversation_id] = name
-        return conversation_id
-
     def latest(self, namespace: str, name: str) -> str | None:
         with self._boundary(f"look up conversation {name!r}") as conn:
             row = conn.execute(
@@ -164,20 +145,6 @@ class PgStore(LeasedWrites[psycopg.Connection]):
                 (self.owner, namespace, name),
             ).fetchone()
         return None if row is None else str(row[0])
-
-    def conversations(self, namespace: str | None = None) -> list[StoredConversation]:
-        now = time.time()
-        with self._boundary("list the stored conversations") as conn:
-            rows = conn.execute(LISTING, {"owner": self.owner, "namespace": namespace}).fetchall()
-        listing = []
-        for cid, ns, name, created, messages, turns, size, last, *lease in rows:
-            listing.append(
-                StoredConversation(
-                    cid, ns, name, int(turns), int(messages), int(size), _timestamp(created),
-                    _timestamp(float(last)), self._leases.live_holder(lease, now),
-                )
-            )  # fmt: skip
-        return listing
 
     def load(self, conversation_id: str) -> LoadedConversation | None:
         """Read without taking it: one snapshot, while its writer may go on appending."""
@@ -479,9 +446,7 @@ class PgStore(LeasedWrites[psycopg.Connection]):
         ).fetchone()
         return None if row is None else str(row[0])
 
-    def _read(
-        self, conn: psycopg.Connection, conversation_id: str, *, persist: bool
-    ) -> LoadedConversation | None:
+    def _rows(self, conn: psycopg.Connection, conversation_id: str) -> ConversationRows | None:
         row = conn.execute(
             "SELECT namespace, name FROM agentrt.conversations WHERE id = %s AND owner = %s",
             (conversation_id, self.owner),
@@ -502,14 +467,21 @@ class PgStore(LeasedWrites[psycopg.Connection]):
         draft = conn.execute(
             "SELECT data FROM agentrt.drafts WHERE conversation = %s", (conversation_id,)
         ).fetchone()
-        settings = json.loads(self._settings_text(conn, conversation_id) or "{}")
-        loaded, added = assemble(
-            conversation_id, row[0], row[1], settings, messages, ledger,
-            None if draft is None else _message(draft[0]), turn_seq,
-        )  # fmt: skip
-        if persist:
-            self._append_added(conn, conversation_id, added)
-        return loaded
+        return ConversationRows(
+            row[0], row[1], messages, ledger, None if draft is None else draft[0], turn_seq
+        )
+
+    def _insert_conversation(
+        self, conn: psycopg.Connection, conversation_id: str, namespace: str, name: str, now: float
+    ) -> None:
+        conn.execute(
+            "INSERT INTO agentrt.conversations (id, owner, namespace, name, created)"
+            " VALUES (%s, %s, %s, %s, %s)",
+            (conversation_id, self.owner, namespace, name, now),
+        )
+
+    def _listing(self, conn: psycopg.Connection, namespace: str | None) -> list[Sequence[Any]]:
+        return list(conn.execute(LISTING, {"owner": self.owner, "namespace": namespace}).fetchall())
 
     def _put_draft(self, conn: psycopg.Connection, conversation_id: str, data: str) -> None:
         conn.execute(
