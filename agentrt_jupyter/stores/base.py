@@ -15,13 +15,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from ..conversation import ConversationMessage, LedgerEntry
-from ..store import (
-    TEAM_SCOPE,
-    CachedReply,
-    CacheStats,
-    LoadedConversation,
-    StoredConversation,
-)
+from ..store import TEAM_SCOPE, CachedReply, CacheStats
+from .journal import LoadedConversation, StoredConversation
 
 __all__ = ["OPEN_JOB", "TEAM_SCOPE", "ConversationStore", "ResultsStore", "StoredRow"]
 

@@ -28,19 +28,16 @@ from psycopg import errors
 from ..config import redacted_url
 from ..errors import StoreError
 from ..identity import current_user
-from ..store import (
-    CachedReply,
-    CacheStats,
+from ..store import CachedReply, CacheStats, _reply, _reply_json
+from .base import TEAM_SCOPE
+from .journal import (
     ConversationRows,
     LeasedWrites,
     LoadedConversation,
     _ledger_entry,
     _message,
-    _reply,
-    _reply_json,
     _Unstorable,
 )
-from .base import TEAM_SCOPE
 from .leases import Leases
 from .pgschema import LISTING, MIGRATIONS, SCHEMA_VERSION, connect, fill_prices
 
