@@ -36,8 +36,6 @@ INTERRUPTED = (
 
 
 _ROLES = frozenset({"user", "model", "summary"})
-
-
 _STATUSES = frozenset({"complete", "cancelled", "incomplete", "error"})
 
 
