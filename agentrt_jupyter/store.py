@@ -383,17 +383,8 @@ class Store(LeasedWrites[sqlite3.Connection]):
         elsewhere gives `ConversationInUse` unless `take_over`. Cached replies recorded
         for this conversation go with it.
         """
-        with self._write(f"delete conversation {conversation_id}") as db:
-            name = self._locked_name(db, conversation_id)
-            if name is None:
-                return False
-            self._claim(db, conversation_id, name, take_over)
-            for table, column in (
-                ("records", "conversation"), ("drafts", "conversation"),
-                ("leases", "conversation"), ("replies", "conversation"), ("conversations", "id"),
-            ):  # fmt: skip
-                db.execute(f"DELETE FROM {table} WHERE {column} = ?", (conversation_id,))
-        self._leases.held.pop(conversation_id, None)
+        if not super().delete(conversation_id, take_over=take_over):
+            return False
         with self._boundary("checkpoint the write-ahead log") as db:
             busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         if busy:
@@ -696,6 +687,9 @@ class Store(LeasedWrites[sqlite3.Connection]):
         return ConversationRows(
             row[0], row[1], messages, ledger, None if draft is None else draft[0], turn_seq
         )
+
+    def _erase(self, db: sqlite3.Connection, table: str, column: str, conversation_id: str) -> None:
+        db.execute(f"DELETE FROM {table} WHERE {column} = ?", (conversation_id,))
 
     def _insert_conversation(
         self, db: sqlite3.Connection, conversation_id: str, namespace: str, name: str, now: float

@@ -39,6 +39,12 @@ _ROLES = frozenset({"user", "model", "summary"})
 _STATUSES = frozenset({"complete", "cancelled", "incomplete", "error"})
 
 
+CONVERSATION_ROWS = (
+    ("records", "conversation"), ("drafts", "conversation"), ("leases", "conversation"),
+    ("replies", "conversation"), ("conversations", "id"),
+)  # fmt: skip
+"""Every table holding a conversation's rows, and the column naming it: what `delete` erases."""
+
 Conn = TypeVar("Conn")
 """A store's connection type (sqlite3's, psycopg's)."""
 
@@ -230,6 +236,19 @@ class LeasedWrites(ABC, Generic[Conn]):
         self._leases.held[conversation_id] = name
         return True
 
+    def delete(self, conversation_id: str, *, take_over: bool = False) -> bool:
+        """Erase the conversation and the replies cached for it (False: no such id). A live
+        holder elsewhere gives `ConversationInUse` unless `take_over`."""
+        with self._write(f"delete conversation {conversation_id}") as conn:
+            name = self._locked_name(conn, conversation_id)
+            if name is None:
+                return False
+            self._claim(conn, conversation_id, name, take_over)
+            for table, column in CONVERSATION_ROWS:
+                self._erase(conn, table, column, conversation_id)
+        self._leases.held.pop(conversation_id, None)
+        return True
+
     def append_message(self, conversation_id: str, message: ConversationMessage) -> None:
         """Append a finished message; it ends (drops) the conversation's draft."""
         with self._write(f"record a message of conversation {conversation_id}") as conn:
@@ -320,6 +339,10 @@ class LeasedWrites(ABC, Generic[Conn]):
     def _listing(self, conn: Conn, namespace: str | None) -> list[Sequence[Any]]:
         """The listing's rows: id, namespace, name, created, messages, turns, size, last
         activity, then the lease row (all None without a lease)."""
+
+    @abstractmethod
+    def _erase(self, conn: Conn, table: str, column: str, conversation_id: str) -> None:
+        """Delete the rows of `table` whose `column` names the conversation."""
 
     @abstractmethod
     def _rows(self, conn: Conn, conversation_id: str) -> ConversationRows | None:

@@ -174,21 +174,6 @@ class PgStore(LeasedWrites[psycopg.Connection]):
             }
         return self._leases.keep(kept)
 
-    def delete(self, conversation_id: str, *, take_over: bool = False) -> bool:
-        """Erase the conversation and its cached replies (autovacuum reclaims the space)."""
-        with self._write(f"delete conversation {conversation_id}") as conn:
-            name = self._locked_name(conn, conversation_id)
-            if name is None:
-                return False
-            self._claim(conn, conversation_id, name, take_over)
-            for table, column in (
-                ("records", "conversation"), ("drafts", "conversation"),
-                ("leases", "conversation"), ("replies", "conversation"), ("conversations", "id"),
-            ):  # fmt: skip
-                conn.execute(f"DELETE FROM agentrt.{table} WHERE {column} = %s", (conversation_id,))
-        self._leases.held.pop(conversation_id, None)
-        return True
-
     def cache_get(self, key: str, *, scope: str | None = None) -> CachedReply | None:
         with self._boundary("read the reply cache") as conn:
             row = conn.execute(
@@ -467,6 +452,12 @@ class PgStore(LeasedWrites[psycopg.Connection]):
         return ConversationRows(
             row[0], row[1], messages, ledger, None if draft is None else draft[0], turn_seq
         )
+
+    def _erase(
+        self, conn: psycopg.Connection, table: str, column: str, conversation_id: str
+    ) -> None:
+        """Delete rows (autovacuum reclaims their space)."""
+        conn.execute(f"DELETE FROM agentrt.{table} WHERE {column} = %s", (conversation_id,))
 
     def _insert_conversation(
         self, conn: psycopg.Connection, conversation_id: str, namespace: str, name: str, now: float
