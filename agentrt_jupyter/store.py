@@ -49,7 +49,7 @@ from .identity import current_user
 from .stores.journal import INTERRUPTED as INTERRUPTED
 from .stores.journal import (
     ConversationRows,
-    LeasedWrites,
+    JournalStore,
     _dumps,
     _ledger_entry,
     _ledger_json,
@@ -222,7 +222,7 @@ def _shut(db: sqlite3.Connection, token: str) -> None:
     db.close()
 
 
-class Store(LeasedWrites[sqlite3.Connection]):
+class Store(JournalStore[sqlite3.Connection]):
     """One SQLite file of conversations and the reply cache; see the module docstring.
 
     `holder` says who writes, for other kernels' `ConversationInUse` (e.g. "kernel

@@ -1,8 +1,9 @@
 """A conversation as both stores keep it, and what they do with it alike.
 
 The records' JSON forms, how a load is assembled from the rows (`assemble`), and
-`LeasedWrites`: making, listing, loading, `open`/`claim` and the writes under a lease,
-written once over each store's SQL (the SQLite `store.Store`, the PostgreSQL
+`JournalStore`, the half of a conversation store that is the same in every dialect:
+making, listing, loading, `open`/`claim`, `delete` and the writes under a lease, written
+once over each store's SQL (the SQLite `store.Store`, the PostgreSQL
 `stores.pgstore.PgStore`), so that both keep the same semantics.
 """
 
@@ -162,7 +163,7 @@ class ConversationRows(NamedTuple):
     turn_seq: int
 
 
-class LeasedWrites(ABC, Generic[Conn]):
+class JournalStore(ABC, Generic[Conn]):
     """What every store does alike: making, listing and loading conversations, `open`/`claim`
     and the writes that need the lease, in terms of each store's SQL (the abstract methods,
     on its connection type `Conn`), so that SQLite and PostgreSQL keep the same semantics."""

@@ -32,7 +32,7 @@ from ..store import CachedReply, CacheStats, _reply, _reply_json
 from .base import TEAM_SCOPE
 from .journal import (
     ConversationRows,
-    LeasedWrites,
+    JournalStore,
     LoadedConversation,
     _ledger_entry,
     _message,
@@ -57,7 +57,7 @@ def _closed_by_server(conn: psycopg.Connection) -> bool:
     return bool(readable)
 
 
-class PgStore(LeasedWrites[psycopg.Connection]):
+class PgStore(JournalStore[psycopg.Connection]):
     """Conversations and the reply cache in a PostgreSQL database; see the module docstring.
 
     `owner` is whose rows these are: the connected role when it is in `agentrt_users` (the
