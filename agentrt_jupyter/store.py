@@ -18,6 +18,9 @@ dead and is taken over at once; a live one gives `ConversationInUse` unless `tak
 Every sqlite3, JSON and decoding error becomes a `StoreError` naming the file and what to
 do, in `Store._boundary` and nowhere else. The connection is shared by the thread that
 builds the store and the runtime thread, behind a lock.
+
+What the PostgreSQL store does alike is written once: the records' JSON forms and the
+operations over each store's SQL in `stores.journal`, the lease decisions in `stores.leases`.
 """
 
 from __future__ import annotations
@@ -25,30 +28,38 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import secrets
-import socket
 import sqlite3
-import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .content import FunctionCallPart, FunctionResponsePart, Part, part_from_json, part_to_json
+from .content import Part, part_from_json, part_to_json
 from .conversation import (
-    Conversation,
     ConversationMessage,
-    LedgerEntry,
     Usage,
-    unanswered_calls,
 )
-from .errors import ConversationInUse, StoreError
+from .errors import StoreError
 from .identity import current_user
+from .stores.journal import INTERRUPTED as INTERRUPTED
+from .stores.journal import (
+    ConversationRows,
+    JournalStore,
+    _dumps,
+    _ledger_entry,
+    _ledger_json,
+    _message,
+    _message_json,
+    _Unstorable,
+)
+from .stores.journal import LoadedConversation as LoadedConversation
+from .stores.journal import StoredConversation as StoredConversation
+from .stores.leases import Leases
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +80,6 @@ STORED_SETTINGS = (
 )  # fmt: skip
 """AgentConfig fields that can be stored (tools, callbacks and keys cannot)."""
 
-INTERRUPTED = (
-    "interrupted: the call's result was never recorded (the kernel stopped, or another one "
-    "took the conversation over); it may or may not have run"
-)
-"""The error a resumed conversation answers its unanswered function calls with."""
 
 ADVICE = (
     "move or delete the file, set AGENTRT_HOME to use another directory, "
@@ -104,8 +110,6 @@ _SCHEMA = (
 )
 _TABLES = frozenset({"conversations", "records", "drafts", "leases", "replies"})
 _V0_TABLES = frozenset({"agents", "messages", "ledger"})
-_ROLES = frozenset({"user", "model", "summary"})
-_STATUSES = frozenset({"complete", "cancelled", "incomplete", "error"})
 
 _LISTING = """
 WITH cleared AS (
@@ -137,6 +141,7 @@ QUICK_CHECK_MAX_BYTES = 4 * 2**20
 """The largest file whose every page is checked when the store opens (~1 ms per MiB); the
 recorder checks a bigger one in the background."""
 
+
 _SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 3, 5, 6, 8
 _SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = (
     10, 11, 13, 14, 26,
@@ -148,43 +153,6 @@ def damaged(error: BaseException) -> bool:
     cause = error.__cause__
     code = getattr(cause, "sqlite_errorcode", -1) & 0xFF
     return isinstance(cause, sqlite3.Error) and code == _SQLITE_CORRUPT
-
-
-@dataclass(frozen=True, slots=True)
-class StoredConversation:
-    """One row of `Store.conversations()`.
-
-    `turns` and `messages` count what `open` would show (since the last clear; a reply cut
-    off mid-stream counts as a message); `size` is the bytes of JSON text the conversation
-    keeps in the file (all its records, cleared ones included: what `delete` frees).
-    `holder` describes the live writer, None when nobody holds it.
-    """
-
-    id: str
-    namespace: str
-    name: str
-    turns: int
-    messages: int
-    size: int
-    created: datetime
-    last_activity: datetime
-    holder: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class LoadedConversation:
-    """A stored conversation as `open`/`load` return it: ready to continue.
-
-    `interrupted` lists the function calls this load answered with an "interrupted" error
-    (they had no response: the kernel died or was taken over while they ran).
-    """
-
-    id: str
-    namespace: str
-    name: str
-    settings: dict[str, Any]
-    conversation: Conversation
-    interrupted: tuple[FunctionCallPart, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,68 +174,8 @@ class CacheStats:
     hits: int
 
 
-class _Unstorable(TypeError):
-    """A value given to the store that JSON cannot hold (the caller's, not the file's)."""
-
-
-def _dumps(value: object) -> str:
-    try:
-        return json.dumps(value, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise _Unstorable(str(exc)) from exc
-
-
 def _scoped(key: str, scope: str | None) -> str:
     return f"{TEAM_SCOPE}/{key}" if scope == TEAM_SCOPE else key
-
-
-def _timestamp(value: float) -> datetime:
-    return datetime.fromtimestamp(value, UTC)
-
-
-def _message_json(message: ConversationMessage) -> str:
-    return _dumps(
-        {
-            "role": message.role,
-            "turn": message.turn,
-            "parts": [part_to_json(p) for p in message.parts],
-            "time": message.time.isoformat(),
-            "status": message.status,
-            "usage": None if message.usage is None else asdict(message.usage),
-            "model": message.model,
-            "finish_reason": message.finish_reason,
-        }
-    )
-
-
-def _message(text: str) -> ConversationMessage:
-    data = json.loads(text)
-    if data["role"] not in _ROLES or data["status"] not in _STATUSES:
-        raise ValueError(f"unknown role {data['role']!r} or status {data['status']!r}")
-    return ConversationMessage(
-        data["role"],
-        tuple(part_from_json(p) for p in data["parts"]),
-        int(data["turn"]),
-        datetime.fromisoformat(data["time"]),
-        data["status"],
-        None if data["usage"] is None else Usage(**data["usage"]),
-        data["model"],
-        data["finish_reason"],
-    )
-
-
-def _ledger_json(entry: LedgerEntry) -> str:
-    row = {f.name: getattr(entry, f.name) for f in fields(entry)}
-    row["started"] = entry.started.isoformat()
-    row["usage"] = asdict(entry.usage)
-    return _dumps(row)
-
-
-def _ledger_entry(text: str) -> LedgerEntry:
-    data = json.loads(text)
-    data["started"] = datetime.fromisoformat(data["started"])
-    data["usage"] = Usage(**data["usage"])
-    return LedgerEntry(**data)
 
 
 def _reply_json(reply: CachedReply) -> str:
@@ -289,30 +197,6 @@ def _reply(text: str) -> CachedReply:
         data["finish_reason"],
         str(data["model"]),
     )
-
-
-def _interrupted(turn: int, calls: list[FunctionCallPart]) -> ConversationMessage:
-    responses = tuple(FunctionResponsePart(c.name, {"error": INTERRUPTED}, c.id) for c in calls)
-    return ConversationMessage("user", responses, turn, status="incomplete")
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether process `pid` on this host still runs (a zombie does not)."""
-    if pid == os.getpid():
-        return True
-    if sys.platform == "win32":  # os.kill would terminate it; the heartbeat decides there
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
 def _quick_check(db: sqlite3.Connection) -> None:
@@ -338,7 +222,7 @@ def _shut(db: sqlite3.Connection, token: str) -> None:
     db.close()
 
 
-class Store:
+class Store(JournalStore[sqlite3.Connection]):
     """One SQLite file of conversations and the reply cache; see the module docstring.
 
     `holder` says who writes, for other kernels' `ConversationInUse` (e.g. "kernel
@@ -369,14 +253,11 @@ class Store:
             "owner": self.owner,
         }  # fmt: skip
         self._lock = threading.Lock()
-        self._token = secrets.token_hex(8)
-        self._pid, self._host = os.getpid(), socket.gethostname()
-        self.holder = f"{holder} (pid {self._pid} on host {self._host})"
-        self._lease_timeout = lease_timeout
+        self._leases = Leases(holder, lease_timeout)
+        self.holder = self._leases.holder
         self._busy_timeout = busy_timeout
         self._cache_max_entries = cache_max_entries
         self._cache_max_bytes = cache_max_bytes
-        self._held: dict[str, str] = {}  # conversation id -> name, leased to this store
         self._pages_checked = False
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -402,7 +283,7 @@ class Store:
             raise
         if migrated:
             log.info("migrated %s to store schema %d", self._path, SCHEMA_VERSION)
-        self._finalizer = weakref.finalize(self, _shut, db, self._token)
+        self._finalizer = weakref.finalize(self, _shut, db, self._leases.token)
 
     @property
     def path(self) -> Path:
@@ -426,7 +307,7 @@ class Store:
         with self._lock:
             if self._db is not None:
                 self._db = None
-                self._held.clear()
+                self._leases.held.clear()
                 self._finalizer()
 
     @property
@@ -448,22 +329,6 @@ class Store:
 
     # -- conversations -------------------------------------------------------------------
 
-    def create(self, namespace: str, name: str, settings: Mapping[str, Any]) -> str:
-        """Start a new conversation (a new id, leased to this store) and return its id."""
-        conversation_id = secrets.token_hex(8)
-        with self._write(f"create conversation {name!r}") as db:
-            data = _dumps(dict(settings))
-            now = time.time()
-            db.execute(
-                "INSERT INTO conversations (id, namespace, name, created, owner)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (conversation_id, namespace, name, now, self.owner),
-            )
-            self._append(db, conversation_id, "settings", data)
-            self._lease(db, conversation_id, now)
-        self._held[conversation_id] = name
-        return conversation_id
-
     def latest(self, namespace: str, name: str) -> str | None:
         """The id of the most recently created conversation with this name, if any."""
         with self._boundary(f"look up conversation {name!r}") as db:
@@ -474,32 +339,6 @@ class Store:
             ).fetchone()
         return None if row is None else str(row[0])
 
-    def conversations(self, namespace: str | None = None) -> list[StoredConversation]:
-        """Every stored conversation (of one namespace, if given), oldest first."""
-        now = time.time()
-        with self._boundary("list the stored conversations") as db:
-            rows = db.execute(_LISTING, (namespace, self.owner)).fetchall()
-        listing = []
-        for cid, ns, name, created, messages, turns, size, last, *lease in rows:
-            token, holder, pid, host, heartbeat = lease
-            live = token is not None and (
-                token == self._token or self._alive(pid, host, heartbeat, now)
-            )
-            listing.append(
-                StoredConversation(
-                    id=cid,
-                    namespace=ns,
-                    name=name,
-                    turns=turns,
-                    messages=messages,
-                    size=size,
-                    created=_timestamp(created),
-                    last_activity=_timestamp(last),
-                    holder=holder if live else None,
-                )
-            )
-        return listing
-
     def load(self, conversation_id: str) -> LoadedConversation | None:
         """Read a conversation without taking it (None if there is no such id).
 
@@ -509,72 +348,31 @@ class Store:
         with self._transaction(f"load conversation {conversation_id}", "BEGIN") as db:
             return self._read(db, conversation_id, persist=False)
 
-    def open(self, conversation_id: str, *, take_over: bool = False) -> LoadedConversation | None:
-        """Take the conversation's lease and load it, to continue writing it.
-
-        A live holder elsewhere gives `ConversationInUse` unless `take_over`; a dead one is
-        taken over at once. An unfinished reply is appended as an `incomplete` model
-        message, and calls with no response are answered with an "interrupted" error
-        (appended too), so what is sent next is valid. None if there is no such id.
-        """
-        with self._write(f"open conversation {conversation_id}") as db:
-            row = db.execute(
-                "SELECT name FROM conversations WHERE id = ? AND owner IN (?, '')",
-                (conversation_id, self.owner),
-            ).fetchone()
-            if row is None:
-                return None
-            self._claim(db, conversation_id, row[0], take_over)
-            loaded = self._read(db, conversation_id, persist=True)
-        self._held[conversation_id] = row[0]
-        return loaded
-
-    @property
-    def held(self) -> tuple[str, ...]:
-        """The ids of the conversations this store holds the lease of."""
-        return tuple(self._held)
-
-    def claim(self, conversation_id: str) -> bool:
-        """Take a conversation's lease without loading it: one this process goes on writing
-        after its store was recovered into a fresh file. False if the file lacks it."""
-        with self._write(f"claim conversation {conversation_id}") as db:
-            row = db.execute(
-                "SELECT name FROM conversations WHERE id = ? AND owner IN (?, '')",
-                (conversation_id, self.owner),
-            ).fetchone()
-            if row is None:
-                return False
-            self._lease(db, conversation_id, time.time())
-        self._held[conversation_id] = row[0]
-        return True
-
     def release(self, conversation_id: str) -> None:
         """Let go of the conversation's lease (disconnect); its rows stay."""
-        self._held.pop(conversation_id, None)
+        self._leases.held.pop(conversation_id, None)
         with self._boundary(f"release conversation {conversation_id}") as db:
             db.execute(
                 "DELETE FROM leases WHERE conversation = ? AND token = ?",
-                (conversation_id, self._token),
+                (conversation_id, self._leases.token),
             )
 
     def heartbeat(self) -> list[str]:
         """Renew every lease this store holds; return the ids of those it lost (taken over)."""
-        if not self._held:
+        if not self._leases.held:
             return []
         with self._write("renew the conversation leases") as db:
             db.execute(
-                "UPDATE leases SET heartbeat = ? WHERE token = ?", (time.time(), self._token)
+                "UPDATE leases SET heartbeat = ? WHERE token = ?",
+                (time.time(), self._leases.token),
             )
             kept = {
                 cid
                 for (cid,) in db.execute(
-                    "SELECT conversation FROM leases WHERE token = ?", (self._token,)
+                    "SELECT conversation FROM leases WHERE token = ?", (self._leases.token,)
                 )
             }
-        lost = [cid for cid in self._held if cid not in kept]
-        for cid in lost:
-            del self._held[cid]
-        return lost
+        return self._leases.keep(kept)
 
     def delete(self, conversation_id: str, *, take_over: bool = False) -> bool:
         """Erase a conversation and every trace of its text from the file (False: no such id).
@@ -585,74 +383,13 @@ class Store:
         elsewhere gives `ConversationInUse` unless `take_over`. Cached replies recorded
         for this conversation go with it.
         """
-        with self._write(f"delete conversation {conversation_id}") as db:
-            row = db.execute(
-                "SELECT name FROM conversations WHERE id = ? AND owner IN (?, '')",
-                (conversation_id, self.owner),
-            ).fetchone()
-            if row is None:
-                return False
-            self._claim(db, conversation_id, row[0], take_over)
-            for table, column in (
-                ("records", "conversation"), ("drafts", "conversation"),
-                ("leases", "conversation"), ("replies", "conversation"), ("conversations", "id"),
-            ):  # fmt: skip
-                db.execute(f"DELETE FROM {table} WHERE {column} = ?", (conversation_id,))
-        self._held.pop(conversation_id, None)
+        if not super().delete(conversation_id, take_over=take_over):
+            return False
         with self._boundary("checkpoint the write-ahead log") as db:
             busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         if busy:
             log.warning("%s: another connection kept the log; deleted text leaves it later", self)
         return True
-
-    # -- writing (needs the lease) -------------------------------------------------------
-
-    def append_message(self, conversation_id: str, message: ConversationMessage) -> None:
-        """Append a finished message; it ends (drops) the conversation's draft."""
-        with self._write(f"record a message of conversation {conversation_id}") as db:
-            data = _message_json(message)
-            self._renew(db, conversation_id)
-            self._append(db, conversation_id, "message", data, message.role, message.turn)
-            db.execute("DELETE FROM drafts WHERE conversation = ?", (conversation_id,))
-
-    def checkpoint(self, conversation_id: str, message: ConversationMessage) -> None:
-        """Save the reply streamed so far (replacing the last checkpoint).
-
-        `message` is the partial model message (all its parts so far). A crash loses at
-        most what arrived since; the draft loads as an `incomplete` message. A message
-        without parts drops the checkpoint (a retry that starts the reply over).
-        """
-        with self._write(f"checkpoint the reply of conversation {conversation_id}") as db:
-            self._renew(db, conversation_id)
-            if not message.parts:
-                db.execute("DELETE FROM drafts WHERE conversation = ?", (conversation_id,))
-                return
-            db.execute(
-                "INSERT OR REPLACE INTO drafts (conversation, written, data) VALUES (?, ?, ?)",
-                (conversation_id, time.time(), _message_json(message)),
-            )
-
-    def append_ledger(self, conversation_id: str, entry: LedgerEntry) -> None:
-        """Append one API call's ledger row."""
-        with self._write(f"record a ledger row of conversation {conversation_id}") as db:
-            data = _ledger_json(entry)
-            self._renew(db, conversation_id)
-            self._append(db, conversation_id, "ledger", data, turn=entry.turn)
-
-    def save_settings(self, conversation_id: str, settings: Mapping[str, Any]) -> None:
-        """Append the agent's settings if they differ from the stored ones (latest wins)."""
-        with self._write(f"store the settings of conversation {conversation_id}") as db:
-            data = _dumps(dict(settings))
-            self._renew(db, conversation_id)
-            if data != self._settings_text(db, conversation_id):
-                self._append(db, conversation_id, "settings", data)
-
-    def clear(self, conversation_id: str) -> None:
-        """Append a "cleared" marker: later loads start after it (the ledger stays whole)."""
-        with self._write(f"clear conversation {conversation_id}") as db:
-            self._renew(db, conversation_id)
-            self._append(db, conversation_id, "cleared", "{}")
-            db.execute("DELETE FROM drafts WHERE conversation = ?", (conversation_id,))
 
     # -- the reply cache -----------------------------------------------------------------
 
@@ -855,55 +592,36 @@ class Store:
             " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (conversation) DO UPDATE SET"
             " token = excluded.token, holder = excluded.holder, pid = excluded.pid,"
             " host = excluded.host, heartbeat = excluded.heartbeat",
-            (conversation_id, self._token, self.holder, self._pid, self._host, now),
+            (conversation_id, *self._leases.row(now)),
         )
 
-    def _alive(self, pid: int, host: str, heartbeat: float, now: float) -> bool:
-        """A holder is dead once silent past the lease timeout, or at once if its pid is gone."""
-        if now - heartbeat > self._lease_timeout:
-            return False
-        return host != self._host or _pid_alive(pid)
+    def _locked_name(self, db: sqlite3.Connection, conversation_id: str) -> str | None:
+        row = db.execute(
+            "SELECT name FROM conversations WHERE id = ? AND owner IN (?, '')",
+            (conversation_id, self.owner),
+        ).fetchone()
+        return None if row is None else str(row[0])
 
-    def _claim(
-        self, db: sqlite3.Connection, conversation_id: str, name: str, take_over: bool
-    ) -> None:
-        """Take the lease unless a live holder elsewhere has it (and this is no take-over)."""
-        now = time.time()
-        lease = db.execute(
+    def _lease_of(self, db: sqlite3.Connection, conversation_id: str) -> Sequence[Any] | None:
+        lease: Sequence[Any] | None = db.execute(
             "SELECT token, holder, pid, host, heartbeat FROM leases WHERE conversation = ?",
             (conversation_id,),
         ).fetchone()
-        if (
-            lease is not None
-            and lease[0] != self._token
-            and not take_over
-            and self._alive(lease[2], lease[3], lease[4], now)
-        ):
-            raise ConversationInUse(name, lease[1])
-        self._lease(db, conversation_id, now)
+        return lease
 
     def _renew(self, db: sqlite3.Connection, conversation_id: str) -> None:
-        """Check (and renew) that this store still holds the lease, before a write."""
         renewed = db.execute(
             "UPDATE leases SET heartbeat = ? WHERE conversation = ? AND token = ?",
-            (time.time(), conversation_id, self._token),
+            (time.time(), conversation_id, self._leases.token),
         ).rowcount
         if renewed:
             return
-        row = db.execute(
+        found = db.execute(
             "SELECT c.name, l.holder FROM conversations c"
             " LEFT JOIN leases l ON l.conversation = c.id WHERE c.id = ?",
             (conversation_id,),
         ).fetchone()
-        if row is None:
-            raise StoreError(
-                f"cannot write conversation {conversation_id}: it is no longer in the store "
-                "(deleted by another kernel)",
-                path=str(self._path),
-            )
-        self._held.pop(conversation_id, None)
-        holder = row[1] or "another kernel (it took the conversation over, then let it go)"
-        raise ConversationInUse(row[0], holder)
+        raise self._leases.lost(conversation_id, found, str(self._path))
 
     def _evict(self, db: sqlite3.Connection) -> None:
         """Drop the least recently used replies until the cache is within its bounds."""
@@ -933,10 +651,7 @@ class Store:
         ).fetchone()
         return None if row is None else str(row[0])
 
-    def _read(
-        self, db: sqlite3.Connection, conversation_id: str, *, persist: bool
-    ) -> LoadedConversation | None:
-        """Build the conversation from its rows; with `persist`, append what loading adds."""
+    def _rows(self, db: sqlite3.Connection, conversation_id: str) -> ConversationRows | None:
         row = db.execute(
             "SELECT namespace, name FROM conversations WHERE id = ? AND owner IN (?, '')",
             (conversation_id, self.owner),
@@ -969,63 +684,33 @@ class Store:
         draft = db.execute(
             "SELECT data FROM drafts WHERE conversation = ?", (conversation_id,)
         ).fetchone()
-        settings = json.loads(self._settings_text(db, conversation_id) or "{}")
-        loaded, added = assemble(
-            conversation_id, row[0], row[1], settings, messages, ledger,
-            None if draft is None else _message(draft[0]), turn_seq,
-        )  # fmt: skip
-        if persist:
-            for message in added:
-                self._append(
-                    db, conversation_id, "message", _message_json(message), message.role,
-                    message.turn,
-                )  # fmt: skip
-            db.execute("DELETE FROM drafts WHERE conversation = ?", (conversation_id,))
-        return loaded
+        return ConversationRows(
+            row[0], row[1], messages, ledger, None if draft is None else draft[0], turn_seq
+        )
 
+    def _erase(self, db: sqlite3.Connection, table: str, column: str, conversation_id: str) -> None:
+        db.execute(f"DELETE FROM {table} WHERE {column} = ?", (conversation_id,))
 
-def assemble(
-    conversation_id: str,
-    namespace: str,
-    name: str,
-    settings: dict[str, Any],
-    messages: list[ConversationMessage],
-    ledger: list[LedgerEntry],
-    draft: ConversationMessage | None,
-    turn_seq: int,
-) -> tuple[LoadedConversation, list[ConversationMessage]]:
-    """A conversation from its stored rows (messages since the last clear), ready to go
-    on; and the messages loading added (the draft as `incomplete`, "interrupted" answers),
-    which `open` appends. Every store builds it here, so all load the same."""
-    conversation = Conversation()
-    conversation.messages = messages
-    conversation.ledger = ledger
-    added: list[ConversationMessage] = []
-    if draft is not None:
-        added.append(
-            ConversationMessage(
-                draft.role, draft.parts, draft.turn, draft.time, "incomplete", draft.usage,
-                draft.model, draft.finish_reason,
-            )
-        )  # fmt: skip
-    shown = [*messages, *added]
-    repairs = unanswered_calls(shown)
-    for index, calls in reversed(repairs):
-        answer = _interrupted(shown[index - 1].turn, calls)
-        if index >= len(messages):
-            added.append(answer)  # the usual case: the reply the crash cut off
-        else:  # only an unversioned store's damage: repaired in memory at every load
-            messages.insert(index, answer)
-    persisted = list(added)
-    messages.extend(added)
-    conversation.compactions = [i for i, m in enumerate(messages) if m.role == "summary"]
-    conversation.turn_count = len({m.turn for m in messages if m.role != "summary"})
-    conversation.turn_seq = max(turn_seq, max((m.turn for m in messages), default=0))
-    interrupted = tuple(call for _, calls in repairs for call in calls)
-    loaded = LoadedConversation(
-        conversation_id, namespace, name, settings, conversation, interrupted
-    )
-    return loaded, persisted
+    def _insert_conversation(
+        self, db: sqlite3.Connection, conversation_id: str, namespace: str, name: str, now: float
+    ) -> None:
+        db.execute(
+            "INSERT INTO conversations (id, namespace, name, created, owner)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (conversation_id, namespace, name, now, self.owner),
+        )
+
+    def _listing(self, db: sqlite3.Connection, namespace: str | None) -> list[Sequence[Any]]:
+        return list(db.execute(_LISTING, (namespace, self.owner)).fetchall())
+
+    def _put_draft(self, db: sqlite3.Connection, conversation_id: str, data: str) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO drafts (conversation, written, data) VALUES (?, ?, ?)",
+            (conversation_id, time.time(), data),
+        )
+
+    def _drop_draft(self, db: sqlite3.Connection, conversation_id: str) -> None:
+        db.execute("DELETE FROM drafts WHERE conversation = ?", (conversation_id,))
 
 
 def _create_v1(db: sqlite3.Connection) -> None:

@@ -1,5 +1,6 @@
-"""The conversation store on its own: append-only rows, leases, crash recovery, the reply
-cache, every way the file can be unusable, and the migration from the unversioned store.
+"""The SQLite store on its own: what only a file has (raw rows, damage, threads), crash
+recovery, every way the file can be unusable, and the migration from the unversioned store.
+What both stores keep alike (records, leases, the reply cache) is tests/test_store_contract.py.
 
 Crashes are real: writer processes are killed with SIGKILL mid-write; faults are real
 files (random bytes, truncated, read-only, locked by another connection, a full tmpfs).
@@ -21,7 +22,6 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,6 @@ from hypothesis import strategies as st
 
 from agentrt_jupyter.backends.gemini import wire_contents
 from agentrt_jupyter.content import (
-    BlobPart,
     FunctionCallPart,
     FunctionResponsePart,
     TextPart,
@@ -39,11 +38,9 @@ from agentrt_jupyter.content import (
 )
 from agentrt_jupyter.conversation import (
     ConversationMessage,
-    LedgerEntry,
-    Usage,
     unanswered_calls,
 )
-from agentrt_jupyter.errors import ConversationInUse, StoreError
+from agentrt_jupyter.errors import StoreError
 from agentrt_jupyter.store import (
     DEFAULT_NAMESPACE,
     INTERRUPTED,
@@ -53,30 +50,10 @@ from agentrt_jupyter.store import (
 )
 
 from .conftest import assert_valid_conversation
+from .store_helpers import USAGE, answers, ledger_row, model, user
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).parent.parent
-USAGE = Usage(prompt_tokens=12, candidates_tokens=3, total_tokens=15)
-WHEN = datetime(2026, 2, 1, 12, 0, tzinfo=UTC)
-
-
-def user(text: str, turn: int) -> ConversationMessage:
-    return ConversationMessage("user", (TextPart(text),), turn)
-
-
-def model(text: str, turn: int, *calls: FunctionCallPart) -> ConversationMessage:
-    return ConversationMessage(
-        "model", (TextPart(text), *calls), turn, usage=USAGE, model="m", finish_reason="STOP"
-    )
-
-
-def answers(turn: int, *calls: FunctionCallPart) -> ConversationMessage:
-    parts = tuple(FunctionResponsePart(c.name, {"result": 1}, c.id) for c in calls)
-    return ConversationMessage("user", parts, turn)
-
-
-def ledger_row(turn: int, error: str | None = None) -> LedgerEntry:
-    return LedgerEntry("a", turn, 0, "m", WHEN, USAGE, 0.1, 0.5, "STOP", "ok", 0.0, error)
 
 
 def sendable(messages: list[ConversationMessage], turn: int = 99) -> None:
@@ -108,80 +85,6 @@ def store(path: Path) -> Iterator[Store]:
 # -- one writer ---------------------------------------------------------------------------
 
 
-def test_everything_written_loads_back_in_order(store: Store) -> None:
-    call = FunctionCallPart("add", {"a": 1, "b": [2, 3]}, "c1", b"sig")
-    written = [
-        user("first", 1),
-        ConversationMessage(
-            "model",
-            (TextPart("hmm", thought=True, thought_signature=b"t"), TextPart("calling"), call),
-            1,
-            WHEN,
-            "complete",
-            USAGE,
-            "m",
-            "STOP",
-        ),
-        answers(1, call),
-        model("done", 1),
-        ConversationMessage("user", (TextPart("look"), BlobPart("image/png", b"\x89PNG")), 2),
-        model("a picture", 2),
-    ]
-    cid = store.create("nb.ipynb", "helper", {"model": "m", "temperature": 0.5})
-    for message in written:
-        store.append_message(cid, message)
-    store.append_ledger(cid, ledger_row(1))
-    store.append_ledger(cid, ledger_row(2, error="boom"))
-    store.save_settings(cid, {"model": "m2"})
-
-    loaded = store.load(cid)
-    assert loaded is not None
-    assert (loaded.namespace, loaded.name, loaded.settings) == (
-        "nb.ipynb",
-        "helper",
-        {"model": "m2"},
-    )
-    assert loaded.conversation.messages == written
-    assert loaded.conversation.ledger == [ledger_row(1), ledger_row(2, error="boom")]
-    assert (loaded.conversation.turn_count, loaded.conversation.turn_seq) == (2, 2)
-    assert loaded.interrupted == ()
-
-
-def test_compaction_and_clear_are_markers_and_the_ledger_survives_a_clear(store: Store) -> None:
-    cid = store.create("", "c", {})
-    for turn in (1, 2):
-        store.append_message(cid, user(f"q{turn}", turn))
-        store.append_message(cid, model(f"a{turn}", turn))
-        store.append_ledger(cid, ledger_row(turn))
-    store.append_message(cid, ConversationMessage("summary", (TextPart("so far"),), 2))
-    store.append_message(cid, user("q3", 3))
-    loaded = store.load(cid)
-    assert loaded is not None
-    conversation = loaded.conversation
-    assert conversation.compactions == [4]
-    assert conversation.summary == "so far"
-    assert [m.text for m in conversation.context()] == ["q3"]
-    assert conversation.turn_count == 3
-
-    store.clear(cid)
-    store.append_message(cid, user("after", 4))
-    loaded = store.load(cid)
-    assert loaded is not None
-    assert [m.text for m in loaded.conversation.messages] == ["after"]
-    assert loaded.conversation.compactions == []
-    assert (loaded.conversation.turn_count, loaded.conversation.turn_seq) == (1, 4)
-    assert len(loaded.conversation.ledger) == 2
-
-
-def test_an_empty_checkpoint_drops_the_draft_of_a_reply_started_over(store: Store) -> None:
-    cid = store.create("", "retry", {})
-    store.append_message(cid, user("q", 1))
-    store.checkpoint(cid, model("first attempt, cut off", 1))
-    store.checkpoint(cid, ConversationMessage("model", (), 1))
-    loaded = store.load(cid)
-    assert loaded is not None and [m.text for m in loaded.conversation.messages] == ["q"]
-
-
 def test_settings_are_appended_only_when_they_change(store: Store, path: Path) -> None:
     cid = store.create("", "s", {"model": "m"})
     store.save_settings(cid, {"model": "m"})
@@ -189,48 +92,6 @@ def test_settings_are_appended_only_when_they_change(store: Store, path: Path) -
     with contextlib.closing(sqlite3.connect(path)) as raw:
         kinds = [k for (k,) in raw.execute("SELECT kind FROM records ORDER BY seq")]
     assert kinds == ["settings", "settings"]
-
-
-def test_each_start_is_its_own_conversation_and_latest_is_the_newest(store: Store) -> None:
-    old = store.create("nb", "default", {})
-    store.append_message(old, user("old kernel", 1))
-    new = store.create("nb", "default", {})
-    store.append_message(new, user("new kernel", 1))
-    other_notebook = store.create("other.ipynb", "default", {})
-    assert len({old, new, other_notebook}) == 3
-    assert store.latest("nb", "default") == new
-    assert store.latest("other.ipynb", "default") == other_notebook
-    assert store.latest("nb", "nobody") is None
-    old_loaded, new_loaded = store.load(old), store.load(new)
-    assert old_loaded is not None and new_loaded is not None
-    assert [m.text for m in old_loaded.conversation.messages] == ["old kernel"]
-    assert [m.text for m in new_loaded.conversation.messages] == ["new kernel"]
-    assert store.load("no-such-id") is None
-    assert store.open("no-such-id") is None
-
-
-def test_the_listing_counts_what_a_resume_shows(store: Store, path: Path) -> None:
-    first = store.create("a.ipynb", "one", {})
-    store.append_message(first, user("q", 1))
-    store.append_message(first, model("a", 1))
-    store.append_message(first, user("q2", 2))
-    store.checkpoint(first, model("partial", 2))
-    second = store.create("b.ipynb", "two", {})
-    store.append_message(second, user("gone", 1))
-    store.clear(second)
-    store.release(second)
-
-    rows = {row.name: row for row in store.conversations()}
-    assert set(rows) == {"one", "two"}
-    one, two = rows["one"], rows["two"]
-    assert (one.id, one.namespace, one.turns, one.messages) == (first, "a.ipynb", 2, 4)
-    assert (two.turns, two.messages) == (0, 0)
-    assert one.holder == store.holder and "test (pid" in one.holder
-    assert two.holder is None
-    assert one.size > two.size > 0
-    assert one.created <= one.last_activity <= datetime.now(UTC)
-    assert [r.name for r in store.conversations("b.ipynb")] == ["two"]
-    assert store.conversations("nowhere") == []
 
 
 def test_a_value_json_cannot_hold_is_a_store_error_and_nothing_is_written(store: Store) -> None:
@@ -512,63 +373,6 @@ def test_whatever_point_a_writer_dies_at_what_it_sends_next_is_valid(
             opened.close()
 
 
-# -- leases -----------------------------------------------------------------------------
-
-
-def test_a_live_holder_refuses_a_second_writer_until_taken_over(path: Path) -> None:
-    with Store(path, holder="kernel one.json") as first, Store(path, holder="kernel two") as second:
-        cid = first.create("nb", "shared", {})
-        with pytest.raises(ConversationInUse) as refused:
-            second.open(cid)
-        assert refused.value.name == "shared"
-        assert refused.value.holder == first.holder
-        assert f"pid {os.getpid()}" in str(refused.value) and "kernel one.json" in str(
-            refused.value
-        )
-        with pytest.raises(ConversationInUse):
-            second.delete(cid)
-
-        assert second.open(cid, take_over=True) is not None
-        second.append_message(cid, user("mine now", 1))
-        with pytest.raises(ConversationInUse) as lost:
-            first.append_message(cid, user("still mine?", 1))
-        assert lost.value.holder == second.holder
-        assert first.heartbeat() == []  # already noticed
-        assert second.heartbeat() == []
-        loaded = second.load(cid)
-        assert loaded is not None
-        assert [m.text for m in loaded.conversation.messages] == ["mine now"]
-
-
-def test_heartbeat_reports_the_leases_this_store_lost(path: Path) -> None:
-    with Store(path) as first, Store(path) as second:
-        kept, taken = first.create("", "kept", {}), first.create("", "taken", {})
-        second.open(taken, take_over=True)
-        assert first.heartbeat() == [taken]
-        first.append_message(kept, user("fine", 1))
-
-
-def test_a_holder_silent_past_the_lease_timeout_is_dead(path: Path) -> None:
-    with Store(path) as silent, Store(path, lease_timeout=0.0) as impatient:
-        cid = silent.create("", "quiet", {})
-        assert impatient.conversations()[0].holder is None
-        assert impatient.open(cid) is not None
-        with pytest.raises(ConversationInUse):
-            silent.checkpoint(cid, model("late", 1))
-
-
-def test_release_and_close_let_another_writer_in(path: Path) -> None:
-    first = Store(path)
-    released, closed = first.create("", "r", {}), first.create("", "c", {})
-    first.release(released)
-    with Store(path) as second:
-        assert second.open(released) is not None
-        with pytest.raises(ConversationInUse):
-            second.open(closed)
-        first.close()
-        assert second.open(closed) is not None
-
-
 # -- delete -----------------------------------------------------------------------------
 
 
@@ -599,43 +403,6 @@ def test_delete_leaves_no_trace_of_the_text_in_the_file(path: Path) -> None:
 
 
 # -- the reply cache --------------------------------------------------------------------
-
-
-def reply(text: str) -> CachedReply:
-    return CachedReply((TextPart(text), FunctionCallPart("f", {"x": 1}, "c")), USAGE, "STOP", "m")
-
-
-def test_the_cache_returns_what_was_put_and_counts_hits(store: Store) -> None:
-    assert store.cache_get("missing") is None
-    store.cache_put("k", reply("hello"))
-    assert store.cache_get("k") == reply("hello")
-    assert store.cache_get("k") == reply("hello")
-    stats = store.cache_stats()
-    assert (stats.entries, stats.hits) == (1, 2)
-    assert stats.bytes > len("hello")
-    store.cache_put("k", reply("replaced"))
-    assert store.cache_get("k") == reply("replaced")
-    store.cache_clear()
-    assert store.cache_stats().entries == 0
-
-
-def test_the_cache_evicts_the_least_recently_used_past_its_bounds(path: Path) -> None:
-    with Store(path, cache_max_entries=3, cache_max_bytes=None) as store:
-        for key in "abc":
-            store.cache_put(key, reply(key))
-        store.cache_get("a")  # b is now the least recently used
-        store.cache_put("d", reply("d"))
-        assert [k for k in "abcd" if store.cache_get(k) is not None] == ["a", "c", "d"]
-    with Store(path, cache_max_entries=None, cache_max_bytes=1000) as store:
-        store.cache_clear()
-        for key in "pqrstuvwxyz":
-            store.cache_put(key, reply(key * 100))
-        stats = store.cache_stats()
-        assert 0 < stats.bytes <= 1000
-        assert store.cache_get("z") is not None and store.cache_get("p") is None
-        store.cache_put("huge", reply("x" * 2000))
-        assert store.cache_get("huge") is None  # larger than the whole cache: not kept
-        assert store.cache_stats().entries == stats.entries
 
 
 def test_a_lookup_among_10000_entries_searches_the_key_index(store: Store, path: Path) -> None:

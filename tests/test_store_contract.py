@@ -6,6 +6,7 @@ leaves nothing, schema versions, and `map`'s results tables."""
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,35 +17,16 @@ from typing import Any
 import pytest
 
 from agentrt_jupyter.batch.records import StoredRow, open_results
-from agentrt_jupyter.content import FunctionCallPart, FunctionResponsePart, TextPart
-from agentrt_jupyter.conversation import ConversationMessage, LedgerEntry, Usage
+from agentrt_jupyter.content import BlobPart, FunctionCallPart, FunctionResponsePart, TextPart
+from agentrt_jupyter.conversation import ConversationMessage
 from agentrt_jupyter.errors import ConversationInUse, StoreError
-from agentrt_jupyter.store import INTERRUPTED, TEAM_SCOPE, CachedReply
+from agentrt_jupyter.store import INTERRUPTED, TEAM_SCOPE
 from agentrt_jupyter.stores.base import ConversationStore, ResultsStore
 from agentrt_jupyter.stores.opening import open_store_at
 
-USAGE = Usage(prompt_tokens=12, candidates_tokens=3, total_tokens=15)
-WHEN = datetime(2026, 2, 1, 12, 0, tzinfo=UTC)
+from .store_helpers import USAGE, WHEN, answers, ledger_row, model, reply, user
 
 Opener = Callable[..., ConversationStore]
-
-
-def user(text: str, turn: int) -> ConversationMessage:
-    return ConversationMessage("user", (TextPart(text),), turn)
-
-
-def model(text: str, turn: int, *calls: FunctionCallPart) -> ConversationMessage:
-    return ConversationMessage(
-        "model", (TextPart(text), *calls), turn, usage=USAGE, model="m", finish_reason="STOP"
-    )
-
-
-def ledger_row(turn: int, error: str | None = None) -> LedgerEntry:
-    return LedgerEntry("a", turn, 0, "m", WHEN, USAGE, 0.1, 0.5, "STOP", "ok", 0.0, error)
-
-
-def reply(text: str) -> CachedReply:
-    return CachedReply((TextPart(text),), USAGE, "STOP", "m")
 
 
 def make_newer(location: str) -> None:
@@ -88,18 +70,31 @@ def store(opener: Opener) -> ConversationStore:
 
 
 def test_everything_written_loads_back_in_order(store: ConversationStore) -> None:
-    call = FunctionCallPart("add", {"a": 1}, "c1", b"sig")
+    call = FunctionCallPart("add", {"a": 1, "b": [2, 3]}, "c1", b"sig")
     written = [
         user("first", 1),
-        model("calling", 1, call),
-        ConversationMessage("user", (FunctionResponsePart("add", {"r": 2}, "c1"),), 1),
+        ConversationMessage(
+            "model",
+            (TextPart("hmm", thought=True, thought_signature=b"t"), TextPart("calling"), call),
+            1,
+            WHEN,
+            "complete",
+            USAGE,
+            "m",
+            "STOP",
+        ),
+        answers(1, call),
         model("done", 1),
+        ConversationMessage("user", (TextPart("look"), BlobPart("image/png", b"\x89PNG")), 2),
+        model("a picture", 2),
     ]
-    cid = store.create("nb.ipynb", "helper", {"model": "m"})
+    cid = store.create("nb.ipynb", "helper", {"model": "m", "temperature": 0.5})
     for message in written:
         store.append_message(cid, message)
     store.append_ledger(cid, ledger_row(1))
+    store.append_ledger(cid, ledger_row(2, error="boom"))
     store.save_settings(cid, {"model": "m2"})
+
     loaded = store.load(cid)
     assert loaded is not None
     assert (loaded.namespace, loaded.name, loaded.settings) == (
@@ -108,44 +103,92 @@ def test_everything_written_loads_back_in_order(store: ConversationStore) -> Non
         {"model": "m2"},
     )
     assert loaded.conversation.messages == written
-    assert loaded.conversation.ledger == [ledger_row(1)]
-    assert (loaded.conversation.turn_count, loaded.conversation.turn_seq) == (1, 1)
+    assert loaded.conversation.ledger == [ledger_row(1), ledger_row(2, error="boom")]
+    assert (loaded.conversation.turn_count, loaded.conversation.turn_seq) == (2, 2)
+    assert loaded.interrupted == ()
 
 
-def test_a_clear_is_a_marker_and_the_ledger_survives_it(store: ConversationStore) -> None:
+def test_compaction_and_clear_are_markers_and_the_ledger_survives_a_clear(
+    store: ConversationStore,
+) -> None:
     cid = store.create("", "c", {})
-    store.append_message(cid, user("q1", 1))
-    store.append_ledger(cid, ledger_row(1))
+    for turn in (1, 2):
+        store.append_message(cid, user(f"q{turn}", turn))
+        store.append_message(cid, model(f"a{turn}", turn))
+        store.append_ledger(cid, ledger_row(turn))
+    store.append_message(cid, ConversationMessage("summary", (TextPart("so far"),), 2))
+    store.append_message(cid, user("q3", 3))
+    loaded = store.load(cid)
+    assert loaded is not None
+    conversation = loaded.conversation
+    assert conversation.compactions == [4]
+    assert conversation.summary == "so far"
+    assert [m.text for m in conversation.context()] == ["q3"]
+    assert conversation.turn_count == 3
+
     store.clear(cid)
-    store.append_message(cid, user("after", 2))
+    store.append_message(cid, user("after", 4))
     loaded = store.load(cid)
     assert loaded is not None
     assert [m.text for m in loaded.conversation.messages] == ["after"]
-    assert (loaded.conversation.turn_seq, len(loaded.conversation.ledger)) == (2, 1)
+    assert loaded.conversation.compactions == []
+    assert (loaded.conversation.turn_count, loaded.conversation.turn_seq) == (1, 4)
+    assert len(loaded.conversation.ledger) == 2
+
+
+def test_an_empty_checkpoint_drops_the_draft_of_a_reply_started_over(
+    store: ConversationStore,
+) -> None:
+    cid = store.create("", "retry", {})
+    store.append_message(cid, user("q", 1))
+    store.checkpoint(cid, model("first attempt, cut off", 1))
+    store.checkpoint(cid, ConversationMessage("model", (), 1))
+    loaded = store.load(cid)
+    assert loaded is not None and [m.text for m in loaded.conversation.messages] == ["q"]
 
 
 def test_each_start_is_its_own_conversation_and_latest_is_the_newest(
     store: ConversationStore,
 ) -> None:
     old = store.create("nb", "default", {})
+    store.append_message(old, user("old kernel", 1))
     new = store.create("nb", "default", {})
-    assert old != new
+    store.append_message(new, user("new kernel", 1))
+    other_notebook = store.create("other.ipynb", "default", {})
+    assert len({old, new, other_notebook}) == 3
     assert store.latest("nb", "default") == new
+    assert store.latest("other.ipynb", "default") == other_notebook
     assert store.latest("nb", "nobody") is None
-    assert store.load("no-such-id") is None and store.open("no-such-id") is None
+    old_loaded, new_loaded = store.load(old), store.load(new)
+    assert old_loaded is not None and new_loaded is not None
+    assert [m.text for m in old_loaded.conversation.messages] == ["old kernel"]
+    assert [m.text for m in new_loaded.conversation.messages] == ["new kernel"]
+    assert store.load("no-such-id") is None
+    assert store.open("no-such-id") is None
 
 
 def test_the_listing_counts_what_a_resume_shows(store: ConversationStore) -> None:
     first = store.create("a.ipynb", "one", {})
     store.append_message(first, user("q", 1))
     store.append_message(first, model("a", 1))
+    store.append_message(first, user("q2", 2))
     store.checkpoint(first, model("partial", 2))
     second = store.create("b.ipynb", "two", {})
+    store.append_message(second, user("gone", 1))
+    store.clear(second)
     store.release(second)
+
     rows = {row.name: row for row in store.conversations()}
-    assert (rows["one"].turns, rows["one"].messages, rows["one"].holder) == (1, 3, store.holder)
-    assert (rows["two"].messages, rows["two"].holder) == (0, None)
+    assert set(rows) == {"one", "two"}
+    one, two = rows["one"], rows["two"]
+    assert (one.id, one.namespace, one.turns, one.messages) == (first, "a.ipynb", 2, 4)
+    assert (two.turns, two.messages) == (0, 0)
+    assert one.holder == store.holder and "test (pid" in one.holder
+    assert two.holder is None
+    assert one.size > two.size > 0
+    assert one.created <= one.last_activity <= datetime.now(UTC)
     assert [r.name for r in store.conversations("b.ipynb")] == ["two"]
+    assert store.conversations("nowhere") == []
 
 
 def test_a_resume_closes_the_cut_reply_and_its_unanswered_calls_once(opener: Opener) -> None:
@@ -171,17 +214,22 @@ def test_a_resume_closes_the_cut_reply_and_its_unanswered_calls_once(opener: Ope
 
 
 def test_a_live_holder_refuses_a_second_writer_until_taken_over(opener: Opener) -> None:
-    first, second = opener(holder="kernel one"), opener(holder="kernel two")
+    first, second = opener(holder="kernel one.json"), opener(holder="kernel two")
     cid = first.create("nb", "shared", {})
     with pytest.raises(ConversationInUse) as refused:
         second.open(cid)
+    assert refused.value.name == "shared"
     assert refused.value.holder == first.holder
+    assert f"pid {os.getpid()}" in str(refused.value) and "kernel one.json" in str(refused.value)
     with pytest.raises(ConversationInUse):
         second.delete(cid)
     assert second.open(cid, take_over=True) is not None
     second.append_message(cid, user("mine now", 1))
-    with pytest.raises(ConversationInUse):
+    with pytest.raises(ConversationInUse) as lost:
         first.append_message(cid, user("still mine?", 1))
+    assert lost.value.holder == second.holder
+    assert first.heartbeat() == []  # already noticed
+    assert second.heartbeat() == []
     loaded = second.load(cid)
     assert loaded is not None and [m.text for m in loaded.conversation.messages] == ["mine now"]
 
@@ -233,7 +281,8 @@ def test_the_cache_returns_what_was_put_counts_hits_and_clears(store: Conversati
     assert store.cache_get("missing") is None
     store.cache_put("k", reply("hello"))
     assert store.cache_get("k") == reply("hello") == store.cache_get("k")
-    assert (store.cache_stats().entries, store.cache_stats().hits) == (1, 2)
+    stats = store.cache_stats()
+    assert (stats.entries, stats.hits, stats.bytes > len("hello")) == (1, 2, True)
     store.cache_put("k", reply("replaced"))
     assert store.cache_get("k") == reply("replaced")
     store.cache_clear()

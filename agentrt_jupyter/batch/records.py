@@ -17,13 +17,11 @@ the rows in flight; a refreshed row replaces the one before. The connection is o
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -96,10 +94,10 @@ class RowStore:
             found = db.execute(
                 "SELECT data FROM map_rows WHERE run = ? AND row = ?", (run, row)
             ).fetchone()
-            return None if found is None else StoredRow(**json.loads(found[0]))
+            return None if found is None else StoredRow.from_json(found[0])
 
     def put(self, run: str, row: str, stored: StoredRow) -> None:
-        data = json.dumps(asdict(stored), separators=(",", ":"))
+        data = stored.to_json()
         with self._boundary("write a map row") as db:
             db.execute(
                 "INSERT OR REPLACE INTO map_rows (run, row, written, data) VALUES (?, ?, ?, ?)",

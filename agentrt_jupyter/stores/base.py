@@ -9,18 +9,14 @@ results tables. Both raise only `StoreError` (and `ConversationInUse` for a leas
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from ..conversation import ConversationMessage, LedgerEntry
-from ..store import (
-    TEAM_SCOPE,
-    CachedReply,
-    CacheStats,
-    LoadedConversation,
-    StoredConversation,
-)
+from ..store import TEAM_SCOPE, CachedReply, CacheStats
+from .journal import LoadedConversation, StoredConversation
 
 __all__ = ["OPEN_JOB", "TEAM_SCOPE", "ConversationStore", "ResultsStore", "StoredRow"]
 
@@ -105,6 +101,14 @@ class StoredRow:
     latency: float
     attempts: int
     model: str
+
+    def to_json(self) -> str:
+        """The row as both results stores keep it."""
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> StoredRow:
+        return cls(**json.loads(text))
 
 
 class ResultsStore(Protocol):

@@ -8,11 +8,9 @@ errors become `StoreError`; the URL in messages never shows the password.
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from ..errors import StoreError
@@ -48,10 +46,10 @@ class PgRowStore:
                 "SELECT data FROM agentrt.map_rows WHERE owner = %s AND run = %s AND row = %s",
                 (self.owner, run, row),
             ).fetchone()
-            return None if found is None else StoredRow(**json.loads(found[0]))
+            return None if found is None else StoredRow.from_json(found[0])
 
     def put(self, run: str, row: str, stored: StoredRow) -> None:
-        data = json.dumps(asdict(stored), separators=(",", ":"))
+        data = stored.to_json()
         with self._boundary("write a map row") as conn:
             conn.execute(
                 "INSERT INTO agentrt.map_rows (owner, run, row, written, data)"

@@ -15,42 +15,30 @@ made again at the next use, no sooner than a backoff that doubles up to `MAX_BAC
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
-import secrets
 import select
-import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psycopg
 from psycopg import errors
 
 from ..config import redacted_url
-from ..conversation import ConversationMessage, LedgerEntry
-from ..errors import ConversationInUse, StoreError
+from ..errors import StoreError
 from ..identity import current_user
-from ..store import (
-    CachedReply,
-    CacheStats,
-    LoadedConversation,
-    StoredConversation,
-    _dumps,
-    _ledger_entry,
-    _ledger_json,
-    _message,
-    _message_json,
-    _pid_alive,
-    _reply,
-    _reply_json,
-    _timestamp,
-    _Unstorable,
-    assemble,
-)
+from ..store import CachedReply, CacheStats, _reply, _reply_json
 from .base import TEAM_SCOPE
+from .journal import (
+    ConversationRows,
+    JournalStore,
+    LoadedConversation,
+    _ledger_entry,
+    _message,
+    _Unstorable,
+)
+from .leases import Leases
 from .pgschema import LISTING, MIGRATIONS, SCHEMA_VERSION, connect, fill_prices
 
 log = logging.getLogger("agentrt_jupyter")
@@ -69,7 +57,7 @@ def _closed_by_server(conn: psycopg.Connection) -> bool:
     return bool(readable)
 
 
-class PgStore:
+class PgStore(JournalStore[psycopg.Connection]):
     """Conversations and the reply cache in a PostgreSQL database; see the module docstring.
 
     `owner` is whose rows these are: the connected role when it is in `agentrt_users` (the
@@ -96,15 +84,12 @@ class PgStore:
             "cache_max_bytes": cache_max_bytes,
         }  # fmt: skip
         self._lock = threading.Lock()
-        self._token = secrets.token_hex(8)
-        self._pid, self._host = os.getpid(), socket.gethostname()
-        self.holder = f"{holder} (pid {self._pid} on host {self._host})"
-        self._lease_timeout = lease_timeout
+        self._leases = Leases(holder, lease_timeout)
+        self.holder = self._leases.holder
         self._connect_timeout = connect_timeout
         self._statement_timeout = statement_timeout
         self._cache_max_entries = cache_max_entries
         self._cache_max_bytes = cache_max_bytes
-        self._held: dict[str, str] = {}
         self._closed = False
         self._conn: psycopg.Connection | None = None
         self._backoff = 0.0
@@ -132,18 +117,15 @@ class PgStore:
                 return
             self._closed = True
             conn, self._conn = self._conn, None
-            held, self._held = self._held, {}
+            held = bool(self._leases.held)
+            self._leases.held.clear()
         if conn is None:
             return
         with contextlib.suppress(Exception):
             if held:
-                conn.execute("DELETE FROM agentrt.leases WHERE token = %s", (self._token,))
+                conn.execute("DELETE FROM agentrt.leases WHERE token = %s", (self._leases.token,))
         with contextlib.suppress(Exception):
             conn.close()
-
-    @property
-    def held(self) -> tuple[str, ...]:
-        return tuple(self._held)
 
     @property
     def pages_checked(self) -> bool:
@@ -151,20 +133,6 @@ class PgStore:
 
     def check_pages(self) -> None:
         pass
-
-    def create(self, namespace: str, name: str, settings: Mapping[str, Any]) -> str:
-        conversation_id = secrets.token_hex(8)
-        with self._write(f"create conversation {name!r}") as conn:
-            data, now = _dumps(dict(settings)), time.time()
-            conn.execute(
-                "INSERT INTO agentrt.conversations (id, owner, namespace, name, created)"
-                " VALUES (%s, %s, %s, %s, %s)",
-                (conversation_id, self.owner, namespace, name, now),
-            )
-            self._append(conn, conversation_id, "settings", data)
-            self._lease(conn, conversation_id, now)
-        self._held[conversation_id] = name
-        return conversation_id
 
     def latest(self, namespace: str, name: str) -> str | None:
         with self._boundary(f"look up conversation {name!r}") as conn:
@@ -175,60 +143,23 @@ class PgStore:
             ).fetchone()
         return None if row is None else str(row[0])
 
-    def conversations(self, namespace: str | None = None) -> list[StoredConversation]:
-        now = time.time()
-        with self._boundary("list the stored conversations") as conn:
-            rows = conn.execute(LISTING, {"owner": self.owner, "namespace": namespace}).fetchall()
-        listing = []
-        for cid, ns, name, created, messages, turns, size, last, *lease in rows:
-            token, holder, pid, host, heartbeat = lease
-            live = token is not None and (
-                token == self._token or self._alive(pid, host, heartbeat, now)
-            )
-            listing.append(
-                StoredConversation(
-                    cid, ns, name, int(turns), int(messages), int(size), _timestamp(created),
-                    _timestamp(float(last)), holder if live else None,
-                )
-            )  # fmt: skip
-        return listing
-
     def load(self, conversation_id: str) -> LoadedConversation | None:
         """Read without taking it: one snapshot, while its writer may go on appending."""
         with self._write(f"load conversation {conversation_id}") as conn:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             return self._read(conn, conversation_id, persist=False)
 
-    def open(self, conversation_id: str, *, take_over: bool = False) -> LoadedConversation | None:
-        with self._write(f"open conversation {conversation_id}") as conn:
-            name = self._locked_name(conn, conversation_id)
-            if name is None:
-                return None
-            self._claim(conn, conversation_id, name, take_over)
-            loaded = self._read(conn, conversation_id, persist=True)
-        self._held[conversation_id] = name
-        return loaded
-
-    def claim(self, conversation_id: str) -> bool:
-        with self._write(f"claim conversation {conversation_id}") as conn:
-            name = self._locked_name(conn, conversation_id)
-            if name is None:
-                return False
-            self._lease(conn, conversation_id, time.time())
-        self._held[conversation_id] = name
-        return True
-
     def release(self, conversation_id: str) -> None:
-        self._held.pop(conversation_id, None)
+        self._leases.held.pop(conversation_id, None)
         with self._boundary(f"release conversation {conversation_id}") as conn:
             conn.execute(
                 "DELETE FROM agentrt.leases WHERE conversation = %s AND token = %s",
-                (conversation_id, self._token),
+                (conversation_id, self._leases.token),
             )
 
     def heartbeat(self) -> list[str]:
         """Renew the leases; without any, still reach the database (a reconnect's test)."""
-        if not self._held:
+        if not self._leases.held:
             with self._boundary("reach the database") as conn:
                 conn.execute("SELECT 1")
             return []
@@ -238,69 +169,10 @@ class PgStore:
                 for (cid,) in conn.execute(
                     "UPDATE agentrt.leases SET heartbeat = %s WHERE token = %s"
                     " RETURNING conversation",
-                    (time.time(), self._token),
+                    (time.time(), self._leases.token),
                 )
             }
-        lost = [cid for cid in self._held if cid not in kept]
-        for cid in lost:
-            del self._held[cid]
-        return lost
-
-    def delete(self, conversation_id: str, *, take_over: bool = False) -> bool:
-        """Erase the conversation and its cached replies (autovacuum reclaims the space)."""
-        with self._write(f"delete conversation {conversation_id}") as conn:
-            name = self._locked_name(conn, conversation_id)
-            if name is None:
-                return False
-            self._claim(conn, conversation_id, name, take_over)
-            for table, column in (
-                ("records", "conversation"), ("drafts", "conversation"),
-                ("leases", "conversation"), ("replies", "conversation"), ("conversations", "id"),
-            ):  # fmt: skip
-                conn.execute(f"DELETE FROM agentrt.{table} WHERE {column} = %s", (conversation_id,))
-        self._held.pop(conversation_id, None)
-        return True
-
-    def append_message(self, conversation_id: str, message: ConversationMessage) -> None:
-        with self._write(f"record a message of conversation {conversation_id}") as conn:
-            data = _message_json(message)
-            self._renew(conn, conversation_id)
-            self._append(conn, conversation_id, "message", data, message.role, message.turn)
-            conn.execute("DELETE FROM agentrt.drafts WHERE conversation = %s", (conversation_id,))
-
-    def checkpoint(self, conversation_id: str, message: ConversationMessage) -> None:
-        with self._write(f"checkpoint the reply of conversation {conversation_id}") as conn:
-            self._renew(conn, conversation_id)
-            if not message.parts:
-                conn.execute(
-                    "DELETE FROM agentrt.drafts WHERE conversation = %s", (conversation_id,)
-                )
-                return
-            conn.execute(
-                "INSERT INTO agentrt.drafts (conversation, owner, written, data)"
-                " VALUES (%s, %s, %s, %s) ON CONFLICT (conversation) DO UPDATE SET"
-                " written = excluded.written, data = excluded.data",
-                (conversation_id, self.owner, time.time(), _message_json(message)),
-            )
-
-    def append_ledger(self, conversation_id: str, entry: LedgerEntry) -> None:
-        with self._write(f"record a ledger row of conversation {conversation_id}") as conn:
-            data = _ledger_json(entry)
-            self._renew(conn, conversation_id)
-            self._append(conn, conversation_id, "ledger", data, turn=entry.turn)
-
-    def save_settings(self, conversation_id: str, settings: Mapping[str, Any]) -> None:
-        with self._write(f"store the settings of conversation {conversation_id}") as conn:
-            data = _dumps(dict(settings))
-            self._renew(conn, conversation_id)
-            if data != self._settings_text(conn, conversation_id):
-                self._append(conn, conversation_id, "settings", data)
-
-    def clear(self, conversation_id: str) -> None:
-        with self._write(f"clear conversation {conversation_id}") as conn:
-            self._renew(conn, conversation_id)
-            self._append(conn, conversation_id, "cleared", "{}")
-            conn.execute("DELETE FROM agentrt.drafts WHERE conversation = %s", (conversation_id,))
+        return self._leases.keep(kept)
 
     def cache_get(self, key: str, *, scope: str | None = None) -> CachedReply | None:
         with self._boundary("read the reply cache") as conn:
@@ -516,7 +388,7 @@ class PgStore:
             " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (conversation) DO UPDATE SET"
             " token = excluded.token, holder = excluded.holder, pid = excluded.pid,"
             " host = excluded.host, heartbeat = excluded.heartbeat",
-            (conversation_id, self.owner, self._token, self.holder, self._pid, self._host, now),
+            (conversation_id, self.owner, *self._leases.row(now)),
         )
 
     def _locked_name(self, conn: psycopg.Connection, conversation_id: str) -> str | None:
@@ -527,50 +399,26 @@ class PgStore:
         ).fetchone()
         return None if row is None else str(row[0])
 
-    def _alive(self, pid: int, host: str, heartbeat: float, now: float) -> bool:
-        if now - heartbeat > self._lease_timeout:
-            return False
-        return host != self._host or _pid_alive(pid)
-
-    def _claim(
-        self, conn: psycopg.Connection, conversation_id: str, name: str, take_over: bool
-    ) -> None:
-        now = time.time()
-        lease = conn.execute(
+    def _lease_of(self, conn: psycopg.Connection, conversation_id: str) -> Sequence[Any] | None:
+        return conn.execute(
             "SELECT token, holder, pid, host, heartbeat FROM agentrt.leases"
             " WHERE conversation = %s",
             (conversation_id,),
         ).fetchone()
-        if (
-            lease is not None
-            and lease[0] != self._token
-            and not take_over
-            and self._alive(lease[2], lease[3], lease[4], now)
-        ):
-            raise ConversationInUse(name, lease[1])
-        self._lease(conn, conversation_id, now)
 
     def _renew(self, conn: psycopg.Connection, conversation_id: str) -> None:
         renewed = conn.execute(
             "UPDATE agentrt.leases SET heartbeat = %s WHERE conversation = %s AND token = %s",
-            (time.time(), conversation_id, self._token),
+            (time.time(), conversation_id, self._leases.token),
         ).rowcount
         if renewed:
             return
-        row = conn.execute(
+        found = conn.execute(
             "SELECT c.name, l.holder FROM agentrt.conversations c"
             " LEFT JOIN agentrt.leases l ON l.conversation = c.id WHERE c.id = %s",
             (conversation_id,),
         ).fetchone()
-        if row is None:
-            raise StoreError(
-                f"cannot write conversation {conversation_id}: it is no longer in the store "
-                "(deleted by another kernel)",
-                path=self.location,
-            )
-        self._held.pop(conversation_id, None)
-        holder = row[1] or "another kernel (it took the conversation over, then let it go)"
-        raise ConversationInUse(row[0], holder)
+        raise self._leases.lost(conversation_id, found, self.location)
 
     def _settings_text(self, conn: psycopg.Connection, conversation_id: str) -> str | None:
         row = conn.execute(
@@ -580,9 +428,7 @@ class PgStore:
         ).fetchone()
         return None if row is None else str(row[0])
 
-    def _read(
-        self, conn: psycopg.Connection, conversation_id: str, *, persist: bool
-    ) -> LoadedConversation | None:
+    def _rows(self, conn: psycopg.Connection, conversation_id: str) -> ConversationRows | None:
         row = conn.execute(
             "SELECT namespace, name FROM agentrt.conversations WHERE id = %s AND owner = %s",
             (conversation_id, self.owner),
@@ -603,16 +449,35 @@ class PgStore:
         draft = conn.execute(
             "SELECT data FROM agentrt.drafts WHERE conversation = %s", (conversation_id,)
         ).fetchone()
-        settings = json.loads(self._settings_text(conn, conversation_id) or "{}")
-        loaded, added = assemble(
-            conversation_id, row[0], row[1], settings, messages, ledger,
-            None if draft is None else _message(draft[0]), turn_seq,
-        )  # fmt: skip
-        if persist:
-            for message in added:
-                self._append(
-                    conn, conversation_id, "message", _message_json(message), message.role,
-                    message.turn,
-                )  # fmt: skip
-            conn.execute("DELETE FROM agentrt.drafts WHERE conversation = %s", (conversation_id,))
-        return loaded
+        return ConversationRows(
+            row[0], row[1], messages, ledger, None if draft is None else draft[0], turn_seq
+        )
+
+    def _erase(
+        self, conn: psycopg.Connection, table: str, column: str, conversation_id: str
+    ) -> None:
+        """Delete rows (autovacuum reclaims their space)."""
+        conn.execute(f"DELETE FROM agentrt.{table} WHERE {column} = %s", (conversation_id,))
+
+    def _insert_conversation(
+        self, conn: psycopg.Connection, conversation_id: str, namespace: str, name: str, now: float
+    ) -> None:
+        conn.execute(
+            "INSERT INTO agentrt.conversations (id, owner, namespace, name, created)"
+            " VALUES (%s, %s, %s, %s, %s)",
+            (conversation_id, self.owner, namespace, name, now),
+        )
+
+    def _listing(self, conn: psycopg.Connection, namespace: str | None) -> list[Sequence[Any]]:
+        return list(conn.execute(LISTING, {"owner": self.owner, "namespace": namespace}).fetchall())
+
+    def _put_draft(self, conn: psycopg.Connection, conversation_id: str, data: str) -> None:
+        conn.execute(
+            "INSERT INTO agentrt.drafts (conversation, owner, written, data)"
+            " VALUES (%s, %s, %s, %s) ON CONFLICT (conversation) DO UPDATE SET"
+            " written = excluded.written, data = excluded.data",
+            (conversation_id, self.owner, time.time(), data),
+        )
+
+    def _drop_draft(self, conn: psycopg.Connection, conversation_id: str) -> None:
+        conn.execute("DELETE FROM agentrt.drafts WHERE conversation = %s", (conversation_id,))
