@@ -114,11 +114,13 @@ class Timeout(AgentError, TimeoutError):
 
 
 class StoreError(AgentError, OSError):
-    """The conversation store file cannot be read or written; `path` names it."""
+    """The conversation store file cannot be read or written; `path` names it; `locked`:
+    another process held it (trying again may work)."""
 
-    def __init__(self, message: str, *, path: str | None = None) -> None:
+    def __init__(self, message: str, *, path: str | None = None, locked: bool = False) -> None:
         super().__init__(f"{message} (store: {path})" if path else message)
         self.path = path
+        self.locked = locked
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""

@@ -275,8 +275,7 @@ class Store(JournalStore[sqlite3.Connection]):
             raise self._fault(exc, "open the store") from exc
         self._db = db
         try:
-            with self._boundary("open the store"):
-                migrated = self._prepare(db)
+            migrated = self._open(db)
         except BaseException:
             self._db = None
             db.close()
@@ -489,6 +488,22 @@ class Store(JournalStore[sqlite3.Connection]):
         """A write transaction: it waits (up to busy_timeout) for other writers first."""
         return self._transaction(doing, "BEGIN IMMEDIATE")
 
+    def _open(self, db: sqlite3.Connection) -> bool:
+        """`_prepare`, tried again while another process holds the file, for up to twice
+        `busy_timeout` in all: kernels starting together can meet a lock that SQLite's own
+        busy wait does not cover, not only a long write."""
+        deadline = time.monotonic() + 2 * self._busy_timeout
+        pause = 0.01
+        while True:
+            try:
+                with self._boundary("open the store"):
+                    return self._prepare(db)
+            except StoreError as exc:
+                if not exc.locked or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.25)
+
     def _fault(self, exc: sqlite3.Error, doing: str) -> StoreError:
         code = getattr(exc, "sqlite_errorcode", -1) & 0xFF  # the primary of an extended code
         if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
@@ -513,7 +528,8 @@ class Store(JournalStore[sqlite3.Connection]):
             why = f"the disk reported an I/O error ({exc}): check the disk, or {ADVICE}"
         else:
             why = f"{exc}: {ADVICE}"
-        return StoreError(f"cannot {doing}: {why}", path=str(self._path))
+        locked = code in (_SQLITE_BUSY, _SQLITE_LOCKED)
+        return StoreError(f"cannot {doing}: {why}", path=str(self._path), locked=locked)
 
     def _prepare(self, db: sqlite3.Connection) -> bool:
         """Check the file is ours and current (migrating it if older); True if migrated."""

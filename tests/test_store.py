@@ -518,6 +518,28 @@ def test_a_read_only_directory_is_a_store_error(tmp_path: Path, existing: bool) 
     assert fds_on(path) == 0
 
 
+def test_a_lock_met_while_opening_is_tried_again_not_a_lost_store(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kernels starting together can meet SQLITE_BUSY without SQLite's busy wait (one
+    failed that way in CI): opening tries again within the timeout instead of running
+    without a store."""
+    written_store(path)
+    prepare, calls = Store._prepare, []
+
+    def busy_once(self: Store, db: sqlite3.Connection) -> bool:
+        calls.append(db)
+        if len(calls) == 1:
+            busy = sqlite3.OperationalError("database is locked")
+            busy.sqlite_errorcode = 5  # type: ignore[attr-defined]  # SQLITE_BUSY
+            raise busy
+        return prepare(self, db)
+
+    monkeypatch.setattr(Store, "_prepare", busy_once)
+    with Store(path, busy_timeout=1.0) as store:
+        assert len(calls) == 2 and store.conversations()
+
+
 def test_a_store_locked_past_the_timeout_is_a_store_error(path: Path) -> None:
     written_store(path)
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as other:
@@ -525,6 +547,7 @@ def test_a_store_locked_past_the_timeout_is_a_store_error(path: Path) -> None:
         with pytest.raises(StoreError) as raised:
             Store(path, busy_timeout=0.1)
         assert_clear_store_error(raised.value, path, "locked for more than 0.1 s")
+        assert raised.value.locked
         other.execute("ROLLBACK")
         store = Store(path, busy_timeout=0.1)
         cid = store.create("", "y", {})
