@@ -3,7 +3,7 @@
 # the whole pytest suite (with the wheel-from-a-clean-copy check, tests/test_packaging.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh notebook,local,mcp,openai,anthropic,postgres
+scripts/setup.sh notebook,local,mcp,openai,anthropic,postgres,local-server
 export AGENTRT_HOME="${AGENTRT_HOME:-$(mktemp -d)}"
 make --no-print-directory lint
 printf '\n\033[1m==> pytest\033[0m\n'

@@ -20,6 +20,7 @@ What this server can and cannot do, checked against llama-cpp-python 0.3.36:
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import subprocess
 import sys
 import threading
@@ -38,18 +39,16 @@ from agentrt_jupyter.conversation import UNREPORTED, ConversationMessage
 from agentrt_jupyter.server.process import LocalServer
 
 from .conftest import runtime_config
-from .machine import free_port
+from .machine import free_port, require
 from .reliability_helpers import connections_to, settle
 
 pytest.importorskip("llama_cpp")
 pytest.importorskip("openai")
-pytest.importorskip("fastapi", reason="llama-cpp-python's [server] extra (our local-server)")
-pytest.importorskip("sse_starlette", reason="llama-cpp-python's [server] extra")
-pytest.importorskip("starlette_context", reason="llama-cpp-python's [server] extra")
-pytest.importorskip("pydantic_settings", reason="llama-cpp-python's [server] extra")
-
 from agentrt_jupyter.backends.openai import OpenAIBackend
 from agentrt_jupyter.server.engines.local import find_model_path
+
+SERVER_EXTRA = ("fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
+"""llama-cpp-python's [server] extra (ours: local-server); in CI the test must run."""
 
 pytestmark = pytest.mark.local_model
 
@@ -113,6 +112,10 @@ class LlamaServer:
 
 @pytest.fixture(scope="module")
 def llama() -> Iterator[LlamaServer]:
+    require(
+        all(importlib.util.find_spec(name) is not None for name in SERVER_EXTRA),
+        "llama-cpp-python's [server] extra: pip install 'agentrt-jupyter[local-server]'",
+    )
     try:
         model = find_model_path()
     except FileNotFoundError as exc:
