@@ -409,6 +409,7 @@ class AgentCore:
                 error=error,
                 saved_tokens=turn.saved_tokens,
                 replayed_calls=turn.replayed_calls,
+                logprob=turn.logprob,
             )
         )
 
@@ -423,6 +424,7 @@ class AgentCore:
             reply = progress.reply = Reply()
             await self._call_model(turn, reply, steps)
             progress.finish_reason = reply.finish_reason
+            turn.logprob = reply.logprob
             self._record(
                 ConversationMessage(
                     "model",

@@ -540,6 +540,9 @@ class AgentConfig:
     tool_timeout: float | None = 300.0
     """Seconds one tool call may take; past it the call is abandoned and reported as an
     error to the model (None: no limit)."""
+    logprobs: bool = False
+    """Ask for the reply tokens' log probabilities (Gemini and Chat Completions; Anthropic
+    gives none): `TurnResult.logprob` is then their mean."""
 
     def __post_init__(self) -> None:
         _check_model("model", self.model)
@@ -559,6 +562,10 @@ class AgentConfig:
         )
         if not isinstance(self.include_thoughts, bool):
             raise InvalidConfig("must be True or False", field="include_thoughts")
+        if not isinstance(self.logprobs, bool):
+            raise InvalidConfig("must be True or False", field="logprobs")
+        if self.logprobs and provider_of(self.model) == "anthropic":
+            raise InvalidConfig("the anthropic provider gives no logprobs", field="logprobs")
         object.__setattr__(self, "stop_sequences", _check_stop_sequences(self.stop_sequences))
         _check_optional_str("response_mime_type", self.response_mime_type)
         mime = self.response_mime_type

@@ -47,6 +47,9 @@ class TurnResult:
     """Tokens of the replies replayed from the reply cache (recorded, not billed again)."""
     replayed_calls: int = 0
     """Calls answered from the reply cache (a reply recorded without usage saves 0 tokens)."""
+    logprob: float | None = None
+    """The mean token log probability of the last reply, with `logprobs=True` where the
+    service gives them (None otherwise, and for a replayed reply)."""
 
     @property
     def replayed(self) -> bool:
@@ -68,6 +71,7 @@ class Turn:
         self.finished = False
         self.started_at: float | None = None
         self.first_chunk_at: float | None = None
+        self.logprob: float | None = None
         self.ended_at: float | None = None
         self.usage = Usage()
         self.text_parts: list[str] = []

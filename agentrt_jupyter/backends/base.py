@@ -52,11 +52,14 @@ class ModelRequest:
 
 @dataclass(frozen=True, slots=True)
 class ModelChunk:
-    """One streamed chunk: new parts, the call's running usage, the finish reason if last."""
+    """One streamed chunk: new parts, the call's running usage, the finish reason if last,
+    and the log probabilities of its tokens when they were asked for (one mean per chunk
+    where the service gives only that)."""
 
     parts: tuple[Part, ...]
     usage: Usage | None
     finish_reason: str | None = None
+    logprobs: tuple[float, ...] = ()
 
 
 class QuotaHit(Exception):
@@ -125,7 +128,9 @@ BackendFactory = Callable[[Endpoint], Backend]
 class Reply:
     """What one model call has produced so far (kept for a partial record on cancel)."""
 
-    __slots__ = ("_sealed", "calls", "finish_reason", "first_chunk_at", "reported", "segments")
+    __slots__ = (
+        "_sealed", "calls", "finish_reason", "first_chunk_at", "logprobs", "reported", "segments",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.segments: list[tuple[str, list[str], bytes | None]] = []
@@ -134,6 +139,7 @@ class Reply:
         """The latest running usage the service sent (None: none yet)."""
         self.finish_reason: str | None = None
         self.first_chunk_at: float | None = None
+        self.logprobs: list[float] = []
         self._sealed = False
 
     def add(self, chunk: ModelChunk) -> None:
@@ -146,6 +152,12 @@ class Reply:
             self.reported = chunk.usage
         if chunk.finish_reason is not None:
             self.finish_reason = chunk.finish_reason
+        self.logprobs.extend(chunk.logprobs)
+
+    @property
+    def logprob(self) -> float | None:
+        """The mean log probability of the reply's tokens (None: the service gave none)."""
+        return sum(self.logprobs) / len(self.logprobs) if self.logprobs else None
 
     def _add_text(self, part: TextPart) -> None:
         """A piece continues its segment of the same kind unless it is signed (a signed
@@ -178,6 +190,7 @@ class Reply:
         """Forget a failed attempt that produced nothing, before the next one."""
         self.segments, self.calls = [], []
         self.reported, self.finish_reason, self.first_chunk_at = None, None, None
+        self.logprobs = []
         self._sealed = False
 
     @property

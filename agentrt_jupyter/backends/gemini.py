@@ -213,6 +213,7 @@ def _generation_config(request: ModelRequest) -> types.GenerateContentConfig | N
         max_output_tokens=cfg.max_output_tokens,
         stop_sequences=list(cfg.stop_sequences) or None,
         seed=cfg.seed,
+        response_logprobs=cfg.logprobs or None,
         thinking_config=thinking,
         response_mime_type=cfg.response_mime_type
         or ("application/json" if schema is not None else None),
@@ -230,8 +231,10 @@ def _generation_config(request: ModelRequest) -> types.GenerateContentConfig | N
 def _chunk_from_response(response: types.GenerateContentResponse) -> ModelChunk:
     parts: list[Part] = []
     finish_reason: str | None = None
+    logprobs: tuple[float, ...] = ()
     if response.candidates:
         candidate = response.candidates[0]
+        logprobs = _logprobs(candidate)
         if candidate.finish_reason is not None:
             finish_reason = str(getattr(candidate.finish_reason, "value", candidate.finish_reason))
         for part in (candidate.content.parts if candidate.content else None) or []:
@@ -249,7 +252,16 @@ def _chunk_from_response(response: types.GenerateContentResponse) -> ModelChunk:
             f"the prompt was blocked ({getattr(reason, 'value', reason)})", status="BLOCKED"
         )
     usage = Usage.from_metadata(response.usage_metadata) if response.usage_metadata else None
-    return ModelChunk(tuple(parts), usage, finish_reason)
+    return ModelChunk(tuple(parts), usage, finish_reason, logprobs)
+
+
+def _logprobs(candidate: types.Candidate) -> tuple[float, ...]:
+    """The chunk's token log probabilities, else its mean (`avg_logprobs`), else none."""
+    chosen = candidate.logprobs_result.chosen_candidates if candidate.logprobs_result else None
+    tokens = tuple(c.log_probability for c in chosen or () if c.log_probability is not None)
+    if tokens:
+        return tokens
+    return () if candidate.avg_logprobs is None else (candidate.avg_logprobs,)
 
 
 class GeminiBackend:

@@ -202,6 +202,7 @@ def chat_body(request: ModelRequest, provider: str) -> dict[str, Any]:
         ("stop", list(cfg.stop_sequences) or None),
         ("reasoning_effort", reasoning_effort(cfg.thinking_budget)),
         ("response_format", response_format(cfg)),
+        ("logprobs", cfg.logprobs or None),
     ):
         if value is not None:
             body[name] = value
@@ -449,9 +450,12 @@ def read_chunk(chunk: ChatCompletionChunk, calls: ToolCallAssembler) -> ModelChu
     """What one streamed chunk adds (None: nothing, like the opening `role` chunk)."""
     parts: list[Part] = []
     finish: str | None = None
+    logprobs: tuple[float, ...] = ()
     for choice in chunk.choices or ():
         if choice.index not in (0, None):
             continue
+        if choice.logprobs is not None and choice.logprobs.content:
+            logprobs = tuple(token.logprob for token in choice.logprobs.content)
         delta = choice.delta
         if delta is not None:
             extra = delta.model_extra or {}
@@ -467,9 +471,9 @@ def read_chunk(chunk: ChatCompletionChunk, calls: ToolCallAssembler) -> ModelChu
             finish = FINISH_REASONS.get(_string(choice.finish_reason), "OTHER")
             parts.extend(calls.flush())
     usage = usage_of(chunk.usage) if chunk.usage is not None else None
-    if not parts and usage is None and finish is None:
+    if not parts and usage is None and finish is None and not logprobs:
         return None
-    return ModelChunk(tuple(parts), usage, finish)
+    return ModelChunk(tuple(parts), usage, finish, logprobs)
 
 
 def usage_of(usage: CompletionUsage) -> Usage:

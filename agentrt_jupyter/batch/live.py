@@ -81,6 +81,7 @@ class _Tries:
     attempts: int = 0
     limited: int = 0
     text: str | None = None
+    logprob: float | None = None
     error: BaseException | None = None
     estimate: tuple[int, int] = (0, 0)
     """The row's estimate (input, output), counted where the service reported no usage."""
@@ -92,6 +93,7 @@ class _Tries:
         self.text, self.error = (
             (result.text, None) if result.error is None else (None, result.error)
         )
+        self.logprob = result.logprob
 
     @property
     def tokens(self) -> tuple[int, int]:
@@ -342,8 +344,9 @@ class LiveRows:
             else:
                 self.controller.row_succeeded(prompt, *tries.tokens, limited=bool(tries.limited))
                 run.finish_ok(
-                    position, tries.text, values, tries.tokens, latency, tries.attempts, key=key
-                )
+                    position, tries.text, values, tries.tokens, latency, tries.attempts,
+                    key=key, logprob=tries.logprob,
+                )  # fmt: skip
                 return
         assert error is not None
         status = CANCELLED if isinstance(error, TurnCancelled) else ERROR

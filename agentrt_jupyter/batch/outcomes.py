@@ -8,6 +8,9 @@ Result frame, index = the input's index:
     (reply and thinking tokens), latency float64 (seconds from the row's start to its
     end, waits included), attempts int64 (HTTP requests this run made for the row)
 
+With `logprobs=True`, a `logprob` float64 column follows: the mean token log probability
+of the row's reply (NaN where the service gave none: a cached row, a batch, Anthropic).
+
 A cached row keeps the tokens and latency it had when it was made, with 0 attempts.
 `frame.attrs["agentrt"]` is the run's final `BatchProgress`.
 
@@ -40,8 +43,9 @@ RATE_WINDOW = 30.0
 class RowOutcomes:
     """Every row's outcome; written on the runtime loop, counts and errors read anywhere."""
 
-    def __init__(self, schema: ResultSchema | None, total: int) -> None:
+    def __init__(self, schema: ResultSchema | None, total: int, *, logprobs: bool = False) -> None:
         self.schema = schema
+        self.logprob = np.full(total, np.nan) if logprobs else None
         self.status = np.full(total, PENDING, dtype=np.int8)
         self.error: list[str | None] = [None] * total
         self.tokens_in = np.zeros(total, dtype=np.int64)
@@ -58,7 +62,15 @@ class RowOutcomes:
         self._lock = threading.Lock()
         self._answered: collections.deque[float] = collections.deque()
 
-    def set_reply(self, position: int, text: str, values: dict[str, Any] | None) -> None:
+    def set_reply(
+        self,
+        position: int,
+        text: str,
+        values: dict[str, Any] | None,
+        logprob: float | None = None,
+    ) -> None:
+        if self.logprob is not None and logprob is not None:
+            self.logprob[position] = logprob
         if values is None:
             self.text[position] = text
             return
@@ -141,6 +153,8 @@ class RowOutcomes:
         data["tokens_out"] = pd.arrays.IntegerArray(self.tokens_out.copy(), ~self.counted)
         data["latency"] = self.latency.copy()
         data["attempts"] = self.attempts.copy()
+        if self.logprob is not None:
+            data["logprob"] = self.logprob.copy()
         return pd.DataFrame(data, index=index.copy())
 
 

@@ -78,7 +78,7 @@ class BatchRun:
         self.total = len(frame)
         self.records = records
         self.controller = RateController.for_plan(plan, runtime.config.quota_max_wait)
-        self.outcomes = RowOutcomes(plan.schema, self.total)
+        self.outcomes = RowOutcomes(plan.schema, self.total, logprobs=plan.config.logprobs)
         self.future: concurrent.futures.Future[pd.DataFrame] = concurrent.futures.Future()
         self.job: str | None = None
         self.job_state: str | None = None
@@ -387,9 +387,10 @@ class BatchRun:
         attempts: int,
         *,
         key: str | None = None,
+        logprob: float | None = None,
     ) -> None:
         """Row `position` was answered; with its `key` the reply is kept for re-runs."""
-        self.outcomes.set_reply(position, text, values)
+        self.outcomes.set_reply(position, text, values, logprob)
         if key is not None:
             self.keep(key, StoredRow(text, *tokens, latency, attempts, self.plan.model))
         self.finish(position, OK, tokens=tokens, latency=latency, attempts=attempts)

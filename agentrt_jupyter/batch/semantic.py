@@ -20,9 +20,11 @@ Cascades: with `escalate_to="strong-model"`, the rows are asked of `model` (the 
 one) with a `confidence` field (0 to 1) added to the reply; rows answered below
 `threshold`, and rows the cheap model failed (a reply not in the form asked, an error),
 are asked again of the strong model, and its answers replace the cheap ones (a row the
-strong model fails keeps the cheap answer). The summary's `escalation` says how many rows went
-up and what the cascade saved against the strong model on every row. (Logprobs would be
-the better signal where a provider gives them; the runtime does not return them yet.)
+strong model fails keeps the cheap answer). Where the cheap model's provider gives logprobs
+(Gemini, Vertex, OpenAI; live runs), they are asked for, and a row's confidence is the
+probability of its reply, exp(mean token logprob), instead of the field (kept for the rows
+without logprobs, such as cached ones). The summary's `escalation` says how many rows went
+up, which `signal` decided, and what the cascade saved against the strong model on every row.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from ..config import provider_of
 from ..errors import InvalidConfig
 from ..operators import Operator
 from .engine import checked_plan, explain_map
@@ -52,6 +55,10 @@ DEFAULT_THRESHOLD = 0.8
 ESCALATION_GUESS = 0.25
 """The share of rows a plan expects a cascade to escalate (known only once it ran)."""
 CONFIDENCE = "confidence"
+LOGPROB = "logprob"
+LOGPROB_PROVIDERS = ("gemini", "vertex", "openai")
+"""The providers whose replies carry token logprobs here (Anthropic's give none)."""
+BY_LOGPROBS, BY_FIELD = "logprobs", "confidence field"
 ANSWERED = ("ok", "cached")
 _CONFIDENCE_FIELD = {"type": "number", "description": "How sure: 0 guessing, 1 certain."}
 _CONFIDENCE_ASK = (
@@ -84,6 +91,9 @@ class Escalation:
     saving: float | None
     progress: BatchProgress | None
     note: str | None = None
+    signal: str = BY_FIELD
+    """What measured the cheap model's confidence: "logprobs", "confidence field", or
+    both joined by " + " (logprobs where the reply had them, the field elsewhere)."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +117,8 @@ class OperatorSummary:
         if (up := self.escalation) is not None:
             saving = "no price known" if up.saving is None else f"${up.saving:.4f}"
             lines.append(
-                f"  escalated {up.rows:,} rows ({up.share:.0%}) to {up.escalate_to}; saved {saving}"
+                f"  escalated {up.rows:,} rows ({up.share:.0%}) to {up.escalate_to} "
+                f"(by {up.signal}); saved {saving}"
             )
         return "\n".join(lines)
 
@@ -118,6 +129,8 @@ class Cascade:
 
     escalate_to: str
     threshold: float
+    logprobs: bool = False
+    """Ask the cheap model for logprobs (its provider gives them)."""
 
     @classmethod
     def of(cls, escalate_to: object, threshold: object) -> Cascade | None:
@@ -166,8 +179,10 @@ class Question:
         """The run every row goes through (the cheap model's, in a cascade)."""
         if self.cascade is None:
             return MapCall(self.frame, self.prompt(confidence=False), self._options(self.schema))
-        schema = with_confidence(self.schema)
-        return MapCall(self.frame, self.prompt(confidence=True), self._options(schema))
+        options = self._options(with_confidence(self.schema))
+        if self.cascade.logprobs:
+            options["logprobs"] = True
+        return MapCall(self.frame, self.prompt(confidence=True), options)
 
     def escalated_call(self, positions: np.ndarray, first: BatchProgress) -> MapCall | str:
         """The strong model's run over the rows at `positions`, within what the cheap run
@@ -226,7 +241,7 @@ class Question:
         escalation = None
         if self.cascade is not None:
             first, escalation = yield from self._escalate(first, progress)
-        first = first.drop(columns=[CONFIDENCE], errors="ignore")
+        first = first.drop(columns=[CONFIDENCE, LOGPROB], errors="ignore")
         return first, OperatorSummary(self.operator, progress, unanswered(first), escalation)
 
     def _escalate(self, first: pd.DataFrame, progress: BatchProgress) -> Steps:
@@ -234,20 +249,32 @@ class Question:
         cascade = self.cascade
         status = first["status"].astype(str).to_numpy()
         answered = np.isin(status, ANSWERED)
-        confidence = pd.to_numeric(first[CONFIDENCE], errors="coerce").to_numpy(
-            dtype=float, na_value=np.nan
-        )
+        confidence, signal = row_confidence(first, answered)
         unsure = (answered & ~(confidence >= cascade.threshold)) | (status == "error")
         positions = np.flatnonzero(unsure)
         call = _no_escalation(progress) or self.escalated_call(positions, progress)
         if isinstance(call, str) or not len(positions):
             note = call if isinstance(call, str) else None
-            return first, _escalation(cascade, progress, first, None, positions, note)
+            return first, _escalation(cascade, progress, first, None, positions, note, signal)
         second = yield call
         strong_answered = np.isin(second["status"].astype(str).to_numpy(), ANSWERED)
-        kept = first.drop(columns=[CONFIDENCE])
+        kept = first.drop(columns=[CONFIDENCE, LOGPROB], errors="ignore")
         merged = replace_rows(kept, positions[strong_answered], second[strong_answered])
-        return merged, _escalation(cascade, progress, first, second, positions, None)
+        return merged, _escalation(cascade, progress, first, second, positions, None, signal)
+
+
+def row_confidence(first: pd.DataFrame, answered: np.ndarray) -> tuple[np.ndarray, str]:
+    """Each row's confidence: exp(mean token logprob) where the reply had logprobs, else
+    its confidence field (NaN: none); and the signal the answered rows were measured by."""
+    field = pd.to_numeric(first[CONFIDENCE], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    if LOGPROB not in first.columns:
+        return field, BY_FIELD
+    logprob = first[LOGPROB].to_numpy(dtype=float, na_value=np.nan)
+    measured = ~np.isnan(logprob)
+    confidence = np.where(measured, np.exp(logprob), field)
+    by_logprobs, by_field = (measured & answered).any(), (~measured & answered).any()
+    signals = [name for name, used in ((BY_LOGPROBS, by_logprobs), (BY_FIELD, by_field)) if used]
+    return confidence, " + ".join(signals) or BY_LOGPROBS
 
 
 def _no_escalation(progress: BatchProgress) -> str | None:
@@ -298,6 +325,7 @@ def _escalation(
     second: pd.DataFrame | None,
     positions: np.ndarray,
     note: str | None,
+    signal: str,
 ) -> Escalation:
     strong = second.attrs["agentrt"] if second is not None else None
     strong_model = strong.model if strong is not None else cascade.escalate_to
@@ -323,6 +351,7 @@ def _escalation(
         saving=saving,
         progress=strong,
         note=note,
+        signal=signal,
     )
 
 
@@ -416,9 +445,19 @@ def _question(
     reply_tokens: int | None,
 ) -> Question:
     cascade = Cascade.of(options.pop("escalate_to", None), options.pop("threshold", None))
+    if cascade is not None and _gives_logprobs(runtime, options):
+        cascade = Cascade(cascade.escalate_to, cascade.threshold, logprobs=True)
     if not isinstance(template, str):
         raise InvalidConfig("must be a string such as '{text}'", field="template")
     return Question(runtime, operator, frame, template, ask, schema, options, cascade, reply_tokens)
+
+
+def _gives_logprobs(runtime: AgentRuntime, options: dict[str, Any]) -> bool:
+    """The cheap run is live, on a provider whose replies carry logprobs."""
+    if options.get("mode", "live") != "live":
+        return False
+    model = options.get("model") or getattr(options.get("config"), "model", None)
+    return provider_of(runtime.config.model_for(model)) in LOGPROB_PROVIDERS
 
 
 def _filter(runtime: AgentRuntime, frame: Any, template: str, options: dict[str, Any]) -> Filter:

@@ -28,12 +28,14 @@ class GenerateRequest:
 
 @dataclass(frozen=True)
 class EngineChunk:
-    """One streamed piece: Gemini parts, the running usage for the call, and the
-    finish reason on the last chunk only."""
+    """One streamed piece: Gemini parts, the running usage for the call, the finish
+    reason on the last chunk only, and the mean log probability of its tokens when the
+    request asked for them (`responseLogprobs`)."""
 
     parts: list[dict[str, Any]]
     usage: dict[str, int]
     finish_reason: str | None = None
+    logprob: float | None = None
 
 
 class EngineError(Exception):

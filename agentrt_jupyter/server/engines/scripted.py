@@ -6,7 +6,9 @@ latest user message that has one; its lines starting with `@@` are directives, t
 (stripped) is the user text. The default reply is `Echo: <user text>`, one chunk per word.
 Only this engine reads `@@` lines: other engines get the text as written.
 
-Directives: `@@reply TEXT`, `@@chunks N`, `@@tiny N`, `@@thought TEXT`,
+Directives: `@@reply TEXT`, `@@chunks N`, `@@tiny N`, `@@thought TEXT`, `@@logprob X`
+(every reply token's log probability, sent when the request asks for logprobs; a prompt
+without it gets none, as from a service that does not give them),
 `@@call NAME {json}`, `@@call_always NAME {json}`, `@@delay MS`, `@@finish REASON`
 (`none` ends the stream without one) and `@@fault SPEC` (one per prompt, applied by the
 HTTP layer; SPECs, the garbage-reply ones included, are listed in `server/faults.py`).
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import json
+import math
 import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -33,7 +36,18 @@ from .vectors import DIMENSIONS, hashed_vector
 from .vectors import count_words as embedded_words
 
 DIRECTIVES = frozenset(
-    {"reply", "chunks", "tiny", "thought", "call", "call_always", "delay", "finish", "fault"}
+    {
+        "reply",
+        "chunks",
+        "tiny",
+        "thought",
+        "call",
+        "call_always",
+        "delay",
+        "finish",
+        "fault",
+        "logprob",
+    }
 )
 _WORD_CHUNK = re.compile(r"\s*\S+\s*")
 _WORD_START = re.compile(r"\S+")
@@ -110,6 +124,20 @@ def _int_directive(prompt: Prompt, name: str) -> int | None:
     if not value.isdigit():
         raise EngineError(400, f"@@{name} needs a non-negative integer, got {value!r}")
     return int(value)
+
+
+def _logprob(prompt: Prompt) -> float | None:
+    """The scripted log probability of every reply token (`@@logprob X`, X <= 0)."""
+    value = prompt.last("logprob")
+    if value is None:
+        return None
+    try:
+        logprob = float(value)
+    except ValueError:
+        logprob = math.nan
+    if not logprob <= 0:
+        raise EngineError(400, f"@@logprob needs a number <= 0, got {value!r}")
+    return logprob
 
 
 def _function_calls(lines: list[str], first_id: int) -> list[dict[str, Any]]:
@@ -248,6 +276,7 @@ class ScriptedEngine:
         if finish is None:
             finish_reason = natural_finish
 
+        logprob = _logprob(prompt) if config.get("responseLogprobs") else None
         n_chunks = _int_directive(prompt, "chunks")
         if n_chunks:
             pieces = _char_chunks(reply, n_chunks)
@@ -260,7 +289,7 @@ class ScriptedEngine:
             emitted += len(piece)
             words = bisect.bisect_left(word_starts, emitted)
             reason = finish_reason if i == len(pieces) - 1 else None
-            body.append(EngineChunk([{"text": piece}], usage(words), reason))
+            body.append(EngineChunk([{"text": piece}], usage(words), reason, logprob))
         return iter([*head, *body])
 
 

@@ -91,6 +91,8 @@ class ChunkEncoder:
             self._parts = chunk.parts
             self._parts_json = json.dumps(chunk.parts, separators=(",", ":"))
         finish = f',"finishReason":"{chunk.finish_reason}"' if chunk.finish_reason else ""
+        if chunk.logprob is not None:
+            finish += f',"avgLogprobs":{chunk.logprob!r}'
         return (
             f'{self._head}{self._parts_json},"role":"model"}}{finish},"index":0}}],'
             f'"usageMetadata":{_usage_json(chunk.usage)}{self._tail}'
@@ -117,6 +119,9 @@ def merge_chunks(chunks: list[EngineChunk], model: str, response_id: str) -> dic
     candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}}
     if chunks and chunks[-1].finish_reason:
         candidate["finishReason"] = chunks[-1].finish_reason
+    logprobs = [chunk.logprob for chunk in chunks if chunk.logprob is not None]
+    if logprobs:
+        candidate["avgLogprobs"] = sum(logprobs) / len(logprobs)
     candidate["index"] = 0
     response: dict[str, Any] = {"candidates": [candidate]}
     if chunks:

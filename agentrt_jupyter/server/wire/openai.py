@@ -186,6 +186,8 @@ def _config(body: dict[str, Any]) -> dict[str, Any]:
     for key, name in (("temperature", "temperature"), ("top_p", "topP"), ("seed", "seed")):
         if body.get(key) is not None:
             config[name] = body[key]
+    if body.get("logprobs"):
+        config["responseLogprobs"] = True
     if body.get("reasoning_effort") not in (None, "none"):
         config["thinkingConfig"] = {"includeThoughts": True}
     response_format = body.get("response_format") or {}
@@ -251,8 +253,13 @@ class OpenAIStream:
         self._calls = 0
         self._last: EngineChunk | None = None
 
-    def _event(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    def _event(
+        self, delta: dict[str, Any], finish: str | None = None, logprob: float | None = None
+    ) -> bytes:
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+        if logprob is not None:
+            token = {"token": delta.get("content", ""), "logprob": logprob, "bytes": None}
+            choice["logprobs"] = {"content": [{**token, "top_logprobs": []}]}
         return b"data: " + dumps({**self._base, "choices": [choice]}).encode() + b"\n\n"
 
     def open(self, input_tokens: int) -> bytes:
@@ -268,7 +275,7 @@ class OpenAIStream:
             elif part.get("thought"):
                 out.append(self._event({"reasoning_content": part.get("text", "")}))
             elif "text" in part:
-                out.append(self._event({"content": part["text"]}))
+                out.append(self._event({"content": part["text"]}, logprob=chunk.logprob))
         return b"".join(out)
 
     def _call_events(self, call: dict[str, Any]) -> list[bytes]:
