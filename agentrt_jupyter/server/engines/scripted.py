@@ -135,7 +135,7 @@ def _logprob(prompt: Prompt) -> float | None:
         logprob = float(value)
     except ValueError:
         logprob = math.nan
-    if not logprob <= 0:
+    if not (math.isfinite(logprob) and logprob <= 0):
         raise EngineError(400, f"@@logprob needs a number <= 0, got {value!r}")
     return logprob
 
