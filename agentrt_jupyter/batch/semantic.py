@@ -453,8 +453,9 @@ def _question(
 
 
 def _gives_logprobs(runtime: AgentRuntime, options: dict[str, Any]) -> bool:
-    """The cheap run is live, on a provider whose replies carry logprobs."""
-    if options.get("mode", "live") != "live":
+    """The cheap run is live, on a provider whose replies carry logprobs, and the caller
+    did not say `logprobs=False`."""
+    if options.get("mode", "live") != "live" or options.get("logprobs") is False:
         return False
     model = options.get("model") or getattr(options.get("config"), "model", None)
     return provider_of(runtime.config.model_for(model)) in LOGPROB_PROVIDERS
