@@ -43,6 +43,7 @@ from agentrt_jupyter.backends.anthropic import (  # noqa: E402 - needs the SDK
     MessageStream,
     billing_refusal,
     rate_limit_wait,
+    translate_errors,
     wire_messages,
 )
 
@@ -468,6 +469,36 @@ def test_usage_counts_cache_reads_and_writes_as_prompt_and_thinking_apart() -> N
         thoughts_tokens=3,
         total_tokens=132,
     )
+
+
+def test_counts_a_message_delta_leaves_out_or_nulls_stay_as_they_were() -> None:
+    stream = MessageStream()
+    start_usage = {"input_tokens": 5, "output_tokens": 1, "cache_read_input_tokens": 100}
+    message = {"type": "message", "role": "assistant", "content": [], "usage": start_usage}
+    delta_usage = {"output_tokens": 7, "input_tokens": None}
+    chunks = [
+        stream.chunk(e)
+        for e in (
+            {"type": "message_start", "message": message},
+            {"type": "message_delta", "delta": {}, "usage": delta_usage},
+            {"type": "message_stop"},
+        )
+    ]
+
+    last = chunks[-1]
+    assert last is not None and last.finish_reason is None
+    assert last.usage == Usage(
+        prompt_tokens=105, cached_tokens=100, candidates_tokens=7, total_tokens=112
+    )
+
+
+def test_an_event_missing_a_field_is_a_bad_response() -> None:
+    stream = MessageStream()
+    stream.answered = True
+    with pytest.raises(BackendError) as caught, translate_errors(stream):
+        stream.chunk({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta"}})
+
+    assert caught.value.status == "BAD_RESPONSE"
 
 
 def test_a_redacted_thinking_block_is_kept_whole_for_the_next_request() -> None:

@@ -582,8 +582,8 @@ class AnthropicBackend:
         stream = MessageStream()
         with translate_errors(stream):
             # The SDK sends the request and raises on an `event: error`; its events are
-            # read as plain JSON (`MessageStream` takes dicts), as building a pydantic
-            # model per event cost more than the rest of a chunk's way together.
+            # read as plain JSON (`MessageStream` takes dicts): the pydantic model it
+            # builds per event was about a quarter of its time per chunk.
             calling = self._client.messages.with_streaming_response.create(**params, stream=True)
             async with calling as response:
                 stream.answered = True
