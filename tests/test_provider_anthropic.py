@@ -9,10 +9,8 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from typing import Any
 
 import pytest
-from pydantic import TypeAdapter
 
 from agentrt_jupyter import (
     AgentRuntime,
@@ -45,6 +43,7 @@ from agentrt_jupyter.backends.anthropic import (  # noqa: E402 - needs the SDK
     MessageStream,
     billing_refusal,
     rate_limit_wait,
+    translate_errors,
     wire_messages,
 )
 
@@ -196,7 +195,7 @@ def test_a_thinking_block_that_comes_whole_at_its_start_is_one_delta() -> None:
     block = {"type": "thinking", "thinking": "all at once", "signature": ""}
     chunks = [
         stream.chunk(e)
-        for e in events(
+        for e in (
             {"type": "content_block_start", "index": 0, "content_block": block},
             {
                 "type": "content_block_delta",
@@ -433,12 +432,6 @@ def test_a_cancel_while_waiting_for_headers_closes_the_request(
     assert agent.ledger()[-1].status == "cancelled"
 
 
-def events(*payloads: dict[str, Any]) -> list[Any]:
-    """Stream events as the SDK parses them from Messages' JSON."""
-    adapter = TypeAdapter(anthropic.types.RawMessageStreamEvent)
-    return [adapter.validate_python(p) for p in payloads]
-
-
 def test_usage_counts_cache_reads_and_writes_as_prompt_and_thinking_apart() -> None:
     stream = MessageStream()
     start_usage = {
@@ -460,7 +453,7 @@ def test_usage_counts_cache_reads_and_writes_as_prompt_and_thinking_apart() -> N
     delta_usage = {"output_tokens": 7, "output_tokens_details": {"thinking_tokens": 3}}
     chunks = [
         stream.chunk(e)
-        for e in events(
+        for e in (
             {"type": "message_start", "message": message},
             {"type": "message_delta", "delta": {"stop_reason": "max_tokens"}, "usage": delta_usage},
             {"type": "message_stop"},
@@ -478,12 +471,42 @@ def test_usage_counts_cache_reads_and_writes_as_prompt_and_thinking_apart() -> N
     )
 
 
+def test_counts_a_message_delta_leaves_out_or_nulls_stay_as_they_were() -> None:
+    stream = MessageStream()
+    start_usage = {"input_tokens": 5, "output_tokens": 1, "cache_read_input_tokens": 100}
+    message = {"type": "message", "role": "assistant", "content": [], "usage": start_usage}
+    delta_usage = {"output_tokens": 7, "input_tokens": None}
+    chunks = [
+        stream.chunk(e)
+        for e in (
+            {"type": "message_start", "message": message},
+            {"type": "message_delta", "delta": {}, "usage": delta_usage},
+            {"type": "message_stop"},
+        )
+    ]
+
+    last = chunks[-1]
+    assert last is not None and last.finish_reason is None
+    assert last.usage == Usage(
+        prompt_tokens=105, cached_tokens=100, candidates_tokens=7, total_tokens=112
+    )
+
+
+def test_an_event_missing_a_field_is_a_bad_response() -> None:
+    stream = MessageStream()
+    stream.answered = True
+    with pytest.raises(BackendError) as caught, translate_errors(stream):
+        stream.chunk({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta"}})
+
+    assert caught.value.status == "BAD_RESPONSE"
+
+
 def test_a_redacted_thinking_block_is_kept_whole_for_the_next_request() -> None:
     stream = MessageStream()
     start = {"type": "redacted_thinking", "data": "opaque-bytes"}
     [_, chunk] = [
         stream.chunk(e)
-        for e in events(
+        for e in (
             {"type": "content_block_start", "index": 0, "content_block": start},
             {"type": "content_block_stop", "index": 0},
         )

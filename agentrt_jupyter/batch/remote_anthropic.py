@@ -139,7 +139,7 @@ def _error_text(response: Any) -> str:
 def _message(message: Any) -> Outcome:
     from ..backends.anthropic import FINISH_REASONS, _Counts
 
-    usage = _Counts().update(message.usage)
+    usage = _Counts().update(message.usage.model_dump())
     text = "".join(block.text for block in message.content if block.type == "text")
     reason = message.stop_reason
     finish = None if reason is None else FINISH_REASONS.get(str(reason), "OTHER")
