@@ -29,7 +29,7 @@ import json
 import logging
 import secrets
 import socket
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, NoReturn
 
 from aiohttp import web
@@ -285,31 +285,50 @@ class ServerState:
         if _VERTEX_PATH in request.path:
             record["project"] = request.match_info.get("project")
             record["location"] = request.match_info.get("location")
+        return await self._answered(
+            request, record, None, self._gemini_answer(request, record, kind, model)
+        )
+
+    async def _gemini_answer(
+        self, request: web.Request, record: Record, kind: str, model: str
+    ) -> web.StreamResponse:
+        if not self.key_ok(request):
+            raise _Refusal(400, API_KEY_ERROR)
+        record["api_key_ok"] = True
+        if kind == "model":
+            data = self._model_info(model) if model else self._model_list()
+            self.log.finish(record, "complete", 200)
+            return _json(data)
+        raw = await self.read_body(request)
+        body = _parse_json(raw)
+        greq = to_generate_request(model, body, stream=kind == "stream")
+        self.log.keep_body(record, raw, body)
+        del raw, body  # a long or hung stream must not hold on to them
+        if kind == "count_tokens":
+            total = await self.engine.count_tokens(greq)
+            self.log.finish(record, "complete", 200)
+            return _json({"totalTokens": total})
+        fault = self._fault_for(greq)
+        record["fault"] = fault.spec if fault else None
+        return await self._generate(request, record, greq, fault)
+
+    async def _answered(
+        self,
+        request: web.Request,
+        record: Record,
+        wire: Wire | None,
+        answer: Awaitable[web.StreamResponse],
+    ) -> web.StreamResponse:
+        """`answer`, with what goes wrong while answering made the log's outcome and an
+        error reply in the request's format (Gemini's when `wire` is None): one ladder for
+        every generate route."""
         try:
-            if not self.key_ok(request):
-                raise _Refusal(400, API_KEY_ERROR)
-            record["api_key_ok"] = True
-            if kind == "model":
-                data = self._model_info(model) if model else self._model_list()
-                self.log.finish(record, "complete", 200)
-                return _json(data)
-            raw = await self.read_body(request)
-            body = _parse_json(raw)
-            greq = to_generate_request(model, body, stream=kind == "stream")
-            self.log.keep_body(record, raw, body)
-            del raw, body  # a long or hung stream must not hold on to them
-            if kind == "count_tokens":
-                total = await self.engine.count_tokens(greq)
-                self.log.finish(record, "complete", 200)
-                return _json({"totalTokens": total})
-            fault = self._fault_for(greq)
-            record["fault"] = fault.spec if fault else None
-            return await self._generate(request, record, greq, fault)
+            return await answer
         except _Refusal as refusal:
-            return await self._refuse(request, record, refusal)
+            return await self._refuse(request, record, refusal, wire)
         except EngineError as exc:
             self.log.finish(record, "error", exc.code)
-            return _json(error_body(exc.code, exc.message, status=exc.status), exc.code)
+            return self._error(wire, exc.code, exc.message, exc.status)
         except asyncio.CancelledError:
             self.log.finish(record, "client_closed")
             raise
@@ -319,17 +338,21 @@ class ServerState:
         except Exception:
             logger.exception("request %s failed", record["id"])
             self.log.finish(record, "error", 500)
-            return _json(error_body(500), 500)
+            return self._error(wire, 500)
+
+    def _error(
+        self, wire: Wire | None, code: int, message: str | None = None, status: str | None = None
+    ) -> web.Response:
+        """An error reply in the wire's format, or Gemini's (with its `status` name)."""
+        if wire is None:
+            return _json(error_body(code, message, status=status), code)
+        return self._response(wire.error_reply(code, message or None))
 
     async def _refuse(
         self, request: web.Request, record: Record, refusal: _Refusal, wire: Wire | None = None
     ) -> web.StreamResponse:
         self.log.finish(record, "rejected", refusal.code)
-        if wire is None:
-            response = _json(error_body(refusal.code, refusal.message), refusal.code)
-        else:
-            reply = wire.error_reply(refusal.code, refusal.message or None)
-            response = self._response(reply)
+        response = self._error(wire, refusal.code, refusal.message)
         response.force_close()
         if refusal.hang_up:
             await response.prepare(request)
@@ -543,35 +566,24 @@ class ServerState:
             return self._redirect_again(request, "")
         record = self.log.start(request, "generate", "")
         request[_REQUEST_ID] = (wire.request_id_header, f"req_agentrt_{record['id']}")
-        try:
-            if not wire.key_ok(request, self.token):
-                raise _Refusal(401, "")
-            record["api_key_ok"] = True
-            raw = await self.read_body(request)
-            body = _parse_json(raw)
-            greq, options = wire.to_request(body)
-            record["model"] = greq.model
-            record["kind"] = "stream" if greq.stream else "generate"
-            self.log.keep_body(record, raw, body)
-            del raw, body  # a long or hung stream must not hold on to them
-            fault = self._fault_for(greq)
-            record["fault"] = fault.spec if fault else None
-            return await self._wire_generate(request, record, wire, greq, options, fault)
-        except _Refusal as refusal:
-            return await self._refuse(request, record, refusal, wire)
-        except EngineError as exc:
-            self.log.finish(record, "error", exc.code)
-            return self._response(wire.error_reply(exc.code, exc.message))
-        except asyncio.CancelledError:
-            self.log.finish(record, "client_closed")
-            raise
-        except ConnectionError:
-            self.log.finish(record, "client_closed")
-            return web.Response(status=499)
-        except Exception:
-            logger.exception("request %s failed", record["id"])
-            self.log.finish(record, "error", 500)
-            return self._response(wire.error_reply(500))
+        return await self._answered(request, record, wire, self._wire_answer(request, record, wire))
+
+    async def _wire_answer(
+        self, request: web.Request, record: Record, wire: Wire
+    ) -> web.StreamResponse:
+        if not wire.key_ok(request, self.token):
+            raise _Refusal(401, "")
+        record["api_key_ok"] = True
+        raw = await self.read_body(request)
+        body = _parse_json(raw)
+        greq, options = wire.to_request(body)
+        record["model"] = greq.model
+        record["kind"] = "stream" if greq.stream else "generate"
+        self.log.keep_body(record, raw, body)
+        del raw, body  # a long or hung stream must not hold on to them
+        fault = self._fault_for(greq)
+        record["fault"] = fault.spec if fault else None
+        return await self._wire_generate(request, record, wire, greq, options, fault)
 
     async def _wire_generate(
         self,
