@@ -34,6 +34,7 @@ from .base import (
     json_fragments,
     output_tokens,
     signature,
+    text_of,
     tool_names,
 )
 
@@ -71,14 +72,6 @@ def error_json(code: int, message: str | None = None) -> bytes:
     return dumps({"type": "error", "error": error}).encode()
 
 
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(str(b.get("text", "")) for b in content if isinstance(b, dict))
-    return ""
-
-
 def _source_part(source: Any) -> dict[str, Any]:
     if not isinstance(source, dict):
         raise EngineError(400, "messages: an image or document block needs a source.")
@@ -94,7 +87,7 @@ def _source_part(source: Any) -> dict[str, Any]:
 
 def _tool_result(block: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
     call_id = str(block.get("tool_use_id", ""))
-    text = _text(block.get("content"))
+    text = text_of(block.get("content"))
     try:
         value = json.loads(text)
     except ValueError:
@@ -362,7 +355,7 @@ class AnthropicWire:
         ):
             raise EngineError(400, "messages: Input should be a list of user/assistant messages")
         system = body.get("system")
-        system_text = _text(system) if system is not None else None
+        system_text = text_of(system) if system is not None else None
         tools = _declarations(body.get("tools") or [])
         stream = bool(body.get("stream"))
         greq = GenerateRequest(

@@ -77,6 +77,16 @@ def bearer_or_key_ok(request: web.Request, token: str, key_header: str | None = 
     return secrets.compare_digest(key.strip().encode(), token.encode())
 
 
+def text_of(content: Any) -> str:
+    """The text of a message content that is a string or a list of `text` blocks (the
+    shape OpenAI's and Anthropic's formats share)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
 def dumps(data: Any) -> str:
     return json.dumps(data, separators=(",", ":"))
 

@@ -29,6 +29,7 @@ from .base import (
     function_declarations,
     json_fragments,
     output_tokens,
+    text_of,
     tool_names,
 )
 
@@ -82,15 +83,6 @@ def error_json(code: int, message: str | None = None, *, kind: str | None = None
     return dumps({"error": error}).encode()
 
 
-def _text(content: Any) -> str:
-    """The text of a content that is a string or a list of `text` parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return ""
-
-
 def _data_url_part(url: str) -> dict[str, Any]:
     if url.startswith("data:") and ";base64," in url:
         head, _, data = url.partition(";base64,")
@@ -119,7 +111,7 @@ def _user_parts(content: Any) -> list[dict[str, Any]]:
 
 def _assistant_parts(message: dict[str, Any]) -> list[dict[str, Any]]:
     parts: list[dict[str, Any]] = []
-    text = _text(message.get("content"))
+    text = text_of(message.get("content"))
     if text:
         parts.append({"text": text})
     for call in message.get("tool_calls") or []:
@@ -136,7 +128,7 @@ def _assistant_parts(message: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _tool_response(message: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
     call_id = str(message.get("tool_call_id", ""))
-    text = _text(message.get("content"))
+    text = text_of(message.get("content"))
     try:
         value = json.loads(text)
     except ValueError:
@@ -167,7 +159,7 @@ def _contents(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str
             continue
         tool_results = None
         if role in ("system", "developer"):
-            system.append(_text(message.get("content")))
+            system.append(text_of(message.get("content")))
         elif role == "user":
             contents.append({"role": "user", "parts": _user_parts(message.get("content"))})
         else:
